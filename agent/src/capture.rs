@@ -1,0 +1,175 @@
+//! A running capture: the loaded object, the attached mode, the ring buffer reader, the counters.
+
+use std::path::PathBuf;
+
+use aya::{
+    EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use mapsentry_policy::MmapEvent;
+
+use crate::{
+    events::{RecordReader, wire},
+    probe::{self, AttachError, AttachMode, Attached, kernel},
+};
+
+/// Ring buffer size when none is given: room for ~50,000 anonymous-mapping records.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub attach: AttachMode,
+    /// Report only this process (the in-kernel filter); `None` reports every process.
+    pub pid: Option<u32>,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// BTF of the running kernel, if it does not publish its own in /sys/kernel/btf/vmlinux.
+    pub btf: Option<PathBuf>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self { attach: AttachMode::Auto, pid: None, ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES, btf: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes")]
+    RingBufferSize { bytes: u32 },
+    #[error("loading the capture object failed: {reason}")]
+    Load { reason: String },
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("the capture object has no usable map {name}: {reason}")]
+    Map { name: &'static str, reason: String },
+    #[error("cannot watch the ring buffer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the kernel counted, summed over CPUs. At rest,
+/// `seen = filtered + dropped + records received by the reader`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// mmap-family calls that entered the kernel while attached (the agent's own excluded).
+    pub seen: u64,
+    /// Calls the in-kernel filter (`pid`) left out.
+    pub filtered: u64,
+    /// Records lost because the ring buffer was full.
+    pub dropped: u64,
+}
+
+/// Capturing mmap calls until dropped (or `detach`ed).
+pub struct Capture {
+    /// The loaded object; its programs detach when it is dropped.
+    ebpf: Option<aya::Ebpf>,
+    attached: Attached,
+    reader: RecordReader,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("attached", &self.attached)
+            .field("detached", &self.ebpf.is_none())
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Load, attach and start reading. Must run inside a tokio runtime.
+    pub fn start(config: &CaptureConfig) -> Result<Self> {
+        let bytes = config.ring_buffer_bytes;
+        if bytes < 4096 || !bytes.is_power_of_two() {
+            return Err(Error::RingBufferSize { bytes });
+        }
+        kernel::check_privileges()?;
+        let btf = kernel::load_btf(config.btf.as_deref())?;
+        kernel::raise_memlock_limit();
+
+        let self_tgid = std::process::id();
+        let filter_tgid = config.pid.unwrap_or(0);
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("self_tgid", &self_tgid, true)
+            .override_global("filter_tgid", &filter_tgid, true)
+            .map_max_entries("events", bytes)
+            .load(mapsentry_ebpf::CAPTURE)
+            .map_err(|e| Error::Load { reason: probe::chain(&e) })?;
+
+        let attached = probe::attach(&mut ebpf, config.attach, &btf)?;
+        for (mode, reason) in &attached.rejected {
+            tracing::info!(%mode, %reason, "attach mode passed over");
+        }
+        tracing::info!(mode = %attached.mode, target = %attached.target, "capturing mmap and mmap2");
+
+        let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
+        Ok(Self { ebpf: Some(ebpf), attached, reader: RecordReader::new(ring)?, counters })
+    }
+
+    /// The mode in use and why cheaper ones were passed over.
+    #[must_use]
+    pub fn attached(&self) -> &Attached {
+        &self.attached
+    }
+
+    /// Wait for records and append the decoded events to `out`; returns how many.
+    pub async fn next_batch(&mut self, out: &mut Vec<MmapEvent>) -> Result<usize> {
+        Ok(self.reader.read_batch(out).await?)
+    }
+
+    /// Append whatever records are ready now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<MmapEvent>) -> usize {
+        self.reader.drain(out)
+    }
+
+    /// Detach the programs: no new records after this; those already in the ring buffer stay
+    /// readable with `drain`.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+
+    /// Records read from the ring buffer so far.
+    #[must_use]
+    pub fn received(&self) -> u64 {
+        self.reader.received()
+    }
+
+    /// Records read but not decodable.
+    #[must_use]
+    pub fn malformed(&self) -> u64 {
+        self.reader.malformed()
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn kernel_counters(&self) -> Result<KernelCounters> {
+        let sum = |index: u32| -> Result<u64> {
+            let values = self
+                .counters
+                .get(&index, 0)
+                .map_err(|e| Error::Map { name: "counters", reason: probe::chain(&e) })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelCounters {
+            seen: sum(wire::COUNTER_SEEN)?,
+            filtered: sum(wire::COUNTER_FILTERED)?,
+            dropped: sum(wire::COUNTER_DROPPED)?,
+        })
+    }
+}
+
+fn take_map<M, E: std::error::Error>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> std::result::Result<M, E>,
+) -> Result<M> {
+    let map = ebpf.take_map(name).ok_or(Error::Map { name, reason: "not in the object".into() })?;
+    convert(map).map_err(|e| Error::Map { name, reason: probe::chain(&e) })
+}

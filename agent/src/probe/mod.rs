@@ -1,0 +1,187 @@
+//! Loading the capture object and attaching it in one of the attach modes.
+//!
+//! Every mode is decided by trying it: a mode is available when both of its programs load and
+//! attach on this kernel. `auto` tries them cheapest first and keeps the first that works.
+
+pub mod kernel;
+
+use std::{fmt, str::FromStr};
+
+use aya::{
+    Btf, Ebpf,
+    programs::{FEntry, FExit, KProbe, Program, RawTracePoint},
+};
+
+/// How the programs hook the kernel (DESIGN.md, "Attach modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    /// The cheapest mode this kernel supports.
+    Auto,
+    /// fentry/fexit trampolines on the kernel's mmap function: no cost to other syscalls.
+    Fentry,
+    /// kprobe/kretprobe on the same function.
+    Kprobe,
+    /// Raw `sys_enter`/`sys_exit` tracepoints: any BPF kernel, native and ia32 calls alike,
+    /// but a small cost on every system call.
+    Tracepoint,
+}
+
+impl AttachMode {
+    /// The concrete modes, cheapest first: the order `auto` tries them in.
+    pub const CONCRETE: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// The (entry, exit) programs of this mode in capture.bpf.c.
+    fn programs(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Auto => None,
+            Self::Fentry => Some(("ms_fentry_enter", "ms_fexit_exit")),
+            Self::Kprobe => Some(("ms_kprobe_enter", "ms_kprobe_exit")),
+            Self::Tracepoint => Some(("ms_tp_enter", "ms_tp_exit")),
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Auto, Self::Fentry, Self::Kprobe, Self::Tracepoint]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown attach mode {s:?}: expected auto, fentry, kprobe or tracepoint"))
+    }
+}
+
+/// The mode in use, what it hooks, and why the cheaper modes were passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub mode: AttachMode,
+    /// The hook: a kernel function, or `sys_enter/sys_exit`.
+    pub target: String,
+    /// Modes tried before this one, each with the reason it failed.
+    pub rejected: Vec<(AttachMode, String)>,
+}
+
+/// Why no mode could be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    #[error("attach mode {mode} is not available on this kernel: {reason}")]
+    Unavailable { mode: AttachMode, reason: String },
+    #[error("no attach mode works on this kernel: {}", list(.tried))]
+    NoMode { tried: Vec<(AttachMode, String)> },
+}
+
+fn list(tried: &[(AttachMode, String)]) -> String {
+    tried.iter().map(|(mode, why)| format!("{mode}: {why}")).collect::<Vec<_>>().join("; ")
+}
+
+/// Attach `requested` (or, for `auto`, the cheapest mode that works) in `ebpf`.
+pub fn attach(ebpf: &mut Ebpf, requested: AttachMode, btf: &Btf) -> Result<Attached, AttachError> {
+    let candidates: &[AttachMode] = match requested {
+        AttachMode::Auto => &AttachMode::CONCRETE,
+        ref one => std::slice::from_ref(one),
+    };
+    let mut rejected = Vec::new();
+    for &mode in candidates {
+        match attach_mode(ebpf, mode, btf) {
+            Ok(target) => return Ok(Attached { mode, target, rejected }),
+            Err(reason) => {
+                tracing::debug!(%mode, %reason, "attach mode unavailable");
+                rejected.push((mode, reason));
+            }
+        }
+    }
+    if requested == AttachMode::Auto {
+        return Err(AttachError::NoMode { tried: rejected });
+    }
+    let (mode, reason) = rejected.pop().expect("one mode was tried");
+    Err(AttachError::Unavailable { mode, reason })
+}
+
+/// Load and attach both programs of `mode`; on failure unload what was loaded, so the next
+/// mode starts clean. Returns the hook's name.
+fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode, btf: &Btf) -> Result<String, String> {
+    let (enter, exit) = mode.programs().expect("a concrete mode");
+    let target = match mode {
+        AttachMode::Tracepoint => "sys_enter/sys_exit".to_owned(),
+        _ => kernel::mmap_function().map_err(|e| e.to_string())?,
+    };
+    let result = attach_program(ebpf, enter, &target, btf)
+        .and_then(|()| attach_program(ebpf, exit, &target, btf));
+    if let Err(reason) = result {
+        for name in [enter, exit] {
+            if let Some(program) = ebpf.program_mut(name) {
+                let _ = unload(program);
+            }
+        }
+        return Err(reason);
+    }
+    Ok(target)
+}
+
+fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Result<(), String> {
+    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
+    let what = |step: &str, e: &dyn std::error::Error| format!("{step} {name}: {}", chain(e));
+    match program {
+        Program::RawTracePoint(p) => {
+            let tracepoint = if name.ends_with("enter") { "sys_enter" } else { "sys_exit" };
+            p.load().map_err(|e| what("loading", &e))?;
+            p.attach(tracepoint).map_err(|e| what("attaching", &e))?;
+        }
+        Program::KProbe(p) => {
+            p.load().map_err(|e| what("loading", &e))?;
+            p.attach(target, 0).map_err(|e| what("attaching", &e))?;
+        }
+        Program::FEntry(p) => {
+            p.load(target, btf).map_err(|e| what("loading", &e))?;
+            p.attach().map_err(|e| what("attaching", &e))?;
+        }
+        Program::FExit(p) => {
+            p.load(target, btf).map_err(|e| what("loading", &e))?;
+            p.attach().map_err(|e| what("attaching", &e))?;
+        }
+        _ => return Err(format!("program {name} has an unexpected type")),
+    }
+    Ok(())
+}
+
+fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
+    match program {
+        Program::RawTracePoint(p) => RawTracePoint::unload(p),
+        Program::KProbe(p) => KProbe::unload(p),
+        Program::FEntry(p) => FEntry::unload(p),
+        Program::FExit(p) => FExit::unload(p),
+        _ => Ok(()),
+    }
+}
+
+/// An error and its sources, `: `-separated (aya keeps the errno in the source).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,114 @@
+//! How records are printed: one human-readable line, or one JSON object per line.
+
+use std::io::{self, Write};
+
+use mapsentry_policy::{EventLine, MmapEvent, Syscall, names};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One human-readable line per record, prot and flags as names.
+    Text,
+    /// One JSON object per line; every line has "kind".
+    Json,
+}
+
+pub fn write_event(out: &mut impl Write, format: Format, event: &MmapEvent) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, &EventLine::from(event.clone()))?;
+            out.write_all(b"\n")
+        }
+        Format::Text => writeln!(out, "{}", text_line(event)),
+    }
+}
+
+/// `09:35:01.123456 mmap cat[1234/1234] addr=0x0 len=4096 prot=PROT_READ flags=MAP_PRIVATE fd=3 off=0x0 = 0x7f.. file=/etc/passwd`
+#[must_use]
+pub fn text_line(event: &MmapEvent) -> String {
+    let time = event.time_rfc3339();
+    let clock = time.get(11..26).unwrap_or(&time);
+    let args = &event.args;
+    let offset = match event.syscall {
+        Syscall::Mmap2 => format!("pgoff={}", args.pgoffset),
+        Syscall::Mmap | Syscall::OldMmap => format!("off={:#x}", args.offset),
+    };
+    let ret = if event.failed() {
+        match names::errno_name(event.ret) {
+            Some(name) => format!("{} ({name})", event.ret),
+            None => event.ret.to_string(),
+        }
+    } else {
+        format!("{:#x}", event.ret)
+    };
+    let mut line = format!(
+        "{clock} {:<5} {}[{}/{}] addr={:#x} len={} prot={} flags={} fd={} {offset} = {ret}",
+        event.syscall.as_str(),
+        event.comm,
+        event.pid,
+        event.tid,
+        args.addr,
+        args.length,
+        names::prot_names(args.prot),
+        names::flags_names(args.flags),
+        args.fd,
+    );
+    if let Some(file) = &event.file {
+        line.push_str(&format!(" file={} ino={}", file.path, file.inode));
+        for (set, marker) in [(file.memfd, "memfd"), (file.shm, "shm"), (file.deleted, "deleted"), (file.path_truncated, "truncated")] {
+            if set {
+                line.push_str(&format!(" [{marker}]"));
+            }
+        }
+    }
+    if event.args_unreadable {
+        line.push_str(" [args unreadable]");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use mapsentry_policy::{FileInfo, MmapArgs};
+
+    use super::*;
+
+    #[test]
+    fn text_line_names_bits_errors_and_files() {
+        let mut event = MmapEvent {
+            time_ns: 1_764_236_101_123_456_000,
+            syscall: Syscall::Mmap,
+            pid: 7,
+            tid: 8,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            comm: "cat".into(),
+            cgroup_id: 1,
+            args: MmapArgs { addr: 0, length: 4096, prot: 3, flags: 0x22, fd: -1, pgoffset: 0, offset: 0 },
+            ret: 0x7f00_0000_0000,
+            file: None,
+            args_unreadable: false,
+        };
+        assert_eq!(
+            text_line(&event),
+            "09:35:01.123456 mmap  cat[7/8] addr=0x0 len=4096 prot=PROT_READ|PROT_WRITE \
+             flags=MAP_PRIVATE|MAP_ANONYMOUS fd=-1 off=0x0 = 0x7f0000000000"
+        );
+        event.syscall = Syscall::Mmap2;
+        event.ret = -9;
+        event.args.pgoffset = 3;
+        event.file = Some(FileInfo {
+            path: "/memfd:jit".into(),
+            inode: 5,
+            dev: 1,
+            memfd: true,
+            shm: false,
+            deleted: false,
+            path_truncated: false,
+            fs_magic: 0x0102_1994,
+        });
+        let line = text_line(&event);
+        assert!(line.contains("mmap2 cat[7/8]"), "{line}");
+        assert!(line.ends_with("pgoff=3 = -9 (EBADF) file=/memfd:jit ino=5 [memfd]"), "{line}");
+    }
+}

@@ -1,0 +1,276 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Capture logic shared by every attach mode.
+ *
+ * Entry: decode the caller's arguments from its saved user registers (the same in every mode)
+ * and park them per thread in `pending`. Exit: join the return value, resolve the file behind a
+ * file-backed mapping, and copy one record into the ring buffer. A full ring buffer is counted
+ * per CPU, never silent.
+ */
+#ifndef MAPSENTRY_CAPTURE_H
+#define MAPSENTRY_CAPTURE_H
+
+#include "vmlinux_subset.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "mapsentry_event.h"
+#include "maps.h"
+
+#define X86_64_NR_MMAP 9
+#define IA32_NR_OLD_MMAP 90
+#define IA32_NR_MMAP2 192
+#define TS_COMPAT 0x0002 /* thread_info.status: the task is in an ia32 system call */
+#define MS_MAP_ANONYMOUS 0x20
+#define MS_PAGE_SHIFT 12 /* mmap2 counts its offset in 4096-byte units on every architecture */
+#define MS_NAME_MAX 255  /* longest dentry name */
+#define MS_PATH_COMPONENTS 32
+
+static __always_inline void ms_count(__u32 counter)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
+
+	if (value)
+		*value += 1; /* per-CPU slot: no other CPU writes it */
+}
+
+/* Cheap first test, run on every system call in tracepoint mode. */
+static __always_inline bool ms_is_mmap_nr(long nr)
+{
+	return nr == X86_64_NR_MMAP || nr == IA32_NR_MMAP2 || nr == IA32_NR_OLD_MMAP;
+}
+
+/* Which mapping call `nr` is for the current task, or 0. Numbers mean different calls in the
+ * native and the ia32 tables (ia32 9 is link, x86_64 192 is lgetxattr), hence TS_COMPAT. */
+static __always_inline __u16 ms_syscall_of(long nr)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	bool compat = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
+
+	if (!compat)
+		return nr == X86_64_NR_MMAP ? MS_SYSCALL_MMAP : 0;
+	if (nr == IA32_NR_MMAP2)
+		return MS_SYSCALL_MMAP2;
+	if (nr == IA32_NR_OLD_MMAP)
+		return MS_SYSCALL_OLD_MMAP;
+	return 0;
+}
+
+/* Read the six arguments as the caller passed them, from its user registers. Each register is
+ * read on its own: clang 14 otherwise emits ctx accesses the verifier refuses. */
+static __always_inline void ms_read_args(struct pt_regs *regs, struct ms_pending *p)
+{
+	if (p->syscall == MS_SYSCALL_MMAP) {
+		/* x86_64 syscall ABI: rdi, rsi, rdx, r10, r8, r9 */
+		p->args[0] = BPF_CORE_READ(regs, di);
+		p->args[1] = BPF_CORE_READ(regs, si);
+		p->args[2] = BPF_CORE_READ(regs, dx);
+		p->args[3] = BPF_CORE_READ(regs, r10);
+		p->args[4] = BPF_CORE_READ(regs, r8);
+		p->args[5] = BPF_CORE_READ(regs, r9);
+	} else if (p->syscall == MS_SYSCALL_MMAP2) {
+		/* i386 ABI: ebx, ecx, edx, esi, edi, ebp; 32-bit values */
+		p->args[0] = (__u32)BPF_CORE_READ(regs, bx);
+		p->args[1] = (__u32)BPF_CORE_READ(regs, cx);
+		p->args[2] = (__u32)BPF_CORE_READ(regs, dx);
+		p->args[3] = (__u32)BPF_CORE_READ(regs, si);
+		p->args[4] = (__u32)BPF_CORE_READ(regs, di);
+		p->args[5] = (__u32)BPF_CORE_READ(regs, bp);
+	} else {
+		/* old_mmap: ebx points to struct mmap_arg_struct, six 32-bit fields */
+		__u32 user_args[6] = {};
+		__u32 ptr = (__u32)BPF_CORE_READ(regs, bx);
+
+		if (bpf_probe_read_user(user_args, sizeof(user_args), (void *)(unsigned long)ptr)) {
+			p->args_unreadable = 1;
+			return;
+		}
+		p->args[0] = user_args[0];
+		p->args[1] = user_args[1];
+		p->args[2] = user_args[2];
+		p->args[3] = user_args[3];
+		p->args[4] = user_args[4];
+		p->args[5] = user_args[5];
+	}
+}
+
+/* Syscall entry, any mode: `regs` are the caller's saved user registers, `nr` its call number. */
+static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
+{
+	struct ms_pending p = {};
+	__u64 pid_tgid;
+	__u32 tid;
+
+	if (!ms_is_mmap_nr(nr))
+		return 0;
+	p.syscall = ms_syscall_of(nr);
+	if (!p.syscall)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if ((__u32)(pid_tgid >> 32) == self_tgid)
+		return 0;
+	ms_count(MS_COUNTER_SEEN);
+	if (filter_tgid && (__u32)(pid_tgid >> 32) != filter_tgid) {
+		ms_count(MS_COUNTER_FILTERED);
+		return 0;
+	}
+	p.ts_boot_ns = bpf_ktime_get_boot_ns();
+	ms_read_args(regs, &p);
+	tid = (__u32)pid_tgid;
+	bpf_map_update_elem(&pending, &tid, &p, BPF_ANY);
+	return 0;
+}
+
+/* Prepend "/name" for each dentry up to the root of the caller's mount namespace, crossing
+ * mount points, at most MS_PATH_COMPONENTS names. The walk writes backwards into s->path,
+ * which holds the path in s->path[walk_pos .. MS_PATH_MAX - 1). */
+static __always_inline void ms_walk_path(struct ms_scratch *s, struct file *file)
+{
+	struct ms_event *e = &s->event;
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
+	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
+	__u32 pos, len;
+	int i;
+
+	s->walk_pos = MS_PATH_MAX - 1;
+	s->walk_done = 0;
+	for (i = 0; i < MS_PATH_COMPONENTS; i++) {
+		struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+		const unsigned char *name;
+
+		if (dentry == mnt_root) {
+			struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+
+			if (mnt == mnt_parent) {
+				s->walk_done = 1; /* the root of the namespace */
+				break;
+			}
+			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+			mnt = mnt_parent;
+			vfsmnt = (void *)mnt + bpf_core_field_offset(struct mount, mnt);
+			continue;
+		}
+		len = BPF_CORE_READ(dentry, d_name.len);
+		name = BPF_CORE_READ(dentry, d_name.name);
+		pos = s->walk_pos;
+		if (len > MS_NAME_MAX || len + 1 > pos)
+			break; /* truncated: keep the tail we have */
+		pos -= len;
+		bpf_probe_read_kernel(&s->path[pos & (MS_PATH_MAX - 1)], len & MS_NAME_MAX, name);
+		pos -= 1;
+		s->path[pos & (MS_PATH_MAX - 1)] = '/';
+		s->walk_pos = pos;
+		if (dentry == parent) {
+			s->walk_done = 1; /* a pseudo file (memfd, anon inode): no parent, name only */
+			break;
+		}
+		dentry = parent;
+	}
+	pos = s->walk_pos & (MS_PATH_MAX - 1);
+	if (!s->walk_done)
+		e->file_flags |= MS_FILE_PATH_TRUNCATED;
+	else if (pos == MS_PATH_MAX - 1) {
+		pos -= 1; /* the root directory itself */
+		s->path[pos] = '/';
+	}
+	len = (MS_PATH_MAX - 1 - pos) & (MS_PATH_MAX - 1);
+	e->path_len = len;
+	bpf_probe_read_kernel(e->path, len, &s->path[pos]);
+}
+
+/* Fill the file fields from the caller's descriptor table, if `fd` names an open file. */
+static __always_inline void ms_fill_file(struct ms_scratch *s, __s32 fd)
+{
+	struct ms_event *e = &s->event;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+	struct inode *inode;
+
+	if (fd < 0 || (__u32)fd >= BPF_CORE_READ(fdt, max_fds))
+		return;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return;
+	inode = BPF_CORE_READ(file, f_inode);
+	e->file_flags |= MS_FILE_PRESENT;
+	e->inode = BPF_CORE_READ(inode, i_ino);
+	e->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	e->fs_magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	if (BPF_CORE_READ(inode, i_nlink) == 0)
+		e->file_flags |= MS_FILE_UNLINKED;
+	ms_walk_path(s, file);
+}
+
+/* Syscall exit, any mode: join the parked arguments with `ret` and emit one record. */
+static __always_inline int ms_on_exit(long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct task_struct *task;
+	struct ms_pending *p;
+	struct ms_scratch *s;
+	struct ms_event *e;
+	__u32 zero = 0;
+	__u32 size;
+
+	p = bpf_map_lookup_elem(&pending, &tid);
+	if (!p)
+		return 0;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s) {
+		bpf_map_delete_elem(&pending, &tid);
+		return 0;
+	}
+	e = &s->event;
+	e->ts_boot_ns = p->ts_boot_ns;
+	e->syscall = p->syscall;
+	e->file_flags = p->args_unreadable ? MS_ARGS_UNREADABLE : 0;
+	e->addr = p->args[0];
+	e->length = p->args[1];
+	e->prot = p->args[2];
+	e->flags = p->args[3];
+	e->fd = (__s32)p->args[4];
+	if (p->syscall == MS_SYSCALL_MMAP2) {
+		e->pgoffset = p->args[5];
+		e->offset = p->args[5] << MS_PAGE_SHIFT;
+	} else {
+		e->offset = p->args[5];
+		e->pgoffset = p->args[5] >> MS_PAGE_SHIFT;
+	}
+	bpf_map_delete_elem(&pending, &tid);
+
+	task = (struct task_struct *)bpf_get_current_task();
+	e->ret = ret;
+	e->pid = pid_tgid >> 32;
+	e->tid = tid;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->inode = 0;
+	e->dev = 0;
+	e->fs_magic = 0;
+	e->path_len = 0;
+	if (!(e->flags & MS_MAP_ANONYMOUS) && !(e->file_flags & MS_ARGS_UNREADABLE))
+		ms_fill_file(s, e->fd);
+
+	size = offsetof(struct ms_event, path) + (e->path_len & (MS_PATH_MAX - 1));
+	if (bpf_ringbuf_output(&events, e, size, 0))
+		ms_count(MS_COUNTER_DROPPED);
+	return 0;
+}
+
+/* The caller's saved user registers, for hooks inside the kernel (kprobe, fentry). */
+static __always_inline struct pt_regs *ms_user_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
+#endif /* MAPSENTRY_CAPTURE_H */

@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/* Every map and load-time setting of the capture programs, in one place. */
+#ifndef MAPSENTRY_MAPS_H
+#define MAPSENTRY_MAPS_H
+
+#include "mapsentry_event.h"
+
+/* Settings the agent writes before load (EbpfLoader::override_global). */
+const volatile __u32 self_tgid = 0;   /* the agent's own process: never reported */
+const volatile __u32 filter_tgid = 0; /* report only this process (0: every process) */
+
+/* A call between entry and exit: its arguments, kept per thread. */
+struct ms_pending {
+	__u64 ts_boot_ns;
+	__u64 args[6];
+	__u16 syscall;
+	__u16 args_unreadable;
+};
+
+/* Threads inside an mmap call. LRU, so a thread killed mid-call cannot leak its slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32); /* tid */
+	__type(value, struct ms_pending);
+} pending SEC(".maps");
+
+/* Records for the agent. The agent sets the size (bytes, a power of two) before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+/* Per-CPU counters, indexed by enum ms_counter: nothing is lost without being counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MS_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Scratch space for one record and its path walk; too large for the 512-byte BPF stack. */
+struct ms_scratch {
+	struct ms_event event;
+	/* Path walk state. Kept in the map value, not in registers, on purpose: the verifier does
+	 * not track map contents, so every loop iteration starts from the same abstract state and
+	 * is verified once instead of once per path through the previous iterations. */
+	__u32 walk_pos;
+	__u32 walk_done;
+	char path[2 * MS_PATH_MAX]; /* the walk writes backwards into the first half */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ms_scratch);
+} scratch SEC(".maps");
+
+#endif /* MAPSENTRY_MAPS_H */

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * The wire format between the kernel programs and the agent: one struct ms_event per captured
+ * call. This header is the single definition; agent/src/events/wire.rs mirrors it and a test
+ * (e2e/tests/wire_layout.rs) compares both layouts against the BTF of the built object.
+ *
+ * Records have variable length: the fixed part up to `path`, then path_len bytes of path
+ * (no terminating NUL). Change a field only together with the Rust mirror.
+ */
+#ifndef MAPSENTRY_EVENT_H
+#define MAPSENTRY_EVENT_H
+
+#define MS_COMM_LEN 16
+/* Bytes reserved for a file path, a power of two; paths keep at most MS_PATH_MAX - 1 bytes. */
+#define MS_PATH_MAX 512
+
+/* Which system call made the mapping. */
+enum ms_syscall {
+	MS_SYSCALL_MMAP = 1,     /* native 64-bit mmap (x86_64 nr 9) */
+	MS_SYSCALL_MMAP2 = 2,    /* ia32 compat mmap2 (i386 nr 192), offset in 4096-byte pages */
+	MS_SYSCALL_OLD_MMAP = 3, /* ia32 compat old_mmap (i386 nr 90), arguments in a user struct */
+};
+
+/* Bits of ms_event.file_flags. */
+enum ms_file_flag {
+	MS_FILE_PRESENT = 1,        /* file-backed: inode, dev, fs_magic and path are valid */
+	MS_FILE_UNLINKED = 2,       /* the inode has no links left (deleted file, memfd) */
+	MS_FILE_PATH_TRUNCATED = 4, /* the path walk hit its bound; path holds the tail */
+	MS_ARGS_UNREADABLE = 8,     /* old_mmap: the user argument struct could not be read */
+};
+
+/* Indexes of the per-CPU counter array `counters`. */
+enum ms_counter {
+	MS_COUNTER_SEEN = 0,     /* mmap calls that completed while attached */
+	MS_COUNTER_FILTERED = 1, /* calls the in-kernel report filter left out */
+	MS_COUNTER_DROPPED = 2,  /* records lost because the ring buffer was full */
+	MS_COUNTER_MAX = 3,
+};
+
+struct ms_event {
+	__u64 ts_boot_ns; /* bpf_ktime_get_boot_ns() at syscall entry */
+	__u64 cgroup_id;  /* cgroup v2 id of the caller */
+	__u64 addr;       /* the six arguments, as passed */
+	__u64 length;
+	__u64 prot;
+	__u64 flags;
+	__u64 pgoffset; /* pages: as passed for mmap2, derived (offset / 4096) for mmap */
+	__u64 offset;   /* bytes: as passed for mmap, derived (pgoffset * 4096) for mmap2 */
+	__s64 ret;      /* mapped address or -errno */
+	__u64 inode;
+	__u64 fs_magic;
+	__s32 fd;
+	__u32 dev; /* kernel encoding: major << 20 | minor */
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 file_flags;
+	__u16 syscall;
+	__u16 path_len;
+	char comm[MS_COMM_LEN];
+	char path[MS_PATH_MAX];
+};
+
+#endif /* MAPSENTRY_EVENT_H */

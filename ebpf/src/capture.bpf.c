@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/*
+ * Capture of mmap (x86_64) and mmap2 / old_mmap (ia32 compat) calls: one record per call.
+ * Thin entry points, one pair per attach mode; the logic is in include/capture.h. The agent
+ * loads and attaches only the pair of the mode it chose.
+ */
+#include "capture.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/*
+ * Mode `tracepoint`: the raw sys_enter/sys_exit tracepoints, which see native and ia32 calls
+ * alike (the per-syscall tracepoints skip ia32 calls).
+ *   entry_SYSCALL_64 / do_int80_syscall_32 -> syscall_enter_from_user_mode -> trace_sys_enter
+ *   syscall_exit_to_user_mode -> trace_sys_exit
+ */
+SEC("raw_tp/sys_enter")
+int BPF_PROG(ms_tp_enter, struct pt_regs *regs, long nr)
+{
+	return ms_on_enter(regs, nr);
+}
+
+SEC("raw_tp/sys_exit")
+int BPF_PROG(ms_tp_exit, struct pt_regs *regs, long ret)
+{
+	if (!ms_is_mmap_nr(BPF_CORE_READ(regs, orig_ax)))
+		return 0;
+	return ms_on_exit(ret);
+}
+
+/*
+ * Mode `kprobe`: the kernel function every mapping call goes through; the agent attaches to
+ * do_mmap2 where the kernel has it, else ksys_mmap_pgoff:
+ *   __x64_sys_mmap / __ia32_sys_mmap2 / __ia32_compat_sys_ia32_mmap -> ksys_mmap_pgoff
+ */
+SEC("kprobe/ksys_mmap_pgoff")
+int BPF_KPROBE(ms_kprobe_enter)
+{
+	struct pt_regs *regs = ms_user_regs();
+
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+}
+
+SEC("kretprobe/ksys_mmap_pgoff")
+int BPF_KRETPROBE(ms_kprobe_exit, long ret)
+{
+	return ms_on_exit(ret);
+}
+
+/* Mode `fentry`: the same function through BPF trampolines (no kprobe breakpoint). */
+SEC("fentry/ksys_mmap_pgoff")
+int BPF_PROG(ms_fentry_enter)
+{
+	struct pt_regs *regs = ms_user_regs();
+
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+}
+
+SEC("fexit/ksys_mmap_pgoff")
+int BPF_PROG(ms_fexit_exit)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return ms_on_exit((long)ret);
+}

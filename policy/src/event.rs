@@ -1,0 +1,166 @@
+//! One captured mapping call, and its JSON line form (the contract of `run --output json`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+
+/// The system call that made the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Syscall {
+    /// Native 64-bit `mmap`; `offset` is in bytes as passed.
+    Mmap,
+    /// ia32 compat `mmap2`; `pgoffset` is in 4096-byte pages as passed.
+    Mmap2,
+    /// ia32 compat `old_mmap` (i386 nr 90); arguments read from the caller's struct.
+    OldMmap,
+}
+
+impl Syscall {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mmap => "mmap",
+            Self::Mmap2 => "mmap2",
+            Self::OldMmap => "old_mmap",
+        }
+    }
+
+    /// The syscall named `name` as in the JSON lines (`mmap`, `mmap2`, `old_mmap`).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Mmap, Self::Mmap2, Self::OldMmap].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// The six arguments as the caller passed them (`pgoffset` or `offset` derived from the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmapArgs {
+    pub addr: u64,
+    pub length: u64,
+    pub prot: u64,
+    pub flags: u64,
+    pub fd: i32,
+    /// Offset in 4096-byte pages: as passed for `mmap2`, `offset / 4096` for `mmap`.
+    pub pgoffset: u64,
+    /// Offset in bytes: as passed for `mmap`, `pgoffset * 4096` for `mmap2`.
+    pub offset: u64,
+}
+
+/// The file behind a file-backed mapping, as the kernel saw it at the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Absolute path in the caller's mount namespace; `/memfd:NAME` for a memfd.
+    pub path: String,
+    pub inode: u64,
+    /// Device number as `stat(2)` reports it in `st_dev`.
+    pub dev: u64,
+    /// A memfd (`memfd_create`).
+    pub memfd: bool,
+    /// A POSIX shared memory object (a tmpfs file under `/dev/shm`).
+    pub shm: bool,
+    /// Unlinked from the file system (not counting memfds, which never had a name).
+    pub deleted: bool,
+    /// The in-kernel path walk hit its bound: `path` holds the last components only.
+    pub path_truncated: bool,
+    /// `statfs(2)` magic of the file system (`0x1021994` tmpfs, `0xef53` ext4, ...).
+    pub fs_magic: u64,
+}
+
+/// One `mmap`/`mmap2` call: who made it, what it asked for, what it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmapEvent {
+    /// Wall-clock time of the call (entry), nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    pub syscall: Syscall,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    pub args: MmapArgs,
+    /// The mapped address, or `-errno`.
+    pub ret: i64,
+    /// The file for a file-backed mapping whose descriptor was open; null otherwise.
+    pub file: Option<FileInfo>,
+    /// `old_mmap` only: the caller's argument struct could not be read, so `args` are zero.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub args_unreadable: bool,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if signature")]
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl MmapEvent {
+    /// Whether the call failed (`ret` is `-errno`, the kernel's range -4095..=-1).
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        (-4095..0).contains(&self.ret)
+    }
+
+    #[must_use]
+    pub fn is_anonymous(&self) -> bool {
+        self.args.flags & names::MAP_ANONYMOUS != 0
+    }
+
+    /// RFC 3339 rendering of `time_ns`, UTC, microseconds.
+    #[must_use]
+    pub fn time_rfc3339(&self) -> String {
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.time_ns))
+            .ok()
+            .and_then(|t| t.format(&format).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// One JSON line of `run`/`tail`: `{"kind":"event", "time":..., <the event>, "prot_names":...}`.
+///
+/// Serializes the contract form; deserializes it back (derived fields are ignored on input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventLine {
+    Event {
+        #[serde(flatten)]
+        event: MmapEvent,
+        #[serde(flatten)]
+        derived: Derived,
+    },
+}
+
+/// Fields of an event line that are rendered from the event for people and scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Derived {
+    /// RFC 3339 time.
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub prot_names: String,
+    #[serde(default)]
+    pub flags_names: String,
+    /// `EBADF` when `ret` is a known `-errno`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<MmapEvent> for EventLine {
+    fn from(event: MmapEvent) -> Self {
+        let derived = Derived {
+            time: event.time_rfc3339(),
+            prot_names: names::prot_names(event.args.prot),
+            flags_names: names::flags_names(event.args.flags),
+            error: event.failed().then(|| names::errno_name(event.ret)).flatten().map(str::to_owned),
+        };
+        Self::Event { event, derived }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,69 @@
+use super::*;
+
+fn sample() -> MmapEvent {
+    MmapEvent {
+        time_ns: 1_764_236_000_123_456_789,
+        syscall: Syscall::Mmap2,
+        pid: 42,
+        tid: 43,
+        ppid: 1,
+        uid: 0,
+        gid: 0,
+        comm: "app".into(),
+        cgroup_id: 7,
+        args: MmapArgs { addr: 0, length: 8192, prot: 5, flags: 1, fd: 3, pgoffset: 2, offset: 8192 },
+        ret: -9,
+        file: Some(FileInfo {
+            path: "/data/f".into(),
+            inode: 11,
+            dev: 0x803,
+            memfd: false,
+            shm: false,
+            deleted: false,
+            path_truncated: false,
+            fs_magic: 0xef53,
+        }),
+        args_unreadable: false,
+    }
+}
+
+#[test]
+fn event_line_has_the_contract_fields_as_numbers() {
+    let line = serde_json::to_value(EventLine::from(sample())).unwrap();
+    assert_eq!(line["kind"], "event");
+    assert_eq!(line["syscall"], "mmap2");
+    assert_eq!(line["pid"], 42);
+    assert_eq!(line["tid"], 43);
+    assert_eq!(line["comm"], "app");
+    assert_eq!(line["args"]["fd"], 3);
+    assert_eq!(line["args"]["pgoffset"], 2);
+    assert_eq!(line["args"]["offset"], 8192);
+    assert_eq!(line["args"]["prot"], 5);
+    assert_eq!(line["ret"], -9);
+    assert_eq!(line["error"], "EBADF");
+    assert_eq!(line["prot_names"], "PROT_READ|PROT_EXEC");
+    assert_eq!(line["flags_names"], "MAP_SHARED");
+    assert_eq!(line["file"]["path"], "/data/f");
+    assert_eq!(line["time"], "2025-11-27T09:33:20.123456Z");
+    assert!(line.get("args_unreadable").is_none());
+}
+
+#[test]
+fn event_line_round_trips_and_anonymous_file_is_null() {
+    let mut event = sample();
+    event.file = None;
+    event.ret = 0x7f00_0000_0000;
+    let text = serde_json::to_string(&EventLine::from(event.clone())).unwrap();
+    assert!(text.contains("\"file\":null"), "{text}");
+    let EventLine::Event { event: back, .. } = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, event);
+}
+
+#[test]
+fn failed_means_the_errno_range() {
+    let mut event = sample();
+    for (ret, failed) in [(-1, true), (-4095, true), (-4096, false), (0, false), (4096, false)] {
+        event.ret = ret;
+        assert_eq!(event.failed(), failed, "ret {ret}");
+    }
+}
