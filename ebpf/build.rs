@@ -20,10 +20,19 @@ fn main() -> anyhow::Result<()> {
 
     for entry in std::fs::read_dir(manifest.join("src"))? {
         let source = entry?.path();
-        let Some(name) = source.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(stem) = name.strip_suffix(".bpf.c") else { continue };
+        let Some(name) = source.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".bpf.c") else {
+            continue;
+        };
         println!("cargo::rerun-if-changed={}", source.display());
-        compile(&clang, &manifest, &source, &out_dir.join(format!("{stem}.bpf.o")))?;
+        compile(
+            &clang,
+            &manifest,
+            &source,
+            &out_dir.join(format!("{stem}.bpf.o")),
+        )?;
     }
     Ok(())
 }
@@ -33,7 +42,11 @@ fn find_clang() -> anyhow::Result<PathBuf> {
         return Ok(clang.into());
     }
     for candidate in ["clang", "clang-19", "clang-14"] {
-        if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Ok(candidate.into());
         }
     }
@@ -42,7 +55,15 @@ fn find_clang() -> anyhow::Result<PathBuf> {
 
 fn compile(clang: &Path, manifest: &Path, source: &Path, object: &Path) -> anyhow::Result<()> {
     let output = Command::new(clang)
-        .args(["-g", "-O2", "-Wall", "-Werror", "-target", "bpf", "-D__TARGET_ARCH_x86"])
+        .args([
+            "-g",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+        ])
         .arg("-I")
         .arg(manifest.join("include"))
         // <linux/types.h> pulls in <asm/types.h>, which Debian keeps under the multiarch path.

@@ -29,7 +29,12 @@ pub struct CaptureConfig {
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        Self { attach: AttachMode::Auto, pid: None, ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES, btf: None }
+        Self {
+            attach: AttachMode::Auto,
+            pid: None,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            btf: None,
+        }
     }
 }
 
@@ -101,7 +106,9 @@ impl Capture {
             .override_global("filter_tgid", &filter_tgid, true)
             .map_max_entries("events", bytes)
             .load(mapsentry_ebpf::CAPTURE)
-            .map_err(|e| Error::Load { reason: probe::chain(&e) })?;
+            .map_err(|e| Error::Load {
+                reason: probe::chain(&e),
+            })?;
 
         let attached = probe::attach(&mut ebpf, config.attach, &btf)?;
         for (mode, reason) in &attached.rejected {
@@ -111,7 +118,12 @@ impl Capture {
 
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
-        Ok(Self { ebpf: Some(ebpf), attached, reader: RecordReader::new(ring)?, counters })
+        Ok(Self {
+            ebpf: Some(ebpf),
+            attached,
+            reader: RecordReader::new(ring)?,
+            counters,
+        })
     }
 
     /// The mode in use and why cheaper ones were passed over.
@@ -151,10 +163,10 @@ impl Capture {
     /// The kernel's counters, summed over CPUs.
     pub fn kernel_counters(&self) -> Result<KernelCounters> {
         let sum = |index: u32| -> Result<u64> {
-            let values = self
-                .counters
-                .get(&index, 0)
-                .map_err(|e| Error::Map { name: "counters", reason: probe::chain(&e) })?;
+            let values = self.counters.get(&index, 0).map_err(|e| Error::Map {
+                name: "counters",
+                reason: probe::chain(&e),
+            })?;
             Ok(values.iter().sum())
         };
         Ok(KernelCounters {
@@ -170,6 +182,12 @@ fn take_map<M, E: std::error::Error>(
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> std::result::Result<M, E>,
 ) -> Result<M> {
-    let map = ebpf.take_map(name).ok_or(Error::Map { name, reason: "not in the object".into() })?;
-    convert(map).map_err(|e| Error::Map { name, reason: probe::chain(&e) })
+    let map = ebpf.take_map(name).ok_or(Error::Map {
+        name,
+        reason: "not in the object".into(),
+    })?;
+    convert(map).map_err(|e| Error::Map {
+        name,
+        reason: probe::chain(&e),
+    })
 }

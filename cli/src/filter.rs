@@ -14,23 +14,40 @@ pub struct EventFilter {
 
 impl EventFilter {
     /// Build from the command line's words, naming any that is wrong.
-    pub fn from_args(comms: &[String], syscalls: &[String], prot_any: &[String]) -> anyhow::Result<Self> {
+    pub fn from_args(
+        comms: &[String],
+        syscalls: &[String],
+        prot_any: &[String],
+    ) -> anyhow::Result<Self> {
         let syscalls = syscalls
             .iter()
             .map(|name| {
-                Syscall::from_name(name)
-                    .with_context(|| format!("--syscall {name:?}: expected mmap, mmap2 or old_mmap"))
+                Syscall::from_name(name).with_context(|| {
+                    format!("--syscall {name:?}: expected mmap, mmap2 or old_mmap")
+                })
             })
             .collect::<anyhow::Result<_>>()?;
         let mut mask = 0;
-        for name in prot_any.iter().flat_map(|list| list.split([',', '|'])).map(str::trim) {
+        for name in prot_any
+            .iter()
+            .flat_map(|list| list.split([',', '|']))
+            .map(str::trim)
+        {
             match names::parse_prot(name) {
-                Some(0) => bail!("--prot-any {name:?}: PROT_NONE has no bits to match; use PROT_READ, PROT_WRITE or PROT_EXEC"),
+                Some(0) => bail!(
+                    "--prot-any {name:?}: PROT_NONE has no bits to match; use PROT_READ, PROT_WRITE or PROT_EXEC"
+                ),
                 Some(bit) => mask |= bit,
-                None => bail!("--prot-any {name:?}: unknown protection (expected PROT_READ, PROT_WRITE, PROT_EXEC, ...)"),
+                None => bail!(
+                    "--prot-any {name:?}: unknown protection (expected PROT_READ, PROT_WRITE, PROT_EXEC, ...)"
+                ),
             }
         }
-        Ok(Self { comms: comms.to_vec(), syscalls, prot_any: mask })
+        Ok(Self {
+            comms: comms.to_vec(),
+            syscalls,
+            prot_any: mask,
+        })
     }
 
     #[must_use]

@@ -54,7 +54,12 @@ pub fn text_line(event: &MmapEvent) -> String {
     );
     if let Some(file) = &event.file {
         line.push_str(&format!(" file={} ino={}", file.path, file.inode));
-        for (set, marker) in [(file.memfd, "memfd"), (file.shm, "shm"), (file.deleted, "deleted"), (file.path_truncated, "truncated")] {
+        for (set, marker) in [
+            (file.memfd, "memfd"),
+            (file.shm, "shm"),
+            (file.deleted, "deleted"),
+            (file.path_truncated, "truncated"),
+        ] {
             if set {
                 line.push_str(&format!(" [{marker}]"));
             }
@@ -84,7 +89,15 @@ mod tests {
             gid: 0,
             comm: "cat".into(),
             cgroup_id: 1,
-            args: MmapArgs { addr: 0, length: 4096, prot: 3, flags: 0x22, fd: -1, pgoffset: 0, offset: 0 },
+            args: MmapArgs {
+                addr: 0,
+                length: 4096,
+                prot: 3,
+                flags: 0x22,
+                fd: -1,
+                pgoffset: 0,
+                offset: 0,
+            },
             ret: 0x7f00_0000_0000,
             file: None,
             args_unreadable: false,
@@ -109,6 +122,9 @@ mod tests {
         });
         let line = text_line(&event);
         assert!(line.contains("mmap2 cat[7/8]"), "{line}");
-        assert!(line.ends_with("pgoff=3 = -9 (EBADF) file=/memfd:jit ino=5 [memfd]"), "{line}");
+        assert!(
+            line.ends_with("pgoff=3 = -9 (EBADF) file=/memfd:jit ino=5 [memfd]"),
+            "{line}"
+        );
     }
 }

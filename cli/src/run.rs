@@ -116,13 +116,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn announce(out: &mut impl Write, format: Format, capture: &Capture) -> anyhow::Result<()> {
     let attached = capture.attached();
     if format == Format::Json {
-        let rejected: serde_json::Map<_, _> =
-            attached.rejected.iter().map(|(mode, why)| (mode.to_string(), why.clone().into())).collect();
+        let rejected: serde_json::Map<_, _> = attached
+            .rejected
+            .iter()
+            .map(|(mode, why)| (mode.to_string(), why.clone().into()))
+            .collect();
         let line = json!({"kind": "attached", "mode": attached.mode.as_str(), "target": attached.target, "rejected": rejected});
         writeln!(out, "{line}")?;
         out.flush()?;
     }
-    eprintln!("mapsentry: capturing mmap and mmap2 in {} mode ({})", attached.mode, attached.target);
+    eprintln!(
+        "mapsentry: capturing mmap and mmap2 in {} mode ({})",
+        attached.mode, attached.target
+    );
     Ok(())
 }
 

@@ -12,4 +12,3 @@ static CAPTURE_ALIGNED: &Aligned<[u8]> =
 /// The capture object (`src/capture.bpf.c`): mmap/mmap2 programs for every attach mode, the
 /// `events` ring buffer, the `counters` per-CPU array and the `self_tgid`/`filter_tgid` settings.
 pub static CAPTURE: &[u8] = &CAPTURE_ALIGNED.0;
-

@@ -29,7 +29,9 @@ impl Syscall {
     /// The syscall named `name` as in the JSON lines (`mmap`, `mmap2`, `old_mmap`).
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Mmap, Self::Mmap2, Self::OldMmap].into_iter().find(|s| s.as_str() == name)
+        [Self::Mmap, Self::Mmap2, Self::OldMmap]
+            .into_iter()
+            .find(|s| s.as_str() == name)
     }
 }
 
@@ -91,7 +93,10 @@ pub struct MmapEvent {
     pub args_unreadable: bool,
 }
 
-#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if signature")]
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
 fn is_false(value: &bool) -> bool {
     !*value
 }
@@ -156,7 +161,11 @@ impl From<MmapEvent> for EventLine {
             time: event.time_rfc3339(),
             prot_names: names::prot_names(event.args.prot),
             flags_names: names::flags_names(event.args.flags),
-            error: event.failed().then(|| names::errno_name(event.ret)).flatten().map(str::to_owned),
+            error: event
+                .failed()
+                .then(|| names::errno_name(event.ret))
+                .flatten()
+                .map(str::to_owned),
         };
         Self::Event { event, derived }
     }

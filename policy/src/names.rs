@@ -127,7 +127,11 @@ pub fn parse_prot(name: &str) -> Option<u64> {
 /// The bits of a `MAP_*` name, type values included.
 #[must_use]
 pub fn parse_flag(name: &str) -> Option<u64> {
-    MAP_TYPES.iter().chain(MAP_FLAG_NAMES).find(|(n, _)| *n == name).map(|(_, v)| *v)
+    MAP_TYPES
+        .iter()
+        .chain(MAP_FLAG_NAMES)
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
 }
 
 const ERRNO_NAMES: &[(&str, i64)] = &[
@@ -154,7 +158,10 @@ const ERRNO_NAMES: &[(&str, i64)] = &[
 /// `EBADF` for -9: the name of a negative syscall return, if it is a known error.
 #[must_use]
 pub fn errno_name(ret: i64) -> Option<&'static str> {
-    ERRNO_NAMES.iter().find(|(_, n)| *n == -ret).map(|(name, _)| *name)
+    ERRNO_NAMES
+        .iter()
+        .find(|(_, n)| *n == -ret)
+        .map(|(name, _)| *name)
 }
 
 #[cfg(test)]

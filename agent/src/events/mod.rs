@@ -31,15 +31,20 @@ pub struct RecordReader {
 
 impl std::fmt::Debug for RecordReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordReader").field("decoder", &self.decoder).finish_non_exhaustive()
+        f.debug_struct("RecordReader")
+            .field("decoder", &self.decoder)
+            .finish_non_exhaustive()
     }
 }
 
 impl RecordReader {
     /// Must be called inside a tokio runtime (it registers the ring buffer with the reactor).
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
-        let decoder =
-            Decoder { boot_to_wall_ns: clock::boot_to_wall_offset_ns(), received: 0, malformed: 0 };
+        let decoder = Decoder {
+            boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
+            received: 0,
+            malformed: 0,
+        };
         #[expect(
             deprecated,
             reason = "the AsyncFd owns the ring buffer, so the fd outlives its registration; \

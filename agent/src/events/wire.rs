@@ -76,11 +76,14 @@ pub enum DecodeError {
 /// Decode one ring-buffer record. `boot_to_wall_ns` converts the kernel's boot-time clock to
 /// the Unix epoch (see `clock::BootClock`).
 pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeError> {
-    let (header, rest) =
-        RawEventHeader::read_from_prefix(record).map_err(|_| DecodeError::Truncated { len: record.len() })?;
+    let (header, rest) = RawEventHeader::read_from_prefix(record)
+        .map_err(|_| DecodeError::Truncated { len: record.len() })?;
     let path_len = usize::from(header.path_len);
     if path_len >= PATH_MAX || path_len > rest.len() {
-        return Err(DecodeError::PathOverrun { path_len, available: rest.len() });
+        return Err(DecodeError::PathOverrun {
+            path_len,
+            available: rest.len(),
+        });
     }
     let syscall = match header.syscall {
         SYSCALL_MMAP => Syscall::Mmap,
@@ -140,7 +143,10 @@ fn file_info(header: &RawEventHeader, path: &[u8]) -> FileInfo {
 pub fn userspace_dev(kernel_dev: u32) -> u64 {
     let major = u64::from(kernel_dev >> 20);
     let minor = u64::from(kernel_dev & 0xf_ffff);
-    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
 }
 
 fn c_string(bytes: &[u8]) -> String {

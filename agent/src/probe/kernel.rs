@@ -34,22 +34,40 @@ pub enum KernelError {
 pub fn load_btf(path: Option<&Path>) -> Result<Btf, KernelError> {
     let path = path.unwrap_or_else(|| Path::new(SYSFS_BTF));
     if !path.exists() {
-        return Err(KernelError::NoBtf { path: path.display().to_string() });
+        return Err(KernelError::NoBtf {
+            path: path.display().to_string(),
+        });
     }
-    Btf::parse_file(path, Endianness::default())
-        .map_err(|e| KernelError::BadBtf { path: path.display().to_string(), reason: super::chain(&e) })
+    Btf::parse_file(path, Endianness::default()).map_err(|e| KernelError::BadBtf {
+        path: path.display().to_string(),
+        reason: super::chain(&e),
+    })
 }
 
 /// The function every mmap-family call passes through: `do_mmap2` where the kernel has it
 /// (some architectures), else `ksys_mmap_pgoff`.
 pub fn mmap_function() -> Result<String, KernelError> {
-    let symbols = fs::read_to_string("/proc/kallsyms").map_err(|source| KernelError::Kallsyms { source })?;
-    let has = |name: &str| symbols.lines().any(|line| line.split_whitespace().nth(2) == Some(name));
+    let symbols =
+        fs::read_to_string("/proc/kallsyms").map_err(|source| KernelError::Kallsyms { source })?;
+    let has = |name: &str| {
+        symbols
+            .lines()
+            .any(|line| line.split_whitespace().nth(2) == Some(name))
+    };
     ["do_mmap2", "ksys_mmap_pgoff"]
         .into_iter()
         .find(|name| has(name))
         .map(str::to_owned)
         .ok_or(KernelError::NoMmapFunction)
+}
+
+/// The perf PMU through which kprobes attach; absent when the kernel lacks CONFIG_KPROBES.
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+/// Whether this kernel can attach kprobes (aya attaches them through the kprobe PMU).
+#[must_use]
+pub fn has_kprobes() -> bool {
+    Path::new(KPROBE_PMU).exists()
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -73,13 +91,22 @@ pub fn check_privileges() -> Result<(), KernelError> {
         .filter(|(cap, _)| !has(*cap))
         .map(|(_, name)| name)
         .collect();
-    Err(KernelError::Privileges { uid: rustix::process::geteuid().as_raw(), missing: missing.join(" and ") })
+    Err(KernelError::Privileges {
+        uid: rustix::process::geteuid().as_raw(),
+        missing: missing.join(" and "),
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where we may.
 pub fn raise_memlock_limit() {
     use rustix::process::{Resource, Rlimit, setrlimit};
-    if let Err(error) = setrlimit(Resource::Memlock, Rlimit { current: None, maximum: None }) {
+    if let Err(error) = setrlimit(
+        Resource::Memlock,
+        Rlimit {
+            current: None,
+            maximum: None,
+        },
+    ) {
         tracing::debug!(%error, "could not lift RLIMIT_MEMLOCK (only kernels before 5.11 need it)");
     }
 }

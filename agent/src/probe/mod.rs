@@ -64,7 +64,9 @@ impl FromStr for AttachMode {
         [Self::Auto, Self::Fentry, Self::Kprobe, Self::Tracepoint]
             .into_iter()
             .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unknown attach mode {s:?}: expected auto, fentry, kprobe or tracepoint"))
+            .ok_or_else(|| {
+                format!("unknown attach mode {s:?}: expected auto, fentry, kprobe or tracepoint")
+            })
     }
 }
 
@@ -88,30 +90,55 @@ pub enum AttachError {
 }
 
 fn list(tried: &[(AttachMode, String)]) -> String {
-    tried.iter().map(|(mode, why)| format!("{mode}: {why}")).collect::<Vec<_>>().join("; ")
+    tried
+        .iter()
+        .map(|(mode, why)| format!("{mode}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Attach `requested` (or, for `auto`, the cheapest mode that works) in `ebpf`.
 pub fn attach(ebpf: &mut Ebpf, requested: AttachMode, btf: &Btf) -> Result<Attached, AttachError> {
+    select(requested, |mode| attach_mode(ebpf, mode, btf))
+}
+
+/// The mode-choosing rule, apart from the kernel: try the requested mode, or for `auto` every
+/// concrete mode cheapest first, and keep the first for which `try_mode` returns its target.
+fn select(
+    requested: AttachMode,
+    mut try_mode: impl FnMut(AttachMode) -> Result<String, String>,
+) -> Result<Attached, AttachError> {
     let candidates: &[AttachMode] = match requested {
         AttachMode::Auto => &AttachMode::CONCRETE,
         ref one => std::slice::from_ref(one),
     };
     let mut rejected = Vec::new();
     for &mode in candidates {
-        match attach_mode(ebpf, mode, btf) {
-            Ok(target) => return Ok(Attached { mode, target, rejected }),
+        match try_mode(mode) {
+            Ok(target) => {
+                return Ok(Attached {
+                    mode,
+                    target,
+                    rejected,
+                });
+            }
             Err(reason) => {
                 tracing::debug!(%mode, %reason, "attach mode unavailable");
                 rejected.push((mode, reason));
             }
         }
     }
-    if requested == AttachMode::Auto {
-        return Err(AttachError::NoMode { tried: rejected });
+    match (requested, rejected.pop()) {
+        (AttachMode::Auto, last) => {
+            rejected.extend(last);
+            Err(AttachError::NoMode { tried: rejected })
+        }
+        (_, Some((mode, reason))) => Err(AttachError::Unavailable { mode, reason }),
+        (mode, None) => Err(AttachError::Unavailable {
+            mode,
+            reason: "not tried".into(),
+        }),
     }
-    let (mode, reason) = rejected.pop().expect("one mode was tried");
-    Err(AttachError::Unavailable { mode, reason })
 }
 
 /// Load and attach both programs of `mode`; on failure unload what was loaded, so the next
@@ -136,15 +163,28 @@ fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode, btf: &Btf) -> Result<String, S
 }
 
 fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Result<(), String> {
-    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))?;
-    let what = |step: &str, e: &dyn std::error::Error| format!("{step} {name}: {}", chain(e));
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
+    let what =
+        |step: &str, e: &dyn std::error::Error| format!("{step} {name}: {}", brief(&chain(e)));
     match program {
         Program::RawTracePoint(p) => {
-            let tracepoint = if name.ends_with("enter") { "sys_enter" } else { "sys_exit" };
+            let tracepoint = if name.ends_with("enter") {
+                "sys_enter"
+            } else {
+                "sys_exit"
+            };
             p.load().map_err(|e| what("loading", &e))?;
             p.attach(tracepoint).map_err(|e| what("attaching", &e))?;
         }
         Program::KProbe(p) => {
+            if !kernel::has_kprobes() {
+                return Err(format!(
+                    "this kernel has no kprobes (no {})",
+                    kernel::KPROBE_PMU
+                ));
+            }
             p.load().map_err(|e| what("loading", &e))?;
             p.attach(target, 0).map_err(|e| what("attaching", &e))?;
         }
@@ -171,6 +211,30 @@ fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
     }
 }
 
+/// Lines of a verifier log worth showing in an error: its end says why it refused.
+const VERIFIER_LOG_LINES: usize = 8;
+
+/// Shorten aya's "... Verifier output: <log>" to the log's last lines (or drop an empty log).
+fn brief(text: &str) -> String {
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text.to_owned();
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let head = head.trim_end().trim_end_matches('.');
+    match lines.len() {
+        0 => head.to_owned(),
+        n if n <= VERIFIER_LOG_LINES => format!("{head}; verifier: {}", lines.join(" / ")),
+        n => format!(
+            "{head}; verifier (last {VERIFIER_LOG_LINES} of {n} lines): {}",
+            lines[n - VERIFIER_LOG_LINES..].join(" / ")
+        ),
+    }
+}
+
 /// An error and its sources, `: `-separated (aya keeps the errno in the source).
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -185,3 +249,6 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests;

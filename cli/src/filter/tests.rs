@@ -13,7 +13,15 @@ fn event(comm: &str, syscall: Syscall, prot: u64) -> MmapEvent {
         gid: 0,
         comm: comm.into(),
         cgroup_id: 0,
-        args: MmapArgs { addr: 0, length: 4096, prot, flags: 0x22, fd: -1, pgoffset: 0, offset: 0 },
+        args: MmapArgs {
+            addr: 0,
+            length: 4096,
+            prot,
+            flags: 0x22,
+            fd: -1,
+            pgoffset: 0,
+            offset: 0,
+        },
         ret: 0,
         file: None,
         args_unreadable: false,
@@ -34,11 +42,31 @@ fn each_filter_narrows_the_stream() {
         event("sh", Syscall::OldMmap, 0x1),
     ];
     let cases: [(&str, EventFilter, [bool; 4]); 5] = [
-        ("none", filter(&[], &[], &[]).unwrap(), [true, true, true, true]),
-        ("comm", filter(&["java"], &[], &[]).unwrap(), [true, true, false, false]),
-        ("syscall", filter(&[], &["mmap2", "old_mmap"], &[]).unwrap(), [false, false, true, true]),
-        ("prot-any", filter(&[], &[], &["PROT_EXEC"]).unwrap(), [false, true, true, false]),
-        ("all", filter(&["java", "node"], &["mmap"], &["PROT_WRITE,PROT_EXEC"]).unwrap(), [true, true, false, false]),
+        (
+            "none",
+            filter(&[], &[], &[]).unwrap(),
+            [true, true, true, true],
+        ),
+        (
+            "comm",
+            filter(&["java"], &[], &[]).unwrap(),
+            [true, true, false, false],
+        ),
+        (
+            "syscall",
+            filter(&[], &["mmap2", "old_mmap"], &[]).unwrap(),
+            [false, false, true, true],
+        ),
+        (
+            "prot-any",
+            filter(&[], &[], &["PROT_EXEC"]).unwrap(),
+            [false, true, true, false],
+        ),
+        (
+            "all",
+            filter(&["java", "node"], &["mmap"], &["PROT_WRITE,PROT_EXEC"]).unwrap(),
+            [true, true, false, false],
+        ),
     ];
     for (name, filter, expected) in cases {
         let got: Vec<bool> = events.iter().map(|e| filter.matches(e)).collect();
@@ -51,7 +79,10 @@ fn bad_filter_words_are_named() {
     let err = filter(&[], &["mmap3"], &[]).unwrap_err().to_string();
     assert!(err.contains("--syscall \"mmap3\""), "{err}");
     let err = filter(&[], &[], &["PROT_WRIT"]).unwrap_err().to_string();
-    assert!(err.contains("--prot-any \"PROT_WRIT\": unknown protection"), "{err}");
+    assert!(
+        err.contains("--prot-any \"PROT_WRIT\": unknown protection"),
+        "{err}"
+    );
     let err = filter(&[], &[], &["PROT_NONE"]).unwrap_err().to_string();
     assert!(err.contains("PROT_NONE has no bits"), "{err}");
 }

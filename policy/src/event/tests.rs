@@ -11,7 +11,15 @@ fn sample() -> MmapEvent {
         gid: 0,
         comm: "app".into(),
         cgroup_id: 7,
-        args: MmapArgs { addr: 0, length: 8192, prot: 5, flags: 1, fd: 3, pgoffset: 2, offset: 8192 },
+        args: MmapArgs {
+            addr: 0,
+            length: 8192,
+            prot: 5,
+            flags: 1,
+            fd: 3,
+            pgoffset: 2,
+            offset: 8192,
+        },
         ret: -9,
         file: Some(FileInfo {
             path: "/data/f".into(),
@@ -62,7 +70,13 @@ fn event_line_round_trips_and_anonymous_file_is_null() {
 #[test]
 fn failed_means_the_errno_range() {
     let mut event = sample();
-    for (ret, failed) in [(-1, true), (-4095, true), (-4096, false), (0, false), (4096, false)] {
+    for (ret, failed) in [
+        (-1, true),
+        (-4095, true),
+        (-4096, false),
+        (0, false),
+        (4096, false),
+    ] {
         event.ret = ret;
         assert_eq!(event.failed(), failed, "ret {ret}");
     }

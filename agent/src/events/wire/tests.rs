@@ -89,7 +89,10 @@ fn a_path_longer_than_the_record_is_an_error() {
     h.path_len = 20;
     assert_eq!(
         decode(&record(&h, b"/short"), 0),
-        Err(DecodeError::PathOverrun { path_len: 20, available: 6 })
+        Err(DecodeError::PathOverrun {
+            path_len: 20,
+            available: 6
+        })
     );
     h.path_len = u16::MAX;
     let err = decode(&record(&h, &[b'a'; 600]), 0).unwrap_err();

@@ -1,0 +1,120 @@
+//! What the real-kernel tests share: helper processes and a capture around them.
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+};
+
+use mapsentry_agent::{Capture, CaptureConfig};
+use mapsentry_policy::MmapEvent;
+use serde_json::Value;
+
+/// A helper program started and waiting for the word to make its calls.
+pub struct Helper {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Helper {
+    pub fn spawn(program: impl AsRef<Path>, args: &[&str]) -> Self {
+        let program = program.as_ref();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let hello = read_json(&mut stdout);
+        let pid = hello["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no pid in {hello}")) as u32;
+        Self { child, stdout, pid }
+    }
+
+    /// Let it make its calls; returns its report once it has exited.
+    pub fn go(mut self) -> Value {
+        self.child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("writing to helper");
+        let report = read_json(&mut self.stdout);
+        let status = self.child.wait().expect("waiting for helper");
+        assert!(status.success(), "helper failed: {status}");
+        report
+    }
+}
+
+fn read_json(reader: &mut impl BufRead) -> Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("reading helper output");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("helper printed {line:?}: {e}"))
+}
+
+/// The Rust helper (`src/bin/mmap_call.rs`).
+pub fn mmap_call() -> &'static str {
+    env!("CARGO_BIN_EXE_mmap_call")
+}
+
+/// Start capturing (real BPF); panics with the reason when the kernel refuses.
+pub fn capture(config: &CaptureConfig) -> Capture {
+    Capture::start(config)
+        .unwrap_or_else(|e| panic!("starting the capture (needs root and BTF): {e}"))
+}
+
+/// Every event in the ring buffer now, from process `pid`. Call after the helper has exited:
+/// its records were written before each of its calls returned.
+pub fn drain_pid(capture: &mut Capture, pid: u32) -> Vec<MmapEvent> {
+    let mut all = Vec::new();
+    while capture.drain(&mut all) > 0 {}
+    all.retain(|e| e.pid == pid);
+    all
+}
+
+/// The `mapsentry` binary, built beside the test binaries (`cargo build --bins`).
+pub fn mapsentry_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("mapsentry");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// The record matching a reported call by thread, arguments and result, which must be unique.
+pub fn the_record<'a>(events: &'a [MmapEvent], call: &Value, name: &str) -> &'a MmapEvent {
+    let n = |key: &str| {
+        call[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: no {key} in {call}"))
+    };
+    let matches: Vec<&MmapEvent> = events
+        .iter()
+        .filter(|e| {
+            u64::from(e.tid) == n("tid")
+                && e.args.addr == n("addr")
+                && e.args.length == n("length")
+                && e.args.prot == n("prot")
+                && e.args.flags == n("flags")
+                && i64::from(e.args.fd) == call["fd"].as_i64().expect("fd")
+                && e.ret == call["ret"].as_i64().expect("ret")
+        })
+        .collect();
+    assert_eq!(
+        matches.len(),
+        1,
+        "{name}: expected exactly one record for {call}, got {matches:#?}"
+    );
+    matches[0]
+}
