@@ -11,6 +11,6 @@ pub fn marker(thread: u64, call: u64) -> u64 {
 /// The (thread, call) a marker address stands for, if it is one.
 #[must_use]
 pub fn unmark(addr: u64) -> Option<(u64, u64)> {
-    (addr >> 40 == 0x20 && addr & 0xfff == 0)
+    (addr >> 40 == 0x20 && addr.trailing_zeros() >= 12)
         .then_some(((addr >> 32) & 0xff, (addr >> 12) & 0xf_ffff))
 }

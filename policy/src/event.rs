@@ -51,6 +51,10 @@ pub struct MmapArgs {
 
 /// The file behind a file-backed mapping, as the kernel saw it at the call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about the file, each a JSON field"
+)]
 pub struct FileInfo {
     /// Absolute path in the caller's mount namespace; `/memfd:NAME` for a memfd.
     pub path: String,

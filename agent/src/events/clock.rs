@@ -11,7 +11,7 @@ pub fn boot_to_wall_offset_ns() -> i128 {
             let before = nanos(clock_gettime(ClockId::Realtime));
             let boot = clock_gettime_dynamic(DynamicClockId::Boottime).map_or(0, nanos);
             let after = nanos(clock_gettime(ClockId::Realtime));
-            (after - before, (before + after) / 2 - boot)
+            (after - before, i128::midpoint(before, after) - boot)
         })
         .min_by_key(|(spread, _)| *spread)
         .map_or(0, |(_, offset)| offset)

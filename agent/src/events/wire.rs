@@ -1,7 +1,7 @@
-//! The Rust mirror of `struct ms_event` (ebpf/include/mapsentry_event.h) and its decoder.
+//! The Rust mirror of `struct ms_event` (`ebpf/include/mapsentry_event.h`) and its decoder.
 //!
 //! A record is the fixed header, then `path_len` bytes of path. The header is declared packed so
-//! that its size is exactly `offsetof(struct ms_event, path)`; e2e/tests/wire_layout.rs checks
+//! that its size is exactly `offsetof(struct ms_event, path)`; `e2e/tests/wire_layout.rs` checks
 //! every offset against the BTF of the built object.
 
 use mapsentry_policy::{FileInfo, MmapArgs, MmapEvent, Syscall};

@@ -61,7 +61,7 @@ pub fn mmap_function() -> Result<String, KernelError> {
         .ok_or(KernelError::NoMmapFunction)
 }
 
-/// The perf PMU through which kprobes attach; absent when the kernel lacks CONFIG_KPROBES.
+/// The perf PMU through which kprobes attach; absent when the kernel lacks `CONFIG_KPROBES`.
 pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 /// Whether this kernel can attach kprobes (aya attaches them through the kprobe PMU).
@@ -97,7 +97,7 @@ pub fn check_privileges() -> Result<(), KernelError> {
     })
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where we may.
+/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it where we may.
 pub fn raise_memlock_limit() {
     use rustix::process::{Resource, Rlimit, setrlimit};
     if let Err(error) = setrlimit(

@@ -74,7 +74,10 @@ fn verifier_logs_are_cut_to_their_end() {
         brief("loading x: EPERM. Verifier output: "),
         "loading x: EPERM"
     );
-    let long: String = (0..20).map(|i| format!("line {i}\n")).collect();
+    let long = (0..20)
+        .map(|i| format!("line {i}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let text = brief(&format!("loading x: E2BIG. Verifier output: {long}"));
     assert!(
         text.starts_with("loading x: E2BIG; verifier (last 8 of 20 lines): line 12 / "),

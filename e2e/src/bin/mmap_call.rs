@@ -7,7 +7,7 @@
 //! Spec: `{"calls":[CALL...]}` or `{"threads":T,"per_thread":N}`.
 //! CALL: `{"addr","length","prot","flags","offset"}` numbers, `"fd"` one of `"anon"` (-1),
 //! `"bad"` (an unopened descriptor), `"file"`, `"shm"`, `"deleted"`, `"memfd:NAME"`, and
-//! optional `"premap":true` (map anonymous memory first and pass its address: MAP_FIXED over
+//! optional `"premap":true` (map anonymous memory first and pass its address: `MAP_FIXED` over
 //! an existing mapping).
 //! Threads: T threads each make N anonymous 4 KiB mappings with address hint
 //! `marker(thread, i)`, then unmap them.

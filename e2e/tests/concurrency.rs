@@ -1,0 +1,116 @@
+//! Real BPF, many threads at once: every call is accounted for (captured or counted as dropped)
+//! and no record is mixed up between threads.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::{Helper, capture, drain_pid, mmap_call};
+use mapsentry_agent::{Capture, CaptureConfig};
+use mapsentry_e2e::unmark;
+use serde_json::{Value, json};
+
+const THREADS: u64 = 4;
+const PER_THREAD: u64 = 2_000;
+
+/// Run the threaded helper under a capture of `ring_buffer_bytes`, reading nothing until it is
+/// done. Returns the helper's report, the capture and the helper's events.
+fn threaded_run(ring_buffer_bytes: u32) -> (Value, Capture, Vec<mapsentry_policy::MmapEvent>) {
+    let spec = json!({ "threads": THREADS, "per_thread": PER_THREAD }).to_string();
+    let helper = Helper::spawn(mmap_call(), &[&spec]);
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ring_buffer_bytes,
+        ..CaptureConfig::default()
+    });
+    let report = helper.go();
+    let events = drain_pid(&mut capture, pid);
+    (report, capture, events)
+}
+
+/// Calls made by the helper that the kernel saw: `seen` minus other processes' calls.
+fn accounted(capture: &Capture, received_for_pid: usize) -> (u64, u64, u64) {
+    let counters = capture.kernel_counters().expect("counters");
+    (
+        counters.seen - counters.filtered,
+        received_for_pid as u64,
+        counters.dropped,
+    )
+}
+
+#[tokio::test]
+async fn threads_mapping_at_once_are_each_captured_once_and_unmixed() {
+    let (report, capture, events) = threaded_run(16 << 20);
+    let tids: HashMap<u64, u64> = report["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| (t["index"].as_u64().unwrap(), t["tid"].as_u64().unwrap()))
+        .collect();
+    let (calls, received, dropped) = accounted(&capture, events.len());
+    assert_eq!(
+        dropped, 0,
+        "a 16 MiB ring buffer read after the run holds every record"
+    );
+    assert_eq!(calls, received, "every call the kernel saw was delivered");
+
+    let mut seen = HashSet::new();
+    for event in &events {
+        let Some((thread, call)) = unmark(event.args.addr) else {
+            continue;
+        };
+        assert_eq!(
+            u64::from(event.tid),
+            tids[&thread],
+            "call {call} of thread {thread} recorded under another thread"
+        );
+        assert!(
+            call < PER_THREAD,
+            "marker out of range: {:#x}",
+            event.args.addr
+        );
+        assert!(
+            event.ret > 0,
+            "thread {thread} call {call} failed: {}",
+            event.ret
+        );
+        assert!(
+            seen.insert((thread, call)),
+            "thread {thread} call {call} recorded twice"
+        );
+    }
+    assert_eq!(
+        seen.len() as u64,
+        THREADS * PER_THREAD,
+        "every marked call captured"
+    );
+}
+
+#[tokio::test]
+async fn an_overflowing_ring_buffer_counts_exactly_what_it_drops() {
+    // One page holds about 26 records: most of the 8,000 calls cannot fit.
+    let (_report, capture, events) = threaded_run(4096);
+    let (calls, received, dropped) = accounted(&capture, events.len());
+    assert!(
+        dropped > 0,
+        "a one-page ring buffer left unread must overflow"
+    );
+    assert!(
+        calls >= THREADS * PER_THREAD,
+        "the kernel saw {calls} calls, fewer than were made"
+    );
+    assert_eq!(
+        calls,
+        received + dropped,
+        "every call captured or counted as dropped"
+    );
+    let marked = events
+        .iter()
+        .filter(|e| unmark(e.args.addr).is_some())
+        .count() as u64;
+    assert!(
+        marked + dropped >= THREADS * PER_THREAD,
+        "marked {marked} + dropped {dropped}"
+    );
+}

@@ -1,0 +1,137 @@
+//! The Rust mirror of the kernel record (`agent/src/events/wire.rs`) has the size and field
+//! offsets of `struct ms_event` as compiled: read from the object's BTF (bpftool), not assumed.
+//! Also the shared constants agree with the C header.
+
+use std::{collections::HashMap, mem::offset_of, process::Command};
+
+use mapsentry_agent::events::wire::{self, RawEventHeader};
+
+/// Member name -> (byte offset, BTF type id) of `struct ms_event`, and the struct's size.
+fn btf_layout() -> (HashMap<String, (usize, u32)>, usize, String) {
+    let object =
+        std::env::temp_dir().join(format!("mapsentry-capture-{}.bpf.o", std::process::id()));
+    std::fs::write(&object, mapsentry_ebpf::CAPTURE).expect("writing the object");
+    let output = Command::new("bpftool")
+        .args(["btf", "dump", "file"])
+        .arg(&object)
+        .args(["format", "raw"])
+        .output()
+        .expect("running bpftool (Debian package bpftool)");
+    let _ = std::fs::remove_file(&object);
+    assert!(
+        output.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dump = String::from_utf8(output.stdout).expect("utf-8");
+
+    let mut lines = dump
+        .lines()
+        .skip_while(|l| !l.contains("STRUCT 'ms_event'"));
+    let header = lines.next().expect("struct ms_event in the object's BTF");
+    let size = field(header, "size=").parse().expect("size");
+    let members = lines
+        .take_while(|l| l.starts_with('\t'))
+        .map(|l| {
+            let name = l.trim().split('\'').nth(1).expect("member name").to_owned();
+            let bits: usize = field(l, "bits_offset=").parse().expect("bits_offset");
+            assert_eq!(bits % 8, 0, "{name} is a bitfield");
+            (
+                name,
+                (bits / 8, field(l, "type_id=").parse().expect("type_id")),
+            )
+        })
+        .collect();
+    (members, size, dump)
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+macro_rules! rust_offsets {
+    ($($field:ident),* $(,)?) => {
+        [$((stringify!($field), offset_of!(RawEventHeader, $field))),*]
+    };
+}
+
+#[test]
+fn rust_mirror_matches_the_btf_of_struct_ms_event() {
+    let (members, size, dump) = btf_layout();
+    let rust = rust_offsets!(
+        ts_boot_ns, cgroup_id, addr, length, prot, flags, pgoffset, offset, ret, inode, fs_magic,
+        fd, dev, pid, tid, ppid, uid, gid, file_flags, syscall, path_len, comm,
+    );
+    assert_eq!(
+        members.len(),
+        rust.len() + 1,
+        "C members {members:?}: the mirror must list all but `path`"
+    );
+    for (name, offset) in rust {
+        let (c_offset, _) = members
+            .get(name)
+            .unwrap_or_else(|| panic!("C struct has no member {name}"));
+        assert_eq!(offset, *c_offset, "offset of {name}");
+    }
+    let (path_offset, path_type) = members["path"];
+    assert_eq!(
+        wire::HEADER_LEN,
+        path_offset,
+        "the header ends where `path` starts"
+    );
+    let path_array = dump
+        .lines()
+        .find(|l| l.starts_with(&format!("[{path_type}] ARRAY")))
+        .expect("path's array type");
+    assert_eq!(
+        field(path_array, "nr_elems=").parse::<usize>().unwrap(),
+        wire::PATH_MAX,
+        "MS_PATH_MAX"
+    );
+    assert_eq!(
+        size,
+        (wire::HEADER_LEN + wire::PATH_MAX).next_multiple_of(8),
+        "sizeof(struct ms_event)"
+    );
+}
+
+#[test]
+fn constants_match_the_c_header() {
+    let header = include_str!("../../ebpf/include/mapsentry_event.h");
+    let value = |name: &str| -> u64 {
+        let line = header
+            .lines()
+            .map(|l| l.trim().trim_start_matches("#define").trim_start())
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in mapsentry_event.h"));
+        let text = line
+            .split_once(name)
+            .unwrap()
+            .1
+            .trim_start_matches([' ', '=', '\t']);
+        text.split([',', ' ', '\t'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let rust: [(&str, u64); 12] = [
+        ("MS_COMM_LEN", wire::COMM_LEN as u64),
+        ("MS_PATH_MAX", wire::PATH_MAX as u64),
+        ("MS_SYSCALL_MMAP", wire::SYSCALL_MMAP.into()),
+        ("MS_SYSCALL_MMAP2", wire::SYSCALL_MMAP2.into()),
+        ("MS_SYSCALL_OLD_MMAP", wire::SYSCALL_OLD_MMAP.into()),
+        ("MS_FILE_PRESENT", wire::FILE_PRESENT.into()),
+        ("MS_FILE_UNLINKED", wire::FILE_UNLINKED.into()),
+        ("MS_FILE_PATH_TRUNCATED", wire::FILE_PATH_TRUNCATED.into()),
+        ("MS_ARGS_UNREADABLE", wire::ARGS_UNREADABLE.into()),
+        ("MS_COUNTER_SEEN", wire::COUNTER_SEEN.into()),
+        ("MS_COUNTER_FILTERED", wire::COUNTER_FILTERED.into()),
+        ("MS_COUNTER_DROPPED", wire::COUNTER_DROPPED.into()),
+    ];
+    for (name, rust_value) in rust {
+        assert_eq!(value(name), rust_value, "{name}");
+    }
+}
