@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing mapsentry needs on Debian 12 (idempotent; root).
+set -euo pipefail
+
+packages=(
+  clang llvm          # compiles the BPF programs (ebpf/build.rs)
+  libbpf-dev          # bpf_helpers.h, bpf_tracing.h, bpf_core_read.h
+  linux-libc-dev      # <linux/bpf.h> and the uapi types
+  gcc-multilib        # the 32-bit mmap2 test helper (gcc -m32 -static)
+  bpftool             # the test that reads the object's BTF
+  util-linux procps   # setpriv and kill in the CLI tests
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (BPF and apt need it): sudo $0" >&2
+  exit 1
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
