@@ -19,8 +19,10 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub attach: AttachMode,
-    /// Report only this process (the in-kernel filter); `None` reports every process.
+    /// Report only this process (in-kernel filter); `None` reports every process.
     pub pid: Option<u32>,
+    /// Report only calls whose `prot` has one of these bits (in-kernel filter); 0 reports all.
+    pub prot_any: u64,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_buffer_bytes: u32,
     /// BTF of the running kernel, if it does not publish its own in /sys/kernel/btf/vmlinux.
@@ -32,6 +34,7 @@ impl Default for CaptureConfig {
         Self {
             attach: AttachMode::Auto,
             pid: None,
+            prot_any: 0,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             btf: None,
         }
@@ -62,7 +65,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct KernelCounters {
     /// mmap-family calls that entered the kernel while attached (the agent's own excluded).
     pub seen: u64,
-    /// Calls the in-kernel filter (`pid`) left out.
+    /// Calls the in-kernel filters (`pid`, `prot_any`) left out.
     pub filtered: u64,
     /// Records lost because the ring buffer was full.
     pub dropped: u64,
@@ -104,6 +107,7 @@ impl Capture {
             .btf(Some(&btf))
             .override_global("self_tgid", &self_tgid, true)
             .override_global("filter_tgid", &filter_tgid, true)
+            .override_global("filter_prot_any", &config.prot_any, true)
             .map_max_entries("events", bytes)
             .load(mapsentry_ebpf::CAPTURE)
             .map_err(|e| Error::Load {

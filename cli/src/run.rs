@@ -33,7 +33,8 @@ pub struct RunArgs {
     /// Only this system call: mmap, mmap2 or old_mmap (repeatable).
     #[arg(long = "syscall", value_name = "SYSCALL")]
     syscalls: Vec<String>,
-    /// Only calls whose prot has any of these bits, e.g. PROT_WRITE,PROT_EXEC (repeatable).
+    /// Only calls whose prot has any of these bits, e.g. PROT_WRITE,PROT_EXEC (repeatable;
+    /// filtered in the kernel).
     #[arg(long = "prot-any", value_name = "PROT,...")]
     prot_any: Vec<String>,
     /// Kernel ring buffer size in bytes (a power of two).
@@ -60,6 +61,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = CaptureConfig {
         attach: args.attach,
         pid: args.pid,
+        prot_any: filter.prot_any,
         ring_buffer_bytes: args.ring_buffer_bytes,
         btf: args.btf,
     };

@@ -116,6 +116,10 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 	}
 	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	ms_read_args(regs, &p);
+	if (filter_prot_any && !(p.args[2] & filter_prot_any)) {
+		ms_count(MS_COUNTER_FILTERED);
+		return 0;
+	}
 	tid = (__u32)pid_tgid;
 	bpf_map_update_elem(&pending, &tid, &p, BPF_ANY);
 	return 0;

@@ -8,6 +8,7 @@
 /* Settings the agent writes before load (EbpfLoader::override_global). */
 const volatile __u32 self_tgid = 0;   /* the agent's own process: never reported */
 const volatile __u32 filter_tgid = 0; /* report only this process (0: every process) */
+const volatile __u64 filter_prot_any = 0; /* report only calls with one of these prot bits (0: all) */
 
 /* A call between entry and exit: its arguments, kept per thread. */
 struct ms_pending {

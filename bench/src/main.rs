@@ -1,0 +1,28 @@
+//! `mapsentry-bench`: what mapsentry costs a node, side by side with bpftrace (the peer) and an
+//! in-kernel counter (the floor), interleaved in one run and reported as medians and ratios.
+//!
+//! Run it through `scripts/bench.sh`, which builds the release binaries it drives.
+#![forbid(unsafe_code)]
+
+mod overhead;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "mapsentry-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// mmap+munmap loop and getppid loop under each tracer (bare, mapsentry, bpftrace).
+    Overhead(overhead::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Overhead(args) => overhead::run(&args),
+    }
+}

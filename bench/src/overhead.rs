@@ -1,0 +1,252 @@
+//! The overhead benchmark: the same workloads under every tracer, rounds interleaved.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, bail, ensure};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Rounds; each runs every variant once, in a rotated order.
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// mmap+munmap iterations per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    mmap_iterations: u32,
+    /// getppid iterations per measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    getppid_iterations: u32,
+}
+
+/// What traces the workload during a measurement.
+#[derive(Debug, Clone, Copy)]
+enum Tracer {
+    None,
+    /// `mapsentry run` with these extra arguments, its JSON lines read by the benchmark.
+    Mapsentry(&'static [&'static str]),
+    /// bpftrace with this program, its output read by the benchmark.
+    Bpftrace(&'static str),
+}
+
+const BPFTRACE_STREAM: &str = r#"tracepoint:syscalls:sys_enter_mmap { printf("%s %d %d %lx %lu %lu %lu %ld %lu\n", comm, pid, tid, args->addr, args->len, args->prot, args->flags, (int64)args->fd, args->off); }"#;
+const BPFTRACE_COUNT: &str = "tracepoint:syscalls:sys_enter_mmap { @calls = count(); }";
+
+const VARIANTS: [(&str, Tracer); 5] = [
+    ("bare", Tracer::None),
+    (
+        "mapsentry, every event streamed (JSON lines)",
+        Tracer::Mapsentry(&[]),
+    ),
+    (
+        "mapsentry, in-kernel report filter (PROT_EXEC only)",
+        Tracer::Mapsentry(&["--prot-any", "PROT_EXEC"]),
+    ),
+    (
+        "bpftrace, every call's arguments printed",
+        Tracer::Bpftrace(BPFTRACE_STREAM),
+    ),
+    (
+        "bpftrace, in-kernel counter only (floor)",
+        Tracer::Bpftrace(BPFTRACE_COUNT),
+    ),
+];
+
+/// One measurement of each workload under one tracer.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    mmap_ns: f64,
+    getppid_ns: f64,
+    lines: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
+    for needed in ["mapsentry", "mmap-loop"] {
+        ensure!(
+            bin_dir.join(needed).exists(),
+            "{needed} not built next to mapsentry-bench: use scripts/bench.sh"
+        );
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); VARIANTS.len()];
+    for round in 0..args.rounds {
+        for k in 0..VARIANTS.len() {
+            let index = (round + k) % VARIANTS.len();
+            let (name, tracer) = VARIANTS[index];
+            let sample = measure(&bin_dir, tracer, args)
+                .with_context(|| format!("round {round}: {name}"))?;
+            eprintln!(
+                "round {round}: {name}: mmap {:.0} ns, getppid {:.0} ns, {} lines",
+                sample.mmap_ns, sample.getppid_ns, sample.lines
+            );
+            samples[index].push(sample);
+        }
+    }
+    report(args, &samples);
+    Ok(())
+}
+
+fn measure(bin_dir: &Path, tracer: Tracer, args: &Args) -> anyhow::Result<Sample> {
+    let running = match tracer {
+        Tracer::None => None,
+        Tracer::Mapsentry(extra) => {
+            let mut command = Command::new(bin_dir.join("mapsentry"));
+            command.args(["run", "--output", "json"]).args(extra);
+            Some(Running::start(
+                command,
+                ReadyOn::Stderr("mapsentry: capturing"),
+            )?)
+        }
+        Tracer::Bpftrace(program) => {
+            let mut command = Command::new("bpftrace");
+            command.args(["-e", program]);
+            Some(Running::start(command, ReadyOn::Stdout("Attaching"))?)
+        }
+    };
+    thread::sleep(Duration::from_millis(200));
+    let mmap_ns = workload(bin_dir, "mmap", args.mmap_iterations)?;
+    let getppid_ns = workload(bin_dir, "getppid", args.getppid_iterations)?;
+    let lines = running.map(Running::stop).transpose()?.unwrap_or(0);
+    Ok(Sample {
+        mmap_ns,
+        getppid_ns,
+        lines,
+    })
+}
+
+fn workload(bin_dir: &Path, kind: &str, iterations: u32) -> anyhow::Result<f64> {
+    let output = Command::new(bin_dir.join("mmap-loop"))
+        .args([kind, &iterations.to_string()])
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "mmap-loop {kind}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReadyOn {
+    Stdout(&'static str),
+    Stderr(&'static str),
+}
+
+/// A tracer whose output is read (and counted) by a thread, as a consumer would.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<u64>,
+}
+
+impl Running {
+    fn start(mut command: Command, ready: ReadyOn) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tracer")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (lines_tx, lines) = mpsc::channel();
+        let (out_marker, err_marker) = match ready {
+            ReadyOn::Stdout(m) => (Some(m), None),
+            ReadyOn::Stderr(m) => (None, Some(m)),
+        };
+        let ready_err = ready_tx.clone();
+        thread::spawn(move || {
+            let mut count = 0;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if out_marker.is_some_and(|m| line.contains(m)) {
+                    let _ = ready_tx.send(());
+                }
+                count += 1;
+            }
+            let _ = lines_tx.send(count);
+        });
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_marker.is_some_and(|m| line.contains(m)) {
+                    let _ = ready_err.send(());
+                }
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_mins(1)).is_err() {
+            let _ = child.kill();
+            bail!("the tracer did not attach within 60 s");
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// SIGINT, wait, and return how many lines it printed.
+    fn stop(mut self) -> anyhow::Result<u64> {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(self.lines.recv_timeout(Duration::from_mins(1))?)
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        f64::midpoint(values[n / 2 - 1], values[n / 2])
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "line counts stay far below 2^52")]
+fn report(args: &Args, samples: &[Vec<Sample>]) {
+    let mmap: Vec<f64> = samples
+        .iter()
+        .map(|s| median(s.iter().map(|x| x.mmap_ns).collect()))
+        .collect();
+    let getppid: Vec<f64> = samples
+        .iter()
+        .map(|s| median(s.iter().map(|x| x.getppid_ns).collect()))
+        .collect();
+    println!("{}", machine());
+    println!(
+        "{} rounds, interleaved; mmap+munmap of 4 KiB anonymous pages x {}, getppid x {}; medians.\n",
+        args.rounds, args.mmap_iterations, args.getppid_iterations
+    );
+    println!(
+        "| variant | mmap+munmap ns/iter | ratio to bare | getppid ns | ratio to bare | lines read (median) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (i, (name, _)) in VARIANTS.iter().enumerate() {
+        let lines = median(samples[i].iter().map(|x| x.lines as f64).collect());
+        println!(
+            "| {name} | {:.0} | {:.2}x | {:.0} | {:.2}x | {lines:.0} |",
+            mmap[i],
+            mmap[i] / mmap[0],
+            getppid[i],
+            getppid[i] / getppid[0]
+        );
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = thread::available_parallelism().map_or(0, usize::from);
+    format!("Machine: {cpu}, {cores} cores, kernel {}", kernel.trim())
+}
