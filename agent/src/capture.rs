@@ -15,6 +15,8 @@ use crate::{
 
 /// Ring buffer size when none is given: room for ~50,000 anonymous-mapping records.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
+/// Records that wait before the kernel wakes the reader, when none is given (~440 records).
+pub const DEFAULT_WAKEUP_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
@@ -25,6 +27,10 @@ pub struct CaptureConfig {
     pub prot_any: u64,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_buffer_bytes: u32,
+    /// Bytes of records that wait in the ring buffer before the kernel wakes the reader (0:
+    /// wake at every record). Quieter streams are drained on the reader's timer instead
+    /// (`events::FLUSH_INTERVAL`).
+    pub wakeup_bytes: u64,
     /// BTF of the running kernel, if it does not publish its own in /sys/kernel/btf/vmlinux.
     pub btf: Option<PathBuf>,
 }
@@ -36,6 +42,7 @@ impl Default for CaptureConfig {
             pid: None,
             prot_any: 0,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            wakeup_bytes: DEFAULT_WAKEUP_BYTES,
             btf: None,
         }
     }
@@ -108,6 +115,7 @@ impl Capture {
             .override_global("self_tgid", &self_tgid, true)
             .override_global("filter_tgid", &filter_tgid, true)
             .override_global("filter_prot_any", &config.prot_any, true)
+            .override_global("wakeup_bytes", &config.wakeup_bytes, true)
             .map_max_entries("events", bytes)
             .load(mapsentry_ebpf::CAPTURE)
             .map_err(|e| Error::Load {

@@ -206,7 +206,10 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-#[expect(clippy::cast_precision_loss, reason = "line counts stay far below 2^52")]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "line counts stay far below 2^52"
+)]
 fn report(args: &Args, samples: &[Vec<Sample>]) {
     let mmap: Vec<f64> = samples
         .iter()

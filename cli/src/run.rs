@@ -6,7 +6,10 @@ use std::{
 };
 
 use anyhow::Context;
-use mapsentry_agent::{AttachMode, Capture, CaptureConfig, capture::DEFAULT_RING_BUFFER_BYTES};
+use mapsentry_agent::{
+    AttachMode, Capture, CaptureConfig,
+    capture::{DEFAULT_RING_BUFFER_BYTES, DEFAULT_WAKEUP_BYTES},
+};
 use mapsentry_policy::MmapEvent;
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
@@ -40,6 +43,10 @@ pub struct RunArgs {
     /// Kernel ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     ring_buffer_bytes: u32,
+    /// Bytes of records the kernel lets wait before waking mapsentry (0: wake at every record;
+    /// a quiet stream is still read every 10 ms).
+    #[arg(long, default_value_t = DEFAULT_WAKEUP_BYTES)]
+    wakeup_bytes: u64,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     btf: Option<PathBuf>,
@@ -63,6 +70,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pid: args.pid,
         prot_any: filter.prot_any,
         ring_buffer_bytes: args.ring_buffer_bytes,
+        wakeup_bytes: args.wakeup_bytes,
         btf: args.btf,
     };
     let mut capture = Capture::start(&config).context("cannot start capturing")?;

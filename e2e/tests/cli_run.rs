@@ -110,6 +110,10 @@ fn json_lines_follow_the_contract_and_sigterm_prints_totals() {
     let attached: Value = serde_json::from_str(&first[0]).expect("JSON");
     assert_eq!(attached["kind"], "attached");
     assert_eq!(attached["mode"], "tracepoint");
+    assert_eq!(
+        attached["target"], "tp_btf sys_enter/sys_exit",
+        "BTF tracepoints where the kernel allows them"
+    );
     assert!(
         attached["rejected"]["fentry"].is_string() && attached["rejected"]["kprobe"].is_string(),
         "{attached}"

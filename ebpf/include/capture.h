@@ -210,6 +210,15 @@ static __always_inline void ms_fill_file(struct ms_scratch *s, __s32 fd)
 	ms_walk_path(s, file);
 }
 
+/* Batch wake-ups: one per wakeup_bytes of records instead of one per record. */
+static __always_inline __u64 ms_wakeup_flag(__u32 size)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										 : BPF_RB_NO_WAKEUP;
+}
+
 /* Syscall exit, any mode: join the parked arguments with `ret` and emit one record. */
 static __always_inline int ms_on_exit(long ret)
 {
@@ -266,7 +275,7 @@ static __always_inline int ms_on_exit(long ret)
 		ms_fill_file(s, e->fd);
 
 	size = offsetof(struct ms_event, path) + (e->path_len & (MS_PATH_MAX - 1));
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	if (bpf_ringbuf_output(&events, e, size, ms_wakeup_flag(size)))
 		ms_count(MS_COUNTER_DROPPED);
 	return 0;
 }

@@ -9,6 +9,9 @@
 const volatile __u32 self_tgid = 0;   /* the agent's own process: never reported */
 const volatile __u32 filter_tgid = 0; /* report only this process (0: every process) */
 const volatile __u64 filter_prot_any = 0; /* report only calls with one of these prot bits (0: all) */
+/* Wake the reader only once this many bytes wait in the ring buffer (0: at every record); the
+ * reader also drains on a short timer, which bounds the latency of a quiet stream. */
+const volatile __u64 wakeup_bytes = 0;
 
 /* A call between entry and exit: its arguments, kept per thread. */
 struct ms_pending {

@@ -9,11 +9,27 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /*
- * Mode `tracepoint`: the raw sys_enter/sys_exit tracepoints, which see native and ia32 calls
- * alike (the per-syscall tracepoints skip ia32 calls).
+ * Mode `tracepoint`: the sys_enter/sys_exit tracepoints, which see native and ia32 calls alike
+ * (the per-syscall tracepoints skip ia32 calls). They run on every system call, so the first
+ * test is the call number. BTF-typed (tp_btf) where the kernel allows it: it reads the
+ * registers directly; raw_tp, the fallback, through bpf_probe_read_kernel.
  *   entry_SYSCALL_64 / do_int80_syscall_32 -> syscall_enter_from_user_mode -> trace_sys_enter
  *   syscall_exit_to_user_mode -> trace_sys_exit
  */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(ms_btf_enter, struct pt_regs *regs, long nr)
+{
+	return ms_on_enter(regs, nr);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(ms_btf_exit, struct pt_regs *regs, long ret)
+{
+	if (!ms_is_mmap_nr(regs->orig_ax))
+		return 0;
+	return ms_on_exit(ret);
+}
+
 SEC("raw_tp/sys_enter")
 int BPF_PROG(ms_tp_enter, struct pt_regs *regs, long nr)
 {

@@ -6,11 +6,15 @@ pub mod wire;
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd, RawFd},
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
 use mapsentry_policy::MmapEvent;
-use tokio::io::unix::AsyncFd;
+use tokio::{
+    io::unix::AsyncFd,
+    time::{Interval, MissedTickBehavior},
+};
 
 pub use wire::DecodeError;
 
@@ -23,9 +27,14 @@ impl AsRawFd for RingBufFd {
     }
 }
 
+/// How often the reader drains the ring buffer without being woken: the kernel wakes it only
+/// per batch of records (`wakeup_bytes`), so this bounds the delay of a quiet stream.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Reads and decodes records from the `events` ring buffer.
 pub struct RecordReader {
     ring: AsyncFd<RingBufFd>,
+    flush: Interval,
     decoder: Decoder,
 }
 
@@ -51,16 +60,34 @@ impl RecordReader {
                       the replacement, AsyncFd::register, is unsafe"
         )]
         let ring = AsyncFd::new(RingBufFd(ring))?;
-        Ok(Self { ring, decoder })
+        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            ring,
+            flush,
+            decoder,
+        })
     }
 
-    /// Wait until records are ready, then decode every ready one into `out`; returns how many
-    /// were appended. Malformed records are logged and counted (`malformed`), not returned.
+    /// Wait until records are ready (a wake-up from the kernel, or the flush timer finding
+    /// some), then decode every ready one into `out`; returns how many were appended.
+    /// Malformed records are logged and counted (`malformed`), not returned.
     pub async fn read_batch(&mut self, out: &mut Vec<MmapEvent>) -> io::Result<usize> {
+        let Self {
+            ring,
+            flush,
+            decoder,
+        } = self;
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let n = self.decoder.drain(&mut guard.get_inner_mut().0, out);
-            guard.clear_ready();
+            let n = tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    let n = decoder.drain(&mut guard.get_inner_mut().0, out);
+                    guard.clear_ready();
+                    n
+                }
+                _ = flush.tick() => decoder.drain(&mut ring.get_mut().0, out),
+            };
             if n > 0 {
                 return Ok(n);
             }

@@ -9,7 +9,7 @@ use std::{fmt, str::FromStr};
 
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, Program, RawTracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, RawTracePoint},
 };
 
 /// How the programs hook the kernel (DESIGN.md, "Attach modes").
@@ -40,13 +40,16 @@ impl AttachMode {
         }
     }
 
-    /// The (entry, exit) programs of this mode in capture.bpf.c.
-    fn programs(self) -> Option<(&'static str, &'static str)> {
+    /// The (entry, exit) program pairs of this mode in capture.bpf.c, preferred first.
+    fn program_pairs(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Self::Auto => None,
-            Self::Fentry => Some(("ms_fentry_enter", "ms_fexit_exit")),
-            Self::Kprobe => Some(("ms_kprobe_enter", "ms_kprobe_exit")),
-            Self::Tracepoint => Some(("ms_tp_enter", "ms_tp_exit")),
+            Self::Auto => &[],
+            Self::Fentry => &[("ms_fentry_enter", "ms_fexit_exit")],
+            Self::Kprobe => &[("ms_kprobe_enter", "ms_kprobe_exit")],
+            Self::Tracepoint => &[
+                ("ms_btf_enter", "ms_btf_exit"),
+                ("ms_tp_enter", "ms_tp_exit"),
+            ],
         }
     }
 }
@@ -141,25 +144,42 @@ fn select(
     }
 }
 
-/// Load and attach both programs of `mode`; on failure unload what was loaded, so the next
-/// mode starts clean. Returns the hook's name.
+/// Load and attach both programs of `mode` (its preferred pair, else the next); on failure
+/// unload what was loaded, so the next try starts clean. Returns the hook's name.
 fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode, btf: &Btf) -> Result<String, String> {
-    let (enter, exit) = mode.programs().expect("a concrete mode");
-    let target = match mode {
-        AttachMode::Tracepoint => "sys_enter/sys_exit".to_owned(),
-        _ => kernel::mmap_function().map_err(|e| e.to_string())?,
+    let function = match mode {
+        AttachMode::Tracepoint => None,
+        _ => Some(kernel::mmap_function().map_err(|e| e.to_string())?),
     };
-    let result = attach_program(ebpf, enter, &target, btf)
-        .and_then(|()| attach_program(ebpf, exit, &target, btf));
-    if let Err(reason) = result {
-        for name in [enter, exit] {
-            if let Some(program) = ebpf.program_mut(name) {
-                let _ = unload(program);
+    let mut failures = Vec::new();
+    for &(enter, exit) in mode.program_pairs() {
+        let target = function
+            .clone()
+            .unwrap_or_else(|| "sys_enter/sys_exit".to_owned());
+        let result = attach_program(ebpf, enter, &target, btf)
+            .and_then(|()| attach_program(ebpf, exit, &target, btf));
+        match result {
+            Ok(()) if mode == AttachMode::Tracepoint => {
+                let kind = if enter.starts_with("ms_btf") {
+                    "tp_btf"
+                } else {
+                    "raw_tp"
+                };
+                return Ok(format!("{kind} {target}"));
+            }
+            Ok(()) => return Ok(target),
+            Err(reason) => {
+                tracing::debug!(%mode, enter, exit, %reason, "program pair unavailable");
+                for name in [enter, exit] {
+                    if let Some(program) = ebpf.program_mut(name) {
+                        let _ = unload(program);
+                    }
+                }
+                failures.push(reason);
             }
         }
-        return Err(reason);
     }
-    Ok(target)
+    Err(failures.join("; then "))
 }
 
 fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Result<(), String> {
@@ -168,15 +188,19 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Resul
         .ok_or_else(|| format!("program {name} missing from the object"))?;
     let what =
         |step: &str, e: &dyn std::error::Error| format!("{step} {name}: {}", brief(&chain(e)));
+    let tracepoint = if name.ends_with("enter") {
+        "sys_enter"
+    } else {
+        "sys_exit"
+    };
     match program {
         Program::RawTracePoint(p) => {
-            let tracepoint = if name.ends_with("enter") {
-                "sys_enter"
-            } else {
-                "sys_exit"
-            };
             p.load().map_err(|e| what("loading", &e))?;
             p.attach(tracepoint).map_err(|e| what("attaching", &e))?;
+        }
+        Program::BtfTracePoint(p) => {
+            p.load(tracepoint, btf).map_err(|e| what("loading", &e))?;
+            p.attach().map_err(|e| what("attaching", &e))?;
         }
         Program::KProbe(p) => {
             if !kernel::has_kprobes() {
@@ -204,6 +228,7 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Resul
 fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
     match program {
         Program::RawTracePoint(p) => RawTracePoint::unload(p),
+        Program::BtfTracePoint(p) => BtfTracePoint::unload(p),
         Program::KProbe(p) => KProbe::unload(p),
         Program::FEntry(p) => FEntry::unload(p),
         Program::FExit(p) => FExit::unload(p),
