@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use aya::{
     EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use mapsentry_policy::MmapEvent;
 
 use crate::{
+    enforce::RuleTable,
     events::{RecordReader, wire},
     probe::{self, AttachError, AttachMode, Attached, kernel},
 };
@@ -85,6 +86,7 @@ pub struct Capture {
     attached: Attached,
     reader: RecordReader,
     counters: PerCpuArray<MapData, u64>,
+    rules: RuleTable,
 }
 
 impl std::fmt::Debug for Capture {
@@ -130,11 +132,13 @@ impl Capture {
 
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
+        let rules = RuleTable::new(take_map(&mut ebpf, "enforce", HashMap::try_from)?);
         Ok(Self {
             ebpf: Some(ebpf),
             attached,
             reader: RecordReader::new(ring)?,
             counters,
+            rules,
         })
     }
 
@@ -142,6 +146,11 @@ impl Capture {
     #[must_use]
     pub fn attached(&self) -> &Attached {
         &self.attached
+    }
+
+    /// The kernel's enforcement rules, matched at every call while attached.
+    pub fn rules(&mut self) -> &mut RuleTable {
+        &mut self.rules
     }
 
     /// Wait for records and append the decoded events to `out`; returns how many.

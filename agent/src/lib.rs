@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod enforce;
 pub mod events;
 pub mod probe;
 

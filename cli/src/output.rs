@@ -71,6 +71,12 @@ pub fn text_line(event: &MmapEvent) -> String {
     if event.args_unreadable {
         line.push_str(" [args unreadable]");
     }
+    if let Some(enforced) = event.enforced {
+        let action = match enforced.action {
+            mapsentry_policy::EnforceAction::Kill => "KILLED",
+        };
+        let _ = write!(line, " [{action} by rule {}]", enforced.rule_id);
+    }
     line
 }
 
@@ -104,6 +110,7 @@ mod tests {
             ret: 0x7f00_0000_0000,
             file: None,
             args_unreadable: false,
+            enforced: None,
         };
         assert_eq!(
             text_line(&event),

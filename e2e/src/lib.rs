@@ -1,6 +1,8 @@
 //! Shared pieces of the end-to-end tests and their helper programs.
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
+
 /// Address hint a concurrency-test thread passes on its `i`th call: unique per (thread, call),
 /// so a captured record tells which thread and call it belongs to.
 #[must_use]

@@ -4,12 +4,16 @@
 
 use std::{collections::HashMap, mem::offset_of, process::Command};
 
-use mapsentry_agent::events::wire::{self, RawEventHeader};
+use mapsentry_agent::{
+    enforce::wire::{self as rule_wire, RawRule, RawRuleSet},
+    events::wire::{self, RawEventHeader},
+};
 
-/// Member name -> (byte offset, BTF type id) of `struct ms_event`, and the struct's size.
-fn btf_layout() -> (HashMap<String, (usize, u32)>, usize, String) {
+/// Member name -> (byte offset, BTF type id) of `struct NAME`, and the struct's size.
+fn btf_layout(name: &str) -> (HashMap<String, (usize, u32)>, usize, String) {
     let object =
         std::env::temp_dir().join(format!("mapsentry-capture-{}.bpf.o", std::process::id()));
+    let object = object.with_extension(format!("{name}.o"));
     std::fs::write(&object, mapsentry_ebpf::CAPTURE).expect("writing the object");
     let output = Command::new("bpftool")
         .args(["btf", "dump", "file"])
@@ -25,10 +29,11 @@ fn btf_layout() -> (HashMap<String, (usize, u32)>, usize, String) {
     );
     let dump = String::from_utf8(output.stdout).expect("utf-8");
 
-    let mut lines = dump
-        .lines()
-        .skip_while(|l| !l.contains("STRUCT 'ms_event'"));
-    let header = lines.next().expect("struct ms_event in the object's BTF");
+    let struct_line = format!("STRUCT '{name}' ");
+    let mut lines = dump.lines().skip_while(|l| !l.contains(&struct_line));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("struct {name} in the object's BTF"));
     let size = field(header, "size=").parse().expect("size");
     let members = lines
         .take_while(|l| l.starts_with('\t'))
@@ -52,17 +57,18 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 macro_rules! rust_offsets {
-    ($($field:ident),* $(,)?) => {
-        [$((stringify!($field), offset_of!(RawEventHeader, $field))),*]
+    ($ty:ty; $($field:ident),* $(,)?) => {
+        [$((stringify!($field), offset_of!($ty, $field))),*]
     };
 }
 
 #[test]
 fn rust_mirror_matches_the_btf_of_struct_ms_event() {
-    let (members, size, dump) = btf_layout();
-    let rust = rust_offsets!(
+    let (members, size, dump) = btf_layout("ms_event");
+    let rust = rust_offsets!(RawEventHeader;
         ts_boot_ns, cgroup_id, addr, length, prot, flags, pgoffset, offset, ret, inode, fs_magic,
-        fd, dev, pid, tid, ppid, uid, gid, file_flags, syscall, path_len, comm,
+        fd, dev, pid, tid, ppid, uid, gid, file_flags, syscall, path_len, rule_id, action, reserved,
+        comm,
     );
     assert_eq!(
         members.len(),
@@ -117,7 +123,14 @@ fn constants_match_the_c_header() {
             .parse()
             .unwrap_or_else(|e| panic!("{line}: {e}"))
     };
-    let rust: [(&str, u64); 12] = [
+    let rust: [(&str, u64); 19] = [
+        ("MS_ACTION_NONE", wire::ACTION_NONE.into()),
+        ("MS_ACTION_KILL", wire::ACTION_KILL.into()),
+        ("MS_RULES_PER_SET", rule_wire::RULES_PER_SET as u64),
+        ("MS_MAPPING_ANY", rule_wire::MAPPING_ANY.into()),
+        ("MS_MAPPING_ANONYMOUS", rule_wire::MAPPING_ANONYMOUS.into()),
+        ("MS_MAPPING_FILE", rule_wire::MAPPING_FILE.into()),
+        ("MS_ACTION_KILL", rule_wire::ACTION_KILL.into()),
         ("MS_COMM_LEN", wire::COMM_LEN as u64),
         ("MS_PATH_MAX", wire::PATH_MAX as u64),
         ("MS_SYSCALL_MMAP", wire::SYSCALL_MMAP.into()),
@@ -134,4 +147,31 @@ fn constants_match_the_c_header() {
     for (name, rust_value) in rust {
         assert_eq!(value(name), rust_value, "{name}");
     }
+}
+
+#[test]
+fn rust_mirrors_match_the_btf_of_the_rule_structs() {
+    let (members, size, _) = btf_layout("ms_rule");
+    let rust = rust_offsets!(RawRule;
+        prot_all, prot_any, flags_all, flags_any, min_length, rule_id, syscalls, mapping, action,
+    );
+    assert_eq!(members.len(), rust.len(), "C members {members:?}");
+    for (name, offset) in rust {
+        assert_eq!(
+            Some(offset),
+            members.get(name).map(|m| m.0),
+            "ms_rule.{name}"
+        );
+    }
+    assert_eq!(size, size_of::<RawRule>(), "sizeof(struct ms_rule)");
+
+    let (members, size, _) = btf_layout("ms_rule_set");
+    for (name, offset) in rust_offsets!(RawRuleSet; count, version, rules) {
+        assert_eq!(
+            Some(offset),
+            members.get(name).map(|m| m.0),
+            "ms_rule_set.{name}"
+        );
+    }
+    assert_eq!(size, rule_wire::RULE_SET_LEN, "sizeof(struct ms_rule_set)");
 }

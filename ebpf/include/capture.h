@@ -16,6 +16,7 @@
 #include <bpf/bpf_core_read.h>
 #include "mapsentry_event.h"
 #include "maps.h"
+#include "enforce.h"
 
 #define X86_64_NR_MMAP 9
 #define IA32_NR_OLD_MMAP 90
@@ -94,6 +95,14 @@ static __always_inline void ms_read_args(struct pt_regs *regs, struct ms_pending
 	}
 }
 
+/* Whether the report filters (`filter_tgid`, `filter_prot_any`) leave this call out. */
+static __always_inline bool ms_report_filtered(__u64 pid_tgid, const struct ms_pending *p)
+{
+	if (filter_tgid && (__u32)(pid_tgid >> 32) != filter_tgid)
+		return true;
+	return filter_prot_any && !(p->args[2] & filter_prot_any);
+}
+
 /* Syscall entry, any mode: `regs` are the caller's saved user registers, `nr` its call number. */
 static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 {
@@ -110,13 +119,10 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 	if ((__u32)(pid_tgid >> 32) == self_tgid)
 		return 0;
 	ms_count(MS_COUNTER_SEEN);
-	if (filter_tgid && (__u32)(pid_tgid >> 32) != filter_tgid) {
-		ms_count(MS_COUNTER_FILTERED);
-		return 0;
-	}
 	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	ms_read_args(regs, &p);
-	if (filter_prot_any && !(p.args[2] & filter_prot_any)) {
+	/* Enforcement first, for every process; an enforced call is always reported. */
+	if (!ms_enforce(&p) && ms_report_filtered(pid_tgid, &p)) {
 		ms_count(MS_COUNTER_FILTERED);
 		return 0;
 	}
@@ -243,6 +249,9 @@ static __always_inline int ms_on_exit(long ret)
 	e->ts_boot_ns = p->ts_boot_ns;
 	e->syscall = p->syscall;
 	e->file_flags = p->args_unreadable ? MS_ARGS_UNREADABLE : 0;
+	e->action = p->action;
+	e->rule_id = p->rule_id;
+	e->reserved = 0;
 	e->addr = p->args[0];
 	e->length = p->args[1];
 	e->prot = p->args[2];

@@ -19,7 +19,17 @@ struct ms_pending {
 	__u64 args[6];
 	__u16 syscall;
 	__u16 args_unreadable;
+	__u16 action; /* enum ms_action taken at entry */
+	__u32 rule_id;
 };
+
+/* Enforcement rules per cgroup id, written by the agent (key 0: every process). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ms_rule_set);
+} enforce SEC(".maps");
 
 /* Threads inside an mmap call. LRU, so a thread killed mid-call cannot leak its slot. */
 struct {

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /*
- * The wire format between the kernel programs and the agent: one struct ms_event per captured
- * call. This header is the single definition; agent/src/events/wire.rs mirrors it and a test
- * (e2e/tests/wire_layout.rs) compares both layouts against the BTF of the built object.
+ * Everything the kernel programs and the agent exchange: one struct ms_event per captured call,
+ * and the enforcement rules the agent writes (struct ms_rule_set). This header is the single
+ * definition; agent/src/events/wire.rs and agent/src/enforce/wire.rs mirror it, and a test
+ * (e2e/tests/wire_layout.rs) compares the layouts against the BTF of the built object.
  *
  * Records have variable length: the fixed part up to `path`, then path_len bytes of path
  * (no terminating NUL). Change a field only together with the Rust mirror.
@@ -37,6 +38,41 @@ enum ms_counter {
 	MS_COUNTER_MAX = 3,
 };
 
+/* What enforcement did to a call (ms_event.action, ms_rule.action). */
+enum ms_action {
+	MS_ACTION_NONE = 0,
+	MS_ACTION_KILL = 1, /* SIGKILL at syscall entry: the caller never runs with the mapping */
+};
+
+/* Which mappings a rule concerns (ms_rule.mapping). */
+enum ms_mapping {
+	MS_MAPPING_ANY = 0,
+	MS_MAPPING_ANONYMOUS = 1,
+	MS_MAPPING_FILE = 2,
+};
+
+#define MS_RULES_PER_SET 8
+
+/* One enforcement rule: a call matches when every condition set here holds. */
+struct ms_rule {
+	__u64 prot_all;   /* prot has all these bits */
+	__u64 prot_any;   /* prot has one of these bits (0: no condition) */
+	__u64 flags_all;  /* flags has all these bits */
+	__u64 flags_any;  /* flags has one of these bits (0: no condition) */
+	__u64 min_length; /* length at least this */
+	__u32 rule_id;    /* the agent's name for (policy, rule), echoed in the record */
+	__u16 syscalls;   /* bit (1 << enum ms_syscall) per syscall concerned (0: all) */
+	__u8 mapping;     /* enum ms_mapping */
+	__u8 action;      /* enum ms_action */
+};
+
+/* The rules for one cgroup (map `enforce`, key: cgroup id; key 0: every process). */
+struct ms_rule_set {
+	__u32 count; /* rules in use, at most MS_RULES_PER_SET */
+	__u32 version; /* the policy set version these rules come from */
+	struct ms_rule rules[MS_RULES_PER_SET];
+};
+
 struct ms_event {
 	__u64 ts_boot_ns; /* bpf_ktime_get_boot_ns() at syscall entry */
 	__u64 cgroup_id;  /* cgroup v2 id of the caller */
@@ -59,6 +95,9 @@ struct ms_event {
 	__u32 file_flags;
 	__u16 syscall;
 	__u16 path_len;
+	__u32 rule_id; /* the matching enforcement rule, when action is not MS_ACTION_NONE */
+	__u16 action;  /* enum ms_action */
+	__u16 reserved;
 	char comm[MS_COMM_LEN];
 	char path[MS_PATH_MAX];
 };

@@ -95,6 +95,25 @@ pub struct MmapEvent {
     /// `old_mmap` only: the caller's argument struct could not be read, so `args` are zero.
     #[serde(default, skip_serializing_if = "is_false")]
     pub args_unreadable: bool,
+    /// What the node's kernel rules did to this call, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<Enforcement>,
+}
+
+/// An action taken in the kernel at the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforceAction {
+    /// SIGKILL at syscall entry: the caller never ran with the mapping.
+    Kill,
+}
+
+/// The kernel rule that acted on a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforcement {
+    pub action: EnforceAction,
+    /// The agent's id of the (policy, rule) the kernel rule came from.
+    pub rule_id: u32,
 }
 
 #[expect(

@@ -4,7 +4,7 @@
 //! that its size is exactly `offsetof(struct ms_event, path)`; `e2e/tests/wire_layout.rs` checks
 //! every offset against the BTF of the built object.
 
-use mapsentry_policy::{FileInfo, MmapArgs, MmapEvent, Syscall};
+use mapsentry_policy::{EnforceAction, Enforcement, FileInfo, MmapArgs, MmapEvent, Syscall};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `MS_PATH_MAX`: bytes reserved for a path in the kernel; paths keep at most one less.
@@ -22,6 +22,10 @@ pub const FILE_PRESENT: u32 = 1;
 pub const FILE_UNLINKED: u32 = 2;
 pub const FILE_PATH_TRUNCATED: u32 = 4;
 pub const ARGS_UNREADABLE: u32 = 8;
+
+/// `enum ms_action`.
+pub const ACTION_NONE: u16 = 0;
+pub const ACTION_KILL: u16 = 1;
 
 /// `enum ms_counter`: indexes of the per-CPU `counters` map.
 pub const COUNTER_SEEN: u32 = 0;
@@ -56,6 +60,9 @@ pub struct RawEventHeader {
     pub file_flags: u32,
     pub syscall: u16,
     pub path_len: u16,
+    pub rule_id: u32,
+    pub action: u16,
+    pub reserved: u16,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -71,6 +78,8 @@ pub enum DecodeError {
     PathOverrun { path_len: usize, available: usize },
     #[error("record names syscall {value}, which is none of mmap (1), mmap2 (2), old_mmap (3)")]
     UnknownSyscall { value: u16 },
+    #[error("record names enforcement action {value}, which is none of none (0), kill (1)")]
+    UnknownAction { value: u16 },
 }
 
 /// Decode one ring-buffer record. `boot_to_wall_ns` converts the kernel's boot-time clock to
@@ -90,6 +99,14 @@ pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeE
         SYSCALL_MMAP2 => Syscall::Mmap2,
         SYSCALL_OLD_MMAP => Syscall::OldMmap,
         value => return Err(DecodeError::UnknownSyscall { value }),
+    };
+    let enforced = match header.action {
+        ACTION_NONE => None,
+        ACTION_KILL => Some(Enforcement {
+            action: EnforceAction::Kill,
+            rule_id: header.rule_id,
+        }),
+        value => return Err(DecodeError::UnknownAction { value }),
     };
     let file_flags = header.file_flags;
     let file = (file_flags & FILE_PRESENT != 0).then(|| file_info(&header, &rest[..path_len]));
@@ -116,6 +133,7 @@ pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeE
         ret: header.ret,
         file,
         args_unreadable: file_flags & ARGS_UNREADABLE != 0,
+        enforced,
     })
 }
 

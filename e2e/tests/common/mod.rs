@@ -35,6 +35,23 @@ impl Helper {
         Self { child, stdout, pid }
     }
 
+    /// Let it make its calls and wait for it to exit; returns its exit status and its report
+    /// (`None` when it died before printing one).
+    pub fn go_until_exit(mut self) -> (std::process::ExitStatus, Option<Value>) {
+        self.child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("writing to helper");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("reading helper output");
+        let status = self.child.wait().expect("waiting for helper");
+        (status, serde_json::from_str(&line).ok())
+    }
+
     /// Let it make its calls; returns its report once it has exited.
     pub fn go(mut self) -> Value {
         self.child

@@ -26,7 +26,7 @@ fn record(h: &RawEventHeader, path: &[u8]) -> Vec<u8> {
 
 #[test]
 fn header_is_the_c_offset_of_path() {
-    assert_eq!(HEADER_LEN, 140);
+    assert_eq!(HEADER_LEN, 148);
 }
 
 #[test]
@@ -104,6 +104,27 @@ fn an_unknown_syscall_is_an_error() {
     assert_eq!(
         decode(&record(&header(7), b""), 0),
         Err(DecodeError::UnknownSyscall { value: 7 })
+    );
+}
+
+#[test]
+fn enforcement_is_decoded_and_unknown_actions_are_errors() {
+    let mut h = header(SYSCALL_MMAP);
+    assert_eq!(decode(&record(&h, b""), 0).unwrap().enforced, None);
+    h.action = ACTION_KILL;
+    h.rule_id = 42;
+    let enforced = decode(&record(&h, b""), 0).unwrap().enforced;
+    assert_eq!(
+        enforced,
+        Some(Enforcement {
+            action: EnforceAction::Kill,
+            rule_id: 42
+        })
+    );
+    h.action = 9;
+    assert_eq!(
+        decode(&record(&h, b""), 0),
+        Err(DecodeError::UnknownAction { value: 9 })
     );
 }
 

@@ -1,0 +1,140 @@
+//! Enforcement rules in the kernel: per cgroup, matched at syscall entry by the capture
+//! programs (ebpf/include/enforce.h), independent of the ring buffer and of any collector.
+
+pub mod wire;
+
+use aya::maps::{HashMap, MapData};
+use mapsentry_policy::Syscall;
+use zerocopy::FromZeros;
+
+use self::wire::{RULE_SET_LEN, RULES_PER_SET, RawRule, RawRuleSet};
+
+/// The cgroup key whose rules apply to every process.
+pub const EVERY_PROCESS: u64 = 0;
+
+/// What a kernel rule does to a matching call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelAction {
+    /// SIGKILL at syscall entry.
+    Kill,
+}
+
+/// Which mappings a kernel rule concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MappingKind {
+    #[default]
+    Any,
+    Anonymous,
+    File,
+}
+
+/// One rule as the kernel evaluates it: every condition must hold (empty ones always do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRule {
+    /// Echoed in the records of the calls it acts on.
+    pub rule_id: u32,
+    pub action: KernelAction,
+    pub prot_all: u64,
+    pub prot_any: u64,
+    pub flags_all: u64,
+    pub flags_any: u64,
+    pub min_length: u64,
+    /// The syscalls concerned; empty: all.
+    pub syscalls: Vec<Syscall>,
+    pub mapping: MappingKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cgroup {cgroup_id}: {count} enforcement rules, the kernel holds at most {RULES_PER_SET} per cgroup"
+    )]
+    TooManyRules { cgroup_id: u64, count: usize },
+    #[error("writing the rules of cgroup {cgroup_id} to the kernel: {reason}")]
+    Map { cgroup_id: u64, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The kernel's `enforce` map: rule sets by cgroup id.
+pub struct RuleTable {
+    map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>,
+}
+
+impl std::fmt::Debug for RuleTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleTable").finish_non_exhaustive()
+    }
+}
+
+impl RuleTable {
+    pub(crate) fn new(map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>) -> Self {
+        Self { map }
+    }
+
+    /// Replace the rules of `cgroup_id` (`EVERY_PROCESS` for all processes); the kernel
+    /// applies the new set from the next call on.
+    pub fn set(&mut self, cgroup_id: u64, version: u32, rules: &[KernelRule]) -> Result<()> {
+        if rules.len() > RULES_PER_SET {
+            return Err(Error::TooManyRules {
+                cgroup_id,
+                count: rules.len(),
+            });
+        }
+        let mut set = RawRuleSet::new_zeroed();
+        set.count = rules.len() as u32;
+        set.version = version;
+        for (raw, rule) in set.rules.iter_mut().zip(rules) {
+            *raw = RawRule::from(rule);
+        }
+        let bytes: [u8; RULE_SET_LEN] = zerocopy::transmute!(set);
+        self.map
+            .insert(cgroup_id, bytes, 0)
+            .map_err(|e| Error::Map {
+                cgroup_id,
+                reason: crate::probe::chain(&e),
+            })
+    }
+
+    /// Remove the rules of `cgroup_id`; absent rules are not an error.
+    pub fn remove(&mut self, cgroup_id: u64) -> Result<()> {
+        match self.map.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::Map {
+                cgroup_id,
+                reason: crate::probe::chain(&e),
+            }),
+        }
+    }
+}
+
+impl From<&KernelRule> for RawRule {
+    fn from(rule: &KernelRule) -> Self {
+        let syscalls = rule
+            .syscalls
+            .iter()
+            .fold(0u16, |bits, s| bits | (1 << wire::syscall_value(*s)));
+        Self {
+            prot_all: rule.prot_all,
+            prot_any: rule.prot_any,
+            flags_all: rule.flags_all,
+            flags_any: rule.flags_any,
+            min_length: rule.min_length,
+            rule_id: rule.rule_id,
+            syscalls,
+            mapping: match rule.mapping {
+                MappingKind::Any => wire::MAPPING_ANY,
+                MappingKind::Anonymous => wire::MAPPING_ANONYMOUS,
+                MappingKind::File => wire::MAPPING_FILE,
+            },
+            action: match rule.action {
+                KernelAction::Kill => wire::ACTION_KILL,
+            },
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Real kernel, tracepoint mode: kernel rules kill a process at a forbidden mmap, in its cgroup
+//! only, before it can use the mapping; allowed calls before it succeed.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+
+use common::{Helper, capture, drain_pid, mmap_call};
+use mapsentry_agent::{
+    CaptureConfig,
+    enforce::{EVERY_PROCESS, KernelAction, KernelRule, MappingKind},
+};
+use mapsentry_e2e::cgroup::TestCgroup;
+use mapsentry_policy::{EnforceAction, Enforcement};
+use serde_json::json;
+
+const PROT_WRITE: u64 = 0x2;
+const PROT_EXEC: u64 = 0x4;
+const PRIVATE_ANON: u64 = 0x22;
+
+fn write_exec_kill(rule_id: u32) -> KernelRule {
+    KernelRule {
+        rule_id,
+        action: KernelAction::Kill,
+        prot_all: PROT_WRITE | PROT_EXEC,
+        prot_any: 0,
+        flags_all: 0,
+        flags_any: 0,
+        min_length: 0,
+        syscalls: Vec::new(),
+        mapping: MappingKind::Any,
+    }
+}
+
+fn calls() -> String {
+    json!({"calls": [
+        {"length": 4096, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon"},
+        {"length": 8192, "prot": 7, "flags": PRIVATE_ANON, "fd": "anon"},
+        {"length": 4096, "prot": 1, "flags": PRIVATE_ANON, "fd": "anon"},
+    ]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_kill_rule_kills_at_the_write_exec_mmap_in_its_cgroup_only() {
+    let cgroup = TestCgroup::create(&format!("mapsentry-test-enforce-{}", std::process::id()))
+        .expect("creating a cgroup (needs root and cgroup v2)");
+    let inside = Helper::spawn(mmap_call(), &[&calls()]);
+    let outside = Helper::spawn(mmap_call(), &[&calls()]);
+    cgroup
+        .add(inside.pid)
+        .expect("moving the helper into the cgroup");
+    let (inside_pid, outside_pid) = (inside.pid, outside.pid);
+
+    let mut capture = capture(&CaptureConfig::default());
+    capture
+        .rules()
+        .set(cgroup.id().unwrap(), 1, &[write_exec_kill(7)])
+        .expect("writing rules");
+
+    let (status, report) = inside.go_until_exit();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the W+X mmap is answered with SIGKILL: {status:?}"
+    );
+    assert!(
+        report.is_none(),
+        "killed before it could report: {report:?}"
+    );
+    let (status, report) = outside.go_until_exit();
+    assert!(status.success(), "another cgroup is untouched: {status:?}");
+    assert_eq!(report.unwrap()["results"][1]["prot"], 7);
+
+    let mut all = Vec::new();
+    while capture.drain(&mut all) > 0 {}
+    let of = |pid: u32| {
+        all.iter()
+            .filter(|e| e.pid == pid && e.args.length >= 4096)
+            .collect::<Vec<_>>()
+    };
+    let inside_events = of(inside_pid);
+    let rw = inside_events
+        .iter()
+        .find(|e| e.args.prot == 3)
+        .expect("the allowed RW mapping was captured");
+    assert!(
+        rw.ret > 0 && rw.enforced.is_none(),
+        "the earlier allowed mapping succeeded: {rw:?}"
+    );
+    let wx = inside_events
+        .iter()
+        .find(|e| e.args.prot == 7)
+        .expect("the W+X call was captured");
+    assert_eq!(
+        wx.enforced,
+        Some(Enforcement {
+            action: EnforceAction::Kill,
+            rule_id: 7
+        })
+    );
+    assert!(
+        !inside_events.iter().any(|e| e.args.prot == 1),
+        "nothing after the kill: {inside_events:?}"
+    );
+    let outside_wx = of(outside_pid)
+        .into_iter()
+        .find(|e| e.args.prot == 7)
+        .expect("outside W+X captured");
+    assert_eq!(outside_wx.enforced, None);
+    assert!(outside_wx.ret > 0);
+}
+
+#[tokio::test]
+async fn rules_for_every_process_apply_and_enforcement_ignores_report_filters() {
+    let helper = Helper::spawn(mmap_call(), &[&calls()]);
+    let pid = helper.pid;
+    let mut capture = capture_for(pid);
+    let mut rule = write_exec_kill(9);
+    rule.mapping = MappingKind::File;
+    capture.rules().set(EVERY_PROCESS, 1, &[rule]).unwrap();
+    let report = helper.go();
+    assert_eq!(
+        report["results"][1]["prot"], 7,
+        "an anonymous W+X call does not match a File rule"
+    );
+
+    let helper = Helper::spawn(mmap_call(), &[&calls()]);
+    let pid = helper.pid;
+    let mut capture = capture_for(pid);
+    capture
+        .rules()
+        .set(EVERY_PROCESS, 1, &[write_exec_kill(9)])
+        .unwrap();
+    let (status, _) = helper.go_until_exit();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "key 0 rules apply to every process"
+    );
+    let events = drain_pid(&mut capture, pid);
+    let wx = events
+        .iter()
+        .find(|e| e.args.prot == 7)
+        .expect("the enforced call is reported despite the filter");
+    assert_eq!(wx.enforced.map(|e| e.rule_id), Some(9));
+    assert!(
+        events.iter().all(|e| e.args.prot & 0x1 != 0),
+        "the filter still applies to the rest"
+    );
+}
+
+/// A capture that reports only `pid`'s calls with PROT_READ: the W+X call is outside the
+/// report filter, yet must still be enforced, and reported.
+fn capture_for(pid: u32) -> mapsentry_agent::Capture {
+    capture(&CaptureConfig {
+        pid: Some(pid),
+        prot_any: 0x1,
+        ..CaptureConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn more_rules_than_the_kernel_holds_is_an_error() {
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(1),
+        ..CaptureConfig::default()
+    });
+    let rules: Vec<KernelRule> = (0..9).map(write_exec_kill).collect();
+    let err = capture.rules().set(42, 1, &rules).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cgroup 42: 9 enforcement rules, the kernel holds at most 8 per cgroup"
+    );
+    capture
+        .rules()
+        .remove(42)
+        .expect("removing absent rules is fine");
+}

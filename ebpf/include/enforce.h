@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Enforcement at syscall entry, before the kernel maps anything: the caller's cgroup rules
+ * (and the rules for every process, key 0) are matched against the arguments; a Kill rule
+ * sends SIGKILL, which the caller receives before it returns to user space with the mapping.
+ * The decision never depends on the ring buffer or on the report filters.
+ */
+#ifndef MAPSENTRY_ENFORCE_H
+#define MAPSENTRY_ENFORCE_H
+
+#include "vmlinux_subset.h"
+#include <bpf/bpf_helpers.h>
+#include "mapsentry_event.h"
+#include "maps.h"
+
+#define MS_SIGKILL 9
+#define MS_ENFORCE_MAP_ANONYMOUS 0x20
+
+static __always_inline bool ms_rule_matches(const struct ms_rule *rule, const struct ms_pending *p)
+{
+	__u64 prot = p->args[2], flags = p->args[3];
+	bool anonymous = flags & MS_ENFORCE_MAP_ANONYMOUS;
+
+	if ((prot & rule->prot_all) != rule->prot_all || (rule->prot_any && !(prot & rule->prot_any)))
+		return false;
+	if ((flags & rule->flags_all) != rule->flags_all || (rule->flags_any && !(flags & rule->flags_any)))
+		return false;
+	if (p->args[1] < rule->min_length)
+		return false;
+	if (rule->syscalls && !(rule->syscalls & (1 << p->syscall)))
+		return false;
+	if ((rule->mapping == MS_MAPPING_ANONYMOUS && !anonymous) || (rule->mapping == MS_MAPPING_FILE && anonymous))
+		return false;
+	return rule->action != MS_ACTION_NONE;
+}
+
+/* The first matching rule of `key`'s set, applied to `p`; true when one matched. */
+static __always_inline bool ms_enforce_set(__u64 key, struct ms_pending *p)
+{
+	struct ms_rule_set *set = bpf_map_lookup_elem(&enforce, &key);
+	int i;
+
+	if (!set)
+		return false;
+	for (i = 0; i < MS_RULES_PER_SET; i++) {
+		if (i >= set->count)
+			break;
+		if (!ms_rule_matches(&set->rules[i], p))
+			continue;
+		p->action = set->rules[i].action;
+		p->rule_id = set->rules[i].rule_id;
+		if (p->action == MS_ACTION_KILL)
+			bpf_send_signal(MS_SIGKILL);
+		return true;
+	}
+	return false;
+}
+
+/* Apply the caller's cgroup rules, then the rules for every process. */
+static __always_inline bool ms_enforce(struct ms_pending *p)
+{
+	return ms_enforce_set(bpf_get_current_cgroup_id(), p) || ms_enforce_set(0, p);
+}
+
+#endif /* MAPSENTRY_ENFORCE_H */
