@@ -23,7 +23,7 @@ impl EventFilter {
             .iter()
             .map(|name| {
                 Syscall::from_name(name).with_context(|| {
-                    format!("--syscall {name:?}: expected mmap, mmap2 or old_mmap")
+                    format!("--syscall {name:?}: expected mmap, mmap2, old_mmap or mprotect")
                 })
             })
             .collect::<anyhow::Result<_>>()?;

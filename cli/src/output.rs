@@ -31,10 +31,6 @@ pub fn text_line(event: &MmapEvent) -> String {
     let time = event.time_rfc3339();
     let clock = time.get(11..26).unwrap_or(&time);
     let args = &event.args;
-    let offset = match event.syscall {
-        Syscall::Mmap2 => format!("pgoff={}", args.pgoffset),
-        Syscall::Mmap | Syscall::OldMmap => format!("off={:#x}", args.offset),
-    };
     let ret = if event.failed() {
         match names::errno_name(event.ret) {
             Some(name) => format!("{} ({name})", event.ret),
@@ -43,8 +39,31 @@ pub fn text_line(event: &MmapEvent) -> String {
     } else {
         format!("{:#x}", event.ret)
     };
+    let details = match (event.syscall, event.target_mapping) {
+        (Syscall::Mprotect, Some(target)) => format!(
+            "(was {}, {})",
+            names::prot_names(target.prev_prot),
+            if target.file_backed {
+                "file-backed"
+            } else {
+                "anonymous"
+            }
+        ),
+        (Syscall::Mmap2, _) => format!(
+            "flags={} fd={} pgoff={}",
+            names::flags_names(args.flags),
+            args.fd,
+            args.pgoffset
+        ),
+        _ => format!(
+            "flags={} fd={} off={:#x}",
+            names::flags_names(args.flags),
+            args.fd,
+            args.offset
+        ),
+    };
     let mut line = format!(
-        "{clock} {:<5} {}[{}/{}] addr={:#x} len={} prot={} flags={} fd={} {offset} = {ret}",
+        "{clock} {:<5} {}[{}/{}] addr={:#x} len={} prot={} {details} = {ret}",
         event.syscall.as_str(),
         event.comm,
         event.pid,
@@ -52,8 +71,6 @@ pub fn text_line(event: &MmapEvent) -> String {
         args.addr,
         args.length,
         names::prot_names(args.prot),
-        names::flags_names(args.flags),
-        args.fd,
     );
     if let Some(file) = &event.file {
         let _ = write!(line, " file={} ino={}", file.path, file.inode);
@@ -110,6 +127,7 @@ mod tests {
             ret: 0x7f00_0000_0000,
             file: None,
             args_unreadable: false,
+            target_mapping: None,
             enforced: None,
         };
         assert_eq!(
@@ -134,6 +152,24 @@ mod tests {
         assert!(line.contains("mmap2 cat[7/8]"), "{line}");
         assert!(
             line.ends_with("pgoff=3 = -9 (EBADF) file=/memfd:jit ino=5 [memfd]"),
+            "{line}"
+        );
+
+        event.syscall = Syscall::Mprotect;
+        event.file = None;
+        event.ret = 0;
+        event.args.prot = 5;
+        event.target_mapping = Some(mapsentry_policy::TargetMapping {
+            prev_prot: 3,
+            file_backed: false,
+        });
+        event.enforced = Some(mapsentry_policy::Enforcement {
+            action: mapsentry_policy::EnforceAction::Kill,
+            rule_id: 4,
+        });
+        let line = text_line(&event);
+        assert!(
+            line.ends_with("prot=PROT_READ|PROT_EXEC (was PROT_READ|PROT_WRITE, anonymous) = 0x0 [KILLED by rule 4]"),
             "{line}"
         );
     }

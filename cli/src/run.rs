@@ -33,7 +33,7 @@ pub struct RunArgs {
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]
     comms: Vec<String>,
-    /// Only this system call: mmap, mmap2 or old_mmap (repeatable).
+    /// Only this system call: mmap, mmap2, old_mmap or mprotect (repeatable).
     #[arg(long = "syscall", value_name = "SYSCALL")]
     syscalls: Vec<String>,
     /// Only calls whose prot has any of these bits, e.g. PROT_WRITE,PROT_EXEC (repeatable;

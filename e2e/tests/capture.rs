@@ -80,6 +80,11 @@ fn cases() -> Vec<(&'static str, Value, FileExpect)> {
             FileExpect::Deleted,
         ),
         (
+            "mprotect RW to RX",
+            json!({"length": 2 * PAGE, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon", "mprotect": 5}),
+            FileExpect::None,
+        ),
+        (
             "offset not page aligned",
             json!({"length": PAGE, "prot": 1, "flags": 0x02, "fd": "file", "offset": 100}),
             FileExpect::Path("file"),
@@ -130,7 +135,22 @@ fn check_call(name: &str, record: &MmapEvent, result: &Value, file: FileExpect, 
             .as_u64()
             .unwrap_or_else(|| panic!("{name}: {key}"))
     };
-    assert_eq!(record.syscall, Syscall::Mmap, "{name}");
+    let mprotect = name.starts_with("mprotect");
+    assert_eq!(
+        record.syscall,
+        if mprotect {
+            Syscall::Mprotect
+        } else {
+            Syscall::Mmap
+        },
+        "{name}"
+    );
+    let target = record.target_mapping;
+    assert_eq!(
+        target.map(|t| (t.prev_prot, t.file_backed)),
+        mprotect.then_some((3, false)),
+        "{name}: target"
+    );
     assert_eq!(record.pid, pid, "{name}");
     assert_eq!(record.comm, "mmap_call", "{name}");
     assert_eq!(record.args.offset, n("offset"), "{name}: offset as passed");

@@ -253,7 +253,7 @@ fn what_cannot_work_is_a_clear_error() {
             "bad syscall",
             &["--syscall", "mmap3"],
             1,
-            "--syscall \"mmap3\": expected mmap, mmap2 or old_mmap",
+            "--syscall \"mmap3\": expected mmap, mmap2, old_mmap or mprotect",
         ),
         (
             "bad mode",

@@ -177,3 +177,61 @@ async fn more_rules_than_the_kernel_holds_is_an_error() {
         .remove(42)
         .expect("removing absent rules is fine");
 }
+
+#[tokio::test]
+async fn mprotect_rw_to_rx_is_write_exec_and_is_killed_but_a_downgrade_is_not() {
+    let cgroup = TestCgroup::create(&format!("mapsentry-test-mprotect-{}", std::process::id()))
+        .expect("creating a cgroup");
+    let flip = json!({"calls": [
+        {"length": 8192, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon", "mprotect": 1},
+        {"length": 8192, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon", "mprotect": 5},
+    ]});
+    let helper = Helper::spawn(mmap_call(), &[&flip.to_string()]);
+    cgroup
+        .add(helper.pid)
+        .expect("moving the helper into the cgroup");
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ..CaptureConfig::default()
+    });
+    capture
+        .rules()
+        .set(cgroup.id().unwrap(), 1, &[write_exec_kill(11)])
+        .unwrap();
+
+    let (status, _) = helper.go_until_exit();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "RW -> RX through mprotect is killed: {status:?}"
+    );
+    let events = drain_pid(&mut capture, pid);
+    let mprotects: Vec<_> = events
+        .iter()
+        .filter(|e| e.syscall == mapsentry_policy::Syscall::Mprotect)
+        .collect();
+    let downgrade = mprotects
+        .iter()
+        .find(|e| e.args.prot == 1)
+        .expect("the RW -> R mprotect was captured");
+    assert_eq!(downgrade.enforced, None, "RW -> R is allowed");
+    assert_eq!(downgrade.ret, 0);
+    assert_eq!(
+        downgrade
+            .target_mapping
+            .map(|t| (t.prev_prot, t.file_backed)),
+        Some((3, false))
+    );
+    let flip = mprotects
+        .iter()
+        .find(|e| e.args.prot == 5)
+        .expect("the RW -> RX mprotect was captured");
+    assert_eq!(
+        flip.enforced,
+        Some(Enforcement {
+            action: EnforceAction::Kill,
+            rule_id: 11
+        })
+    );
+}

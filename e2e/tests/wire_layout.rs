@@ -67,7 +67,7 @@ fn rust_mirror_matches_the_btf_of_struct_ms_event() {
     let (members, size, dump) = btf_layout("ms_event");
     let rust = rust_offsets!(RawEventHeader;
         ts_boot_ns, cgroup_id, addr, length, prot, flags, pgoffset, offset, ret, inode, fs_magic,
-        fd, dev, pid, tid, ppid, uid, gid, file_flags, syscall, path_len, rule_id, action, reserved,
+        fd, dev, pid, tid, ppid, uid, gid, file_flags, syscall, path_len, rule_id, action, prev_prot,
         comm,
     );
     assert_eq!(
@@ -117,13 +117,16 @@ fn constants_match_the_c_header() {
             .unwrap()
             .1
             .trim_start_matches([' ', '=', '\t']);
-        text.split([',', ' ', '\t'])
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap_or_else(|e| panic!("{line}: {e}"))
+        let number = text.split([',', ' ', '\t']).next().unwrap();
+        match number.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => number.parse(),
+        }
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
     };
-    let rust: [(&str, u64); 19] = [
+    let rust: [(&str, u64); 21] = [
+        ("MS_SYSCALL_MPROTECT", wire::SYSCALL_MPROTECT.into()),
+        ("MS_VMA_FILE", wire::VMA_FILE.into()),
         ("MS_ACTION_NONE", wire::ACTION_NONE.into()),
         ("MS_ACTION_KILL", wire::ACTION_KILL.into()),
         ("MS_RULES_PER_SET", rule_wire::RULES_PER_SET as u64),

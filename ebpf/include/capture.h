@@ -19,7 +19,9 @@
 #include "enforce.h"
 
 #define X86_64_NR_MMAP 9
+#define X86_64_NR_MPROTECT 10
 #define IA32_NR_OLD_MMAP 90
+#define IA32_NR_MPROTECT 125
 #define IA32_NR_MMAP2 192
 #define TS_COMPAT 0x0002 /* thread_info.status: the task is in an ia32 system call */
 #define MS_MAP_ANONYMOUS 0x20
@@ -38,7 +40,8 @@ static __always_inline void ms_count(__u32 counter)
 /* Cheap first test, run on every system call in tracepoint mode. */
 static __always_inline bool ms_is_mmap_nr(long nr)
 {
-	return nr == X86_64_NR_MMAP || nr == IA32_NR_MMAP2 || nr == IA32_NR_OLD_MMAP;
+	return nr == X86_64_NR_MMAP || nr == X86_64_NR_MPROTECT || nr == IA32_NR_MMAP2 ||
+	       nr == IA32_NR_OLD_MMAP || nr == IA32_NR_MPROTECT;
 }
 
 /* Which mapping call `nr` is for the current task, or 0. Numbers mean different calls in the
@@ -48,13 +51,39 @@ static __always_inline __u16 ms_syscall_of(long nr)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	bool compat = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
 
-	if (!compat)
-		return nr == X86_64_NR_MMAP ? MS_SYSCALL_MMAP : 0;
+	if (!compat) {
+		if (nr == X86_64_NR_MMAP)
+			return MS_SYSCALL_MMAP;
+		return nr == X86_64_NR_MPROTECT ? MS_SYSCALL_MPROTECT : 0;
+	}
+	if (nr == IA32_NR_MPROTECT)
+		return MS_SYSCALL_MPROTECT;
 	if (nr == IA32_NR_MMAP2)
 		return MS_SYSCALL_MMAP2;
 	if (nr == IA32_NR_OLD_MMAP)
 		return MS_SYSCALL_OLD_MMAP;
 	return 0;
+}
+
+#define MS_VM_PROT_BITS 0x7 /* VM_READ | VM_WRITE | VM_EXEC, the same bits as PROT_* */
+
+static long ms_vma_prot_cb(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	__u16 prot = BPF_CORE_READ(vma, vm_flags) & MS_VM_PROT_BITS;
+
+	if (BPF_CORE_READ(vma, vm_file))
+		prot |= MS_VMA_FILE;
+	*(__u16 *)data = prot;
+	return 0;
+}
+
+/* PROT_* bits (| MS_VMA_FILE) of the caller's mapping at `addr`; 0 when there is none. */
+static __always_inline __u16 ms_vma_prot(__u64 addr)
+{
+	__u16 prot = 0;
+
+	bpf_find_vma(bpf_get_current_task_btf(), addr, ms_vma_prot_cb, &prot, 0);
+	return prot;
 }
 
 /* Read the six arguments as the caller passed them, from its user registers. Each register is
@@ -69,6 +98,17 @@ static __always_inline void ms_read_args(struct pt_regs *regs, struct ms_pending
 		p->args[3] = BPF_CORE_READ(regs, r10);
 		p->args[4] = BPF_CORE_READ(regs, r8);
 		p->args[5] = BPF_CORE_READ(regs, r9);
+	} else if (p->syscall == MS_SYSCALL_MPROTECT) {
+		/* mprotect(start, len, prot): the remaining "arguments" read as no flags, no file */
+		bool compat = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), thread_info.status) & TS_COMPAT;
+
+		p->args[0] = compat ? (__u32)BPF_CORE_READ(regs, bx) : BPF_CORE_READ(regs, di);
+		p->args[1] = compat ? (__u32)BPF_CORE_READ(regs, cx) : BPF_CORE_READ(regs, si);
+		p->args[2] = compat ? (__u32)BPF_CORE_READ(regs, dx) : BPF_CORE_READ(regs, dx);
+		p->args[3] = 0;
+		p->args[4] = (__u64)-1;
+		p->args[5] = 0;
+		p->prev_prot = ms_vma_prot(p->args[0]);
 	} else if (p->syscall == MS_SYSCALL_MMAP2) {
 		/* i386 ABI: ebx, ecx, edx, esi, edi, ebp; 32-bit values */
 		p->args[0] = (__u32)BPF_CORE_READ(regs, bx);
@@ -251,7 +291,7 @@ static __always_inline int ms_on_exit(long ret)
 	e->file_flags = p->args_unreadable ? MS_ARGS_UNREADABLE : 0;
 	e->action = p->action;
 	e->rule_id = p->rule_id;
-	e->reserved = 0;
+	e->prev_prot = p->prev_prot;
 	e->addr = p->args[0];
 	e->length = p->args[1];
 	e->prot = p->args[2];

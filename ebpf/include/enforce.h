@@ -16,10 +16,38 @@
 #define MS_SIGKILL 9
 #define MS_ENFORCE_MAP_ANONYMOUS 0x20
 
+#define MS_PROT_WRITE 0x2
+#define MS_PROT_EXEC 0x4
+
+/* The protection a rule judges. For mprotect: the new protection, plus the mapping's write
+ * permission when execute is being granted and its execute permission when write is: turning
+ * RW into RX (or RX into RW) counts as PROT_WRITE|PROT_EXEC, a downgrade counts as itself. */
+static __always_inline __u64 ms_judged_prot(const struct ms_pending *p)
+{
+	__u64 prot = p->args[2];
+
+	if (p->syscall != MS_SYSCALL_MPROTECT)
+		return prot;
+	if (prot & MS_PROT_EXEC)
+		prot |= p->prev_prot & MS_PROT_WRITE;
+	if (prot & MS_PROT_WRITE)
+		prot |= p->prev_prot & MS_PROT_EXEC;
+	return prot;
+}
+
+/* Whether the call concerns anonymous memory: by its flags for mmap, by the mapping it changes
+ * for mprotect. */
+static __always_inline bool ms_is_anonymous(const struct ms_pending *p)
+{
+	if (p->syscall == MS_SYSCALL_MPROTECT)
+		return !(p->prev_prot & MS_VMA_FILE);
+	return p->args[3] & MS_ENFORCE_MAP_ANONYMOUS;
+}
+
 static __always_inline bool ms_rule_matches(const struct ms_rule *rule, const struct ms_pending *p)
 {
-	__u64 prot = p->args[2], flags = p->args[3];
-	bool anonymous = flags & MS_ENFORCE_MAP_ANONYMOUS;
+	__u64 prot = ms_judged_prot(p), flags = p->args[3];
+	bool anonymous = ms_is_anonymous(p);
 
 	if ((prot & rule->prot_all) != rule->prot_all || (rule->prot_any && !(prot & rule->prot_any)))
 		return false;

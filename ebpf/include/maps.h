@@ -19,7 +19,8 @@ struct ms_pending {
 	__u64 args[6];
 	__u16 syscall;
 	__u16 args_unreadable;
-	__u16 action; /* enum ms_action taken at entry */
+	__u16 action;    /* enum ms_action taken at entry */
+	__u16 prev_prot; /* mprotect: the mapping's PROT_* bits before the call */
 	__u32 rule_id;
 };
 

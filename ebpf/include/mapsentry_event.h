@@ -20,6 +20,7 @@ enum ms_syscall {
 	MS_SYSCALL_MMAP = 1,     /* native 64-bit mmap (x86_64 nr 9) */
 	MS_SYSCALL_MMAP2 = 2,    /* ia32 compat mmap2 (i386 nr 192), offset in 4096-byte pages */
 	MS_SYSCALL_OLD_MMAP = 3, /* ia32 compat old_mmap (i386 nr 90), arguments in a user struct */
+	MS_SYSCALL_MPROTECT = 4, /* mprotect (x86_64 nr 10, i386 nr 125): addr, length, prot only */
 };
 
 /* Bits of ms_event.file_flags. */
@@ -50,6 +51,9 @@ enum ms_mapping {
 	MS_MAPPING_ANONYMOUS = 1,
 	MS_MAPPING_FILE = 2,
 };
+
+/* ms_event.prev_prot: the mapping mprotect changes maps a file (else it is anonymous). */
+#define MS_VMA_FILE 0x100
 
 #define MS_RULES_PER_SET 8
 
@@ -96,8 +100,9 @@ struct ms_event {
 	__u16 syscall;
 	__u16 path_len;
 	__u32 rule_id; /* the matching enforcement rule, when action is not MS_ACTION_NONE */
-	__u16 action;  /* enum ms_action */
-	__u16 reserved;
+	__u16 action;    /* enum ms_action */
+	__u16 prev_prot; /* mprotect: PROT_* bits of the mapping at addr before the call,
+			  * | MS_VMA_FILE when it maps a file */
 	char comm[MS_COMM_LEN];
 	char path[MS_PATH_MAX];
 };

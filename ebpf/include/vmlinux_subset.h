@@ -95,6 +95,13 @@ struct files_struct {
 	struct fdtable *fdt;
 };
 
+struct vm_area_struct {
+	unsigned long vm_start;
+	unsigned long vm_end;
+	unsigned long vm_flags;
+	struct file *vm_file;
+};
+
 struct task_struct {
 	struct thread_info thread_info;
 	pid_t pid;

@@ -14,6 +14,8 @@ pub enum Syscall {
     Mmap2,
     /// ia32 compat `old_mmap` (i386 nr 90); arguments read from the caller's struct.
     OldMmap,
+    /// `mprotect` (native or ia32): `addr`, `length` and `prot` as passed; `flags` 0, `fd` -1.
+    Mprotect,
 }
 
 impl Syscall {
@@ -23,13 +25,14 @@ impl Syscall {
             Self::Mmap => "mmap",
             Self::Mmap2 => "mmap2",
             Self::OldMmap => "old_mmap",
+            Self::Mprotect => "mprotect",
         }
     }
 
     /// The syscall named `name` as in the JSON lines (`mmap`, `mmap2`, `old_mmap`).
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Mmap, Self::Mmap2, Self::OldMmap]
+        [Self::Mmap, Self::Mmap2, Self::OldMmap, Self::Mprotect]
             .into_iter()
             .find(|s| s.as_str() == name)
     }
@@ -95,9 +98,21 @@ pub struct MmapEvent {
     /// `old_mmap` only: the caller's argument struct could not be read, so `args` are zero.
     #[serde(default, skip_serializing_if = "is_false")]
     pub args_unreadable: bool,
+    /// `mprotect` only: the mapping at `addr` as it was before the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_mapping: Option<TargetMapping>,
     /// What the node's kernel rules did to this call, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforced: Option<Enforcement>,
+}
+
+/// The mapping an `mprotect` call changes, before the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetMapping {
+    /// Its `PROT_*` bits (0 when `addr` is in no mapping).
+    pub prev_prot: u64,
+    /// It maps a file (else it is anonymous memory).
+    pub file_backed: bool,
 }
 
 /// An action taken in the kernel at the call.
@@ -131,9 +146,14 @@ impl MmapEvent {
         (-4095..0).contains(&self.ret)
     }
 
+    /// Whether the call concerns anonymous memory: by its flags for mmap, by the mapping it
+    /// changes for mprotect.
     #[must_use]
     pub fn is_anonymous(&self) -> bool {
-        self.args.flags & names::MAP_ANONYMOUS != 0
+        match self.target_mapping {
+            Some(target) => !target.file_backed,
+            None => self.args.flags & names::MAP_ANONYMOUS != 0,
+        }
     }
 
     /// RFC 3339 rendering of `time_ns`, UTC, microseconds.

@@ -5,4 +5,6 @@
 pub mod event;
 pub mod names;
 
-pub use event::{EnforceAction, Enforcement, EventLine, FileInfo, MmapArgs, MmapEvent, Syscall};
+pub use event::{
+    EnforceAction, Enforcement, EventLine, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
+};

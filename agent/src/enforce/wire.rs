@@ -4,7 +4,7 @@
 use mapsentry_policy::Syscall;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::events::wire::{SYSCALL_MMAP, SYSCALL_MMAP2, SYSCALL_OLD_MMAP};
+use crate::events::wire::{SYSCALL_MMAP, SYSCALL_MMAP2, SYSCALL_MPROTECT, SYSCALL_OLD_MMAP};
 
 /// `MS_RULES_PER_SET`.
 pub const RULES_PER_SET: usize = 8;
@@ -49,5 +49,6 @@ pub fn syscall_value(syscall: Syscall) -> u16 {
         Syscall::Mmap => SYSCALL_MMAP,
         Syscall::Mmap2 => SYSCALL_MMAP2,
         Syscall::OldMmap => SYSCALL_OLD_MMAP,
+        Syscall::Mprotect => SYSCALL_MPROTECT,
     }
 }

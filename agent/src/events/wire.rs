@@ -4,7 +4,9 @@
 //! that its size is exactly `offsetof(struct ms_event, path)`; `e2e/tests/wire_layout.rs` checks
 //! every offset against the BTF of the built object.
 
-use mapsentry_policy::{EnforceAction, Enforcement, FileInfo, MmapArgs, MmapEvent, Syscall};
+use mapsentry_policy::{
+    EnforceAction, Enforcement, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
+};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `MS_PATH_MAX`: bytes reserved for a path in the kernel; paths keep at most one less.
@@ -16,6 +18,9 @@ pub const COMM_LEN: usize = 16;
 pub const SYSCALL_MMAP: u16 = 1;
 pub const SYSCALL_MMAP2: u16 = 2;
 pub const SYSCALL_OLD_MMAP: u16 = 3;
+pub const SYSCALL_MPROTECT: u16 = 4;
+/// `MS_VMA_FILE`: in `prev_prot`, the mapping mprotect changes maps a file.
+pub const VMA_FILE: u16 = 0x100;
 
 /// `enum ms_file_flag`.
 pub const FILE_PRESENT: u32 = 1;
@@ -62,7 +67,7 @@ pub struct RawEventHeader {
     pub path_len: u16,
     pub rule_id: u32,
     pub action: u16,
-    pub reserved: u16,
+    pub prev_prot: u16,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -76,7 +81,9 @@ pub enum DecodeError {
     Truncated { len: usize },
     #[error("record says its path has {path_len} bytes, but {available} follow the header (at most {max})", max = PATH_MAX - 1)]
     PathOverrun { path_len: usize, available: usize },
-    #[error("record names syscall {value}, which is none of mmap (1), mmap2 (2), old_mmap (3)")]
+    #[error(
+        "record names syscall {value}, which is none of mmap (1), mmap2 (2), old_mmap (3), mprotect (4)"
+    )]
     UnknownSyscall { value: u16 },
     #[error("record names enforcement action {value}, which is none of none (0), kill (1)")]
     UnknownAction { value: u16 },
@@ -98,6 +105,7 @@ pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeE
         SYSCALL_MMAP => Syscall::Mmap,
         SYSCALL_MMAP2 => Syscall::Mmap2,
         SYSCALL_OLD_MMAP => Syscall::OldMmap,
+        SYSCALL_MPROTECT => Syscall::Mprotect,
         value => return Err(DecodeError::UnknownSyscall { value }),
     };
     let enforced = match header.action {
@@ -133,6 +141,10 @@ pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeE
         ret: header.ret,
         file,
         args_unreadable: file_flags & ARGS_UNREADABLE != 0,
+        target_mapping: (syscall == Syscall::Mprotect).then(|| TargetMapping {
+            prev_prot: u64::from(header.prev_prot & !VMA_FILE),
+            file_backed: header.prev_prot & VMA_FILE != 0,
+        }),
         enforced,
     })
 }

@@ -25,6 +25,7 @@ fn event(comm: &str, syscall: Syscall, prot: u64) -> MmapEvent {
         ret: 0,
         file: None,
         args_unreadable: false,
+        target_mapping: None,
         enforced: None,
     }
 }

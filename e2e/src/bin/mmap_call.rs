@@ -8,7 +8,8 @@
 //! CALL: `{"addr","length","prot","flags","offset"}` numbers, `"fd"` one of `"anon"` (-1),
 //! `"bad"` (an unopened descriptor), `"file"`, `"shm"`, `"deleted"`, `"memfd:NAME"`, and
 //! optional `"premap":true` (map anonymous memory first and pass its address: `MAP_FIXED` over
-//! an existing mapping).
+//! an existing mapping), or `"mprotect":PROT` (map `length` bytes as asked, then call
+//! `mprotect(addr, length, PROT)`; the report is of the mprotect call).
 //! Threads: T threads each make N anonymous 4 KiB mappings with address hint
 //! `marker(thread, i)`, then unmap them.
 #![expect(
@@ -121,6 +122,19 @@ fn make_call(call: &Value) -> Value {
     }
     let (length, prot, flags, offset) = (num("length"), num("prot"), num("flags"), num("offset"));
     let ret = raw_mmap(addr, length, prot, flags, fd, offset);
+    if let Some(new_prot) = call["mprotect"].as_u64() {
+        // SAFETY: changes the protection of the mapping just made, which nothing uses.
+        let result = unsafe { libc::syscall(libc::SYS_mprotect, ret, length, new_prot) };
+        let result = if result == -1 {
+            -i64::from(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        } else {
+            result
+        };
+        return json!({
+            "tid": gettid(), "addr": ret, "length": length, "prot": new_prot, "flags": 0,
+            "fd": -1, "offset": 0, "ret": result, "inode": 0, "dev": 0,
+        });
+    }
     let (inode, dev) = file.as_ref().map_or((0, 0), |f| {
         let meta = f.metadata().expect("fstat");
         (meta.ino(), meta.dev())

@@ -32,6 +32,7 @@ fn sample() -> MmapEvent {
             fs_magic: 0xef53,
         }),
         args_unreadable: false,
+        target_mapping: None,
         enforced: None,
     }
 }
