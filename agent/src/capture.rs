@@ -124,7 +124,11 @@ impl Capture {
                 reason: probe::chain(&e),
             })?;
 
-        let attached = probe::attach(&mut ebpf, config.attach, &btf)?;
+        let mut attached = probe::attach(&mut ebpf, config.attach, &btf)?;
+        attached.deny_unavailable = probe::attach_deny(&mut ebpf, &btf).err();
+        if let Some(reason) = &attached.deny_unavailable {
+            tracing::info!(%reason, "Deny rules unavailable: enforcement can only kill");
+        }
         for (mode, reason) in &attached.rejected {
             tracing::info!(%mode, %reason, "attach mode passed over");
         }
@@ -132,7 +136,10 @@ impl Capture {
 
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
-        let rules = RuleTable::new(take_map(&mut ebpf, "enforce", HashMap::try_from)?);
+        let rules = RuleTable::new(
+            take_map(&mut ebpf, "enforce", HashMap::try_from)?,
+            attached.deny_unavailable.clone(),
+        );
         Ok(Self {
             ebpf: Some(ebpf),
             attached,

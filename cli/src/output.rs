@@ -91,6 +91,7 @@ pub fn text_line(event: &MmapEvent) -> String {
     if let Some(enforced) = event.enforced {
         let action = match enforced.action {
             mapsentry_policy::EnforceAction::Kill => "KILLED",
+            mapsentry_policy::EnforceAction::Deny => "DENIED",
         };
         let _ = write!(line, " [{action} by rule {}]", enforced.rule_id);
     }

@@ -131,7 +131,7 @@ fn announce(out: &mut impl Write, format: Format, capture: &Capture) -> anyhow::
             .iter()
             .map(|(mode, why)| (mode.to_string(), why.clone().into()))
             .collect();
-        let line = json!({"kind": "attached", "mode": attached.mode.as_str(), "target": attached.target, "rejected": rejected});
+        let line = json!({"kind": "attached", "mode": attached.mode.as_str(), "target": attached.target, "rejected": rejected, "deny": attached.deny_unavailable.is_none(), "deny_unavailable": attached.deny_unavailable});
         writeln!(out, "{line}")?;
         out.flush()?;
     }

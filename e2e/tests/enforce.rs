@@ -235,3 +235,63 @@ async fn mprotect_rw_to_rx_is_write_exec_and_is_killed_but_a_downgrade_is_not() 
         })
     );
 }
+
+/// Deny needs BPF LSM. Where the capture could attach it (the VM kernels), the W+X call fails
+/// with EPERM and the process lives; where it could not (the build machines refuse BPF LSM
+/// programs), a Deny rule is refused with the reason, never silently downgraded.
+#[tokio::test]
+async fn deny_rules_fail_the_call_with_eperm_or_are_refused_with_the_reason() {
+    let cgroup = TestCgroup::create(&format!("mapsentry-test-deny-{}", std::process::id()))
+        .expect("creating a cgroup");
+    let helper = Helper::spawn(mmap_call(), &[&calls()]);
+    cgroup
+        .add(helper.pid)
+        .expect("moving the helper into the cgroup");
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ..CaptureConfig::default()
+    });
+    let mut rule = write_exec_kill(13);
+    rule.action = KernelAction::Deny;
+    let result = capture.rules().set(cgroup.id().unwrap(), 1, &[rule]);
+
+    if let Some(reason) = capture.attached().deny_unavailable.clone() {
+        let err = result
+            .expect_err("a Deny rule without BPF LSM is refused")
+            .to_string();
+        assert!(
+            err.contains("rule 13 denies, but this kernel cannot deny") && err.contains(&reason),
+            "{err}"
+        );
+        let report = helper.go();
+        assert!(
+            report["results"][1]["ret"].as_i64().unwrap() > 0,
+            "no rule was installed"
+        );
+    } else {
+        result.expect("BPF LSM is active: Deny rules install");
+        let report = helper.go();
+        assert_eq!(
+            report["results"][1]["ret"], -1,
+            "the W+X mmap fails with EPERM"
+        );
+        assert!(
+            report["results"][2]["ret"].as_i64().unwrap() > 0,
+            "the process lives on"
+        );
+        let events = drain_pid(&mut capture, pid);
+        let wx = events
+            .iter()
+            .find(|e| e.args.prot == 7)
+            .expect("the denied call is reported");
+        assert_eq!(
+            wx.enforced,
+            Some(Enforcement {
+                action: EnforceAction::Deny,
+                rule_id: 13
+            })
+        );
+        assert_eq!(wx.ret, -1);
+    }
+}

@@ -20,8 +20,10 @@
 
 #define X86_64_NR_MMAP 9
 #define X86_64_NR_MPROTECT 10
+#define X86_64_NR_PKEY_MPROTECT 329
 #define IA32_NR_OLD_MMAP 90
 #define IA32_NR_MPROTECT 125
+#define IA32_NR_PKEY_MPROTECT 380
 #define IA32_NR_MMAP2 192
 #define TS_COMPAT 0x0002 /* thread_info.status: the task is in an ia32 system call */
 #define MS_MAP_ANONYMOUS 0x20
@@ -40,8 +42,9 @@ static __always_inline void ms_count(__u32 counter)
 /* Cheap first test, run on every system call in tracepoint mode. */
 static __always_inline bool ms_is_mmap_nr(long nr)
 {
-	return nr == X86_64_NR_MMAP || nr == X86_64_NR_MPROTECT || nr == IA32_NR_MMAP2 ||
-	       nr == IA32_NR_OLD_MMAP || nr == IA32_NR_MPROTECT;
+	return nr == X86_64_NR_MMAP || nr == X86_64_NR_MPROTECT || nr == X86_64_NR_PKEY_MPROTECT ||
+	       nr == IA32_NR_MMAP2 || nr == IA32_NR_OLD_MMAP || nr == IA32_NR_MPROTECT ||
+	       nr == IA32_NR_PKEY_MPROTECT;
 }
 
 /* Which mapping call `nr` is for the current task, or 0. Numbers mean different calls in the
@@ -54,9 +57,11 @@ static __always_inline __u16 ms_syscall_of(long nr)
 	if (!compat) {
 		if (nr == X86_64_NR_MMAP)
 			return MS_SYSCALL_MMAP;
-		return nr == X86_64_NR_MPROTECT ? MS_SYSCALL_MPROTECT : 0;
+		if (nr == X86_64_NR_MPROTECT || nr == X86_64_NR_PKEY_MPROTECT)
+			return MS_SYSCALL_MPROTECT;
+		return 0;
 	}
-	if (nr == IA32_NR_MPROTECT)
+	if (nr == IA32_NR_MPROTECT || nr == IA32_NR_PKEY_MPROTECT)
 		return MS_SYSCALL_MPROTECT;
 	if (nr == IA32_NR_MMAP2)
 		return MS_SYSCALL_MMAP2;

@@ -2,7 +2,9 @@
 /*
  * Enforcement at syscall entry, before the kernel maps anything: the caller's cgroup rules
  * (and the rules for every process, key 0) are matched against the arguments; a Kill rule
- * sends SIGKILL, which the caller receives before it returns to user space with the mapping.
+ * sends SIGKILL, which the caller receives before it returns to user space with the mapping; a
+ * Deny decision is parked with the call and returned as -EPERM by the BPF LSM hooks the kernel
+ * calls inside it (mmap_file, file_mprotect), where BPF LSM is active.
  * The decision never depends on the ring buffer or on the report filters.
  */
 #ifndef MAPSENTRY_ENFORCE_H
@@ -88,6 +90,20 @@ static __always_inline bool ms_enforce_set(__u64 key, struct ms_pending *p)
 static __always_inline bool ms_enforce(struct ms_pending *p)
 {
 	return ms_enforce_set(bpf_get_current_cgroup_id(), p) || ms_enforce_set(0, p);
+}
+
+/* LSM hooks: refuse the call in progress on this thread if its entry decided Deny. */
+static __always_inline int ms_lsm_verdict(int ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct ms_pending *p;
+
+	if (ret)
+		return ret; /* an earlier LSM refused already */
+	p = bpf_map_lookup_elem(&pending, &tid);
+	if (p && p->action == MS_ACTION_DENY)
+		return -1; /* -EPERM */
+	return 0;
 }
 
 #endif /* MAPSENTRY_ENFORCE_H */

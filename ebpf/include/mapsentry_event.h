@@ -20,7 +20,8 @@ enum ms_syscall {
 	MS_SYSCALL_MMAP = 1,     /* native 64-bit mmap (x86_64 nr 9) */
 	MS_SYSCALL_MMAP2 = 2,    /* ia32 compat mmap2 (i386 nr 192), offset in 4096-byte pages */
 	MS_SYSCALL_OLD_MMAP = 3, /* ia32 compat old_mmap (i386 nr 90), arguments in a user struct */
-	MS_SYSCALL_MPROTECT = 4, /* mprotect (x86_64 nr 10, i386 nr 125): addr, length, prot only */
+	MS_SYSCALL_MPROTECT = 4, /* mprotect or pkey_mprotect (x86_64 nr 10 / 329, i386 nr 125 /
+				  * 380): addr, length, prot only */
 };
 
 /* Bits of ms_event.file_flags. */
@@ -43,6 +44,7 @@ enum ms_counter {
 enum ms_action {
 	MS_ACTION_NONE = 0,
 	MS_ACTION_KILL = 1, /* SIGKILL at syscall entry: the caller never runs with the mapping */
+	MS_ACTION_DENY = 2, /* -EPERM from the BPF LSM hooks mmap_file / file_mprotect */
 };
 
 /* Which mappings a rule concerns (ms_rule.mapping). */

@@ -80,3 +80,23 @@ int BPF_PROG(ms_fexit_exit)
 	bpf_get_func_ret(ctx, &ret);
 	return ms_on_exit((long)ret);
 }
+
+/*
+ * Deny (enforcement): BPF LSM hooks inside the mapping calls, where BPF LSM is active. They
+ * refuse the call whose entry program decided Deny for it (see include/enforce.h).
+ *   do_mmap_pgoff / vm_mmap_pgoff -> security_mmap_file -> bpf_lsm_mmap_file
+ *   do_mprotect_pkey -> security_file_mprotect -> bpf_lsm_file_mprotect
+ */
+SEC("lsm/mmap_file")
+int BPF_PROG(ms_lsm_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags, int ret)
+{
+	return ms_lsm_verdict(ret);
+}
+
+SEC("lsm/file_mprotect")
+int BPF_PROG(ms_lsm_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot, int ret)
+{
+	return ms_lsm_verdict(ret);
+}

@@ -121,6 +121,8 @@ pub struct TargetMapping {
 pub enum EnforceAction {
     /// SIGKILL at syscall entry: the caller never ran with the mapping.
     Kill,
+    /// The call failed with EPERM (BPF LSM).
+    Deny,
 }
 
 /// The kernel rule that acted on a call.

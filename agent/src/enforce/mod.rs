@@ -17,6 +17,9 @@ pub const EVERY_PROCESS: u64 = 0;
 pub enum KernelAction {
     /// SIGKILL at syscall entry.
     Kill,
+    /// EPERM from the BPF LSM hooks; only where the capture attached them
+    /// (`Attached::deny_unavailable` is `None`).
+    Deny,
 }
 
 /// Which mappings a kernel rule concerns.
@@ -50,6 +53,14 @@ pub enum Error {
         "cgroup {cgroup_id}: {count} enforcement rules, the kernel holds at most {RULES_PER_SET} per cgroup"
     )]
     TooManyRules { cgroup_id: u64, count: usize },
+    #[error(
+        "cgroup {cgroup_id}: rule {rule_id} denies, but this kernel cannot deny ({reason}); use Kill"
+    )]
+    DenyUnavailable {
+        cgroup_id: u64,
+        rule_id: u32,
+        reason: String,
+    },
     #[error("writing the rules of cgroup {cgroup_id} to the kernel: {reason}")]
     Map { cgroup_id: u64, reason: String },
 }
@@ -59,6 +70,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The kernel's `enforce` map: rule sets by cgroup id.
 pub struct RuleTable {
     map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>,
+    /// Why Deny rules cannot be enforced here, if they cannot.
+    deny_unavailable: Option<String>,
 }
 
 impl std::fmt::Debug for RuleTable {
@@ -68,8 +81,14 @@ impl std::fmt::Debug for RuleTable {
 }
 
 impl RuleTable {
-    pub(crate) fn new(map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>) -> Self {
-        Self { map }
+    pub(crate) fn new(
+        map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>,
+        deny_unavailable: Option<String>,
+    ) -> Self {
+        Self {
+            map,
+            deny_unavailable,
+        }
     }
 
     /// Replace the rules of `cgroup_id` (`EVERY_PROCESS` for all processes); the kernel
@@ -79,6 +98,16 @@ impl RuleTable {
             return Err(Error::TooManyRules {
                 cgroup_id,
                 count: rules.len(),
+            });
+        }
+        if let (Some(reason), Some(rule)) = (
+            &self.deny_unavailable,
+            rules.iter().find(|r| r.action == KernelAction::Deny),
+        ) {
+            return Err(Error::DenyUnavailable {
+                cgroup_id,
+                rule_id: rule.rule_id,
+                reason: reason.clone(),
             });
         }
         let mut set = RawRuleSet::new_zeroed();
@@ -134,6 +163,7 @@ impl From<&KernelRule> for RawRule {
             },
             action: match rule.action {
                 KernelAction::Kill => wire::ACTION_KILL,
+                KernelAction::Deny => wire::ACTION_DENY,
             },
         }
     }

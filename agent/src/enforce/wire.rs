@@ -16,6 +16,7 @@ pub const MAPPING_FILE: u8 = 2;
 
 /// `enum ms_action` as a rule stores it.
 pub const ACTION_KILL: u8 = 1;
+pub const ACTION_DENY: u8 = 2;
 
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]

@@ -31,6 +31,7 @@ pub const ARGS_UNREADABLE: u32 = 8;
 /// `enum ms_action`.
 pub const ACTION_NONE: u16 = 0;
 pub const ACTION_KILL: u16 = 1;
+pub const ACTION_DENY: u16 = 2;
 
 /// `enum ms_counter`: indexes of the per-CPU `counters` map.
 pub const COUNTER_SEEN: u32 = 0;
@@ -85,7 +86,9 @@ pub enum DecodeError {
         "record names syscall {value}, which is none of mmap (1), mmap2 (2), old_mmap (3), mprotect (4)"
     )]
     UnknownSyscall { value: u16 },
-    #[error("record names enforcement action {value}, which is none of none (0), kill (1)")]
+    #[error(
+        "record names enforcement action {value}, which is none of none (0), kill (1), deny (2)"
+    )]
     UnknownAction { value: u16 },
 }
 
@@ -112,6 +115,10 @@ pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeE
         ACTION_NONE => None,
         ACTION_KILL => Some(Enforcement {
             action: EnforceAction::Kill,
+            rule_id: header.rule_id,
+        }),
+        ACTION_DENY => Some(Enforcement {
+            action: EnforceAction::Deny,
             rule_id: header.rule_id,
         }),
         value => return Err(DecodeError::UnknownAction { value }),

@@ -21,6 +21,11 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read {LSM_LIST} to see whether BPF LSM is active: {source}")]
+    LsmList {
+        #[source]
+        source: io::Error,
+    },
     #[error("the kernel has neither do_mmap2 nor ksys_mmap_pgoff in /proc/kallsyms")]
     NoMmapFunction,
     #[error(
@@ -60,6 +65,15 @@ pub fn mmap_function() -> Result<String, KernelError> {
         .map(str::to_owned)
         .ok_or(KernelError::NoMmapFunction)
 }
+
+/// The active Linux security modules, comma-separated, as securityfs lists them.
+pub fn active_lsms() -> Result<String, KernelError> {
+    fs::read_to_string(LSM_LIST)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| KernelError::LsmList { source })
+}
+
+const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
 /// The perf PMU through which kprobes attach; absent when the kernel lacks `CONFIG_KPROBES`.
 pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";

@@ -9,7 +9,7 @@ use std::{fmt, str::FromStr};
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, RawTracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Lsm, Program, RawTracePoint},
 };
 
 /// How the programs hook the kernel (DESIGN.md, "Attach modes").
@@ -81,6 +81,8 @@ pub struct Attached {
     pub target: String,
     /// Modes tried before this one, each with the reason it failed.
     pub rejected: Vec<(AttachMode, String)>,
+    /// Why Deny rules cannot be enforced on this kernel (no BPF LSM); `None` when they can.
+    pub deny_unavailable: Option<String>,
 }
 
 /// Why no mode could be attached.
@@ -105,6 +107,30 @@ pub fn attach(ebpf: &mut Ebpf, requested: AttachMode, btf: &Btf) -> Result<Attac
     select(requested, |mode| attach_mode(ebpf, mode, btf))
 }
 
+/// The BPF LSM programs that make Deny rules refuse calls with EPERM.
+const LSM_PROGRAMS: [&str; 2] = ["ms_lsm_mmap_file", "ms_lsm_file_mprotect"];
+
+/// Attach the Deny programs (BPF LSM), or say why this kernel cannot run them.
+pub fn attach_deny(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    let active = kernel::active_lsms().map_err(|e| e.to_string())?;
+    if !active.split(',').any(|lsm| lsm == "bpf") {
+        return Err(format!(
+            "BPF LSM is not active (active LSMs: {active}); boot with lsm=...,bpf"
+        ));
+    }
+    let result = LSM_PROGRAMS
+        .iter()
+        .try_for_each(|name| attach_program(ebpf, name, "", btf));
+    if result.is_err() {
+        for name in LSM_PROGRAMS {
+            if let Some(program) = ebpf.program_mut(name) {
+                let _ = unload(program);
+            }
+        }
+    }
+    result
+}
+
 /// The mode-choosing rule, apart from the kernel: try the requested mode, or for `auto` every
 /// concrete mode cheapest first, and keep the first for which `try_mode` returns its target.
 fn select(
@@ -123,6 +149,7 @@ fn select(
                     mode,
                     target,
                     rejected,
+                    deny_unavailable: None,
                 });
             }
             Err(reason) => {
@@ -202,6 +229,11 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Resul
             p.load(tracepoint, btf).map_err(|e| what("loading", &e))?;
             p.attach().map_err(|e| what("attaching", &e))?;
         }
+        Program::Lsm(p) => {
+            let hook = name.trim_start_matches("ms_lsm_");
+            p.load(hook, btf).map_err(|e| what("loading", &e))?;
+            p.attach().map_err(|e| what("attaching", &e))?;
+        }
         Program::KProbe(p) => {
             if !kernel::has_kprobes() {
                 return Err(format!(
@@ -229,6 +261,7 @@ fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
     match program {
         Program::RawTracePoint(p) => RawTracePoint::unload(p),
         Program::BtfTracePoint(p) => BtfTracePoint::unload(p),
+        Program::Lsm(p) => Lsm::unload(p),
         Program::KProbe(p) => KProbe::unload(p),
         Program::FEntry(p) => FEntry::unload(p),
         Program::FExit(p) => FExit::unload(p),

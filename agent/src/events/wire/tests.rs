@@ -121,6 +121,15 @@ fn enforcement_is_decoded_and_unknown_actions_are_errors() {
             rule_id: 42
         })
     );
+    h.action = ACTION_DENY;
+    assert_eq!(
+        decode(&record(&h, b""), 0)
+            .unwrap()
+            .enforced
+            .unwrap()
+            .action,
+        EnforceAction::Deny
+    );
     h.action = 9;
     assert_eq!(
         decode(&record(&h, b""), 0),
