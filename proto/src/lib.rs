@@ -6,7 +6,7 @@ pub mod convert;
 
 /// Generated code of `mapsentry.v1`.
 pub mod v1 {
-    #![allow(clippy::pedantic, missing_debug_implementations, reason = "generated code")]
+    #![allow(clippy::all, clippy::pedantic, missing_debug_implementations, reason = "generated code")]
     tonic::include_proto!("mapsentry.v1");
 
     /// The encoded `FileDescriptorSet` of all mapsentry.v1 files, for gRPC reflection.
