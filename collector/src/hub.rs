@@ -330,9 +330,14 @@ impl Hub {
         }
     }
 
-    /// The loss notice a subscriber is owed, taken when its queue ran empty.
-    fn take_missed(&self, id: u64) -> u64 {
-        self.lock().live.get_mut(&id).map_or(0, |live| std::mem::take(&mut live.missed))
+    /// The loss notice a subscriber is owed, taken only when its queue is empty: the records
+    /// still queued came before the gap. (Checked under the lock, as ingest only queues under it.)
+    fn take_missed(&self, id: u64, rx: &mpsc::Receiver<Item>) -> u64 {
+        let mut state = self.lock();
+        if !rx.is_empty() {
+            return 0;
+        }
+        state.live.get_mut(&id).map_or(0, |live| std::mem::take(&mut live.missed))
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -414,7 +419,8 @@ impl futures_core::Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubscribeResponse>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(item) => Poll::Ready(item.map(Item::into_response)),
-            Poll::Pending => match self.hub.take_missed(self.id) {
+            // Pending also comes from tokio's cooperative budget with records still queued.
+            Poll::Pending => match self.hub.take_missed(self.id, &self.rx) {
                 0 => Poll::Pending,
                 count => Poll::Ready(Some(
                     Item::Loss { count, reason: LossReason::SubscriberBehind }.into_response(),

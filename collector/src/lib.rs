@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod filter;
+pub mod follow;
 pub mod hub;
 pub mod ingest;
 pub mod observer;
