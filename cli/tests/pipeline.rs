@@ -1,0 +1,221 @@
+//! Agent shipper -> collector -> subscriber, over real gRPC on 127.0.0.1, with real BPF capture
+//! where the test says so.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use mapsentry_agent::{
+    Capture, CaptureConfig,
+    shipper::{Shipper, ShipperConfig, backoff::Backoff},
+};
+use mapsentry_collector::{
+    Hub, HubConfig, ServerConfig,
+    follow::{Followed, Follower},
+    serve,
+};
+use mapsentry_policy::{MmapArgs, MmapEvent, Syscall};
+use mapsentry_proto::v1::{EventRecord, SubscribeRequest};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+struct Collector {
+    hub: Arc<Hub>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+async fn start_collector(listener: TcpListener) -> Collector {
+    let hub = Hub::new(HubConfig::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = Arc::clone(&hub);
+    let task = tokio::spawn(async move {
+        serve(serving, &ServerConfig::default(), listener, async { drop(stopped.await) }).await.expect("collector serves");
+    });
+    Collector { hub, stop, task }
+}
+
+impl Collector {
+    async fn stop(self) -> Arc<Hub> {
+        drop(self.stop);
+        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("collector stops in 10 s").unwrap();
+        self.hub
+    }
+}
+
+fn shipper_config(addr: SocketAddr) -> ShipperConfig {
+    let mut config = ShipperConfig::new(format!("http://{addr}"), "node-a");
+    config.batch_max_events = 100;
+    config.batch_max_delay = Duration::from_millis(20);
+    config.backoff = Backoff { min: Duration::from_millis(20), max: Duration::from_millis(200) };
+    config.flush_timeout = Duration::from_secs(10);
+    config
+}
+
+fn follower(addr: SocketAddr, since: Option<u64>) -> Follower {
+    Follower::new(&format!("http://{addr}"), SubscribeRequest { since, ..SubscribeRequest::default() }, 8 << 20)
+        .unwrap()
+        .with_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// Read records until `count` arrived (failing on any loss notice), then make sure no more come.
+async fn read_records(follower: &mut Follower, count: usize) -> (Vec<EventRecord>, u32) {
+    let mut records = Vec::new();
+    let mut disconnects = 0;
+    while records.len() < count {
+        let next = tokio::time::timeout(Duration::from_secs(20), follower.next()).await;
+        match next.unwrap_or_else(|_| panic!("stuck after {} of {count} records", records.len())).unwrap() {
+            Followed::Record(record) => records.push(record),
+            Followed::Loss(loss) => panic!("unexpected loss notice {loss:?} after {} records", records.len()),
+            Followed::Started(_) => {}
+            Followed::Disconnected { .. } => disconnects += 1,
+        }
+    }
+    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(500), follower.next()).await {
+        assert!(!matches!(extra, Ok(Followed::Record(_))), "more records than sent: {extra:?} ({disconnects} disconnects)");
+    }
+    (records, disconnects)
+}
+
+fn event(n: u32) -> MmapEvent {
+    MmapEvent {
+        time_ns: 1_764_000_000_000_000_000 + u64::from(n),
+        syscall: if n % 3 == 0 { Syscall::Mmap2 } else { Syscall::Mmap },
+        pid: n,
+        tid: n + 1,
+        ppid: 1,
+        uid: 1000,
+        gid: 1000,
+        comm: format!("w{}", n % 7),
+        cgroup_id: 4242,
+        args: MmapArgs { addr: 0, length: 4096 * u64::from(n % 5 + 1), prot: 3, flags: 0x22, fd: -1, pgoffset: 0, offset: 0 },
+        ret: 0x7f00_0000_0000 + i64::from(n) * 4096,
+        file: None,
+        args_unreadable: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bpf_captured_calls_reach_a_subscriber_once_with_exact_fields() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = start_collector(listener).await;
+    let mut follow = follower(addr, Some(0));
+
+    // The child waits on stdin until the capture is attached, then execs cat (loader mmaps,
+    // libc mapped from a file).
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .args(["-c", "read _ && exec cat /etc/hostname"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut capture = Capture::start(&CaptureConfig { pid: Some(pid), ..CaptureConfig::default() })
+        .expect("capture starts (needs root and BPF)");
+    let mut config = shipper_config(addr);
+    config.attach_mode = capture.attached().mode.as_str().into();
+    let shipper = Shipper::start(config).unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").await.unwrap();
+    }
+    let mut captured = Vec::new();
+    let mut batch = Vec::new();
+    let exited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                status = child.wait() => break status.unwrap(),
+                read = capture.next_batch(&mut batch) => { read.unwrap(); }
+            }
+            captured.extend(batch.iter().cloned());
+            shipper.send(std::mem::take(&mut batch)).await.unwrap();
+        }
+    })
+    .await
+    .expect("the child exits");
+    assert!(exited.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    capture.detach();
+    capture.drain(&mut batch);
+    captured.extend(batch.iter().cloned());
+    shipper.send(batch).await.unwrap();
+    let kernel = capture.kernel_counters().unwrap();
+    assert_eq!(kernel.dropped, 0);
+    assert!(captured.iter().all(|e| e.pid == pid), "only the child's calls");
+    assert!(
+        captured.iter().any(|e| e.comm == "cat" && e.file.as_ref().is_some_and(|f| f.path.contains("libc"))),
+        "cat mapped libc: {captured:#?}"
+    );
+
+    let (records, _) = read_records(&mut follow, captured.len()).await;
+    let delivered: Vec<MmapEvent> =
+        records.iter().map(|r| MmapEvent::try_from(r.event.as_ref().unwrap()).unwrap()).collect();
+    assert_eq!(delivered, captured, "every captured call once, in order, every field equal");
+    assert!(records.windows(2).all(|w| w[1].cursor == w[0].cursor + 1));
+    assert!(records.iter().all(|r| r.node == "node-a"));
+
+    let stats = shipper.finish().await;
+    assert_eq!((stats.captured, stats.acked), (captured.len() as u64, captured.len() as u64), "{stats:?}");
+    let hub = collector.stop().await;
+    let node = &hub.stats().nodes[0];
+    assert_eq!((node.acked, node.attach_mode.as_str()), (captured.len() as u64, "tracepoint"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_restarted_while_events_flow_a_resuming_subscriber_gets_each_event_once() {
+    const TOTAL: u32 = 6000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = start_collector(listener).await;
+    let shipper = Arc::new(Shipper::start(shipper_config(addr)).unwrap());
+    let mut follow = follower(addr, Some(0));
+
+    let producer = {
+        let shipper = Arc::clone(&shipper);
+        tokio::spawn(async move {
+            for chunk in 0..TOTAL / 20 {
+                shipper.send((chunk * 20..chunk * 20 + 20).map(event).collect()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let reader = tokio::spawn(async move {
+        read_records(&mut follow, TOTAL as usize).await
+    });
+
+    // Restart once about a third of the events went through.
+    while first.hub.stats().retained < u64::from(TOTAL / 3) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first_hub = first.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // events keep coming while it is down
+    let listener = TcpListener::bind(addr).await.expect("rebinding the collector's port");
+    let second = start_collector(listener).await;
+
+    producer.await.unwrap();
+    let (records, disconnects) = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
+    let shipper = Arc::into_inner(shipper).expect("the producer is done");
+    let stats = shipper.finish().await;
+
+    let mut seen = BTreeMap::new();
+    for record in &records {
+        *seen.entry(record.event.as_ref().unwrap().pid).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), TOTAL as usize, "every event arrived");
+    assert!(seen.values().all(|&n| n == 1), "no event twice");
+    for record in &records {
+        let pid = record.event.as_ref().unwrap().pid;
+        assert_eq!(MmapEvent::try_from(record.event.as_ref().unwrap()).unwrap(), event(pid));
+    }
+    assert!(records.windows(2).all(|w| w[1].cursor > w[0].cursor), "cursors grow across the restart");
+    assert!(disconnects > 0, "the subscriber saw the restart");
+
+    let first_stats = first_hub.stats();
+    let second_hub = second.stop().await;
+    let second_stats = second_hub.stats();
+    assert!(first_stats.nodes[0].acked > 0 && second_stats.nodes[0].acked > 0, "both collectors stored events");
+    assert_eq!(first_stats.nodes[0].acked + second_stats.nodes[0].acked, u64::from(TOTAL));
+    assert!(stats.connects >= 2, "the shipper reconnected: {stats:?}");
+    assert_eq!(stats.dropped, BTreeMap::new(), "nothing dropped: {stats:?}");
+    assert_eq!(stats.captured, records.len() as u64 + stats.dropped.values().sum::<u64>());
+    assert_eq!(stats.acked, u64::from(TOTAL));
+}
