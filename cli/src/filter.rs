@@ -35,7 +35,7 @@ impl EventFilter {
 
     #[must_use]
     pub fn matches(&self, event: &MmapEvent) -> bool {
-        (self.comms.is_empty() || self.comms.iter().any(|c| *c == event.comm))
+        (self.comms.is_empty() || self.comms.contains(&event.comm))
             && (self.syscalls.is_empty() || self.syscalls.contains(&event.syscall))
             && (self.prot_any == 0 || event.args.prot & self.prot_any != 0)
     }

@@ -1,6 +1,9 @@
 //! How records are printed: one human-readable line, or one JSON object per line.
 
-use std::io::{self, Write};
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use mapsentry_policy::{EventLine, MmapEvent, Syscall, names};
 
@@ -53,10 +56,10 @@ pub fn text_line(event: &MmapEvent) -> String {
         args.fd,
     );
     if let Some(file) = &event.file {
-        line.push_str(&format!(" file={} ino={}", file.path, file.inode));
+        let _ = write!(line, " file={} ino={}", file.path, file.inode);
         for (set, marker) in [(file.memfd, "memfd"), (file.shm, "shm"), (file.deleted, "deleted"), (file.path_truncated, "truncated")] {
             if set {
-                line.push_str(&format!(" [{marker}]"));
+                let _ = write!(line, " [{marker}]");
             }
         }
     }

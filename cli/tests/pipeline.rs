@@ -22,7 +22,7 @@ struct Collector {
     task: JoinHandle<()>,
 }
 
-async fn start_collector(listener: TcpListener) -> Collector {
+fn start_collector(listener: TcpListener) -> Collector {
     let hub = Hub::new(HubConfig::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = Arc::clone(&hub);
@@ -77,7 +77,7 @@ async fn read_records(follower: &mut Follower, count: usize) -> (Vec<EventRecord
 fn event(n: u32) -> MmapEvent {
     MmapEvent {
         time_ns: 1_764_000_000_000_000_000 + u64::from(n),
-        syscall: if n % 3 == 0 { Syscall::Mmap2 } else { Syscall::Mmap },
+        syscall: if n.is_multiple_of(3) { Syscall::Mmap2 } else { Syscall::Mmap },
         pid: n,
         tid: n + 1,
         ppid: 1,
@@ -96,7 +96,7 @@ fn event(n: u32) -> MmapEvent {
 async fn bpf_captured_calls_reach_a_subscriber_once_with_exact_fields() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let collector = start_collector(listener).await;
+    let collector = start_collector(listener);
     let mut follow = follower(addr, Some(0));
 
     // The child waits on stdin until the capture is attached, then execs cat (loader mmaps,
@@ -165,7 +165,7 @@ async fn collector_restarted_while_events_flow_a_resuming_subscriber_gets_each_e
     const TOTAL: u32 = 6000;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let first = start_collector(listener).await;
+    let first = start_collector(listener);
     let shipper = Arc::new(Shipper::start(shipper_config(addr)).unwrap());
     let mut follow = follower(addr, Some(0));
 
@@ -189,10 +189,10 @@ async fn collector_restarted_while_events_flow_a_resuming_subscriber_gets_each_e
     let first_hub = first.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await; // events keep coming while it is down
     let listener = TcpListener::bind(addr).await.expect("rebinding the collector's port");
-    let second = start_collector(listener).await;
+    let second = start_collector(listener);
 
     producer.await.unwrap();
-    let (records, disconnects) = tokio::time::timeout(Duration::from_secs(60), reader).await.unwrap().unwrap();
+    let (records, disconnects) = tokio::time::timeout(Duration::from_mins(1), reader).await.unwrap().unwrap();
     let shipper = Arc::into_inner(shipper).expect("the producer is done");
     let stats = shipper.finish().await;
 

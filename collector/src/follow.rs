@@ -106,7 +106,11 @@ impl Follower {
                 Followed::Record(record)
             }
             Some(subscribe_response::Item::Loss(loss)) => Followed::Loss(loss),
-            Some(subscribe_response::Item::Started(started)) => Followed::Started(started),
+            Some(subscribe_response::Item::Started(started)) => {
+                // A live subscription resumes from where it started, not from "now" again.
+                self.last_cursor = self.last_cursor.or(Some(started.next_cursor.saturating_sub(1)));
+                Followed::Started(started)
+            }
             None => Followed::Disconnected { reason: "an empty response".into(), retry_in: Duration::ZERO },
         })
     }
