@@ -1,6 +1,6 @@
 //! Server-side subscription filters, checked once from the request and then matched per record.
 
-use mapsentry_proto::v1::{self, EventRecord, Kind};
+use mapsentry_proto::v1::{self, Event, Kind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
@@ -58,12 +58,12 @@ impl RecordFilter {
         })
     }
 
+    /// Whether `event` from `node` passes.
     #[must_use]
-    pub fn matches(&self, record: &EventRecord) -> bool {
-        let Some(event) = &record.event else { return false };
+    pub fn matches(&self, node: &str, event: &Event) -> bool {
         let (prot, flags) = event.args.as_ref().map_or((0, 0), |a| (a.prot, a.flags));
         self.events
-            && any_of(&self.nodes, Some(&record.node))
+            && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, attribution::namespace(event))
             && any_of(&self.pods, attribution::pod(event))
             && any_of(&self.comms, Some(&event.comm))

@@ -66,10 +66,28 @@ pub struct AgentInfo {
     pub attach_mode: String,
 }
 
+/// One stored event: its cursor, the node that sent it, the event.
+#[derive(Debug)]
+pub struct Record {
+    pub cursor: u64,
+    pub node: Arc<str>,
+    pub event: v1::Event,
+}
+
+impl Record {
+    fn matches(&self, filter: &RecordFilter) -> bool {
+        filter.matches(&self.node, &self.event)
+    }
+
+    fn to_wire(&self) -> EventRecord {
+        EventRecord { cursor: self.cursor, node: self.node.to_string(), event: Some(self.event.clone()) }
+    }
+}
+
 /// One queued item of a subscriber.
 #[derive(Debug, Clone)]
 enum Item {
-    Record(Arc<EventRecord>),
+    Record(Arc<Record>),
     Loss { count: u64, reason: LossReason },
     Started(v1::Started),
 }
@@ -77,7 +95,7 @@ enum Item {
 impl Item {
     fn into_response(self) -> SubscribeResponse {
         let item = match self {
-            Self::Record(record) => subscribe_response::Item::Event(EventRecord::clone(&record)),
+            Self::Record(record) => subscribe_response::Item::Event(record.to_wire()),
             Self::Loss { count, reason } => {
                 subscribe_response::Item::Loss(v1::LossNotice { count, reason: reason.into() })
             }
@@ -106,7 +124,7 @@ struct Node {
 
 #[derive(Debug)]
 struct State {
-    ring: VecDeque<Arc<EventRecord>>,
+    ring: VecDeque<Arc<Record>>,
     next_cursor: u64,
     instance_first: u64,
     /// Highest stored seq per (node, boot id).
@@ -246,8 +264,7 @@ impl Hub {
         let count = events.len() as u64;
         let node_name: Arc<str> = agent.node.as_str().into();
         for event in events {
-            let record =
-                Arc::new(EventRecord { cursor: state.next_cursor, node: node_name.to_string(), event: Some(event) });
+            let record = Arc::new(Record { cursor: state.next_cursor, node: Arc::clone(&node_name), event });
             state.next_cursor += 1;
             if state.ring.len() == self.config.retention_events {
                 state.ring.pop_front();
@@ -316,7 +333,7 @@ impl Hub {
                 }
                 let from = (pos - oldest) as usize;
                 let to = (from + CATCH_UP_CHUNK).min(state.ring.len());
-                chunk.extend(state.ring.range(from..to).filter(|r| filter.matches(r)).cloned());
+                chunk.extend(state.ring.range(from..to).filter(|r| r.matches(&filter)).cloned());
                 pos = oldest + to as u64;
             }
             if gap > 0 && tx.send(Item::Loss { count: gap, reason: LossReason::Retention }).await.is_err() {
@@ -376,9 +393,9 @@ impl Hub {
 }
 
 /// Offer one record to every live subscriber whose filter it passes, without waiting.
-fn fan_out(live: &mut HashMap<u64, Live>, losses: &mut u64, record: &Arc<EventRecord>) {
+fn fan_out(live: &mut HashMap<u64, Live>, losses: &mut u64, record: &Arc<Record>) {
     live.retain(|_, sub| {
-        if !sub.filter.matches(record) {
+        if !record.matches(&sub.filter) {
             return !sub.tx.is_closed();
         }
         if sub.missed > 0 {

@@ -131,9 +131,13 @@ impl TryFrom<v1::Event> for MmapEvent {
     }
 }
 
-/// Check a wire event without keeping the conversion.
+/// Check that a wire event converts, without converting it (no copies).
 pub fn validate(event: &v1::Event) -> Result<(), ConvertError> {
-    MmapEvent::try_from(event).map(drop)
+    match v1::Syscall::try_from(event.syscall) {
+        Ok(v1::Syscall::Unspecified) | Err(_) => Err(ConvertError::Syscall { value: event.syscall }),
+        Ok(_) if event.args.is_none() => Err(ConvertError::MissingArgs),
+        Ok(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]
