@@ -305,3 +305,103 @@ async fn health_reports_serving() {
     }
     collector.stop().await;
 }
+
+/// Bytes as they are: to put what no generated client would send on the wire.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+
+async fn raw_call(channel: Channel, path: &'static str, messages: Vec<Vec<u8>>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let request = tonic::Request::new(tokio_stream::iter(messages));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    match grpc.streaming(request, path, RawCodec).await {
+        Err(status) => status,
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("an answer within 5 s") {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the stream ended without an error"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bytes_get_a_clear_status() {
+    let collector = Collector::start(HubConfig::default(), ServerConfig::default()).await;
+    // Field 1 (hello) declared as 100 bytes long, with 3 present.
+    let status = raw_call(collector.channel().await, "/mapsentry.v1.AgentService/Connect", vec![vec![0x0a, 100, 1, 2, 3]]).await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{status:?}");
+    // A good Hello, then garbage where a batch should be.
+    let hello = prost::Message::encode_to_vec(&hello("n", 1));
+    let status = raw_call(collector.channel().await, "/mapsentry.v1.AgentService/Connect", vec![hello, vec![0xff; 7]]).await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{status:?}");
+    assert_eq!(collector.hub.stats().next_cursor, 1);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_for_grpcurl() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let collector = Collector::start(HubConfig::default(), ServerConfig::default()).await;
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut responses = ServerReflectionClient::new(collector.channel().await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = responses.message().await.unwrap().unwrap().message_response else {
+        panic!("a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["mapsentry.v1.AgentService", "mapsentry.v1.Observer", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    }
+    collector.stop().await;
+}
