@@ -1,10 +1,10 @@
 //! `mapsentry collector --listen ADDR`: take agent streams, keep recent events, serve
 //! subscribers (with gRPC health and reflection), until Ctrl-C or SIGTERM.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use mapsentry_collector::{Hub, HubConfig, ServerConfig, serve};
+use mapsentry_collector::{Hub, HubConfig, ServerConfig, log::LogConfig, serve};
 use tokio::net::TcpListener;
 
 use crate::signals;
@@ -30,11 +30,30 @@ pub struct CollectorLimits {
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
+    /// Keep a retention log here: batches are written before they are acked, and a restarted
+    /// collector reads them back (same cursors, no duplicates). Without it, retention is in
+    /// memory only.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bytes the retention log may hold on disk; the oldest segments go beyond it.
+    #[arg(long, default_value_t = 1 << 30)]
+    data_max_bytes: u64,
 }
 
 impl CollectorLimits {
     pub fn hub(&self) -> HubConfig {
         HubConfig { retention_events: self.retention_events, subscriber_queue: self.subscriber_queue }
+    }
+
+    /// The hub, reading back the retention log when there is one.
+    pub fn open_hub(&self) -> anyhow::Result<Arc<Hub>> {
+        match &self.data_dir {
+            None => Ok(Hub::new(self.hub())),
+            Some(dir) => {
+                let log = LogConfig { max_bytes: self.data_max_bytes, ..LogConfig::new(dir) };
+                Hub::open(self.hub(), log).with_context(|| format!("--data-dir {}", dir.display()))
+            }
+        }
     }
 
     pub fn server(&self) -> ServerConfig {
@@ -46,7 +65,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let shutdown = signals::requested()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     eprintln!("mapsentry: collector serving on {}", listener.local_addr().context("reading the bound address")?);
-    let hub = Hub::new(args.limits.hub());
+    let hub = args.limits.open_hub()?;
     serve(hub, &args.limits.server(), listener, shutdown).await.context("serving gRPC")?;
     eprintln!("mapsentry: collector stopped");
     Ok(())

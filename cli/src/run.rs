@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context;
 use mapsentry_agent::Capture;
-use mapsentry_collector::{Hub, serve};
+use mapsentry_collector::serve;
 use mapsentry_policy::MmapEvent;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::oneshot};
@@ -69,7 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut capture = Capture::start(&args.capture.config()).context("cannot start capturing")?;
 
     // The embedded collector: the same gRPC services as `mapsentry collector`.
-    let hub = Hub::new(args.limits.hub());
+    let hub = args.limits.open_hub()?;
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
     let server_config = args.limits.server();
     let serving = Arc::clone(&hub);

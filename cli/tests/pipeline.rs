@@ -219,3 +219,73 @@ async fn collector_restarted_while_events_flow_a_resuming_subscriber_gets_each_e
     assert_eq!(stats.captured, records.len() as u64 + stats.dropped.values().sum::<u64>());
     assert_eq!(stats.acked, u64::from(TOTAL));
 }
+
+/// `mapsentry collector` as its own process, so that it can be killed.
+async fn spawn_collector_process(addr: SocketAddr, dir: &std::path::Path) -> tokio::process::Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mapsentry"))
+        .args(["collector", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the collector did not listen on {addr} within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_killed_and_restarted_on_its_retention_log_loses_and_doubles_nothing() {
+    const TOTAL: u32 = 6000;
+    let dir = std::env::temp_dir().join(format!("mapsentry-kill-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut collector = spawn_collector_process(addr, &dir).await;
+    let shipper = Arc::new(Shipper::start(shipper_config(addr)).unwrap());
+    let mut follow = follower(addr, Some(0));
+    let sent = Arc::new(std::sync::atomic::AtomicU32::new(0));
+
+    let producer = {
+        let (shipper, sent) = (Arc::clone(&shipper), Arc::clone(&sent));
+        tokio::spawn(async move {
+            for chunk in 0..TOTAL / 20 {
+                shipper.send((chunk * 20..chunk * 20 + 20).map(event).collect()).await.unwrap();
+                sent.fetch_add(20, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let reader = tokio::spawn(async move { read_records(&mut follow, TOTAL as usize).await });
+
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < TOTAL / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    collector.start_kill().unwrap(); // SIGKILL: no goodbyes, acks in flight are lost
+    collector.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut collector = spawn_collector_process(addr, &dir).await;
+
+    producer.await.unwrap();
+    let (records, disconnects) = tokio::time::timeout(Duration::from_mins(1), reader).await.unwrap().unwrap();
+    let shipper = Arc::into_inner(shipper).expect("the producer is done");
+    let stats = shipper.finish().await;
+
+    let mut seen = BTreeMap::new();
+    for record in &records {
+        *seen.entry(record.event.as_ref().unwrap().pid).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), TOTAL as usize, "every event arrived");
+    assert!(seen.values().all(|&n| n == 1), "no event twice");
+    assert!(records.windows(2).all(|w| w[1].cursor == w[0].cursor + 1), "one cursor sequence across the kill");
+    assert!(disconnects > 0, "the subscriber saw the kill");
+    assert!(stats.connects >= 2, "the shipper reconnected: {stats:?}");
+    assert_eq!(stats.dropped, BTreeMap::new(), "nothing dropped: {stats:?}");
+    assert_eq!((stats.captured, stats.acked), (u64::from(TOTAL), u64::from(TOTAL)));
+    collector.start_kill().unwrap();
+    collector.wait().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -19,7 +19,10 @@ use mapsentry_proto::v1::{self, EventRecord, LossReason, NodeStats, SubscribeRes
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-use crate::filter::RecordFilter;
+use crate::{
+    filter::RecordFilter,
+    log::{Log, LogConfig, LogError},
+};
 
 /// How many records a catch-up task copies out of the ring per lock.
 const CATCH_UP_CHUNK: usize = 1024;
@@ -134,6 +137,8 @@ struct State {
     next_subscriber: u64,
     subscriber_losses: u64,
     closed: bool,
+    /// Where batches are written before they are acked, if on disk.
+    log: Option<Log>,
 }
 
 impl State {
@@ -187,10 +192,50 @@ impl Hub {
                 next_subscriber: 0,
                 subscriber_losses: 0,
                 closed: false,
+                log: None,
             }),
             closed: watch::Sender::new(false),
             config,
         })
+    }
+
+    /// A hub that writes every batch to the retention log in `log.dir` before acking it, after
+    /// reading back what the log holds: the retained records keep their cursors, and batches
+    /// stored before are recognized when agents resend them.
+    pub fn open(config: HubConfig, log: LogConfig) -> Result<Arc<Self>, LogError> {
+        let (log, batches) = Log::open(log)?;
+        let hub = match batches.first() {
+            Some(first) => Self::with_first_cursor(config, first.first_cursor),
+            None => Self::new(config),
+        };
+        let mut state = hub.lock();
+        let state_ref = &mut *state;
+        let mut replayed = 0u64;
+        for batch in batches {
+            let key = (batch.node.clone(), batch.boot_id.clone());
+            let highest = state_ref.seqs.entry(key).or_insert(0);
+            *highest = (*highest).max(batch.seq);
+            if batch.first_cursor != state_ref.next_cursor {
+                // Cursors are contiguous in the ring; a jump means older segments were deleted.
+                state_ref.ring.clear();
+                state_ref.next_cursor = batch.first_cursor;
+            }
+            let node: Arc<str> = batch.node.as_str().into();
+            for event in batch.events {
+                let record = Arc::new(Record { cursor: state_ref.next_cursor, node: Arc::clone(&node), event });
+                state_ref.next_cursor += 1;
+                if state_ref.ring.len() == hub.config.retention_events {
+                    state_ref.ring.pop_front();
+                }
+                state_ref.ring.push_back(record);
+                replayed += 1;
+            }
+        }
+        state_ref.instance_first = state_ref.ring.front().map_or(state_ref.next_cursor, |r| r.cursor);
+        state_ref.log = Some(log);
+        tracing::info!(replayed, retained = state_ref.ring.len(), next_cursor = state_ref.next_cursor, "retention log read back");
+        drop(state);
+        Ok(hub)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -247,17 +292,20 @@ impl Hub {
     }
 
     /// Store one agent batch (already validated) unless (node, boot id, seq) was stored before,
-    /// and hand its records to live subscribers.
-    pub fn store_batch(&self, agent: &AgentInfo, seq: u64, events: Vec<v1::Event>) -> Stored {
+    /// and hand its records to live subscribers. With a retention log, the batch is written
+    /// there first; a failed write stores nothing.
+    pub fn store_batch(&self, agent: &AgentInfo, seq: u64, events: Vec<v1::Event>) -> Result<Stored, LogError> {
         let mut state = self.lock();
         let state = &mut *state;
         let key = (agent.node.clone(), agent.boot_id.clone());
-        let highest = state.seqs.get(&key).copied().unwrap_or(0);
-        let node = state.nodes.entry(agent.node.clone()).or_default();
-        if seq <= highest {
-            node.duplicate_batches += 1;
-            return Stored::Duplicate;
+        if seq <= state.seqs.get(&key).copied().unwrap_or(0) {
+            state.nodes.entry(agent.node.clone()).or_default().duplicate_batches += 1;
+            return Ok(Stored::Duplicate);
         }
+        if let Some(log) = &mut state.log {
+            log.append(&agent.node, &agent.boot_id, seq, state.next_cursor, &events)?;
+        }
+        let node = state.nodes.entry(agent.node.clone()).or_default();
         state.seqs.insert(key, seq);
         node.acked += events.len() as u64;
         let first = state.next_cursor;
@@ -272,7 +320,7 @@ impl Hub {
             state.ring.push_back(Arc::clone(&record));
             fan_out(&mut state.live, &mut state.subscriber_losses, &record);
         }
-        Stored::New { first, count }
+        Ok(Stored::New { first, count })
     }
 
     /// Start a subscription: a `Started` item, then the retained records after `since` (if

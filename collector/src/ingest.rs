@@ -35,6 +35,8 @@ pub enum IngestError {
     ZeroSeq,
     #[error("EventBatch seq {seq} has {count} events, more than the limit of {max}")]
     TooManyEvents { seq: u64, count: usize, max: usize },
+    #[error("storing EventBatch seq {seq} failed: {reason}")]
+    Store { seq: u64, reason: String },
     #[error("EventBatch seq {seq}, event {index}: {source}")]
     Event {
         seq: u64,
@@ -48,6 +50,7 @@ impl From<IngestError> for Status {
     fn from(error: IngestError) -> Self {
         match error {
             IngestError::Version { .. } => Status::failed_precondition(error.to_string()),
+            IngestError::Store { .. } => Status::unavailable(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         }
     }
@@ -105,7 +108,11 @@ impl Ingest {
                 for (index, event) in batch.events.iter().enumerate() {
                     convert::validate(event).map_err(|source| IngestError::Event { seq: batch.seq, index, source })?;
                 }
-                if let Stored::New { first, count } = self.hub.store_batch(agent, batch.seq, batch.events) {
+                let stored = self
+                    .hub
+                    .store_batch(agent, batch.seq, batch.events)
+                    .map_err(|e| IngestError::Store { seq: batch.seq, reason: chain(&e) })?;
+                if let Stored::New { first, count } = stored {
                     tracing::trace!(seq = batch.seq, first, count, "stored");
                 }
                 Ok(Some(batch.seq))
@@ -175,6 +182,17 @@ impl AgentService for Ingest {
         tokio::spawn(self.clone().serve_stream(agent, inbound, tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

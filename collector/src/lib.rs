@@ -8,6 +8,7 @@ pub mod filter;
 pub mod follow;
 pub mod hub;
 pub mod ingest;
+pub mod log;
 pub mod observer;
 pub mod server;
 
