@@ -47,6 +47,9 @@ impl Follower {
         let channel = Channel::from_shared(url.to_owned())
             .map_err(|e| FollowError::Url { url: url.to_owned(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let client = ObserverClient::new(channel).max_decoding_message_size(max_message_bytes);
         Ok(Self {

@@ -164,12 +164,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub whose cursors start at the current time in nanoseconds since the Unix epoch, so that
-    /// cursors keep growing across collector restarts (as long as fewer than 10^9 records a second
-    /// are stored on average).
+    /// A hub whose cursors start at the current time in microseconds since the Unix epoch, so
+    /// that cursors keep growing across collector restarts as long as fewer than a million
+    /// records a second were stored on average (else a resuming subscriber gets a clear
+    /// "ahead" refusal), and stay below 2^53, exact as JSON numbers, until the year 2255.
     #[must_use]
     pub fn new(config: HubConfig) -> Arc<Self> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         Self::with_first_cursor(config, now.max(1))
     }
 

@@ -201,7 +201,11 @@ impl Shipper {
         let endpoint = Endpoint::from_shared(config.collector.clone())
             .map_err(|e| ShipperError::Url { url: config.collector.clone(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A collector that vanished without closing the connection is noticed within ~40 s.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         let boot_id = new_boot_id();
         let (input, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());

@@ -173,3 +173,10 @@ async fn a_reopened_hub_has_its_records_cursors_and_dedup_state_back() {
     assert_eq!(pids_until(&mut sub, 4).await, vec![2, 3, 4, 5]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn new_cursors_start_from_the_clock_and_stay_exact_in_json() {
+    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+    let next = Hub::new(HubConfig::default()).stats().next_cursor;
+    assert!(next >= before && next < 1 << 53, "{next}");
+}
