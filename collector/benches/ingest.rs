@@ -2,8 +2,9 @@
 //!
 //! 1. Ingest: agents stream batches of 1000 events (up to 32 unacked per stream) into a
 //!    collector whose runtime has ONE worker thread: events/s on one core.
-//! 2. Fan-out: one agent paced at a target rate, 10 subscribers each reading every event;
-//!    reports the achieved rate and each subscriber's count and losses.
+//! 2. Fan-out: one agent paced at a target rate, 10 subscribers each reading every event
+//!    (counted from the raw bytes, so the figure is the collector's, not the readers' decoding);
+//!    reports the achieved rate, deliveries and losses.
 //!
 //! Settings through the environment: `BENCH_EVENTS` (ingest total, default 2,000,000),
 //! `BENCH_AGENTS` (default 1), `BENCH_RATE` (fan-out events/s, default 100,000),
@@ -20,8 +21,9 @@ use std::{
 use mapsentry_collector::{Hub, HubConfig, ServerConfig, serve};
 use mapsentry_proto::v1::{
     self, AgentMessage, EventBatch, Hello, MmapArgs, SubscribeRequest, agent_message::Msg,
-    agent_service_client::AgentServiceClient, collector_message, observer_client::ObserverClient, subscribe_response::Item,
+    SubscribeResponse, agent_service_client::AgentServiceClient, collector_message, subscribe_response::Item,
 };
+use prost::Message as _;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -107,6 +109,53 @@ async fn agent(url: String, node: String, batches: u64, rate: Option<u64>) {
     }
 }
 
+/// A subscription whose messages arrive as bytes.
+async fn subscribe_raw(channel: Channel) -> tonic::Streaming<Vec<u8>> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/mapsentry.v1.Observer/Subscribe");
+    let request = tonic::Request::new(SubscribeRequest::default().encode_to_vec());
+    grpc.server_streaming(request, path, RawCodec).await.unwrap().into_inner()
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len).to_vec()))
+    }
+}
+
 async fn ingest(total: u64, agents: u64) {
     let (url, hub) = start_collector(HubConfig { retention_events: 1 << 20, subscriber_queue: 4096 }, 1);
     let per_agent = total / BATCH as u64 / agents;
@@ -133,19 +182,21 @@ async fn fan_out(rate: u64, seconds: u64, subscribers: usize) {
     let total = batches * BATCH as u64;
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let mut stream = ObserverClient::new(channel(&url).await)
-            .subscribe(SubscribeRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = subscribe_raw(channel(&url).await).await;
         readers.push(tokio::spawn(async move {
             let (mut events, mut missed) = (0u64, 0u64);
             while events + missed < total {
-                match stream.message().await.unwrap().and_then(|r| r.item) {
-                    Some(Item::Event(_)) => events += 1,
+                let Some(message) = stream.message().await.unwrap() else { break };
+                // Field 1 of SubscribeResponse is an event: count it without decoding it, so the
+                // numbers are the collector's, not this process's decoders'.
+                if message.first() == Some(&0x0a) {
+                    events += 1;
+                    continue;
+                }
+                match SubscribeResponse::decode(message.as_slice()).unwrap().item {
                     Some(Item::Loss(notice)) => missed += notice.count,
-                    Some(Item::Started(_)) => {}
-                    None => break,
+                    Some(Item::Event(_)) => events += 1,
+                    Some(Item::Started(_)) | None => {}
                 }
             }
             (events, missed)
