@@ -158,6 +158,7 @@ async fn bpf_captured_calls_reach_a_subscriber_once_with_exact_fields() {
     let hub = collector.stop().await;
     let node = &hub.stats().nodes[0];
     assert_eq!((node.acked, node.attach_mode.as_str()), (captured.len() as u64, "tracepoint"));
+    assert_eq!((node.captured, node.shipped), (captured.len() as u64, captured.len() as u64), "the agent's last report");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

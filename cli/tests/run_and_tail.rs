@@ -116,3 +116,73 @@ async fn tail_refuses_a_cursor_outside_retention_with_a_clear_error() {
     interrupt(&server);
     assert!(server.wait().await.unwrap().success());
 }
+
+async fn stats(server: &str) -> Value {
+    let output = Command::new(BIN).args(["tail", "--server", server, "--stats", "--output", "json"]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_ships_to_a_collector_process_and_tail_stats_show_the_node() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = format!("http://{addr}");
+    let mut collector = Command::new(BIN)
+        .args(["collector", "--listen", &addr.to_string()])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut target = Command::new("/bin/sh")
+        .args(["-c", "read _ && exec cat /etc/hostname"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = target.id().unwrap();
+    let mut agent = Command::new(BIN)
+        .args(["agent", "--collector", &server, "--pid", &pid.to_string()])
+        .env("NODE_NAME", "node-from-env")
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Connected: the collector knows the node (by $NODE_NAME) and its attach mode.
+    let mut node = Value::Null;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            node = stats(&server).await["nodes"][0].clone();
+            if node["connected"] == true {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((node["node"].as_str(), node["attach_mode"].as_str()), (Some("node-from-env"), Some("tracepoint")), "{node}");
+
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--server", &server, "--output", "json", "--since", "0", "--comm", "cat"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut tail_lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    target.stdin.take().unwrap().write_all(b"go\n").await.unwrap();
+    assert!(target.wait().await.unwrap().success());
+    let first = next_line(&mut tail_lines, "tail").await;
+    assert_eq!((first["kind"].as_str(), first["comm"].as_str(), first["pid"].as_u64()), (Some("event"), Some("cat"), Some(u64::from(pid))));
+    assert_eq!(first["node"], "node-from-env");
+
+    interrupt(&agent);
+    assert!(agent.wait().await.unwrap().success());
+    let node = stats(&server).await["nodes"][0].clone();
+    assert_eq!(node["connected"], false, "{node}");
+    assert!(node["captured"].as_u64().unwrap() > 0, "{node}");
+    assert_eq!(node["acked"], node["captured"], "every captured event stored: {node}");
+    assert_eq!(node["dropped"], serde_json::json!({}), "{node}");
+    interrupt(&tail);
+    assert!(tail.wait().await.unwrap().success());
+    interrupt(&collector);
+    assert!(collector.wait().await.unwrap().success());
+}

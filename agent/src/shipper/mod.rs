@@ -50,6 +50,8 @@ pub const DROPPED_UNACKED_AT_EXIT: &str = "unacked_at_exit";
 const INPUT_QUEUE: usize = 64;
 /// Messages queued on one collector stream.
 const OUTBOUND_QUEUE: usize = 16;
+/// How long the shipper waits for the collector to close the stream when it stops.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipperError {
@@ -424,11 +426,19 @@ impl Task {
             self.counters.buffered_bytes.store(bytes as u64, Relaxed);
             self.counters.buffer_full.store(buffer.dropped, Relaxed);
         }
-        if let Some(out) = &out {
-            let _ = out.try_send(AgentMessage { msg: Some(Msg::Loss(self.counters.report())) });
-        }
         let (left, _) = buffer.held();
         self.counters.unacked_at_exit.store(left, Relaxed);
+        if let (Some(out), Some(mut inbound)) = (out.take(), inbound.take()) {
+            // The final counters, then a clean end of the stream: close our side and wait for
+            // the collector to close its side, so the last report is not cut off.
+            let report = AgentMessage { msg: Some(Msg::Loss(self.counters.report())) };
+            let goodbye = async move {
+                let _ = out.send(report).await;
+                drop(out);
+                while let Ok(Some(_)) = inbound.message().await {}
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+        }
         self.counters.buffered_events.store(0, Relaxed);
         self.counters.buffered_bytes.store(0, Relaxed);
         if left > 0 {
