@@ -290,3 +290,34 @@ async fn collector_killed_and_restarted_on_its_retention_log_loses_and_doubles_n
     collector.wait().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_collector_is_away_the_oldest_are_dropped_and_totals_add_up() {
+    use mapsentry_agent::shipper::DROPPED_BUFFER_FULL;
+    const TOTAL: u32 = 3000;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut config = shipper_config(addr);
+    // Room for about 1000 of these events (pids 10000.. all encode to the same size).
+    let size = prost::Message::encoded_len(&mapsentry_proto::v1::Event::from(event(10_000))) + 4;
+    config.buffer_bytes = size * 1000;
+    let shipper = Shipper::start(config).unwrap();
+    for chunk in 0..TOTAL / 100 {
+        shipper.send((10_000 + chunk * 100..10_000 + chunk * 100 + 100).map(event).collect()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let away = shipper.stats();
+    assert!(!away.connected && away.buffered_events <= 1000, "{away:?}");
+
+    let collector = start_collector(tokio::net::TcpListener::bind(addr).await.unwrap());
+    let mut follow = follower(addr, Some(0));
+    let stats = shipper.finish().await;
+    let dropped = stats.dropped.get(DROPPED_BUFFER_FULL).copied().unwrap_or(0);
+    assert!(dropped >= u64::from(TOTAL) - 1000, "{stats:?}");
+    assert_eq!(stats.captured, stats.acked + dropped, "captured = acked + counted drops: {stats:?}");
+    let (records, _) = read_records(&mut follow, stats.acked as usize).await;
+    let pids: Vec<u32> = records.iter().map(|r| r.event.as_ref().unwrap().pid).collect();
+    let newest: Vec<u32> = (10_000 + TOTAL - pids.len() as u32..10_000 + TOTAL).collect();
+    assert_eq!(pids, newest, "the newest events were kept, in order");
+    let hub = collector.stop().await;
+    assert_eq!(hub.stats().nodes[0].dropped.get(DROPPED_BUFFER_FULL), Some(&dropped), "the drops reached the collector");
+}
