@@ -2,9 +2,15 @@
 //! lives in its own module.
 #![forbid(unsafe_code)]
 
+mod agent;
+mod capture_args;
+mod collector;
 mod filter;
 mod output;
+mod pump;
 mod run;
+mod signals;
+mod tail;
 
 use std::process::ExitCode;
 
@@ -22,6 +28,12 @@ struct Cli {
 enum Command {
     /// Capture on this host and print every mmap/mmap2 call (the standalone default).
     Run(run::RunArgs),
+    /// Capture on this node and stream every call to a collector.
+    Agent(agent::AgentArgs),
+    /// Take agent streams, keep recent events, serve subscribers over gRPC.
+    Collector(collector::CollectorArgs),
+    /// Follow a collector's (or `run`'s) events, filtered, resuming after reconnects.
+    Tail(tail::TailArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +51,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Collector(args) => collector::run(args).await,
+            Command::Tail(args) => tail::run(args).await,
         }
     });
     match result {

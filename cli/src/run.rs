@@ -1,35 +1,40 @@
-//! `mapsentry run`: capture on this host and print every call, until Ctrl-C or SIGTERM.
+//! `mapsentry run`: capture on this host and print every call, until Ctrl-C or SIGTERM. The
+//! events also go through the same shipper and collector as a cluster install, in this process,
+//! so `mapsentry tail` works against the observer API on `--listen`.
 
 use std::{
     io::{self, BufWriter, Write},
-    path::PathBuf,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context;
-use mapsentry_agent::{
-    AttachMode, Capture, CaptureConfig,
-    capture::{DEFAULT_RING_BUFFER_BYTES, DEFAULT_WAKEUP_BYTES},
-};
+use mapsentry_agent::Capture;
+use mapsentry_collector::serve;
 use mapsentry_policy::MmapEvent;
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{net::TcpListener, sync::oneshot};
+use tracing::Instrument as _;
 
 use crate::{
+    agent::start_shipper,
+    capture_args::{CaptureArgs, hostname},
+    collector::CollectorLimits,
     filter::EventFilter,
     output::{self, Format},
+    pump::pump,
+    signals::Shutdown,
 };
+
+/// Where `run` serves the observer API when `--listen` is not given.
+const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// How to hook the kernel: auto picks the cheapest mode this kernel supports.
-    #[arg(long, default_value = "auto", value_parser = parse_attach)]
-    attach: AttachMode,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Format,
-    /// Only this process (filtered in the kernel).
-    #[arg(long)]
-    pid: Option<u32>,
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]
     comms: Vec<String>,
@@ -40,20 +45,14 @@ pub struct RunArgs {
     /// filtered in the kernel).
     #[arg(long = "prot-any", value_name = "PROT,...")]
     prot_any: Vec<String>,
-    /// Kernel ring buffer size in bytes (a power of two).
-    #[arg(long, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
-    ring_buffer_bytes: u32,
-    /// Bytes of records the kernel lets wait before waking mapsentry (0: wake at every record;
-    /// a quiet stream is still read every 10 ms).
-    #[arg(long, default_value_t = DEFAULT_WAKEUP_BYTES)]
-    wakeup_bytes: u64,
-    /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE")]
-    btf: Option<PathBuf>,
-}
-
-fn parse_attach(s: &str) -> Result<AttachMode, String> {
-    s.parse()
+    /// Serve the observer API (for `mapsentry tail`) here [default: 127.0.0.1:50051, or a free
+    /// port on 127.0.0.1 when that one is taken].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    capture: CaptureArgs,
+    #[command(flatten)]
+    limits: CollectorLimits,
 }
 
 /// What `run` did with the records it read.
@@ -65,40 +64,56 @@ struct Tally {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = EventFilter::from_args(&args.comms, &args.syscalls, &args.prot_any)?;
-    let config = CaptureConfig {
-        attach: args.attach,
-        pid: args.pid,
-        prot_any: filter.prot_any,
-        ring_buffer_bytes: args.ring_buffer_bytes,
-        wakeup_bytes: args.wakeup_bytes,
-        btf: args.btf,
-    };
-    let mut capture = Capture::start(&config).context("cannot start capturing")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut shutdown = Shutdown::install()?;
+    let listener = bind(args.listen).await?;
+    let observer = listener
+        .local_addr()
+        .context("reading the observer address")?;
+    let mut capture =
+        Capture::start(&args.capture.config(filter.prot_any)).context("cannot start capturing")?;
+
+    // The embedded collector: the same gRPC services as `mapsentry collector`.
+    let hub = args.limits.open_hub()?;
+    let (stop_collector, collector_stopped) = oneshot::channel::<()>();
+    let server_config = args.limits.server();
+    let serving = Arc::clone(&hub);
+    let collector = tokio::spawn(
+        async move {
+            serve(serving, &server_config, listener, async {
+                drop(collector_stopped.await);
+            })
+            .await
+        }
+        .instrument(tracing::info_span!("collector")),
+    );
+    let shipper = start_shipper(
+        &format!("http://{observer}"),
+        &hostname(),
+        64 << 20,
+        &capture,
+    )?;
+
     let mut out = BufWriter::new(io::stdout().lock());
-    announce(&mut out, args.output, &capture)?;
-
+    announce(&mut out, args.output, &capture, observer)?;
     let mut tally = Tally::default();
-    let mut batch = Vec::with_capacity(1024);
     let mut reader_gone = false;
-    loop {
-        tokio::select! {
-            read = capture.next_batch(&mut batch) => { read?; }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+    let counters = pump(&mut capture, &shipper, &mut shutdown, |batch| {
+        let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
+        reader_gone |= !open;
+        Ok(open)
+    })
+    .await?;
+    let shipping = shipper.finish().await;
+    drop(stop_collector);
+    match tokio::time::timeout(Duration::from_secs(5), collector).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(error = %anyhow::Error::new(error), "the embedded collector failed");
         }
-        if !print(&mut out, args.output, &filter, &mut batch, &mut tally)? {
-            reader_gone = true;
-            break;
-        }
+        Ok(Err(error)) => tracing::warn!(%error, "the embedded collector task failed"),
+        Err(_) => tracing::warn!("the embedded collector did not stop within 5 s"),
     }
 
-    capture.detach();
-    capture.drain(&mut batch);
-    if !reader_gone {
-        print(&mut out, args.output, &filter, &mut batch, &mut tally)?;
-    }
-    let counters = capture.kernel_counters()?;
     let totals = json!({
         "kind": "totals",
         "mode": capture.attached().mode.as_str(),
@@ -107,23 +122,55 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "filtered": counters.filtered + tally.filtered,
         "dropped": counters.dropped,
         "malformed": capture.malformed(),
+        "acked": shipping.acked,
     });
     if args.output == Format::Json && !reader_gone {
         let _ = writeln!(out, "{totals}").and_then(|()| out.flush());
     }
     eprintln!(
-        "mapsentry: detached; seen {}, emitted {}, filtered {}, dropped {} (ring buffer full), malformed {}",
+        "mapsentry: detached; seen {}, emitted {}, filtered {}, dropped {} (ring buffer full), malformed {}; \
+         collector stored {} of {} captured",
         counters.seen,
         tally.emitted,
         counters.filtered + tally.filtered,
         counters.dropped,
-        capture.malformed()
+        capture.malformed(),
+        shipping.acked,
+        shipping.captured,
     );
     Ok(())
 }
 
-/// The first line: which mode is in use and why cheaper ones were passed over.
-fn announce(out: &mut impl Write, format: Format, capture: &Capture) -> anyhow::Result<()> {
+/// The observer listener: `--listen` as given, else the default port, else any free port.
+async fn bind(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
+    if let Some(addr) = listen {
+        return TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--listen {addr}: cannot bind"));
+    }
+    match TcpListener::bind(DEFAULT_LISTEN).await {
+        Ok(listener) => Ok(listener),
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                "{DEFAULT_LISTEN} is taken; serving the observer API on a free port instead"
+            );
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a free port on 127.0.0.1")
+        }
+        Err(error) => {
+            Err(anyhow::Error::new(error).context(format!("cannot bind {DEFAULT_LISTEN}")))
+        }
+    }
+}
+
+/// The first line: which mode is in use, why cheaper ones were passed over, where to tail.
+fn announce(
+    out: &mut impl Write,
+    format: Format,
+    capture: &Capture,
+    observer: SocketAddr,
+) -> anyhow::Result<()> {
     let attached = capture.attached();
     if format == Format::Json {
         let rejected: serde_json::Map<_, _> = attached
@@ -131,24 +178,28 @@ fn announce(out: &mut impl Write, format: Format, capture: &Capture) -> anyhow::
             .iter()
             .map(|(mode, why)| (mode.to_string(), why.clone().into()))
             .collect();
-        let line = json!({"kind": "attached", "mode": attached.mode.as_str(), "target": attached.target, "rejected": rejected, "deny": attached.deny_unavailable.is_none(), "deny_unavailable": attached.deny_unavailable});
+        let line = json!({
+            "kind": "attached", "mode": attached.mode.as_str(), "target": attached.target,
+            "rejected": rejected, "observer": format!("http://{observer}"),
+            "deny": attached.deny_unavailable.is_none(), "deny_unavailable": attached.deny_unavailable,
+        });
         writeln!(out, "{line}")?;
         out.flush()?;
     }
     eprintln!(
-        "mapsentry: capturing mmap and mmap2 in {} mode ({})",
+        "mapsentry: capturing mmap and mmap2 in {} mode ({}); observer API on http://{observer}",
         attached.mode, attached.target
     );
     Ok(())
 }
 
-/// Print the events of `batch` that pass `filter`, then clear it. Returns false when stdout is
-/// closed (the reader went away), which ends the run without an error.
+/// Print the events of `batch` that pass `filter`. Returns false when stdout is closed (the
+/// reader went away), which ends the run without an error.
 fn print(
     out: &mut impl Write,
     format: Format,
     filter: &EventFilter,
-    batch: &mut Vec<MmapEvent>,
+    batch: &[MmapEvent],
     tally: &mut Tally,
 ) -> anyhow::Result<bool> {
     let result = batch.iter().try_for_each(|event| {
@@ -160,7 +211,6 @@ fn print(
             Ok(())
         }
     });
-    batch.clear();
     match result.and_then(|()| out.flush()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),

@@ -1,0 +1,146 @@
+//! The shipper's bounded buffer: the batch being filled and the sealed batches not yet acked, in
+//! sequence order, within a byte budget. Beyond the budget the oldest batches are dropped and
+//! counted.
+
+use std::collections::VecDeque;
+
+use mapsentry_proto::v1;
+use prost::Message as _;
+
+/// One sealed batch, kept until the collector acks its seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub seq: u64,
+    pub events: Vec<v1::Event>,
+    pub bytes: usize,
+    /// Sent at least once (to any collector connection).
+    pub sent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
+    pub buffer_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Buffer {
+    limits: Limits,
+    sealed: VecDeque<Batch>,
+    open: Vec<v1::Event>,
+    open_bytes: usize,
+    sealed_bytes: usize,
+    next_seq: u64,
+    /// Events dropped because the buffer was full.
+    pub dropped: u64,
+}
+
+impl Buffer {
+    #[must_use]
+    pub fn new(limits: Limits) -> Self {
+        // A batch never holds more than the whole budget.
+        let buffer_bytes = limits.buffer_bytes.max(1);
+        let limits = Limits {
+            batch_max_events: limits.batch_max_events.max(1),
+            batch_max_bytes: limits.batch_max_bytes.clamp(1, buffer_bytes),
+            buffer_bytes,
+        };
+        Self {
+            limits,
+            sealed: VecDeque::new(),
+            open: Vec::new(),
+            open_bytes: 0,
+            sealed_bytes: 0,
+            next_seq: 1,
+            dropped: 0,
+        }
+    }
+
+    /// Add one event to the open batch, sealing it when it is full by count or size.
+    pub fn push(&mut self, event: v1::Event) {
+        let bytes = event.encoded_len() + 4;
+        if !self.open.is_empty() && self.open_bytes + bytes > self.limits.batch_max_bytes {
+            self.seal();
+        }
+        self.open.push(event);
+        self.open_bytes += bytes;
+        if self.open.len() >= self.limits.batch_max_events
+            || self.open_bytes >= self.limits.batch_max_bytes
+        {
+            self.seal();
+        }
+        self.enforce_budget();
+    }
+
+    /// Close the open batch (if any) under the next sequence number.
+    pub fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            seq: self.next_seq,
+            events: std::mem::take(&mut self.open),
+            bytes: self.open_bytes,
+            sent: false,
+        };
+        self.next_seq += 1;
+        self.sealed_bytes += batch.bytes;
+        self.open_bytes = 0;
+        self.sealed.push_back(batch);
+    }
+
+    fn enforce_budget(&mut self) {
+        while self.sealed_bytes + self.open_bytes > self.limits.buffer_bytes {
+            let Some(oldest) = self.sealed.pop_front() else {
+                break;
+            };
+            self.sealed_bytes -= oldest.bytes;
+            self.dropped += oldest.events.len() as u64;
+        }
+    }
+
+    #[must_use]
+    pub fn has_open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.open.is_empty()
+    }
+
+    /// The oldest unacked seq, or the next one to be sealed.
+    #[must_use]
+    pub fn first_seq(&self) -> u64 {
+        self.sealed.front().map_or(self.next_seq, |b| b.seq)
+    }
+
+    /// The sealed batch `seq`, if still buffered.
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut Batch> {
+        let index = seq.checked_sub(self.first_seq())?;
+        self.sealed.get_mut(usize::try_from(index).ok()?)
+    }
+
+    /// Forget every batch up to `seq`; returns how many events they held.
+    pub fn ack(&mut self, seq: u64) -> u64 {
+        let mut events = 0;
+        while self.sealed.front().is_some_and(|b| b.seq <= seq) {
+            if let Some(batch) = self.sealed.pop_front() {
+                self.sealed_bytes -= batch.bytes;
+                events += batch.events.len() as u64;
+            }
+        }
+        events
+    }
+
+    /// Events held (open and sealed) and their bytes.
+    #[must_use]
+    pub fn held(&self) -> (u64, usize) {
+        let events = self.open.len() + self.sealed.iter().map(|b| b.events.len()).sum::<usize>();
+        (events as u64, self.open_bytes + self.sealed_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+use clap::Parser as _;
+
+use super::*;
+
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    tail: TailArgs,
+}
+
+fn parse(args: &[&str]) -> anyhow::Result<SubscribeRequest> {
+    let cli = Cli::try_parse_from(std::iter::once("tail").chain(args.iter().copied()))?;
+    request(&cli.tail)
+}
+
+#[test]
+fn flags_become_the_server_side_filter() {
+    let request = parse(&[
+        "--node",
+        "n1",
+        "--namespace",
+        "prod",
+        "--pod",
+        "web-0",
+        "--comm",
+        "java",
+        "--syscall",
+        "mmap2",
+        "--prot-any",
+        "PROT_WRITE,PROT_EXEC",
+        "--prot-all",
+        "PROT_EXEC",
+        "--flags-any",
+        "MAP_SHARED|0x40",
+        "--flags-all",
+        "MAP_ANONYMOUS",
+        "--kind",
+        "events",
+        "--since",
+        "42",
+    ])
+    .unwrap();
+    let filter = request.filter.unwrap();
+    assert_eq!(
+        (filter.nodes, filter.namespaces, filter.pods, filter.comms),
+        (
+            vec!["n1".to_owned()],
+            vec!["prod".to_owned()],
+            vec!["web-0".to_owned()],
+            vec!["java".to_owned()]
+        )
+    );
+    assert_eq!(filter.syscalls, vec![v1::Syscall::Mmap2 as i32]);
+    assert_eq!(
+        (
+            filter.prot_any,
+            filter.prot_all,
+            filter.flags_any,
+            filter.flags_all
+        ),
+        (0x6, 0x4, 0x41, 0x20)
+    );
+    assert_eq!(
+        (request.since, request.kinds),
+        (Some(42), vec![v1::Kind::Events as i32])
+    );
+    assert_eq!(parse(&[]).unwrap().since, None, "live by default");
+}
+
+#[test]
+fn wrong_words_are_named() {
+    let error = parse(&["--syscall", "mmap3"]).unwrap_err().to_string();
+    assert!(error.contains("--syscall \"mmap3\""), "{error}");
+    let error = parse(&["--prot-any", "PROT_BOGUS"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("--prot-any \"PROT_BOGUS\": not a known name"),
+        "{error}"
+    );
+    let error = parse(&["--flags-all", "PROT_NONE"])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--flags-all \"PROT_NONE\""), "{error}");
+}
+
+#[test]
+fn json_lines_are_runs_lines_plus_cursor_and_node() {
+    let event = MmapEvent {
+        time_ns: 1_764_236_101_123_456_000,
+        syscall: Syscall::Mmap,
+        pid: 7,
+        tid: 8,
+        ppid: 1,
+        uid: 0,
+        gid: 0,
+        comm: "cat".into(),
+        cgroup_id: 1,
+        args: mapsentry_policy::MmapArgs {
+            addr: 0,
+            length: 4096,
+            prot: 3,
+            flags: 0x22,
+            fd: -1,
+            pgoffset: 0,
+            offset: 0,
+        },
+        ret: 0x7f00_0000_0000,
+        file: None,
+        args_unreadable: false,
+        target_mapping: None,
+        enforced: None,
+    };
+    let record = EventRecord {
+        cursor: 99,
+        node: "n1".into(),
+        event: Some((&event).into()),
+    };
+    let mut tailed = Vec::new();
+    write_record(&mut tailed, Format::Json, &record).unwrap();
+    let mut ran = Vec::new();
+    output::write_event(&mut ran, Format::Json, &event).unwrap();
+    let mut tailed: serde_json::Value = serde_json::from_slice(&tailed).unwrap();
+    let ran: serde_json::Value = serde_json::from_slice(&ran).unwrap();
+    let object = tailed.as_object_mut().unwrap();
+    assert_eq!(object.remove("cursor"), Some(99.into()));
+    assert_eq!(object.remove("node"), Some("n1".into()));
+    assert_eq!(tailed, ran);
+}

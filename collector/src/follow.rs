@@ -1,0 +1,169 @@
+//! A subscriber client that reconnects and resumes by itself: after a broken stream or a
+//! collector restart it subscribes again with `since` set to the last cursor it received, so
+//! every record arrives once (loss notices say what did not).
+
+use std::time::Duration;
+
+use mapsentry_proto::v1::{
+    EventRecord, LossNotice, Started, StatsRequest, StatsResponse, SubscribeRequest,
+    observer_client::ObserverClient, subscribe_response,
+};
+use tokio::time::{Instant, sleep_until};
+use tonic::{Code, Status, Streaming, transport::Channel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("collector URL {url:?} is not valid: {reason}")]
+    Url { url: String, reason: String },
+    #[error("the collector refused the subscription: {}: {}", status.code(), status.message())]
+    Refused { status: Status },
+}
+
+/// What a follower got next.
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are nearly every item; boxing them would add an allocation per event"
+)]
+pub enum Followed {
+    Started(Started),
+    Record(EventRecord),
+    Loss(LossNotice),
+    /// The stream broke; the follower resubscribes after `retry_in`.
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+    },
+}
+
+#[derive(Debug)]
+pub struct Follower {
+    client: ObserverClient<Channel>,
+    request: SubscribeRequest,
+    last_cursor: Option<u64>,
+    stream: Option<Streaming<mapsentry_proto::v1::SubscribeResponse>>,
+    attempt: u32,
+    retry_at: Instant,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl Follower {
+    /// Follow `url` (`http://host:port`) with `request`; connects on the first `next`.
+    pub fn new(
+        url: &str,
+        request: SubscribeRequest,
+        max_message_bytes: usize,
+    ) -> Result<Self, FollowError> {
+        let channel = Channel::from_shared(url.to_owned())
+            .map_err(|e| FollowError::Url {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = ObserverClient::new(channel).max_decoding_message_size(max_message_bytes);
+        Ok(Self {
+            client,
+            last_cursor: request.since,
+            request,
+            stream: None,
+            attempt: 0,
+            retry_at: Instant::now(),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        })
+    }
+
+    /// Change the reconnect delays (exponential from `min` to `max`).
+    #[must_use]
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The cursor of the last record received: where a resubscription resumes.
+    #[must_use]
+    pub fn last_cursor(&self) -> Option<u64> {
+        self.last_cursor
+    }
+
+    /// The collector's counters.
+    pub async fn stats(&mut self) -> Result<StatsResponse, Status> {
+        Ok(self.client.stats(StatsRequest {}).await?.into_inner())
+    }
+
+    /// The next item. Refusals (a bad filter, a cursor outside retention) are errors; a broken
+    /// stream is `Disconnected` and the next call resubscribes.
+    pub async fn next(&mut self) -> Result<Followed, FollowError> {
+        if self.stream.is_none() {
+            sleep_until(self.retry_at).await;
+            let request = SubscribeRequest {
+                since: self.last_cursor,
+                ..self.request.clone()
+            };
+            match self.client.subscribe(request).await {
+                Ok(response) => self.stream = Some(response.into_inner()),
+                Err(status) if is_refusal(&status) => return Err(FollowError::Refused { status }),
+                Err(status) => return Ok(self.disconnected(&status)),
+            }
+        }
+        let Some(stream) = &mut self.stream else {
+            unreachable!("set above")
+        };
+        let item = match stream.message().await {
+            Ok(Some(response)) => response.item,
+            Ok(None) => {
+                return Ok(
+                    self.disconnected(&Status::unavailable("the collector ended the subscription"))
+                );
+            }
+            Err(status) if is_refusal(&status) => return Err(FollowError::Refused { status }),
+            Err(status) => return Ok(self.disconnected(&status)),
+        };
+        self.attempt = 0;
+        Ok(match item {
+            Some(subscribe_response::Item::Event(record)) => {
+                self.last_cursor = Some(record.cursor);
+                Followed::Record(record)
+            }
+            Some(subscribe_response::Item::Loss(loss)) => Followed::Loss(loss),
+            Some(subscribe_response::Item::Started(started)) => {
+                // A live subscription resumes from where it started, not from "now" again.
+                self.last_cursor = self
+                    .last_cursor
+                    .or(Some(started.next_cursor.saturating_sub(1)));
+                Followed::Started(started)
+            }
+            None => Followed::Disconnected {
+                reason: "an empty response".into(),
+                retry_in: Duration::ZERO,
+            },
+        })
+    }
+
+    fn disconnected(&mut self, status: &Status) -> Followed {
+        self.stream = None;
+        self.attempt += 1;
+        let retry_in = self
+            .backoff_min
+            .saturating_mul(1 << (self.attempt - 1).min(16))
+            .min(self.backoff_max);
+        self.retry_at = Instant::now() + retry_in;
+        Followed::Disconnected {
+            reason: format!("{}: {}", status.code(), status.message()),
+            retry_in,
+        }
+    }
+}
+
+fn is_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition | Code::Unimplemented
+    )
+}

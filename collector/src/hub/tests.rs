@@ -1,0 +1,321 @@
+use std::{pin::pin, time::Duration};
+
+use mapsentry_proto::v1::{Event, MmapArgs, Syscall, subscribe_response::Item as R};
+use tokio_stream::StreamExt as _;
+
+use super::*;
+use crate::log::LogConfig;
+
+fn agent(node: &str, boot: &str) -> AgentInfo {
+    AgentInfo {
+        node: node.into(),
+        boot_id: boot.into(),
+        ..AgentInfo::default()
+    }
+}
+
+fn events(pids: std::ops::Range<u32>) -> Vec<Event> {
+    pids.map(|pid| Event {
+        pid,
+        syscall: Syscall::Mmap.into(),
+        comm: if pid % 2 == 0 {
+            "even".into()
+        } else {
+            "odd".into()
+        },
+        args: Some(MmapArgs {
+            fd: -1,
+            ..MmapArgs::default()
+        }),
+        ..Event::default()
+    })
+    .collect()
+}
+
+fn config(retention: usize, queue: usize) -> HubConfig {
+    HubConfig {
+        retention_events: retention,
+        subscriber_queue: queue,
+    }
+}
+
+async fn next(sub: &mut Subscription) -> R {
+    tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("an item within 5 s")
+        .expect("stream open")
+        .item
+        .expect("item set")
+}
+
+async fn pids_until(sub: &mut Subscription, count: usize) -> Vec<u32> {
+    let mut pids = Vec::new();
+    while pids.len() < count {
+        match next(sub).await {
+            R::Event(record) => pids.push(record.event.unwrap().pid),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn duplicates_are_stored_once_per_node_and_boot() {
+    let hub = Hub::with_first_cursor(config(100, 16), 10);
+    let a = agent("n1", "boot-a");
+    assert_eq!(
+        hub.store_batch(&a, 1, events(0..3)).unwrap(),
+        Stored::New {
+            first: 10,
+            count: 3
+        }
+    );
+    assert_eq!(
+        hub.store_batch(&a, 1, events(0..3)).unwrap(),
+        Stored::Duplicate
+    );
+    assert_eq!(
+        hub.store_batch(&a, 2, events(3..4)).unwrap(),
+        Stored::New {
+            first: 13,
+            count: 1
+        }
+    );
+    // The same seq from another boot or node is another batch.
+    assert_eq!(
+        hub.store_batch(&agent("n1", "boot-b"), 1, events(0..1))
+            .unwrap(),
+        Stored::New {
+            first: 14,
+            count: 1
+        }
+    );
+    assert_eq!(
+        hub.store_batch(&agent("n2", "boot-a"), 1, events(0..1))
+            .unwrap(),
+        Stored::New {
+            first: 15,
+            count: 1
+        }
+    );
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.oldest_cursor, stats.next_cursor, stats.retained),
+        (10, 16, 6)
+    );
+}
+
+#[tokio::test]
+async fn resume_replays_after_the_cursor_then_goes_live() {
+    let hub = Hub::with_first_cursor(config(100, 16), 1);
+    let a = agent("n1", "b");
+    hub.store_batch(&a, 1, events(0..10)).unwrap();
+    let filter = RecordFilter::new(None, &[]).unwrap();
+    let mut sub = hub.subscribe(filter.clone(), Some(4)).unwrap();
+    let R::Started(started) = next(&mut sub).await else {
+        panic!("Started first")
+    };
+    assert_eq!(
+        (
+            started.oldest_cursor,
+            started.next_cursor,
+            started.instance_first_cursor
+        ),
+        (1, 11, 1)
+    );
+    assert_eq!(pids_until(&mut sub, 6).await, (4..10).collect::<Vec<_>>());
+    hub.store_batch(&a, 2, events(10..12)).unwrap();
+    assert_eq!(pids_until(&mut sub, 2).await, vec![10, 11]);
+
+    let comm = mapsentry_proto::v1::Filter {
+        comms: vec!["even".into()],
+        ..Default::default()
+    };
+    let mut evens = hub
+        .subscribe(RecordFilter::new(Some(&comm), &[]).unwrap(), Some(0))
+        .unwrap();
+    assert!(matches!(next(&mut evens).await, R::Started(_)));
+    assert_eq!(pids_until(&mut evens, 6).await, vec![0, 2, 4, 6, 8, 10]);
+}
+
+#[tokio::test]
+async fn cursors_outside_retention_are_refused_with_the_window() {
+    let hub = Hub::with_first_cursor(config(5, 16), 100);
+    hub.store_batch(&agent("n", "b"), 1, events(0..8)).unwrap(); // cursors 100..108, 103..108 kept
+    let filter = RecordFilter::new(None, &[]).unwrap();
+    let error = hub.subscribe(filter.clone(), Some(101)).unwrap_err();
+    assert_eq!(
+        error,
+        SubscribeError::TooOld {
+            since: 101,
+            oldest: 103
+        }
+    );
+    assert!(
+        error.to_string().contains("oldest retained cursor is 103"),
+        "{error}"
+    );
+    assert!(
+        hub.subscribe(filter.clone(), Some(102)).is_ok(),
+        "the cursor just before the oldest resumes"
+    );
+    assert_eq!(
+        hub.subscribe(filter.clone(), Some(108)).unwrap_err(),
+        SubscribeError::Ahead {
+            since: 108,
+            next: 108
+        }
+    );
+    // A cursor of an earlier collector run starts at this run's first cursor, which was evicted.
+    assert_eq!(
+        hub.subscribe(filter, Some(7)).unwrap_err(),
+        SubscribeError::TooOld {
+            since: 7,
+            oldest: 103
+        }
+    );
+}
+
+#[tokio::test]
+async fn earlier_run_cursor_resumes_from_this_runs_start() {
+    let hub = Hub::with_first_cursor(config(100, 16), 1_000);
+    hub.store_batch(&agent("n", "b"), 1, events(0..3)).unwrap();
+    let mut sub = hub
+        .subscribe(RecordFilter::new(None, &[]).unwrap(), Some(500))
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, R::Started(_)));
+    assert_eq!(pids_until(&mut sub, 3).await, vec![0, 1, 2]);
+}
+
+#[tokio::test]
+async fn a_full_queue_costs_an_exact_loss_notice_and_nobody_else_waits() {
+    let hub = Hub::with_first_cursor(config(1000, 4), 1);
+    let a = agent("n", "b");
+    let all = RecordFilter::new(None, &[]).unwrap();
+    let mut slow = hub.subscribe(all.clone(), None).unwrap();
+    let mut fast = hub.subscribe(all, None).unwrap();
+    assert!(matches!(next(&mut fast).await, R::Started(_)));
+    // slow holds Started + 3 records; the next 7 do not fit.
+    for seq in 1..=10 {
+        hub.store_batch(&a, seq, events(seq as u32 - 1..seq as u32))
+            .unwrap();
+        assert_eq!(
+            pids_until(&mut fast, 1).await,
+            vec![seq as u32 - 1],
+            "the fast one gets every record at once"
+        );
+    }
+    assert_eq!(hub.stats().subscriber_losses, 7);
+    assert!(matches!(next(&mut slow).await, R::Started(_)));
+    assert_eq!(pids_until(&mut slow, 3).await, vec![0, 1, 2]);
+    let R::Loss(loss) = next(&mut slow).await else {
+        panic!("a loss notice after the queued records")
+    };
+    assert_eq!(
+        (loss.count, loss.reason),
+        (7, LossReason::SubscriberBehind as i32)
+    );
+    hub.store_batch(&a, 11, events(10..11)).unwrap();
+    assert_eq!(pids_until(&mut slow, 1).await, vec![10]);
+}
+
+#[tokio::test]
+async fn loss_notice_comes_before_the_next_record_when_ingest_continues() {
+    let hub = Hub::with_first_cursor(config(1000, 2), 1);
+    let a = agent("n", "b");
+    let mut slow = hub
+        .subscribe(RecordFilter::new(None, &[]).unwrap(), None)
+        .unwrap();
+    hub.store_batch(&a, 1, events(0..5)).unwrap(); // Started + record 0 queued, 1..5 missed
+    assert!(matches!(next(&mut slow).await, R::Started(_)));
+    assert_eq!(pids_until(&mut slow, 1).await, vec![0]);
+    hub.store_batch(&a, 2, events(5..6)).unwrap();
+    // The queue had room again when record 5 came: the notice went in first.
+    let R::Loss(loss) = next(&mut slow).await else {
+        panic!("loss notice first")
+    };
+    assert_eq!(loss.count, 4);
+    assert_eq!(pids_until(&mut slow, 1).await, vec![5]);
+}
+
+#[tokio::test]
+async fn close_ends_subscriptions_after_their_queue() {
+    let hub = Hub::with_first_cursor(config(10, 8), 1);
+    let mut sub = pin!(
+        hub.subscribe(RecordFilter::new(None, &[]).unwrap(), None)
+            .unwrap()
+    );
+    hub.store_batch(&agent("n", "b"), 1, events(0..2)).unwrap();
+    hub.close();
+    let items: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(5), sub.as_mut().collect::<Vec<_>>())
+            .await
+            .unwrap();
+    assert_eq!(items.len(), 3, "Started and both records, then the end");
+    assert_eq!(
+        hub.subscribe(RecordFilter::new(None, &[]).unwrap(), None)
+            .unwrap_err(),
+        SubscribeError::Closed
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_hub_has_its_records_cursors_and_dedup_state_back() {
+    let dir = std::env::temp_dir().join(format!("mapsentry-hub-reopen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = agent("n1", "b");
+    {
+        let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();
+        let first = hub.stats().next_cursor;
+        assert_eq!(
+            hub.store_batch(&a, 1, events(0..3)).unwrap(),
+            Stored::New { first, count: 3 }
+        );
+        assert_eq!(
+            hub.store_batch(&a, 2, events(3..5)).unwrap(),
+            Stored::New {
+                first: first + 3,
+                count: 2
+            }
+        );
+    }
+    let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();
+    let stats = hub.stats();
+    assert_eq!(
+        (stats.retained, stats.next_cursor - stats.oldest_cursor),
+        (5, 5)
+    );
+    let first = stats.oldest_cursor;
+    assert_eq!(
+        hub.store_batch(&a, 2, events(3..5)).unwrap(),
+        Stored::Duplicate,
+        "a resend after the restart"
+    );
+    assert_eq!(
+        hub.store_batch(&a, 3, events(5..6)).unwrap(),
+        Stored::New {
+            first: first + 5,
+            count: 1
+        }
+    );
+    // A subscriber of the first run resumes where it was.
+    let mut sub = hub
+        .subscribe(RecordFilter::new(None, &[]).unwrap(), Some(first + 1))
+        .unwrap();
+    let R::Started(started) = next(&mut sub).await else {
+        panic!("Started first")
+    };
+    assert_eq!(started.instance_first_cursor, first);
+    assert_eq!(pids_until(&mut sub, 4).await, vec![2, 3, 4, 5]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn new_cursors_start_from_the_clock_and_stay_exact_in_json() {
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let next = Hub::new(HubConfig::default()).stats().next_cursor;
+    assert!(next >= before && next < 1 << 53, "{next}");
+}

@@ -1,0 +1,237 @@
+//! `AgentService`: one bidirectional stream per agent. Hello first, then batches (validated,
+//! deduplicated, stored, then acked) and loss reports.
+
+use std::sync::Arc;
+
+use mapsentry_proto::{
+    convert,
+    v1::{
+        self, AgentMessage, CollectorMessage, agent_message, agent_service_server::AgentService,
+        collector_message,
+    },
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+
+use crate::hub::{AgentInfo, Hub, Stored};
+
+/// Acks queued per agent stream before ingest waits for the agent to read them.
+const ACK_QUEUE: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("the first message on AgentService.Connect must be Hello, got {got}")]
+    NoHello { got: &'static str },
+    #[error("Hello.version is missing (this collector speaks PROTOCOL_VERSION_V1)")]
+    NoVersion,
+    #[error(
+        "Hello.version {version} is not supported (this collector speaks PROTOCOL_VERSION_V1 = 1)"
+    )]
+    Version { version: i32 },
+    #[error("Hello.{field} is empty")]
+    EmptyHelloField { field: &'static str },
+    #[error("a second Hello on the same stream")]
+    SecondHello,
+    #[error("an AgentMessage without content")]
+    Empty,
+    #[error("EventBatch.seq must be at least 1")]
+    ZeroSeq,
+    #[error("EventBatch seq {seq} has {count} events, more than the limit of {max}")]
+    TooManyEvents { seq: u64, count: usize, max: usize },
+    #[error("storing EventBatch seq {seq} failed: {reason}")]
+    Store { seq: u64, reason: String },
+    #[error("EventBatch seq {seq}, event {index}: {source}")]
+    Event {
+        seq: u64,
+        index: usize,
+        #[source]
+        source: convert::ConvertError,
+    },
+}
+
+impl From<IngestError> for Status {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::Version { .. } => Status::failed_precondition(error.to_string()),
+            IngestError::Store { .. } => Status::unavailable(error.to_string()),
+            _ => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+/// The `AgentService` of a collector.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    hub: Arc<Hub>,
+    max_batch_events: usize,
+}
+
+impl Ingest {
+    #[must_use]
+    pub fn new(hub: Arc<Hub>, max_batch_events: usize) -> Self {
+        Self {
+            hub,
+            max_batch_events,
+        }
+    }
+}
+
+fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
+    let hello = match message.and_then(|m| m.msg) {
+        Some(agent_message::Msg::Hello(hello)) => hello,
+        Some(agent_message::Msg::Batch(_)) => {
+            return Err(IngestError::NoHello { got: "EventBatch" });
+        }
+        Some(agent_message::Msg::Loss(_)) => {
+            return Err(IngestError::NoHello { got: "LossReport" });
+        }
+        None => {
+            return Err(IngestError::NoHello {
+                got: "an empty message",
+            });
+        }
+    };
+    match v1::ProtocolVersion::try_from(hello.version) {
+        Ok(v1::ProtocolVersion::V1) => {}
+        Ok(v1::ProtocolVersion::Unspecified) => return Err(IngestError::NoVersion),
+        Err(_) => {
+            return Err(IngestError::Version {
+                version: hello.version,
+            });
+        }
+    }
+    for (field, value) in [("node", &hello.node), ("boot_id", &hello.boot_id)] {
+        if value.is_empty() {
+            return Err(IngestError::EmptyHelloField { field });
+        }
+    }
+    Ok(AgentInfo {
+        node: hello.node,
+        boot_id: hello.boot_id,
+        kernel: hello.kernel,
+        attach_mode: hello.attach_mode,
+    })
+}
+
+impl Ingest {
+    /// Handle one message after Hello; returns the ack to send, if any.
+    fn handle(&self, agent: &AgentInfo, message: AgentMessage) -> Result<Option<u64>, IngestError> {
+        match message.msg {
+            Some(agent_message::Msg::Batch(batch)) => {
+                if batch.seq == 0 {
+                    return Err(IngestError::ZeroSeq);
+                }
+                if batch.events.len() > self.max_batch_events {
+                    return Err(IngestError::TooManyEvents {
+                        seq: batch.seq,
+                        count: batch.events.len(),
+                        max: self.max_batch_events,
+                    });
+                }
+                for (index, event) in batch.events.iter().enumerate() {
+                    convert::validate(event).map_err(|source| IngestError::Event {
+                        seq: batch.seq,
+                        index,
+                        source,
+                    })?;
+                }
+                let stored = self
+                    .hub
+                    .store_batch(agent, batch.seq, batch.events)
+                    .map_err(|e| IngestError::Store {
+                        seq: batch.seq,
+                        reason: chain(&e),
+                    })?;
+                if let Stored::New { first, count } = stored {
+                    tracing::trace!(seq = batch.seq, first, count, "stored");
+                }
+                Ok(Some(batch.seq))
+            }
+            Some(agent_message::Msg::Loss(report)) => {
+                self.hub.agent_report(agent, report);
+                Ok(None)
+            }
+            Some(agent_message::Msg::Hello(_)) => Err(IngestError::SecondHello),
+            None => Err(IngestError::Empty),
+        }
+    }
+
+    async fn serve_stream(
+        self,
+        agent: AgentInfo,
+        mut inbound: Streaming<AgentMessage>,
+        tx: mpsc::Sender<Result<CollectorMessage, Status>>,
+    ) {
+        let mut closed = self.hub.closed_watch();
+        loop {
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                _ = closed.wait_for(|c| *c) => break,
+                () = tx.closed() => break,
+            };
+            let outcome = match message {
+                Ok(Some(message)) => self.handle(&agent, message).map_err(Status::from),
+                Ok(None) => break,
+                Err(status) => Err(status),
+            };
+            match outcome {
+                Ok(Some(seq)) => {
+                    let ack = CollectorMessage {
+                        msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(status) => {
+                    tracing::warn!(node = %agent.node, %status, "ending an agent stream");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            }
+        }
+        self.hub.agent_disconnected(&agent.node);
+        tracing::info!(node = %agent.node, boot_id = %agent.boot_id, "agent stream ended");
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Ingest {
+    type ConnectStream = ReceiverStream<Result<CollectorMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let agent = hello_of(inbound.message().await?)?;
+        tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,
+            mode = %agent.attach_mode, "agent connected");
+        self.hub.agent_connected(&agent);
+        let (tx, rx) = mpsc::channel(ACK_QUEUE);
+        let span = tracing::info_span!("agent", node = %agent.node);
+        tokio::spawn(
+            self.clone()
+                .serve_stream(agent, inbound, tx)
+                .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! The collector's gRPC server: ingest, observer, health and reflection on one listener.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use mapsentry_proto::v1::{
+    self, agent_service_server::AgentServiceServer, observer_server::ObserverServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{hub::Hub, ingest::Ingest, observer::Observer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("building the reflection service failed")]
+    Reflection {
+        #[source]
+        source: tonic_reflection::server::Error,
+    },
+    #[error("the gRPC server failed")]
+    Serve {
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest message accepted from agents and subscribers, in bytes.
+    pub max_message_bytes: usize,
+    /// Most events in one agent batch.
+    pub max_batch_events: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 8 << 20,
+            max_batch_events: 16_384,
+        }
+    }
+}
+
+/// Serve `hub` on `listener` until `shutdown` resolves; then close the hub (ending subscriber
+/// and agent streams after what is queued) and let in-flight calls finish.
+pub async fn serve(
+    hub: Arc<Hub>,
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<Ingest>>()
+        .await;
+    health_reporter
+        .set_serving::<ObserverServer<Observer>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|source| ServerError::Reflection { source })?;
+    let ingest = AgentServiceServer::new(Ingest::new(Arc::clone(&hub), config.max_batch_events))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let observer = ObserverServer::new(Observer::new(Arc::clone(&hub)))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let shutdown_hub = Arc::clone(&hub);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ingest)
+        .add_service(observer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            shutdown_hub.close();
+        })
+        .await
+        .map_err(|source| ServerError::Serve { source })
+}

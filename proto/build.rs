@@ -1,0 +1,34 @@
+//! Generates the mapsentry.v1 messages and services with protox (no system protoc) and
+//! tonic-prost-build, and writes the file descriptor set for gRPC reflection.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+const PROTOS: &[&str] = &[
+    "mapsentry/v1/event.proto",
+    "mapsentry/v1/agent.proto",
+    "mapsentry/v1/observer.proto",
+];
+
+fn main() -> anyhow::Result<()> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR is not set")?);
+    let fds = protox::compile(PROTOS, ["."]).context("compiling the protos")?;
+    std::fs::write(
+        out.join("mapsentry_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )
+    .context("writing the descriptor set")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // `AgentService.Connect` would clash with the generated `Client::connect(url)`;
+        // callers build a `tonic::transport::Channel` and use `Client::new`.
+        .build_transport(false)
+        .compile_fds(fds)
+        .context("generating code")?;
+    Ok(())
+}

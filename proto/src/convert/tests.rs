@@ -1,0 +1,157 @@
+use prost::Message;
+
+use super::*;
+
+fn file_backed() -> MmapEvent {
+    MmapEvent {
+        time_ns: 1_764_236_000_123_456_789,
+        syscall: Syscall::Mmap2,
+        pid: 42,
+        tid: 43,
+        ppid: 1,
+        uid: 1000,
+        gid: 1001,
+        comm: "app".into(),
+        cgroup_id: 7,
+        args: MmapArgs {
+            addr: 0x7f00_0000_0000,
+            length: 8192,
+            prot: 5,
+            flags: 0x12,
+            fd: 3,
+            pgoffset: 2,
+            offset: 8192,
+        },
+        ret: 0x7f00_0000_0000,
+        file: Some(FileInfo {
+            path: "/memfd:jit (deleted)".into(),
+            inode: 11,
+            dev: 0x803,
+            memfd: true,
+            shm: false,
+            deleted: true,
+            path_truncated: true,
+            fs_magic: 0x0102_1994,
+        }),
+        args_unreadable: false,
+        target_mapping: None,
+        enforced: None,
+    }
+}
+
+fn extremes() -> MmapEvent {
+    MmapEvent {
+        time_ns: u64::MAX,
+        syscall: Syscall::OldMmap,
+        pid: u32::MAX,
+        tid: 0,
+        ppid: u32::MAX,
+        uid: u32::MAX,
+        gid: 0,
+        comm: String::new(),
+        cgroup_id: u64::MAX,
+        args: MmapArgs {
+            addr: u64::MAX,
+            length: u64::MAX,
+            prot: u64::MAX,
+            flags: u64::MAX,
+            fd: -1,
+            pgoffset: u64::MAX,
+            offset: 0,
+        },
+        ret: -4095,
+        file: None,
+        args_unreadable: true,
+        target_mapping: None,
+        enforced: None,
+    }
+}
+
+#[test]
+fn every_field_survives_the_wire_and_back() {
+    let mmap = MmapEvent {
+        syscall: Syscall::Mmap,
+        ret: i64::MIN,
+        ..file_backed()
+    };
+    let killed_flip = MmapEvent {
+        syscall: Syscall::Mprotect,
+        file: None,
+        target_mapping: Some(mapsentry_policy::TargetMapping {
+            prev_prot: 3,
+            file_backed: false,
+        }),
+        enforced: Some(mapsentry_policy::Enforcement {
+            action: mapsentry_policy::EnforceAction::Kill,
+            rule_id: 7,
+        }),
+        ..file_backed()
+    };
+    let denied = MmapEvent {
+        enforced: Some(mapsentry_policy::Enforcement {
+            action: mapsentry_policy::EnforceAction::Deny,
+            rule_id: u32::MAX,
+        }),
+        ..extremes()
+    };
+    for event in [file_backed(), extremes(), mmap, killed_flip, denied] {
+        let bytes = v1::Event::from(&event).encode_to_vec();
+        let decoded = v1::Event::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(MmapEvent::try_from(decoded).expect("converts"), event);
+    }
+}
+
+#[test]
+fn wire_event_without_syscall_is_rejected_by_name() {
+    let mut wire = v1::Event::from(file_backed());
+    wire.syscall = 0;
+    let error = MmapEvent::try_from(&wire).unwrap_err();
+    assert_eq!(error, ConvertError::Syscall { value: 0 });
+    assert!(error.to_string().contains("`syscall`"), "{error}");
+    wire.syscall = 99;
+    assert_eq!(validate(&wire), Err(ConvertError::Syscall { value: 99 }));
+}
+
+#[test]
+fn wire_event_with_an_unknown_enforcement_action_is_rejected() {
+    let mut wire = v1::Event::from(file_backed());
+    wire.enforced = Some(v1::Enforcement {
+        action: 0,
+        rule_id: 1,
+    });
+    assert_eq!(
+        validate(&wire),
+        Err(ConvertError::EnforceAction { value: 0 })
+    );
+    wire.enforced = Some(v1::Enforcement {
+        action: 42,
+        rule_id: 1,
+    });
+    assert_eq!(
+        MmapEvent::try_from(&wire).unwrap_err(),
+        ConvertError::EnforceAction { value: 42 }
+    );
+}
+
+#[test]
+fn wire_event_without_args_is_rejected() {
+    let mut wire = v1::Event::from(file_backed());
+    wire.args = None;
+    assert_eq!(validate(&wire), Err(ConvertError::MissingArgs));
+}
+
+#[test]
+fn descriptor_set_names_the_services_for_reflection() {
+    let text = String::from_utf8_lossy(v1::FILE_DESCRIPTOR_SET);
+    for name in [
+        "mapsentry/v1/agent.proto",
+        "AgentService",
+        "Observer",
+        "Subscribe",
+    ] {
+        assert!(
+            text.contains(name),
+            "{name} missing from the descriptor set"
+        );
+    }
+}
