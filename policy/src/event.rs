@@ -48,6 +48,7 @@ pub struct MmapArgs {
 }
 
 /// The file behind a file-backed mapping, as the kernel saw it at the call.
+#[expect(clippy::struct_excessive_bools, reason = "independent markers the kernel reports, as in the JSON contract")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileInfo {
     /// Absolute path in the caller's mount namespace; `/memfd:NAME` for a memfd.

@@ -1,0 +1,60 @@
+use std::path::PathBuf;
+
+use super::*;
+
+#[test]
+fn crds_have_group_scope_status_and_printer_columns() {
+    let namespaced = MmapPolicy::crd();
+    assert_eq!(namespaced.metadata.name.as_deref(), Some("mmappolicies.mapsentry.dev"));
+    assert_eq!(namespaced.spec.group, GROUP);
+    assert_eq!(namespaced.spec.scope, "Namespaced");
+    let cluster = ClusterMmapPolicy::crd();
+    assert_eq!(cluster.metadata.name.as_deref(), Some("clustermmappolicies.mapsentry.dev"));
+    assert_eq!(cluster.spec.scope, "Cluster");
+    for crd in [&namespaced, &cluster] {
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, VERSION);
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
+        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert!(columns.contains(&"Mode") && columns.contains(&"Accepted") && columns.contains(&"Age"), "{columns:?}");
+    }
+}
+
+#[test]
+fn policies_round_trip_through_yaml() {
+    let policy = MmapPolicy::new(
+        "p",
+        MmapPolicySpec {
+            pod_selector: None,
+            mode: Mode::Enforce,
+            rules: vec![Rule {
+                name: "wx".into(),
+                match_: MatchSpec { prot_all: vec!["PROT_WRITE".into(), "PROT_EXEC".into()], ..MatchSpec::default() },
+                except: None,
+                action: Action::Kill,
+            }],
+        },
+    );
+    let yaml = serde_yaml_ng::to_string(&policy).unwrap();
+    assert!(yaml.contains("match:\n      protAll:"), "{yaml}");
+    assert!(!yaml.contains("flagsAny"), "empty lists are left out: {yaml}");
+    assert_eq!(serde_yaml_ng::from_str::<MmapPolicy>(&yaml).unwrap(), policy);
+}
+
+/// `manifests/crds/mapsentry.dev.yaml` is generated from these types. Refresh it with
+/// `cargo run -p mapsentry-cli -- policy crds > manifests/crds/mapsentry.dev.yaml`
+/// or `MAPSENTRY_BLESS=1 cargo test -p mapsentry-policy committed_crds`.
+#[test]
+fn committed_crds_are_current() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds/mapsentry.dev.yaml");
+    let generated = crds_yaml();
+    if std::env::var_os("MAPSENTRY_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(
+        committed == generated,
+        "{} is stale: the CRD types changed. Refresh it with\n  cargo run -p mapsentry-cli -- policy crds > manifests/crds/mapsentry.dev.yaml\nor\n  MAPSENTRY_BLESS=1 cargo test -p mapsentry-policy committed_crds",
+        path.display()
+    );
+}
