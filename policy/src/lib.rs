@@ -3,6 +3,7 @@
 //! compiled matchers, evaluation and alert aggregation. Pure code: no I/O, no async, no kernel.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod compile;
 pub mod crd;
 pub mod evaluate;
@@ -14,6 +15,7 @@ pub mod policy;
 mod schema_check;
 pub mod selector;
 
+pub use alert::{AlertLine, Aggregator};
 pub use compile::{CompiledPolicy, compile};
 pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
 pub use load::{LoadError, LoadOutcome, Loaded, load_str};
