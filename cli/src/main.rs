@@ -4,6 +4,7 @@
 
 mod filter;
 mod output;
+mod policy;
 mod run;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Capture on this host and print every mmap/mmap2 call (the standalone default).
     Run(run::RunArgs),
+    /// Check policy files, replay recorded events against policies, print the CRDs.
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Policy(args) => policy::run(args),
         }
     });
     match result {

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 use kube::CustomResourceExt;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::{
     compile::{CompiledPolicy, compile},
@@ -167,45 +167,65 @@ pub fn load_value(value: &Value) -> Result<(Policy, CompiledPolicy), Vec<Problem
         Some(_) => Some(&*CLUSTER_MMAP_POLICY_SCHEMA),
         None => None,
     };
-    if let Some(schema) = schema {
-        check_body(object, schema, &mut problems);
-    }
-    let Some(kind) = kind else { return Err(problems) };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
+    let (Some(kind), Some(schema)) = (kind, schema) else { return Err(problems) };
+    // The structure: problems are reported and the offending values removed, so that the meaning
+    // of the rest can be checked in the same pass.
+    let mut body = value.clone();
+    let mut found = schema_check::Findings::default();
+    check_body(&mut body, schema, &mut found);
+    problems.append(&mut found.problems);
     let policy = if kind == "MmapPolicy" {
-        serde_json::from_value(value.clone()).map(Policy::Namespaced)
+        serde_json::from_value(body).map(Policy::Namespaced)
     } else {
-        serde_json::from_value(value.clone()).map(Policy::Cluster)
+        serde_json::from_value(body).map(Policy::Cluster)
+    };
+    let policy = match policy {
+        Ok(policy) => policy,
+        // The structural problems already say why.
+        Err(_) if !problems.is_empty() => return Err(problems),
+        Err(error) => return Err(vec![Problem::new(&root, format!("cannot read the object: {error}"))]),
+    };
+    match compile(&policy) {
+        Ok(compiled) if problems.is_empty() => Ok((policy, compiled)),
+        Ok(_) => Err(problems),
+        Err(meaning) => {
+            // Problems of meaning where a value was removed would be about the removal.
+            problems.extend(meaning.into_iter().filter(|p| !found.pruned.iter().any(|pruned| pruned.overlaps(&p.path))));
+            Err(problems)
+        }
     }
-    .map_err(|error| vec![Problem::new(&root, format!("cannot read the object: {error}"))])?;
-    let compiled = compile(&policy)?;
-    Ok((policy, compiled))
 }
 
-/// `spec` and `status` against the schema; any other top-level key is unknown.
-fn check_body(object: &Map<String, Value>, schema: &JSONSchemaProps, problems: &mut Vec<Problem>) {
+/// `spec` and `status` against the schema; any other top-level key is unknown (and removed).
+fn check_body(body: &mut Value, schema: &JSONSchemaProps, found: &mut schema_check::Findings) {
     let root = FieldPath::root();
+    let Some(object) = body.as_object_mut() else { return };
     let properties = schema.properties.as_ref();
     for required in schema.required.iter().flatten() {
         if !object.contains_key(required) {
-            problems.push(Problem::new(&root.field(required), "required field is missing"));
+            found.problems.push(Problem::new(&root.field(required), "required field is missing"));
         }
     }
-    for (key, item) in object {
+    let mut drop = Vec::new();
+    for (key, item) in object.iter_mut() {
         if matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
             continue;
         }
         if let Some(field_schema) = properties.and_then(|p| p.get(key)) {
-            schema_check::check(item, field_schema, &root.field(key), problems);
+            if !schema_check::check(item, field_schema, &root.field(key), found) && key != "spec" {
+                drop.push(key.clone());
+            }
         } else {
             let hint = closest(key, ["apiVersion", "kind", "metadata", "spec", "status"]).map_or_else(
                 || " (known fields: apiVersion, kind, metadata, spec, status)".to_owned(),
                 |c| format!("; did you mean {c:?}?"),
             );
-            problems.push(Problem::new(&root.field(key), format!("unknown field {key:?}{hint}")));
+            found.problems.push(Problem::new(&root.field(key), format!("unknown field {key:?}{hint}")));
+            drop.push(key.clone());
         }
+    }
+    for key in drop {
+        object.remove(&key);
     }
 }
 

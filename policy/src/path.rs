@@ -31,6 +31,17 @@ impl FieldPath {
         Self(format!("{}[{key:?}]", self.0))
     }
 
+    /// Whether one path lies within the other (or they are equal): `a.b` and `a.b[0].c` overlap,
+    /// `a.b` and `a.bc` do not.
+    #[must_use]
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let within = |outer: &str, inner: &str| {
+            outer.is_empty()
+                || inner.strip_prefix(outer).is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+        };
+        within(&self.0, &other.0) || within(&other.0, &self.0)
+    }
+
     #[must_use]
     pub fn as_str(&self) -> &str {
         if self.0.is_empty() { "<root>" } else { &self.0 }

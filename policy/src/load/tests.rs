@@ -110,8 +110,20 @@ fn every_problem_of_a_document_is_reported_with_its_path() {
         r#"document 1: spec.rules[0].match.protAl: unknown field "protAl"; did you mean "protAll"?"#,
         r#"document 1: spec.rules[1].action: unsupported value "Block" (expected one of "Alert", "Kill", "Deny")"#,
         r#"document 1: spec.rules[1].match.syscalls[0]: unsupported value "mmap3" (expected one of "mmap", "mmap2", "old_mmap"); did you mean "mmap"?"#,
+        // The meaning of what remains, in the same pass.
+        r#"document 1: spec.rules[0].match.protAll[1]: unknown protection "PROT_WRIT"; did you mean "PROT_WRITE"?"#,
+        r#"document 1: spec.rules[1].name: duplicate rule name "a" (also spec.rules[0]); alerts name rules, so names must be unique"#,
+        r#"document 1: spec.rules[1].match.flagsAny[0]: unknown flag "MAP_ANON"; write MAP_ANONYMOUS"#,
+        "document 1: spec.rules[1].match.flagsAll: MAP_SHARED and MAP_PRIVATE are both mapping types; a call has exactly one, so the rule could never match",
     ];
-    assert_eq!(got, want, "structural problems first; the meaning is checked once the structure is right");
+    assert_eq!(got, want, "structural problems first, then the meaning of the rest");
+
+    // A removed value does not cause problems of its own: minLength was the only condition.
+    let got = problems(&policy("  rules:\n    - name: a\n      match: {minLength: 1Gi}\n"));
+    assert_eq!(
+        got,
+        [r#"document 1: spec.rules[0].match.minLength: expected an integer, found a string ("1Gi") (write the number without quotes or units)"#]
+    );
 
     let text = policy(
         r#"  rules:

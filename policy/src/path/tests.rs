@@ -15,3 +15,15 @@ fn closest_finds_typos_and_ignores_strangers() {
     assert_eq!(closest("xyz", ["protAll", "protAny"]), None);
     assert_eq!(closest("mode", ["mode"]), Some("mode"));
 }
+
+#[test]
+fn overlapping_paths() {
+    let rule = FieldPath::root().field("spec").field("rules").index(0);
+    let matched = rule.field("match");
+    assert!(matched.overlaps(&matched.field("minLength")));
+    assert!(matched.field("minLength").overlaps(&matched));
+    assert!(rule.overlaps(&rule.field("match").field("protAll").index(1)));
+    assert!(!matched.overlaps(&rule.field("matches")));
+    assert!(!rule.overlaps(&FieldPath::root().field("spec").field("rules").index(1)));
+    assert!(FieldPath::root().overlaps(&rule));
+}

@@ -10,9 +10,9 @@ fn typed(type_name: &str) -> JSONSchemaProps {
 }
 
 fn run(value: &Value, schema: &JSONSchemaProps) -> Vec<String> {
-    let mut problems = Vec::new();
-    check(value, schema, &FieldPath::root().field("x"), &mut problems);
-    problems.iter().map(ToString::to_string).collect()
+    let mut found = Findings::default();
+    check(&mut value.clone(), schema, &FieldPath::root().field("x"), &mut found);
+    found.problems.iter().map(ToString::to_string).collect()
 }
 
 #[test]
@@ -51,4 +51,22 @@ fn integers_respect_their_minimum_and_enums_their_values() {
     assert!(run(&json!(u64::MAX), &count).is_empty());
     let mode = JSONSchemaProps { enum_: Some(vec![JSON(json!("Audit")), JSON(json!("Enforce"))]), ..typed("string") };
     assert_eq!(run(&json!("Audi"), &mode), [r#"x: unsupported value "Audi" (expected one of "Audit", "Enforce"); did you mean "Audit"?"#]);
+}
+
+#[test]
+fn wrong_optional_fields_are_removed_and_wrong_required_ones_spoil_their_parent() {
+    let object = JSONSchemaProps {
+        properties: Some(BTreeMap::from([("name".to_owned(), typed("string")), ("count".to_owned(), typed("integer"))])),
+        required: Some(vec!["name".to_owned()]),
+        ..typed("object")
+    };
+    let mut value = json!({"name": "a", "count": "x", "extra": 1});
+    let mut found = Findings::default();
+    assert!(check(&mut value, &object, &FieldPath::root(), &mut found));
+    assert_eq!(value, json!({"name": "a"}));
+    assert_eq!(found.pruned.iter().map(ToString::to_string).collect::<Vec<_>>(), ["count", "extra"]);
+    let mut value = json!({"name": 5});
+    assert!(!check(&mut value, &object, &FieldPath::root(), &mut Findings::default()), "a wrong required field");
+    let list = JSONSchemaProps { items: Some(JSONSchemaPropsOrArray::Schema(Box::new(object))), ..typed("array") };
+    assert!(!check(&mut json!([{"name": "a"}, {}]), &list, &FieldPath::root(), &mut Findings::default()), "a wrong item");
 }
