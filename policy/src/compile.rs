@@ -15,7 +15,9 @@
 //!   across components, `?`, `[a-z]` and `{a,b}`;
 //! - `except` exempts a call when every field given holds (missing context never holds).
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use std::collections::HashMap;
+
+use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::{
     MmapEvent, Syscall,
@@ -86,6 +88,10 @@ pub struct CompiledRule {
     pub action: Action,
     pub(crate) conditions: Conditions,
     pub(crate) except: Option<Except>,
+    /// The rule's `match` and `except` as JSON: rules with the same text are the same test.
+    source: String,
+    /// Slot in [`Memo`] for the result of this test, shared by rules with the same `source`.
+    slot: Option<u8>,
 }
 
 /// The `match` of a rule as masks, sets and automata.
@@ -106,7 +112,7 @@ pub(crate) struct Conditions {
     /// Bit per [`Syscall`]; 0: any.
     syscalls: u8,
     comm: Vec<String>,
-    executable: Option<GlobSet>,
+    executable: Option<Box<Globs>>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,28 +120,168 @@ struct FileConditions {
     memfd: Option<bool>,
     shm: Option<bool>,
     deleted: Option<bool>,
-    path: Option<GlobSet>,
-    not_path: Option<GlobSet>,
+    path: Option<Box<Globs>>,
+    not_path: Option<Box<Globs>>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Except {
     comm: Vec<String>,
-    executable: Option<GlobSet>,
+    executable: Option<Box<Globs>>,
     containers: Vec<String>,
-    images: Option<GlobSet>,
+    images: Option<Box<Globs>>,
+}
+
+/// What a glob list is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum GlobInput {
+    FilePath,
+    Executable,
+    Image,
+}
+
+/// A compiled glob list. Policies often repeat the same list (the system paths, the JIT
+/// images); a [`crate::PolicySet`] numbers the distinct lists so that one call matches each
+/// list once however many rules hold it ([`Memo`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Globs {
+    set: GlobSet,
+    patterns: Vec<String>,
+    input: GlobInput,
+    /// Slot in [`Memo`], for the first [`Memo::GLOB_SLOTS`] distinct lists of a set.
+    slot: Option<u8>,
+}
+
+/// Numbers the distinct rules and glob lists of a set, for [`Memo`].
+#[derive(Debug, Default)]
+pub(crate) struct MemoSlots {
+    globs: HashMap<(GlobInput, Vec<String>), u8>,
+    rules: HashMap<String, u8>,
+}
+
+impl MemoSlots {
+    pub(crate) fn assign(&mut self, rule: &mut CompiledRule) {
+        let next = self.rules.len();
+        rule.slot = match self.rules.get(&rule.source) {
+            Some(slot) => Some(*slot),
+            None if next < Memo::RULE_SLOTS && !rule.source.is_empty() => {
+                self.rules.insert(rule.source.clone(), next as u8);
+                Some(next as u8)
+            }
+            None => None,
+        };
+        let c = &mut rule.conditions;
+        let except = rule.except.as_mut();
+        let lists = [c.executable.as_deref_mut()]
+            .into_iter()
+            .chain(c.file.as_mut().map(|f| [f.path.as_deref_mut(), f.not_path.as_deref_mut()]).into_iter().flatten())
+            .chain(except.map(|e| [e.executable.as_deref_mut(), e.images.as_deref_mut()]).into_iter().flatten())
+            .flatten();
+        for globs in lists {
+            let next = self.globs.len();
+            globs.slot = match self.globs.get(&(globs.input, globs.patterns.clone())) {
+                Some(slot) => Some(*slot),
+                None if next < Memo::GLOB_SLOTS => {
+                    let slot = next as u8;
+                    self.globs.insert((globs.input, globs.patterns.clone()), slot);
+                    Some(slot)
+                }
+                None => None,
+            };
+        }
+    }
+}
+
+/// What one call's rule tests and glob matches came to, so that each distinct rule and glob list
+/// is tested once per call however many policies repeat it; and the call's paths prepared for
+/// matching once.
+#[derive(Debug)]
+pub(crate) struct Memo<'e> {
+    known: u64,
+    value: u64,
+    rules_known: [u64; 4],
+    rules_value: [u64; 4],
+    file_path: Option<&'e str>,
+    executable: Option<&'e str>,
+    image: Option<&'e str>,
+    file_candidate: Option<Candidate<'e>>,
+    executable_candidate: Option<Candidate<'e>>,
+}
+
+impl<'e> Memo<'e> {
+    const GLOB_SLOTS: usize = 64;
+    const RULE_SLOTS: usize = 256;
+
+    pub(crate) fn new(event: &'e MmapEvent, ctx: &'e EvalContext) -> Self {
+        Self {
+            known: 0,
+            value: 0,
+            rules_known: [0; 4],
+            rules_value: [0; 4],
+            file_path: event.file.as_ref().map(|f| f.path.as_str()),
+            executable: ctx.executable.as_deref(),
+            image: ctx.workload.as_ref().and_then(|w| w.image.as_deref()),
+            file_candidate: None,
+            executable_candidate: None,
+        }
+    }
+
+    /// Whether the call's input for `globs` matches one of them (false when the input is unknown).
+    fn matches(&mut self, globs: &Globs) -> bool {
+        if let Some(slot) = globs.slot {
+            let bit = 1u64 << slot;
+            if self.known & bit != 0 {
+                return self.value & bit != 0;
+            }
+            let value = self.match_now(globs);
+            self.known |= bit;
+            if value {
+                self.value |= bit;
+            }
+            return value;
+        }
+        self.match_now(globs)
+    }
+
+    fn match_now(&mut self, globs: &Globs) -> bool {
+        match globs.input {
+            GlobInput::FilePath => match self.file_path {
+                Some(path) => globs.set.is_match_candidate(self.file_candidate.get_or_insert_with(|| Candidate::new(path))),
+                None => false,
+            },
+            GlobInput::Executable => match self.executable {
+                Some(path) => globs.set.is_match_candidate(self.executable_candidate.get_or_insert_with(|| Candidate::new(path))),
+                None => false,
+            },
+            GlobInput::Image => self.image.is_some_and(|image| globs.set.is_match(image)),
+        }
+    }
 }
 
 impl CompiledRule {
     /// Whether the rule matches the call (its `match` holds and its `except` does not).
     #[must_use]
     pub fn matches(&self, event: &MmapEvent, ctx: &EvalContext) -> bool {
-        self.conditions.bits_hold(event.args.prot, event.args.flags) && self.matches_beyond_bits(event, ctx)
+        self.conditions.bits_hold(event.args.prot, event.args.flags) && self.matches_beyond_bits(event, ctx, &mut Memo::new(event, ctx))
     }
 
     /// [`Self::matches`] for a call whose prot and flags are known to satisfy the bit conditions.
-    pub(crate) fn matches_beyond_bits(&self, event: &MmapEvent, ctx: &EvalContext) -> bool {
-        self.conditions.rest_holds(event, ctx) && !self.except.as_ref().is_some_and(|e| e.holds(event, ctx))
+    pub(crate) fn matches_beyond_bits<'e>(&self, event: &'e MmapEvent, ctx: &'e EvalContext, memo: &mut Memo<'e>) -> bool {
+        let Some(slot) = self.slot else { return self.test(event, ctx, memo) };
+        let (word, bit) = (usize::from(slot / 64), 1u64 << (slot % 64));
+        if memo.rules_known[word] & bit != 0 {
+            return memo.rules_value[word] & bit != 0;
+        }
+        let value = self.test(event, ctx, memo);
+        memo.rules_known[word] |= bit;
+        if value {
+            memo.rules_value[word] |= bit;
+        }
+        value
+    }
+
+    fn test<'e>(&self, event: &'e MmapEvent, ctx: &'e EvalContext, memo: &mut Memo<'e>) -> bool {
+        self.conditions.rest_holds(event, memo) && !self.except.as_ref().is_some_and(|e| e.holds(event, ctx, memo))
     }
 
     /// Bits of `prot` and of `flags` that the bit conditions read.
@@ -154,6 +300,12 @@ impl CompiledRule {
     pub(crate) fn bits_hold(&self, prot: u64, flags: u64) -> bool {
         self.conditions.bits_hold(prot, flags)
     }
+
+    /// The cheapest conditions, to test before touching the rule itself.
+    pub(crate) fn prefilter(&self) -> Prefilter {
+        let c = &self.conditions;
+        Prefilter { min_length: c.min_length, syscalls: c.syscalls, needs_file: c.file.is_some() }
+    }
 }
 
 impl Conditions {
@@ -171,34 +323,50 @@ impl Conditions {
             }
     }
 
-    fn rest_holds(&self, event: &MmapEvent, ctx: &EvalContext) -> bool {
+    fn rest_holds(&self, event: &MmapEvent, memo: &mut Memo<'_>) -> bool {
         event.args.length >= self.min_length
             && (self.syscalls == 0 || self.syscalls & syscall_bit(event.syscall) != 0)
             && (self.comm.is_empty() || self.comm.contains(&event.comm))
-            && self.executable.as_ref().is_none_or(|globs| ctx.executable.as_deref().is_some_and(|exe| globs.is_match(exe)))
-            && self.file.as_ref().is_none_or(|file| file.holds(event))
+            && self.file.as_ref().is_none_or(|file| file.holds(event, memo))
+            && self.executable.as_ref().is_none_or(|globs| memo.matches(globs))
     }
 }
 
 impl FileConditions {
-    fn holds(&self, event: &MmapEvent) -> bool {
+    fn holds(&self, event: &MmapEvent, memo: &mut Memo<'_>) -> bool {
         let Some(file) = &event.file else { return false };
         self.memfd.is_none_or(|want| file.memfd == want)
             && self.shm.is_none_or(|want| file.shm == want)
             && self.deleted.is_none_or(|want| file.deleted == want)
-            && self.path.as_ref().is_none_or(|globs| globs.is_match(&file.path))
-            && self.not_path.as_ref().is_none_or(|globs| !globs.is_match(&file.path))
+            && self.path.as_ref().is_none_or(|globs| memo.matches(globs))
+            && self.not_path.as_ref().is_none_or(|globs| !memo.matches(globs))
     }
 }
 
 impl Except {
-    fn holds(&self, event: &MmapEvent, ctx: &EvalContext) -> bool {
+    fn holds(&self, event: &MmapEvent, ctx: &EvalContext, memo: &mut Memo<'_>) -> bool {
         let container = ctx.workload.as_ref().and_then(|w| w.container.as_deref());
-        let image = ctx.workload.as_ref().and_then(|w| w.image.as_deref());
         (self.comm.is_empty() || self.comm.contains(&event.comm))
-            && self.executable.as_ref().is_none_or(|globs| ctx.executable.as_deref().is_some_and(|exe| globs.is_match(exe)))
             && (self.containers.is_empty() || container.is_some_and(|name| self.containers.iter().any(|c| c == name)))
-            && self.images.as_ref().is_none_or(|globs| image.is_some_and(|i| globs.is_match(i)))
+            && self.executable.as_ref().is_none_or(|globs| memo.matches(globs))
+            && self.images.as_ref().is_none_or(|globs| memo.matches(globs))
+    }
+}
+
+/// Conditions of a rule kept next to its place in the index: most calls are rejected by them
+/// without reading the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Prefilter {
+    min_length: u64,
+    syscalls: u8,
+    needs_file: bool,
+}
+
+impl Prefilter {
+    pub(crate) fn admits(&self, event: &MmapEvent) -> bool {
+        event.args.length >= self.min_length
+            && (self.syscalls == 0 || self.syscalls & syscall_bit(event.syscall) != 0)
+            && (!self.needs_file || event.file.is_some())
     }
 }
 
@@ -270,7 +438,8 @@ fn compile_rule(rule: &Rule, path: &FieldPath, problems: &mut Vec<Problem>) -> O
     }
     let conditions = compile_match(&rule.match_, &path.field("match"), problems);
     let except = rule.except.as_ref().map(|e| compile_except(e, &path.field("except"), problems));
-    (problems.len() == before).then(|| CompiledRule { name: rule.name.clone(), action: rule.action, conditions, except })
+    let source = serde_json::to_string(&(&rule.match_, &rule.except)).unwrap_or_default();
+    (problems.len() == before).then(|| CompiledRule { name: rule.name.clone(), action: rule.action, conditions, except, source, slot: None })
 }
 
 fn compile_match(spec: &MatchSpec, path: &FieldPath, problems: &mut Vec<Problem>) -> Conditions {
@@ -309,7 +478,7 @@ fn compile_match(spec: &MatchSpec, path: &FieldPath, problems: &mut Vec<Problem>
     }
     let file = spec.file.as_ref().map(|f| compile_file(f, &path.field("file"), problems));
     check_comms(&spec.comm, &path.field("comm"), problems);
-    let executable = compile_globs(&spec.executable_globs, &path.field("executableGlobs"), true, problems);
+    let executable = compile_globs(&spec.executable_globs, &path.field("executableGlobs"), GlobInput::Executable, problems);
     Conditions {
         prot_all,
         prot_any,
@@ -332,8 +501,8 @@ fn compile_file(spec: &FileMatch, path: &FieldPath, problems: &mut Vec<Problem>)
         memfd: spec.memfd,
         shm: spec.shm,
         deleted: spec.deleted,
-        path: compile_globs(&spec.path_globs, &path.field("pathGlobs"), true, problems),
-        not_path: compile_globs(&spec.not_path_globs, &path.field("notPathGlobs"), true, problems),
+        path: compile_globs(&spec.path_globs, &path.field("pathGlobs"), GlobInput::FilePath, problems),
+        not_path: compile_globs(&spec.not_path_globs, &path.field("notPathGlobs"), GlobInput::FilePath, problems),
     }
 }
 
@@ -349,9 +518,9 @@ fn compile_except(spec: &ExceptSpec, path: &FieldPath, problems: &mut Vec<Proble
     }
     Except {
         comm: spec.comm.clone(),
-        executable: compile_globs(&spec.executable_globs, &path.field("executableGlobs"), true, problems),
+        executable: compile_globs(&spec.executable_globs, &path.field("executableGlobs"), GlobInput::Executable, problems),
         containers: spec.containers.clone(),
-        images: compile_globs(&spec.images, &path.field("images"), false, problems),
+        images: compile_globs(&spec.images, &path.field("images"), GlobInput::Image, problems),
     }
 }
 
@@ -421,9 +590,10 @@ fn check_comms(list: &[String], path: &FieldPath, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Compile `globs` into one set (None when the list is empty). With `absolute`, a glob that can
-/// only match a relative path is an error, since executables and files have absolute paths.
-fn compile_globs(globs: &[String], path: &FieldPath, absolute: bool, problems: &mut Vec<Problem>) -> Option<GlobSet> {
+/// Compile `globs` into one set (None when the list is empty). For paths, a glob that can only
+/// match a relative path is an error, since executables and files have absolute paths.
+fn compile_globs(globs: &[String], path: &FieldPath, input: GlobInput, problems: &mut Vec<Problem>) -> Option<Box<Globs>> {
+    let absolute = input != GlobInput::Image;
     if globs.is_empty() {
         return None;
     }
@@ -452,7 +622,7 @@ fn compile_globs(globs: &[String], path: &FieldPath, absolute: bool, problems: &
         return None;
     }
     match builder.build() {
-        Ok(set) => Some(set),
+        Ok(set) => Some(Box::new(Globs { set, patterns: globs.to_vec(), input, slot: None })),
         Err(error) => {
             problems.push(Problem::new(path, format!("cannot compile the globs: {error}")));
             None

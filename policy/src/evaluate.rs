@@ -10,13 +10,16 @@
 //!   other rules or policies.
 //!
 //! Speed: rules are indexed by the `prot` and `flags` bits their bit conditions read, so a call
-//! only meets the rules its bits can satisfy; a policy's scope is tested once per call and policy.
+//! only meets the rules its bits can satisfy. Which policies apply to a caller (namespace, pod
+//! and namespace labels, host or not) is a [`CallerScope`]; it depends only on the caller, so a
+//! collector computes it once per container ([`PolicySet::scope`]) and evaluates each call with
+//! [`PolicySet::evaluate_scoped`]. [`PolicySet::evaluate`] does both for one call.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::{
     MmapEvent,
-    compile::{CompiledPolicy, CompiledRule},
+    compile::{CompiledPolicy, Memo, MemoSlots, Prefilter},
     crd::{Action, Mode},
     policy::PolicyId,
     selector::Labels,
@@ -83,56 +86,117 @@ pub enum EvaluateError {
 /// every rule is a candidate and its bits are tested one by one.
 const MAX_INDEX_BITS: usize = 12;
 
+/// The policies of a [`PolicySet`] that apply to one caller, in the set's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerScope {
+    policies: Vec<u32>,
+}
+
+impl CallerScope {
+    /// Whether no policy applies.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// How many policies apply.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+}
+
+/// One policy's index: for each key, the list of its rules whose bit conditions hold. Most keys
+/// share a few lists, so lists are stored once.
+#[derive(Debug, Clone, Default)]
+struct PolicyIndex {
+    key_to_list: Vec<u16>,
+    lists: Vec<Vec<Candidate>>,
+}
+
+/// A rule in the index, with its cheapest conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Candidate {
+    rule: u32,
+    prefilter: Prefilter,
+}
+
 /// Compiled policies with an index over their rules.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
+    indexes: Vec<PolicyIndex>,
+    /// Namespaced policies by namespace.
+    by_namespace: HashMap<String, Vec<u32>>,
+    /// Cluster policies.
+    cluster: Vec<u32>,
     prot_bits: Vec<u8>,
     flag_bits: Vec<u8>,
-    /// Candidate rules per key, in (policy, rule) order. One list when the set is not indexed.
-    buckets: Vec<Vec<(u32, u32)>>,
+    /// False when the rules read more than [`MAX_INDEX_BITS`] bits: one key, bits tested per rule.
     indexed: bool,
 }
 
 impl PolicySet {
     /// Index `policies`; each policy id may appear once.
-    pub fn new(policies: Vec<CompiledPolicy>) -> Result<Self, EvaluateError> {
+    pub fn new(mut policies: Vec<CompiledPolicy>) -> Result<Self, EvaluateError> {
         let mut seen = HashSet::new();
         for policy in &policies {
             if !seen.insert(&policy.id) {
                 return Err(EvaluateError::DuplicatePolicy { id: policy.id.clone() });
             }
         }
-        let all_rules: Vec<(u32, u32)> = policies
-            .iter()
-            .enumerate()
-            .flat_map(|(p, policy)| (0..policy.rules.len()).map(move |r| (p as u32, r as u32)))
-            .collect();
+        let mut slots = MemoSlots::default();
+        for rule in policies.iter_mut().flat_map(|p| p.rules.iter_mut()) {
+            slots.assign(rule);
+        }
         let (mut prot_read, mut flags_read) = (0u64, 0u64);
-        for policy in &policies {
-            for rule in &policy.rules {
-                let (prot, flags) = rule.bits_read();
-                prot_read |= prot;
-                flags_read |= flags;
+        for rule in policies.iter().flat_map(|p| &p.rules) {
+            let (prot, flags) = rule.bits_read();
+            prot_read |= prot;
+            flags_read |= flags;
+        }
+        let mut prot_bits = bit_positions(prot_read);
+        let mut flag_bits = bit_positions(flags_read);
+        let indexed = prot_bits.len() + flag_bits.len() <= MAX_INDEX_BITS;
+        if !indexed {
+            prot_bits.clear();
+            flag_bits.clear();
+        }
+        let mut by_namespace: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut cluster = Vec::new();
+        for (index, policy) in policies.iter().enumerate() {
+            match &policy.scope {
+                crate::compile::Scope::Namespace { namespace, .. } => by_namespace.entry(namespace.clone()).or_default().push(index as u32),
+                crate::compile::Scope::Cluster { .. } => cluster.push(index as u32),
             }
         }
-        let prot_bits = bit_positions(prot_read);
-        let flag_bits = bit_positions(flags_read);
-        let mut set = Self { policies, prot_bits, flag_bits, buckets: Vec::new(), indexed: false };
-        if set.prot_bits.len() + set.flag_bits.len() > MAX_INDEX_BITS {
-            set.prot_bits.clear();
-            set.flag_bits.clear();
-            set.buckets = vec![all_rules];
-            return Ok(set);
-        }
+        let mut set = Self { policies, indexes: Vec::new(), by_namespace, cluster, prot_bits, flag_bits, indexed };
         let keys = 1usize << (set.prot_bits.len() + set.flag_bits.len());
-        set.buckets = (0..keys)
-            .map(|key| {
-                let (prot, flags) = set.representative(key);
-                all_rules.iter().copied().filter(|&(p, r)| set.rule(p, r).bits_hold(prot, flags)).collect()
+        let representatives: Vec<(u64, u64)> = (0..keys).map(|key| set.representative(key)).collect();
+        set.indexes = set
+            .policies
+            .iter()
+            .map(|policy| {
+                let mut index = PolicyIndex::default();
+                let mut known: HashMap<Vec<Candidate>, u16> = HashMap::new();
+                for &(prot, flags) in &representatives {
+                    let list: Vec<Candidate> = policy
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, rule)| !indexed || rule.bits_hold(prot, flags))
+                        .map(|(r, rule)| Candidate { rule: r as u32, prefilter: rule.prefilter() })
+                        .collect();
+                    let next = index.lists.len() as u16;
+                    let id = *known.entry(list.clone()).or_insert_with(|| {
+                        index.lists.push(list);
+                        next
+                    });
+                    index.key_to_list.push(id);
+                }
+                index
             })
             .collect();
-        set.indexed = true;
         Ok(set)
     }
 
@@ -156,31 +220,43 @@ impl PolicySet {
 
     /// [`Self::evaluate`] appending to `out`, to reuse its allocation across calls.
     pub fn evaluate_into<'a>(&'a self, event: &MmapEvent, ctx: &EvalContext, out: &mut Vec<Match<'a>>) {
-        let Some(candidates) = self.buckets.get(self.key(event.args.prot, event.args.flags)) else { return };
-        let mut scoped: Option<(u32, bool)> = None;
-        for &(p, r) in candidates {
-            let policy = &self.policies[p as usize];
-            let applies = match scoped {
-                Some((last, applies)) if last == p => applies,
-                _ => {
-                    let applies = policy.scope.applies(ctx);
-                    scoped = Some((p, applies));
-                    applies
-                }
-            };
-            if !applies {
-                continue;
-            }
-            let rule = &policy.rules[r as usize];
-            let hit = if self.indexed { rule.matches_beyond_bits(event, ctx) } else { rule.matches(event, ctx) };
-            if hit {
-                out.push(Match { policy: &policy.id, rule: &rule.name, action: rule.action, mode: policy.mode });
-            }
-        }
+        let scope = self.scope(ctx);
+        self.evaluate_scoped(&scope, event, ctx, out);
     }
 
-    fn rule(&self, policy: u32, rule: u32) -> &CompiledRule {
-        &self.policies[policy as usize].rules[rule as usize]
+    /// The policies that apply to the caller `ctx`. It changes only with the caller's namespace,
+    /// labels, container and image, or with the policy set: compute it once per container.
+    #[must_use]
+    pub fn scope(&self, ctx: &EvalContext) -> CallerScope {
+        let namespaced = ctx.workload.as_ref().and_then(|w| self.by_namespace.get(&w.namespace)).into_iter().flatten();
+        let mut policies: Vec<u32> =
+            namespaced.chain(&self.cluster).copied().filter(|&p| self.policies[p as usize].scope.applies(ctx)).collect();
+        policies.sort_unstable();
+        CallerScope { policies }
+    }
+
+    /// Every match of `event` among the policies of `scope` (from [`Self::scope`] for the same
+    /// caller `ctx` and this set), appended to `out`.
+    pub fn evaluate_scoped<'a>(&'a self, scope: &CallerScope, event: &MmapEvent, ctx: &EvalContext, out: &mut Vec<Match<'a>>) {
+        if scope.is_empty() {
+            return;
+        }
+        let key = self.key(event.args.prot, event.args.flags);
+        let mut memo = Memo::new(event, ctx);
+        for &p in &scope.policies {
+            let (Some(policy), Some(index)) = (self.policies.get(p as usize), self.indexes.get(p as usize)) else { continue };
+            let Some(list) = index.key_to_list.get(key).and_then(|id| index.lists.get(usize::from(*id))) else { continue };
+            for candidate in list {
+                if !candidate.prefilter.admits(event) {
+                    continue;
+                }
+                let rule = &policy.rules[candidate.rule as usize];
+                let hit = (self.indexed || rule.bits_hold(event.args.prot, event.args.flags)) && rule.matches_beyond_bits(event, ctx, &mut memo);
+                if hit {
+                    out.push(Match { policy: &policy.id, rule: &rule.name, action: rule.action, mode: policy.mode });
+                }
+            }
+        }
     }
 
     fn key(&self, prot: u64, flags: u64) -> usize {

@@ -19,7 +19,7 @@ pub use alert::{AlertLine, Aggregator};
 pub use compile::{CompiledPolicy, compile};
 pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
 pub use load::{LoadError, LoadOutcome, Loaded, load_str};
-pub use evaluate::{EvalContext, Match, PolicySet, Workload, strongest};
+pub use evaluate::{EvalContext, Match, CallerScope, PolicySet, Workload, strongest};
 pub use event::{EventLine, FileInfo, MmapArgs, MmapEvent, Syscall};
 pub use path::{FieldPath, Problem};
 pub use policy::{Policy, PolicyId};

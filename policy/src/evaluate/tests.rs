@@ -417,3 +417,30 @@ fn many_distinct_bits_fall_back_to_testing_every_rule() {
     let matches = set.evaluate(&wx_call(), &EvalContext::default());
     assert_eq!(matches.iter().map(|m| m.rule).collect::<Vec<_>>(), ["MAP_ANONYMOUS"]);
 }
+
+#[test]
+fn identical_rules_in_several_policies_are_each_reported_and_scoped() {
+    let rule = "rules: [{name: jit, match: {protAny: [PROT_EXEC], mapping: Anonymous}, except: {comm: [java]}, action: Kill}]";
+    let set = set(&format!(
+        "apiVersion: mapsentry.dev/v1alpha1\nkind: MmapPolicy\nmetadata: {{name: a, namespace: shop}}\nspec: {{mode: Enforce, {rule}}}\n---\n\
+         apiVersion: mapsentry.dev/v1alpha1\nkind: MmapPolicy\nmetadata: {{name: b, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, {rule}}}\n---\n\
+         apiVersion: mapsentry.dev/v1alpha1\nkind: MmapPolicy\nmetadata: {{name: c, namespace: other}}\nspec: {{{rule}}}\n"
+    ));
+    let ctx = |app: &str| EvalContext {
+        executable: None,
+        workload: Some(Workload { namespace: "shop".into(), pod: "p".into(), pod_labels: [("app".to_owned(), app.to_owned())].into(), ..Workload::default() }),
+    };
+    let ids = |event: &MmapEvent, ctx: &EvalContext| set.evaluate(event, ctx).iter().map(|m| (m.policy.to_string(), m.mode)).collect::<Vec<_>>();
+    let mut jit = wx_call();
+    jit.args.prot = 5;
+    assert_eq!(ids(&jit, &ctx("web")), [("shop/a".to_owned(), Mode::Enforce), ("shop/b".to_owned(), Mode::Audit)]);
+    assert_eq!(ids(&jit, &ctx("db")), [("shop/a".to_owned(), Mode::Enforce)], "podSelector");
+    jit.comm = "java".into();
+    assert!(ids(&jit, &ctx("web")).is_empty(), "the shared result honours the exception");
+    let scope = set.scope(&ctx("web"));
+    assert_eq!(scope.len(), 2);
+    let mut out = Vec::new();
+    jit.comm = "app".into();
+    set.evaluate_scoped(&scope, &jit, &ctx("web"), &mut out);
+    assert_eq!(out.len(), 2, "a cached scope gives what evaluate gives");
+}
