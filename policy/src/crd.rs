@@ -281,6 +281,21 @@ pub struct PolicyStatus {
     pub errors: Vec<StatusError>,
 }
 
+impl PolicyStatus {
+    /// The status of a generation that validated and is in force.
+    #[must_use]
+    pub fn accepted(generation: Option<i64>) -> Self {
+        Self { observed_generation: generation, accepted: true, errors: Vec::new() }
+    }
+
+    /// The status of a generation that was rejected for `problems`.
+    #[must_use]
+    pub fn rejected(generation: Option<i64>, problems: &[crate::Problem]) -> Self {
+        let errors = problems.iter().map(|p| StatusError { path: p.path.to_string(), reason: p.reason.clone() }).collect();
+        Self { observed_generation: generation, accepted: false, errors }
+    }
+}
+
 /// One validation problem, as written to an object's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusError {

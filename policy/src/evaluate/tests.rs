@@ -317,7 +317,7 @@ fn context() -> impl Strategy<Value = EvalContext> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn evaluation_agrees_with_the_reference(policies in policies(), calls in vec((event(), context()), 1..20)) {
