@@ -159,7 +159,58 @@ pub(crate) struct MemoSlots {
     rules: HashMap<String, u8>,
 }
 
+/// Every distinct glob list of a set, per input, compiled into one automaton: one pass over a
+/// call's path answers all the lists at once.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CombinedGlobs {
+    /// Per input (file path, executable, image): the automaton, and for each of its patterns the
+    /// slots of the lists that hold it.
+    sets: [Option<(GlobSet, Vec<u64>)>; 3],
+    /// Per input, the slots of its lists.
+    slots: [u64; 3],
+}
+
+impl CombinedGlobs {
+    fn input_index(input: GlobInput) -> usize {
+        match input {
+            GlobInput::FilePath => 0,
+            GlobInput::Executable => 1,
+            GlobInput::Image => 2,
+        }
+    }
+}
+
 impl MemoSlots {
+    /// The combined automata of the glob lists that got a slot.
+    pub(crate) fn combined(&self) -> CombinedGlobs {
+        let mut combined = CombinedGlobs::default();
+        for input in [GlobInput::FilePath, GlobInput::Executable, GlobInput::Image] {
+            let i = CombinedGlobs::input_index(input);
+            let mut builder = GlobSetBuilder::new();
+            let mut owners = Vec::new();
+            for ((list_input, patterns), slot) in &self.globs {
+                if *list_input != input {
+                    continue;
+                }
+                combined.slots[i] |= 1 << slot;
+                for pattern in patterns {
+                    // The patterns compiled once already; a failure here only loses the shortcut.
+                    if let Ok(glob) = GlobBuilder::new(pattern).literal_separator(true).build() {
+                        builder.add(glob);
+                        owners.push(1u64 << slot);
+                    } else {
+                        combined.slots[i] &= !(1 << slot);
+                    }
+                }
+            }
+            combined.sets[i] = builder.build().ok().map(|set| (set, owners));
+            if combined.sets[i].is_none() {
+                combined.slots[i] = 0;
+            }
+        }
+        combined
+    }
+
     pub(crate) fn assign(&mut self, rule: &mut CompiledRule) {
         let next = self.rules.len();
         rule.slot = match self.rules.get(&rule.source) {
@@ -206,6 +257,7 @@ pub(crate) struct Memo<'e> {
     image: Option<&'e str>,
     file_candidate: Option<Candidate<'e>>,
     executable_candidate: Option<Candidate<'e>>,
+    combined: Option<&'e CombinedGlobs>,
 }
 
 impl<'e> Memo<'e> {
@@ -223,7 +275,13 @@ impl<'e> Memo<'e> {
             image: ctx.workload.as_ref().and_then(|w| w.image.as_deref()),
             file_candidate: None,
             executable_candidate: None,
+            combined: None,
         }
+    }
+
+    /// A memo that answers the glob lists of a set in one pass per input.
+    pub(crate) fn with_combined(event: &'e MmapEvent, ctx: &'e EvalContext, combined: &'e CombinedGlobs) -> Self {
+        Self { combined: Some(combined), ..Self::new(event, ctx) }
     }
 
     /// Whether the call's input for `globs` matches one of them (false when the input is unknown).
@@ -233,6 +291,13 @@ impl<'e> Memo<'e> {
             if self.known & bit != 0 {
                 return self.value & bit != 0;
             }
+            if let Some(combined) = self.combined {
+                let i = CombinedGlobs::input_index(globs.input);
+                if combined.slots[i] & bit != 0 {
+                    self.match_all(combined, globs.input);
+                    return self.value & bit != 0;
+                }
+            }
             let value = self.match_now(globs);
             self.known |= bit;
             if value {
@@ -241,6 +306,34 @@ impl<'e> Memo<'e> {
             return value;
         }
         self.match_now(globs)
+    }
+
+    /// Answer every combined list of `input` in one pass.
+    fn match_all(&mut self, combined: &CombinedGlobs, input: GlobInput) {
+        let i = CombinedGlobs::input_index(input);
+        let Some((set, owners)) = &combined.sets[i] else { return };
+        let mut hits = Vec::new();
+        match input {
+            GlobInput::FilePath => {
+                if let Some(path) = self.file_path {
+                    set.matches_candidate_into(self.file_candidate.get_or_insert_with(|| Candidate::new(path)), &mut hits);
+                }
+            }
+            GlobInput::Executable => {
+                if let Some(path) = self.executable {
+                    set.matches_candidate_into(self.executable_candidate.get_or_insert_with(|| Candidate::new(path)), &mut hits);
+                }
+            }
+            GlobInput::Image => {
+                if let Some(image) = self.image {
+                    set.matches_into(image, &mut hits);
+                }
+            }
+        }
+        self.known |= combined.slots[i];
+        for hit in hits {
+            self.value |= owners.get(hit).copied().unwrap_or(0) & combined.slots[i];
+        }
     }
 
     fn match_now(&mut self, globs: &Globs) -> bool {

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::{
     MmapEvent,
-    compile::{CompiledPolicy, Memo, MemoSlots, Prefilter},
+    compile::{CombinedGlobs, CompiledPolicy, Memo, MemoSlots, Prefilter},
     crd::{Action, Mode},
     policy::PolicyId,
     selector::Labels,
@@ -134,6 +134,7 @@ pub struct PolicySet {
     flag_bits: Vec<u8>,
     /// False when the rules read more than [`MAX_INDEX_BITS`] bits: one key, bits tested per rule.
     indexed: bool,
+    globs: CombinedGlobs,
 }
 
 impl PolicySet {
@@ -170,7 +171,8 @@ impl PolicySet {
                 crate::compile::Scope::Cluster { .. } => cluster.push(index as u32),
             }
         }
-        let mut set = Self { policies, indexes: Vec::new(), by_namespace, cluster, prot_bits, flag_bits, indexed };
+        let globs = slots.combined();
+        let mut set = Self { policies, indexes: Vec::new(), by_namespace, cluster, prot_bits, flag_bits, indexed, globs };
         let keys = 1usize << (set.prot_bits.len() + set.flag_bits.len());
         let representatives: Vec<(u64, u64)> = (0..keys).map(|key| set.representative(key)).collect();
         set.indexes = set
@@ -242,7 +244,7 @@ impl PolicySet {
             return;
         }
         let key = self.key(event.args.prot, event.args.flags);
-        let mut memo = Memo::new(event, ctx);
+        let mut memo = Memo::with_combined(event, ctx, &self.globs);
         for &p in &scope.policies {
             let (Some(policy), Some(index)) = (self.policies.get(p as usize), self.indexes.get(p as usize)) else { continue };
             let Some(list) = index.key_to_list.get(key).and_then(|id| index.lists.get(usize::from(*id))) else { continue };
