@@ -279,6 +279,12 @@ impl<'e> Memo<'e> {
         }
     }
 
+    /// The result of the rule test in `slot`, when this call already made it.
+    pub(crate) fn rule_result(&self, slot: u8) -> Option<bool> {
+        let (word, bit) = (usize::from(slot / 64), 1u64 << (slot % 64));
+        (self.rules_known[word] & bit != 0).then_some(self.rules_value[word] & bit != 0)
+    }
+
     /// A memo that answers the glob lists of a set in one pass per input.
     pub(crate) fn with_combined(event: &'e MmapEvent, ctx: &'e EvalContext, combined: &'e CombinedGlobs) -> Self {
         Self { combined: Some(combined), ..Self::new(event, ctx) }
@@ -392,6 +398,11 @@ impl CompiledRule {
 
     pub(crate) fn bits_hold(&self, prot: u64, flags: u64) -> bool {
         self.conditions.bits_hold(prot, flags)
+    }
+
+    /// Slot of this rule's result in [`Memo`], shared by identical rules.
+    pub(crate) fn slot(&self) -> Option<u8> {
+        self.slot
     }
 
     /// The cheapest conditions, to test before touching the rule itself.

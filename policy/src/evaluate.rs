@@ -119,6 +119,9 @@ struct PolicyIndex {
 struct Candidate {
     rule: u32,
     prefilter: Prefilter,
+    /// The rule's slot in the per-call memo: a rule already tested for this call (in another
+    /// policy) is answered without reading the rule.
+    slot: Option<u8>,
 }
 
 /// Compiled policies with an index over their rules.
@@ -187,7 +190,7 @@ impl PolicySet {
                         .iter()
                         .enumerate()
                         .filter(|(_, rule)| !indexed || rule.bits_hold(prot, flags))
-                        .map(|(r, rule)| Candidate { rule: r as u32, prefilter: rule.prefilter() })
+                        .map(|(r, rule)| Candidate { rule: r as u32, prefilter: rule.prefilter(), slot: rule.slot() })
                         .collect();
                     let next = index.lists.len() as u16;
                     let id = *known.entry(list.clone()).or_insert_with(|| {
@@ -252,8 +255,14 @@ impl PolicySet {
                 if !candidate.prefilter.admits(event) {
                     continue;
                 }
+                let known = if self.indexed { candidate.slot.and_then(|slot| memo.rule_result(slot)) } else { None };
+                if known == Some(false) {
+                    continue;
+                }
                 let rule = &policy.rules[candidate.rule as usize];
-                let hit = (self.indexed || rule.bits_hold(event.args.prot, event.args.flags)) && rule.matches_beyond_bits(event, ctx, &mut memo);
+                let hit = known.unwrap_or_else(|| {
+                    (self.indexed || rule.bits_hold(event.args.prot, event.args.flags)) && rule.matches_beyond_bits(event, ctx, &mut memo)
+                });
                 if hit {
                     out.push(Match { policy: &policy.id, rule: &rule.name, action: rule.action, mode: policy.mode });
                 }
