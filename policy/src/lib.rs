@@ -14,6 +14,7 @@ pub mod path;
 pub mod policy;
 mod schema_check;
 pub mod selector;
+pub mod store;
 
 pub use alert::{AlertLine, Aggregator};
 pub use compile::{CompiledPolicy, compile};
@@ -23,3 +24,4 @@ pub use evaluate::{EvalContext, Match, CallerScope, PolicySet, Workload, stronge
 pub use event::{EventLine, FileInfo, MmapArgs, MmapEvent, Syscall};
 pub use path::{FieldPath, Problem};
 pub use policy::{Policy, PolicyId};
+pub use store::{PolicyStore, Reload};
