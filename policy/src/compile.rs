@@ -21,7 +21,7 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::{
     MmapEvent, Syscall,
-    crd::{Action, ExceptSpec, FileMatch, MappingKind, MatchSpec, Mode, Rule},
+    crd::{Action, ByteSize, ExceptSpec, FileMatch, MappingKind, MatchSpec, Mode, Rule},
     evaluate::EvalContext,
     names,
     path::{FieldPath, Problem, closest},
@@ -593,7 +593,14 @@ fn compile_match(spec: &MatchSpec, path: &FieldPath, problems: &mut Vec<Problem>
         flags_any_types,
         mapping: spec.mapping,
         file,
-        min_length: spec.min_length.unwrap_or(0),
+        min_length: match spec.min_length.as_ref().map(ByteSize::bytes) {
+            None => 0,
+            Some(Ok(bytes)) => bytes,
+            Some(Err(reason)) => {
+                problems.push(Problem::new(&path.field("minLength"), reason));
+                0
+            }
+        },
         syscalls: spec.syscalls.iter().fold(0, |acc, s| acc | syscall_bit((*s).into())),
         comm: spec.comm.clone(),
         executable,

@@ -180,9 +180,10 @@ pub struct MatchSpec {
     /// Conditions on the file of a file-backed mapping; a call without a known file never matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileMatch>,
-    /// `length` is at least this many bytes.
+    /// `length` is at least this many bytes: a number, or a quantity such as `8Gi`, `512Mi`, `1G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_length: Option<u64>,
+    #[schemars(schema_with = "byte_size_schema")]
+    pub min_length: Option<ByteSize>,
     /// The call is one of these system calls.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub syscalls: Vec<SyscallName>,
@@ -192,6 +193,57 @@ pub struct MatchSpec {
     /// The caller's executable path matches one of these globs (`/usr/bin/*`, `**/java`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub executable_globs: Vec<String>,
+}
+
+/// A size in bytes: a number, or a quantity with a binary (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`) or
+/// decimal (`k`, `M`, `G`, `T`, `P`) suffix, as in Kubernetes resource quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Quantity(String),
+}
+
+impl From<u64> for ByteSize {
+    fn from(bytes: u64) -> Self {
+        Self::Bytes(bytes)
+    }
+}
+
+impl ByteSize {
+    /// The number of bytes, or why the quantity is not one.
+    pub fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            Self::Bytes(bytes) => return Ok(*bytes),
+            Self::Quantity(text) => text.trim(),
+        };
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, suffix) = text.split_at(split);
+        let unit: u64 = match suffix {
+            "" => 1,
+            "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            "T" => 1_000_000_000_000,
+            "P" => 1_000_000_000_000_000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "Ti" => 1 << 40,
+            "Pi" => 1 << 50,
+            _ => return Err(format!("invalid size {text:?}: write bytes (4096) or a whole number with a suffix: Ki, Mi, Gi, Ti, Pi (powers of 1024) or k, M, G, T, P (powers of 1000)")),
+        };
+        let number: u64 = digits.parse().map_err(|_| format!("invalid size {text:?}: it must start with a whole number (4096, 8Gi)"))?;
+        number.checked_mul(unit).ok_or_else(|| format!("size {text:?} is more than 2^64 bytes"))
+    }
+}
+
+fn byte_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "`length` is at least this many bytes: a number, or a quantity such as `8Gi`, `512Mi`, `1G`.",
+        "x-kubernetes-int-or-string": true,
+        "nullable": true,
+    })
 }
 
 /// Whether the mapping is anonymous or backed by a file.

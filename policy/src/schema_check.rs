@@ -34,8 +34,9 @@ pub fn check(value: &mut Value, schema: &JSONSchemaProps, path: &FieldPath, foun
         return true;
     }
     if schema.x_kubernetes_int_or_string == Some(true) {
-        if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            found.problems.push(Problem::new(path, format!("expected an integer or a string, found {}", describe(value))));
+        // The one int-or-string field is a size: its numbers are whole and not negative.
+        if !(value.is_string() || value.is_u64()) {
+            found.problems.push(Problem::new(path, format!("expected a whole number or a quantity string (8Gi), found {}", describe(value))));
             return false;
         }
         return true;

@@ -74,3 +74,25 @@ fn status_records_every_problem_of_a_rejected_generation() {
     assert_eq!(json["observedGeneration"], 4);
     assert_eq!(serde_json::to_value(PolicyStatus::accepted(Some(5))).unwrap(), serde_json::json!({"observedGeneration": 5, "accepted": true}));
 }
+
+#[test]
+fn sizes_are_bytes_or_quantities() {
+    for (size, bytes) in [
+        (ByteSize::Bytes(4096), 4096),
+        (ByteSize::Quantity("4096".into()), 4096),
+        (ByteSize::Quantity("8Gi".into()), 8 << 30),
+        (ByteSize::Quantity("512Mi".into()), 512 << 20),
+        (ByteSize::Quantity("1G".into()), 1_000_000_000),
+        (ByteSize::Quantity("2k".into()), 2000),
+        (ByteSize::Quantity("16Pi".into()), 16 << 50),
+    ] {
+        assert_eq!(size.bytes(), Ok(bytes), "{size:?}");
+    }
+    for bad in ["8GB", "Gi", "1.5Gi", "-1", "99999999Pi", ""] {
+        assert!(ByteSize::Quantity(bad.into()).bytes().is_err(), "{bad:?}");
+    }
+    let spec: MatchSpec = serde_yaml_ng::from_str("minLength: 8Gi").unwrap();
+    assert_eq!(spec.min_length, Some(ByteSize::Quantity("8Gi".into())));
+    let spec: MatchSpec = serde_yaml_ng::from_str("minLength: 4096").unwrap();
+    assert_eq!(spec.min_length, Some(ByteSize::Bytes(4096)));
+}

@@ -11,7 +11,7 @@ use crate::{
     FileInfo, MmapArgs, Syscall,
     compile::compile,
     crd::{
-        ClusterMmapPolicy, ClusterMmapPolicySpec, ExceptSpec, FileMatch, MappingKind, MatchSpec, MmapPolicy, MmapPolicySpec,
+        ByteSize, ClusterMmapPolicy, ClusterMmapPolicySpec, ExceptSpec, FileMatch, MappingKind, MatchSpec, MmapPolicy, MmapPolicySpec,
         Rule, SyscallName,
     },
     load::load_str,
@@ -84,7 +84,7 @@ fn reference_rule(rule: &Rule, event: &MmapEvent, ctx: &EvalContext) -> bool {
                     && !any_glob(&f.not_path_globs, Some(&file.path))
             })
         })
-        && m.min_length.is_none_or(|min| event.args.length >= min)
+        && m.min_length.as_ref().is_none_or(|min| event.args.length >= min.bytes().unwrap())
         && (m.syscalls.is_empty() || m.syscalls.iter().any(|s| Syscall::from(*s) == event.syscall))
         && (m.comm.is_empty() || m.comm.contains(&event.comm))
         && (m.executable_globs.is_empty() || any_glob(&m.executable_globs, ctx.executable.as_deref()));
@@ -174,7 +174,7 @@ fn match_spec() -> impl Strategy<Value = MatchSpec> {
     (
         (sometimes(PROTS, 2), sometimes(PROTS, 2), sometimes(FLAGS, 3), sometimes(FLAGS, 3)),
         (option::weighted(0.3, prop_oneof![Just(MappingKind::Anonymous), Just(MappingKind::File)]), file),
-        (option::weighted(0.2, prop_oneof![Just(0u64), Just(4096), Just(1 << 20)]), syscalls, sometimes(COMMS, 2), sometimes(GLOBS, 2)),
+        (option::weighted(0.2, prop_oneof![Just(ByteSize::Bytes(0)), Just(ByteSize::Quantity("4Ki".into())), Just(ByteSize::Bytes(1 << 20))]), syscalls, sometimes(COMMS, 2), sometimes(GLOBS, 2)),
     )
         .prop_map(|((prot_all, prot_any, flags_all, flags_any), (mapping, file), (min_length, syscalls, comm, executable_globs))| MatchSpec {
             prot_all,

@@ -94,7 +94,7 @@ fn every_problem_of_a_document_is_reported_with_its_path() {
       match:
         protAll: [PROT_WRITE, PROT_WRIT]
         protAl: [PROT_EXEC]
-        minLength: "1Gi"
+        minLength: -1
     - name: a
       match:
         flagsAll: [MAP_SHARED, MAP_PRIVATE]
@@ -106,7 +106,7 @@ fn every_problem_of_a_document_is_reported_with_its_path() {
     let got = problems(&text);
     let want = [
         r#"document 1: spec.mode: unsupported value "enforce" (expected one of "Audit", "Enforce"); did you mean "Enforce"?"#,
-        r#"document 1: spec.rules[0].match.minLength: expected an integer, found a string ("1Gi") (write the number without quotes or units)"#,
+        "document 1: spec.rules[0].match.minLength: expected a whole number or a quantity string (8Gi), found a number (-1)",
         r#"document 1: spec.rules[0].match.protAl: unknown field "protAl"; did you mean "protAll"?"#,
         r#"document 1: spec.rules[1].action: unsupported value "Block" (expected one of "Alert", "Kill", "Deny")"#,
         r#"document 1: spec.rules[1].match.syscalls[0]: unsupported value "mmap3" (expected one of "mmap", "mmap2", "old_mmap"); did you mean "mmap"?"#,
@@ -119,10 +119,12 @@ fn every_problem_of_a_document_is_reported_with_its_path() {
     assert_eq!(got, want, "structural problems first, then the meaning of the rest");
 
     // A removed value does not cause problems of its own: minLength was the only condition.
-    let got = problems(&policy("  rules:\n    - name: a\n      match: {minLength: 1Gi}\n"));
+    let got = problems(&policy("  rules:\n    - name: a\n      match: {minLength: -1}\n"));
+    assert_eq!(got, ["document 1: spec.rules[0].match.minLength: expected a whole number or a quantity string (8Gi), found a number (-1)"]);
+    let got = problems(&policy("  rules:\n    - name: a\n      match: {minLength: 8GB}\n"));
     assert_eq!(
         got,
-        [r#"document 1: spec.rules[0].match.minLength: expected an integer, found a string ("1Gi") (write the number without quotes or units)"#]
+        [r#"document 1: spec.rules[0].match.minLength: invalid size "8GB": write bytes (4096) or a whole number with a suffix: Ki, Mi, Gi, Ti, Pi (powers of 1024) or k, M, G, T, P (powers of 1000)"#]
     );
 
     let text = policy(
