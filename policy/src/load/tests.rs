@@ -88,7 +88,7 @@ fn a_namespaced_policy_without_namespace_lands_in_default() {
 #[test]
 fn every_problem_of_a_document_is_reported_with_its_path() {
     let text = policy(
-        r#"  mode: enforce
+        r"  mode: enforce
   rules:
     - name: a
       match:
@@ -101,7 +101,7 @@ fn every_problem_of_a_document_is_reported_with_its_path() {
         flagsAny: [MAP_ANON, MAP_HUGETLB]
         syscalls: [mmap3]
       action: Block
-"#,
+",
     );
     let got = problems(&text);
     let want = [
