@@ -7,6 +7,7 @@ mod capture_args;
 mod collector;
 mod filter;
 mod output;
+mod policy;
 mod pump;
 mod run;
 mod signals;
@@ -34,6 +35,8 @@ enum Command {
     Collector(collector::CollectorArgs),
     /// Follow a collector's (or `run`'s) events, filtered, resuming after reconnects.
     Tail(tail::TailArgs),
+    /// Check policy files, replay recorded events against policies, print the CRDs.
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args).await,
             Command::Collector(args) => collector::run(args).await,
             Command::Tail(args) => tail::run(args).await,
+            Command::Policy(args) => policy::run(args),
         }
     });
     match result {

@@ -148,6 +148,25 @@ impl MmapEvent {
         (-4095..0).contains(&self.ret)
     }
 
+    /// The protection policies judge: `prot` as passed, except that an `mprotect` granting
+    /// execute to a writable mapping, or write to an executable one, counts as
+    /// `PROT_WRITE|PROT_EXEC` (the kernel rules judge it the same way, `ebpf/include/enforce.h`).
+    #[must_use]
+    pub fn judged_prot(&self) -> u64 {
+        const WRITE: u64 = 0x2;
+        const EXEC: u64 = 0x4;
+        let mut prot = self.args.prot;
+        if let Some(target) = self.target_mapping {
+            if prot & EXEC != 0 {
+                prot |= target.prev_prot & WRITE;
+            }
+            if prot & WRITE != 0 {
+                prot |= target.prev_prot & EXEC;
+            }
+        }
+        prot
+    }
+
     /// Whether the call concerns anonymous memory: by its flags for mmap, by the mapping it
     /// changes for mprotect.
     #[must_use]

@@ -1,10 +1,29 @@
-//! mapsentry's event model: what one captured `mmap`/`mmap2` call is, how its bits are named,
-//! and its JSON line form. Pure code: no I/O, no async, no kernel.
+//! mapsentry's event model and mapping policies: what one captured `mmap`/`mmap2` call is, how its
+//! bits are named, its JSON line form; the policy resources, their loading and validation, the
+//! compiled matchers, evaluation and alert aggregation. Pure code: no I/O, no async, no kernel.
 #![forbid(unsafe_code)]
 
+pub mod alert;
+pub mod compile;
+pub mod crd;
+pub mod evaluate;
 pub mod event;
+pub mod load;
 pub mod names;
+pub mod path;
+pub mod policy;
+mod schema_check;
+pub mod selector;
+pub mod store;
 
+pub use alert::{Aggregator, AlertLine};
+pub use compile::{CompiledPolicy, compile};
+pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
+pub use evaluate::{CallerScope, EvalContext, Match, PolicySet, Workload, strongest};
 pub use event::{
     EnforceAction, Enforcement, EventLine, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
 };
+pub use load::{LoadError, LoadOutcome, Loaded, load_str};
+pub use path::{FieldPath, Problem};
+pub use policy::{Policy, PolicyId};
+pub use store::{PolicyStore, Reload};

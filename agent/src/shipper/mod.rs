@@ -355,10 +355,6 @@ async fn reserve(
 }
 
 impl Task {
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one select loop over the shipper's whole state"
-    )]
     async fn run(mut self) {
         let mut buffer = Buffer::new(Limits {
             batch_max_events: self.config.batch_max_events,

@@ -32,7 +32,6 @@ fn records() -> Vec<EventRecord> {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one table of cases, one per filter field")]
 fn each_filter_field_narrows_the_stream() {
     let cases: &[(&str, Filter, &[i32], &[usize])] = &[
         (

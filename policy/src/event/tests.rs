@@ -83,3 +83,27 @@ fn failed_means_the_errno_range() {
         assert_eq!(event.failed(), failed, "ret {ret}");
     }
 }
+
+#[test]
+fn judged_prot_counts_a_write_exec_flip_as_write_exec_and_a_downgrade_as_itself() {
+    let mut event = sample();
+    event.syscall = Syscall::Mprotect;
+    for (prev, new, judged) in [
+        (3, 5, 7),
+        (5, 3, 7),
+        (3, 1, 1),
+        (5, 1, 1),
+        (1, 5, 5),
+        (7, 4, 6),
+    ] {
+        event.args.prot = new;
+        event.target_mapping = Some(TargetMapping {
+            prev_prot: prev,
+            file_backed: false,
+        });
+        assert_eq!(event.judged_prot(), judged, "{prev:#x} -> {new:#x}");
+    }
+    event.target_mapping = None;
+    event.args.prot = 5;
+    assert_eq!(event.judged_prot(), 5, "mmap calls are judged as passed");
+}
