@@ -1,9 +1,10 @@
 //! mapsentry's node side: load the capture programs (`probe`), read and decode their records
-//! (`events`), and run a capture (`capture`).
+//! (`events`), run a capture (`capture`), and attribute calls to pods and host units (`metadata`).
 #![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod events;
+pub mod metadata;
 pub mod probe;
 
 pub use capture::{Capture, CaptureConfig, KernelCounters};
