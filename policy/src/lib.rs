@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod k8s;
 pub mod names;
 
 pub use event::{EventLine, FileInfo, MmapArgs, MmapEvent, Syscall};
+pub use k8s::{Attribution, K8sMeta, Workload};
