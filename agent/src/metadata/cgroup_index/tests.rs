@@ -84,6 +84,11 @@ async fn bpf_cgroup_id_of_a_process_in_a_pod_cgroup_resolves_to_its_path() {
         capture.detach();
         capture.drain(&mut events);
         assert!(!events.is_empty(), "{layout}: no mmap events captured from pid {pid}");
+        // The watcher task indexes the new directories when this (single-threaded) runtime lets it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while index.get(ino).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for event in &events {
             assert_eq!(event.pid, pid);
             assert_eq!(event.cgroup_id, ino, "{layout}: event cgroup id vs inode of {rel}");
