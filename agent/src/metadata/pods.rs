@@ -486,3 +486,6 @@ impl Drop for Reflector {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod apiserver_tests;
