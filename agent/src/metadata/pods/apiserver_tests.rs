@@ -17,7 +17,6 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use mapsentry_policy::{Attribution, Workload};
 
@@ -86,11 +85,7 @@ impl ApiServer {
 
     async fn client(&self, kubeconfig: &str) -> Client {
         let path = self.state.join(kubeconfig);
-        let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
-        Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"))
+        super::client_from_kubeconfig(&path).await.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use mapsentry_policy::Workload;
 
-use super::{PodCache, PodCacheConfig, PodInfo, direct_workload};
+use super::{PodCache, PodCacheConfig, PodInfo, choose_node, client_from_kubeconfig, direct_workload};
 
 const UID: &str = "6a2c9d4e-1b3f-4a5c-8d7e-9f0a1b2c3d4e";
 
@@ -124,4 +124,20 @@ fn deleted_pods_stay_as_bounded_tombstones() {
 fn an_empty_node_name_is_refused() {
     let err = PodCacheConfig::new(" ").expect_err("empty node");
     assert!(err.to_string().contains("NODE_NAME"), "{err}");
+}
+
+#[test]
+fn the_node_comes_from_the_flag_then_the_environment() {
+    assert_eq!(choose_node(Some("a"), Some("b")).expect("flag"), "a");
+    assert_eq!(choose_node(None, Some(" b ")).expect("env"), "b");
+    assert!(choose_node(None, None).is_err());
+    assert!(choose_node(Some(""), None).is_err());
+}
+
+#[tokio::test]
+async fn a_missing_kubeconfig_is_named_in_the_error() {
+    let Err(err) = client_from_kubeconfig(std::path::Path::new("/nonexistent/kubeconfig")).await else {
+        panic!("a client from a file that does not exist")
+    };
+    assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
 }
