@@ -4,7 +4,8 @@
 //! counted (`mapsentry_enrichment_missing_total`). No event waits longer than the hold bound.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -48,8 +49,11 @@ pub struct EnrichStats {
     pub evicted: u64,
 }
 
-/// An event and what it is attributed to.
-pub type Enriched = (MmapEvent, Attribution);
+/// An event and what it is attributed to (shared: every event of a container gets the same one).
+pub type Enriched = (MmapEvent, Arc<Attribution>);
+
+/// Most cgroups whose attribution is remembered; past it the memo starts over.
+const MEMO_MAX: usize = 65_536;
 
 #[derive(Debug)]
 pub struct Enricher {
@@ -59,6 +63,9 @@ pub struct Enricher {
     config: EnrichConfig,
     held: VecDeque<(Instant, MmapEvent)>,
     stats: EnrichStats,
+    /// cgroup id -> complete attribution, valid while the pod cache's generation is the one
+    /// stored. (cgroup ids are 64-bit kernfs ids, not reused, so a path never changes under one.)
+    memo: HashMap<u64, (u64, Arc<Attribution>)>,
 }
 
 /// What one attempt to attribute gave.
@@ -71,18 +78,40 @@ enum Outcome {
 impl Enricher {
     #[must_use]
     pub fn new(cgroups: CgroupIndex, pods: Option<PodCache>, config: EnrichConfig) -> Self {
-        Self { cgroups, pods, config, held: VecDeque::new(), stats: EnrichStats::default() }
+        Self { cgroups, pods, config, held: VecDeque::new(), stats: EnrichStats::default(), memo: HashMap::new() }
+    }
+
+    /// The complete attribution of this cgroup, if there is one now. The per-event path: a memo
+    /// hit is one hash lookup and a reference count.
+    pub fn attribution(&mut self, cgroup_id: u64) -> Option<Arc<Attribution>> {
+        let generation = self.pods.as_ref().map_or(0, PodCache::generation);
+        if let Some((at, attribution)) = self.memo.get(&cgroup_id)
+            && *at == generation
+        {
+            return Some(Arc::clone(attribution));
+        }
+        match self.attribute(cgroup_id, false) {
+            Outcome::Done(attribution) => {
+                let attribution = Arc::new(attribution);
+                if self.memo.len() >= MEMO_MAX {
+                    self.memo.clear();
+                }
+                self.memo.insert(cgroup_id, (generation, Arc::clone(&attribution)));
+                Some(attribution)
+            }
+            Outcome::Wait(_) => None,
+        }
     }
 
     /// Attribute `event`: pushes it to `out` now, or holds it.
     pub fn push(&mut self, event: MmapEvent, now: Instant, out: &mut Vec<Enriched>) {
-        match self.attribute(&event, false) {
-            Outcome::Done(attribution) => out.push((event, attribution)),
-            Outcome::Wait(_) if self.config.hold_for.is_zero() || self.config.hold_max == 0 => {
+        match self.attribution(event.cgroup_id) {
+            Some(attribution) => out.push((event, attribution)),
+            None if self.config.hold_for.is_zero() || self.config.hold_max == 0 => {
                 let attribution = self.attribute_final(&event);
                 out.push((event, attribution));
             }
-            Outcome::Wait(_) => {
+            None => {
                 if self.held.len() >= self.config.hold_max
                     && let Some((_, oldest)) = self.held.pop_front()
                 {
@@ -106,9 +135,9 @@ impl Enricher {
                 out.push((event, attribution));
                 continue;
             }
-            match self.attribute(&event, false) {
-                Outcome::Done(attribution) => out.push((event, attribution)),
-                Outcome::Wait(_) => keep.push_back((since, event)),
+            match self.attribution(event.cgroup_id) {
+                Some(attribution) => out.push((event, attribution)),
+                None => keep.push_back((since, event)),
             }
         }
         self.held = keep;
@@ -136,22 +165,22 @@ impl Enricher {
     }
 
     /// The attribution to emit now, whatever is missing; counts what is.
-    fn attribute_final(&mut self, event: &MmapEvent) -> Attribution {
-        let attribution = match self.attribute(event, true) {
+    fn attribute_final(&mut self, event: &MmapEvent) -> Arc<Attribution> {
+        let attribution = match self.attribute(event.cgroup_id, true) {
             Outcome::Done(a) | Outcome::Wait(a) => a,
         };
         if !attribution.resolved() {
             self.stats.missing += 1;
         }
-        attribution
+        Arc::new(attribution)
     }
 
-    fn attribute(&self, event: &MmapEvent, last_try: bool) -> Outcome {
+    fn attribute(&self, cgroup_id: u64, last_try: bool) -> Outcome {
         // The cgroup may be new and its inotify event not handled yet: a miss may rescan
         // (rate-limited) on the last try only.
-        let cgroup = if last_try { self.cgroups.resolve(event.cgroup_id) } else { self.cgroups.get(event.cgroup_id) };
+        let cgroup = if last_try { self.cgroups.resolve(cgroup_id) } else { self.cgroups.get(cgroup_id) };
         let Some(cgroup) = cgroup else {
-            return Outcome::Wait(Attribution::Unknown { cgroup_id: event.cgroup_id });
+            return Outcome::Wait(Attribution::Unknown { cgroup_id });
         };
         let (pod_uid, container_id) = match &cgroup.owner {
             CgroupOwner::Host { unit } => {

@@ -260,6 +260,8 @@ pub struct PodCache {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Bumped on every change a lookup could see.
+    generation: AtomicU64,
     lists: AtomicU64,
     gone: AtomicU64,
     errors: AtomicU64,
@@ -326,14 +328,25 @@ impl PodCache {
 
     /// Add or replace a pod.
     pub fn apply(&self, pod: PodInfo) {
-        let pod = Arc::new(pod);
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(relist) = state.relisting.as_mut() {
-            relist.insert(pod.uid.clone(), Arc::clone(&pod));
-        } else {
+            relist.insert(pod.uid.clone(), Arc::new(pod));
+        } else if state.live.get(&pod.uid).is_none_or(|old| **old != pod) {
+            // (Status heartbeats that change nothing kept here leave the generation alone.)
             state.tombstones.remove(&pod.uid);
-            state.live.insert(pod.uid.clone(), pod);
+            state.live.insert(pod.uid.clone(), Arc::new(pod));
+            self.changed();
         }
+    }
+
+    /// A number that changes whenever what a lookup can return changes.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.counters.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.counters.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A pod is gone: keep it as a tombstone.
@@ -342,6 +355,7 @@ impl PodCache {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         let pod = state.live.remove(&pod.uid).unwrap_or_else(|| Arc::new(pod));
         self.bury(&mut state, pod, now);
+        self.changed();
     }
 
     fn bury(&self, state: &mut State, pod: Arc<PodInfo>, now: Instant) {
@@ -361,6 +375,7 @@ impl PodCache {
             // A uid buried twice: only its newest burial removes it.
             if !state.deleted.iter().any(|(_, u)| *u == uid) {
                 state.tombstones.remove(&uid);
+                self.changed();
             }
         }
     }
@@ -391,6 +406,7 @@ impl PodCache {
             state.tombstones.remove(&uid);
         }
         drop(state);
+        self.changed();
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         self.counters.synced.store(true, Ordering::Release);
     }
@@ -401,6 +417,7 @@ impl PodCache {
             Some(labels) => state.namespaces.insert(name, Arc::new(labels)),
             None => state.namespaces.remove(&name),
         };
+        self.changed();
     }
 
     fn count_error(&self, error: &watcher::Error) {
@@ -485,19 +502,19 @@ impl OwnerResolver {
             let key = (info.namespace.clone(), name.clone());
             if !self.jobs.contains_key(&key) {
                 let jobs: Api<Job> = Api::namespaced(self.client.clone(), &info.namespace);
-                let owner = match jobs.get_opt(name).await {
-                    Ok(job) => job.and_then(|job| {
-                        job.metadata.owner_references?.into_iter().find(|o| o.kind == "CronJob")
-                    }),
-                    Err(error) => {
-                        tracing::debug!(%error, job = %name, "looking up a pod's Job");
-                        None
+                match jobs.get_opt(name).await {
+                    Ok(job) => {
+                        let owner = job
+                            .and_then(|job| job.metadata.owner_references?.into_iter().find(|o| o.kind == "CronJob"))
+                            .map(|o| Workload { kind: o.kind, name: o.name });
+                        if self.jobs.len() >= 4096 {
+                            self.jobs.clear();
+                        }
+                        self.jobs.insert(key.clone(), owner);
                     }
-                };
-                if self.jobs.len() >= 4096 {
-                    self.jobs.clear();
+                    // Not cached: the next update of the pod asks again.
+                    Err(error) => tracing::debug!(%error, job = %name, "looking up a pod's Job"),
                 }
-                self.jobs.insert(key.clone(), owner.map(|o| Workload { kind: o.kind, name: o.name }));
             }
             if let Some(Some(cronjob)) = self.jobs.get(&key) {
                 info.workload = Some(cronjob.clone());

@@ -84,7 +84,8 @@ fn host_processes_get_their_cgroup_and_unit() {
     let mut f = fixture("enrich-host", short_hold());
     let mut out = Vec::new();
     f.enricher.push(event(f.host_cgroup), Instant::now(), &mut out);
-    let [(_, Attribution::Host { cgroup, unit })] = out.as_slice() else { panic!("{out:?}") };
+    let [(_, attribution)] = out.as_slice() else { panic!("{out:?}") };
+    let Attribution::Host { cgroup, unit } = attribution.as_ref() else { panic!("{out:?}") };
     assert!(cgroup.ends_with("/system.slice/sshd.service"), "{cgroup}");
     assert_eq!(unit.as_deref(), Some("sshd.service"));
 }
@@ -95,7 +96,8 @@ fn a_known_pod_is_attributed_at_once() {
     f.cache.apply(pod_info(Some(id(7))));
     let mut out = Vec::new();
     f.enricher.push(event(f.pod_cgroup), Instant::now(), &mut out);
-    let [(_, Attribution::Pod(meta))] = out.as_slice() else { panic!("{out:?}") };
+    let [(_, attribution)] = out.as_slice() else { panic!("{out:?}") };
+    let Attribution::Pod(meta) = attribution.as_ref() else { panic!("{out:?}") };
     assert!(meta.resolved);
     assert_eq!(meta.namespace.as_deref(), Some("shop"));
     assert_eq!(meta.pod.as_deref(), Some("web"));
@@ -118,7 +120,8 @@ fn an_event_is_held_until_its_pod_and_container_arrive() {
     assert!(out.is_empty());
     f.cache.apply(pod_info(Some(id(7))));
     f.enricher.poll(start, &mut out);
-    let [(_, Attribution::Pod(meta))] = out.as_slice() else { panic!("{out:?}") };
+    let [(_, attribution)] = out.as_slice() else { panic!("{out:?}") };
+    let Attribution::Pod(meta) = attribution.as_ref() else { panic!("{out:?}") };
     assert!(meta.resolved);
     assert_eq!(meta.container.as_deref(), Some("app"));
     let stats = f.enricher.stats();
@@ -137,12 +140,12 @@ fn an_event_whose_pod_never_arrives_is_emitted_unresolved_and_counted() {
     assert!(out.is_empty());
     f.enricher.poll(start + Duration::from_millis(100), &mut out);
     assert_eq!(out.len(), 2, "{out:?}");
-    let Attribution::Pod(meta) = &out[0].1 else { panic!("{out:?}") };
+    let Attribution::Pod(meta) = out[0].1.as_ref() else { panic!("{out:?}") };
     assert!(!meta.resolved);
     assert_eq!(meta.pod_uid.as_deref(), Some(UID));
     assert_eq!(meta.container_id, Some(id(7)));
     assert_eq!(meta.pod, None);
-    assert_eq!(out[1].1, Attribution::Unknown { cgroup_id: u64::MAX });
+    assert_eq!(*out[1].1, Attribution::Unknown { cgroup_id: u64::MAX });
     assert_eq!(f.enricher.stats().missing, 2);
 }
 
@@ -161,4 +164,23 @@ fn the_hold_is_bounded_in_count() {
     f.enricher.flush(&mut out);
     assert_eq!(out.len(), 3);
     assert_eq!(f.enricher.stats().held, 0);
+}
+
+#[test]
+fn remembered_attributions_follow_pod_changes() {
+    let mut f = fixture("enrich-memo", short_hold());
+    f.cache.apply(pod_info(Some(id(7))));
+    let first = f.enricher.attribution(f.pod_cgroup).expect("known pod");
+    let again = f.enricher.attribution(f.pod_cgroup).expect("known pod");
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "the second lookup is the remembered one");
+    // The same pod again (a status heartbeat): still remembered.
+    f.cache.apply(pod_info(Some(id(7))));
+    assert!(std::sync::Arc::ptr_eq(&first, &f.enricher.attribution(f.pod_cgroup).expect("known")));
+    // The pod's labels change: the next lookup sees it.
+    let mut relabeled = pod_info(Some(id(7)));
+    relabeled.labels.insert("tier".into(), "front".into());
+    f.cache.apply(relabeled);
+    let fresh = f.enricher.attribution(f.pod_cgroup).expect("known pod");
+    let Attribution::Pod(meta) = fresh.as_ref() else { panic!("{fresh:?}") };
+    assert_eq!(meta.labels.get("tier").map(String::as_str), Some("front"));
 }

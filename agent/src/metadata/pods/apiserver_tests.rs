@@ -323,7 +323,9 @@ async fn a_pod_that_lives_under_a_second_is_still_attributed() {
     }
     assert_eq!(out.len(), count, "every event came out of the hold");
     for (event, attribution) in &out {
-        let Attribution::Pod(meta) = attribution else { panic!("pid {} attributed {attribution:?}", event.pid) };
+        let Attribution::Pod(meta) = attribution.as_ref() else {
+            panic!("pid {} attributed {attribution:?}", event.pid)
+        };
         assert!(meta.resolved, "{meta:?}");
         assert_eq!(meta.namespace.as_deref(), Some("default"));
         assert_eq!(meta.pod.as_deref(), Some("blink"));
