@@ -266,18 +266,48 @@ async fn the_cache_serves_through_an_outage_and_relists_after_410_gone() {
     assert!(cache.lookup(&before, Some(&cid(1))).is_some_and(|h| !h.deleted), "still live after the relist");
 }
 
-/// A pod created, mapping memory in its (real) cgroup and deleted within a second: its events,
-/// captured by BPF, are attributed to it.
+/// The kubelet's cgroup layouts for a pod UID and container id.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    Systemd,
+    Cgroupfs,
+}
+
+impl Layout {
+    fn path(self, uid: &str, id: &str) -> String {
+        match self {
+            Self::Systemd => format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+                uid.replace('-', "_")
+            ),
+            Self::Cgroupfs => format!("kubepods/burstable/pod{uid}/{id}"),
+        }
+    }
+}
+
+/// A pod created, mapping memory in its (real, systemd-driver) cgroup and deleted within a
+/// second: its events, captured by BPF, are attributed to it.
 #[tokio::test]
 async fn a_pod_that_lives_under_a_second_is_still_attributed() {
-    let server = ApiServer::start("short", "");
+    short_lived_pod(Layout::Systemd).await;
+}
+
+/// The same with the cgroupfs driver's layout.
+#[tokio::test]
+async fn a_short_lived_pod_under_the_cgroupfs_driver_is_attributed() {
+    short_lived_pod(Layout::Cgroupfs).await;
+}
+
+async fn short_lived_pod(layout: Layout) {
+    let name = format!("{layout:?}").to_lowercase();
+    let server = ApiServer::start(&name, "");
     let admin = server.client("kubeconfig").await;
     let pods: Api<Pod> = Api::namespaced(admin, "default");
     let cache = PodCache::new(PodCacheConfig::new(NODE).expect("node"));
     let _reflector = cache.watch(server.client("kubeconfig-agent").await);
     eventually("the first list", Duration::from_secs(20), || cache.synced().then_some(())).await;
 
-    let tree = TestTree::new("short-pod");
+    let tree = TestTree::new(&format!("short-{name}"));
     let index = CgroupIndex::open(&tree.root, Duration::from_secs(1)).expect("cgroup index");
     let _watcher = index.watch().expect("cgroup watch");
     let mut enricher = Enricher::new(index, Some(cache.clone()), EnrichConfig::default());
@@ -290,11 +320,7 @@ async fn a_pod_that_lives_under_a_second_is_still_attributed() {
 
     let born = Instant::now();
     let uid = create_running(&pods, &pod_json("blink", NODE, None, &serde_json::json!({"app": "blink"})), &cid(9), &cid(10)).await;
-    let (rel, _) = tree.mkdir(&format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{}.scope",
-        uid.replace('-', "_"),
-        cid(9)
-    ));
+    let (rel, _) = tree.mkdir(&layout.path(&uid, &cid(9)));
     tree.move_into(&rel, pid);
     tokio::task::spawn_blocking(move || waiter.release_and_wait()).await.expect("waiter");
     pods.delete("blink", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
@@ -324,9 +350,11 @@ async fn a_pod_that_lives_under_a_second_is_still_attributed() {
     assert_eq!(out.len(), count, "every event came out of the hold");
     for (event, attribution) in &out {
         let Attribution::Pod(meta) = attribution.as_ref() else {
-            panic!("pid {} attributed {attribution:?}", event.pid)
+            panic!("{layout:?}: pid {} attributed {attribution:?}", event.pid)
         };
-        assert!(meta.resolved, "{meta:?}");
+        assert!(meta.resolved, "{layout:?}: {meta:?}");
+        assert_eq!(meta.pod_uid.as_deref(), Some(uid.as_str()));
+        assert_eq!(meta.container_id, Some(cid(9)));
         assert_eq!(meta.namespace.as_deref(), Some("default"));
         assert_eq!(meta.pod.as_deref(), Some("blink"));
         assert_eq!(meta.container.as_deref(), Some("app"));
