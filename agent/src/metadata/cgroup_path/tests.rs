@@ -155,3 +155,24 @@ fn runtime_schemes_match_the_kubelet_container_id_prefixes() {
     assert_eq!(Runtime::Docker.scheme(), Some("docker"));
     assert_eq!(Runtime::Unknown.scheme(), None);
 }
+
+/// Paths read from a real kind cluster: lines of `path<TAB>pod uid<TAB>container id<TAB>QoS`
+/// in the file named by `MAPSENTRY_KIND_PATHS`.
+#[test]
+#[ignore = "needs cgroup paths collected from a kind cluster by e2e/kube/kind-check.sh"]
+fn kind_cluster_paths() {
+    let file = std::env::var("MAPSENTRY_KIND_PATHS").expect("MAPSENTRY_KIND_PATHS names the collected paths");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {file}: {e}"));
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let [path, uid, id, qos] = line.split('\t').collect::<Vec<_>>()[..] else { panic!("bad line {line:?}") };
+        let CgroupOwner::Pod { pod_uid, qos: parsed_qos, container } = parse(path) else {
+            panic!("{path} not parsed as a pod's")
+        };
+        assert_eq!(pod_uid, uid, "{path}");
+        assert_eq!(parsed_qos.as_str(), qos, "{path}");
+        assert_eq!(container.map(|c| c.id).as_deref(), Some(id), "{path}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} paths in {file}");
+}
