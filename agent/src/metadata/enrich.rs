@@ -106,7 +106,13 @@ impl Enricher {
     /// Attribute `event`: pushes it to `out` now, or holds it.
     pub fn push(&mut self, event: MmapEvent, now: Instant, out: &mut Vec<Enriched>) {
         match self.attribution(event.cgroup_id) {
-            Some(attribution) => out.push((event, attribution)),
+            Some(attribution) => {
+                // Complete as far as it can be (outside Kubernetes a pod cgroup stays unresolved).
+                if !attribution.resolved() {
+                    self.stats.missing += 1;
+                }
+                out.push((event, attribution));
+            }
             None if self.config.hold_for.is_zero() || self.config.hold_max == 0 => {
                 let attribution = self.attribute_final(&event);
                 out.push((event, attribution));

@@ -54,7 +54,7 @@ fn pod_info(container_id: Option<String>) -> PodInfo {
 }
 
 struct Fixture {
-    _tree: TestTree,
+    tree: TestTree,
     pod_cgroup: u64,
     host_cgroup: u64,
     cache: PodCache,
@@ -72,7 +72,7 @@ fn fixture(name: &str, config: EnrichConfig) -> Fixture {
     let index = CgroupIndex::open(&tree.root, Duration::from_hours(1)).expect("index");
     let cache = PodCache::new(PodCacheConfig::new("node-a").expect("node"));
     let enricher = Enricher::new(index, Some(cache.clone()), config);
-    Fixture { _tree: tree, pod_cgroup, host_cgroup, cache, enricher }
+    Fixture { tree, pod_cgroup, host_cgroup, cache, enricher }
 }
 
 fn short_hold() -> EnrichConfig {
@@ -183,4 +183,18 @@ fn remembered_attributions_follow_pod_changes() {
     let fresh = f.enricher.attribution(f.pod_cgroup).expect("known pod");
     let Attribution::Pod(meta) = fresh.as_ref() else { panic!("{fresh:?}") };
     assert_eq!(meta.labels.get("tier").map(String::as_str), Some("front"));
+}
+
+#[test]
+fn without_kubernetes_pod_cgroups_are_reported_by_uid_at_once() {
+    let f = fixture("enrich-nokube", short_hold());
+    let index = CgroupIndex::open(&f.tree.root, Duration::from_hours(1)).expect("index");
+    let mut enricher = Enricher::new(index, None, short_hold());
+    let mut out = Vec::new();
+    enricher.push(event(f.pod_cgroup), Instant::now(), &mut out);
+    let [(_, attribution)] = out.as_slice() else { panic!("not held: {out:?}") };
+    let Attribution::Pod(meta) = attribution.as_ref() else { panic!("{out:?}") };
+    assert!(!meta.resolved);
+    assert_eq!((meta.pod_uid.as_deref(), meta.container_id.clone()), (Some(UID), Some(id(7))));
+    assert_eq!(enricher.stats().missing, 1);
 }

@@ -141,3 +141,25 @@ async fn a_missing_kubeconfig_is_named_in_the_error() {
     };
     assert!(err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
 }
+
+#[test]
+fn a_relist_replaces_the_pods_and_buries_the_missing() {
+    let cache = PodCache::new(PodCacheConfig::new("node-a").expect("node"));
+    let mut a = PodInfo::from_pod(&web_pod()).expect("pod");
+    a.uid = "6a2c9d4e-1b3f-4a5c-8d7e-9f0a1b2c3d41".into();
+    let mut b = a.clone();
+    b.uid = "6a2c9d4e-1b3f-4a5c-8d7e-9f0a1b2c3d42".into();
+    cache.apply(a.clone());
+    cache.apply(b.clone());
+    let before = cache.generation();
+    // A relist (after 410 Gone) that no longer has b: until it completes, lookups see the old set.
+    cache.start_list();
+    cache.apply(a.clone());
+    assert!(cache.lookup(&b.uid, None).is_some_and(|h| !h.deleted));
+    cache.finish_list();
+    assert!(cache.lookup(&a.uid, None).is_some_and(|h| !h.deleted));
+    assert!(cache.lookup(&b.uid, None).is_some_and(|h| h.deleted), "b deleted while unwatched: a tombstone");
+    assert!(cache.synced());
+    assert_eq!(cache.stats().lists, 1);
+    assert_ne!(cache.generation(), before);
+}
