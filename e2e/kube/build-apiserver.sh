@@ -17,6 +17,11 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 log() { printf 'build-apiserver: %s\n' "$*" >&2; }
 
+mkdir -p "$CACHE"
+# One build at a time per cache (tests and scripts may call this concurrently).
+exec 9>"$CACHE/.build.lock"
+flock 9
+
 if [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]] \
     && "$BIN/kube-apiserver" --version >/dev/null 2>&1 && "$BIN/etcd" --version >/dev/null 2>&1; then
     log "cached: $("$BIN/kube-apiserver" --version), etcd $("$BIN/etcd" --version | head -1)"
