@@ -1,10 +1,12 @@
 //! mapsentry's node side: load the capture programs (`probe`), read and decode their records
-//! (`events`), run a capture (`capture`), and ship its events to a collector (`shipper`).
+//! (`events`), run a capture (`capture`), enforce rules (`enforce`), ship its events to a
+//! collector (`shipper`), and attribute calls to pods and host units (`metadata`).
 #![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod enforce;
 pub mod events;
+pub mod metadata;
 pub mod probe;
 pub mod shipper;
 

@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use mapsentry_policy::{
-    Action, Aggregator, EvalContext, EventLine, Loaded, Match, MmapEvent, Mode, Policy, PolicySet,
-    Workload, alert, crd::crds_yaml, load_str, strongest,
+    Action, Aggregator, EvalContext, EventLine, Loaded, Match, MmapEvent, Mode, PodContext, Policy,
+    PolicySet, alert, crd::crds_yaml, load_str, strongest,
 };
 use serde_json::{Value, json};
 
@@ -447,7 +447,7 @@ fn context_of(line: &Value) -> EvalContext {
             .unwrap_or_default()
     };
     let k8s = line.get("k8s");
-    let workload = text(line.get("namespace")).map(|namespace| Workload {
+    let workload = text(line.get("namespace")).map(|namespace| PodContext {
         namespace,
         pod: text(line.get("pod")).unwrap_or_default(),
         container: text(line.get("container")),

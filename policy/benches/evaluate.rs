@@ -12,7 +12,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, hint::black_box, time::Instant};
 
 use mapsentry_policy::{
-    CallerScope, EvalContext, FileInfo, MmapArgs, MmapEvent, PolicySet, Syscall, Workload, load_str,
+    CallerScope, EvalContext, FileInfo, MmapArgs, MmapEvent, PodContext, PolicySet, Syscall,
+    load_str,
 };
 
 const NAMESPACES: usize = 40;
@@ -161,7 +162,7 @@ fn contexts() -> Vec<EvalContext> {
     let mut contexts: Vec<EvalContext> = (0..NAMESPACES * 2)
         .map(|i| EvalContext {
             executable: Some("/usr/bin/app".to_owned()),
-            workload: Some(Workload {
+            workload: Some(PodContext {
                 namespace: format!("ns{}", i % NAMESPACES),
                 pod: format!("pod-{i}"),
                 container: Some("app".to_owned()),

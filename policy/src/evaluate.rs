@@ -32,12 +32,12 @@ pub struct EvalContext {
     /// The caller's executable path, when known.
     pub executable: Option<String>,
     /// The pod and container of the caller; None for a process outside any pod (a host process).
-    pub workload: Option<Workload>,
+    pub workload: Option<PodContext>,
 }
 
 /// The pod side of a caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Workload {
+pub struct PodContext {
     pub namespace: String,
     pub pod: String,
     /// Container name as in the pod spec.

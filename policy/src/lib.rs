@@ -8,6 +8,7 @@ pub mod compile;
 pub mod crd;
 pub mod evaluate;
 pub mod event;
+pub mod k8s;
 pub mod load;
 pub mod names;
 pub mod path;
@@ -19,10 +20,11 @@ pub mod store;
 pub use alert::{Aggregator, AlertLine};
 pub use compile::{CompiledPolicy, compile};
 pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
-pub use evaluate::{CallerScope, EvalContext, Match, PolicySet, Workload, strongest};
+pub use evaluate::{CallerScope, EvalContext, Match, PodContext, PolicySet, strongest};
 pub use event::{
     EnforceAction, Enforcement, EventLine, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
 };
+pub use k8s::{Attribution, K8sMeta, Workload};
 pub use load::{LoadError, LoadOutcome, Loaded, load_str};
 pub use path::{FieldPath, Problem};
 pub use policy::{Policy, PolicyId};

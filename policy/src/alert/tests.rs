@@ -1,5 +1,5 @@
 use super::*;
-use crate::{MmapArgs, Syscall, evaluate::Workload};
+use crate::{MmapArgs, Syscall, evaluate::PodContext};
 
 const SECOND: u64 = 1_000_000_000;
 const T0: u64 = 1_764_236_101_000_000_000;
@@ -35,11 +35,11 @@ fn call(at: u64) -> MmapEvent {
 fn pod(name: &str) -> EvalContext {
     EvalContext {
         executable: None,
-        workload: Some(Workload {
+        workload: Some(PodContext {
             namespace: "shop".into(),
             pod: name.into(),
             container: Some("web".into()),
-            ..Workload::default()
+            ..PodContext::default()
         }),
     }
 }

@@ -1,7 +1,7 @@
 //! Table tests: one table per match and except field, each row a call and whether the rule matches.
 
 use super::*;
-use crate::{FileInfo, MmapArgs, evaluate::Workload, load::load_str};
+use crate::{FileInfo, MmapArgs, evaluate::PodContext, load::load_str};
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
@@ -389,12 +389,12 @@ fn except_needs_every_field_given() {
     java.comm = "java".into();
     let pod = |container: &str, image: &str| EvalContext {
         executable: Some("/opt/java/bin/java".into()),
-        workload: Some(Workload {
+        workload: Some(PodContext {
             namespace: "ns".into(),
             pod: "p".into(),
             container: Some(container.into()),
             image: Some(image.into()),
-            ..Workload::default()
+            ..PodContext::default()
         }),
     };
     check(
@@ -447,11 +447,11 @@ fn scopes() {
     let [a, b, c] = [0, 1, 2].map(|i| outcome.policies[i].compiled.scope.clone());
     let in_pod = |namespace: &str, app: &str| EvalContext {
         executable: None,
-        workload: Some(Workload {
+        workload: Some(PodContext {
             namespace: namespace.into(),
             pod: "p".into(),
             pod_labels: [("app".to_owned(), app.to_owned())].into(),
-            ..Workload::default()
+            ..PodContext::default()
         }),
     };
     assert!(a.applies(&in_pod("shop", "web")));

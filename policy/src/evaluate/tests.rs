@@ -492,7 +492,7 @@ fn context() -> impl Strategy<Value = EvalContext> {
         option::of(proptest::sample::select(IMAGES)),
         any::<bool>(),
     )
-        .prop_map(|(namespace, app, container, image, tier)| Workload {
+        .prop_map(|(namespace, app, container, image, tier)| PodContext {
             namespace: namespace.to_owned(),
             pod: "pod".to_owned(),
             container: container.map(str::to_owned),
@@ -691,11 +691,11 @@ fn identical_rules_in_several_policies_are_each_reported_and_scoped() {
     ));
     let ctx = |app: &str| EvalContext {
         executable: None,
-        workload: Some(Workload {
+        workload: Some(PodContext {
             namespace: "shop".into(),
             pod: "p".into(),
             pod_labels: [("app".to_owned(), app.to_owned())].into(),
-            ..Workload::default()
+            ..PodContext::default()
         }),
     };
     let ids = |event: &MmapEvent, ctx: &EvalContext| {
