@@ -2,6 +2,7 @@
 """Check what a rendered values scenario must hold beyond schema validity.
 
     assertions.py SCENARIO RENDERED.yaml
+    assertions.py --args RENDERED.yaml agent|collector   (print that container's args)
 
 SCENARIO is default, tls, monitoring or custom (the values files under helm/mapsentry/ci/).
 Checks the agent's privileges (exact capabilities, host mounts, hostPID, NODE_NAME), the
@@ -278,7 +279,22 @@ def scenario_checks(c, ds, dep, svc):
                     if d["kind"] != "CustomResourceDefinition"), "fullnameOverride names every resource")
 
 
+def print_args(path, component):
+    """The container args of one component, one per line (for helm/test.sh)."""
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    kind = {"agent": "DaemonSet", "collector": "Deployment"}[component]
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"].endswith("-" + component):
+            print("\n".join(d["spec"]["template"]["spec"]["containers"][0]["args"]))
+            return 0
+    print(f"no {kind} *-{component} in {path}", file=sys.stderr)
+    return 1
+
+
 def main():
+    if sys.argv[1] == "--args":
+        return print_args(sys.argv[2], sys.argv[3])
     scenario, path = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-helm/test.sh   # the chart: lint, render, Kubernetes 1.33 schemas, generated manifests (~15 s)
 cargo build --locked --workspace --bins --tests
+helm/test.sh   # the chart: lint, render, Kubernetes 1.33 schemas, flags of the built binary (~10 s)
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
