@@ -218,5 +218,17 @@ for script in e2e/kind/*.sh; do
 done
 step "values documented (# --), in the schema, README table current" "$CHART_PY" helm/values-table.py --check
 
+# 9. The CRDs and RBAC on a real kube-apiserver (the one the attribution tests run).
+if [ ! -x e2e/kube/start-apiserver.sh ]; then
+  echo "skip real kube-apiserver checks: e2e/kube/start-apiserver.sh is not in this tree"
+elif [ "${MAPSENTRY_SKIP_APISERVER:-}" = 1 ]; then
+  echo "skip real kube-apiserver checks: MAPSENTRY_SKIP_APISERVER=1"
+elif helm/apiserver-test.sh >"$work/apiserver.out" 2>&1; then
+  pass "real kube-apiserver: CRDs accept the examples and refuse invalid policies; RBAC exact ($(tail -n 1 "$work/apiserver.out"))"
+else
+  grep -v '^ok ' "$work/apiserver.out" >"$work/out"
+  fail "real kube-apiserver: CRDs and RBAC" "$work/out"
+fi
+
 echo "helm/test.sh: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
