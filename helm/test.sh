@@ -97,6 +97,10 @@ refused "schema: --set agentt.enabled=true (unknown key)" "Additional property a
 refused "schema: tls.enabled without a server secret" "tls.server.secretName" render --set tls.enabled=true
 refused "template: tls.enabled without an agent secret" "tls.agent.secretName" \
   render --set tls.enabled=true --set tls.server.secretName=s
+refused "template: agents without a collector to stream to" "needs agent.collectorURL" \
+  render --set collector.enabled=false
+refused "schema: agent.collectorURL without a scheme" "agent.collectorURL" \
+  render --set collector.enabled=false --set agent.collectorURL=collector:50051
 refused "template: serviceMonitor without metrics" "needs collector.metrics.enabled" \
   render --set serviceMonitor.enabled=true
 

@@ -75,7 +75,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The collector URL the agents dial. */}}
+{{/* The collector URL the agents dial: agent.collectorURL, else this release's Service. */}}
+{{- define "mapsentry.agent.collectorURL" -}}
+{{- default (include "mapsentry.collector.url" .) .Values.agent.collectorURL }}
+{{- end }}
+
+{{/* This release's collector Service URL. */}}
 {{- define "mapsentry.collector.url" -}}
 {{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" .Values.tls.enabled) (include "mapsentry.collector.fullname" .) .Release.Namespace (int .Values.collector.port) }}
 {{- end }}
@@ -96,8 +101,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.collector.metrics.enabled) }}
 {{- fail "serviceMonitor.enabled needs collector.metrics.enabled: there is no metrics port to scrape otherwise" }}
 {{- end }}
-{{- if and .Values.agent.enabled (not .Values.collector.enabled) }}
-{{- fail "agent.enabled needs collector.enabled: the agents stream to this release's collector" }}
+{{- if and .Values.agent.enabled (not .Values.collector.enabled) (not .Values.agent.collectorURL) }}
+{{- fail "agent.enabled without collector.enabled needs agent.collectorURL: the collector the agents stream to" }}
 {{- end }}
 {{- end }}
 
