@@ -194,8 +194,10 @@ def scenario_checks(c, ds, dep, svc):
                 f"{c.scenario}: no ServiceMonitor, NetworkPolicy or PDB")
         c.check(not used & tls_flags, f"{c.scenario}: no TLS flags: {used & tls_flags}")
         c.check(arg_value(agent["args"], "--collector").startswith("http://"), "plaintext URL without TLS")
-        c.check("grpc" in collector["livenessProbe"] and "grpc" in collector["readinessProbe"],
-                "collector probes use gRPC health")
+        c.check(collector["livenessProbe"].get("grpc") == {"port": 50051},
+                "collector liveness: gRPC health of the server")
+        c.check(collector["readinessProbe"].get("grpc") == {"port": 50051, "service": "mapsentry.v1.AgentService"},
+                "collector readiness: gRPC health of the agent service (NOT_SERVING while draining)")
     if c.scenario == "default":
         c.check(agent["image"] == collector["image"] and agent["image"].startswith("mapsentry:"),
                 "one mapsentry image, tagged with the appVersion")
