@@ -3,6 +3,7 @@
 
     assertions.py SCENARIO RENDERED.yaml
     assertions.py --args RENDERED.yaml agent|collector   (print that container's args)
+    assertions.py --caps RENDERED.yaml   (the agent's added capabilities this machine can grant)
 
 SCENARIO is default, tls, monitoring or custom (the values files under helm/mapsentry/ci/).
 Checks the agent's privileges (exact capabilities, host mounts, hostPID, NODE_NAME), the
@@ -294,9 +295,32 @@ def print_args(path, component):
     return 1
 
 
+# Capability numbers (linux/capability.h) of the ones the chart may grant the agent.
+CAP_NUMBERS = {"SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
+
+
+def print_caps(path):
+    """The agent's added capabilities that this process may pass on (in its bounding set), as
+    setpriv names them (`bpf,perfmon`); the others go to stderr."""
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    caps = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    with open("/proc/self/status", encoding="utf-8") as f:
+        bounding = int(next(l.split()[1] for l in f if l.startswith("CapBnd:")), 16)
+    usable = [c for c in caps if bounding >> CAP_NUMBERS[c] & 1]
+    for c in caps:
+        if c not in usable:
+            print(f"CAP_{c} is not in this machine's bounding set: checked without it", file=sys.stderr)
+    print(",".join(c.lower() for c in usable))
+    return 0
+
+
 def main():
     if sys.argv[1] == "--args":
         return print_args(sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "--caps":
+        return print_caps(sys.argv[2])
     scenario, path = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]

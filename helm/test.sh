@@ -190,7 +190,46 @@ if [ -x "$bin" ] && "$bin" tail --help >/dev/null 2>&1; then
   step "NOTES.txt: mapsentry accepts its tail command (${tail_cmd[*]:1})" "$bin" "${tail_cmd[@]:1}" --help
 fi
 
-# 7. The chart's CRDs are the generated ones.
+# 7. The agent's capabilities as the chart grants them suffice to load and attach the BPF programs
+# on this kernel (real BPF, as root: `mapsentry run` under setpriv with only those capabilities),
+# and without CAP_BPF or without CAP_PERFMON loading is refused.
+capture_with() { # CAPS OUT: run mapsentry with only CAPS until it attaches or exits (20 s at most)
+  setpriv --bounding-set="-all${1:+,+${1//,/,+}}" --inh-caps="-all${1:+,+${1//,/,+}}" \
+    "$bin" run --output json --pid $$ >"$2" 2>&1 &
+  local pid=$!
+  for _ in $(seq 200); do
+    grep -q '"kind":"attached"' "$2" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -INT "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
+if [ "$(id -u)" -ne 0 ] || [ ! -x "$bin" ] || ! command -v setpriv >/dev/null; then
+  echo "skip the agent's capabilities suffice: needs root, setpriv and $bin"
+else
+  caps="$("$CHART_PY" helm/assertions.py --caps "$work/default.yaml" 2>"$work/caps-note")"
+  note="$(cat "$work/caps-note")"
+  capture_with "$caps" "$work/out"
+  if grep -q '"kind":"attached"' "$work/out"; then
+    pass "the agent attaches with only the chart's capabilities ($caps)${note:+; $note}"
+  else
+    fail "the agent attaches with only the chart's capabilities ($caps)" "$work/out"
+  fi
+  for needed in bpf perfmon; do
+    fewer="$(echo ",$caps," | sed "s/,$needed,/,/; s/^,//; s/,$//")"
+    capture_with "$fewer" "$work/out"
+    if grep -q '"kind":"attached"' "$work/out"; then
+      fail "without CAP_${needed^^} the agent cannot load (it did: the capability is needless)" "$work/out"
+    elif grep -qi "CAP_${needed^^}\|Operation not permitted" "$work/out"; then
+      pass "without CAP_${needed^^} the agent cannot load"
+    else
+      fail "without CAP_${needed^^} the agent cannot load (failed for another reason)" "$work/out"
+    fi
+  done
+fi
+
+# 8. The chart's CRDs are the generated ones.
 if [ -f manifests/crds/mapsentry.dev.yaml ]; then
   echo "refresh with: cp manifests/crds/mapsentry.dev.yaml $CHART/crds/ && helm/render-manifests.sh" >"$work/out"
   if diff -u manifests/crds/mapsentry.dev.yaml "$CHART/crds/mapsentry.dev.yaml" >>"$work/out"; then
@@ -208,7 +247,7 @@ else
   fail "manifests/crds/mapsentry.dev.yaml is missing"
 fi
 
-# 8. Generated files are current.
+# 9. Generated files are current.
 echo "refresh with: helm/render-manifests.sh" >"$work/out"
 if helm/render-manifests.sh --stdout 2>/dev/null | diff -u manifests/install.yaml - >>"$work/out"; then
   pass "manifests/install.yaml is current"
@@ -222,7 +261,7 @@ for script in e2e/kind/*.sh; do
 done
 step "values documented (# --), in the schema, README table current" "$CHART_PY" helm/values-table.py --check
 
-# 9. The CRDs and RBAC on a real kube-apiserver (the one the attribution tests run).
+# 10. The CRDs and RBAC on a real kube-apiserver (the one the attribution tests run).
 if [ ! -x e2e/kube/start-apiserver.sh ]; then
   echo "skip real kube-apiserver checks: e2e/kube/start-apiserver.sh is not in this tree"
 elif [ "${MAPSENTRY_SKIP_APISERVER:-}" = 1 ]; then
