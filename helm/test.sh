@@ -247,7 +247,22 @@ else
   fail "manifests/crds/mapsentry.dev.yaml is missing"
 fi
 
-# 9. Generated files are current.
+# 9. The Dockerfile builds what exists (Docker builds cannot run here): the Rust of the workspace's
+# rust-version, the package and binary of cli/Cargo.toml, clang and libbpf for ebpf/build.rs.
+dockerfile_checks() {
+  local rust pkg
+  rust="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)"
+  pkg="$(sed -n '0,/^name = /s/^name = "\(.*\)"/\1/p' cli/Cargo.toml)"
+  grep -q "^FROM docker.io/library/rust:$rust-bookworm AS build" Dockerfile || { echo "not rust:$rust-bookworm"; return 1; }
+  grep -q "cargo build --release --locked -p $pkg" Dockerfile || { echo "does not build -p $pkg"; return 1; }
+  grep -A2 '^\[\[bin\]\]' cli/Cargo.toml | grep -q '^name = "mapsentry"' || { echo "cli has no bin mapsentry"; return 1; }
+  grep -q 'target/release/mapsentry /out/mapsentry' Dockerfile || { echo "does not install target/release/mapsentry"; return 1; }
+  grep -q 'clang llvm libbpf-dev linux-libc-dev' Dockerfile || { echo "lacks the BPF build packages"; return 1; }
+  grep -q '^ENTRYPOINT \["/usr/local/bin/mapsentry"\]' Dockerfile || { echo "entrypoint is not mapsentry"; return 1; }
+}
+step "Dockerfile: rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml), -p mapsentry-cli, BPF build packages, entrypoint" dockerfile_checks
+
+# 10. Generated files are current.
 echo "refresh with: helm/render-manifests.sh" >"$work/out"
 if helm/render-manifests.sh --stdout 2>/dev/null | diff -u manifests/install.yaml - >>"$work/out"; then
   pass "manifests/install.yaml is current"
@@ -261,7 +276,7 @@ for script in e2e/kind/*.sh; do
 done
 step "values documented (# --), in the schema, README table current" "$CHART_PY" helm/values-table.py --check
 
-# 10. The CRDs and RBAC on a real kube-apiserver (the one the attribution tests run).
+# 11. The CRDs and RBAC on a real kube-apiserver (the one the attribution tests run).
 if [ ! -x e2e/kube/start-apiserver.sh ]; then
   echo "skip real kube-apiserver checks: e2e/kube/start-apiserver.sh is not in this tree"
 elif [ "${MAPSENTRY_SKIP_APISERVER:-}" = 1 ]; then
