@@ -199,6 +199,18 @@ def scenario_checks(c, ds, dep, svc):
                 "collector liveness: gRPC health of the server")
         c.check(collector["readinessProbe"].get("grpc") == {"port": 50051, "service": "mapsentry.v1.AgentService"},
                 "collector readiness: gRPC health of the agent service (NOT_SERVING while draining)")
+    data = next((v for v in cpod["volumes"] if v["name"] == "data"), None)
+    c.check(any(m["mountPath"] == "/var/lib/mapsentry" and m["name"] == "data" and not m.get("readOnly")
+                for m in collector["volumeMounts"]) and data is not None,
+            "collector retention log volume mounted read-write at /var/lib/mapsentry")
+    c.check(arg_value(collector["args"], "--data-dir") == "/var/lib/mapsentry", "collector --data-dir is that volume")
+    if c.scenario == "custom":
+        c.check(data and data.get("persistentVolumeClaim") == {"claimName": "mapsentry-retention"},
+                "retention log on the given claim")
+        c.check(arg_value(collector["args"], "--data-max-bytes") == "4294967296", "--data-max-bytes as given")
+    else:
+        c.check(data and data.get("emptyDir") == {"sizeLimit": "2Gi"}, "retention log on a 2Gi emptyDir")
+        c.check(arg_value(collector["args"], "--data-max-bytes") == "1073741824", "--data-max-bytes 1 GiB")
     if c.scenario == "default":
         c.check(agent["image"] == collector["image"] and agent["image"].startswith("mapsentry:"),
                 "one mapsentry image, tagged with the appVersion")

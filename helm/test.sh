@@ -101,6 +101,8 @@ refused "template: agents without a collector to stream to" "needs agent.collect
   render --set collector.enabled=false
 refused "schema: agent.collectorURL without a scheme" "agent.collectorURL" \
   render --set collector.enabled=false --set agent.collectorURL=collector:50051
+refused "template: a retention claim with a rolling update" "needs collector.strategy.type: Recreate" \
+  render --set collector.retentionLog.existingClaim=pvc
 refused "template: serviceMonitor without metrics" "needs collector.metrics.enabled" \
   render --set serviceMonitor.enabled=true
 
