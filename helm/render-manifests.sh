@@ -11,7 +11,8 @@ source helm/tools.sh
 render() {
   cat <<'HEADER'
 # mapsentry: the default install, rendered from helm/mapsentry by helm/render-manifests.sh.
-# Generated; do not edit (helm/test.sh fails when it is stale). Apply with:
+# Generated; do not edit (helm/test.sh fails when it is stale). For Kubernetes 1.30+ (older
+# clusters: install the chart, which sets AppArmor by annotation there). Apply with:
 #   kubectl apply --server-side -f manifests/install.yaml
 ---
 apiVersion: v1
@@ -23,7 +24,7 @@ metadata:
     pod-security.kubernetes.io/enforce: privileged
     pod-security.kubernetes.io/warn: privileged
 HEADER
-  "$HELM" template mapsentry helm/mapsentry --namespace mapsentry --include-crds
+  "$HELM" template mapsentry helm/mapsentry --namespace mapsentry --include-crds --kube-version 1.30.0
 }
 
 if [ "${1:-}" = "--stdout" ]; then

@@ -76,6 +76,22 @@ for scenario in default tls monitoring custom; do
   fi
 done
 
+# The oldest Kubernetes the chart supports (kubeVersion >=1.25): rendered for 1.25 and validated
+# against the 1.25 schemas (AppArmor as the annotation, not the 1.30 field).
+if render --include-crds --kube-version 1.25.0 >"$work/k125.yaml" 2>"$work/out"; then
+  step "kube 1.25: kubernetes-validate --strict (1.25)" "$CHART_PY" helm/validate.py --kubernetes-version 1.25.0 "$work/k125.yaml"
+  if grep -q 'container.apparmor.security.beta.kubernetes.io/agent: "unconfined"' "$work/k125.yaml" \
+    && ! grep -q 'appArmorProfile:' "$work/k125.yaml" \
+    && grep -q 'appArmorProfile:' "$work/default.yaml" \
+    && ! grep -q 'container.apparmor.security.beta.kubernetes.io' "$work/default.yaml"; then
+    pass "AppArmor: annotation before 1.30, field from 1.30"
+  else
+    fail "AppArmor: annotation before 1.30, field from 1.30"
+  fi
+else
+  fail "kube 1.25: helm template" "$work/out"
+fi
+
 # 2. The checks can fail: a wider agent role and a missing capability are caught.
 if [ -f "$work/default.yaml" ]; then
   sed 's/verbs: \[get, list, watch\]/verbs: [get, list, watch, delete]/' "$work/default.yaml" >"$work/wider.yaml"
