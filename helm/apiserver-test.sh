@@ -47,9 +47,9 @@ else
 fi
 k create namespace policy-test >/dev/null 2>&1
 
-# 2. Every example policy is accepted (validation by the API server only: --validate=false).
+# 2. Every example policy (and the kind scenario's) is accepted (validation by the API server only: --validate=false).
 shopt -s nullglob
-examples=(examples/policies/*.yaml)
+examples=(examples/policies/*.yaml e2e/kind/enforce-policy.yaml)
 [ "${#examples[@]}" -gt 0 ] || bad "examples/policies/*.yaml exist"
 # The namespaces the examples name.
 for ns in $("$CHART_PY" -c 'import sys, yaml

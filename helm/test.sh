@@ -297,6 +297,11 @@ else
 fi
 step "manifests/install.yaml: kubernetes-validate --strict (1.33)" "$CHART_PY" helm/validate.py manifests/install.yaml
 step "e2e/kind/wx-pod.yaml: kubernetes-validate --strict (1.33)" "$CHART_PY" helm/validate.py e2e/kind/wx-pod.yaml
+if [ -x "$bin" ] && "$bin" policy check --help >/dev/null 2>&1; then
+  step "e2e/kind/enforce-policy.yaml: mapsentry policy check" "$bin" policy check e2e/kind/enforce-policy.yaml
+else
+  echo "skip e2e/kind/enforce-policy.yaml: mapsentry policy check: no $bin with 'policy check'"
+fi
 for script in e2e/kind/*.sh; do
   step "$script: bash -n" bash -n "$script"
 done
