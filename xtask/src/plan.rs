@@ -1,0 +1,135 @@
+//! What runs inside the VM: each capture suite in each attach mode the kernel supports, `auto`
+//! once (it must pick the cheapest mode), and the suites left to the host, each with its reason.
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::Context;
+
+use crate::{binaries::Built, kernel::Kernel};
+
+/// The agent's attach modes, as the tests name them in `MAPSENTRY_TEST_ATTACH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Mode {
+    /// Cheapest first, the order in which `auto` tries them.
+    #[cfg(test)]
+    pub const CONCRETE: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Test suites run in every mode of the kernel.
+const PER_MODE: [&str; 2] = ["capture", "concurrency"];
+/// The suite run once with `auto`.
+const AUTO: &str = "capture";
+/// Suites that stay on the host, and why.
+const HOST_ONLY: [(&str, &str); 2] = [
+    (
+        "wire_layout",
+        "compares the object's BTF (read with bpftool) with the Rust mirror: no kernel involved, \
+         the host run covers it",
+    ),
+    (
+        "cli_run",
+        "asserts the build machines' kernel (only tracepoint attaches, kprobe and fentry are \
+         refused) and runs util-linux setpriv; the host run covers the CLI",
+    ),
+];
+
+/// One test executable run in one mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub suite: String,
+    pub mode: Mode,
+    /// For `auto`: the mode it must end up in.
+    pub expect: Option<Mode>,
+    pub binary: PathBuf,
+}
+
+impl Run {
+    /// The environment the e2e tests read (`e2e/tests/common`).
+    pub fn env(&self) -> Vec<(&'static str, &'static str)> {
+        let mut env = vec![("MAPSENTRY_TEST_ATTACH", self.mode.as_str())];
+        if let Some(expect) = self.expect {
+            env.push(("MAPSENTRY_TEST_AUTO_PICKS", expect.as_str()));
+        }
+        env
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub suite: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub runs: Vec<Run>,
+    pub skipped: Vec<Skip>,
+}
+
+impl Plan {
+    pub fn for_kernel(kernel: Kernel, built: &Built) -> anyhow::Result<Self> {
+        let binary = |suite: &str| {
+            built
+                .tests
+                .get(suite)
+                .cloned()
+                .with_context(|| format!("the e2e test suite {suite} was not built"))
+        };
+        let mut runs = Vec::new();
+        for &mode in kernel.modes {
+            for suite in PER_MODE {
+                runs.push(Run {
+                    suite: suite.to_owned(),
+                    mode,
+                    expect: None,
+                    binary: binary(suite)?,
+                });
+            }
+        }
+        runs.push(Run {
+            suite: AUTO.to_owned(),
+            mode: Mode::Auto,
+            expect: Some(kernel.auto_picks),
+            binary: binary(AUTO)?,
+        });
+        let skipped = built
+            .tests
+            .keys()
+            .filter(|suite| !PER_MODE.contains(&suite.as_str()))
+            .map(|suite| Skip {
+                suite: suite.clone(),
+                reason: HOST_ONLY
+                    .iter()
+                    .find(|(name, _)| name == suite)
+                    .map_or("not in the VM plan (xtask/src/plan.rs)", |(_, why)| why)
+                    .to_owned(),
+            })
+            .collect();
+        Ok(Self { runs, skipped })
+    }
+}
+
+#[cfg(test)]
+mod tests;
