@@ -117,6 +117,11 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	ms_read_args(regs, &p);
 	tid = (__u32)pid_tgid;
+	/* This thread's previous call is still parked: its exit program never ran, so its record
+	 * is lost. Count it. It happens in kprobe mode: a kretprobe has max(10, 2 * CPUs)
+	 * instances, and threads waiting on the mmap lock inside the hooked function hold them. */
+	if (bpf_map_lookup_elem(&pending, &tid))
+		ms_count(MS_COUNTER_DROPPED);
 	bpf_map_update_elem(&pending, &tid, &p, BPF_ANY);
 	return 0;
 }

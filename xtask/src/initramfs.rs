@@ -51,6 +51,10 @@ pub fn build(plan: &Plan, built: &Built, nonce: &str, out: &Path) -> anyhow::Res
 /// The script the kernel runs as PID 1: mount what the tests need, run each planned suite and
 /// print its marker, power off. `set -e` is deliberately absent: a failing suite must not stop
 /// the others, and the markers say what happened.
+///
+/// Tests run one at a time: a kprobe program is skipped (counted only in the program's
+/// `recursion_misses`) whenever any BPF program or BPF map syscall is active on the same CPU,
+/// so another test loading its capture would make the kprobe-mode counts inexact.
 pub fn init_script(plan: &Plan, nonce: &str) -> String {
     let mut script = format!(
         r#"#!/bin/sh
@@ -87,7 +91,7 @@ run() {{
         }
         let _ = writeln!(
             script,
-            "run {} {} env {env}{}",
+            "run {} {} env {env}{} --test-threads=1",
             run.suite,
             run.mode,
             run.binary.display()

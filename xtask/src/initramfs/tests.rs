@@ -87,11 +87,11 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
     };
     let script = init_script(&plan, "n0nce");
     assert!(script.starts_with("#!/bin/sh\n"));
-    assert!(
-        script.contains("\nrun capture kprobe env MAPSENTRY_TEST_ATTACH=kprobe /w/capture-1\n")
-    );
     assert!(script.contains(
-        "\nrun capture auto env MAPSENTRY_TEST_ATTACH=auto MAPSENTRY_TEST_AUTO_PICKS=fentry /w/capture-1\n"
+        "\nrun capture kprobe env MAPSENTRY_TEST_ATTACH=kprobe /w/capture-1 --test-threads=1\n"
+    ));
+    assert!(script.contains(
+        "\nrun capture auto env MAPSENTRY_TEST_ATTACH=auto MAPSENTRY_TEST_AUTO_PICKS=fentry /w/capture-1 --test-threads=1\n"
     ));
     assert!(script.contains(
         "echo \"MAPSENTRY-VM-RESULT nonce=n0nce suite=$suite mode=$mode rc=$rc start=$start end=$end\""
