@@ -9,6 +9,9 @@ packages=(
   gcc-multilib        # the 32-bit mmap2 test helper (gcc -m32 -static)
   bpftool             # the test that reads the object's BTF
   util-linux procps   # setpriv and kill in the CLI tests
+  qemu-system-x86     # cargo xtask vm-test: the kernel matrix in software-emulated VMs
+  busybox-static      # the VMs' userland (/bin/busybox in the initramfs)
+  binutils            # strip, for a small initramfs
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -78,7 +78,7 @@ impl Report {
     pub fn passed(&self, plan: &Plan) -> bool {
         self.done
             && plan.runs.iter().all(|run| {
-                self.result(&run.suite, run.mode.as_str())
+                self.result(&run.suite, &run.label)
                     .is_some_and(|r| r.rc == 0)
             })
     }
@@ -94,21 +94,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(out, "xtask vm-test: kernel {kernel} results:");
         for run in &plan.runs {
-            let status = match self.result(&run.suite, run.mode.as_str()) {
+            let status = match self.result(&run.suite, &run.label) {
                 Some(r) if r.rc == 0 => format!("ok      {:6.1}s", r.secs),
                 Some(r) => format!("FAILED  {:6.1}s (exit {})", r.secs, r.rc),
                 None => "MISSING (the VM never reported it)".to_owned(),
             };
-            let mode = match run.expect {
-                Some(expect) => format!("{} (must pick {expect})", run.mode),
-                None => run.mode.to_string(),
-            };
-            let _ = writeln!(out, "  {:<12} {mode:<26} {status}", run.suite);
+            let _ = writeln!(out, "  {:<12} {:<12} {status}", run.suite, run.label);
         }
         for skip in &plan.skipped {
             let _ = writeln!(
                 out,
-                "  {:<12} {:<26} skipped: {}",
+                "  {:<12} {:<12} skipped: {}",
                 skip.suite, "-", skip.reason
             );
         }

@@ -86,14 +86,14 @@ run() {{
     );
     for run in &plan.runs {
         let mut env = String::new();
-        for (key, value) in run.env() {
-            let _ = write!(env, "{key}={value} ");
+        for (key, value) in &run.env {
+            let _ = write!(env, "{key}='{value}' ");
         }
         let _ = writeln!(
             script,
-            "run {} {} env {env}{} --test-threads=1",
+            "run {} {} env {env}{} --test-threads=1 --show-output",
             run.suite,
-            run.mode,
+            run.label,
             run.binary.display()
         );
     }

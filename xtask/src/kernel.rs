@@ -29,6 +29,9 @@ pub struct Kernel {
     pub modes: &'static [Mode],
     /// What `auto` must choose: the cheapest of `modes`.
     pub auto_picks: Mode,
+    /// What the feature probe must accept and refuse (`mode` or `mode@function`, comma-separated).
+    pub probe_ok: &'static str,
+    pub probe_refused: &'static str,
 }
 
 pub const KERNELS: [Kernel; 2] = [
@@ -41,12 +44,17 @@ pub const KERNELS: [Kernel; 2] = [
         ],
         modes: &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint],
         auto_picks: Mode::Fentry,
+        // x86 BPF trampolines take at most six arguments before 6.6: do_mmap has nine.
+        probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,kprobe@do_mmap",
+        probe_refused: "fentry@do_mmap",
     },
     Kernel {
         name: "6.12",
         sources: &[(ARCHIVE, "bookworm-backports")],
         modes: &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint],
         auto_picks: Mode::Fentry,
+        probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,fentry@do_mmap,kprobe@do_mmap",
+        probe_refused: "",
     },
 ];
 

@@ -41,6 +41,8 @@ impl fmt::Display for Mode {
 const PER_MODE: [&str; 2] = ["capture", "concurrency"];
 /// The suite run once with `auto`.
 const AUTO: &str = "capture";
+/// The feature-probe suite, run once with the kernel's expectations.
+const PROBE: &str = "attach_modes";
 /// Suites that stay on the host, and why.
 const HOST_ONLY: [(&str, &str); 2] = [
     (
@@ -55,25 +57,15 @@ const HOST_ONLY: [(&str, &str); 2] = [
     ),
 ];
 
-/// One test executable run in one mode.
+/// One test executable run once, with the environment that tells it what to expect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
     pub suite: String,
-    pub mode: Mode,
-    /// For `auto`: the mode it must end up in.
-    pub expect: Option<Mode>,
+    /// What this run is about: the mode, `auto`, or `probe`.
+    pub label: String,
+    /// The environment the e2e tests read (`e2e/tests/common`, `e2e/tests/attach_modes.rs`).
+    pub env: Vec<(&'static str, String)>,
     pub binary: PathBuf,
-}
-
-impl Run {
-    /// The environment the e2e tests read (`e2e/tests/common`).
-    pub fn env(&self) -> Vec<(&'static str, &'static str)> {
-        let mut env = vec![("MAPSENTRY_TEST_ATTACH", self.mode.as_str())];
-        if let Some(expect) = self.expect {
-            env.push(("MAPSENTRY_TEST_AUTO_PICKS", expect.as_str()));
-        }
-        env
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,22 +94,37 @@ impl Plan {
             for suite in PER_MODE {
                 runs.push(Run {
                     suite: suite.to_owned(),
-                    mode,
-                    expect: None,
+                    label: mode.to_string(),
+                    env: vec![("MAPSENTRY_TEST_ATTACH", mode.to_string())],
                     binary: binary(suite)?,
                 });
             }
         }
         runs.push(Run {
             suite: AUTO.to_owned(),
-            mode: Mode::Auto,
-            expect: Some(kernel.auto_picks),
+            label: Mode::Auto.to_string(),
+            env: vec![
+                ("MAPSENTRY_TEST_ATTACH", Mode::Auto.to_string()),
+                ("MAPSENTRY_TEST_AUTO_PICKS", kernel.auto_picks.to_string()),
+            ],
             binary: binary(AUTO)?,
+        });
+        runs.push(Run {
+            suite: PROBE.to_owned(),
+            label: "probe".to_owned(),
+            env: vec![
+                ("MAPSENTRY_TEST_PROBE_OK", kernel.probe_ok.to_owned()),
+                (
+                    "MAPSENTRY_TEST_PROBE_REFUSED",
+                    kernel.probe_refused.to_owned(),
+                ),
+            ],
+            binary: binary(PROBE)?,
         });
         let skipped = built
             .tests
             .keys()
-            .filter(|suite| !PER_MODE.contains(&suite.as_str()))
+            .filter(|suite| !PER_MODE.contains(&suite.as_str()) && suite.as_str() != PROBE)
             .map(|suite| Skip {
                 suite: suite.clone(),
                 reason: HOST_ONLY

@@ -1,20 +1,17 @@
 use std::{path::PathBuf, time::Duration};
 
 use super::*;
-use crate::plan::{Mode, Run};
+use crate::plan::Run;
 
 fn plan() -> Plan {
-    let run = |suite: &str, mode| Run {
+    let run = |suite: &str| Run {
         suite: suite.to_owned(),
-        mode,
-        expect: None,
+        label: "kprobe".to_owned(),
+        env: Vec::new(),
         binary: PathBuf::from("/t"),
     };
     Plan {
-        runs: vec![
-            run("capture", Mode::Kprobe),
-            run("concurrency", Mode::Kprobe),
-        ],
+        runs: vec![run("capture"), run("concurrency")],
         skipped: Vec::new(),
     }
 }
@@ -100,7 +97,7 @@ fn the_summary_lists_each_run_with_its_time() {
     let summary =
         Report::parse(CONSOLE, "abc").summary(&plan(), "6.1", &boot, Duration::from_secs(7));
     assert!(
-        summary.contains("capture      kprobe                     ok        20.5s"),
+        summary.contains("capture      kprobe       ok        20.5s"),
         "{summary}"
     );
     assert!(summary.contains("VM 52.3s from qemu start"), "{summary}");

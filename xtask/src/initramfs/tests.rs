@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::plan::{Mode, Run, Skip};
+use crate::plan::{Run, Skip};
 
 /// (mode, rdevmajor, rdevminor, contents) by name, read back the way the kernel reads newc.
 fn read_back(archive: &[u8]) -> BTreeMap<String, (u32, u32, u32, Vec<u8>)> {
@@ -69,15 +69,18 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
         runs: vec![
             Run {
                 suite: "capture".into(),
-                mode: Mode::Kprobe,
-                expect: None,
+                label: "kprobe".into(),
+                env: vec![("MAPSENTRY_TEST_ATTACH", "kprobe".into())],
                 binary: "/w/capture-1".into(),
             },
             Run {
-                suite: "capture".into(),
-                mode: Mode::Auto,
-                expect: Some(Mode::Fentry),
-                binary: "/w/capture-1".into(),
+                suite: "attach_modes".into(),
+                label: "probe".into(),
+                env: vec![
+                    ("MAPSENTRY_TEST_PROBE_OK", "fentry,kprobe@do_mmap".into()),
+                    ("MAPSENTRY_TEST_PROBE_REFUSED", String::new()),
+                ],
+                binary: "/w/attach_modes-2".into(),
             },
         ],
         skipped: vec![Skip {
@@ -88,10 +91,11 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
     let script = init_script(&plan, "n0nce");
     assert!(script.starts_with("#!/bin/sh\n"));
     assert!(script.contains(
-        "\nrun capture kprobe env MAPSENTRY_TEST_ATTACH=kprobe /w/capture-1 --test-threads=1\n"
+        "\nrun capture kprobe env MAPSENTRY_TEST_ATTACH='kprobe' /w/capture-1 --test-threads=1 --show-output\n"
     ));
     assert!(script.contains(
-        "\nrun capture auto env MAPSENTRY_TEST_ATTACH=auto MAPSENTRY_TEST_AUTO_PICKS=fentry /w/capture-1 --test-threads=1\n"
+        "\nrun attach_modes probe env MAPSENTRY_TEST_PROBE_OK='fentry,kprobe@do_mmap' \
+         MAPSENTRY_TEST_PROBE_REFUSED='' /w/attach_modes-2 --test-threads=1 --show-output\n"
     ));
     assert!(script.contains(
         "echo \"MAPSENTRY-VM-RESULT nonce=n0nce suite=$suite mode=$mode rc=$rc start=$start end=$end\""

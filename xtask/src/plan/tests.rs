@@ -14,10 +14,11 @@ fn built(suites: &[&str]) -> Built {
 }
 
 #[test]
-fn every_mode_of_the_kernel_runs_each_capture_suite_and_auto_runs_once() {
+fn every_mode_of_the_kernel_runs_each_capture_suite_then_auto_and_the_probe_once() {
     let plan = Plan::for_kernel(
         KERNELS[0],
         &built(&[
+            "attach_modes",
             "capture",
             "concurrency",
             "wire_layout",
@@ -26,25 +27,43 @@ fn every_mode_of_the_kernel_runs_each_capture_suite_and_auto_runs_once() {
         ]),
     )
     .unwrap();
-    let runs: Vec<(String, Mode, Option<Mode>)> = plan
+    let runs: Vec<(&str, &str)> = plan
         .runs
         .iter()
-        .map(|r| (r.suite.clone(), r.mode, r.expect))
+        .map(|r| (r.suite.as_str(), r.label.as_str()))
         .collect();
-    let mut want = Vec::new();
-    for &mode in KERNELS[0].modes {
-        want.push(("capture".to_owned(), mode, None));
-        want.push(("concurrency".to_owned(), mode, None));
-    }
-    want.push(("capture".to_owned(), Mode::Auto, Some(Mode::Fentry)));
-    assert_eq!(runs, want);
     assert_eq!(
-        plan.runs.last().unwrap().env(),
+        runs,
         [
-            ("MAPSENTRY_TEST_ATTACH", "auto"),
-            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry")
+            ("capture", "kprobe"),
+            ("concurrency", "kprobe"),
+            ("capture", "fentry"),
+            ("concurrency", "fentry"),
+            ("capture", "tracepoint"),
+            ("concurrency", "tracepoint"),
+            ("capture", "auto"),
+            ("attach_modes", "probe"),
         ]
     );
+    assert_eq!(
+        plan.runs[1].env,
+        [("MAPSENTRY_TEST_ATTACH", "kprobe".to_owned())]
+    );
+    assert_eq!(
+        plan.runs[6].env,
+        [
+            ("MAPSENTRY_TEST_ATTACH", "auto".to_owned()),
+            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
+        ]
+    );
+    assert_eq!(
+        plan.runs[7].env,
+        [
+            ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
+            ("MAPSENTRY_TEST_PROBE_REFUSED", "fentry@do_mmap".to_owned())
+        ]
+    );
+    assert_eq!(plan.runs[7].binary, PathBuf::from("/t/attach_modes"));
 
     let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.suite.as_str()).collect();
     assert_eq!(skipped, ["cli_run", "new_one", "wire_layout"]);
@@ -53,8 +72,8 @@ fn every_mode_of_the_kernel_runs_each_capture_suite_and_auto_runs_once() {
 }
 
 #[test]
-fn a_missing_capture_suite_is_an_error() {
-    let error = Plan::for_kernel(KERNELS[1], &built(&["capture"])).unwrap_err();
+fn a_missing_suite_is_an_error() {
+    let error = Plan::for_kernel(KERNELS[1], &built(&["capture", "attach_modes"])).unwrap_err();
     assert_eq!(
         error.to_string(),
         "the e2e test suite concurrency was not built"
