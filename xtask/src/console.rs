@@ -36,6 +36,8 @@ pub struct SuiteResult {
 pub struct Report {
     /// `uname -r` in the VM and its uptime when /init started, once booted.
     pub booted: Option<(String, f64)>,
+    /// The active LSMs (`bpf` among them is what enforcement's Deny will need).
+    pub lsm: String,
     pub results: Vec<SuiteResult>,
     pub done: bool,
 }
@@ -49,6 +51,9 @@ impl Report {
                     get(&fields, "kernel").unwrap_or("?").to_owned(),
                     number(&fields, "uptime").unwrap_or(0.0),
                 ));
+                get(&fields, "lsm")
+                    .unwrap_or_default()
+                    .clone_into(&mut report.lsm);
             } else if let Some(fields) = marker(line, RESULT, nonce) {
                 let (Some(suite), Some(mode), Some(rc)) = (
                     get(&fields, "suite"),
@@ -109,7 +114,10 @@ impl Report {
             );
         }
         let booted = match &self.booted {
-            Some((release, uptime)) => format!("{release}, /init after {uptime:.1}s of uptime"),
+            Some((release, uptime)) => format!(
+                "{release}, /init after {uptime:.1}s of uptime, LSMs {}",
+                self.lsm
+            ),
             None => "no sign of /init".to_owned(),
         };
         let _ = writeln!(

@@ -69,9 +69,8 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security
-echo "LSMs: $(cat /sys/kernel/security/lsm)"
 read up rest < /proc/uptime
-echo "{BOOTED} nonce={nonce} kernel=$(uname -r) uptime=$up"
+echo "{BOOTED} nonce={nonce} kernel=$(uname -r) uptime=$up lsm=$(cat /sys/kernel/security/lsm)"
 run() {{
   suite=$1 mode=$2
   shift 2

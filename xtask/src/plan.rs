@@ -43,6 +43,9 @@ const PER_MODE: [&str; 2] = ["capture", "concurrency"];
 const AUTO: &str = "capture";
 /// The feature-probe suite, run once with the kernel's expectations.
 const PROBE: &str = "attach_modes";
+// Enforcement (LSM Deny, not built yet) goes here as one more suite run once per kernel, its
+// expectations in `Kernel` next to `probe_ok`; the VMs already boot with `lsm=...,bpf` and the
+// summary shows the active LSMs.
 /// Suites that stay on the host, and why.
 const HOST_ONLY: [(&str, &str); 2] = [
     (

@@ -18,7 +18,7 @@ fn plan() -> Plan {
 
 const CONSOLE: &str = "\
 [    0.000000] Linux version 6.1.0-56-cloud-amd64\n\
-MAPSENTRY-VM-BOOTED nonce=abc kernel=6.1.0-56-cloud-amd64 uptime=3.25\n\
+MAPSENTRY-VM-BOOTED nonce=abc kernel=6.1.0-56-cloud-amd64 uptime=3.25 lsm=lockdown,capability,bpf\n\
 test result: ok. 2 passed\n\
 MAPSENTRY-VM-RESULT nonce=abc suite=capture mode=kprobe rc=0 start=3.50 end=24.00\n\
 [   30.1] random: crng init doneMAPSENTRY-VM-RESULT nonce=abc suite=concurrency mode=kprobe rc=0 start=24.00 end=50.50\n\
@@ -48,6 +48,7 @@ fn markers_are_read_even_behind_kernel_messages() {
             },
         ]
     );
+    assert_eq!(report.lsm, "lockdown,capability,bpf");
     assert!(report.done);
     assert!(report.passed(&plan()));
 }
