@@ -112,3 +112,6 @@ fn collect<'a>(messages: impl Iterator<Item = &'a Value>) -> anyhow::Result<Buil
     }
     Ok(Built { tests, helpers })
 }
+
+#[cfg(test)]
+mod tests;
