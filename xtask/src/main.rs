@@ -39,7 +39,7 @@ struct VmTestArgs {
     #[arg(long, env = "MAPSENTRY_KERNEL_CACHE", default_value = kernel::DEFAULT_CACHE)]
     cache_dir: PathBuf,
     /// Give up on the VM after this many seconds (software emulation is slow).
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
     /// Also keep the whole serial console here (it is always echoed to stdout).
     #[arg(long)]
