@@ -10,6 +10,9 @@ packages=(
   bpftool             # the test that reads the object's BTF
   util-linux procps   # setpriv and kill in the CLI tests
   unzip python3-venv  # helm/test.sh: helm out of its npm package, kubernetes-validate in a venv
+  qemu-system-x86     # cargo xtask vm-test: the kernel matrix in software-emulated VMs
+  busybox-static      # the VMs' userland (/bin/busybox in the initramfs)
+  binutils            # strip, for a small initramfs
 )
 
 if [ "$(id -u)" -ne 0 ]; then

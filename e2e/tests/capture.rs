@@ -1,9 +1,10 @@
-//! Real BPF on the running kernel (tracepoint mode on the build machines; needs root): a helper
-//! process makes known mmap calls and each captured record must equal the call exactly.
+//! Real BPF on the running kernel (needs root), in the mode `$MAPSENTRY_TEST_ATTACH` asks for
+//! (tracepoint on the build machines; every mode in `cargo xtask vm-test`): a helper process
+//! makes known mmap calls and each captured record must equal the call exactly.
 
 mod common;
 
-use common::{Helper, capture, drain_pid, mmap_call, the_record};
+use common::{Helper, capture, drain_pid, mmap_call, records_for, the_record};
 use mapsentry_agent::{AttachMode, CaptureConfig};
 use mapsentry_policy::{MmapEvent, Syscall};
 use serde_json::{Value, json};
@@ -20,6 +21,9 @@ enum FileExpect {
 }
 
 const PAGE: u64 = 4096;
+/// The case the kernel-function modes cannot see (see `every_call_is_captured_exactly`).
+const UNALIGNED: &str = "offset not page aligned";
+const MPROTECT: &str = "mprotect RW to RX";
 const PRIVATE_ANON: u64 = 0x22;
 
 fn cases() -> Vec<(&'static str, Value, FileExpect)> {
@@ -80,12 +84,12 @@ fn cases() -> Vec<(&'static str, Value, FileExpect)> {
             FileExpect::Deleted,
         ),
         (
-            "mprotect RW to RX",
+            MPROTECT,
             json!({"length": 2 * PAGE, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon", "mprotect": 5}),
             FileExpect::None,
         ),
         (
-            "offset not page aligned",
+            UNALIGNED,
             json!({"length": PAGE, "prot": 1, "flags": 0x02, "fd": "file", "offset": 100}),
             FileExpect::Path("file"),
         ),
@@ -102,16 +106,26 @@ async fn every_call_is_captured_exactly() {
         pid: Some(pid),
         ..CaptureConfig::default()
     });
-    assert_eq!(
-        capture.attached().mode,
-        AttachMode::Tracepoint,
-        "the build machines capture in tracepoint mode"
-    );
     let report = helper.go();
     let events = drain_pid(&mut capture, pid);
 
     let results = report["results"].as_array().expect("results");
+    let mode = capture.attached().mode;
     for ((name, _, file), result) in cases.iter().zip(results) {
+        if *name == MPROTECT && matches!(mode, AttachMode::Fentry | AttachMode::Kprobe) {
+            // These modes hook ksys_mmap_pgoff, which mprotect never reaches: mprotect is
+            // captured (and enforced) in tracepoint mode only (README, attach modes).
+            let records = records_for(&events, result, name);
+            assert!(records.is_empty(), "{name} in {mode} mode: {records:#?}");
+            continue;
+        }
+        if *name == UNALIGNED && matches!(mode, AttachMode::Fentry | AttachMode::Kprobe) {
+            // x86's sys_mmap refuses an unaligned byte offset before it calls
+            // ksys_mmap_pgoff, the function these modes hook: the call is not seen (README).
+            let records = records_for(&events, result, name);
+            assert!(records.is_empty(), "{name} in {mode} mode: {records:#?}");
+            continue;
+        }
         let record = the_record(&events, result, name);
         check_call(name, record, result, *file, pid);
     }
@@ -122,7 +136,7 @@ async fn every_call_is_captured_exactly() {
     };
     assert_eq!(ret_of("bad fd"), -9, "EBADF");
     assert_eq!(ret_of("length 0"), -22, "EINVAL");
-    assert_eq!(ret_of("offset not page aligned"), -22, "EINVAL");
+    assert_eq!(ret_of(UNALIGNED), -22, "EINVAL");
     assert_eq!(
         ret_of("MAP_FIXED over an existing mapping"),
         results[2]["addr"].as_i64().unwrap()

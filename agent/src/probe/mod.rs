@@ -104,7 +104,27 @@ fn list(tried: &[(AttachMode, String)]) -> String {
 
 /// Attach `requested` (or, for `auto`, the cheapest mode that works) in `ebpf`.
 pub fn attach(ebpf: &mut Ebpf, requested: AttachMode, btf: &Btf) -> Result<Attached, AttachError> {
-    select(requested, |mode| attach_mode(ebpf, mode, btf))
+    select(requested, |mode| attach_mode(ebpf, mode, None, btf))
+}
+
+/// Feature probe: whether `mode` works here, on `function` instead of the kernel's mmap function
+/// if given (fentry and kprobe only), tried for real on a fresh copy of the capture object that
+/// is unloaded again. Returns the hook. An extension point for enforcement: the LSM programs
+/// will be probed the same way.
+pub fn probe_mode(
+    mode: AttachMode,
+    function: Option<&str>,
+    btf: &Btf,
+) -> Result<String, AttachError> {
+    let unavailable = |reason: String| AttachError::Unavailable { mode, reason };
+    if mode == AttachMode::Auto {
+        return Err(unavailable("probe a concrete mode, not auto".into()));
+    }
+    let mut ebpf = aya::EbpfLoader::new()
+        .btf(Some(btf))
+        .load(mapsentry_ebpf::CAPTURE)
+        .map_err(|e| unavailable(format!("loading the capture object: {}", chain(&e))))?;
+    attach_mode(&mut ebpf, mode, function, btf).map_err(unavailable)
 }
 
 /// The BPF LSM programs that make Deny rules refuse calls with EPERM.
@@ -171,11 +191,21 @@ fn select(
     }
 }
 
-/// Load and attach both programs of `mode` (its preferred pair, else the next); on failure
-/// unload what was loaded, so the next try starts clean. Returns the hook's name.
-fn attach_mode(ebpf: &mut Ebpf, mode: AttachMode, btf: &Btf) -> Result<String, String> {
-    let function = match mode {
-        AttachMode::Tracepoint => None,
+/// Load and attach both programs of `mode` (its preferred pair, else the next) on `function`,
+/// else the kernel's mmap function; on failure unload what was loaded, so the next try starts
+/// clean. Returns the hook's name.
+fn attach_mode(
+    ebpf: &mut Ebpf,
+    mode: AttachMode,
+    function: Option<&str>,
+    btf: &Btf,
+) -> Result<String, String> {
+    let function = match (mode, function) {
+        (AttachMode::Tracepoint, None) => None,
+        (AttachMode::Tracepoint, Some(f)) => {
+            return Err(format!("tracepoint mode hooks sys_enter/sys_exit, not {f}"));
+        }
+        (_, Some(f)) => Some(f.to_owned()),
         _ => Some(kernel::mmap_function().map_err(|e| e.to_string())?),
     };
     let mut failures = Vec::new();

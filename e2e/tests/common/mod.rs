@@ -7,7 +7,7 @@ use std::{
     process::{Child, ChildStdout, Command, Stdio},
 };
 
-use mapsentry_agent::{Capture, CaptureConfig};
+use mapsentry_agent::{AttachMode, Capture, CaptureConfig};
 use mapsentry_policy::MmapEvent;
 use serde_json::Value;
 
@@ -78,10 +78,53 @@ pub fn mmap_call() -> &'static str {
     env!("CARGO_BIN_EXE_mmap_call")
 }
 
-/// Start capturing (real BPF); panics with the reason when the kernel refuses.
+/// The attach mode the capture tests request: `$MAPSENTRY_TEST_ATTACH` (`auto` when unset), so
+/// one test binary runs in every mode a kernel has (`cargo xtask vm-test` runs each in turn).
+pub fn requested_mode() -> AttachMode {
+    match std::env::var("MAPSENTRY_TEST_ATTACH") {
+        Ok(name) => name
+            .parse()
+            .unwrap_or_else(|e| panic!("MAPSENTRY_TEST_ATTACH: {e}")),
+        Err(_) => AttachMode::Auto,
+    }
+}
+
+/// The mode the capture must end up in: the requested one; for `auto`,
+/// `$MAPSENTRY_TEST_AUTO_PICKS`, else `tracepoint`, the only mode the build machines' kernel
+/// (6.18, no kprobes, fentry refused) allows.
+pub fn expected_mode() -> AttachMode {
+    match requested_mode() {
+        AttachMode::Auto => match std::env::var("MAPSENTRY_TEST_AUTO_PICKS") {
+            Ok(name) => name
+                .parse()
+                .unwrap_or_else(|e| panic!("MAPSENTRY_TEST_AUTO_PICKS: {e}")),
+            Err(_) => AttachMode::Tracepoint,
+        },
+        mode => mode,
+    }
+}
+
+/// Start capturing (real BPF) in the requested mode (`requested_mode`, not `config.attach`) and
+/// check it runs in the expected one; panics with the reason when the kernel refuses.
 pub fn capture(config: &CaptureConfig) -> Capture {
-    Capture::start(config)
-        .unwrap_or_else(|e| panic!("starting the capture (needs root and BTF): {e}"))
+    let config = CaptureConfig {
+        attach: requested_mode(),
+        ..config.clone()
+    };
+    let capture = Capture::start(&config).unwrap_or_else(|e| {
+        panic!(
+            "starting the capture in mode {} (needs root and BTF): {e}",
+            config.attach
+        )
+    });
+    let attached = capture.attached();
+    assert_eq!(
+        attached.mode,
+        expected_mode(),
+        "requested {}, attached {attached:?}",
+        config.attach
+    );
+    capture
 }
 
 /// Every event in the ring buffer now, from process `pid`. Call after the helper has exited:
@@ -111,12 +154,23 @@ pub fn mapsentry_bin() -> PathBuf {
 
 /// The record matching a reported call by thread, arguments and result, which must be unique.
 pub fn the_record<'a>(events: &'a [MmapEvent], call: &Value, name: &str) -> &'a MmapEvent {
+    let matches = records_for(events, call, name);
+    assert_eq!(
+        matches.len(),
+        1,
+        "{name}: expected exactly one record for {call}, got {matches:#?}"
+    );
+    matches[0]
+}
+
+/// Every record matching a reported call by thread, arguments and result.
+pub fn records_for<'a>(events: &'a [MmapEvent], call: &Value, name: &str) -> Vec<&'a MmapEvent> {
     let n = |key: &str| {
         call[key]
             .as_u64()
             .unwrap_or_else(|| panic!("{name}: no {key} in {call}"))
     };
-    let matches: Vec<&MmapEvent> = events
+    events
         .iter()
         .filter(|e| {
             u64::from(e.tid) == n("tid")
@@ -127,11 +181,5 @@ pub fn the_record<'a>(events: &'a [MmapEvent], call: &Value, name: &str) -> &'a 
                 && i64::from(e.args.fd) == call["fd"].as_i64().expect("fd")
                 && e.ret == call["ret"].as_i64().expect("ret")
         })
-        .collect();
-    assert_eq!(
-        matches.len(),
-        1,
-        "{name}: expected exactly one record for {call}, got {matches:#?}"
-    );
-    matches[0]
+        .collect()
 }

@@ -1,0 +1,86 @@
+//! The feature probe on the running kernel (real BPF, needs root): each attach mode, optionally
+//! on a named kernel function, is reported available or unavailable as the kernel decides.
+//!
+//! `$MAPSENTRY_TEST_PROBE_OK` and `$MAPSENTRY_TEST_PROBE_REFUSED` list what this kernel must
+//! accept and refuse, comma-separated, each `mode` or `mode@function`. Unset, they describe the
+//! build machines (6.18: tracepoint only; no kprobes, fentry refused); `cargo xtask vm-test`
+//! sets them per kernel (e.g. on 6.1, fentry on do_mmap is refused: more than six arguments).
+
+use mapsentry_agent::{AttachMode, probe};
+
+fn list(var: &str, default: &str) -> Vec<(AttachMode, Option<String>)> {
+    let text = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    text.split(',')
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (mode, function) = match item.split_once('@') {
+                Some((mode, function)) => (mode, Some(function.to_owned())),
+                None => (item, None),
+            };
+            let mode = mode.parse().unwrap_or_else(|e| panic!("{var}: {e}"));
+            (mode, function)
+        })
+        .collect()
+}
+
+fn name(mode: AttachMode, function: Option<&str>) -> String {
+    function.map_or_else(|| mode.to_string(), |f| format!("{mode}@{f}"))
+}
+
+#[test]
+fn the_probe_accepts_what_this_kernel_can_attach() {
+    let btf = probe::kernel::load_btf(None).expect("kernel BTF");
+    for (mode, function) in list("MAPSENTRY_TEST_PROBE_OK", "tracepoint") {
+        let what = name(mode, function.as_deref());
+        let hook = probe::probe_mode(mode, function.as_deref(), &btf)
+            .unwrap_or_else(|e| panic!("{what} must be available here: {e}"));
+        match (mode, function) {
+            (AttachMode::Tracepoint, _) => assert_eq!(hook, "sys_enter/sys_exit"),
+            (_, Some(function)) => assert_eq!(hook, function, "{what}"),
+            (_, None) => assert_eq!(
+                hook,
+                probe::kernel::mmap_function().unwrap(),
+                "{what}: the kernel's mmap function"
+            ),
+        }
+        println!("available: {what} (hook {hook})");
+    }
+}
+
+#[test]
+fn the_probe_reports_what_this_kernel_refuses_with_the_reason() {
+    let btf = probe::kernel::load_btf(None).expect("kernel BTF");
+    for (mode, function) in list("MAPSENTRY_TEST_PROBE_REFUSED", "fentry,kprobe") {
+        let what = name(mode, function.as_deref());
+        match probe::probe_mode(mode, function.as_deref(), &btf) {
+            Ok(hook) => panic!("{what} must be refused here, but attached to {hook}"),
+            Err(error) => {
+                let text = error.to_string();
+                assert!(
+                    text.starts_with(&format!(
+                        "attach mode {mode} is not available on this kernel: "
+                    )),
+                    "{what}: {text}"
+                );
+                println!("refused: {what}: {text}");
+            }
+        }
+    }
+}
+
+#[test]
+fn probing_auto_or_tracepoint_on_a_function_is_an_error_not_a_guess() {
+    let btf = probe::kernel::load_btf(None).expect("kernel BTF");
+    let auto = probe::probe_mode(AttachMode::Auto, None, &btf).unwrap_err();
+    assert!(
+        auto.to_string()
+            .ends_with("probe a concrete mode, not auto"),
+        "{auto}"
+    );
+    let tp = probe::probe_mode(AttachMode::Tracepoint, Some("do_mmap"), &btf).unwrap_err();
+    assert!(
+        tp.to_string()
+            .ends_with("tracepoint mode hooks sys_enter/sys_exit, not do_mmap"),
+        "{tp}"
+    );
+}

@@ -1,0 +1,117 @@
+//! The static binaries the VM runs: the e2e test executables and their helper programs, built
+//! with glibc linked in (`+crt-static`) so the initramfs needs no shared libraries. (The
+//! `mapsentry` binary is not among them: only `cli_run` runs it, and that suite stays on the
+//! host.)
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Built for this triple explicitly, so RUSTFLAGS reach only the target binaries (build scripts
+/// and proc macros stay dynamic) and the output lands in its own `target/<triple>` directory.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+const RUSTFLAGS: &str = "-C target-feature=+crt-static";
+
+/// Absolute paths of what was built. The tests find their helpers by paths compiled into them
+/// (`CARGO_BIN_EXE_mmap_call`, `MMAP2_CALL`), so the initramfs keeps every file at its path.
+#[derive(Debug)]
+pub struct Built {
+    /// Test executables by test target name (`capture`, `concurrency`, ...).
+    pub tests: BTreeMap<String, PathBuf>,
+    /// Programs the tests start: `mmap_call` and the 32-bit `mmap2-call`.
+    pub helpers: Vec<PathBuf>,
+}
+
+/// Release builds: what the agent ships as, and several times faster than debug builds under
+/// software emulation (which more than pays for the longer compile).
+pub fn build(root: &Path) -> anyhow::Result<Built> {
+    let tests = cargo(
+        root,
+        &[
+            "test",
+            "--no-run",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "-p",
+            "mapsentry-e2e",
+        ],
+    )?;
+    collect(tests.iter())
+}
+
+/// Run cargo with JSON messages; returns the messages.
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(&cargo)
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(root)
+        .env("RUSTFLAGS", RUSTFLAGS)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !output.status.success() {
+        bail!(
+            "cargo {} failed ({}) with RUSTFLAGS={RUSTFLAGS:?}",
+            args.join(" "),
+            output.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
+}
+
+/// Pick the test executables and helpers out of cargo's messages.
+fn collect<'a>(messages: impl Iterator<Item = &'a Value>) -> anyhow::Result<Built> {
+    let mut tests = BTreeMap::new();
+    let mut helpers = Vec::new();
+    for message in messages {
+        match message["reason"].as_str() {
+            Some("compiler-artifact") => {
+                let Some(executable) = message["executable"].as_str() else {
+                    continue;
+                };
+                let name = message["target"]["name"].as_str().unwrap_or_default();
+                let kinds = &message["target"]["kind"];
+                let is_test = message["profile"]["test"].as_bool() == Some(true);
+                if kinds == &serde_json::json!(["test"]) {
+                    tests.insert(name.to_owned(), PathBuf::from(executable));
+                } else if kinds == &serde_json::json!(["bin"]) && !is_test {
+                    helpers.push(PathBuf::from(executable));
+                }
+            }
+            Some("build-script-executed")
+                if message["package_id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains("mapsentry-e2e")) =>
+            {
+                let out = message["out_dir"].as_str().unwrap_or_default();
+                helpers.push(Path::new(out).join("mmap2-call"));
+            }
+            _ => {}
+        }
+    }
+    for name in ["mmap_call", "mmap2-call"] {
+        if !helpers.iter().any(|h| h.file_name() == Some(name.as_ref())) {
+            bail!("cargo built no {name}: cannot run the e2e tests without it");
+        }
+    }
+    for path in tests.values().chain(&helpers) {
+        if !path.is_file() {
+            bail!("{} was reported built but does not exist", path.display());
+        }
+    }
+    Ok(Built { tests, helpers })
+}
+
+#[cfg(test)]
+mod tests;

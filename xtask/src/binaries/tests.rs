@@ -1,0 +1,56 @@
+use serde_json::json;
+
+use super::*;
+
+fn messages(dir: &Path) -> Vec<Value> {
+    let exe = |name: &str| dir.join(name).display().to_string();
+    vec![
+        json!({"reason": "compiler-artifact", "target": {"name": "capture", "kind": ["test"]},
+               "profile": {"test": true}, "executable": exe("capture-1")}),
+        json!({"reason": "compiler-artifact", "target": {"name": "mmap_call", "kind": ["bin"]},
+               "profile": {"test": true}, "executable": exe("mmap_call-unit")}),
+        json!({"reason": "compiler-artifact", "target": {"name": "mmap_call", "kind": ["bin"]},
+               "profile": {"test": false}, "executable": exe("mmap_call")}),
+        json!({"reason": "compiler-artifact", "target": {"name": "mapsentry_e2e", "kind": ["lib"]},
+               "profile": {"test": false}, "executable": null}),
+        json!({"reason": "build-script-executed",
+               "package_id": "path+file:///w/e2e#mapsentry-e2e@0.1.0", "out_dir": exe("out")}),
+        json!({"reason": "build-finished", "success": true}),
+    ]
+}
+
+#[test]
+fn test_executables_and_helpers_are_picked_from_cargos_messages() {
+    let dir = std::env::temp_dir().join(format!("xtask-binaries-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    for file in ["capture-1", "mmap_call", "mmap_call-unit", "out/mmap2-call"] {
+        std::fs::write(dir.join(file), b"").unwrap();
+    }
+    let built = collect(messages(&dir).iter()).unwrap();
+    assert_eq!(
+        built.tests.into_iter().collect::<Vec<_>>(),
+        [("capture".to_owned(), dir.join("capture-1"))]
+    );
+    assert_eq!(
+        built.helpers,
+        [dir.join("mmap_call"), dir.join("out/mmap2-call")]
+    );
+
+    std::fs::remove_file(dir.join("out/mmap2-call")).unwrap();
+    let error = collect(messages(&dir).iter()).unwrap_err().to_string();
+    assert!(
+        error.ends_with("out/mmap2-call was reported built but does not exist"),
+        "{error}"
+    );
+
+    let without_script: Vec<Value> = messages(&dir)
+        .into_iter()
+        .filter(|m| m["reason"] != "build-script-executed")
+        .collect();
+    let error = collect(without_script.iter()).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "cargo built no mmap2-call: cannot run the e2e tests without it"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,105 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::plan::{Run, Skip};
+
+/// (mode, rdevmajor, rdevminor, contents) by name, read back the way the kernel reads newc.
+fn read_back(archive: &[u8]) -> BTreeMap<String, (u32, u32, u32, Vec<u8>)> {
+    let hex = |b: &[u8]| u32::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap();
+    let mut entries = BTreeMap::new();
+    let mut at = 0;
+    loop {
+        assert_eq!(at % 4, 0, "entries start 4-byte aligned");
+        let header = &archive[at..at + 110];
+        assert_eq!(&header[..6], b"070701");
+        let field = |i: usize| hex(&header[6 + 8 * i..14 + 8 * i]);
+        let (mode, size, namesize) = (field(1), field(6) as usize, field(11) as usize);
+        let name_start = at + 110;
+        let name = std::str::from_utf8(&archive[name_start..name_start + namesize - 1]).unwrap();
+        assert_eq!(archive[name_start + namesize - 1], 0, "NUL-terminated name");
+        let data = (name_start + namesize).next_multiple_of(4);
+        if name == "TRAILER!!!" {
+            assert_eq!(data, archive.len());
+            return entries;
+        }
+        let contents = archive[data..data + size].to_vec();
+        entries.insert(name.to_owned(), (mode, field(9), field(10), contents));
+        at = (data + size).next_multiple_of(4);
+    }
+}
+
+#[test]
+fn the_archive_is_newc_with_parents_before_children() {
+    let mut cpio = Cpio::default();
+    cpio.file("/work/t/deps/capture-1", b"ELF...", 0o755);
+    cpio.dir("/work/t");
+    cpio.symlink("/bin/sh", "busybox");
+    cpio.char_device("/dev/console", 5, 1);
+    let archive = cpio.finish();
+    let entries = read_back(&archive);
+    let names: Vec<&str> = entries.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/sh",
+            "dev",
+            "dev/console",
+            "work",
+            "work/t",
+            "work/t/deps",
+            "work/t/deps/capture-1"
+        ]
+    );
+    assert_eq!(
+        entries["work/t/deps/capture-1"],
+        (0o100_755, 0, 0, b"ELF...".to_vec())
+    );
+    assert_eq!(entries["bin/sh"], (0o120_777, 0, 0, b"busybox".to_vec()));
+    assert_eq!(entries["dev/console"], (0o020_600, 5, 1, Vec::new()));
+    assert_eq!(entries["work/t"].0, 0o040_755);
+    // Each directory once, although /work/t was named twice.
+    let headers = archive.windows(6).filter(|w| w == b"070701").count();
+    assert_eq!(headers, entries.len() + 1);
+}
+
+#[test]
+fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
+    let plan = Plan {
+        runs: vec![
+            Run {
+                suite: "capture".into(),
+                label: "kprobe".into(),
+                env: vec![("MAPSENTRY_TEST_ATTACH", "kprobe".into())],
+                binary: "/w/capture-1".into(),
+            },
+            Run {
+                suite: "attach_modes".into(),
+                label: "probe".into(),
+                env: vec![
+                    ("MAPSENTRY_TEST_PROBE_OK", "fentry,kprobe@do_mmap".into()),
+                    ("MAPSENTRY_TEST_PROBE_REFUSED", String::new()),
+                ],
+                binary: "/w/attach_modes-2".into(),
+            },
+        ],
+        skipped: vec![Skip {
+            suite: "cli_run".into(),
+            reason: "needs setpriv".into(),
+        }],
+    };
+    let script = init_script(&plan, "n0nce");
+    assert!(script.starts_with("#!/bin/sh\n"));
+    assert!(script.contains(
+        "\nrun capture kprobe env MAPSENTRY_TEST_ATTACH='kprobe' /w/capture-1 --test-threads=1 --show-output\n"
+    ));
+    assert!(script.contains(
+        "\nrun attach_modes probe env MAPSENTRY_TEST_PROBE_OK='fentry,kprobe@do_mmap' \
+         MAPSENTRY_TEST_PROBE_REFUSED='' /w/attach_modes-2 --test-threads=1 --show-output\n"
+    ));
+    assert!(script.contains(
+        "echo \"MAPSENTRY-VM-RESULT nonce=n0nce suite=$suite mode=$mode rc=$rc start=$start end=$end\""
+    ));
+    assert!(script.contains("echo 'not run in the VM: cli_run: needs setpriv'"));
+    assert!(script.ends_with("echo \"MAPSENTRY-VM-DONE nonce=n0nce\"\npoweroff -f\n"));
+}

@@ -1,0 +1,153 @@
+//! What runs inside the VM: each capture suite in each attach mode the kernel supports, `auto`
+//! once (it must pick the cheapest mode), and the suites left to the host, each with its reason.
+
+use std::{fmt, path::PathBuf};
+
+use anyhow::Context;
+
+use crate::{binaries::Built, kernel::Kernel};
+
+/// The agent's attach modes, as the tests name them in `MAPSENTRY_TEST_ATTACH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Mode {
+    /// Cheapest first, the order in which `auto` tries them.
+    #[cfg(test)]
+    pub const CONCRETE: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Test suites run in every mode of the kernel.
+const PER_MODE: [&str; 2] = ["capture", "concurrency"];
+/// The suite run once with `auto`.
+const AUTO: &str = "capture";
+/// The feature-probe suite, run once with the kernel's expectations.
+const PROBE: &str = "attach_modes";
+/// Enforcement (Kill, mprotect flips, LSM Deny with EPERM where BPF LSM is active, as the VMs
+/// boot it), run once per kernel in tracepoint mode: the only mode that captures mprotect.
+const ENFORCE: &str = "enforce";
+/// Suites that stay on the host, and why.
+const HOST_ONLY: [(&str, &str); 2] = [
+    (
+        "wire_layout",
+        "compares the object's BTF (read with bpftool) with the Rust mirror: no kernel involved, \
+         the host run covers it",
+    ),
+    (
+        "cli_run",
+        "asserts the build machines' kernel (only tracepoint attaches, kprobe and fentry are \
+         refused) and runs util-linux setpriv; the host run covers the CLI",
+    ),
+];
+
+/// One test executable run once, with the environment that tells it what to expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub suite: String,
+    /// What this run is about: the mode, `auto`, or `probe`.
+    pub label: String,
+    /// The environment the e2e tests read (`e2e/tests/common`, `e2e/tests/attach_modes.rs`).
+    pub env: Vec<(&'static str, String)>,
+    pub binary: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub suite: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub runs: Vec<Run>,
+    pub skipped: Vec<Skip>,
+}
+
+impl Plan {
+    pub fn for_kernel(kernel: Kernel, built: &Built) -> anyhow::Result<Self> {
+        let binary = |suite: &str| {
+            built
+                .tests
+                .get(suite)
+                .cloned()
+                .with_context(|| format!("the e2e test suite {suite} was not built"))
+        };
+        let mut runs = Vec::new();
+        for &mode in kernel.modes {
+            for suite in PER_MODE {
+                runs.push(Run {
+                    suite: suite.to_owned(),
+                    label: mode.to_string(),
+                    env: vec![("MAPSENTRY_TEST_ATTACH", mode.to_string())],
+                    binary: binary(suite)?,
+                });
+            }
+        }
+        runs.push(Run {
+            suite: AUTO.to_owned(),
+            label: Mode::Auto.to_string(),
+            env: vec![
+                ("MAPSENTRY_TEST_ATTACH", Mode::Auto.to_string()),
+                ("MAPSENTRY_TEST_AUTO_PICKS", kernel.auto_picks.to_string()),
+            ],
+            binary: binary(AUTO)?,
+        });
+        runs.push(Run {
+            suite: ENFORCE.to_owned(),
+            label: Mode::Tracepoint.to_string(),
+            env: vec![("MAPSENTRY_TEST_ATTACH", Mode::Tracepoint.to_string())],
+            binary: binary(ENFORCE)?,
+        });
+        runs.push(Run {
+            suite: PROBE.to_owned(),
+            label: "probe".to_owned(),
+            env: vec![
+                ("MAPSENTRY_TEST_PROBE_OK", kernel.probe_ok.to_owned()),
+                (
+                    "MAPSENTRY_TEST_PROBE_REFUSED",
+                    kernel.probe_refused.to_owned(),
+                ),
+            ],
+            binary: binary(PROBE)?,
+        });
+        let skipped = built
+            .tests
+            .keys()
+            .filter(|suite| {
+                !PER_MODE.contains(&suite.as_str()) && ![PROBE, ENFORCE].contains(&suite.as_str())
+            })
+            .map(|suite| Skip {
+                suite: suite.clone(),
+                reason: HOST_ONLY
+                    .iter()
+                    .find(|(name, _)| name == suite)
+                    .map_or("not in the VM plan (xtask/src/plan.rs)", |(_, why)| why)
+                    .to_owned(),
+            })
+            .collect();
+        Ok(Self { runs, skipped })
+    }
+}
+
+#[cfg(test)]
+mod tests;

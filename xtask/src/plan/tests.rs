@@ -1,0 +1,87 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::kernel::KERNELS;
+
+fn built(suites: &[&str]) -> Built {
+    Built {
+        tests: suites
+            .iter()
+            .map(|s| ((*s).to_owned(), PathBuf::from(format!("/t/{s}"))))
+            .collect::<BTreeMap<_, _>>(),
+        helpers: Vec::new(),
+    }
+}
+
+#[test]
+fn every_mode_of_the_kernel_runs_each_capture_suite_then_auto_enforce_and_the_probe_once() {
+    let plan = Plan::for_kernel(
+        KERNELS[0],
+        &built(&[
+            "attach_modes",
+            "capture",
+            "concurrency",
+            "enforce",
+            "wire_layout",
+            "cli_run",
+            "new_one",
+        ]),
+    )
+    .unwrap();
+    let runs: Vec<(&str, &str)> = plan
+        .runs
+        .iter()
+        .map(|r| (r.suite.as_str(), r.label.as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("capture", "kprobe"),
+            ("concurrency", "kprobe"),
+            ("capture", "fentry"),
+            ("concurrency", "fentry"),
+            ("capture", "tracepoint"),
+            ("concurrency", "tracepoint"),
+            ("capture", "auto"),
+            ("enforce", "tracepoint"),
+            ("attach_modes", "probe"),
+        ]
+    );
+    assert_eq!(
+        plan.runs[1].env,
+        [("MAPSENTRY_TEST_ATTACH", "kprobe".to_owned())]
+    );
+    assert_eq!(
+        plan.runs[6].env,
+        [
+            ("MAPSENTRY_TEST_ATTACH", "auto".to_owned()),
+            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
+        ]
+    );
+    assert_eq!(
+        plan.runs[7].env,
+        [("MAPSENTRY_TEST_ATTACH", "tracepoint".to_owned())]
+    );
+    assert_eq!(
+        plan.runs[8].env,
+        [
+            ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
+            ("MAPSENTRY_TEST_PROBE_REFUSED", "fentry@do_mmap".to_owned())
+        ]
+    );
+    assert_eq!(plan.runs[8].binary, PathBuf::from("/t/attach_modes"));
+
+    let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.suite.as_str()).collect();
+    assert_eq!(skipped, ["cli_run", "new_one", "wire_layout"]);
+    assert!(plan.skipped[0].reason.contains("setpriv"));
+    assert!(plan.skipped[1].reason.contains("not in the VM plan"));
+}
+
+#[test]
+fn a_missing_suite_is_an_error() {
+    let error = Plan::for_kernel(KERNELS[1], &built(&["capture", "attach_modes"])).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the e2e test suite concurrency was not built"
+    );
+}
