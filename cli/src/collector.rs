@@ -7,13 +7,21 @@ use anyhow::Context;
 use mapsentry_collector::{Hub, HubConfig, ServerConfig, log::LogConfig, serve};
 use tokio::net::TcpListener;
 
-use crate::signals;
+use crate::{alerting::PolicyArgs, signals};
+
+/// The collector's default Prometheus listener (the chart's `collector.metrics.port`).
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectorArgs {
     /// Address to serve gRPC on (agents, subscribers, health, reflection).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
+    #[command(flatten)]
+    policy: PolicyArgs,
     #[command(flatten)]
     limits: CollectorLimits,
 }
@@ -80,9 +88,11 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         listener.local_addr().context("reading the bound address")?
     );
     let hub = args.limits.open_hub()?;
+    let alerting = args.policy.start(&hub, Some(args.metrics_listen)).await?;
     serve(hub, &args.limits.server(), listener, shutdown)
         .await
         .context("serving gRPC")?;
+    alerting.stop().await;
     eprintln!("mapsentry: collector stopped");
     Ok(())
 }
