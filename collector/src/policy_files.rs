@@ -215,4 +215,4 @@ fn read_into(path: &Path, out: &mut BTreeMap<PathBuf, String>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use super::*;
 
-const GOOD_V1: &str = "apiVersion: mapsentry.dev/v1alpha1
+pub(crate) const GOOD_V1: &str = "apiVersion: mapsentry.dev/v1alpha1
 kind: ClusterMmapPolicy
 metadata:
   name: wx
@@ -16,7 +16,7 @@ spec:
       action: Alert
 ";
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mapsentry-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a temp dir");
