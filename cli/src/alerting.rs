@@ -34,11 +34,13 @@ pub struct Alerting {
 }
 
 impl PolicyArgs {
-    /// Load the policies, start evaluating what `hub` stores, serve metrics on `metrics_listen`.
+    /// Load the policies, start evaluating what `hub` stores, serve metrics on `metrics_listen`
+    /// (`(addr, required)`: a listener that is not required is skipped with a warning when its
+    /// address cannot be bound).
     pub async fn start(
         &self,
         hub: &Arc<Hub>,
-        metrics_listen: Option<SocketAddr>,
+        metrics_listen: Option<(SocketAddr, bool)>,
     ) -> anyhow::Result<Alerting> {
         let (files, scan) = PolicyFiles::open(self.policies.clone())?;
         let ids = files.store().ids();
@@ -63,12 +65,23 @@ impl PolicyArgs {
             ..AlertConfig::default()
         };
         let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config);
-        let metrics = match metrics_listen {
+        let listener = match metrics_listen {
             None => None,
-            Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?;
+            Some((addr, required)) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(error) if !required => {
+                    tracing::warn!(%addr, %error, "the default metrics address cannot be bound; metrics are off (set --metrics-listen)");
+                    None
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error)
+                        .context(format!("--metrics-listen {addr}: cannot bind")));
+                }
+            },
+        };
+        let metrics = match listener {
+            None => None,
+            Some(listener) => {
                 eprintln!(
                     "mapsentry: metrics on http://{}/metrics",
                     listener

@@ -17,9 +17,10 @@ pub struct CollectorArgs {
     /// Address to serve gRPC on (agents, subscribers, health, reflection).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
-    /// Serve Prometheus metrics on http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_LISTEN)]
-    metrics_listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: 0.0.0.0:9090, skipped with a
+    /// warning when that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
@@ -88,7 +89,11 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         listener.local_addr().context("reading the bound address")?
     );
     let hub = args.limits.open_hub()?;
-    let alerting = args.policy.start(&hub, Some(args.metrics_listen)).await?;
+    let metrics_listen = match args.metrics_listen {
+        Some(addr) => (addr, true),
+        None => (DEFAULT_METRICS_LISTEN.parse()?, false),
+    };
+    let alerting = args.policy.start(&hub, Some(metrics_listen)).await?;
     serve(hub, &args.limits.server(), listener, shutdown)
         .await
         .context("serving gRPC")?;

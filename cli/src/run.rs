@@ -84,7 +84,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The embedded collector: the same gRPC services as `mapsentry collector`.
     let hub = args.limits.open_hub()?;
-    let alerting = args.policy.start(&hub, args.metrics_listen).await?;
+    let alerting = args
+        .policy
+        .start(&hub, args.metrics_listen.map(|addr| (addr, true)))
+        .await?;
     let alert_printer = print_alerts(&hub, args.output)?;
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
     let server_config = args.limits.server();

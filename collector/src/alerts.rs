@@ -85,6 +85,9 @@ pub fn start(
     )
 }
 
+/// (namespace, pod, policy, rule) of an alert.
+type AlertKey = (Option<String>, Option<String>, String, String);
+
 struct Evaluator {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -93,7 +96,7 @@ struct Evaluator {
     scopes: HashMap<u64, CallerScope>,
     max_scopes: usize,
     /// The node of each aggregated (pod, policy, rule), by the alert line's key fields.
-    nodes: HashMap<(Option<String>, Option<String>, String, String), Arc<str>>,
+    nodes: HashMap<AlertKey, Arc<str>>,
 }
 
 impl Evaluator {
@@ -119,7 +122,7 @@ impl Evaluator {
                         policies = watch::channel(set.clone()).1;
                         continue;
                     }
-                    set = policies.borrow_and_update().clone();
+                    set.clone_from(&policies.borrow_and_update());
                     self.scopes.clear();
                     tracing::info!(policies = set.as_ref().map_or(0, |s| s.policies().len()), "policy set in force");
                 }

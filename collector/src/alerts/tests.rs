@@ -47,7 +47,7 @@ async fn a_storm_of_wx_calls_is_one_alert_and_counted_per_call() {
     let metrics = Arc::new(Metrics::default());
     let task = start(
         &hub,
-        files.watch(Duration::from_secs(60)),
+        files.watch(Duration::from_mins(1)),
         Arc::clone(&metrics),
         AlertConfig::default(),
     );
@@ -130,7 +130,7 @@ async fn an_enforced_call_alerts_with_the_kernels_action() {
     let hub = Hub::new(HubConfig::default());
     let _task = start(
         &hub,
-        files.watch(Duration::from_secs(60)),
+        files.watch(Duration::from_mins(1)),
         Arc::new(Metrics::default()),
         AlertConfig::default(),
     );
