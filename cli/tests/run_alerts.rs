@@ -65,7 +65,10 @@ async fn a_real_wx_mapping_is_exactly_one_alert_and_counted() {
         .to_string();
 
     let mut target = Command::new("/bin/sh")
-        .args(["-c", &format!("read _ && exec python3 -c '{WX_CALL}'")])
+        .args([
+            "-c",
+            &format!("read _ && exec /usr/bin/python3 -c '{WX_CALL}'"),
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
