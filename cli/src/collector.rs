@@ -7,13 +7,22 @@ use anyhow::Context;
 use mapsentry_collector::{Hub, HubConfig, ServerConfig, log::LogConfig, serve};
 use tokio::net::TcpListener;
 
-use crate::signals;
+use crate::{alerting::PolicyArgs, signals};
+
+/// The collector's default Prometheus listener (the chart's `collector.metrics.port`).
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectorArgs {
     /// Address to serve gRPC on (agents, subscribers, health, reflection).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: 0.0.0.0:9090, skipped with a
+    /// warning when that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    policy: PolicyArgs,
     #[command(flatten)]
     limits: CollectorLimits,
 }
@@ -80,9 +89,15 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         listener.local_addr().context("reading the bound address")?
     );
     let hub = args.limits.open_hub()?;
+    let metrics_listen = match args.metrics_listen {
+        Some(addr) => (addr, true),
+        None => (DEFAULT_METRICS_LISTEN.parse()?, false),
+    };
+    let alerting = args.policy.start(&hub, Some(metrics_listen)).await?;
     serve(hub, &args.limits.server(), listener, shutdown)
         .await
         .context("serving gRPC")?;
+    alerting.stop().await;
     eprintln!("mapsentry: collector stopped");
     Ok(())
 }

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod alert_output;
+mod alerting;
 mod capture_args;
 mod collector;
 mod filter;

@@ -5,20 +5,25 @@
 use std::{
     io::{self, BufWriter, Write},
     net::SocketAddr,
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
+use futures_core::Stream as _;
 use mapsentry_agent::Capture;
-use mapsentry_collector::serve;
+use mapsentry_collector::{Hub, filter::RecordFilter, serve};
 use mapsentry_policy::MmapEvent;
+use mapsentry_proto::v1;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::oneshot};
 use tracing::Instrument as _;
 
 use crate::{
     agent::start_shipper,
+    alert_output,
+    alerting::PolicyArgs,
     capture_args::{CaptureArgs, hostname},
     collector::CollectorLimits,
     filter::EventFilter,
@@ -51,6 +56,11 @@ pub struct RunArgs {
     listen: Option<SocketAddr>,
     #[command(flatten)]
     capture: CaptureArgs,
+    /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    policy: PolicyArgs,
     #[command(flatten)]
     limits: CollectorLimits,
 }
@@ -74,6 +84,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The embedded collector: the same gRPC services as `mapsentry collector`.
     let hub = args.limits.open_hub()?;
+    let alerting = args
+        .policy
+        .start(&hub, args.metrics_listen.map(|addr| (addr, true)))
+        .await?;
+    let alert_printer = print_alerts(&hub, args.output)?;
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
     let server_config = args.limits.server();
     let serving = Arc::clone(&hub);
@@ -93,11 +108,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &capture,
     )?;
 
-    let mut out = BufWriter::new(io::stdout().lock());
-    announce(&mut out, args.output, &capture, observer)?;
+    announce(
+        &mut BufWriter::new(io::stdout().lock()),
+        args.output,
+        &capture,
+        observer,
+    )?;
     let mut tally = Tally::default();
     let mut reader_gone = false;
     let counters = pump(&mut capture, &shipper, &mut shutdown, |batch| {
+        // Locked per batch: alert lines are printed between batches by their own task.
+        let mut out = BufWriter::new(io::stdout().lock());
         let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
         reader_gone |= !open;
         Ok(open)
@@ -113,6 +134,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(Err(error)) => tracing::warn!(%error, "the embedded collector task failed"),
         Err(_) => tracing::warn!("the embedded collector did not stop within 5 s"),
     }
+    alerting.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), alert_printer).await;
+    let mut out = BufWriter::new(io::stdout().lock());
 
     let totals = json!({
         "kind": "totals",
@@ -139,6 +163,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shipping.captured,
     );
     Ok(())
+}
+
+/// Print the alert updates of `hub` as they are published, until the hub closes.
+fn print_alerts(hub: &Arc<Hub>, format: Format) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let filter = RecordFilter::new(None, &[v1::Kind::Alerts as i32])
+        .context("building the alert subscription")?;
+    let mut subscription = hub
+        .subscribe(filter, None)
+        .context("subscribing to alerts")?;
+    Ok(tokio::spawn(
+        async move {
+            while let Some(response) =
+                std::future::poll_fn(|cx| Pin::new(&mut subscription).poll_next(cx)).await
+            {
+                let Some(v1::subscribe_response::Item::Alert(alert)) = response.item else {
+                    continue;
+                };
+                let mut out = io::stdout().lock();
+                if alert_output::write_alert(&mut out, format, &alert)
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        .instrument(tracing::info_span!("alert_printer")),
+    ))
 }
 
 /// The observer listener: `--listen` as given, else the default port, else any free port.

@@ -88,6 +88,7 @@ async fn read_records(follower: &mut Follower, count: usize) -> (Vec<EventRecord
                 records.len()
             ),
             Followed::Started(_) => {}
+            Followed::Alert(alert) => panic!("an events subscription got an alert: {alert:?}"),
             Followed::Disconnected { .. } => disconnects += 1,
         }
     }

@@ -25,6 +25,7 @@ pub struct RecordFilter {
     flags_any: u64,
     flags_all: u64,
     events: bool,
+    alerts: bool,
 }
 
 impl RecordFilter {
@@ -41,10 +42,11 @@ impl RecordFilter {
             }
         }
         let mut events = kinds.is_empty();
+        let mut alerts = false;
         for &value in kinds {
             match Kind::try_from(value) {
                 Ok(Kind::Events) => events = true,
-                Ok(Kind::Alerts) => {}
+                Ok(Kind::Alerts) => alerts = true,
                 Ok(Kind::Unspecified) | Err(_) => return Err(FilterError::Kind { value }),
             }
         }
@@ -59,6 +61,7 @@ impl RecordFilter {
             flags_any: filter.flags_any,
             flags_all: filter.flags_all,
             events,
+            alerts,
         })
     }
 
@@ -76,6 +79,26 @@ impl RecordFilter {
             && prot & self.prot_all == self.prot_all
             && (self.flags_any == 0 || flags & self.flags_any != 0)
             && flags & self.flags_all == self.flags_all
+    }
+}
+
+impl RecordFilter {
+    /// Whether this subscriber asked for alerts at all.
+    #[must_use]
+    pub fn wants_alerts(&self) -> bool {
+        self.alerts
+    }
+
+    /// Whether `alert` from `node` passes: the kind, and the node, namespace, pod and comm
+    /// filters (the latter against the alert's sample call). Bit and syscall filters are for
+    /// events and do not narrow alerts.
+    #[must_use]
+    pub fn matches_alert(&self, node: &str, alert: &v1::AlertRecord) -> bool {
+        self.alerts
+            && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
+            && any_of(&self.namespaces, alert.namespace.as_ref())
+            && any_of(&self.pods, alert.pod.as_ref())
+            && any_of(&self.comms, alert.event.as_ref().map(|e| &e.comm))
     }
 }
 

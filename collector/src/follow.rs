@@ -28,6 +28,8 @@ pub enum FollowError {
 pub enum Followed {
     Started(Started),
     Record(EventRecord),
+    /// An alert update (alerts have their own cursors and are not resumed).
+    Alert(mapsentry_proto::v1::AlertRecord),
     Loss(LossNotice),
     /// The stream broke; the follower resubscribes after `retry_in`.
     Disconnected {
@@ -131,6 +133,7 @@ impl Follower {
                 self.last_cursor = Some(record.cursor);
                 Followed::Record(record)
             }
+            Some(subscribe_response::Item::Alert(alert)) => Followed::Alert(alert),
             Some(subscribe_response::Item::Loss(loss)) => Followed::Loss(loss),
             Some(subscribe_response::Item::Started(started)) => {
                 // A live subscription resumes from where it started, not from "now" again.

@@ -10,13 +10,16 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use mapsentry_proto::v1::{
-    self, EventRecord, LossReason, NodeStats, SubscribeResponse, subscribe_response,
+    self, AlertRecord, EventRecord, LossReason, NodeStats, SubscribeResponse, subscribe_response,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
@@ -100,6 +103,7 @@ impl Record {
 #[derive(Debug, Clone)]
 enum Item {
     Record(Arc<Record>),
+    Alert(Arc<AlertRecord>),
     Loss { count: u64, reason: LossReason },
     Started(v1::Started),
 }
@@ -108,6 +112,7 @@ impl Item {
     fn into_response(self) -> SubscribeResponse {
         let item = match self {
             Self::Record(record) => subscribe_response::Item::Event(record.to_wire()),
+            Self::Alert(alert) => subscribe_response::Item::Alert((*alert).clone()),
             Self::Loss { count, reason } => subscribe_response::Item::Loss(v1::LossNotice {
                 count,
                 reason: reason.into(),
@@ -149,6 +154,10 @@ struct State {
     closed: bool,
     /// Where batches are written before they are acked, if on disk.
     log: Option<Log>,
+    /// The cursor the next alert gets.
+    next_alert_cursor: u64,
+    /// Where stored records go for policy evaluation, if anywhere.
+    tap: Option<mpsc::Sender<Vec<Arc<Record>>>>,
 }
 
 impl State {
@@ -171,6 +180,10 @@ pub struct Hub {
     config: HubConfig,
     state: Mutex<State>,
     closed: watch::Sender<bool>,
+    /// Records not evaluated because the evaluation queue was full.
+    tap_dropped: AtomicU64,
+    /// Alerts published.
+    alerts: AtomicU64,
 }
 
 impl Hub {
@@ -206,8 +219,12 @@ impl Hub {
                 subscriber_losses: 0,
                 closed: false,
                 log: None,
+                next_alert_cursor: first,
+                tap: None,
             }),
             closed: watch::Sender::new(false),
+            tap_dropped: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
             config,
         })
     }
@@ -327,8 +344,8 @@ impl Hub {
         seq: u64,
         events: Vec<v1::Event>,
     ) -> Result<Stored, LogError> {
-        let mut state = self.lock();
-        let state = &mut *state;
+        let mut state_guard = self.lock();
+        let state = &mut *state_guard;
         let key = (agent.node.clone(), agent.boot_id.clone());
         if seq <= state.seqs.get(&key).copied().unwrap_or(0) {
             state
@@ -347,6 +364,7 @@ impl Hub {
         let first = state.next_cursor;
         let count = events.len() as u64;
         let node_name: Arc<str> = agent.node.as_str().into();
+        let mut tapped = state.tap.as_ref().map(|_| Vec::with_capacity(events.len()));
         for event in events {
             let record = Arc::new(Record {
                 cursor: state.next_cursor,
@@ -359,6 +377,20 @@ impl Hub {
             }
             state.ring.push_back(Arc::clone(&record));
             fan_out(&mut state.live, &mut state.subscriber_losses, &record);
+            if let Some(tapped) = &mut tapped {
+                tapped.push(record);
+            }
+        }
+        let tap = state.tap.clone();
+        drop(state_guard);
+        // Evaluation happens in its own task; ingest never waits for it.
+        if let (Some(tap), Some(tapped)) = (tap, tapped)
+            && !tapped.is_empty()
+        {
+            let n = tapped.len() as u64;
+            if tap.try_send(tapped).is_err() {
+                self.tap_dropped.fetch_add(n, Ordering::Relaxed);
+            }
         }
         Ok(Stored::New { first, count })
     }
@@ -496,6 +528,43 @@ impl Hub {
         self.lock().live.remove(&id);
     }
 
+    /// Hand every record stored from now on, in batches, to `tap` (policy evaluation). A full
+    /// tap loses the batch, counted in [`Hub::evaluation_dropped`].
+    pub fn set_tap(&self, tap: mpsc::Sender<Vec<Arc<Record>>>) {
+        self.lock().tap = Some(tap);
+    }
+
+    /// Records not evaluated because the evaluation queue was full.
+    #[must_use]
+    pub fn evaluation_dropped(&self) -> u64 {
+        self.tap_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Alerts published so far.
+    #[must_use]
+    pub fn alerts_published(&self) -> u64 {
+        self.alerts.load(Ordering::Relaxed)
+    }
+
+    /// Give `alert` the next alert cursor and offer it to the live subscribers that asked for
+    /// alerts and whose filter it passes. Returns its cursor.
+    pub fn publish_alert(&self, mut alert: AlertRecord) -> u64 {
+        let mut state = self.lock();
+        let state = &mut *state;
+        alert.cursor = state.next_alert_cursor;
+        state.next_alert_cursor += 1;
+        let alert = Arc::new(alert);
+        let losses = &mut state.subscriber_losses;
+        state.live.retain(|_, sub| {
+            if !sub.filter.matches_alert(&alert.node, &alert) {
+                return !sub.tx.is_closed();
+            }
+            offer(sub, losses, Item::Alert(Arc::clone(&alert)))
+        });
+        self.alerts.fetch_add(1, Ordering::Relaxed);
+        alert.cursor
+    }
+
     /// Per-node counters and the retention window.
     #[must_use]
     pub fn stats(&self) -> v1::StatsResponse {
@@ -533,30 +602,36 @@ fn fan_out(live: &mut HashMap<u64, Live>, losses: &mut u64, record: &Arc<Record>
         if !record.matches(&sub.filter) {
             return !sub.tx.is_closed();
         }
-        if sub.missed > 0 {
-            match sub.tx.try_send(Item::Loss {
-                count: sub.missed,
-                reason: LossReason::SubscriberBehind,
-            }) {
-                Ok(()) => sub.missed = 0,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    sub.missed += 1;
-                    *losses += 1;
-                    return true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
-        }
-        match sub.tx.try_send(Item::Record(Arc::clone(record))) {
-            Ok(()) => true,
+        offer(sub, losses, Item::Record(Arc::clone(record)))
+    });
+}
+
+/// Queue `item` for `sub` (after the loss notice it is owed), or count it as missed. False when
+/// the subscriber is gone.
+fn offer(sub: &mut Live, losses: &mut u64, item: Item) -> bool {
+    if sub.missed > 0 {
+        match sub.tx.try_send(Item::Loss {
+            count: sub.missed,
+            reason: LossReason::SubscriberBehind,
+        }) {
+            Ok(()) => sub.missed = 0,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 sub.missed += 1;
                 *losses += 1;
-                true
+                return true;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
         }
-    });
+    }
+    match sub.tx.try_send(item) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            sub.missed += 1;
+            *losses += 1;
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
 }
 
 /// The stream of one subscriber: its queue, then the loss notice it is owed when the queue runs

@@ -1,15 +1,21 @@
 //! mapsentry's cluster side: agents stream event batches in (`ingest`), the `hub` keeps a bounded
 //! retention ring with cursors and fans records out to subscribers, whom the `observer` serves
 //! with server-side `filter`s, resume cursors and explicit loss notices. `server` puts the gRPC
-//! services (with health and reflection) on a listener.
+//! services (with health and reflection) on a listener. `alerts` evaluates stored calls against
+//! the policies (from `policy_files`), publishes alert updates to subscribers and counts them in
+//! `metrics` (Prometheus `/metrics`).
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+pub mod context;
 pub mod filter;
 pub mod follow;
 pub mod hub;
 pub mod ingest;
 pub mod log;
+pub mod metrics;
 pub mod observer;
+pub mod policy_files;
 pub mod server;
 
 pub use hub::{Hub, HubConfig};

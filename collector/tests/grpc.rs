@@ -277,6 +277,7 @@ async fn a_stalled_subscriber_gets_the_exact_loss_count_while_another_gets_every
                 missed += loss.count;
             }
             Item::Started(_) => panic!("one Started only"),
+            Item::Alert(alert) => panic!("an events subscription got an alert: {alert:?}"),
         }
     }
     assert!(

@@ -218,3 +218,53 @@ fn unknown_syscalls_and_kinds_are_named() {
         Err(FilterError::Kind { value: 0 })
     );
 }
+
+fn alert(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> v1::AlertRecord {
+    v1::AlertRecord {
+        namespace: namespace.map(Into::into),
+        pod: pod.map(Into::into),
+        event: Some(Event {
+            comm: comm.into(),
+            ..Event::default()
+        }),
+        ..v1::AlertRecord::default()
+    }
+}
+
+#[test]
+fn alerts_only_when_asked_and_narrowed_by_node_namespace_pod_and_comm() {
+    let events_only = RecordFilter::new(None, &[]).unwrap();
+    assert!(!events_only.wants_alerts());
+    assert!(!events_only.matches_alert("n1", &alert(None, None, "app")));
+
+    let alerts_only = RecordFilter::new(None, &[Kind::Alerts as i32]).unwrap();
+    assert!(alerts_only.matches_alert("n1", &alert(None, None, "app")));
+    let event = record("n1", "app", Syscall::Mmap, 0x7, 0x22);
+    assert!(
+        !alerts_only.matches("n1", event.event.as_ref().unwrap()),
+        "an alerts-only subscriber gets no events"
+    );
+
+    let narrowed = RecordFilter::new(
+        Some(&Filter {
+            nodes: vec!["n1".into()],
+            namespaces: vec!["web".into()],
+            pods: vec!["api".into()],
+            comms: vec!["app".into()],
+            // Bit filters are for events: they do not narrow alerts.
+            prot_all: 0x4,
+            ..Filter::default()
+        }),
+        &[Kind::Alerts as i32, Kind::Events as i32],
+    )
+    .unwrap();
+    assert!(narrowed.matches_alert("n1", &alert(Some("web"), Some("api"), "app")));
+    assert!(!narrowed.matches_alert("n2", &alert(Some("web"), Some("api"), "app")));
+    assert!(!narrowed.matches_alert("n1", &alert(Some("db"), Some("api"), "app")));
+    assert!(!narrowed.matches_alert("n1", &alert(Some("web"), Some("web-1"), "app")));
+    assert!(!narrowed.matches_alert("n1", &alert(Some("web"), Some("api"), "jit")));
+    assert!(
+        !narrowed.matches_alert("n1", &alert(None, None, "app")),
+        "a host alert has no namespace to match"
+    );
+}

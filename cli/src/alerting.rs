@@ -1,0 +1,129 @@
+//! Policies, alerts and metrics of a collector (`collector` and `run`): `--policy` files with
+//! hot reload, evaluation of every stored call, and Prometheus `/metrics`.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use mapsentry_collector::{
+    Hub,
+    alerts::{self, AlertConfig},
+    metrics::{self, Metrics},
+    policy_files::{self, PolicyFiles},
+};
+use tokio::{net::TcpListener, sync::oneshot};
+use tracing::Instrument as _;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy file or directory (its *.yaml, *.yml and *.json files), repeatable. Reloaded on
+    /// change; a new version that does not validate is rejected (its errors logged) and the
+    /// previous good one stays in force.
+    #[arg(long = "policy", value_name = "PATH")]
+    policies: Vec<PathBuf>,
+    /// Dedup window of alerts, in seconds: further matches of one (pod, policy, rule) within it
+    /// are counted into the next update rather than reported one by one.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    alert_window: u64,
+}
+
+/// The running evaluation and metrics server; stop them with [`Alerting::stop`].
+#[derive(Debug)]
+pub struct Alerting {
+    evaluation: tokio::task::JoinHandle<()>,
+    metrics: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl PolicyArgs {
+    /// Load the policies, start evaluating what `hub` stores, serve metrics on `metrics_listen`
+    /// (`(addr, required)`: a listener that is not required is skipped with a warning when its
+    /// address cannot be bound).
+    pub async fn start(
+        &self,
+        hub: &Arc<Hub>,
+        metrics_listen: Option<(SocketAddr, bool)>,
+    ) -> anyhow::Result<Alerting> {
+        let (files, scan) = PolicyFiles::open(self.policies.clone())?;
+        let ids = files.store().ids();
+        if !self.policies.is_empty() {
+            eprintln!(
+                "mapsentry: {} policies in force{}",
+                ids.len(),
+                if scan.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} documents rejected, see the log)", scan.errors.len())
+                }
+            );
+            for error in &scan.errors {
+                eprintln!("mapsentry: policy rejected: {error}");
+            }
+        }
+        let policies = files.watch(policy_files::DEFAULT_INTERVAL);
+        let counters = Arc::new(Metrics::default());
+        let config = AlertConfig {
+            window: Duration::from_secs(self.alert_window),
+            ..AlertConfig::default()
+        };
+        let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config);
+        let listener = match metrics_listen {
+            None => None,
+            Some((addr, required)) => match TcpListener::bind(addr).await {
+                Ok(listener) => Some(listener),
+                Err(error) if !required => {
+                    tracing::warn!(%addr, %error, "the default metrics address cannot be bound; metrics are off (set --metrics-listen)");
+                    None
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error)
+                        .context(format!("--metrics-listen {addr}: cannot bind")));
+                }
+            },
+        };
+        let metrics = match listener {
+            None => None,
+            Some(listener) => {
+                eprintln!(
+                    "mapsentry: metrics on http://{}/metrics",
+                    listener
+                        .local_addr()
+                        .context("reading the metrics address")?
+                );
+                let (stop, stopped) = oneshot::channel::<()>();
+                let hub = Arc::clone(hub);
+                let task = tokio::spawn(
+                    async move {
+                        if let Err(error) = metrics::serve(counters, hub, listener, async {
+                            drop(stopped.await);
+                        })
+                        .await
+                        {
+                            tracing::error!(error = %anyhow::Error::new(error), "metrics server stopped");
+                        }
+                    }
+                    .instrument(tracing::info_span!("metrics")),
+                );
+                Some((stop, task))
+            }
+        };
+        Ok(Alerting {
+            evaluation,
+            metrics,
+        })
+    }
+}
+
+impl Alerting {
+    /// After the hub closed: let evaluation report what it holds, stop the metrics server.
+    pub async fn stop(self) {
+        if tokio::time::timeout(Duration::from_secs(5), self.evaluation)
+            .await
+            .is_err()
+        {
+            tracing::warn!("policy evaluation did not stop within 5 s");
+        }
+        if let Some((stop, task)) = self.metrics {
+            drop(stop);
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Policy evaluation and alerts: every stored call is evaluated against the policies in force,
+//! matches are aggregated per (pod, policy, rule) with a dedup window
+//! ([`mapsentry_policy::Aggregator`]), counted in the metrics, and each alert update is published
+//! to the subscribers that asked for alerts.
+//!
+//! This runs in its own task, fed by the hub's bounded evaluation queue after ingest has stored a
+//! batch and released the hub: ingest never waits for evaluation (a full queue is counted as
+//! `mapsentry_policy_evaluation_dropped_total`). Which policies apply to a caller (its
+//! [`CallerScope`]) is computed once per cgroup and kept until the policy set changes.
+//!
+//! A call the node's kernel rules acted on (`enforced` set) raises its enforce-mode alerts with
+//! the kernel's action (`kill` or `deny`).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use mapsentry_policy::{
+    Action, Aggregator, AlertLine, CallerScope, EnforceAction, Match, MmapEvent, Mode, PolicySet,
+    alert::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW_NS},
+};
+use mapsentry_proto::v1;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
+
+use crate::{
+    context::eval_context,
+    hub::{Hub, Record},
+    metrics::{Metrics, ViolationLabels},
+};
+
+/// Settings of the evaluation task.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertConfig {
+    /// Dedup window: matches of one (pod, policy, rule) within it after a report only count.
+    pub window: Duration,
+    /// Most (pod, policy, rule) keys aggregated at once.
+    pub max_keys: usize,
+    /// Batches queued for evaluation.
+    pub queue_batches: usize,
+    /// How often keys whose window is over are reported.
+    pub flush_interval: Duration,
+    /// Most cached caller scopes (cleared when full).
+    pub max_scopes: usize,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_nanos(DEFAULT_WINDOW_NS),
+            max_keys: DEFAULT_MAX_KEYS,
+            queue_batches: 1024,
+            flush_interval: Duration::from_secs(1),
+            max_scopes: 65_536,
+        }
+    }
+}
+
+/// The policies in force, as published by a policy source; None means none.
+pub type Policies = watch::Receiver<Option<Arc<PolicySet>>>;
+
+/// Start evaluating everything `hub` stores from now on against `policies`. The task ends
+/// when the hub closes, after reporting what the aggregation still holds.
+pub fn start(
+    hub: &Arc<Hub>,
+    policies: Policies,
+    metrics: Arc<Metrics>,
+    config: AlertConfig,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+    hub.set_tap(tx);
+    let evaluator = Evaluator {
+        hub: Arc::clone(hub),
+        metrics,
+        aggregator: Aggregator::new(
+            u64::try_from(config.window.as_nanos()).unwrap_or(u64::MAX),
+            config.max_keys,
+        ),
+        scopes: HashMap::new(),
+        max_scopes: config.max_scopes.max(1),
+        nodes: HashMap::new(),
+    };
+    tokio::spawn(
+        evaluator
+            .run(rx, policies, config.flush_interval)
+            .instrument(tracing::info_span!("alerts")),
+    )
+}
+
+/// (namespace, pod, policy, rule) of an alert.
+type AlertKey = (Option<String>, Option<String>, String, String);
+
+struct Evaluator {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    aggregator: Aggregator,
+    /// Caller scopes by cgroup id, for the current policy set.
+    scopes: HashMap<u64, CallerScope>,
+    max_scopes: usize,
+    /// The node of each aggregated (pod, policy, rule), by the alert line's key fields.
+    nodes: HashMap<AlertKey, Arc<str>>,
+}
+
+impl Evaluator {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<Arc<Record>>>,
+        mut policies: Policies,
+        flush_interval: Duration,
+    ) {
+        let mut closed = self.hub.closed_watch();
+        let mut flush = tokio::time::interval(flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut set = policies.borrow_and_update().clone();
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    self.evaluate_batch(set.as_deref(), &batch);
+                }
+                changed = policies.changed() => {
+                    if changed.is_err() {
+                        // The source is gone: keep the last set in force.
+                        policies = watch::channel(set.clone()).1;
+                        continue;
+                    }
+                    set.clone_from(&policies.borrow_and_update());
+                    self.scopes.clear();
+                    tracing::info!(policies = set.as_ref().map_or(0, |s| s.policies().len()), "policy set in force");
+                }
+                _ = flush.tick() => {
+                    let now = now_ns();
+                    for line in self.aggregator.flush(now) {
+                        self.publish(line);
+                    }
+                }
+                _ = closed.wait_for(|c| *c) => break,
+            }
+        }
+        while let Ok(batch) = rx.try_recv() {
+            self.evaluate_batch(set.as_deref(), &batch);
+        }
+        for line in self.aggregator.drain() {
+            self.publish(line);
+        }
+    }
+
+    fn evaluate_batch(&mut self, set: Option<&PolicySet>, batch: &[Arc<Record>]) {
+        let Some(set) = set else {
+            self.metrics.evaluated(batch.len() as u64);
+            return;
+        };
+        let mut matches = Vec::new();
+        for record in batch {
+            self.evaluate(set, record, &mut matches);
+        }
+    }
+
+    fn evaluate<'a>(&mut self, set: &'a PolicySet, record: &Record, matches: &mut Vec<Match<'a>>) {
+        let event = match MmapEvent::try_from(&record.event) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::debug!(cursor = record.cursor, %error, "record not evaluated");
+                self.metrics.undecodable();
+                return;
+            }
+        };
+        self.metrics.evaluated(1);
+        let ctx = eval_context(&event);
+        if self.scopes.len() >= self.max_scopes {
+            self.scopes.clear();
+        }
+        let scope = self
+            .scopes
+            .entry(event.cgroup_id)
+            .or_insert_with(|| set.scope(&ctx));
+        matches.clear();
+        set.evaluate_scoped(scope, &event, &ctx, matches);
+        let enforced = event.enforced.map(|e| match e.action {
+            EnforceAction::Kill => Action::Kill,
+            EnforceAction::Deny => Action::Deny,
+        });
+        for m in matches.drain(..) {
+            let m = match (enforced, m.mode) {
+                (Some(action), Mode::Enforce) => Match { action, ..m },
+                _ => m,
+            };
+            let workload = ctx.workload.as_ref();
+            self.metrics.violation(ViolationLabels {
+                namespace: workload.map(|w| w.namespace.clone()).unwrap_or_default(),
+                pod: workload.map(|w| w.pod.clone()).unwrap_or_default(),
+                policy: m.policy.to_string(),
+                rule: m.rule.to_owned(),
+                action: m.action.as_str().to_owned(),
+            });
+            let key = (
+                workload.map(|w| w.namespace.clone()),
+                workload.map(|w| w.pod.clone()),
+                m.policy.to_string(),
+                m.rule.to_owned(),
+            );
+            self.nodes
+                .entry(key)
+                .or_insert_with(|| Arc::clone(&record.node));
+            if let Some(line) = self.aggregator.record(&m, &event, &ctx) {
+                self.publish(line);
+            }
+        }
+        if self.nodes.len() > self.aggregator.len().saturating_mul(2) + 1024 {
+            self.nodes.clear();
+        }
+    }
+
+    fn publish(&mut self, line: AlertLine) {
+        let key = (
+            line.namespace.clone(),
+            line.pod.clone(),
+            line.policy.clone(),
+            line.rule.clone(),
+        );
+        let node = self
+            .nodes
+            .get(&key)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        self.hub.publish_alert(to_wire(line, node));
+    }
+}
+
+/// An alert line as the observer sends it.
+#[must_use]
+pub fn to_wire(line: AlertLine, node: String) -> v1::AlertRecord {
+    let mapsentry_policy::EventLine::Event { event, .. } = line.event;
+    let event = Some(v1::Event::from(event));
+    v1::AlertRecord {
+        cursor: 0,
+        node,
+        policy: line.policy,
+        rule: line.rule,
+        action: line.action.as_str().to_owned(),
+        mode: line.mode.as_str().to_owned(),
+        namespace: line.namespace,
+        pod: line.pod,
+        container: line.container,
+        count: line.count,
+        first_seen: line.first_seen,
+        last_seen: line.last_seen,
+        event,
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+use std::time::Duration;
+
+use mapsentry_proto::v1::{Kind, subscribe_response::Item};
+use tokio_stream::StreamExt as _;
+
+use super::*;
+use crate::{
+    HubConfig,
+    filter::RecordFilter,
+    hub::AgentInfo,
+    metrics::tests::get,
+    policy_files::{
+        PolicyFiles,
+        tests::{GOOD_V1, temp_dir, wx_event},
+    },
+};
+
+fn agent() -> AgentInfo {
+    AgentInfo {
+        node: "node-a".into(),
+        boot_id: "boot".into(),
+        ..AgentInfo::default()
+    }
+}
+
+async fn next_alert(sub: &mut crate::hub::Subscription) -> Option<v1::AlertRecord> {
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            Ok(Some(response)) => match response.item {
+                Some(Item::Alert(alert)) => return Some(alert),
+                Some(Item::Event(_) | Item::Loss(_)) => {
+                    panic!("an alerts-only subscription got {response:?}")
+                }
+                _ => {}
+            },
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_storm_of_wx_calls_is_one_alert_and_counted_per_call() {
+    let dir = temp_dir("alerts");
+    std::fs::write(dir.join("wx.yaml"), GOOD_V1).expect("write policy");
+    let (files, _) = PolicyFiles::open(vec![dir.clone()]).expect("open");
+    let hub = Hub::new(HubConfig::default());
+    let metrics = Arc::new(Metrics::default());
+    let task = start(
+        &hub,
+        files.watch(Duration::from_mins(1)),
+        Arc::clone(&metrics),
+        AlertConfig::default(),
+    );
+    let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
+    let mut sub = hub.subscribe(filter, None).expect("subscribe");
+
+    // 100 W+X calls and one harmless call, in two batches, made now (the dedup window runs on
+    // the calls' time; the periodic flush on the clock).
+    let t0 = now_ns();
+    let mut harmless = wx_event(t0);
+    harmless.args.prot = 0x1;
+    let batch = |range: std::ops::Range<u64>| -> Vec<v1::Event> {
+        range.map(|t| v1::Event::from(wx_event(t0 + t))).collect()
+    };
+    let mut first = batch(0..50);
+    first.push(v1::Event::from(harmless));
+    hub.store_batch(&agent(), 1, first).expect("store");
+    hub.store_batch(&agent(), 2, batch(50..100)).expect("store");
+
+    let alert = next_alert(&mut sub).await.expect("one alert");
+    assert_eq!(alert.policy, "wx");
+    assert_eq!(alert.rule, "write-and-execute");
+    assert_eq!(alert.action, "alert");
+    assert_eq!(alert.mode, "audit");
+    assert_eq!(alert.node, "node-a");
+    assert_eq!(alert.count, 1);
+    assert_eq!((alert.namespace, alert.pod), (None, None));
+    let event = alert.event.expect("the sample call");
+    assert_eq!(event.comm, "mmap_call");
+    assert_eq!(event.args.expect("args").prot, 0x7);
+    assert_eq!(
+        next_alert(&mut sub).await,
+        None,
+        "the storm is deduplicated"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(crate::metrics::serve(
+        Arc::clone(&metrics),
+        Arc::clone(&hub),
+        listener,
+        std::future::pending(),
+    ));
+    let (_, body) = get(addr, "/metrics").await;
+    assert!(body.contains(
+        "mapsentry_policy_violations_total{namespace=\"\",pod=\"\",policy=\"wx\",rule=\"write-and-execute\",action=\"alert\"} 100\n"
+    ), "{body}");
+    assert!(
+        body.contains("mapsentry_policy_evaluated_total 101\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("mapsentry_collector_events_stored_total 101\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("mapsentry_collector_alerts_published_total 1\n"),
+        "{body}"
+    );
+
+    hub.close();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the evaluation ends with the hub")
+        .expect("join");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_enforced_call_alerts_with_the_kernels_action() {
+    let dir = temp_dir("alerts-enforced");
+    let enforce = GOOD_V1
+        .replace("mode: Audit", "mode: Enforce")
+        .replace("action: Alert", "action: Kill");
+    std::fs::write(dir.join("wx.yaml"), enforce).expect("write policy");
+    let (files, _) = PolicyFiles::open(vec![dir.clone()]).expect("open");
+    let hub = Hub::new(HubConfig::default());
+    let _task = start(
+        &hub,
+        files.watch(Duration::from_mins(1)),
+        Arc::new(Metrics::default()),
+        AlertConfig::default(),
+    );
+    let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
+    let mut sub = hub.subscribe(filter, None).expect("subscribe");
+    let mut event = wx_event(5);
+    event.enforced = Some(mapsentry_policy::Enforcement {
+        action: EnforceAction::Deny,
+        rule_id: 1,
+    });
+    hub.store_batch(&agent(), 1, vec![v1::Event::from(event)])
+        .expect("store");
+    let alert = next_alert(&mut sub).await.expect("an alert");
+    assert_eq!(
+        (alert.action.as_str(), alert.mode.as_str()),
+        ("deny", "enforce")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,81 @@
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+use crate::HubConfig;
+
+fn labels(pod: &str) -> ViolationLabels {
+    ViolationLabels {
+        namespace: "web".into(),
+        pod: pod.into(),
+        policy: "wx".into(),
+        rule: "write-and-execute".into(),
+        action: "alert".into(),
+    }
+}
+
+/// `GET path` over a real TCP connection; the status line and the body.
+pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn scraped_over_http_with_bounded_series() {
+    let metrics = Arc::new(Metrics::new(2));
+    metrics.violation(labels("a"));
+    metrics.violation(labels("a"));
+    metrics.violation(labels("b"));
+    // Beyond two label sets: the `other` series, and the overflow counter.
+    metrics.violation(labels("c"));
+    metrics.violation(labels("d"));
+    metrics.violation(labels("a"));
+    let hub = Hub::new(HubConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(Arc::clone(&metrics), hub, listener, async {
+        drop(stopped.await);
+    }));
+
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let series = |pod: &str| {
+        format!(
+            "mapsentry_policy_violations_total{{namespace=\"web\",pod=\"{pod}\",policy=\"wx\",rule=\"write-and-execute\",action=\"alert\"}}"
+        )
+    };
+    assert!(body.contains(&format!("{} 3\n", series("a"))), "{body}");
+    assert!(body.contains(&format!("{} 1\n", series("b"))), "{body}");
+    assert!(!body.contains(&series("c")), "{body}");
+    assert!(body.contains(
+        "mapsentry_policy_violations_total{namespace=\"other\",pod=\"other\",policy=\"other\",rule=\"other\",action=\"other\"} 2\n"
+    ), "{body}");
+    assert!(
+        body.contains("mapsentry_policy_violation_series_overflow_total 2\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("mapsentry_collector_events_stored_total 0\n"),
+        "{body}"
+    );
+
+    let (status, _) = get(addr, "/other").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    drop(stop);
+    server.await.expect("join").expect("served");
+}
+
+#[test]
+fn label_values_are_escaped() {
+    assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+}
