@@ -130,6 +130,7 @@ mod tests {
             args_unreadable: false,
             target_mapping: None,
             enforced: None,
+            attribution: None,
         };
         assert_eq!(
             text_line(&event),

@@ -27,6 +27,7 @@ fn event() -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

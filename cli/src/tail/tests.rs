@@ -110,6 +110,7 @@ fn json_lines_are_runs_lines_plus_cursor_and_node() {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     };
     let record = EventRecord {
         cursor: 99,
