@@ -39,14 +39,40 @@ struct K8sWire {
     container_id: Option<String>,
     #[serde(default)]
     image: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_labels")]
     labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "string_labels"
+    )]
     namespace_labels: BTreeMap<String, String>,
     #[serde(default)]
     workload: Option<Workload>,
     #[serde(default)]
     resolved: bool,
+}
+
+/// Labels as read from a line: entries whose value is not a string are skipped (hand-written
+/// lines for `policy test`), a null map is empty.
+fn string_labels<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    let map: Option<BTreeMap<String, Value>> = Option::deserialize(deserializer)?;
+    Ok(map
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::Text(text) => Some((k, text)),
+            Value::Other(_) => None,
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
