@@ -96,17 +96,14 @@ pub fn text_line(event: &MmapEvent) -> String {
         let _ = write!(line, " [{action} by rule {}]", enforced.rule_id);
     }
     if let Some(mapsentry_policy::Attribution::Pod(meta)) = event.attribution.as_deref() {
-        match (&meta.namespace, &meta.pod) {
-            (Some(namespace), Some(pod)) => {
-                let _ = write!(line, " pod={namespace}/{pod}");
-                if let Some(container) = &meta.container {
-                    let _ = write!(line, " container={container}");
-                }
+        if let (Some(namespace), Some(pod)) = (&meta.namespace, &meta.pod) {
+            let _ = write!(line, " pod={namespace}/{pod}");
+            if let Some(container) = &meta.container {
+                let _ = write!(line, " container={container}");
             }
-            _ => {
-                let uid = meta.pod_uid.as_deref().unwrap_or("?");
-                let _ = write!(line, " pod_uid={uid} [unresolved]");
-            }
+        } else {
+            let uid = meta.pod_uid.as_deref().unwrap_or("?");
+            let _ = write!(line, " pod_uid={uid} [unresolved]");
         }
     }
     line
