@@ -1,9 +1,13 @@
-//! `mapsentry agent --collector URL [--node NAME]`: capture on this node and stream every call to
-//! a collector, until Ctrl-C or SIGTERM.
+//! `mapsentry agent --collector URL [--node NAME] [--kubeconfig PATH]`: capture on this node,
+//! attribute every call to its pod and container (or host unit), and stream it to a collector,
+//! until Ctrl-C or SIGTERM.
 
 use anyhow::Context;
+use std::path::PathBuf;
+
 use mapsentry_agent::{
     Capture,
+    metadata::{Attributor, EnrichConfig, Kubernetes},
     shipper::{Shipper, ShipperConfig},
 };
 
@@ -18,9 +22,15 @@ pub struct AgentArgs {
     /// The collector, e.g. `http://mapsentry-collector:50051`.
     #[arg(long, value_name = "URL")]
     collector: String,
-    /// This node's name in events and stats (default: `$NODE_NAME`, else the hostname).
+    /// This node's name in events and stats, and the node whose pods are watched (default:
+    /// `$NODE_NAME`, else the hostname; required with Kubernetes).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// Watch this node's pods with this kubeconfig. Without it: the in-cluster service account
+    /// when running in a pod, else `$KUBECONFIG` when set, else no Kubernetes (pod processes
+    /// are then attributed by pod UID and container id only, unresolved).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// Bytes of events held while the collector is slow or away; the oldest go beyond it.
     #[arg(long, default_value_t = 64 << 20)]
     buffer_bytes: usize,
@@ -30,20 +40,38 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
+    let kubernetes = Kubernetes::from_flags(args.kubeconfig.clone(), args.node.as_deref())?;
+    let mut attributor = Attributor::start(&kubernetes, EnrichConfig::default())
+        .await
+        .context("cannot start pod attribution")?;
     let mut capture = Capture::start(&args.capture.config(0)).context("cannot start capturing")?;
     let node = args.node.unwrap_or_else(hostname);
     let shipper = start_shipper(&args.collector, &node, args.buffer_bytes, &capture)?;
     eprintln!(
-        "mapsentry: agent on node {node} capturing in {} mode, shipping to {} (boot id {})",
+        "mapsentry: agent on node {node} capturing in {} mode, shipping to {} (boot id {}); {}",
         capture.attached().mode,
         args.collector,
-        shipper.boot_id()
+        shipper.boot_id(),
+        describe(&kubernetes),
     );
-    let kernel = pump(&mut capture, &shipper, &mut shutdown, |_| Ok(true)).await?;
+    let kernel = pump(
+        &mut capture,
+        &mut attributor,
+        &shipper,
+        &mut shutdown,
+        |_| Ok(true),
+    )
+    .await?;
     let stats = shipper.finish().await;
     eprintln!(
-        "mapsentry: detached; seen {}, captured {}, shipped {}, acked {}, dropped {:?}",
-        kernel.seen, stats.captured, stats.shipped, stats.acked, stats.dropped
+        "mapsentry: detached; seen {}, captured {}, shipped {}, acked {}, dropped {:?}, \
+         enrichment missing {}",
+        kernel.seen,
+        stats.captured,
+        stats.shipped,
+        stats.acked,
+        stats.dropped,
+        attributor.missing_counter().get()
     );
     Ok(())
 }
@@ -64,4 +92,15 @@ pub fn start_shipper(
         .clone_into(&mut config.attach_mode);
     config.capabilities = vec![format!("attach:{}", capture.attached().mode)];
     Shipper::start(config).context("starting the shipper")
+}
+
+/// Where pod metadata comes from, for the start-up line.
+pub fn describe(kubernetes: &Kubernetes) -> String {
+    match kubernetes {
+        Kubernetes::Off => "no Kubernetes: host processes attributed, pods by UID only".into(),
+        Kubernetes::Default { node } => format!("watching the pods of node {node}"),
+        Kubernetes::Kubeconfig { path, node } => {
+            format!("watching the pods of node {node} with {}", path.display())
+        }
+    }
 }

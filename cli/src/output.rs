@@ -95,6 +95,17 @@ pub fn text_line(event: &MmapEvent) -> String {
         };
         let _ = write!(line, " [{action} by rule {}]", enforced.rule_id);
     }
+    if let Some(mapsentry_policy::Attribution::Pod(meta)) = event.attribution.as_deref() {
+        if let (Some(namespace), Some(pod)) = (&meta.namespace, &meta.pod) {
+            let _ = write!(line, " pod={namespace}/{pod}");
+            if let Some(container) = &meta.container {
+                let _ = write!(line, " container={container}");
+            }
+        } else {
+            let uid = meta.pod_uid.as_deref().unwrap_or("?");
+            let _ = write!(line, " pod_uid={uid} [unresolved]");
+        }
+    }
     line
 }
 
@@ -130,6 +141,7 @@ mod tests {
             args_unreadable: false,
             target_mapping: None,
             enforced: None,
+            attribution: None,
         };
         assert_eq!(
             text_line(&event),

@@ -1,11 +1,12 @@
-//! The agent's main loop, shared by `agent` and `run`: read captured batches, let the caller see
-//! them, hand them to the shipper, keep the shipper's loss counters current; on a stop signal,
-//! detach, drain, and flush.
+//! The agent's main loop, shared by `agent` and `run`: read captured batches, attribute them to
+//! their pod (or host unit), let the caller see them, hand them to the shipper, keep the
+//! shipper's loss counters current; on a stop signal, detach, drain, and flush. Events held for
+//! their pod metadata are emitted when it arrives or at the hold bound, whichever comes first.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mapsentry_agent::{Capture, KernelCounters, shipper::Shipper};
+use mapsentry_agent::{Capture, KernelCounters, metadata::Attributor, shipper::Shipper};
 use mapsentry_policy::MmapEvent;
 
 use crate::signals::Shutdown;
@@ -13,10 +14,12 @@ use crate::signals::Shutdown;
 /// How often the capture's loss counters are handed to the shipper.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Run until a stop signal, or until `each` returns false. `each` sees every batch before it is
-/// shipped. Returns the kernel's final counters; the shipper is left to the caller to finish.
+/// Run until a stop signal, or until `each` returns false. `each` sees every batch (attributed)
+/// before it is shipped. Returns the kernel's final counters; the shipper is left to the caller
+/// to finish.
 pub async fn pump(
     capture: &mut Capture,
+    attributor: &mut Attributor,
     shipper: &Shipper,
     shutdown: &mut Shutdown,
     mut each: impl FnMut(&[MmapEvent]) -> anyhow::Result<bool>,
@@ -25,13 +28,21 @@ pub async fn pump(
     let mut counters = tokio::time::interval(COUNTER_INTERVAL);
     let mut go_on = true;
     while go_on {
+        let deadline = attributor.next_deadline();
         tokio::select! {
-            read = capture.next_batch(&mut batch) => { read.context("reading the ring buffer")?; }
+            read = capture.next_batch(&mut batch) => {
+                read.context("reading the ring buffer")?;
+                attributor.attribute(&mut batch, Instant::now());
+            }
+            () = held_until(deadline) => attributor.poll(Instant::now(), &mut batch),
             _ = counters.tick() => {
                 report_losses(capture, shipper)?;
                 continue;
             }
             () = shutdown.requested() => break,
+        }
+        if batch.is_empty() {
+            continue;
         }
         go_on = each(&batch)?;
         shipper
@@ -40,12 +51,24 @@ pub async fn pump(
             .context("the shipper stopped")?;
     }
     capture.detach();
-    capture.drain(&mut batch);
+    let mut drained = Vec::new();
+    capture.drain(&mut drained);
+    attributor.attribute(&mut drained, Instant::now());
+    batch.append(&mut drained);
+    attributor.flush(&mut batch);
     if go_on {
         each(&batch)?;
     }
     shipper.send(batch).await.context("the shipper stopped")?;
     report_losses(capture, shipper)
+}
+
+/// Wakes when the oldest held event is due; never without one.
+async fn held_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn report_losses(capture: &Capture, shipper: &Shipper) -> anyhow::Result<KernelCounters> {

@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::Context;
 use futures_core::Stream as _;
-use mapsentry_agent::Capture;
+use mapsentry_agent::{
+    Capture,
+    metadata::{Attributor, EnrichConfig, Kubernetes},
+};
 use mapsentry_collector::{Hub, filter::RecordFilter, serve};
 use mapsentry_policy::MmapEvent;
 use mapsentry_proto::v1;
@@ -54,6 +57,13 @@ pub struct RunArgs {
     /// port on 127.0.0.1 when that one is taken].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Attribute pod processes with this node's pods from this kubeconfig (without it, `run`
+    /// uses no Kubernetes: host processes get their unit, pod processes their pod UID only).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The node whose pods `--kubeconfig` watches [default: `$NODE_NAME`].
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
     #[command(flatten)]
     capture: CaptureArgs,
     /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
@@ -79,6 +89,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let observer = listener
         .local_addr()
         .context("reading the observer address")?;
+    let kubernetes = match &args.kubeconfig {
+        Some(path) => Kubernetes::from_flags(Some(path.clone()), args.node.as_deref())?,
+        None => Kubernetes::Off,
+    };
+    let mut attributor = Attributor::start(&kubernetes, EnrichConfig::default())
+        .await
+        .context("cannot start attribution")?;
     let mut capture =
         Capture::start(&args.capture.config(filter.prot_any)).context("cannot start capturing")?;
 
@@ -116,13 +133,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let mut tally = Tally::default();
     let mut reader_gone = false;
-    let counters = pump(&mut capture, &shipper, &mut shutdown, |batch| {
-        // Locked per batch: alert lines are printed between batches by their own task.
-        let mut out = BufWriter::new(io::stdout().lock());
-        let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
-        reader_gone |= !open;
-        Ok(open)
-    })
+    let counters = pump(
+        &mut capture,
+        &mut attributor,
+        &shipper,
+        &mut shutdown,
+        |batch| {
+            // Locked per batch: alert lines are printed between batches by their own task.
+            let mut out = BufWriter::new(io::stdout().lock());
+            let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
+            reader_gone |= !open;
+            Ok(open)
+        },
+    )
     .await?;
     let shipping = shipper.finish().await;
     drop(stop_collector);
@@ -147,6 +170,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "dropped": counters.dropped,
         "malformed": capture.malformed(),
         "acked": shipping.acked,
+        "enrichment_missing": attributor.missing_counter().get(),
     });
     if args.output == Format::Json && !reader_gone {
         let _ = writeln!(out, "{totals}").and_then(|()| out.flush());

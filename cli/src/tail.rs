@@ -38,6 +38,10 @@ pub struct TailArgs {
     /// Only events from this pod (repeatable).
     #[arg(long = "pod", value_name = "POD")]
     pods: Vec<String>,
+    /// Only events from pods with these labels: `key=value`, `key!=value`, `key`, `!key`
+    /// (repeatable, comma-separated; all must hold, as a Kubernetes label selector).
+    #[arg(long = "label", value_name = "SELECTOR", value_delimiter = ',')]
+    labels: Vec<String>,
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]
     comms: Vec<String>,
@@ -81,6 +85,7 @@ pub fn request(args: &TailArgs) -> anyhow::Result<SubscribeRequest> {
     let filter = v1::Filter {
         namespaces: args.namespaces.clone(),
         pods: args.pods.clone(),
+        labels: args.labels.clone(),
         nodes: args.nodes.clone(),
         comms: args.comms.clone(),
         syscalls,

@@ -130,6 +130,7 @@ fn event(n: u32) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

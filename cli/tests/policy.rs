@@ -187,6 +187,7 @@ fn call(comm: &str, prot: u64, flags: u64, time_ns: u64) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

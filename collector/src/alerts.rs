@@ -21,8 +21,9 @@ use mapsentry_proto::v1;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
+use mapsentry_policy::eval_context;
+
 use crate::{
-    context::eval_context,
     hub::{Hub, Record},
     metrics::{Metrics, ViolationLabels},
 };

@@ -10,6 +10,10 @@ pub enum FilterError {
     Syscall { value: i32 },
     #[error("kinds: {value} is not a known kind (expected KIND_EVENTS or KIND_ALERTS)")]
     Kind { value: i32 },
+    #[error(
+        "filter.labels: {term:?} is not a label selector term (expected key=value, key!=value, key or !key)"
+    )]
+    Label { term: String },
 }
 
 /// What one subscriber asked for. A record passes when every given field matches.
@@ -24,8 +28,62 @@ pub struct RecordFilter {
     prot_all: u64,
     flags_any: u64,
     flags_all: u64,
+    labels: Vec<LabelTerm>,
     events: bool,
     alerts: bool,
+}
+
+/// One term of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LabelTerm {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+impl LabelTerm {
+    fn parse(term: &str) -> Result<Self, FilterError> {
+        let bad = || FilterError::Label {
+            term: term.to_owned(),
+        };
+        let valid_key = |k: &str| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        };
+        let valid_value = |v: &str| {
+            v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        let term_trim = term.trim();
+        let parsed = if let Some((k, v)) = term_trim.split_once("!=") {
+            Self::NotEquals(k.trim().to_owned(), v.trim().to_owned())
+        } else if let Some((k, v)) = term_trim
+            .split_once("==")
+            .or_else(|| term_trim.split_once('='))
+        {
+            Self::Equals(k.trim().to_owned(), v.trim().to_owned())
+        } else if let Some(k) = term_trim.strip_prefix('!') {
+            Self::Absent(k.trim().to_owned())
+        } else {
+            Self::Exists(term_trim.to_owned())
+        };
+        let ok = match &parsed {
+            Self::Equals(k, v) | Self::NotEquals(k, v) => valid_key(k) && valid_value(v),
+            Self::Exists(k) | Self::Absent(k) => valid_key(k),
+        };
+        if ok { Ok(parsed) } else { Err(bad()) }
+    }
+
+    fn holds(&self, labels: &std::collections::HashMap<String, String>) -> bool {
+        match self {
+            Self::Equals(k, v) => labels.get(k) == Some(v),
+            Self::NotEquals(k, v) => labels.get(k) != Some(v),
+            Self::Exists(k) => labels.contains_key(k),
+            Self::Absent(k) => !labels.contains_key(k),
+        }
+    }
 }
 
 impl RecordFilter {
@@ -50,7 +108,13 @@ impl RecordFilter {
                 Ok(Kind::Unspecified) | Err(_) => return Err(FilterError::Kind { value }),
             }
         }
+        let labels = filter
+            .labels
+            .iter()
+            .map(|term| LabelTerm::parse(term))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
+            labels,
             namespaces: filter.namespaces.clone(),
             pods: filter.pods.clone(),
             nodes: filter.nodes.clone(),
@@ -73,6 +137,7 @@ impl RecordFilter {
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, attribution::namespace(event))
             && any_of(&self.pods, attribution::pod(event))
+            && self.labels_match(event)
             && any_of(&self.comms, Some(&event.comm))
             && (self.syscalls.is_empty() || self.syscalls.contains(&event.syscall))
             && (self.prot_any == 0 || prot & self.prot_any != 0)
@@ -100,26 +165,42 @@ impl RecordFilter {
             && any_of(&self.pods, alert.pod.as_ref())
             && any_of(&self.comms, alert.event.as_ref().map(|e| &e.comm))
     }
+
+    fn labels_match(&self, event: &Event) -> bool {
+        self.labels.is_empty()
+            || attribution::labels(event)
+                .is_some_and(|labels| self.labels.iter().all(|term| term.holds(labels)))
+    }
 }
 
 fn any_of(wanted: &[String], value: Option<&String>) -> bool {
     wanted.is_empty() || value.is_some_and(|v| wanted.contains(v))
 }
 
-/// Where the filters read an event's Kubernetes attribution.
-///
-/// `mapsentry.v1.Event` has no attribution fields yet (numbers 100..199 are kept for them), so
-/// every event is unattributed and a namespace or pod filter matches none. When the metadata
-/// work adds the fields, these two functions return them.
+/// Where the filters read an event's Kubernetes attribution (`mapsentry.v1.Event` fields
+/// 100..199): only pod events have a namespace, pod and labels.
 mod attribution {
-    use mapsentry_proto::v1::Event;
+    use std::collections::HashMap;
 
-    pub(super) fn namespace(_event: &Event) -> Option<&String> {
-        None
+    use mapsentry_proto::v1::{Event, PodAttribution, event::Attribution};
+
+    fn pod_of(event: &Event) -> Option<&PodAttribution> {
+        match &event.attribution {
+            Some(Attribution::Pod(pod)) => Some(pod),
+            _ => None,
+        }
     }
 
-    pub(super) fn pod(_event: &Event) -> Option<&String> {
-        None
+    pub(super) fn namespace(event: &Event) -> Option<&String> {
+        pod_of(event)?.namespace.as_ref()
+    }
+
+    pub(super) fn pod(event: &Event) -> Option<&String> {
+        pod_of(event)?.pod.as_ref()
+    }
+
+    pub(super) fn labels(event: &Event) -> Option<&HashMap<String, String>> {
+        pod_of(event).map(|pod| &pod.labels)
     }
 }
 

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alerts;
-pub mod context;
+
 pub mod filter;
 pub mod follow;
 pub mod hub;

@@ -119,6 +119,7 @@ fn call(comm: &str, prot: u64, flags: u64, file: Option<FileInfo>) -> MmapEvent 
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

@@ -1,8 +1,10 @@
 //! One captured mapping call, and its JSON line form (the contract of `run --output json`).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-use crate::names;
+use crate::{k8s::Attribution, names};
 
 /// The system call that made the mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,6 +106,11 @@ pub struct MmapEvent {
     /// What the node's kernel rules did to this call, if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforced: Option<Enforcement>,
+    /// The pod and container (or host unit) the call came from, attached by the agent's
+    /// enricher; None when not enriched. In JSON: the top-level `namespace`, `pod`, `container`,
+    /// `k8s` and `host` fields (see [`crate::attribution_line`]).
+    #[serde(flatten, with = "crate::attribution_line")]
+    pub attribution: Option<Arc<Attribution>>,
 }
 
 /// The mapping an `mprotect` call changes, before the change.

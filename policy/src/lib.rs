@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod attribution_line;
 pub mod compile;
+pub mod context;
 pub mod crd;
 pub mod evaluate;
 pub mod event;
@@ -19,6 +21,7 @@ pub mod store;
 
 pub use alert::{Aggregator, AlertLine};
 pub use compile::{CompiledPolicy, compile};
+pub use context::eval_context;
 pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
 pub use evaluate::{CallerScope, EvalContext, Match, PodContext, PolicySet, strongest};
 pub use event::{

@@ -1,8 +1,11 @@
 //! `MmapEvent` <-> `v1::Event`. Every field maps one to one; the wire form is checked on the way
 //! in, so a malformed event from the network becomes an error naming the field, never a panic.
 
+use std::sync::Arc;
+
 use mapsentry_policy::{
-    EnforceAction, Enforcement, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
+    Attribution, EnforceAction, Enforcement, FileInfo, K8sMeta, MmapArgs, MmapEvent, Syscall,
+    TargetMapping, Workload,
 };
 
 use crate::v1;
@@ -92,7 +95,60 @@ impl From<&MmapEvent> for v1::Event {
                 .into(),
                 rule_id: e.rule_id,
             }),
+            attribution: event.attribution.as_deref().map(attribution_to_wire),
         }
+    }
+}
+
+fn attribution_to_wire(attribution: &Attribution) -> v1::event::Attribution {
+    use v1::event::Attribution as Wire;
+    match attribution {
+        Attribution::Pod(meta) => Wire::Pod(v1::PodAttribution {
+            namespace: meta.namespace.clone(),
+            pod: meta.pod.clone(),
+            container: meta.container.clone(),
+            pod_uid: meta.pod_uid.clone(),
+            container_id: meta.container_id.clone(),
+            image: meta.image.clone(),
+            labels: meta.labels.clone().into_iter().collect(),
+            namespace_labels: meta.namespace_labels.clone().into_iter().collect(),
+            workload: meta.workload.as_ref().map(|w| v1::Workload {
+                kind: w.kind.clone(),
+                name: w.name.clone(),
+            }),
+            resolved: meta.resolved,
+        }),
+        Attribution::Host { cgroup, unit } => Wire::Host(v1::HostAttribution {
+            cgroup: cgroup.clone(),
+            unit: unit.clone(),
+        }),
+        Attribution::Unknown { .. } => Wire::Unknown(v1::UnknownCgroup {}),
+    }
+}
+
+fn attribution_from_wire(wire: &v1::event::Attribution, cgroup_id: u64) -> Attribution {
+    use v1::event::Attribution as Wire;
+    match wire {
+        Wire::Pod(pod) => Attribution::Pod(K8sMeta {
+            namespace: pod.namespace.clone(),
+            pod: pod.pod.clone(),
+            container: pod.container.clone(),
+            pod_uid: pod.pod_uid.clone(),
+            container_id: pod.container_id.clone(),
+            image: pod.image.clone(),
+            labels: pod.labels.clone().into_iter().collect(),
+            namespace_labels: pod.namespace_labels.clone().into_iter().collect(),
+            workload: pod.workload.as_ref().map(|w| Workload {
+                kind: w.kind.clone(),
+                name: w.name.clone(),
+            }),
+            resolved: pod.resolved,
+        }),
+        Wire::Host(host) => Attribution::Host {
+            cgroup: host.cgroup.clone(),
+            unit: host.unit.clone(),
+        },
+        Wire::Unknown(v1::UnknownCgroup {}) => Attribution::Unknown { cgroup_id },
     }
 }
 
@@ -148,6 +204,10 @@ impl TryFrom<&v1::Event> for MmapEvent {
                 file_backed: t.file_backed,
             }),
             enforced: event.enforced.map(enforcement).transpose()?,
+            attribution: event
+                .attribution
+                .as_ref()
+                .map(|a| Arc::new(attribution_from_wire(a, event.cgroup_id))),
         })
     }
 }

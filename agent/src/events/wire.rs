@@ -153,6 +153,7 @@ pub fn decode(record: &[u8], boot_to_wall_ns: i128) -> Result<MmapEvent, DecodeE
             file_backed: header.prev_prot & VMA_FILE != 0,
         }),
         enforced,
+        attribution: None,
     })
 }
 

@@ -29,6 +29,7 @@ fn event(pid: u32) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn event(comm: &str, syscall: Syscall, prot: u64) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

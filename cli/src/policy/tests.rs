@@ -27,6 +27,7 @@ fn event() -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 
@@ -45,7 +46,17 @@ fn event_lines_carry_their_context_and_other_kinds_are_skipped() {
         "k8s": {"image": "eclipse-temurin:21", "labels": {"app": "web", "n": 1}, "namespace_labels": {"team": "a"}},
     }));
     let (parsed, ctx) = parse_line(&line).unwrap().unwrap();
-    assert_eq!(parsed, event());
+    assert!(
+        parsed.attribution.is_some(),
+        "the line's attribution is read"
+    );
+    assert_eq!(
+        MmapEvent {
+            attribution: None,
+            ..parsed
+        },
+        event()
+    );
     assert_eq!(ctx.executable.as_deref(), Some("/opt/java/bin/java"));
     let workload = ctx.workload.unwrap();
     assert_eq!(

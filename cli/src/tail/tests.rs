@@ -22,6 +22,10 @@ fn flags_become_the_server_side_filter() {
         "prod",
         "--pod",
         "web-0",
+        "--label",
+        "app=web,tier!=db",
+        "--label",
+        "!canary",
         "--comm",
         "java",
         "--syscall",
@@ -50,6 +54,7 @@ fn flags_become_the_server_side_filter() {
             vec!["java".to_owned()]
         )
     );
+    assert_eq!(filter.labels, ["app=web", "tier!=db", "!canary"]);
     assert_eq!(filter.syscalls, vec![v1::Syscall::Mmap2 as i32]);
     assert_eq!(
         (
@@ -110,6 +115,23 @@ fn json_lines_are_runs_lines_plus_cursor_and_node() {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: Some(std::sync::Arc::new(mapsentry_policy::Attribution::Pod(
+            mapsentry_policy::K8sMeta {
+                namespace: Some("shop".into()),
+                pod: Some("web-0".into()),
+                container: Some("app".into()),
+                pod_uid: Some("u".into()),
+                container_id: Some("c".into()),
+                image: Some("nginx:1.27".into()),
+                labels: [("app".to_owned(), "web".to_owned())].into(),
+                namespace_labels: std::collections::BTreeMap::new(),
+                workload: Some(mapsentry_policy::Workload {
+                    kind: "StatefulSet".into(),
+                    name: "web".into(),
+                }),
+                resolved: true,
+            },
+        ))),
     };
     let record = EventRecord {
         cursor: 99,
@@ -126,4 +148,7 @@ fn json_lines_are_runs_lines_plus_cursor_and_node() {
     assert_eq!(object.remove("cursor"), Some(99.into()));
     assert_eq!(object.remove("node"), Some("n1".into()));
     assert_eq!(tailed, ran);
+    assert_eq!(tailed["namespace"], "shop");
+    assert_eq!(tailed["k8s"]["labels"]["app"], "web");
+    assert_eq!(tailed["k8s"]["workload"]["kind"], "StatefulSet");
 }

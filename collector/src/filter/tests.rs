@@ -231,6 +231,100 @@ fn alert(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> v1::AlertRec
     }
 }
 
+fn attributed(attribution: Option<mapsentry_proto::v1::event::Attribution>) -> Event {
+    Event {
+        attribution,
+        ..record("n1", "app", Syscall::Mmap, 0x3, 0x22).event.unwrap()
+    }
+}
+
+fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Event {
+    attributed(Some(mapsentry_proto::v1::event::Attribution::Pod(
+        mapsentry_proto::v1::PodAttribution {
+            namespace: Some(namespace.into()),
+            pod: Some(name.into()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            resolved: true,
+            ..mapsentry_proto::v1::PodAttribution::default()
+        },
+    )))
+}
+
+/// Attributed events: namespace, pod and label selector filters.
+#[test]
+fn attribution_filters_select_pods() {
+    let events = [
+        pod("shop", "web-0", &[("app", "web"), ("tier", "fe")]), // 0
+        pod("shop", "db-0", &[("app", "db")]),                   // 1
+        pod("kube-system", "web-0", &[("app", "web")]),          // 2
+        attributed(Some(mapsentry_proto::v1::event::Attribution::Host(
+            mapsentry_proto::v1::HostAttribution {
+                cgroup: "/system.slice/sshd.service".into(),
+                unit: Some("sshd.service".into()),
+            },
+        ))), // 3
+        attributed(Some(mapsentry_proto::v1::event::Attribution::Pod(
+            mapsentry_proto::v1::PodAttribution {
+                pod_uid: Some("u".into()),
+                ..mapsentry_proto::v1::PodAttribution::default()
+            },
+        ))), // 4: unresolved pod
+        attributed(None),                                        // 5
+    ];
+    let labels = |terms: &[&str]| Filter {
+        labels: terms.iter().map(|t| (*t).to_owned()).collect(),
+        ..Filter::default()
+    };
+    let cases: &[(&str, Filter, &[usize])] = &[
+        ("none", Filter::default(), &[0, 1, 2, 3, 4, 5]),
+        (
+            "namespace",
+            Filter {
+                namespaces: vec!["shop".into()],
+                ..Filter::default()
+            },
+            &[0, 1],
+        ),
+        (
+            "pod in any namespace",
+            Filter {
+                pods: vec!["web-0".into()],
+                ..Filter::default()
+            },
+            &[0, 2],
+        ),
+        (
+            "namespace and pod",
+            Filter {
+                namespaces: vec!["shop".into()],
+                pods: vec!["web-0".into()],
+                ..Filter::default()
+            },
+            &[0],
+        ),
+        ("label equals", labels(&["app=web"]), &[0, 2]),
+        ("label double equals", labels(&["app==db"]), &[1]),
+        ("labels all hold", labels(&["app=web", "tier=fe"]), &[0]),
+        (
+            "label not equals (pods only)",
+            labels(&["app!=web"]),
+            &[1, 4],
+        ),
+        ("label exists", labels(&["tier"]), &[0]),
+        ("label absent", labels(&["!tier"]), &[1, 2, 4]),
+    ];
+    for (name, filter, want) in cases {
+        let compiled = RecordFilter::new(Some(filter), &[]).expect(name);
+        let got: Vec<usize> = (0..events.len())
+            .filter(|&i| compiled.matches("n1", &events[i]))
+            .collect();
+        assert_eq!(&got, want, "{name}");
+    }
+}
+
 #[test]
 fn alerts_only_when_asked_and_narrowed_by_node_namespace_pod_and_comm() {
     let events_only = RecordFilter::new(None, &[]).unwrap();
@@ -267,4 +361,23 @@ fn alerts_only_when_asked_and_narrowed_by_node_namespace_pod_and_comm() {
         !narrowed.matches_alert("n1", &alert(None, None, "app")),
         "a host alert has no namespace to match"
     );
+}
+
+#[test]
+fn bad_label_terms_are_named() {
+    for term in ["", "=web", "app=we b", "a b", "!", "app=web=x"] {
+        let filter = Filter {
+            labels: vec![term.into()],
+            ..Filter::default()
+        };
+        let error = RecordFilter::new(Some(&filter), &[]).expect_err(term);
+        assert_eq!(
+            error,
+            FilterError::Label {
+                term: term.to_owned()
+            },
+            "{term:?}"
+        );
+        assert!(error.to_string().contains("filter.labels"), "{error}");
+    }
 }

@@ -50,6 +50,7 @@ pub(crate) fn wx_event(time_ns: u64) -> mapsentry_policy::MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 
@@ -57,7 +58,7 @@ pub(crate) fn wx_event(time_ns: u64) -> mapsentry_policy::MmapEvent {
 fn rule_names(files: &PolicyFiles) -> Vec<String> {
     let set = files.policy_set().expect("a policy set");
     let event = wx_event(1);
-    let ctx = crate::context::eval_context(&event);
+    let ctx = mapsentry_policy::eval_context(&event);
     set.evaluate(&event, &ctx)
         .iter()
         .map(|m| m.rule.to_owned())

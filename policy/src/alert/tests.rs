@@ -29,6 +29,7 @@ fn call(at: u64) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn call(prot: u64, flags: u64) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

@@ -479,6 +479,7 @@ fn event() -> impl Strategy<Value = MmapEvent> {
                     args_unreadable: false,
                     target_mapping: None,
                     enforced: None,
+                    attribution: None,
                 }
             },
         )
@@ -580,6 +581,7 @@ fn wx_call() -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

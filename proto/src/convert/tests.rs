@@ -36,6 +36,7 @@ fn file_backed() -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 
@@ -64,6 +65,7 @@ fn extremes() -> MmapEvent {
         args_unreadable: true,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 
@@ -154,4 +156,67 @@ fn descriptor_set_names_the_services_for_reflection() {
             "{name} missing from the descriptor set"
         );
     }
+}
+
+#[test]
+fn attribution_round_trips_in_fields_100_and_up() {
+    let pod = Attribution::Pod(K8sMeta {
+        namespace: Some("shop".into()),
+        pod: Some("web-0".into()),
+        container: Some("app".into()),
+        pod_uid: Some("6a2c9d4e-1b3f-4a5c-8d7e-9f0a1b2c3d4e".into()),
+        container_id: Some("ab".repeat(32)),
+        image: Some("nginx:1.27".into()),
+        labels: [
+            ("app".to_owned(), "web".to_owned()),
+            ("tier".to_owned(), "fe".to_owned()),
+        ]
+        .into(),
+        namespace_labels: [("team".to_owned(), "a".to_owned())].into(),
+        workload: Some(Workload {
+            kind: "Deployment".into(),
+            name: "web".into(),
+        }),
+        resolved: true,
+    });
+    let unresolved = Attribution::Pod(K8sMeta {
+        pod_uid: Some("u".into()),
+        ..K8sMeta::default()
+    });
+    let host = Attribution::Host {
+        cgroup: "/system.slice/sshd.service".into(),
+        unit: Some("sshd.service".into()),
+    };
+    let unknown = Attribution::Unknown { cgroup_id: 7 };
+    for attribution in [pod, unresolved, host, unknown] {
+        let event = MmapEvent {
+            attribution: Some(Arc::new(attribution)),
+            ..file_backed()
+        };
+        let wire = v1::Event::from(&event);
+        let bytes = wire.encode_to_vec();
+        let back = MmapEvent::try_from(v1::Event::decode(bytes.as_slice()).unwrap()).unwrap();
+        assert_eq!(back, event);
+        validate(&wire).unwrap();
+    }
+    // Absent: not enriched.
+    let back = MmapEvent::try_from(v1::Event::from(&file_backed())).unwrap();
+    assert_eq!(back.attribution, None);
+}
+
+#[test]
+fn attribution_uses_the_reserved_field_numbers() {
+    use prost::encoding::{WireType, decode_key};
+    let event = MmapEvent {
+        attribution: Some(Arc::new(Attribution::Host {
+            cgroup: "/init.scope".into(),
+            unit: Some("init.scope".into()),
+        })),
+        ..extremes()
+    };
+    let bytes = v1::Event::from(&event).encode_to_vec();
+    let plain = v1::Event::from(&extremes()).encode_to_vec();
+    let mut rest = &bytes[plain.len()..];
+    let (tag, wire_type) = decode_key(&mut rest).unwrap();
+    assert_eq!((tag, wire_type), (101, WireType::LengthDelimited));
 }

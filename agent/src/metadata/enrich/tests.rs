@@ -45,6 +45,7 @@ fn event(cgroup_id: u64) -> MmapEvent {
         args_unreadable: false,
         target_mapping: None,
         enforced: None,
+        attribution: None,
     }
 }
 

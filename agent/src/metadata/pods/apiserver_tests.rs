@@ -500,3 +500,100 @@ async fn short_lived_pod(layout: Layout) {
     }
     assert_eq!(enricher.stats().missing, 0);
 }
+
+/// The `agent`/`run` wiring ([`crate::metadata::Attributor`] with a kubeconfig) started after
+/// the pod exists: a real process in a real kubelet-shaped cgroup maps memory, BPF captures it,
+/// and from the first event on, every event carries the pod's namespace, name, container, image,
+/// labels and workload, through the wire form the collector receives and the JSON line that
+/// `run` and `tail` print.
+#[tokio::test]
+async fn the_agent_stage_started_after_the_pod_attributes_from_the_first_event() {
+    use crate::metadata::{Attributor, Kubernetes};
+    use mapsentry_policy::{EventLine, MmapEvent};
+    use mapsentry_proto::v1;
+
+    let server = ApiServer::start("stage", "");
+    let admin = server.client("kubeconfig").await;
+    let pods: Api<Pod> = Api::namespaced(admin, "default");
+    let uid = create_running(
+        &pods,
+        &pod_json(
+            "api-6f7d8-q9w8e",
+            NODE,
+            Some(("apps/v1", "ReplicaSet", "api-6f7d8")),
+            &serde_json::json!({"app": "api", "pod-template-hash": "6f7d8"}),
+        ),
+        &cid(11),
+        &cid(12),
+    )
+    .await;
+    let tree = TestTree::new("stage");
+    let (rel, _) = tree.mkdir(&Layout::Cgroupfs.path(&uid, &cid(11)));
+    let waiter = Waiter::spawn();
+    let pid = waiter.pid();
+    tree.move_into(&rel, pid);
+
+    // Now the agent starts.
+    let index = CgroupIndex::open(&tree.root, Duration::from_secs(1)).expect("cgroup index");
+    let kubernetes = Kubernetes::Kubeconfig {
+        path: server.state.join("kubeconfig-agent"),
+        node: NODE.into(),
+    };
+    let mut stage = Attributor::with_index(index, &kubernetes, EnrichConfig::default())
+        .await
+        .expect("attribution stage");
+    let mut capture = crate::Capture::start(&crate::CaptureConfig {
+        pid: Some(pid),
+        ..Default::default()
+    })
+    .expect("starting a capture");
+    tokio::task::spawn_blocking(move || waiter.release_and_wait())
+        .await
+        .expect("waiter");
+
+    let mut batch = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while batch.is_empty() && Instant::now() < deadline {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), capture.next_batch(&mut batch)).await;
+    }
+    capture.detach();
+    capture.drain(&mut batch);
+    let count = batch.len();
+    assert!(count > 0, "no events from pid {pid}");
+    let mut out = Vec::new();
+    stage.attribute(&mut batch, Instant::now());
+    out.append(&mut batch);
+    while out.len() < count {
+        let due = stage.next_deadline().expect("events held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() <= due + Duration::from_millis(500),
+            "held past the bound"
+        );
+        stage.poll(Instant::now(), &mut out);
+    }
+    assert_eq!(stage.missing_counter().get(), 0, "every event resolved");
+    for event in &out {
+        // Agent -> collector wire, and back as the subscriber decodes it.
+        let wire = v1::Event::from(event);
+        let back = MmapEvent::try_from(&wire).expect("wire event converts");
+        assert_eq!(&back, event);
+        let line = serde_json::to_value(EventLine::from(back)).expect("json line");
+        assert_eq!(line["namespace"], "default", "{line}");
+        assert_eq!(line["pod"], "api-6f7d8-q9w8e");
+        assert_eq!(line["container"], "app");
+        assert_eq!(line["k8s"]["pod_uid"], uid.as_str());
+        assert_eq!(line["k8s"]["container_id"], cid(11).as_str());
+        assert_eq!(line["k8s"]["image"], "registry.example/api-6f7d8-q9w8e:1");
+        assert_eq!(
+            line["k8s"]["labels"],
+            serde_json::json!({"app": "api", "pod-template-hash": "6f7d8"})
+        );
+        assert_eq!(
+            line["k8s"]["workload"],
+            serde_json::json!({"kind": "Deployment", "name": "api"})
+        );
+        assert_eq!(line["k8s"]["resolved"], true);
+    }
+}
