@@ -67,15 +67,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What the kernel counted, summed over CPUs. At rest,
-/// `seen = filtered + dropped + records received by the reader`.
+/// What the kernel counted, summed over CPUs. At rest, `reported = dropped + records received
+/// by the reader`, and `seen = reported + filtered`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
     /// mmap-family calls that entered the kernel while attached (the agent's own excluded).
     pub seen: u64,
+    /// Of those, the calls the report filters kept: each one became a record or a drop.
+    pub reported: u64,
     /// Calls the in-kernel filters (`pid`, `prot_any`) left out.
     pub filtered: u64,
-    /// Records lost because the ring buffer was full.
+    /// Records lost because the ring buffer was full (or, in kprobe mode, whose exit never ran).
     pub dropped: u64,
 }
 
@@ -197,9 +199,14 @@ impl Capture {
             })?;
             Ok(values.iter().sum())
         };
+        // Filtered first: a call counted between the two reads then shows as reported, never
+        // as a filtered call that was not seen.
+        let filtered = sum(wire::COUNTER_FILTERED)?;
+        let reported = sum(wire::COUNTER_SEEN)?;
         Ok(KernelCounters {
-            seen: sum(wire::COUNTER_SEEN)?,
-            filtered: sum(wire::COUNTER_FILTERED)?,
+            seen: reported + filtered,
+            reported,
+            filtered,
             dropped: sum(wire::COUNTER_DROPPED)?,
         })
     }

@@ -166,7 +166,6 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 	pid_tgid = bpf_get_current_pid_tgid();
 	if ((__u32)(pid_tgid >> 32) == self_tgid)
 		return 0;
-	ms_count(MS_COUNTER_SEEN);
 	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	ms_read_args(regs, &p);
 	/* Enforcement first, for every process; an enforced call is always reported. */
@@ -174,6 +173,9 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 		ms_count(MS_COUNTER_FILTERED);
 		return 0;
 	}
+	/* Counted after the filters: for the calls it reports, a capture's `seen` then equals
+	 * records delivered + dropped exactly, however busy other processes are. */
+	ms_count(MS_COUNTER_SEEN);
 	tid = (__u32)pid_tgid;
 	/* This thread's previous call is still parked: its exit program never ran, so its record
 	 * is lost. Count it. It happens in kprobe mode: a kretprobe has max(10, 2 * CPUs)

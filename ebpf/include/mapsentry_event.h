@@ -34,7 +34,7 @@ enum ms_file_flag {
 
 /* Indexes of the per-CPU counter array `counters`. */
 enum ms_counter {
-	MS_COUNTER_SEEN = 0,     /* mmap calls that completed while attached */
+	MS_COUNTER_SEEN = 0,     /* calls the report filters kept (entered while attached) */
 	MS_COUNTER_FILTERED = 1, /* calls the in-kernel report filter left out */
 	MS_COUNTER_DROPPED = 2,  /* records lost because the ring buffer was full */
 	MS_COUNTER_MAX = 3,

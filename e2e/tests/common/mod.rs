@@ -183,3 +183,22 @@ pub fn records_for<'a>(events: &'a [MmapEvent], call: &Value, name: &str) -> Vec
         })
         .collect()
 }
+
+/// Runs of mapsentry's capture programs (`ms_*`) the kernel skipped because the same program
+/// was already running on that CPU (a run preempted mid-way, then re-entered), summed over every
+/// loaded capture, as bpftool reports them. Such a skipped exit leaves a call seen but neither
+/// delivered nor counted as dropped, so the accounting identity holds up to this many.
+pub fn recursion_misses() -> u64 {
+    let output = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("running bpftool");
+    let programs: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    programs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("ms_")))
+        .filter_map(|p| p["recursion_misses"].as_u64())
+        .sum()
+}
