@@ -5,6 +5,7 @@
 mod agent;
 mod capture_args;
 mod collector;
+mod enforcing;
 mod filter;
 mod output;
 mod policy;

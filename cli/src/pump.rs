@@ -1,5 +1,6 @@
 //! The agent's main loop, shared by `agent` and `run`: read captured batches, let the caller see
-//! them, hand them to the shipper, keep the shipper's loss counters current; on a stop signal,
+//! them, hand them to the shipper, keep the shipper's loss counters current, keep the kernel's
+//! enforcement rules current (when enforcing); on a stop signal,
 //! detach, drain, and flush.
 
 use std::time::Duration;
@@ -8,7 +9,10 @@ use anyhow::Context;
 use mapsentry_agent::{Capture, KernelCounters, shipper::Shipper};
 use mapsentry_policy::MmapEvent;
 
-use crate::signals::Shutdown;
+use crate::{
+    enforcing::{Enforcing, next_work},
+    signals::Shutdown,
+};
 
 /// How often the capture's loss counters are handed to the shipper.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
@@ -19,6 +23,7 @@ pub async fn pump(
     capture: &mut Capture,
     shipper: &Shipper,
     shutdown: &mut Shutdown,
+    mut enforcing: Option<&mut Enforcing>,
     mut each: impl FnMut(&[MmapEvent]) -> anyhow::Result<bool>,
 ) -> anyhow::Result<KernelCounters> {
     let mut batch = Vec::with_capacity(1024);
@@ -29,6 +34,12 @@ pub async fn pump(
             read = capture.next_batch(&mut batch) => { read.context("reading the ring buffer")?; }
             _ = counters.tick() => {
                 report_losses(capture, shipper)?;
+                continue;
+            }
+            work = next_work(enforcing.as_deref_mut()) => {
+                if let Some(enforcing) = enforcing.as_deref_mut() {
+                    enforcing.handle(work, capture);
+                }
                 continue;
             }
             () = shutdown.requested() => break,

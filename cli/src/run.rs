@@ -5,6 +5,7 @@
 use std::{
     io::{self, BufWriter, Write},
     net::SocketAddr,
+    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -49,6 +50,10 @@ pub struct RunArgs {
     /// port on 127.0.0.1 when that one is taken].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Policy files (YAML, repeatable); their Enforce-mode rules are enforced in the kernel here
+    /// (a ClusterMmapPolicy with hostProcesses: true acts on this host's processes).
+    #[arg(long = "policy", value_name = "PATH")]
+    policy: Vec<PathBuf>,
     #[command(flatten)]
     capture: CaptureArgs,
     #[command(flatten)]
@@ -86,22 +91,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         .instrument(tracing::info_span!("collector")),
     );
+    let mut enforcing = crate::enforcing::local(&args.policy, &mut capture)?;
     let shipper = start_shipper(
         &format!("http://{observer}"),
         &hostname(),
         64 << 20,
         &capture,
+        None,
     )?;
 
     let mut out = BufWriter::new(io::stdout().lock());
     announce(&mut out, args.output, &capture, observer)?;
     let mut tally = Tally::default();
     let mut reader_gone = false;
-    let counters = pump(&mut capture, &shipper, &mut shutdown, |batch| {
-        let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
-        reader_gone |= !open;
-        Ok(open)
-    })
+    let counters = pump(
+        &mut capture,
+        &shipper,
+        &mut shutdown,
+        enforcing.as_mut(),
+        |batch| {
+            let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
+            reader_gone |= !open;
+            Ok(open)
+        },
+    )
     .await?;
     let shipping = shipper.finish().await;
     drop(stop_collector);
@@ -203,7 +216,7 @@ fn print(
     tally: &mut Tally,
 ) -> anyhow::Result<bool> {
     let result = batch.iter().try_for_each(|event| {
-        if filter.matches(event) {
+        if filter.matches(event) || event.enforced.is_some() {
             tally.emitted += 1;
             output::write_event(out, format, event)
         } else {

@@ -4,6 +4,7 @@
 //! services (with health and reflection) on a listener.
 #![forbid(unsafe_code)]
 
+pub mod enforce;
 pub mod filter;
 pub mod follow;
 pub mod hub;
@@ -12,5 +13,6 @@ pub mod log;
 pub mod observer;
 pub mod server;
 
+pub use enforce::PolicyPublisher;
 pub use hub::{Hub, HubConfig};
 pub use server::{ServerConfig, serve};

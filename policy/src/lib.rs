@@ -6,6 +6,7 @@
 pub mod alert;
 pub mod compile;
 pub mod crd;
+pub mod enforce;
 pub mod evaluate;
 pub mod event;
 pub mod k8s;
