@@ -53,7 +53,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ),
         Ok(None) => {}
         Err(error) => {
-            tracing::error!(%error, "the persisted policy set cannot be read; enforcing nothing until the collector sends one")
+            tracing::error!(%error, "the persisted policy set cannot be read; enforcing nothing until the collector sends one");
         }
     }
     let (sets_tx, sets_rx) = watch::channel(None);

@@ -75,11 +75,11 @@ impl Enforcing {
     }
 
     pub fn handle(&mut self, work: Work, capture: &mut Capture) {
-        if let Work::Set(set) = work {
-            if let Err(error) = self.enforcer.set_policies(set.version, set.policies_json) {
-                tracing::error!(%error, in_force = self.enforcer.version(),
-                    "policy set refused; the previous set stays in force");
-            }
+        if let Work::Set(set) = work
+            && let Err(error) = self.enforcer.set_policies(set.version, set.policies_json)
+        {
+            tracing::error!(%error, in_force = self.enforcer.version(),
+                "policy set refused; the previous set stays in force");
         }
         self.apply(capture);
     }

@@ -119,18 +119,15 @@ fn killed_in(cgroup: &TestCgroup, spec: &str) -> (bool, u32) {
     let pid = helper.pid;
     cgroup.add(pid).expect("moving the helper into its cgroup");
     let (status, report) = helper.go_until_exit();
-    match status.signal() {
-        Some(9) => {
-            assert!(
-                report.is_none(),
-                "killed before it could report: {report:?}"
-            );
-            (true, pid)
-        }
-        _ => {
-            assert!(status.success(), "the helper failed: {status:?}");
-            (false, pid)
-        }
+    if status.signal() == Some(9) {
+        assert!(
+            report.is_none(),
+            "killed before it could report: {report:?}"
+        );
+        (true, pid)
+    } else {
+        assert!(status.success(), "the helper failed: {status:?}");
+        (false, pid)
     }
 }
 
@@ -193,11 +190,11 @@ async fn a_pushed_kill_policy_kills_in_its_pods_cgroup_holds_across_a_restart_an
         .iter()
         .find(|e| e.args.prot == 7)
         .expect("W+X captured");
-    let enforced = wx.enforced.expect("the W+X record says it was enforced");
-    assert_eq!(enforced.action, EnforceAction::Kill);
+    let decision = wx.enforced.expect("the W+X record says it was enforced");
+    assert_eq!(decision.action, EnforceAction::Kill);
     let id = policy("Enforce").0.id();
     assert_eq!(
-        enforced.rule_id,
+        decision.rule_id,
         rule_id(&id, "wx"),
         "the record names the rule"
     );

@@ -112,6 +112,10 @@ pub enum DenyFallback {
 }
 
 impl DenyFallback {
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
     fn is_default(&self) -> bool {
         *self == Self::Refuse
     }
