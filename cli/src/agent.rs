@@ -2,17 +2,22 @@
 //! attribute every call to its pod and container (or host unit), and stream it to a collector,
 //! until Ctrl-C or SIGTERM.
 
-use anyhow::Context;
 use std::path::PathBuf;
+
+use anyhow::Context;
 
 use mapsentry_agent::{
     Capture,
+    enforce::policies::Enforcer,
     metadata::{Attributor, EnrichConfig, Kubernetes},
     shipper::{Shipper, ShipperConfig},
 };
+use mapsentry_proto::v1;
+use tokio::sync::watch;
 
 use crate::{
     capture_args::{CaptureArgs, hostname},
+    enforcing::Enforcing,
     pump::pump,
     signals::Shutdown,
 };
@@ -34,6 +39,10 @@ pub struct AgentArgs {
     /// Bytes of events held while the collector is slow or away; the oldest go beyond it.
     #[arg(long, default_value_t = 64 << 20)]
     buffer_bytes: usize,
+    /// Where the last good enforce-mode policy set is kept: re-applied at start, before the
+    /// collector is reached, so enforcement holds with the collector down.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/mapsentry")]
+    state_dir: PathBuf,
     #[command(flatten)]
     capture: CaptureArgs,
 }
@@ -46,7 +55,30 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .context("cannot start pod attribution")?;
     let mut capture = Capture::start(&args.capture.config(0)).context("cannot start capturing")?;
     let node = args.node.unwrap_or_else(hostname);
-    let shipper = start_shipper(&args.collector, &node, args.buffer_bytes, &capture)?;
+    let mut enforcer = Enforcer::new(
+        Some(args.state_dir.clone()),
+        capture.attached().deny_unavailable.as_deref(),
+    );
+    match enforcer.load_persisted() {
+        Ok(Some(version)) => eprintln!(
+            "mapsentry: enforcing the persisted policy set version {version} from {}",
+            args.state_dir.display()
+        ),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "the persisted policy set cannot be read; enforcing nothing until the collector sends one");
+        }
+    }
+    let (sets_tx, sets_rx) = watch::channel(None);
+    let mut enforcing = Enforcing::new(enforcer, Some(sets_rx));
+    enforcing.apply(&mut capture);
+    let shipper = start_shipper(
+        &args.collector,
+        &node,
+        args.buffer_bytes,
+        &capture,
+        Some(sets_tx),
+    )?;
     eprintln!(
         "mapsentry: agent on node {node} capturing in {} mode, shipping to {} (boot id {}); {}",
         capture.attached().mode,
@@ -59,6 +91,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &mut attributor,
         &shipper,
         &mut shutdown,
+        Some(&mut enforcing),
         |_| Ok(true),
     )
     .await?;
@@ -82,15 +115,23 @@ pub fn start_shipper(
     node: &str,
     buffer_bytes: usize,
     capture: &Capture,
+    policy_sets: Option<watch::Sender<Option<v1::PolicySet>>>,
 ) -> anyhow::Result<Shipper> {
     let mut config = ShipperConfig::new(collector, node);
     config.buffer_bytes = buffer_bytes;
+    config.policy_sets = policy_sets;
     capture
         .attached()
         .mode
         .as_str()
         .clone_into(&mut config.attach_mode);
-    config.capabilities = vec![format!("attach:{}", capture.attached().mode)];
+    config.capabilities = vec![
+        format!("attach:{}", capture.attached().mode),
+        "enforce:kill".to_owned(),
+    ];
+    if capture.attached().deny_unavailable.is_none() {
+        config.capabilities.push("enforce:deny".to_owned());
+    }
     Shipper::start(config).context("starting the shipper")
 }
 

@@ -19,7 +19,7 @@ pub struct PolicyArgs {
     /// change; a new version that does not validate is rejected (its errors logged) and the
     /// previous good one stays in force.
     #[arg(long = "policy", value_name = "PATH")]
-    policies: Vec<PathBuf>,
+    pub policies: Vec<PathBuf>,
     /// Dedup window of alerts, in seconds: further matches of one (pod, policy, rule) within it
     /// are counted into the next update rather than reported one by one.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]

@@ -7,6 +7,7 @@ mod alert_output;
 mod alerting;
 mod capture_args;
 mod collector;
+mod enforcing;
 mod filter;
 mod output;
 mod policy;

@@ -1,7 +1,8 @@
 //! The agent's main loop, shared by `agent` and `run`: read captured batches, attribute them to
 //! their pod (or host unit), let the caller see them, hand them to the shipper, keep the
-//! shipper's loss counters current; on a stop signal, detach, drain, and flush. Events held for
-//! their pod metadata are emitted when it arrives or at the hold bound, whichever comes first.
+//! shipper's loss counters current and the kernel's enforcement rules current (when enforcing);
+//! on a stop signal, detach, drain, and flush. Events held for their pod metadata are emitted
+//! when it arrives or at the hold bound, whichever comes first.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,10 @@ use anyhow::Context;
 use mapsentry_agent::{Capture, KernelCounters, metadata::Attributor, shipper::Shipper};
 use mapsentry_policy::MmapEvent;
 
-use crate::signals::Shutdown;
+use crate::{
+    enforcing::{Enforcing, next_work},
+    signals::Shutdown,
+};
 
 /// How often the capture's loss counters are handed to the shipper.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
@@ -22,6 +26,7 @@ pub async fn pump(
     attributor: &mut Attributor,
     shipper: &Shipper,
     shutdown: &mut Shutdown,
+    mut enforcing: Option<&mut Enforcing>,
     mut each: impl FnMut(&[MmapEvent]) -> anyhow::Result<bool>,
 ) -> anyhow::Result<KernelCounters> {
     let mut batch = Vec::with_capacity(1024);
@@ -37,6 +42,12 @@ pub async fn pump(
             () = held_until(deadline) => attributor.poll(Instant::now(), &mut batch),
             _ = counters.tick() => {
                 report_losses(capture, shipper)?;
+                continue;
+            }
+            work = next_work(enforcing.as_deref_mut()) => {
+                if let Some(enforcing) = enforcing.as_deref_mut() {
+                    enforcing.handle(work, capture);
+                }
                 continue;
             }
             () = shutdown.requested() => break,

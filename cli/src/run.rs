@@ -118,11 +118,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         .instrument(tracing::info_span!("collector")),
     );
+    let mut enforcing = crate::enforcing::local(&args.policy.policies, &mut capture)?;
     let shipper = start_shipper(
         &format!("http://{observer}"),
         &hostname(),
         64 << 20,
         &capture,
+        None,
     )?;
 
     announce(
@@ -138,6 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &mut attributor,
         &shipper,
         &mut shutdown,
+        enforcing.as_mut(),
         |batch| {
             // Locked per batch: alert lines are printed between batches by their own task.
             let mut out = BufWriter::new(io::stdout().lock());
@@ -279,7 +282,7 @@ fn print(
     tally: &mut Tally,
 ) -> anyhow::Result<bool> {
     let result = batch.iter().try_for_each(|event| {
-        if filter.matches(event) {
+        if filter.matches(event) || event.enforced.is_some() {
             tally.emitted += 1;
             output::write_event(out, format, event)
         } else {

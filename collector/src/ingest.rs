@@ -10,7 +10,7 @@ use mapsentry_proto::{
         collector_message,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
@@ -66,6 +66,8 @@ impl From<IngestError> for Status {
 pub struct Ingest {
     hub: Arc<Hub>,
     max_batch_events: usize,
+    /// The enforce-mode policy set pushed to every agent, if the collector publishes one.
+    policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
 }
 
 impl Ingest {
@@ -74,7 +76,16 @@ impl Ingest {
         Self {
             hub,
             max_batch_events,
+            policy_sets: None,
         }
+    }
+
+    /// Push the sets published on `sets` to every agent: the current one on connect, then each
+    /// change (latest wins).
+    #[must_use]
+    pub fn with_policy_sets(mut self, sets: watch::Receiver<Option<v1::PolicySet>>) -> Self {
+        self.policy_sets = Some(sets);
+        self
     }
 }
 
@@ -165,11 +176,29 @@ impl Ingest {
         tx: mpsc::Sender<Result<CollectorMessage, Status>>,
     ) {
         let mut closed = self.hub.closed_watch();
+        let mut policy_sets = self.policy_sets.clone();
+        if let Some(sets) = &mut policy_sets {
+            sets.mark_changed();
+        }
         loop {
             let message = tokio::select! {
-                message = inbound.message() => message,
+                message = inbound.message() => Ok(message),
                 _ = closed.wait_for(|c| *c) => break,
                 () = tx.closed() => break,
+                Some(set) = next_policy_set(policy_sets.as_mut()) => Err(set),
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(set) => {
+                    tracing::info!(node = %agent.node, version = set.version, "pushing the policy set");
+                    let push = CollectorMessage {
+                        msg: Some(collector_message::Msg::PolicySet(set)),
+                    };
+                    if tx.send(Ok(push)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             };
             let outcome = match message {
                 Ok(Some(message)) => self.handle(&agent, message).map_err(Status::from),
@@ -219,6 +248,23 @@ impl AgentService for Ingest {
                 .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The next set published on `sets` (pending forever without a publisher or once it is gone).
+async fn next_policy_set(
+    sets: Option<&mut watch::Receiver<Option<v1::PolicySet>>>,
+) -> Option<v1::PolicySet> {
+    let Some(sets) = sets else {
+        return std::future::pending().await;
+    };
+    loop {
+        if sets.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(set) = sets.borrow_and_update().clone() {
+            return Some(set);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 
+pub mod enforce;
 pub mod filter;
 pub mod follow;
 pub mod hub;
@@ -18,5 +19,6 @@ pub mod observer;
 pub mod policy_files;
 pub mod server;
 
+pub use enforce::PolicyPublisher;
 pub use hub::{Hub, HubConfig};
 pub use server::{ServerConfig, serve};

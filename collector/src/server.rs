@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use mapsentry_proto::v1::{
     self, agent_service_server::AgentServiceServer, observer_server::ObserverServer,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{hub::Hub, ingest::Ingest, observer::Observer};
@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most events in one agent batch.
     pub max_batch_events: usize,
+    /// Enforce-mode policy sets to push to every agent ([`crate::PolicyPublisher::subscribe`]).
+    pub policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +39,7 @@ impl Default for ServerConfig {
         Self {
             max_message_bytes: 8 << 20,
             max_batch_events: 16_384,
+            policy_sets: None,
         }
     }
 }
@@ -61,7 +64,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|source| ServerError::Reflection { source })?;
-    let ingest = AgentServiceServer::new(Ingest::new(Arc::clone(&hub), config.max_batch_events))
+    let mut ingest = Ingest::new(Arc::clone(&hub), config.max_batch_events);
+    if let Some(sets) = &config.policy_sets {
+        ingest = ingest.with_policy_sets(sets.clone());
+    }
+    let ingest = AgentServiceServer::new(ingest)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let observer = ObserverServer::new(Observer::new(Arc::clone(&hub)))

@@ -46,6 +46,11 @@ pub struct MmapPolicySpec {
     /// `Audit` reports what the rules match; `Enforce` also kills or denies. Default `Audit`.
     #[serde(default)]
     pub mode: Mode,
+    /// What an `Enforce` rule with action `Deny` becomes on a node without BPF LSM: `Refuse`
+    /// (default: the rule is not enforced there, and the agent says so in its log and metrics)
+    /// or `Kill`. Never a silent downgrade to audit.
+    #[serde(default, skip_serializing_if = "DenyFallback::is_default")]
+    pub deny_fallback: DenyFallback,
     /// The rules; each call is checked against every rule.
     pub rules: Vec<Rule>,
 }
@@ -86,8 +91,34 @@ pub struct ClusterMmapPolicySpec {
     /// `Audit` reports what the rules match; `Enforce` also kills or denies. Default `Audit`.
     #[serde(default)]
     pub mode: Mode,
+    /// What an `Enforce` rule with action `Deny` becomes on a node without BPF LSM: `Refuse`
+    /// (default: the rule is not enforced there, and the agent says so in its log and metrics)
+    /// or `Kill`. Never a silent downgrade to audit.
+    #[serde(default, skip_serializing_if = "DenyFallback::is_default")]
+    pub deny_fallback: DenyFallback,
     /// The rules; each call is checked against every rule.
     pub rules: Vec<Rule>,
+}
+
+/// What a `Deny` rule of an `Enforce` policy becomes where the kernel cannot deny (no BPF LSM).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum DenyFallback {
+    /// The rule is not enforced on that node (the collector still alerts on it); the agent
+    /// reports the refusal in its log and its `refused` counter.
+    #[default]
+    Refuse,
+    /// The rule kills the caller instead (SIGKILL at syscall entry).
+    Kill,
+}
+
+impl DenyFallback {
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
+    fn is_default(&self) -> bool {
+        *self == Self::Refuse
+    }
 }
 
 /// Whether a policy only reports or also acts.

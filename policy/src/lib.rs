@@ -8,6 +8,7 @@ pub mod attribution_line;
 pub mod compile;
 pub mod context;
 pub mod crd;
+pub mod enforce;
 pub mod evaluate;
 pub mod event;
 pub mod k8s;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::crd::{ClusterMmapPolicy, MmapPolicy, Mode, Rule};
+use crate::crd::{ClusterMmapPolicy, DenyFallback, MmapPolicy, Mode, Rule};
 
 /// The namespace a namespaced policy file without `metadata.namespace` lands in (as with kubectl).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -65,6 +65,15 @@ impl Policy {
         match self {
             Self::Namespaced(p) => p.spec.mode,
             Self::Cluster(p) => p.spec.mode,
+        }
+    }
+
+    /// What `Deny` rules become where the kernel cannot deny.
+    #[must_use]
+    pub fn deny_fallback(&self) -> DenyFallback {
+        match self {
+            Self::Namespaced(p) => p.spec.deny_fallback,
+            Self::Cluster(p) => p.spec.deny_fallback,
         }
     }
 

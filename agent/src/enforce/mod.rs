@@ -1,6 +1,7 @@
 //! Enforcement rules in the kernel: per cgroup, matched at syscall entry by the capture
 //! programs (ebpf/include/enforce.h), independent of the ring buffer and of any collector.
 
+pub mod policies;
 pub mod wire;
 
 use aya::maps::{HashMap, MapData};

@@ -27,7 +27,7 @@ use mapsentry_proto::v1::{
     agent_service_client::AgentServiceClient, collector_message,
 };
 use tokio::{
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::JoinHandle,
     time::{Instant, sleep_until},
 };
@@ -79,6 +79,8 @@ pub struct ShipperConfig {
     pub report_interval: Duration,
     /// How long `finish` waits for the last acks.
     pub flush_timeout: Duration,
+    /// Where policy sets pushed by the collector go (latest wins), if this agent enforces.
+    pub policy_sets: Option<watch::Sender<Option<v1::PolicySet>>>,
 }
 
 impl ShipperConfig {
@@ -100,6 +102,7 @@ impl ShipperConfig {
             },
             report_interval: Duration::from_secs(1),
             flush_timeout: Duration::from_secs(5),
+            policy_sets: None,
         }
     }
 }
@@ -456,6 +459,12 @@ impl Task {
                             let acked = buffer.ack(ack.seq);
                             self.counters.acked.fetch_add(acked, Relaxed);
                             next_send = next_send.max(buffer.first_seq());
+                        }
+                        Ok(Some(CollectorMessage { msg: Some(collector_message::Msg::PolicySet(set)) })) => {
+                            tracing::info!(version = set.version, policies = set.policies_json.len(), "policy set received");
+                            if let Some(sets) = &self.config.policy_sets {
+                                sets.send_replace(Some(set));
+                            }
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => {

@@ -48,6 +48,7 @@ fn policies_round_trip_through_yaml() {
         MmapPolicySpec {
             pod_selector: None,
             mode: Mode::Enforce,
+            deny_fallback: DenyFallback::Refuse,
             rules: vec![Rule {
                 name: "wx".into(),
                 match_: MatchSpec {

@@ -11,8 +11,8 @@ use crate::{
     FileInfo, MmapArgs, Syscall,
     compile::compile,
     crd::{
-        ByteSize, ClusterMmapPolicy, ClusterMmapPolicySpec, ExceptSpec, FileMatch, MappingKind,
-        MatchSpec, MmapPolicy, MmapPolicySpec, Rule, SyscallName,
+        ByteSize, ClusterMmapPolicy, ClusterMmapPolicySpec, DenyFallback, ExceptSpec, FileMatch,
+        MappingKind, MatchSpec, MmapPolicy, MmapPolicySpec, Rule, SyscallName,
     },
     load::load_str,
     names,
@@ -368,6 +368,7 @@ fn policy(index: usize) -> impl Strategy<Value = Policy> {
                         MmapPolicySpec {
                             pod_selector,
                             mode,
+                            deny_fallback: DenyFallback::Refuse,
                             rules,
                         },
                     )
@@ -388,6 +389,7 @@ fn policy(index: usize) -> impl Strategy<Value = Policy> {
                     namespace_selector,
                     host_processes,
                     mode,
+                    deny_fallback: DenyFallback::Refuse,
                     rules,
                 },
             ))

@@ -1,0 +1,190 @@
+//! Enforcement in `agent` and `run`: the enforce-mode policy set in force (pushed by the
+//! collector, persisted under the state directory, or loaded from `--policy` files), resolved to
+//! cgroups and written to the kernel's rule table; re-resolved every second as cgroups (pods)
+//! come and go.
+
+use std::{path::PathBuf, time::Duration};
+
+use mapsentry_agent::{
+    Capture,
+    enforce::policies::{CgroupScope, EnforceStats, Enforcer, scan_cgroups},
+    metadata::cgroup_index::find_cgroup2_root,
+};
+use mapsentry_proto::v1;
+use tokio::{sync::watch, time::MissedTickBehavior};
+
+/// How often the cgroups are scanned for new and vanished ones.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What woke the enforcement loop.
+#[derive(Debug)]
+pub enum Work {
+    /// The collector pushed a set.
+    Set(v1::PolicySet),
+    /// Time to re-resolve scopes.
+    Rescan,
+}
+
+#[derive(Debug)]
+pub struct Enforcing {
+    enforcer: Enforcer,
+    sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    cgroup_root: Option<PathBuf>,
+    rescan: tokio::time::Interval,
+    reported: EnforceStats,
+}
+
+impl Enforcing {
+    /// Enforce what `enforcer` holds, and the sets arriving on `sets`.
+    pub fn new(enforcer: Enforcer, sets: Option<watch::Receiver<Option<v1::PolicySet>>>) -> Self {
+        let cgroup_root = find_cgroup2_root()
+            .inspect_err(|error| {
+                tracing::error!(%error, "no cgroup v2 hierarchy: enforce-mode policies cannot be resolved to cgroups");
+            })
+            .ok();
+        let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            enforcer,
+            sets,
+            cgroup_root,
+            rescan,
+            reported: EnforceStats::default(),
+        }
+    }
+
+    /// Wait for the next thing to do.
+    pub async fn next(&mut self) -> Work {
+        let set = async {
+            match &mut self.sets {
+                Some(sets) => loop {
+                    if sets.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    if let Some(set) = sets.borrow_and_update().clone() {
+                        return set;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            set = set => Work::Set(set),
+            _ = self.rescan.tick() => Work::Rescan,
+        }
+    }
+
+    pub fn handle(&mut self, work: Work, capture: &mut Capture) {
+        if let Work::Set(set) = work
+            && let Err(error) = self.enforcer.set_policies(set.version, set.policies_json)
+        {
+            tracing::error!(%error, in_force = self.enforcer.version(),
+                "policy set refused; the previous set stays in force");
+        }
+        self.apply(capture);
+    }
+
+    /// Resolve the set in force against the cgroups now present and write the kernel's table.
+    pub fn apply(&mut self, capture: &mut Capture) {
+        let Some(root) = &self.cgroup_root else {
+            return;
+        };
+        // Pods are not resolved here yet (the agent's pod cache is wired separately): pod cgroups
+        // count as unresolved and get no rules; host cgroups do.
+        let cgroups: Vec<(u64, CgroupScope)> = scan_cgroups(root, &|_| None);
+        self.enforcer.apply(capture.rules(), &cgroups);
+        let stats = self.enforcer.stats();
+        if stats != self.reported {
+            tracing::info!(
+                version = stats.version,
+                kernel_rules = stats.kernel_rules,
+                refused = stats.refused,
+                deny_fell_back = stats.deny_fell_back,
+                cgroups = stats.cgroups,
+                unresolved = stats.unresolved,
+                write_errors = stats.write_errors,
+                "enforcement"
+            );
+            self.reported = stats;
+        }
+    }
+
+    pub fn stats(&self) -> EnforceStats {
+        self.enforcer.stats()
+    }
+}
+
+/// The next work of `enforcing`, or never without one.
+pub async fn next_work(enforcing: Option<&mut Enforcing>) -> Work {
+    match enforcing {
+        Some(enforcing) => enforcing.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `mapsentry run --policy PATH...`: the Enforce-mode rules of the files, enforced on this host
+/// through the same path as the agent's (no collector, nothing persisted). `None` without files.
+pub fn local(paths: &[PathBuf], capture: &mut Capture) -> anyhow::Result<Option<Enforcing>> {
+    use anyhow::Context as _;
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut policies = Vec::new();
+    for path in &policy_files(paths)? {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--policy {}: cannot read", path.display()))?;
+        let outcome = mapsentry_policy::load_str(&text);
+        if let Some(error) = outcome.errors.first() {
+            anyhow::bail!("--policy {}: {error}", path.display());
+        }
+        policies.extend(outcome.policies.into_iter().map(|l| l.policy));
+    }
+    let mut enforcer = Enforcer::new(None, capture.attached().deny_unavailable.as_deref());
+    enforcer
+        .set_loaded(1, &policies)
+        .context("--policy: compiling the enforce-mode rules")?;
+    for refusal in enforcer.refused() {
+        eprintln!(
+            "mapsentry: policy {} rule {}: not enforced in the kernel: {}",
+            refusal.policy, refusal.rule, refusal.reason
+        );
+    }
+    let mut enforcing = Enforcing::new(enforcer, None);
+    enforcing.apply(capture);
+    let stats = enforcing.stats();
+    eprintln!(
+        "mapsentry: enforcing {} kernel rule(s) on {} cgroup(s), {} refused",
+        stats.kernel_rules, stats.cgroups, stats.refused
+    );
+    Ok(Some(enforcing))
+}
+
+/// The files `--policy` names: files as given, directories' `*.yaml`, `*.yml` and `*.json`
+/// files, recursively (the same set the collector's policy source reads).
+fn policy_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context as _;
+    let mut files = Vec::new();
+    let mut pending: Vec<PathBuf> = paths.to_vec();
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(&path).with_context(|| {
+                format!("--policy {}: cannot read the directory", path.display())
+            })?;
+            for entry in entries {
+                let entry = entry
+                    .with_context(|| format!("--policy {}", path.display()))?
+                    .path();
+                let policy_like = entry
+                    .extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json");
+                if entry.is_dir() || policy_like {
+                    pending.push(entry);
+                }
+            }
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
