@@ -2,6 +2,8 @@
 
 use mapsentry_proto::v1::{self, Event, Kind};
 
+use crate::auth::Scope;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error(
@@ -10,6 +12,8 @@ pub enum FilterError {
     Syscall { value: i32 },
     #[error("kinds: {value} is not a known kind (expected KIND_EVENTS or KIND_ALERTS)")]
     Kind { value: i32 },
+    #[error("filter.namespaces: {namespace:?} is outside the namespaces this client may read")]
+    OutOfScope { namespace: String },
 }
 
 /// What one subscriber asked for. A record passes when every given field matches.
@@ -25,6 +29,8 @@ pub struct RecordFilter {
     flags_any: u64,
     flags_all: u64,
     events: bool,
+    /// The namespaces the subscriber may read at all (from its credentials).
+    scope: Scope,
 }
 
 impl RecordFilter {
@@ -59,7 +65,19 @@ impl RecordFilter {
             flags_any: filter.flags_any,
             flags_all: filter.flags_all,
             events,
+            scope: Scope::All,
         })
+    }
+
+    /// Limit the filter to `scope`; asking for a namespace outside it is an error.
+    pub fn within(mut self, scope: Scope) -> Result<Self, FilterError> {
+        if let Some(namespace) = self.namespaces.iter().find(|n| !scope.allows(Some(n))) {
+            return Err(FilterError::OutOfScope {
+                namespace: namespace.clone(),
+            });
+        }
+        self.scope = scope;
+        Ok(self)
     }
 
     /// Whether `event` from `node` passes.
@@ -67,6 +85,9 @@ impl RecordFilter {
     pub fn matches(&self, node: &str, event: &Event) -> bool {
         let (prot, flags) = event.args.as_ref().map_or((0, 0), |a| (a.prot, a.flags));
         self.events
+            && self
+                .scope
+                .allows(attribution::namespace(event).map(String::as_str))
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, attribution::namespace(event))
             && any_of(&self.pods, attribution::pod(event))

@@ -66,6 +66,7 @@ impl From<IngestError> for Status {
 pub struct Ingest {
     hub: Arc<Hub>,
     max_batch_events: usize,
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl Ingest {
@@ -74,7 +75,15 @@ impl Ingest {
         Self {
             hub,
             max_batch_events,
+            auth: Arc::default(),
         }
+    }
+
+    /// Refuse agent streams that `auth` does not admit.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Auth>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -206,6 +215,7 @@ impl AgentService for Ingest {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.auth.agent(&request)?;
         let mut inbound = request.into_inner();
         let agent = hello_of(inbound.message().await?)?;
         tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,

@@ -4,6 +4,7 @@
 //! services (with health and reflection) on a listener.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod filter;
 pub mod follow;
 pub mod hub;
@@ -11,6 +12,7 @@ pub mod ingest;
 pub mod log;
 pub mod observer;
 pub mod server;
+pub mod tls;
 
 pub use hub::{Hub, HubConfig};
 pub use server::{ServerConfig, serve};
