@@ -7,15 +7,19 @@ use mapsentry_agent::{
     shipper::{Shipper, ShipperConfig},
 };
 
+use mapsentry_proto::client::ClientSecurity;
+
 use crate::{
     capture_args::{CaptureArgs, hostname},
+    client_args::ClientArgs,
     pump::pump,
     signals::Shutdown,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// The collector, e.g. `http://mapsentry-collector:50051`.
+    /// The collector, e.g. `https://mapsentry-collector:50051` (TLS, see --ca/--cert/--key) or
+    /// `http://...` (plaintext, logged as a warning).
     #[arg(long, value_name = "URL")]
     collector: String,
     /// This node's name in events and stats (default: `$NODE_NAME`, else the hostname).
@@ -25,6 +29,8 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 64 << 20)]
     buffer_bytes: usize,
     #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
     capture: CaptureArgs,
 }
 
@@ -32,7 +38,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
     let mut capture = Capture::start(&args.capture.config(0)).context("cannot start capturing")?;
     let node = args.node.unwrap_or_else(hostname);
-    let shipper = start_shipper(&args.collector, &node, args.buffer_bytes, &capture)?;
+    let shipper = start_shipper(
+        &args.collector,
+        &node,
+        args.buffer_bytes,
+        &capture,
+        args.client.security(),
+    )?;
     eprintln!(
         "mapsentry: agent on node {node} capturing in {} mode, shipping to {} (boot id {})",
         capture.attached().mode,
@@ -54,8 +66,10 @@ pub fn start_shipper(
     node: &str,
     buffer_bytes: usize,
     capture: &Capture,
+    security: ClientSecurity,
 ) -> anyhow::Result<Shipper> {
     let mut config = ShipperConfig::new(collector, node);
+    config.security = security;
     config.buffer_bytes = buffer_bytes;
     capture
         .attached()

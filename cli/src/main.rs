@@ -4,6 +4,7 @@
 
 mod agent;
 mod capture_args;
+mod client_args;
 mod collector;
 mod filter;
 mod output;

@@ -29,6 +29,9 @@ pub async fn pump(
             read = capture.next_batch(&mut batch) => { read.context("reading the ring buffer")?; }
             _ = counters.tick() => {
                 report_losses(capture, shipper)?;
+                if let Some(reason) = shipper.refused() {
+                    anyhow::bail!("the collector refused this agent: {reason}");
+                }
                 continue;
             }
             () = shutdown.requested() => break,

@@ -91,6 +91,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &hostname(),
         64 << 20,
         &capture,
+        // The embedded collector listens on loopback in plaintext (see --listen).
+        mapsentry_proto::client::ClientSecurity::default(),
     )?;
 
     let mut out = BufWriter::new(io::stdout().lock());

@@ -102,12 +102,12 @@ async fn start(server: ServerConfig) -> (SocketAddr, Arc<Hub>) {
     (addr, hub)
 }
 
-fn tls(pki: &Pki, client_ca: bool) -> Option<ServerTls> {
-    Some(ServerTls {
+fn tls(pki: &Pki, client_ca: bool) -> ServerTls {
+    ServerTls {
         cert: pki.dir.path().join("server.crt"),
         key: pki.dir.path().join("server.key"),
         client_ca: client_ca.then(|| pki.dir.path().join("ca.crt")),
-    })
+    }
 }
 
 fn security(pki: &Pki, client: Option<&str>, token: Option<&str>) -> ClientSecurity {
@@ -143,7 +143,7 @@ fn denied(result: Result<(), FollowError>) -> String {
 async fn tls_serves_clients_that_trust_the_ca_and_refuses_those_that_do_not() {
     let (pki, _ca) = pki();
     let (addr, _hub) = start(ServerConfig {
-        tls: tls(&pki, false),
+        tls: Some(tls(&pki, false)),
         ..ServerConfig::default()
     })
     .await;
@@ -167,7 +167,7 @@ async fn tls_serves_clients_that_trust_the_ca_and_refuses_those_that_do_not() {
 async fn mutual_tls_refuses_clients_without_a_certificate_or_with_a_strangers() {
     let (pki, _ca) = pki();
     let (addr, _hub) = start(ServerConfig {
-        tls: tls(&pki, true),
+        tls: Some(tls(&pki, true)),
         ..ServerConfig::default()
     })
     .await;
@@ -187,7 +187,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate_or_with_a_strangers() 
 async fn server_certificates_are_reloaded_when_the_files_change() {
     let (pki, _ca) = pki();
     let (addr, _hub) = start(ServerConfig {
-        tls: tls(&pki, false),
+        tls: Some(tls(&pki, false)),
         ..ServerConfig::default()
     })
     .await;
@@ -239,7 +239,7 @@ fn event(pid: u32) -> Event {
 async fn bearer_tokens_authenticate_and_scope_subscribers() {
     let (pki, _ca) = pki();
     let (addr, _hub) = start(ServerConfig {
-        tls: tls(&pki, false),
+        tls: Some(tls(&pki, false)),
         auth: Auth {
             tokens: Some(Tokens::parse("test", TOKENS).unwrap()),
             client_certs: false,

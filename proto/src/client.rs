@@ -35,7 +35,7 @@ pub enum ClientError {
         path: PathBuf,
         reason: String,
     },
-    #[error("{flags} need an https:// collector URL; {url:?} is plaintext")]
+    #[error("{flags} given, but {url:?} is plaintext (http://); use an https:// URL for TLS")]
     TlsOnPlaintext { flags: String, url: String },
     #[error("--cert and --key go together (mutual TLS needs both)")]
     HalfIdentity,
@@ -110,7 +110,8 @@ pub fn is_plaintext(url: &str) -> bool {
 
 /// The endpoint for `url` with TLS set up from `security`, and the bearer token if any.
 /// Plaintext URLs with TLS files given are refused (the user meant TLS); plaintext without them is
-/// allowed with a warning in the log.
+/// allowed, with a warning in the log unless the host is loopback (`mapsentry run`'s embedded
+/// collector).
 pub fn endpoint(
     url: &str,
     security: &ClientSecurity,
@@ -144,11 +145,17 @@ pub fn endpoint(
                 url: url.to_owned(),
             });
         }
-        tracing::warn!(
-            %url,
-            "connecting in PLAINTEXT: events{} travel unencrypted and the collector is not authenticated; use an https:// URL",
-            if token.is_some() { " and the bearer token" } else { "" }
+        let loopback = matches!(
+            endpoint.uri().host(),
+            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
         );
+        if !loopback {
+            tracing::warn!(
+                %url,
+                "connecting in PLAINTEXT: events{} travel unencrypted and the collector is not authenticated; use an https:// URL",
+                if token.is_some() { " and the bearer token" } else { "" }
+            );
+        }
         return Ok((endpoint, token));
     }
     if !url.starts_with("https://") {
