@@ -15,16 +15,20 @@ use mapsentry_agent::{
 use mapsentry_proto::v1;
 use tokio::sync::watch;
 
+use mapsentry_proto::client::ClientSecurity;
+
 use crate::{
     capture_args::{CaptureArgs, hostname},
     enforcing::Enforcing,
+    client_args::ClientArgs,
     pump::pump,
     signals::Shutdown,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// The collector, e.g. `http://mapsentry-collector:50051`.
+    /// The collector, e.g. `https://mapsentry-collector:50051` (TLS, see --ca/--cert/--key) or
+    /// `http://...` (plaintext, logged as a warning).
     #[arg(long, value_name = "URL")]
     collector: String,
     /// This node's name in events and stats, and the node whose pods are watched (default:
@@ -43,6 +47,8 @@ pub struct AgentArgs {
     /// collector is reached, so enforcement holds with the collector down.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/mapsentry")]
     state_dir: PathBuf,
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(flatten)]
     capture: CaptureArgs,
 }
@@ -78,6 +84,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.buffer_bytes,
         &capture,
         Some(sets_tx),
+        args.client.security(),
     )?;
     eprintln!(
         "mapsentry: agent on node {node} capturing in {} mode, shipping to {} (boot id {}); {}",
@@ -116,8 +123,10 @@ pub fn start_shipper(
     buffer_bytes: usize,
     capture: &Capture,
     policy_sets: Option<watch::Sender<Option<v1::PolicySet>>>,
+    security: ClientSecurity,
 ) -> anyhow::Result<Shipper> {
     let mut config = ShipperConfig::new(collector, node);
+    config.security = security;
     config.buffer_bytes = buffer_bytes;
     config.policy_sets = policy_sets;
     capture

@@ -4,7 +4,9 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use mapsentry_collector::{Hub, HubConfig, ServerConfig, log::LogConfig, serve};
+use mapsentry_collector::{
+    Hub, HubConfig, ServerConfig, auth::Tokens, log::LogConfig, serve, tls::ServerTls,
+};
 use tokio::net::TcpListener;
 
 use crate::{alerting::PolicyArgs, signals};
@@ -25,6 +27,53 @@ pub struct CollectorArgs {
     policy: PolicyArgs,
     #[command(flatten)]
     limits: CollectorLimits,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// TLS and authentication of a collector. Without --tls-cert the collector serves plaintext and
+/// says so in its log.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain to serve TLS with (with --tls-key). Reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS; needs --tls-cert).
+    /// Reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Bearer tokens, one JSON object a line: {"token": "...", "namespaces": ["ns", ...]}
+    /// ("*": all namespaces; "agent": true lets the token ship events). Subscribers then need a
+    /// token and see only its namespaces.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// Fill `server`'s TLS and auth settings, checking the files now.
+    pub fn apply(&self, server: &mut ServerConfig) -> anyhow::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let tls = ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            };
+            tls.load()?;
+            server.tls = Some(tls);
+        } else {
+            tracing::warn!(
+                "serving PLAINTEXT: no --tls-cert/--tls-key, so events, policies and tokens travel unencrypted and clients are not verified"
+            );
+        }
+        server.auth.client_certs = self.client_ca.is_some();
+        if let Some(path) = &self.tokens {
+            server.auth.tokens = Some(Tokens::load(path)?);
+        }
+        Ok(())
+    }
 }
 
 /// Bounds of a collector, shared with `run`.
@@ -88,13 +137,15 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         "mapsentry: collector serving on {}",
         listener.local_addr().context("reading the bound address")?
     );
+    let mut server = args.limits.server();
+    args.security.apply(&mut server)?;
     let hub = args.limits.open_hub()?;
     let metrics_listen = match args.metrics_listen {
         Some(addr) => (addr, true),
         None => (DEFAULT_METRICS_LISTEN.parse()?, false),
     };
     let alerting = args.policy.start(&hub, Some(metrics_listen)).await?;
-    serve(hub, &args.limits.server(), listener, shutdown)
+    serve(hub, &server, listener, shutdown)
         .await
         .context("serving gRPC")?;
     alerting.stop().await;

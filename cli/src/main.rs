@@ -6,6 +6,7 @@ mod agent;
 mod alert_output;
 mod alerting;
 mod capture_args;
+mod client_args;
 mod collector;
 mod enforcing;
 mod filter;

@@ -42,6 +42,9 @@ pub async fn pump(
             () = held_until(deadline) => attributor.poll(Instant::now(), &mut batch),
             _ = counters.tick() => {
                 report_losses(capture, shipper)?;
+                if let Some(reason) = shipper.refused() {
+                    anyhow::bail!("the collector refused this agent: {reason}");
+                }
                 continue;
             }
             work = next_work(enforcing.as_deref_mut()) => {

@@ -125,6 +125,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         64 << 20,
         &capture,
         None,
+        // The embedded collector listens on loopback in plaintext (see --listen).
+        mapsentry_proto::client::ClientSecurity::default(),
     )?;
 
     announce(

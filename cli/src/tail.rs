@@ -11,6 +11,7 @@ use mapsentry_proto::v1::{self, EventRecord, LossReason, SubscribeRequest};
 use serde_json::json;
 
 use crate::{
+    client_args::ClientArgs,
     output::{self, Format},
     signals::Shutdown,
 };
@@ -23,9 +24,12 @@ pub enum KindArg {
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
-    /// The collector (or `mapsentry run`) to follow.
+    /// The collector (or `mapsentry run`) to follow: `https://...` (TLS, see --ca/--cert/--key)
+    /// or `http://...` (plaintext).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
     server: String,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Format,
@@ -133,7 +137,7 @@ fn mask(flag: &str, lists: &[String], parse: fn(&str) -> Option<u64>) -> anyhow:
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let request = request(&args)?;
-    let mut follower = Follower::new(&args.server, request, 16 << 20)?;
+    let mut follower = Follower::secured(&args.server, request, 16 << 20, &args.client.security())?;
     let mut out = BufWriter::new(io::stdout().lock());
     if args.stats {
         let stats = follower

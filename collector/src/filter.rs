@@ -2,6 +2,8 @@
 
 use mapsentry_proto::v1::{self, Event, Kind};
 
+use crate::auth::Scope;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     #[error(
@@ -14,6 +16,8 @@ pub enum FilterError {
         "filter.labels: {term:?} is not a label selector term (expected key=value, key!=value, key or !key)"
     )]
     Label { term: String },
+    #[error("filter.namespaces: {namespace:?} is outside the namespaces this client may read")]
+    OutOfScope { namespace: String },
 }
 
 /// What one subscriber asked for. A record passes when every given field matches.
@@ -31,6 +35,8 @@ pub struct RecordFilter {
     labels: Vec<LabelTerm>,
     events: bool,
     alerts: bool,
+    /// The namespaces the subscriber may read at all (from its credentials).
+    scope: Scope,
 }
 
 /// One term of a label selector.
@@ -126,7 +132,19 @@ impl RecordFilter {
             flags_all: filter.flags_all,
             events,
             alerts,
+            scope: Scope::All,
         })
+    }
+
+    /// Limit the filter to `scope`; asking for a namespace outside it is an error.
+    pub fn within(mut self, scope: Scope) -> Result<Self, FilterError> {
+        if let Some(namespace) = self.namespaces.iter().find(|n| !scope.allows(Some(n))) {
+            return Err(FilterError::OutOfScope {
+                namespace: namespace.clone(),
+            });
+        }
+        self.scope = scope;
+        Ok(self)
     }
 
     /// Whether `event` from `node` passes.
@@ -134,6 +152,9 @@ impl RecordFilter {
     pub fn matches(&self, node: &str, event: &Event) -> bool {
         let (prot, flags) = event.args.as_ref().map_or((0, 0), |a| (a.prot, a.flags));
         self.events
+            && self
+                .scope
+                .allows(attribution::namespace(event).map(String::as_str))
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, attribution::namespace(event))
             && any_of(&self.pods, attribution::pod(event))

@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use mapsentry_proto::client::{self, BearerToken, ClientError, ClientSecurity};
 use mapsentry_proto::v1::{
     EventRecord, LossNotice, Started, StatsRequest, StatsResponse, SubscribeRequest,
     observer_client::ObserverClient, subscribe_response,
 };
 use tokio::time::{Instant, sleep_until};
-use tonic::{Code, Status, Streaming, transport::Channel};
+use tonic::{Code, Request, Status, Streaming, transport::Channel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -17,6 +18,10 @@ pub enum FollowError {
     Url { url: String, reason: String },
     #[error("the collector refused the subscription: {}: {}", status.code(), status.message())]
     Refused { status: Status },
+    #[error("the collector refused this client: {reason}")]
+    Denied { reason: String },
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// What a follower got next.
@@ -41,6 +46,7 @@ pub enum Followed {
 #[derive(Debug)]
 pub struct Follower {
     client: ObserverClient<Channel>,
+    token: Option<BearerToken>,
     request: SubscribeRequest,
     last_cursor: Option<u64>,
     stream: Option<Streaming<mapsentry_proto::v1::SubscribeResponse>>,
@@ -57,12 +63,22 @@ impl Follower {
         request: SubscribeRequest,
         max_message_bytes: usize,
     ) -> Result<Self, FollowError> {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| FollowError::Url {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(5))
+        Self::secured(url, request, max_message_bytes, &ClientSecurity::default())
+    }
+
+    /// Follow `url` (`https://` with `security`'s CA, client certificate and token, or
+    /// `http://`); connects on the first `next`.
+    pub fn secured(
+        url: &str,
+        request: SubscribeRequest,
+        max_message_bytes: usize,
+        security: &ClientSecurity,
+    ) -> Result<Self, FollowError> {
+        let (endpoint, token) = client::endpoint(url, security).map_err(|e| match e {
+            ClientError::Url { url, reason } => FollowError::Url { url, reason },
+            other => FollowError::Client(other),
+        })?;
+        let channel = endpoint
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
@@ -70,6 +86,7 @@ impl Follower {
         let client = ObserverClient::new(channel).max_decoding_message_size(max_message_bytes);
         Ok(Self {
             client,
+            token,
             last_cursor: request.since,
             request,
             stream: None,
@@ -95,8 +112,18 @@ impl Follower {
     }
 
     /// The collector's counters.
-    pub async fn stats(&mut self) -> Result<StatsResponse, Status> {
-        Ok(self.client.stats(StatsRequest {}).await?.into_inner())
+    pub async fn stats(&mut self) -> Result<StatsResponse, FollowError> {
+        let mut request = Request::new(StatsRequest {});
+        if let Some(token) = &self.token {
+            token.apply(&mut request);
+        }
+        match self.client.stats(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(match client::refusal(&status) {
+                Some(reason) => FollowError::Denied { reason },
+                None => FollowError::Refused { status },
+            }),
+        }
     }
 
     /// The next item. Refusals (a bad filter, a cursor outside retention) are errors; a broken
@@ -104,12 +131,20 @@ impl Follower {
     pub async fn next(&mut self) -> Result<Followed, FollowError> {
         if self.stream.is_none() {
             sleep_until(self.retry_at).await;
-            let request = SubscribeRequest {
+            let mut request = Request::new(SubscribeRequest {
                 since: self.last_cursor,
                 ..self.request.clone()
-            };
+            });
+            if let Some(token) = &self.token {
+                token.apply(&mut request);
+            }
             match self.client.subscribe(request).await {
                 Ok(response) => self.stream = Some(response.into_inner()),
+                Err(status) if client::refusal(&status).is_some() => {
+                    return Err(FollowError::Denied {
+                        reason: client::refusal(&status).unwrap_or_default(),
+                    });
+                }
                 Err(status) if is_refusal(&status) => return Err(FollowError::Refused { status }),
                 Err(status) => return Ok(self.disconnected(&status)),
             }
@@ -123,6 +158,11 @@ impl Follower {
                 return Ok(
                     self.disconnected(&Status::unavailable("the collector ended the subscription"))
                 );
+            }
+            Err(status) if client::refusal(&status).is_some() => {
+                return Err(FollowError::Denied {
+                    reason: client::refusal(&status).unwrap_or_default(),
+                });
             }
             Err(status) if is_refusal(&status) => return Err(FollowError::Refused { status }),
             Err(status) => return Ok(self.disconnected(&status)),

@@ -68,6 +68,7 @@ pub struct Ingest {
     max_batch_events: usize,
     /// The enforce-mode policy set pushed to every agent, if the collector publishes one.
     policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl Ingest {
@@ -77,6 +78,7 @@ impl Ingest {
             hub,
             max_batch_events,
             policy_sets: None,
+            auth: Arc::default(),
         }
     }
 
@@ -85,6 +87,13 @@ impl Ingest {
     #[must_use]
     pub fn with_policy_sets(mut self, sets: watch::Receiver<Option<v1::PolicySet>>) -> Self {
         self.policy_sets = Some(sets);
+        self
+    }
+
+    /// Refuse agent streams that `auth` does not admit.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Arc<crate::auth::Auth>) -> Self {
+        self.auth = auth;
         self
     }
 }
@@ -235,6 +244,7 @@ impl AgentService for Ingest {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.auth.agent(&request)?;
         let mut inbound = request.into_inner();
         let agent = hello_of(inbound.message().await?)?;
         tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,

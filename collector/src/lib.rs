@@ -9,6 +9,7 @@
 pub mod alerts;
 
 pub mod enforce;
+pub mod auth;
 pub mod filter;
 pub mod follow;
 pub mod hub;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod observer;
 pub mod policy_files;
 pub mod server;
+pub mod tls;
 
 pub use enforce::PolicyPublisher;
 pub use hub::{Hub, HubConfig};

@@ -9,6 +9,7 @@ use mapsentry_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::Auth,
     filter::RecordFilter,
     hub::{Hub, SubscribeError, Subscription},
 };
@@ -28,12 +29,23 @@ impl From<SubscribeError> for Status {
 #[derive(Debug, Clone)]
 pub struct Observer {
     hub: Arc<Hub>,
+    auth: Arc<Auth>,
 }
 
 impl Observer {
     #[must_use]
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self {
+            hub,
+            auth: Arc::default(),
+        }
+    }
+
+    /// Authenticate subscribers with `auth` and limit each to its namespaces.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = auth;
+        self
     }
 }
 
@@ -60,17 +72,21 @@ impl observer_server::Observer for Observer {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let scope = self.auth.subscriber(&request)?;
         let request = request.into_inner();
         let filter = RecordFilter::new(request.filter.as_ref(), &request.kinds)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .within(scope)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         let subscription = self.hub.subscribe(filter, request.since)?;
         Ok(Response::new(ResponseStream(subscription)))
     }
 
     async fn stats(
         &self,
-        _request: Request<StatsRequest>,
+        request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
+        self.auth.subscriber(&request)?;
         Ok(Response::new(self.hub.stats()))
     }
 }

@@ -8,7 +8,13 @@ use mapsentry_proto::v1::{
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::{hub::Hub, ingest::Ingest, observer::Observer};
+use crate::{
+    auth::Auth,
+    hub::Hub,
+    ingest::Ingest,
+    observer::Observer,
+    tls::{Reloading, ServerTls, TlsError, incoming},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -16,6 +22,11 @@ pub enum ServerError {
     Reflection {
         #[source]
         source: tonic_reflection::server::Error,
+    },
+    #[error("TLS setup failed")]
+    Tls {
+        #[source]
+        source: TlsError,
     },
     #[error("the gRPC server failed")]
     Serve {
@@ -32,6 +43,10 @@ pub struct ServerConfig {
     pub max_batch_events: usize,
     /// Enforce-mode policy sets to push to every agent ([`crate::PolicyPublisher::subscribe`]).
     pub policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    /// TLS (and with a client CA, mutual TLS); `None` serves plaintext.
+    pub tls: Option<ServerTls>,
+    /// Tokens and client-certificate rules for subscribers and agents.
+    pub auth: Auth,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +55,8 @@ impl Default for ServerConfig {
             max_message_bytes: 8 << 20,
             max_batch_events: 16_384,
             policy_sets: None,
+            tls: None,
+            auth: Auth::default(),
         }
     }
 }
@@ -64,27 +81,41 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|source| ServerError::Reflection { source })?;
-    let mut ingest = Ingest::new(Arc::clone(&hub), config.max_batch_events);
+    let auth = Arc::new(config.auth.clone());
+    let mut ingest =
+        Ingest::new(Arc::clone(&hub), config.max_batch_events).with_auth(Arc::clone(&auth));
     if let Some(sets) = &config.policy_sets {
         ingest = ingest.with_policy_sets(sets.clone());
     }
     let ingest = AgentServiceServer::new(ingest)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let observer = ObserverServer::new(Observer::new(Arc::clone(&hub)))
+    let observer = ObserverServer::new(Observer::new(Arc::clone(&hub)).with_auth(auth))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let shutdown_hub = Arc::clone(&hub);
-    tonic::transport::Server::builder()
+    let shutdown = async move {
+        shutdown.await;
+        shutdown_hub.close();
+    };
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health)
         .add_service(reflection)
         .add_service(ingest)
-        .add_service(observer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            shutdown_hub.close();
-        })
-        .await
-        .map_err(|source| ServerError::Serve { source })
+        .add_service(observer);
+    match &config.tls {
+        Some(tls) => {
+            let tls = Reloading::new(tls.clone()).map_err(|source| ServerError::Tls { source })?;
+            router
+                .serve_with_incoming_shutdown(incoming(listener, Arc::new(tls)), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    }
+    .map_err(|source| ServerError::Serve { source })
 }

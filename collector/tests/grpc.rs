@@ -401,6 +401,7 @@ async fn bad_agent_input_gets_a_clear_status() {
         max_message_bytes: 64 << 10,
         max_batch_events: 100,
         policy_sets: None,
+        ..ServerConfig::default()
     };
     let collector = Collector::start(HubConfig::default(), server).await;
     let refusal = |result: Result<Agent, tonic::Status>| result.err().expect("refused at Hello");

@@ -2,6 +2,7 @@
 //! `proto/mapsentry/v1/*.proto`, and conversions between the event model and its wire form.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod convert;
 
 /// Generated code of `mapsentry.v1`.

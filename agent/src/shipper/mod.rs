@@ -22,6 +22,7 @@ use std::{
 };
 
 use mapsentry_policy::MmapEvent;
+use mapsentry_proto::client::{self, BearerToken, ClientError, ClientSecurity};
 use mapsentry_proto::v1::{
     self, AgentMessage, CollectorMessage, agent_message::Msg,
     agent_service_client::AgentServiceClient, collector_message,
@@ -59,6 +60,8 @@ pub enum ShipperError {
     Url { url: String, reason: String },
     #[error("the shipper task has stopped")]
     Stopped,
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,8 @@ pub struct ShipperConfig {
     pub flush_timeout: Duration,
     /// Where policy sets pushed by the collector go (latest wins), if this agent enforces.
     pub policy_sets: Option<watch::Sender<Option<v1::PolicySet>>>,
+    /// TLS files and bearer token for an `https://` collector.
+    pub security: ClientSecurity,
 }
 
 impl ShipperConfig {
@@ -103,6 +108,7 @@ impl ShipperConfig {
             report_interval: Duration::from_secs(1),
             flush_timeout: Duration::from_secs(5),
             policy_sets: None,
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -164,6 +170,8 @@ struct Counters {
     connected: AtomicBool,
     connects: AtomicU64,
     resent_batches: AtomicU64,
+    /// Why the collector refused the last connection (credentials), if it did.
+    refused: std::sync::Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -214,12 +222,12 @@ impl Shipper {
     /// Start shipping to `config.collector` (connecting in the background). Must run inside a
     /// tokio runtime.
     pub fn start(config: ShipperConfig) -> Result<Self, ShipperError> {
-        let endpoint = Endpoint::from_shared(config.collector.clone())
-            .map_err(|e| ShipperError::Url {
-                url: config.collector.clone(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(5))
+        let (endpoint, token) =
+            client::endpoint(&config.collector, &config.security).map_err(|e| match e {
+                ClientError::Url { url, reason } => ShipperError::Url { url, reason },
+                other => ShipperError::Client(other),
+            })?;
+        let endpoint = endpoint
             .tcp_nodelay(true)
             // A collector that vanished without closing the connection is noticed within ~40 s.
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -241,6 +249,7 @@ impl Shipper {
             Task {
                 config,
                 endpoint,
+                token,
                 hello,
                 counters: Arc::clone(&counters),
                 input: rx,
@@ -254,6 +263,13 @@ impl Shipper {
             task,
             boot_id,
         })
+    }
+
+    /// Why the collector refused the last connection attempt (authentication, permission or
+    /// certificate), until a connection succeeds.
+    #[must_use]
+    pub fn refused(&self) -> Option<String> {
+        lock(&self.counters.refused).clone()
     }
 
     /// This agent process's boot id, as sent in Hello.
@@ -316,12 +332,17 @@ struct Link {
 struct Task {
     config: ShipperConfig,
     endpoint: Endpoint,
+    token: Option<BearerToken>,
     hello: v1::Hello,
     counters: Arc<Counters>,
     input: mpsc::Receiver<Vec<MmapEvent>>,
 }
 
-async fn connect(endpoint: Endpoint, hello: v1::Hello) -> Result<Link, tonic::Status> {
+async fn connect(
+    endpoint: Endpoint,
+    hello: v1::Hello,
+    token: Option<BearerToken>,
+) -> Result<Link, tonic::Status> {
     let channel = endpoint
         .connect()
         .await
@@ -332,8 +353,12 @@ async fn connect(endpoint: Endpoint, hello: v1::Hello) -> Result<Link, tonic::St
     })
     .await
     .map_err(|_| tonic::Status::internal("outbound queue closed"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &token {
+        token.apply(&mut request);
+    }
     let inbound = AgentServiceClient::new(channel)
-        .connect(ReceiverStream::new(rx))
+        .connect(request)
         .await?
         .into_inner();
     Ok(Link { out, inbound })
@@ -380,7 +405,11 @@ impl Task {
                 break;
             }
             if out.is_none() && connecting.is_none() && Instant::now() >= retry_at {
-                connecting = Some(Box::pin(connect(self.endpoint.clone(), self.hello.clone())));
+                connecting = Some(Box::pin(connect(
+                    self.endpoint.clone(),
+                    self.hello.clone(),
+                    self.token.clone(),
+                )));
             }
             let unsent = out.is_some() && buffer.get_mut(next_send).is_some();
             let wake = if out.is_none() && connecting.is_none() {
@@ -418,6 +447,7 @@ impl Task {
                         Ok(new) => {
                             tracing::info!(attempt, "connected to the collector");
                             self.counters.connected.store(true, Relaxed);
+                            *lock(&self.counters.refused) = None;
                             self.counters.connects.fetch_add(1, Relaxed);
                             attempt = 0;
                             next_send = buffer.first_seq();
@@ -428,7 +458,12 @@ impl Task {
                         Err(status) => {
                             attempt += 1;
                             let delay = self.config.backoff.delay(attempt);
-                            tracing::warn!(attempt, ?delay, %status, "cannot reach the collector");
+                            if let Some(reason) = client::refusal(&status) {
+                                tracing::error!(attempt, ?delay, %reason, "the collector refuses this agent");
+                                *lock(&self.counters.refused) = Some(reason);
+                            } else {
+                                tracing::warn!(attempt, ?delay, %status, "cannot reach the collector");
+                            }
                             retry_at = Instant::now() + delay;
                         }
                     }
@@ -528,3 +563,9 @@ fn chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -381,3 +381,29 @@ fn bad_label_terms_are_named() {
         assert!(error.to_string().contains("filter.labels"), "{error}");
     }
 }
+
+#[test]
+fn a_scoped_filter_refuses_other_namespaces_and_unattributed_events() {
+    use crate::auth::Scope;
+    let scope = Scope::Namespaces(vec!["a".into()]);
+    let asks_b = v1::Filter {
+        namespaces: vec!["b".into()],
+        ..v1::Filter::default()
+    };
+    let error = RecordFilter::new(Some(&asks_b), &[])
+        .unwrap()
+        .within(scope.clone())
+        .unwrap_err();
+    assert_eq!(
+        error,
+        FilterError::OutOfScope {
+            namespace: "b".into()
+        }
+    );
+    let scoped = RecordFilter::new(None, &[]).unwrap().within(scope).unwrap();
+    let unscoped = RecordFilter::new(None, &[]).unwrap();
+    let event = v1::Event::default();
+    assert!(unscoped.matches("n", &event));
+    // Events carry no namespace until the attribution fields land: none is in namespace a.
+    assert!(!scoped.matches("n", &event));
+}
