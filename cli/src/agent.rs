@@ -19,8 +19,8 @@ use mapsentry_proto::client::ClientSecurity;
 
 use crate::{
     capture_args::{CaptureArgs, hostname},
-    enforcing::Enforcing,
     client_args::ClientArgs,
+    enforcing::Enforcing,
     pump::pump,
     signals::Shutdown,
 };

@@ -8,8 +8,8 @@
 
 pub mod alerts;
 
-pub mod enforce;
 pub mod auth;
+pub mod enforce;
 pub mod filter;
 pub mod follow;
 pub mod hub;

@@ -142,11 +142,7 @@ pub fn attach_deny(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
         .iter()
         .try_for_each(|name| attach_program(ebpf, name, "", btf));
     if result.is_err() {
-        for name in LSM_PROGRAMS {
-            if let Some(program) = ebpf.program_mut(name) {
-                let _ = unload(program);
-            }
-        }
+        unload_all(ebpf, &LSM_PROGRAMS);
     }
     result
 }
@@ -227,11 +223,7 @@ fn attach_mode(
             Ok(()) => return Ok(target),
             Err(reason) => {
                 tracing::debug!(%mode, enter, exit, %reason, "program pair unavailable");
-                for name in [enter, exit] {
-                    if let Some(program) = ebpf.program_mut(name) {
-                        let _ = unload(program);
-                    }
-                }
+                unload_all(ebpf, &[enter, exit]);
                 failures.push(reason);
             }
         }
@@ -285,6 +277,15 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Resul
         _ => return Err(format!("program {name} has an unexpected type")),
     }
     Ok(())
+}
+
+/// Unload whichever of `names` are loaded, so a failed attempt leaves nothing behind.
+fn unload_all(ebpf: &mut Ebpf, names: &[&str]) {
+    for name in names {
+        if let Some(program) = ebpf.program_mut(name) {
+            let _ = unload(program);
+        }
+    }
 }
 
 fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
