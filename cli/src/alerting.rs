@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub,
+    Hub, PolicyPublisher,
     alerts::{self, AlertConfig},
     metrics::{self, Metrics},
     policy_files::{self, PolicyFiles},
@@ -29,6 +29,8 @@ pub struct PolicyArgs {
 /// The running evaluation and metrics server; stop them with [`Alerting::stop`].
 #[derive(Debug)]
 pub struct Alerting {
+    /// Documents of the policy files rejected at start (each already reported).
+    pub rejected_at_start: usize,
     evaluation: tokio::task::JoinHandle<()>,
     metrics: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
@@ -36,11 +38,12 @@ pub struct Alerting {
 impl PolicyArgs {
     /// Load the policies, start evaluating what `hub` stores, serve metrics on `metrics_listen`
     /// (`(addr, required)`: a listener that is not required is skipped with a warning when its
-    /// address cannot be bound).
+    /// address cannot be bound). The enforce-mode policies go to `publisher` whenever they change.
     pub async fn start(
         &self,
         hub: &Arc<Hub>,
         metrics_listen: Option<(SocketAddr, bool)>,
+        publisher: PolicyPublisher,
     ) -> anyhow::Result<Alerting> {
         let (files, scan) = PolicyFiles::open(self.policies.clone())?;
         let ids = files.store().ids();
@@ -58,7 +61,9 @@ impl PolicyArgs {
                 eprintln!("mapsentry: policy rejected: {error}");
             }
         }
-        let policies = files.watch(policy_files::DEFAULT_INTERVAL);
+        let policies = files
+            .with_publisher(publisher)
+            .watch(policy_files::DEFAULT_INTERVAL);
         let counters = Arc::new(Metrics::default());
         let config = AlertConfig {
             window: Duration::from_secs(self.alert_window),
@@ -106,6 +111,7 @@ impl PolicyArgs {
             }
         };
         Ok(Alerting {
+            rejected_at_start: scan.errors.len(),
             evaluation,
             metrics,
         })

@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub, HubConfig, ServerConfig, auth::Tokens, log::LogConfig, serve, tls::ServerTls,
+    Hub, HubConfig, PolicyPublisher, ServerConfig, auth::Tokens, log::LogConfig, serve,
+    tls::ServerTls,
 };
 use tokio::net::TcpListener;
 
@@ -144,7 +145,12 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         Some(addr) => (addr, true),
         None => (DEFAULT_METRICS_LISTEN.parse()?, false),
     };
-    let alerting = args.policy.start(&hub, Some(metrics_listen)).await?;
+    let publisher = PolicyPublisher::new();
+    server.policy_sets = Some(publisher.subscribe());
+    let alerting = args
+        .policy
+        .start(&hub, Some(metrics_listen), publisher)
+        .await?;
     serve(hub, &server, listener, shutdown)
         .await
         .context("serving gRPC")?;

@@ -122,69 +122,32 @@ pub async fn next_work(enforcing: Option<&mut Enforcing>) -> Work {
     }
 }
 
-/// `mapsentry run --policy PATH...`: the Enforce-mode rules of the files, enforced on this host
-/// through the same path as the agent's (no collector, nothing persisted). `None` without files.
-pub fn local(paths: &[PathBuf], capture: &mut Capture) -> anyhow::Result<Option<Enforcing>> {
+/// `mapsentry run --policy PATH...`: the enforce-mode policies of the files, as the embedded
+/// collector publishes them on `sets` (again after every change of the files), enforced on this
+/// host through the agent's path (nothing persisted).
+pub fn local(
+    mut sets: watch::Receiver<Option<v1::PolicySet>>,
+    capture: &mut Capture,
+) -> anyhow::Result<Enforcing> {
     use anyhow::Context as _;
-    if paths.is_empty() {
-        return Ok(None);
-    }
-    let mut policies = Vec::new();
-    for path in &policy_files(paths)? {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--policy {}: cannot read", path.display()))?;
-        let outcome = mapsentry_policy::load_str(&text);
-        if let Some(error) = outcome.errors.first() {
-            anyhow::bail!("--policy {}: {error}", path.display());
-        }
-        policies.extend(outcome.policies.into_iter().map(|l| l.policy));
-    }
     let mut enforcer = Enforcer::new(None, capture.attached().deny_unavailable.as_deref());
-    enforcer
-        .set_loaded(1, &policies)
-        .context("--policy: compiling the enforce-mode rules")?;
+    if let Some(set) = sets.borrow_and_update().clone() {
+        enforcer
+            .set_policies(set.version, set.policies_json)
+            .context("--policy: compiling the enforce-mode rules")?;
+    }
     for refusal in enforcer.refused() {
         eprintln!(
             "mapsentry: policy {} rule {}: not enforced in the kernel: {}",
             refusal.policy, refusal.rule, refusal.reason
         );
     }
-    let mut enforcing = Enforcing::new(enforcer, None);
+    let mut enforcing = Enforcing::new(enforcer, Some(sets));
     enforcing.apply(capture);
     let stats = enforcing.stats();
     eprintln!(
         "mapsentry: enforcing {} kernel rule(s) on {} cgroup(s), {} refused",
         stats.kernel_rules, stats.cgroups, stats.refused
     );
-    Ok(Some(enforcing))
-}
-
-/// The files `--policy` names: files as given, directories' `*.yaml`, `*.yml` and `*.json`
-/// files, recursively (the same set the collector's policy source reads).
-fn policy_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    use anyhow::Context as _;
-    let mut files = Vec::new();
-    let mut pending: Vec<PathBuf> = paths.to_vec();
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            let entries = std::fs::read_dir(&path).with_context(|| {
-                format!("--policy {}: cannot read the directory", path.display())
-            })?;
-            for entry in entries {
-                let entry = entry
-                    .with_context(|| format!("--policy {}", path.display()))?
-                    .path();
-                let policy_like = entry
-                    .extension()
-                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json");
-                if entry.is_dir() || policy_like {
-                    pending.push(entry);
-                }
-            }
-        } else {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+    Ok(enforcing)
 }

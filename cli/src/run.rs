@@ -16,7 +16,7 @@ use mapsentry_agent::{
     Capture,
     metadata::{Attributor, EnrichConfig, Kubernetes},
 };
-use mapsentry_collector::{Hub, filter::RecordFilter, serve};
+use mapsentry_collector::{Hub, PolicyPublisher, filter::RecordFilter, serve};
 use mapsentry_policy::MmapEvent;
 use mapsentry_proto::v1;
 use serde_json::json;
@@ -101,10 +101,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The embedded collector: the same gRPC services as `mapsentry collector`.
     let hub = args.limits.open_hub()?;
+    let publisher = PolicyPublisher::new();
+    let policy_sets = publisher.subscribe();
     let alerting = args
         .policy
-        .start(&hub, args.metrics_listen.map(|addr| (addr, true)))
+        .start(
+            &hub,
+            args.metrics_listen.map(|addr| (addr, true)),
+            publisher,
+        )
         .await?;
+    if alerting.rejected_at_start > 0 {
+        anyhow::bail!(
+            "--policy: {} document(s) rejected (see above); nothing is enforced or alerted until they are fixed",
+            alerting.rejected_at_start
+        );
+    }
     let alert_printer = print_alerts(&hub, args.output)?;
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
     let server_config = args.limits.server();
@@ -118,7 +130,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         .instrument(tracing::info_span!("collector")),
     );
-    let mut enforcing = crate::enforcing::local(&args.policy.policies, &mut capture)?;
+    let mut enforcing = if args.policy.policies.is_empty() {
+        None
+    } else {
+        Some(crate::enforcing::local(policy_sets, &mut capture)?)
+    };
     let shipper = start_shipper(
         &format!("http://{observer}"),
         &hostname(),

@@ -14,9 +14,11 @@ use std::{
     time::Duration,
 };
 
-use mapsentry_policy::{PolicySet, PolicyStore, store::StoreError};
+use mapsentry_policy::{Policy, PolicySet, PolicyStore, store::StoreError};
 use tokio::sync::watch;
 use tracing::Instrument as _;
+
+use crate::PolicyPublisher;
 
 /// Default time between scans.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
@@ -49,6 +51,8 @@ pub struct PolicyFiles {
     loaded: BTreeMap<PathBuf, String>,
     /// Text seen once, waiting to be seen again unchanged.
     pending: BTreeMap<PathBuf, String>,
+    /// Where the enforce-mode policies go to agents, once set.
+    publisher: Option<PolicyPublisher>,
 }
 
 impl PolicyFiles {
@@ -66,6 +70,7 @@ impl PolicyFiles {
             store: PolicyStore::new(),
             loaded: BTreeMap::new(),
             pending: BTreeMap::new(),
+            publisher: None,
         };
         let scan = files.scan_with(false);
         Ok((files, scan))
@@ -154,6 +159,24 @@ impl PolicyFiles {
         out
     }
 
+    /// Publish the enforce-mode policies to agents through `publisher`: now, and after every
+    /// scan that changed the policies in force.
+    #[must_use]
+    pub fn with_publisher(mut self, publisher: PolicyPublisher) -> Self {
+        self.publisher = Some(publisher);
+        self.publish();
+        self
+    }
+
+    fn publish(&mut self) {
+        if let Some(publisher) = &mut self.publisher {
+            let policies: Vec<Policy> = self.store.policies().cloned().collect();
+            if let Err(error) = publisher.publish(&policies) {
+                tracing::error!(%error, "the enforce-mode policies were not published to agents");
+            }
+        }
+    }
+
     /// Scan every `interval` from now on, publishing each changed policy set on the returned
     /// watch; the task ends when every receiver is gone.
     /// None stands for no policies.
@@ -168,9 +191,11 @@ impl PolicyFiles {
                         _ = ticks.tick() => {}
                         () = tx.closed() => return,
                     }
-                    if self.scan().changed
-                        && let Some(set) = self.policy_set()
-                    {
+                    if !self.scan().changed {
+                        continue;
+                    }
+                    self.publish();
+                    if let Some(set) = self.policy_set() {
                         tx.send_replace(Some(Arc::new(set)));
                     }
                 }

@@ -163,6 +163,11 @@ impl PolicyStore {
         self.entries.get(id).map(|e| &e.policy)
     }
 
+    /// The policies in force, in id order.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.entries.values().map(|e| &e.policy)
+    }
+
     #[must_use]
     pub fn ids(&self) -> Vec<PolicyId> {
         self.entries.keys().cloned().collect()

@@ -137,3 +137,61 @@ async fn the_watch_publishes_a_changed_set() {
     assert_eq!(rx.borrow().as_ref().map(|s| s.policies().len()), Some(1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn enforce_mode_policies_of_the_files_are_published_to_agents_and_follow_changes() {
+    let dir = temp_dir("publish");
+    let file = dir.join("wx.yaml");
+    std::fs::write(&file, GOOD_V1).expect("write v1");
+    let (files, _) = PolicyFiles::open(vec![file.clone()]).expect("open");
+    let publisher = PolicyPublisher::new();
+    let mut sets = publisher.subscribe();
+    let _evaluation = files
+        .with_publisher(publisher)
+        .watch(Duration::from_millis(20));
+    let first = sets.borrow_and_update().clone().expect("a set at start");
+    assert!(
+        first.policies_json.is_empty(),
+        "an Audit policy is not sent to agents: {first:?}"
+    );
+
+    let enforce = GOOD_V1.replace("mode: Audit", "mode: Enforce");
+    std::fs::write(&file, &enforce).expect("write enforce");
+    tokio::time::timeout(Duration::from_secs(5), sets.changed())
+        .await
+        .expect("a new set within 5 s")
+        .expect("publisher alive");
+    let second = sets.borrow_and_update().clone().expect("set");
+    assert!(second.version > first.version, "{second:?} after {first:?}");
+    assert_eq!(second.policies_json.len(), 1);
+    assert!(
+        second.policies_json[0].contains("\"Enforce\""),
+        "{second:?}"
+    );
+
+    // A broken new version is rejected: the Enforce policy in force stays, nothing is published.
+    std::fs::write(&file, enforce.replace("PROT_EXEC", "PROT_EXCE")).expect("write bad");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), sets.changed())
+            .await
+            .is_err(),
+        "a rejected version publishes nothing: {:?}",
+        sets.borrow()
+    );
+    assert_eq!(
+        sets.borrow().as_ref().map(|s| s.version),
+        Some(second.version)
+    );
+
+    std::fs::remove_file(&file).expect("remove");
+    tokio::time::timeout(Duration::from_secs(5), sets.changed())
+        .await
+        .expect("removal publishes within 5 s")
+        .expect("publisher alive");
+    assert_eq!(
+        sets.borrow().as_ref().map(|s| s.policies_json.len()),
+        Some(0),
+        "a deleted file's policy is no longer enforced"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
