@@ -81,7 +81,29 @@ pub struct Plan {
     pub skipped: Vec<Skip>,
 }
 
+/// The benchmark `cargo xtask vm-bench` boots with (a helper binary, not a test suite).
+pub const BENCH: &str = "syscall_tax";
+
 impl Plan {
+    /// `vm-bench`: only the syscall-tax benchmark, which measures every mode the kernel attaches.
+    pub fn bench(built: &Built) -> anyhow::Result<Self> {
+        let binary = built
+            .helpers
+            .iter()
+            .find(|h| h.file_name() == Some(BENCH.as_ref()))
+            .cloned()
+            .with_context(|| format!("the benchmark {BENCH} was not built"))?;
+        Ok(Self {
+            runs: vec![Run {
+                suite: BENCH.to_owned(),
+                label: "bench".to_owned(),
+                env: Vec::new(),
+                binary,
+            }],
+            skipped: Vec::new(),
+        })
+    }
+
     pub fn for_kernel(kernel: Kernel, built: &Built) -> anyhow::Result<Self> {
         let binary = |suite: &str| {
             built

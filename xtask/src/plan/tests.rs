@@ -87,3 +87,18 @@ fn a_missing_suite_is_an_error() {
         "the e2e test suite concurrency was not built"
     );
 }
+
+#[test]
+fn the_bench_plan_runs_only_the_syscall_tax_helper_and_needs_it() {
+    let mut with = built(&["capture"]);
+    with.helpers = vec![
+        PathBuf::from("/t/mmap_call"),
+        PathBuf::from("/t/syscall_tax"),
+    ];
+    let plan = Plan::bench(&with).unwrap();
+    assert_eq!(plan.runs.len(), 1);
+    assert_eq!(plan.runs[0].binary, PathBuf::from("/t/syscall_tax"));
+    assert!(plan.skipped.is_empty());
+    let error = Plan::bench(&built(&["capture"])).unwrap_err();
+    assert_eq!(error.to_string(), "the benchmark syscall_tax was not built");
+}
