@@ -6,8 +6,10 @@
 //!   another process (the hook, the enforcement lookup and the in-kernel report filter run; no
 //!   record is written).
 //!
-//! Rounds rotate the order of the variants (bare, then each mode this kernel attaches); medians
-//! over rounds, ratios to bare. Prints one `SYSCALL-TAX` line per variant and a Markdown table.
+//! Rounds rotate the order of the variants (bare, then each mode this kernel attaches). Each
+//! round's figure is divided by the same round's bare figure, so drift of the emulator's speed
+//! between rounds cancels; reported: the median of those ratios and their range. Prints one
+//! `SYSCALL-TAX` line per variant and a Markdown table.
 #![expect(
     unsafe_code,
     reason = "raw getppid/mmap/munmap system calls are the workload"
@@ -17,8 +19,8 @@ use std::time::Instant;
 
 use mapsentry_agent::{AttachMode, Capture, CaptureConfig};
 
-const ROUNDS: usize = 5;
-const GETPPID_ITERATIONS: u32 = 200_000;
+const ROUNDS: usize = 11;
+const GETPPID_ITERATIONS: u32 = 300_000;
 const MMAP_ITERATIONS: u32 = 20_000;
 
 fn getppid() {
@@ -91,26 +93,30 @@ fn main() {
             drop(capture);
         }
     }
-    let bare_getppid = median(getppid_ns[0].clone());
-    let bare_mmap = median(mmap_ns[0].clone());
     println!(
-        "| variant | getppid ns | ratio | mmap+munmap ns (filtered) | ratio |\n|---|---:|---:|---:|---:|"
+        "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns, filtered | mmap ratio (median, range) |\n|---|---:|---:|---:|---:|"
     );
     for (i, variant) in variants.iter().enumerate() {
         let name = variant.map_or_else(|| "bare".to_owned(), |m| m.to_string());
+        let (g_ratio, g_low, g_high) = ratios(&getppid_ns[i], &getppid_ns[0]);
+        let (m_ratio, m_low, m_high) = ratios(&mmap_ns[i], &mmap_ns[0]);
         let g = median(getppid_ns[i].clone());
         let m = median(mmap_ns[i].clone());
         println!(
-            "| {name} | {g:.0} | {:.3}x | {m:.0} | {:.3}x |",
-            g / bare_getppid,
-            m / bare_mmap
+            "| {name} | {g:.0} | {g_ratio:.3}x ({g_low:.2}-{g_high:.2}) | {m:.0} | {m_ratio:.3}x ({m_low:.2}-{m_high:.2}) |"
         );
         println!(
-            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={:.4} mmap_ns={m:.1} mmap_ratio={:.4}",
-            g / bare_getppid,
-            m / bare_mmap
+            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4}"
         );
     }
+}
+
+/// Per-round ratios of `variant` to `bare`: (median, lowest, highest).
+fn ratios(variant: &[f64], bare: &[f64]) -> (f64, f64, f64) {
+    let per_round: Vec<f64> = variant.iter().zip(bare).map(|(v, b)| v / b).collect();
+    let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = per_round.iter().copied().fold(0.0, f64::max);
+    (median(per_round), low, high)
 }
 
 /// Attached in `mode`, reporting only pid 1 (never this process), so nothing is written.
