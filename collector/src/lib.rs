@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod observer;
+pub mod policies;
 pub mod policy_files;
 pub mod server;
 pub mod tls;
