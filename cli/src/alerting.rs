@@ -1,11 +1,12 @@
 //! Policies, alerts and metrics of a collector (`collector` and `run`): `--policy` files with
-//! hot reload, evaluation of every stored call, and Prometheus `/metrics`.
+//! hot reload, evaluation of every stored call, and Prometheus `/metrics` (with `/healthz` and
+//! `/readyz`: ready once the initial policy load is done).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub,
+    Health, Hub,
     alerts::{self, AlertConfig},
     metrics::{self, Metrics},
     policy_files::{self, PolicyFiles},
@@ -29,6 +30,8 @@ pub struct PolicyArgs {
 /// The running evaluation and metrics server; stop them with [`Alerting::stop`].
 #[derive(Debug)]
 pub struct Alerting {
+    /// Ready once the initial policy load is done.
+    pub health: Health,
     evaluation: tokio::task::JoinHandle<()>,
     metrics: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
@@ -42,6 +45,7 @@ impl PolicyArgs {
         hub: &Arc<Hub>,
         metrics_listen: Option<(SocketAddr, bool)>,
     ) -> anyhow::Result<Alerting> {
+        let health = Health::not_ready("the initial policy load is not done");
         let (files, scan) = PolicyFiles::open(self.policies.clone())?;
         let ids = files.store().ids();
         if !self.policies.is_empty() {
@@ -65,6 +69,8 @@ impl PolicyArgs {
             ..AlertConfig::default()
         };
         let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config);
+        // The policy store is synced: every file read once, the reloads running.
+        health.set_ready();
         let listener = match metrics_listen {
             None => None,
             Some((addr, required)) => match TcpListener::bind(addr).await {
@@ -90,12 +96,14 @@ impl PolicyArgs {
                 );
                 let (stop, stopped) = oneshot::channel::<()>();
                 let hub = Arc::clone(hub);
+                let health = health.clone();
                 let task = tokio::spawn(
                     async move {
-                        if let Err(error) = metrics::serve(counters, hub, listener, async {
-                            drop(stopped.await);
-                        })
-                        .await
+                        if let Err(error) =
+                            metrics::serve_with_health(counters, hub, health, listener, async {
+                                drop(stopped.await);
+                            })
+                            .await
                         {
                             tracing::error!(error = %anyhow::Error::new(error), "metrics server stopped");
                         }
@@ -106,6 +114,7 @@ impl PolicyArgs {
             }
         };
         Ok(Alerting {
+            health,
             evaluation,
             metrics,
         })

@@ -19,8 +19,8 @@ pub struct CollectorArgs {
     /// Address to serve gRPC on (agents, subscribers, health, reflection).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
-    /// Serve Prometheus metrics on http://ADDR/metrics [default: 0.0.0.0:9090, skipped with a
-    /// warning when that port is taken].
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz and /readyz [default:
+    /// 0.0.0.0:9090, skipped with a warning when that port is taken].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
@@ -145,6 +145,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         None => (DEFAULT_METRICS_LISTEN.parse()?, false),
     };
     let alerting = args.policy.start(&hub, Some(metrics_listen)).await?;
+    server.health = alerting.health.clone();
     serve(hub, &server, listener, shutdown)
         .await
         .context("serving gRPC")?;
