@@ -118,7 +118,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         .instrument(tracing::info_span!("collector")),
     );
-    let mut enforcing = crate::enforcing::local(&args.policy.policies, &mut capture)?;
+    let mut enforcing = crate::enforcing::local(
+        &args.policy.policies,
+        &mut capture,
+        attributor.pods().cloned(),
+    )?;
     let shipper = start_shipper(
         &format!("http://{observer}"),
         &hostname(),
