@@ -147,6 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &shipper,
         &mut shutdown,
         enforcing.as_mut(),
+        None,
         |batch| {
             // Locked per batch: alert lines are printed between batches by their own task.
             let mut out = BufWriter::new(io::stdout().lock());
