@@ -5,7 +5,9 @@
 //! - Live: the main loop turned within [`LOOP_STALE`] (it turns at least every second).
 //! - Ready: the programs are attached, AND the ring buffer is being drained (within
 //!   [`DRAIN_STALE`], records were read or the kernel wrote none), AND, when Kubernetes is
-//!   configured, the pod cache has completed its first list.
+//!   configured, the pod cache has completed its first list. A ready agent whose Deny rules fell
+//!   back to Kill (no BPF LSM) says so in the `/readyz` body, as `mapsentry_enforce_deny_fallback`
+//!   counts them.
 
 use std::{
     fmt::Write as _,
@@ -194,7 +196,19 @@ impl AgentStatus {
                 "not ready: the pod cache has not completed its first list from the API server\n",
             );
         }
-        Reply::ok("ready\n")
+        let fell_back = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enforce
+            .map_or(0, |e| e.deny_fell_back);
+        match self.info.get().and_then(|i| i.deny_unavailable.as_deref()) {
+            // Ready, but a downgrade is never silent: health says it too.
+            Some(reason) if fell_back > 0 => Reply::ok(format!(
+                "ready; {fell_back} Deny rule(s) enforced as Kill (denyFallback) because this kernel cannot deny: {reason}\n"
+            )),
+            _ => Reply::ok("ready\n"),
+        }
     }
 
     /// `/metrics`, in the Prometheus text format.

@@ -172,3 +172,30 @@ async fn served_over_http_and_a_taken_default_port_is_skipped() {
     );
     endpoint.stop().await;
 }
+
+#[test]
+fn a_deny_that_fell_back_to_kill_is_said_by_readyz() {
+    let status = AgentStatus::default();
+    status.attached(info(), None, MissingCounter::default());
+    status.snapshot.lock().unwrap().enforce = Some(EnforceStats {
+        version: 3,
+        kernel_rules: 2,
+        deny_fell_back: 1,
+        ..EnforceStats::default()
+    });
+    let ready = status.readiness(Instant::now());
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.body,
+        "ready; 1 Deny rule(s) enforced as Kill (denyFallback) because this kernel cannot deny: no BPF LSM\n"
+    );
+    let metrics = status.render(Instant::now());
+    assert!(
+        metrics.contains("\nmapsentry_enforce_deny_fallback 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nmapsentry_enforce_kernel_rules 2\n"),
+        "{metrics}"
+    );
+}
