@@ -66,6 +66,20 @@ impl ApiServer {
         server
     }
 
+    /// Stop the kube-apiserver only (etcd keeps running): an outage.
+    pub fn stop_apiserver(&self) {
+        run(Command::new(script("stop-apiserver.sh"))
+            .arg(&self.state)
+            .arg("--apiserver-only"));
+    }
+
+    /// Start the kube-apiserver again after [`ApiServer::stop_apiserver`] (same address).
+    pub fn restart_apiserver(&self) {
+        run(Command::new(script("start-apiserver.sh"))
+            .arg(&self.state)
+            .arg("--apiserver-only"));
+    }
+
     /// The kubeconfig with only the agent's rights.
     pub fn agent_kubeconfig(&self) -> PathBuf {
         self.state.join("kubeconfig-agent")
