@@ -107,7 +107,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await?;
     let alert_printer = print_alerts(&hub, args.output)?;
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
-    let server_config = args.limits.server();
+    let mut server_config = args.limits.server();
+    server_config.health = alerting.health.clone();
     let serving = Arc::clone(&hub);
     let collector = tokio::spawn(
         async move {
