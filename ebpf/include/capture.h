@@ -271,13 +271,21 @@ static __always_inline void ms_fill_file(struct ms_scratch *s, __s32 fd)
 	ms_walk_path(s, file);
 }
 
-/* Batch wake-ups: one per wakeup_bytes of records instead of one per record. */
+/* Batch wake-ups: one per wakeup_bytes of records instead of one per record. Only the record
+ * that makes the backlog cross the threshold wakes the reader: a reader already behind is awake
+ * and drains until the buffer is empty, and a wake-up costs the mapping thread an irq_work
+ * self-IPI (an MSR write, a VM exit under a hypervisor), which profiling showed on every record
+ * once a slow reader kept the backlog above the threshold. A wake-up missed in the race with a
+ * reader going to sleep is made up by its drain timer (events::FLUSH_INTERVAL). */
 static __always_inline __u64 ms_wakeup_flag(__u32 size)
 {
+	__u64 avail;
+
 	if (!wakeup_bytes)
 		return 0;
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-										 : BPF_RB_NO_WAKEUP;
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return avail < wakeup_bytes && avail + size >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+								    : BPF_RB_NO_WAKEUP;
 }
 
 /* A free scratch slot of this CPU, taken (see struct ms_scratch), or NULL when all are busy. */
