@@ -169,6 +169,12 @@ impl RecordFilter {
 }
 
 impl RecordFilter {
+    /// Whether notices about `node` (agent restarts) pass: only the node filter narrows them.
+    #[must_use]
+    pub fn matches_node(&self, node: &str) -> bool {
+        self.nodes.is_empty() || self.nodes.iter().any(|n| n == node)
+    }
+
     /// Whether this subscriber asked for alerts at all.
     #[must_use]
     pub fn wants_alerts(&self) -> bool {

@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod observer;
 pub mod policy_files;
+pub mod rate_limit;
 pub mod server;
 pub mod tls;
 
