@@ -274,7 +274,11 @@ fn write_restart(
             restart.boot_id,
             gap_ns.map_or_else(
                 || "unknown length".to_owned(),
-                |ns| format!("{:.3} s", ns as f64 / 1e9)
+                |ns| format!(
+                    "{}.{:03} s",
+                    ns / 1_000_000_000,
+                    ns % 1_000_000_000 / 1_000_000
+                )
             ),
         ),
     }

@@ -67,7 +67,10 @@ impl<K: Hash + Eq + Clone> PerKeyLimiter<K> {
 
 /// Add the tokens earned since the bucket's last update (up to `rate`); returns the tokens.
 fn refill(bucket: &mut Bucket, rate: f64, now_ns: u64) -> f64 {
-    let elapsed = now_ns.saturating_sub(bucket.at_ns) as f64 / 1e9;
+    // Whole milliseconds are exact in an f64 for 285,000 years.
+    let elapsed_ms =
+        u32::try_from(now_ns.saturating_sub(bucket.at_ns) / 1_000_000).unwrap_or(u32::MAX);
+    let elapsed = f64::from(elapsed_ms) / 1e3;
     bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
     bucket.at_ns = bucket.at_ns.max(now_ns);
     bucket.tokens

@@ -193,11 +193,11 @@ fn persist_kill_set(state: &std::path::Path) {
     enforcer
         .set_policies(1, vec![policy.to_string()])
         .expect("the test policy is valid");
-    let stats = enforcer.stats();
+    let taken = enforcer.stats();
     assert_eq!(
-        (stats.kernel_rules, stats.refused),
+        (taken.kernel_rules, taken.refused),
         (1, 0),
-        "one kernel rule: {stats:?}"
+        "one kernel rule: {taken:?}"
     );
 }
 
@@ -288,16 +288,16 @@ fn an_agent_killed_and_restarted_enforces_its_persisted_set_first_and_the_gap_is
         "the restarted agent reports the kill (enforced calls are always reported): {enforced:?}"
     );
     let received = markers(&events, pid).len() as u64;
-    let stats = stats(&url);
-    let node = &stats["nodes"][0];
-    assert_eq!(node["agent_restarts"], 1, "{stats}");
+    let counters = stats(&url);
+    let node = &counters["nodes"][0];
+    assert_eq!(node["agent_restarts"], 1, "{counters}");
     println!(
         "FIGURES agent-kill: flow calls {calls}, received {received}, not captured or lost in \
          the gap {}, reported gap {:.3} s (agent down 300 ms + restart {started_ms} ms), victim \
          killed {victim_ms} ms after the kill (pids {first_victim}, {second_victim}), previous \
          boot captured {} acked {} (unacked {}), agent_restarts {}",
         calls - received,
-        gap_ns as f64 / 1e9,
+        Duration::from_nanos(gap_ns).as_secs_f64(),
         notice["previous_captured"],
         notice["previous_acked"],
         notice["previous_unacked"],
@@ -484,7 +484,7 @@ fn a_stuck_subscriber_and_a_churning_one_leave_collector_memory_bounded_and_othe
     thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let rounds = churner.join().expect("the churning subscriber");
-    let samples = sampler.join().expect("the sampler");
+    let rss_samples = sampler.join().expect("the sampler");
     let (code, _, err) = shipping.terminate();
     assert_eq!(code, Some(0), "{}", err.everything());
     let events = follow_markers(&whole, pid, Duration::from_secs(3), |m| {
@@ -503,7 +503,7 @@ fn a_stuck_subscriber_and_a_churning_one_leave_collector_memory_bounded_and_othe
          the end {}, records skipped for slow subscribers {}",
         found.len(),
         losses.len(),
-        samples.len(),
+        rss_samples.len(),
         stats["subscribers"],
         stats["subscriber_losses"],
     );

@@ -205,10 +205,19 @@ pub fn signal(pid: u32, signal: &str) {
 
 /// `VmRSS` of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// `RssAnon` of process `pid` (its heap and stacks, not the mapped binary), in KiB.
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -251,13 +260,10 @@ impl Drop for TempDir {
 /// `mapsentry collector` on 127.0.0.1:`port`, ready to serve.
 pub fn collector(port: u16, extra: &[&str]) -> Proc {
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "collector",
-        "--listen",
-        &listen,
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
+    let mut args = vec!["collector", "--listen", &listen];
+    if !extra.contains(&"--metrics-listen") {
+        args.extend(["--metrics-listen", "127.0.0.1:0"]);
+    }
     args.extend_from_slice(extra);
     let proc = Proc::start("collector", &args);
     proc.wait_err("collector serving on");
@@ -307,6 +313,27 @@ pub fn stats(url: &str) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("stats JSON")
+}
+
+/// `GET http://ADDR/metrics`: the Prometheus text.
+pub fn metrics(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to /metrics");
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .expect("GET /metrics");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("reading /metrics");
+    body
+}
+
+/// Poll `probe` every 50 ms until it holds; panics with `what` after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Sum of a node's agent-reported drops (`dropped` of the stats), by reason.
