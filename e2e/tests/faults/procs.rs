@@ -102,6 +102,10 @@ impl Proc {
     pub fn start(name: &str, args: &[&str]) -> Self {
         let mut child = Command::new(mapsentry_bin())
             .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("MAPSENTRY_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env_remove("KUBECONFIG")
             .env_remove("NODE_NAME")
             .stdin(Stdio::null())
