@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{Helper, mmap_call};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -159,9 +159,14 @@ fn pod_cgroup(uid: &str, id: &str) -> String {
 
 /// A pod of `node` whose container `app` runs as `id` (spec and status), as JSON.
 fn pod_json(name: &str, node: &str, id: &str) -> Value {
+    pod_json_in("default", name, node, id)
+}
+
+/// [`pod_json`] in `namespace`.
+fn pod_json_in(namespace: &str, name: &str, node: &str, id: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": format!("registry.example/{name}:1")}]},
         "status": {"phase": "Running", "containerStatuses": [{"name": "app", "image": "registry.example/x:1",
             "imageID": "", "ready": true, "restartCount": 0, "containerID": format!("containerd://{id}")}]},
@@ -170,7 +175,8 @@ fn pod_json(name: &str, node: &str, id: &str) -> Value {
 
 /// Create a running pod through the API; returns its UID.
 async fn create_running(api: &Api<Pod>, name: &str, node: &str, id: &str) -> String {
-    let spec = pod_json(name, node, id);
+    let namespace = api.namespace().unwrap_or("default").to_owned();
+    let spec = pod_json_in(&namespace, name, node, id);
     let pod: Pod = serde_json::from_value(spec.clone()).expect("pod JSON");
     let created = api
         .create(&PostParams::default(), &pod)
@@ -189,7 +195,12 @@ async fn create_running(api: &Api<Pod>, name: &str, node: &str, id: &str) -> Str
 /// Run one anonymous mapping in `cgroup`; returns the helper's pid and the cgroup's id (the
 /// helper's start-up mappings happen before it moves in, in the test's cgroup).
 fn map_in(cgroup: &TestCgroup) -> (u32, u64) {
-    let calls = json!({"calls": [{"length": 4096, "prot": 3, "flags": 0x22, "fd": "anon"}]});
+    map_prot_in(cgroup, 3)
+}
+
+/// Run one anonymous mapping with `prot` in `cgroup`; as [`map_in`].
+fn map_prot_in(cgroup: &TestCgroup, prot: u64) -> (u32, u64) {
+    let calls = json!({"calls": [{"length": 4096, "prot": prot, "flags": 0x22, "fd": "anon"}]});
     let helper = Helper::spawn(mmap_call(), &[&calls.to_string()]);
     let pid = helper.pid;
     cgroup
@@ -455,4 +466,156 @@ async fn ten_thousand_pods_come_and_go_and_the_agent_stays_within_its_memory_bou
         peak_anon < baseline_anon + 16 * 1024,
         "10,000 pods come and gone grew the agent from {baseline_anon} KiB to {peak_anon} KiB"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_scoped_to_one_namespace_never_sees_anothers_events_or_alerts() {
+    let tag = std::process::id();
+    let node = format!("scope-node-{tag}");
+    let server = ApiServer::start("scope");
+    let admin = server.admin().await;
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let mut cgroups = Vec::new();
+    for (n, team) in ["team-a", "team-b"].into_iter().enumerate() {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": team}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {team}: {e}"));
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), team);
+        let id = cid(0xd0 + u8::try_from(n).unwrap());
+        let uid = create_running(&pods, &format!("{team}-pod"), &node, &id).await;
+        cgroups.push(TestCgroup::create(&pod_cgroup(&uid, &id)).expect("a pod cgroup"));
+    }
+
+    let dir = TempDir::new("token-scope");
+    let secret = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("writing a test secret");
+        path.to_string_lossy().into_owned()
+    };
+    let tokens = secret(
+        "tokens.jsonl",
+        "{\"token\": \"agent-secret\", \"namespaces\": [\"*\"], \"agent\": true}\n\
+         {\"token\": \"team-a-secret\", \"namespaces\": [\"team-a\"]}\n\
+         {\"token\": \"admin-secret\", \"namespaces\": [\"*\"]}\n",
+    );
+    let agent_token = secret("agent.token", "agent-secret\n");
+    let team_a_token = secret("team-a.token", "team-a-secret\n");
+    let admin_token = secret("admin.token", "admin-secret\n");
+    let policy = secret(
+        "wx.yaml",
+        "apiVersion: mapsentry.dev/v1alpha1\nkind: ClusterMmapPolicy\nmetadata: {name: scope-wx}\n\
+         spec:\n  namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, \
+         operator: NotIn, values: [kube-system]}]}\n  mode: Audit\n  rules:\n\
+         \x20   - {name: wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Alert}\n",
+    );
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _collector = collector(port, &["--tokens", &tokens, "--policy", &policy]);
+    let both = [
+        "--kind",
+        "events",
+        "--kind",
+        "alerts",
+        "--comm",
+        "mmap_call",
+    ];
+    let team_a = tail(
+        &url,
+        &[&["--token-file", team_a_token.as_str()][..], &both].concat(),
+    );
+    let everyone = tail(
+        &url,
+        &[&["--token-file", admin_token.as_str()][..], &both].concat(),
+    );
+    let kubeconfig = server.kubeconfig("kubeconfig-agent");
+    let (shipping, _) = agent(
+        &url,
+        &node,
+        &dir.join("state"),
+        &["--kubeconfig", &kubeconfig, "--token-file", &agent_token],
+    );
+
+    // W+X calls in both pods until the unscoped subscriber has events and alerts of both.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let has = |seen: &[Value], kind: &str, ns: &str| {
+        seen.iter()
+            .any(|l| l["kind"] == kind && l["namespace"] == ns)
+    };
+    while !["team-a", "team-b"]
+        .iter()
+        .all(|ns| has(&seen, "event", ns) && has(&seen, "alert", ns))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the unscoped subscriber never saw both namespaces: {seen:?}"
+        );
+        for cgroup in &cgroups {
+            map_prot_in(cgroup, 7);
+        }
+        seen.extend(json_lines(
+            &everyone
+                .out
+                .until_quiet(Duration::from_millis(500), Duration::from_secs(3)),
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, err) = shipping.terminate();
+    assert_eq!(code, Some(0), "{}", err.everything());
+    let scoped = json_lines(
+        &team_a
+            .out
+            .until_quiet(Duration::from_secs(1), Duration::from_secs(10)),
+    );
+    let count = |lines: &[Value], kind: &str, ns: &str| {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == kind && l["namespace"] == ns)
+            .count()
+    };
+    let outside: Vec<&Value> = scoped
+        .iter()
+        .filter(|l| l["namespace"] != "team-a")
+        .collect();
+    println!(
+        "FIGURES token-scope: unscoped subscriber: team-a {} events {} alerts, team-b {} events \
+         {} alerts; team-a token: team-a {} events {} alerts, anything else {}",
+        count(&seen, "event", "team-a"),
+        count(&seen, "alert", "team-a"),
+        count(&seen, "event", "team-b"),
+        count(&seen, "alert", "team-b"),
+        count(&scoped, "event", "team-a"),
+        count(&scoped, "alert", "team-a"),
+        outside.len()
+    );
+    assert!(
+        outside.is_empty(),
+        "the team-a token saw lines outside team-a: {outside:?}"
+    );
+    assert!(
+        count(&scoped, "event", "team-a") > 0 && count(&scoped, "alert", "team-a") > 0,
+        "the team-a token sees its own namespace's events and alerts: {scoped:?}"
+    );
+    let refused = Command::new(common::mapsentry_bin())
+        .args([
+            "tail",
+            "--server",
+            &url,
+            "--token-file",
+            &team_a_token,
+            "--namespace",
+            "team-b",
+        ])
+        .output()
+        .expect("tail --namespace team-b");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("team-b") && stderr.contains("outside the namespaces"),
+        "asking for another namespace is refused with the reason: {stderr}"
+    );
+    drop(cgroups);
+    remove_kubepods_parents();
 }
