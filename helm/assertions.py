@@ -5,7 +5,7 @@
     assertions.py --args RENDERED.yaml agent|collector   (print that container's args)
     assertions.py --caps RENDERED.yaml   (the agent's added capabilities this machine can grant)
 
-SCENARIO is default, tls, monitoring or custom (the values files under helm/mapsentry/ci/).
+SCENARIO is default, tls, monitoring, custom or tokens (the values files under helm/mapsentry/ci/).
 Checks the agent's privileges (exact capabilities, host mounts, hostPID, NODE_NAME), the
 collector's non-root context, least-privilege RBAC (exact rules), that references resolve
 (ServiceAccounts, ConfigMaps, Secrets, Service ports, selectors), and each scenario's own
@@ -194,7 +194,7 @@ def scenario_checks(c, ds, dep, svc):
     cpod = dep["spec"]["template"]["spec"]
     collector = cpod["containers"][0]
     kinds = {d["kind"] for d in c.docs}
-    tls_flags = {"--tls-cert", "--tls-key", "--client-ca", "--ca", "--cert", "--key"}
+    tls_flags = {"--tls-cert", "--tls-key", "--client-ca", "--ca", "--cert", "--key", "--tokens", "--token-file"}
     used = {a.split("=", 1)[0] for a in agent["args"] + collector["args"]}
     if c.scenario in ("default", "custom"):
         c.check(not kinds & {"ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"},
@@ -241,6 +241,18 @@ def scenario_checks(c, ds, dep, svc):
                     f"agent {flag}={path} is {key} of Secret mapsentry-agent-tls")
         c.check("tcpSocket" in collector["livenessProbe"] and "tcpSocket" in collector["readinessProbe"],
                 "with TLS the collector probes are TCP checks (kubelet gRPC probes speak no TLS)")
+    if c.scenario == "tokens":
+        c.check(arg_value(agent["args"], "--collector").startswith("https://"), "agent dials https://")
+        c.check(not used & {"--client-ca", "--cert", "--key"}, "tokens without mutual TLS")
+        for pod, container, flag, secret, key in (
+                (cpod, collector, "--tokens", "mapsentry-tokens", "tokens.jsonl"),
+                (ds["spec"]["template"]["spec"], agent, "--token-file", "mapsentry-agent-token", "token")):
+            secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if m.get("readOnly")}
+            path = arg_value(container["args"], flag) or ""
+            directory, _, file = path.rpartition("/")
+            c.check(file == key and secrets.get(mounts.get(directory)) == secret,
+                    f"{flag}={path} is {key} of Secret {secret}, mounted read-only")
     if c.scenario == "monitoring":
         sm = c.one("ServiceMonitor")
         ports = {p["name"] for p in svc["spec"]["ports"]}

@@ -63,7 +63,7 @@ render() { "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@"; }
 echo "helm/test.sh: $("$HELM" version --short), $("$CHART_PY" -c 'import kubernetes_validate.version as v; print("kubernetes-validate", v.__version__)')"
 
 # 1. Every scenario: lint, render, validate against the 1.33 schemas, assertions.
-for scenario in default tls monitoring custom; do
+for scenario in default tls monitoring custom tokens; do
   args=()
   [ "$scenario" = default ] || args=(-f "$CHART/ci/$scenario-values.yaml")
   step "$scenario: helm lint --strict" "$HELM" lint --strict "$CHART" "${args[@]}"
@@ -121,6 +121,10 @@ refused "schema: --set agentt.enabled=true (unknown key)" "Additional property a
 refused "schema: tls.enabled without a server secret" "tls.server.secretName" render --set tls.enabled=true
 refused "template: tls.enabled without an agent secret" "tls.agent.secretName" \
   render --set tls.enabled=true --set tls.server.secretName=s
+refused "template: tokens without an agent token or client certificates" "auth.agentToken.secretName" \
+  render --set auth.tokens.secretName=t
+refused "schema: --set auth.tokens.key= (empty key)" "auth.tokens.key" \
+  render --set auth.tokens.secretName=t --set auth.tokens.key=
 refused "template: agents without a collector to stream to" "needs agent.collectorURL" \
   render --set collector.enabled=false
 refused "schema: agent.collectorURL without a scheme" "agent.collectorURL" \
@@ -174,6 +178,9 @@ expect_notes "NOTES.txt: port-forward and mapsentry tail" \
 notes -f "$CHART/ci/tls-values.yaml" >"$work/notes.txt" 2>&1
 expect_notes "NOTES.txt with mutual TLS: https and client certificates" \
   "mapsentry tail --server https://localhost:50051" "--ca ca.crt --cert client.crt --key client.key" --
+notes -f "$CHART/ci/tokens-values.yaml" >"$work/notes.txt" 2>&1
+expect_notes "NOTES.txt with tokens: a token file and its namespaces" \
+  "--ca ca.crt --token-file token" "a line of Secret mapsentry-tokens" --
 
 # 6. The mapsentry binary accepts the arguments the chart gives it (clap parses every flag and value
 # before it acts on the trailing --help). Flags that later issues add are checked once the binary
@@ -184,7 +191,7 @@ bin="${MAPSENTRY_BIN:-target/debug/mapsentry}"
 if [ ! -x "$bin" ]; then
   echo "skip the binary accepts the chart's arguments: no $bin (scripts/test.sh builds it before calling this)"
 else
-  for scenario in default tls monitoring custom; do
+  for scenario in default tls monitoring custom tokens; do
     [ -f "$work/$scenario.yaml" ] || continue
     for component in agent collector; do
       mapfile -t args < <("$CHART_PY" helm/assertions.py --args "$work/$scenario.yaml" "$component")

@@ -31,6 +31,10 @@ pub struct PolicyArgs {
     /// are counted into the next update rather than reported one by one.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     alert_window: u64,
+    /// Alert updates published per pod (per node for host processes) per second; updates over
+    /// it are deferred to a later second, never dropped (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = AlertConfig::default().per_pod_rate)]
+    alert_rate_per_pod: u32,
 }
 
 /// The running evaluation and metrics server; stop them with [`Alerting::stop`].
@@ -97,6 +101,7 @@ impl PolicyArgs {
         let counters = Arc::new(Metrics::default());
         let config = AlertConfig {
             window: Duration::from_secs(self.alert_window),
+            per_pod_rate: self.alert_rate_per_pod,
             ..AlertConfig::default()
         };
         let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config);

@@ -128,6 +128,15 @@ pub struct CollectorLimits {
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
+    /// Most events in one agent batch; a larger batch ends the agent's stream with
+    /// INVALID_ARGUMENT (agents send at most 1024).
+    #[arg(long, default_value_t = ServerConfig::default().max_batch_events)]
+    max_batch_events: usize,
+    /// Most subscriptions served at once; beyond, new ones are refused with RESOURCE_EXHAUSTED
+    /// (counted in mapsentry_collector_subscribers_refused_total).
+    #[arg(long, default_value_t = ServerConfig::default().max_subscribers,
+          value_parser = at_least_one)]
+    max_subscribers: usize,
     /// Keep a retention log here: batches are written before they are acked, and a restarted
     /// collector reads them back (same cursors, no duplicates). Without it, retention is in
     /// memory only.
@@ -136,6 +145,15 @@ pub struct CollectorLimits {
     /// Bytes the retention log may hold on disk; the oldest segments go beyond it.
     #[arg(long, default_value_t = 1 << 30)]
     data_max_bytes: u64,
+}
+
+/// A count of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl CollectorLimits {
@@ -163,6 +181,8 @@ impl CollectorLimits {
     pub fn server(&self) -> ServerConfig {
         ServerConfig {
             max_message_bytes: self.max_message_bytes,
+            max_batch_events: self.max_batch_events,
+            max_subscribers: self.max_subscribers,
             ..ServerConfig::default()
         }
     }

@@ -159,6 +159,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                 crate::alert_output::write_alert(&mut out, args.output, &alert)
             }
             Ok(Followed::Loss(loss)) => write_loss(&mut out, args.output, &loss),
+            Ok(Followed::AgentRestart(restart)) => write_restart(&mut out, args.output, &restart),
             Ok(Followed::Started(started)) => {
                 tracing::debug!(?started, "subscribed");
                 Ok(())
@@ -237,6 +238,52 @@ fn write_loss(out: &mut impl Write, format: Format, loss: &v1::LossNotice) -> io
     }
 }
 
+/// An agent restart: the node's capture gap, `{"kind":"agent_restart",...}`.
+fn write_restart(
+    out: &mut impl Write,
+    format: Format,
+    restart: &v1::AgentRestart,
+) -> io::Result<()> {
+    let gap_ns = (restart.previous_last_event_ns > 0 && restart.started_unix_ns > 0).then(|| {
+        restart
+            .started_unix_ns
+            .saturating_sub(restart.previous_last_event_ns)
+    });
+    let unacked = restart
+        .previous_captured
+        .saturating_sub(restart.previous_acked);
+    match format {
+        Format::Json => writeln!(
+            out,
+            "{}",
+            json!({
+                "kind": "agent_restart", "node": restart.node,
+                "previous_boot_id": restart.previous_boot_id, "boot_id": restart.boot_id,
+                "previous_last_event_ns": restart.previous_last_event_ns,
+                "started_unix_ns": restart.started_unix_ns, "gap_ns": gap_ns,
+                "previous_captured": restart.previous_captured,
+                "previous_acked": restart.previous_acked, "previous_unacked": unacked,
+            })
+        ),
+        Format::Text => writeln!(
+            out,
+            "-- agent on {} restarted (boot {} -> {}): capture gap of {}, {unacked} events \
+             captured by the previous agent were not stored --",
+            restart.node,
+            restart.previous_boot_id,
+            restart.boot_id,
+            gap_ns.map_or_else(
+                || "unknown length".to_owned(),
+                |ns| format!(
+                    "{}.{:03} s",
+                    ns / 1_000_000_000,
+                    ns % 1_000_000_000 / 1_000_000
+                )
+            ),
+        ),
+    }
+}
+
 fn write_stats(out: &mut impl Write, format: Format, stats: &v1::StatsResponse) -> io::Result<()> {
     let nodes: Vec<_> = stats
         .nodes
@@ -246,6 +293,7 @@ fn write_stats(out: &mut impl Write, format: Format, stats: &v1::StatsResponse) 
                 "node": n.node, "boot_id": n.boot_id, "kernel": n.kernel, "attach_mode": n.attach_mode,
                 "connected": n.connected, "captured": n.captured, "shipped": n.shipped, "acked": n.acked,
                 "dropped": n.dropped, "duplicate_batches": n.duplicate_batches,
+                "agent_restarts": n.agent_restarts,
             })
         })
         .collect();

@@ -87,7 +87,7 @@ async fn read_records(follower: &mut Follower, count: usize) -> (Vec<EventRecord
                 "unexpected loss notice {loss:?} after {} records",
                 records.len()
             ),
-            Followed::Started(_) => {}
+            Followed::Started(_) | Followed::AgentRestart(_) => {}
             Followed::Alert(alert) => panic!("an events subscription got an alert: {alert:?}"),
             Followed::Disconnected { .. } => disconnects += 1,
         }

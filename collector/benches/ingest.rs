@@ -276,7 +276,7 @@ async fn fan_out(rate: u64, seconds: u64, subscribers: usize) {
                 match SubscribeResponse::decode(message.as_slice()).unwrap().item {
                     Some(Item::Loss(notice)) => missed += notice.count,
                     Some(Item::Event(_)) => events += 1,
-                    Some(Item::Started(_) | Item::Alert(_)) | None => {}
+                    Some(Item::Started(_) | Item::Alert(_) | Item::AgentRestart(_)) | None => {}
                 }
             }
             (events, missed)

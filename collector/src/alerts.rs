@@ -10,6 +10,11 @@
 //!
 //! A call the node's kernel rules acted on (`enforced` set) raises its enforce-mode alerts with
 //! the kernel's action (`kill` or `deny`).
+//!
+//! Alert updates are rate limited per pod (per node for host processes): at most
+//! `per_pod_rate` a second. An update over the rate is deferred, not dropped: it waits (the
+//! newest update of each alert, which carries the cumulative count) and is published at a later
+//! flush tick when the pod has tokens again; deferrals and superseded updates are counted.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -26,6 +31,7 @@ use mapsentry_policy::eval_context;
 use crate::{
     hub::{Hub, Record},
     metrics::{Metrics, ViolationLabels},
+    rate_limit::PerKeyLimiter,
 };
 
 /// Settings of the evaluation task.
@@ -41,6 +47,8 @@ pub struct AlertConfig {
     pub flush_interval: Duration,
     /// Most cached caller scopes (cleared when full).
     pub max_scopes: usize,
+    /// Alert updates published per pod per second (bursts of as many); 0: no limit.
+    pub per_pod_rate: u32,
 }
 
 impl Default for AlertConfig {
@@ -51,6 +59,7 @@ impl Default for AlertConfig {
             queue_batches: 1024,
             flush_interval: Duration::from_secs(1),
             max_scopes: 65_536,
+            per_pod_rate: 10,
         }
     }
 }
@@ -81,6 +90,8 @@ pub fn start(
         scopes: HashMap::new(),
         max_scopes: config.max_scopes.max(1),
         nodes: HashMap::new(),
+        limiter: PerKeyLimiter::new(config.per_pod_rate, config.max_keys.max(1)),
+        deferred: HashMap::new(),
     };
     tokio::spawn(
         async move {
@@ -103,7 +114,14 @@ struct Evaluator {
     max_scopes: usize,
     /// The node of each aggregated (pod, policy, rule), by the alert line's key fields.
     nodes: HashMap<AlertKey, Arc<str>>,
+    /// Alert updates per (node, namespace, pod).
+    limiter: PerKeyLimiter<PodKey>,
+    /// The newest deferred update of each alert, waiting for its pod's tokens.
+    deferred: HashMap<AlertKey, v1::AlertRecord>,
 }
+
+/// (node, namespace, pod) that alert updates are rate limited by.
+type PodKey = (String, Option<String>, Option<String>);
 
 impl Evaluator {
     async fn run(
@@ -134,6 +152,7 @@ impl Evaluator {
                 }
                 _ = flush.tick() => {
                     let now = now_ns();
+                    self.publish_deferred(now);
                     for line in self.aggregator.flush(now) {
                         self.publish(line);
                     }
@@ -146,6 +165,10 @@ impl Evaluator {
         }
         for line in self.aggregator.drain() {
             self.publish(line);
+        }
+        // Stopping: what is still deferred goes out now rather than never.
+        for (_, alert) in self.deferred.drain() {
+            self.hub.publish_alert(alert);
         }
     }
 
@@ -227,7 +250,39 @@ impl Evaluator {
             .get(&key)
             .map(ToString::to_string)
             .unwrap_or_default();
-        self.hub.publish_alert(to_wire(line, node));
+        let alert = to_wire(line, node);
+        let pod = (
+            alert.node.clone(),
+            alert.namespace.clone(),
+            alert.pod.clone(),
+        );
+        if !self.deferred.contains_key(&key) && self.limiter.allow(&pod, now_ns()) {
+            self.hub.publish_alert(alert);
+            return;
+        }
+        self.metrics.alert_deferred();
+        if self.deferred.insert(key, alert).is_some() {
+            self.metrics.alert_superseded();
+        }
+    }
+
+    /// Publish the deferred updates whose pods have tokens again.
+    fn publish_deferred(&mut self, now: u64) {
+        let limiter = &mut self.limiter;
+        let hub = &self.hub;
+        self.deferred.retain(|_, alert| {
+            let pod = (
+                alert.node.clone(),
+                alert.namespace.clone(),
+                alert.pod.clone(),
+            );
+            if limiter.allow(&pod, now) {
+                hub.publish_alert(alert.clone());
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 

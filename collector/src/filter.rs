@@ -169,18 +169,25 @@ impl RecordFilter {
 }
 
 impl RecordFilter {
+    /// Whether notices about `node` (agent restarts) pass: only the node filter narrows them.
+    #[must_use]
+    pub fn matches_node(&self, node: &str) -> bool {
+        self.nodes.is_empty() || self.nodes.iter().any(|n| n == node)
+    }
+
     /// Whether this subscriber asked for alerts at all.
     #[must_use]
     pub fn wants_alerts(&self) -> bool {
         self.alerts
     }
 
-    /// Whether `alert` from `node` passes: the kind, and the node, namespace, pod and comm
+    /// Whether `alert` from `node` passes: the kind, the subscriber's namespace scope, and the node, namespace, pod and comm
     /// filters (the latter against the alert's sample call). Bit and syscall filters are for
     /// events and do not narrow alerts.
     #[must_use]
     pub fn matches_alert(&self, node: &str, alert: &v1::AlertRecord) -> bool {
         self.alerts
+            && self.scope.allows(alert.namespace.as_deref())
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, alert.namespace.as_ref())
             && any_of(&self.pods, alert.pod.as_ref())

@@ -36,6 +36,8 @@ pub enum Followed {
     /// An alert update (alerts have their own cursors and are not resumed).
     Alert(mapsentry_proto::v1::AlertRecord),
     Loss(LossNotice),
+    /// A node's agent restarted: a gap in that node's capture.
+    AgentRestart(mapsentry_proto::v1::AgentRestart),
     /// The stream broke; the follower resubscribes after `retry_in`.
     Disconnected {
         reason: String,
@@ -175,6 +177,9 @@ impl Follower {
             }
             Some(subscribe_response::Item::Alert(alert)) => Followed::Alert(alert),
             Some(subscribe_response::Item::Loss(loss)) => Followed::Loss(loss),
+            Some(subscribe_response::Item::AgentRestart(restart)) => {
+                Followed::AgentRestart(restart)
+            }
             Some(subscribe_response::Item::Started(started)) => {
                 // A live subscription resumes from where it started, not from "now" again.
                 self.last_cursor = self
@@ -207,6 +212,10 @@ impl Follower {
 fn is_refusal(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition | Code::Unimplemented
+        Code::InvalidArgument
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::Unimplemented
+            | Code::ResourceExhausted
     )
 }

@@ -75,6 +75,8 @@ pub struct AgentInfo {
     pub boot_id: String,
     pub kernel: String,
     pub attach_mode: String,
+    /// When the agent process started capturing, ns since the Unix epoch (0: not said).
+    pub started_unix_ns: u64,
 }
 
 /// One stored event: its cursor, the node that sent it, the event.
@@ -104,6 +106,7 @@ impl Record {
 enum Item {
     Record(Arc<Record>),
     Alert(Arc<AlertRecord>),
+    Restart(Arc<v1::AgentRestart>),
     Loss { count: u64, reason: LossReason },
     Started(v1::Started),
 }
@@ -113,6 +116,7 @@ impl Item {
         let item = match self {
             Self::Record(record) => subscribe_response::Item::Event(record.to_wire()),
             Self::Alert(alert) => subscribe_response::Item::Alert((*alert).clone()),
+            Self::Restart(restart) => subscribe_response::Item::AgentRestart((*restart).clone()),
             Self::Loss { count, reason } => subscribe_response::Item::Loss(v1::LossNotice {
                 count,
                 reason: reason.into(),
@@ -138,6 +142,10 @@ struct Node {
     report: v1::LossReport,
     acked: u64,
     duplicate_batches: u64,
+    /// Time of the newest event stored from this boot.
+    last_event_ns: u64,
+    /// Boot id changes seen (kept across them).
+    restarts: u64,
 }
 
 #[derive(Debug)]
@@ -186,6 +194,8 @@ pub struct Hub {
     tap_dropped: AtomicU64,
     /// Alerts published.
     alerts: AtomicU64,
+    /// Subscriptions refused because the collector served its maximum.
+    refused_subscribers: AtomicU64,
 }
 
 impl Hub {
@@ -228,6 +238,7 @@ impl Hub {
             closed: watch::Sender::new(false),
             tap_dropped: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
+            refused_subscribers: AtomicU64::new(0),
             config,
         })
     }
@@ -253,6 +264,18 @@ impl Hub {
                 state_ref.ring.clear();
                 state_ref.next_cursor = batch.first_cursor;
             }
+            let known = state_ref.nodes.entry(batch.node.clone()).or_default();
+            if known.info.boot_id != batch.boot_id {
+                *known = Node::default();
+                known.info.node.clone_from(&batch.node);
+                known.info.boot_id.clone_from(&batch.boot_id);
+            }
+            known.acked += batch.events.len() as u64;
+            known.last_event_ns = batch
+                .events
+                .iter()
+                .map(|e| e.time_ns)
+                .fold(known.last_event_ns, u64::max);
             let node: Arc<str> = batch.node.as_str().into();
             for event in batch.events {
                 let record = Arc::new(Record {
@@ -325,15 +348,50 @@ impl Hub {
         self.closed.subscribe()
     }
 
-    pub fn agent_connected(&self, info: &AgentInfo) {
-        let mut state = self.lock();
+    /// An agent stream began. When the node's agent has a new boot id, the previous process is
+    /// gone and the node's capture had a gap: every live subscriber whose node filter passes
+    /// gets an [`v1::AgentRestart`] notice, and the node's `agent_restarts` grows. Returns the
+    /// notice, if this was a restart.
+    pub fn agent_connected(&self, info: &AgentInfo) -> Option<v1::AgentRestart> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let node = state.nodes.entry(info.node.clone()).or_default();
+        let mut notice = None;
         if node.info.boot_id != info.boot_id {
+            if !node.info.boot_id.is_empty() {
+                notice = Some(v1::AgentRestart {
+                    node: info.node.clone(),
+                    previous_boot_id: node.info.boot_id.clone(),
+                    boot_id: info.boot_id.clone(),
+                    previous_last_event_ns: node.last_event_ns,
+                    started_unix_ns: info.started_unix_ns,
+                    previous_captured: node.report.captured,
+                    previous_acked: node.acked,
+                });
+            }
             // A new agent process: its counters start over.
-            *node = Node::default();
+            let restarts = node.restarts + u64::from(notice.is_some());
+            *node = Node {
+                restarts,
+                ..Node::default()
+            };
         }
         node.info = info.clone();
         node.connections += 1;
+        if let Some(notice) = &notice {
+            tracing::warn!(node = %notice.node, previous_boot_id = %notice.previous_boot_id,
+                boot_id = %notice.boot_id, previous_captured = notice.previous_captured,
+                previous_acked = notice.previous_acked, "the agent restarted: its capture had a gap");
+            let notice = Arc::new(notice.clone());
+            let losses = &mut state.subscriber_losses;
+            state.live.retain(|_, sub| {
+                if !sub.filter.matches_node(&notice.node) {
+                    return !sub.tx.is_closed();
+                }
+                offer(sub, losses, Item::Restart(Arc::clone(&notice)))
+            });
+        }
+        notice
     }
 
     pub fn agent_disconnected(&self, node: &str) {
@@ -378,6 +436,10 @@ impl Hub {
         let node = state.nodes.entry(agent.node.clone()).or_default();
         state.seqs.insert(key, seq);
         node.acked += events.len() as u64;
+        node.last_event_ns = events
+            .iter()
+            .map(|e| e.time_ns)
+            .fold(node.last_event_ns, u64::max);
         let first = state.next_cursor;
         let count = events.len() as u64;
         let node_name: Arc<str> = agent.node.as_str().into();
@@ -557,6 +619,17 @@ impl Hub {
         self.tap_dropped.load(Ordering::Relaxed)
     }
 
+    /// Count a subscription refused because the collector served its maximum.
+    pub fn count_refused_subscriber(&self) {
+        self.refused_subscribers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subscriptions refused because the collector served its maximum.
+    #[must_use]
+    pub fn refused_subscribers(&self) -> u64 {
+        self.refused_subscribers.load(Ordering::Relaxed)
+    }
+
     /// Alerts published so far.
     #[must_use]
     pub fn alerts_published(&self) -> u64 {
@@ -600,6 +673,7 @@ impl Hub {
                 acked: node.acked,
                 dropped: node.report.dropped.clone(),
                 duplicate_batches: node.duplicate_batches,
+                agent_restarts: node.restarts,
             })
             .collect();
         v1::StatsResponse {

@@ -132,6 +132,7 @@ fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
         boot_id: hello.boot_id,
         kernel: hello.kernel,
         attach_mode: hello.attach_mode,
+        started_unix_ns: hello.started_unix_ns,
     })
 }
 
@@ -249,7 +250,8 @@ impl AgentService for Ingest {
         let agent = hello_of(inbound.message().await?)?;
         tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,
             mode = %agent.attach_mode, "agent connected");
-        self.hub.agent_connected(&agent);
+        // A restart (new boot id) is announced to subscribers by the hub.
+        let _restart = self.hub.agent_connected(&agent);
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let span = tracing::info_span!("agent", node = %agent.node);
         tokio::spawn(

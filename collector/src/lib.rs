@@ -28,6 +28,7 @@ pub mod observer;
 pub mod policies;
 pub mod policy_crds;
 pub mod policy_files;
+pub mod rate_limit;
 pub mod server;
 pub mod tls;
 

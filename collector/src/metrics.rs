@@ -64,6 +64,8 @@ pub struct Metrics {
     kube_events_written: std::sync::atomic::AtomicU64,
     kube_events_failed: std::sync::atomic::AtomicU64,
     kube_events_suppressed: std::sync::atomic::AtomicU64,
+    alerts_deferred: std::sync::atomic::AtomicU64,
+    alerts_superseded: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,8 @@ impl Metrics {
             kube_events_written: 0.into(),
             kube_events_failed: 0.into(),
             kube_events_suppressed: 0.into(),
+            alerts_deferred: 0.into(),
+            alerts_superseded: 0.into(),
         }
     }
 
@@ -109,6 +113,28 @@ impl Metrics {
     pub fn evaluated(&self, calls: u64) {
         self.evaluated
             .fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count an alert update held back by its pod's rate limit.
+    pub fn alert_deferred(&self) {
+        self.alerts_deferred
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count a deferred alert update replaced by a newer one of the same alert.
+    pub fn alert_superseded(&self) {
+        self.alerts_superseded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Alert updates held back by the per-pod rate limit, and those superseded while waiting.
+    #[must_use]
+    pub fn alerts_rate_limited(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.alerts_deferred.load(Relaxed),
+            self.alerts_superseded.load(Relaxed),
+        )
     }
 
     /// Count a stored record that could not be decoded for evaluation.
@@ -150,7 +176,8 @@ impl Metrics {
         let stats = hub.stats();
         let acked: u64 = stats.nodes.iter().map(|n| n.acked).sum();
         let duplicates: u64 = stats.nodes.iter().map(|n| n.duplicate_batches).sum();
-        let counters: [(&str, &str, u64); 10] = [
+        let restarts: u64 = stats.nodes.iter().map(|n| n.agent_restarts).sum();
+        let counters: &[(&str, &str, u64)] = &[
             (
                 "mapsentry_collector_events_stored_total",
                 "Events stored and acked, summed over agents.",
@@ -162,6 +189,16 @@ impl Metrics {
                 duplicates,
             ),
             (
+                "mapsentry_collector_agent_restarts_total",
+                "Agent processes replaced by a new boot id (each one a capture gap on its node).",
+                restarts,
+            ),
+            (
+                "mapsentry_collector_subscribers_refused_total",
+                "Subscriptions refused with RESOURCE_EXHAUSTED at --max-subscribers.",
+                hub.refused_subscribers(),
+            ),
+            (
                 "mapsentry_collector_subscriber_losses_total",
                 "Records skipped for slow subscribers.",
                 stats.subscriber_losses,
@@ -170,6 +207,16 @@ impl Metrics {
                 "mapsentry_collector_alerts_published_total",
                 "Alert updates offered to subscribers.",
                 hub.alerts_published(),
+            ),
+            (
+                "mapsentry_policy_alert_updates_deferred_total",
+                "Alert updates held back by the per-pod rate limit (published later).",
+                self.alerts_deferred.load(Relaxed),
+            ),
+            (
+                "mapsentry_policy_alert_updates_superseded_total",
+                "Deferred alert updates replaced by a newer update of the same alert.",
+                self.alerts_superseded.load(Relaxed),
             ),
             (
                 "mapsentry_policy_evaluated_total",

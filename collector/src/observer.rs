@@ -1,6 +1,12 @@
 //! `Observer`: filtered, resumable subscriptions and the counters, over gRPC.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use futures_core::Stream;
 use mapsentry_proto::v1::{
@@ -25,11 +31,63 @@ impl From<SubscribeError> for Status {
     }
 }
 
+/// Subscriptions served at once, at most `max`.
+#[derive(Debug)]
+pub struct Slots {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl Slots {
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Take a slot, or refuse with `RESOURCE_EXHAUSTED` (counted in `hub`) when all are taken.
+    fn take(self: &Arc<Self>, hub: &Hub) -> Result<Slot, Status> {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.max).then_some(used + 1)
+            });
+        if taken.is_err() {
+            hub.count_refused_subscriber();
+            return Err(Status::resource_exhausted(format!(
+                "this collector already serves its maximum of {} subscribers (--max-subscribers); \
+                 try again later",
+                self.max
+            )));
+        }
+        Ok(Slot(Arc::clone(self)))
+    }
+
+    /// Subscriptions being served.
+    #[must_use]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// One taken slot, given back when the subscription's stream is dropped.
+#[derive(Debug)]
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The `Observer` service of a collector.
 #[derive(Debug, Clone)]
 pub struct Observer {
     hub: Arc<Hub>,
     auth: Arc<Auth>,
+    slots: Arc<Slots>,
 }
 
 impl Observer {
@@ -38,7 +96,15 @@ impl Observer {
         Self {
             hub,
             auth: Arc::default(),
+            slots: Arc::new(Slots::new(usize::MAX)),
         }
+    }
+
+    /// Serve at most `slots.max` subscriptions at once; beyond, `RESOURCE_EXHAUSTED`.
+    #[must_use]
+    pub fn with_slots(mut self, slots: Arc<Slots>) -> Self {
+        self.slots = slots;
+        self
     }
 
     /// Authenticate subscribers with `auth` and limit each to its namespaces.
@@ -51,7 +117,10 @@ impl Observer {
 
 /// A subscription as a gRPC response stream.
 #[derive(Debug)]
-pub struct ResponseStream(Subscription);
+pub struct ResponseStream(
+    Subscription,
+    #[expect(dead_code, reason = "held: frees the slot when dropped")] Slot,
+);
 
 impl Stream for ResponseStream {
     type Item = Result<SubscribeResponse, Status>;
@@ -73,13 +142,14 @@ impl observer_server::Observer for Observer {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let scope = self.auth.subscriber(&request)?;
+        let slot = self.slots.take(&self.hub)?;
         let request = request.into_inner();
         let filter = RecordFilter::new(request.filter.as_ref(), &request.kinds)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .within(scope)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         let subscription = self.hub.subscribe(filter, request.since)?;
-        Ok(Response::new(ResponseStream(subscription)))
+        Ok(Response::new(ResponseStream(subscription, slot)))
     }
 
     async fn stats(

@@ -13,7 +13,7 @@ use crate::{
     health::Health,
     hub::Hub,
     ingest::Ingest,
-    observer::Observer,
+    observer::{Observer, Slots},
     tls::{Reloading, ServerTls, TlsError, incoming},
 };
 
@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most events in one agent batch.
     pub max_batch_events: usize,
+    /// Most subscriptions served at once; beyond, `RESOURCE_EXHAUSTED`.
+    pub max_subscribers: usize,
     /// Enforce-mode policy sets to push to every agent ([`crate::PolicyPublisher::subscribe`]).
     pub policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
     /// TLS (and with a client CA, mutual TLS); `None` serves plaintext.
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
         Self {
             max_message_bytes: 8 << 20,
             max_batch_events: 16_384,
+            max_subscribers: 1024,
             policy_sets: None,
             tls: None,
             auth: Auth::default(),
@@ -93,7 +96,11 @@ pub async fn serve(
     let ingest = AgentServiceServer::new(ingest)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let observer = ObserverServer::new(Observer::new(Arc::clone(&hub)).with_auth(auth))
+    let slots = Arc::new(Slots::new(config.max_subscribers));
+    let observer = Observer::new(Arc::clone(&hub))
+        .with_auth(auth)
+        .with_slots(slots);
+    let observer = ObserverServer::new(observer)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let shutdown_hub = Arc::clone(&hub);

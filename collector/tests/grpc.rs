@@ -88,6 +88,7 @@ fn hello(node: &str, version: i32) -> AgentMessage {
             kernel: "6.18".into(),
             attach_mode: "tracepoint".into(),
             capabilities: vec![],
+            started_unix_ns: 0,
         })),
     }
 }
@@ -278,6 +279,7 @@ async fn a_stalled_subscriber_gets_the_exact_loss_count_while_another_gets_every
             }
             Item::Started(_) => panic!("one Started only"),
             Item::Alert(alert) => panic!("an events subscription got an alert: {alert:?}"),
+            Item::AgentRestart(restart) => panic!("no agent restarted: {restart:?}"),
         }
     }
     assert!(

@@ -520,7 +520,9 @@ impl PodCache {
         let config =
             watcher::Config::default().fields(&format!("spec.nodeName={}", self.config.node));
         let mut owners = OwnerResolver::new(client);
-        let mut stream = watcher(pods, config).default_backoff().boxed();
+        let mut stream = watcher(pods, config)
+            .backoff(watch_backoff::WatchBackoff::default())
+            .boxed();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Init) => self.start_list(),
@@ -542,7 +544,8 @@ impl PodCache {
 
     async fn watch_namespaces(self, client: Client) {
         let namespaces: Api<Namespace> = Api::all(client);
-        let stream = watcher(namespaces, watcher::Config::default()).default_backoff();
+        let stream = watcher(namespaces, watcher::Config::default())
+            .backoff(watch_backoff::WatchBackoff::default());
         let _ = stream
             .try_for_each(|event| {
                 match event {
@@ -624,6 +627,8 @@ impl Drop for Reflector {
         }
     }
 }
+
+mod watch_backoff;
 
 #[cfg(test)]
 mod tests;

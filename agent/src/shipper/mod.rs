@@ -245,6 +245,9 @@ impl Shipper {
             kernel: config.kernel.clone(),
             attach_mode: config.attach_mode.clone(),
             capabilities: config.capabilities.clone(),
+            started_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         };
         let span = tracing::info_span!("shipper", collector = %config.collector);
         let task = tokio::spawn(

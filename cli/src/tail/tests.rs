@@ -152,3 +152,44 @@ fn json_lines_are_runs_lines_plus_cursor_and_node() {
     assert_eq!(tailed["k8s"]["labels"]["app"], "web");
     assert_eq!(tailed["k8s"]["workload"]["kind"], "StatefulSet");
 }
+
+#[test]
+fn an_agent_restart_is_a_line_with_its_gap() {
+    let restart = v1::AgentRestart {
+        node: "n1".into(),
+        previous_boot_id: "b1".into(),
+        boot_id: "b2".into(),
+        previous_last_event_ns: 1_000_000_000,
+        started_unix_ns: 3_500_000_000,
+        previous_captured: 10,
+        previous_acked: 7,
+    };
+    let mut out = Vec::new();
+    write_restart(&mut out, Format::Json, &restart).unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(line["kind"], "agent_restart");
+    assert_eq!(line["gap_ns"], 2_500_000_000_u64);
+    assert_eq!(line["previous_unacked"], 3);
+    assert_eq!(
+        (&line["previous_boot_id"], &line["boot_id"]),
+        (&"b1".into(), &"b2".into())
+    );
+    let mut text = Vec::new();
+    write_restart(&mut text, Format::Text, &restart).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("agent on n1 restarted (boot b1 -> b2): capture gap of 2.500 s, 3 events"),
+        "{text}"
+    );
+    let unknown = v1::AgentRestart {
+        started_unix_ns: 0,
+        ..restart
+    };
+    let mut out = Vec::new();
+    write_restart(&mut out, Format::Json, &unknown).unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(
+        line["gap_ns"].is_null(),
+        "no start time, no gap length: {line}"
+    );
+}

@@ -195,3 +195,54 @@ async fn alerts_pending_in_the_window_are_reported_at_shutdown() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn alert_updates_over_a_pods_rate_are_deferred_not_dropped() {
+    // 25 policies matching the same call: 25 alerts of one (host) caller at once.
+    let dir = temp_dir("alerts-rate");
+    for n in 0..25 {
+        let text = GOOD_V1.replace("name: wx", &format!("name: wx-{n}"));
+        std::fs::write(dir.join(format!("wx-{n}.yaml")), text).expect("write policy");
+    }
+    let (files, _) = PolicyFiles::open(vec![dir.clone()]).expect("open");
+    let hub = Hub::new(HubConfig::default());
+    let metrics = Arc::new(Metrics::default());
+    let _task = start(
+        &hub,
+        files.watch(Duration::from_mins(1)),
+        Arc::clone(&metrics),
+        AlertConfig {
+            per_pod_rate: 5,
+            flush_interval: Duration::from_millis(100),
+            ..AlertConfig::default()
+        },
+    );
+    let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
+    let mut sub = hub.subscribe(filter, None).expect("subscribe");
+    let started = std::time::Instant::now();
+    hub.store_batch(&agent(), 1, vec![v1::Event::from(wx_event(now_ns()))])
+        .expect("store");
+    let mut policies = std::collections::BTreeSet::new();
+    let mut times = Vec::new();
+    while policies.len() < 25 {
+        let alert = next_alert(&mut sub)
+            .await
+            .unwrap_or_else(|| panic!("only {} of 25 alerts arrived", policies.len()));
+        assert!(policies.insert(alert.policy), "each alert once");
+        times.push(started.elapsed());
+    }
+    let (deferred, superseded) = metrics.alerts_rate_limited();
+    println!(
+        "FIGURES alert-rate: 25 alerts of one caller at 5/s: first 5 within {:?}, last at {:?}, \
+         deferred {deferred}, superseded {superseded}",
+        times[4], times[24]
+    );
+    assert_eq!(deferred, 20, "a burst of 5, the other 20 deferred");
+    assert_eq!(superseded, 0);
+    assert!(
+        times[24] >= Duration::from_millis(3500),
+        "20 deferred alerts at 5/s take about 4 s: {:?}",
+        times[24]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -407,3 +407,21 @@ fn a_scoped_filter_refuses_other_namespaces_and_unattributed_events() {
     // Events carry no namespace until the attribution fields land: none is in namespace a.
     assert!(!scoped.matches("n", &event));
 }
+
+#[test]
+fn a_scoped_filter_passes_only_its_namespaces_alerts() {
+    use crate::auth::Scope;
+    let scoped = RecordFilter::new(None, &[Kind::Alerts as i32])
+        .unwrap()
+        .within(Scope::Namespaces(vec!["a".into()]))
+        .unwrap();
+    assert!(scoped.matches_alert("n1", &alert(Some("a"), Some("p"), "app")));
+    assert!(
+        !scoped.matches_alert("n1", &alert(Some("b"), Some("p"), "app")),
+        "another namespace's alert"
+    );
+    assert!(
+        !scoped.matches_alert("n1", &alert(None, None, "app")),
+        "a host process's alert is in no namespace"
+    );
+}

@@ -319,3 +319,104 @@ fn new_cursors_start_from_the_clock_and_stay_exact_in_json() {
     let next = Hub::new(HubConfig::default()).stats().next_cursor;
     assert!(next >= before && next < 1 << 53, "{next}");
 }
+
+fn timed(pids: std::ops::Range<u32>, time_ns: u64) -> Vec<Event> {
+    let mut out = events(pids);
+    for event in &mut out {
+        event.time_ns = time_ns;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_new_boot_id_is_announced_as_a_capture_gap_even_across_a_collector_restart() {
+    let dir = std::env::temp_dir().join(format!("mapsentry-hub-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = agent("n1", "boot-1");
+    {
+        let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();
+        let mut n1 = hub
+            .subscribe(
+                RecordFilter::new(
+                    Some(&v1::Filter {
+                        nodes: vec!["n1".into()],
+                        ..v1::Filter::default()
+                    }),
+                    &[],
+                )
+                .unwrap(),
+                None,
+            )
+            .unwrap();
+        let mut n2 = hub
+            .subscribe(
+                RecordFilter::new(
+                    Some(&v1::Filter {
+                        nodes: vec!["n2".into()],
+                        ..v1::Filter::default()
+                    }),
+                    &[],
+                )
+                .unwrap(),
+                None,
+            )
+            .unwrap();
+        assert!(matches!(next(&mut n1).await, R::Started(_)));
+        assert!(matches!(next(&mut n2).await, R::Started(_)));
+        assert_eq!(hub.agent_connected(&first), None, "a first boot is no gap");
+        hub.agent_report(
+            &first,
+            v1::LossReport {
+                captured: 5,
+                ..v1::LossReport::default()
+            },
+        );
+        hub.store_batch(&first, 1, timed(0..3, 1_000)).unwrap();
+        assert_eq!(hub.agent_connected(&first), None, "a reconnect is no gap");
+        let second = AgentInfo {
+            started_unix_ns: 5_000,
+            ..agent("n1", "boot-2")
+        };
+        let notice = hub.agent_connected(&second).expect("a restart");
+        assert_eq!(
+            notice,
+            v1::AgentRestart {
+                node: "n1".into(),
+                previous_boot_id: "boot-1".into(),
+                boot_id: "boot-2".into(),
+                previous_last_event_ns: 1_000,
+                started_unix_ns: 5_000,
+                previous_captured: 5,
+                previous_acked: 3,
+            }
+        );
+        assert_eq!(pids_until(&mut n1, 3).await, vec![0, 1, 2]);
+        assert_eq!(next(&mut n1).await, R::AgentRestart(notice));
+        hub.store_batch(&second, 1, timed(3..4, 6_000)).unwrap();
+        assert_eq!(
+            pids_until(&mut n2, 0).await,
+            Vec::<u32>::new(),
+            "n2 subscriber"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), n2.next())
+                .await
+                .is_err(),
+            "another node's subscriber gets nothing"
+        );
+        let stats = hub.stats();
+        assert_eq!(stats.nodes[0].agent_restarts, 1);
+    }
+    // The collector restarts: the log says which boot of n1 it last stored.
+    let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();
+    let third = agent("n1", "boot-3");
+    let notice = hub
+        .agent_connected(&third)
+        .expect("a restart seen from the log");
+    assert_eq!(notice.previous_boot_id, "boot-2");
+    assert_eq!(
+        (notice.previous_last_event_ns, notice.previous_acked),
+        (6_000, 1)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

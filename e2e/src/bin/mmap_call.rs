@@ -11,7 +11,8 @@
 //! an existing mapping), or `"mprotect":PROT` (map `length` bytes as asked, then call
 //! `mprotect(addr, length, PROT)`; the report is of the mprotect call).
 //! Threads: T threads each make N anonymous 4 KiB mappings with address hint
-//! `marker(thread, i)`, then unmap them.
+//! `marker(thread, i)`, then unmap them; optional `"prot"` (default 3, RW) and `"pace_us"`
+//! (sleep this long after each call: a steady flow rather than a storm).
 #![expect(
     unsafe_code,
     reason = "issues raw mmap system calls with arbitrary arguments"
@@ -43,7 +44,9 @@ fn main() {
     } else {
         let threads = spec["threads"].as_u64().expect("threads");
         let per_thread = spec["per_thread"].as_u64().expect("per_thread");
-        json!({ "threads": run_threads(threads, per_thread) })
+        let prot = spec["prot"].as_u64().unwrap_or(3);
+        let pace = std::time::Duration::from_micros(spec["pace_us"].as_u64().unwrap_or(0));
+        json!({ "threads": run_threads(threads, per_thread, prot, pace) })
     };
     println!("{report}");
 }
@@ -153,18 +156,21 @@ fn gettid() -> i64 {
     unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
-fn run_threads(threads: u64, per_thread: u64) -> Vec<Value> {
+fn run_threads(threads: u64, per_thread: u64, prot: u64, pace: std::time::Duration) -> Vec<Value> {
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
                 let mut failed = 0;
                 for i in 0..per_thread {
-                    let ret = raw_mmap(marker(t, i), PAGE, 3, 0x22, -1, 0);
+                    let ret = raw_mmap(marker(t, i), PAGE, prot, 0x22, -1, 0);
                     if ret < 0 {
                         failed += 1;
                     } else {
                         // SAFETY: unmapping the page this loop just mapped.
                         unsafe { libc::munmap(ret as usize as *mut libc::c_void, PAGE as usize) };
+                    }
+                    if !pace.is_zero() {
+                        std::thread::sleep(pace);
                     }
                 }
                 json!({ "index": t, "tid": gettid(), "calls": per_thread, "failed": failed })

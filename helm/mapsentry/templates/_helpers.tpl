@@ -98,6 +98,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.tls.enabled .Values.agent.enabled (not .Values.tls.agent.secretName) }}
 {{- fail "tls.enabled needs tls.agent.secretName: the Secret with ca.crt (and, for mutual TLS, tls.crt/tls.key) for the agents" }}
 {{- end }}
+{{- if and .Values.auth.tokens.secretName .Values.agent.enabled (not .Values.auth.agentToken.secretName) (not (include "mapsentry.mtls" .)) }}
+{{- fail "auth.tokens.secretName needs auth.agentToken.secretName (an \"agent\": true token for the agents) unless agents use client certificates (tls.clientCA.secretName)" }}
+{{- end }}
 {{- if and .Values.collector.enabled .Values.collector.retentionLog.enabled .Values.collector.retentionLog.existingClaim (ne .Values.collector.strategy.type "Recreate") }}
 {{- fail "collector.retentionLog.existingClaim needs collector.strategy.type: Recreate (a rolling update would start the new pod while the old one holds the volume)" }}
 {{- end }}
