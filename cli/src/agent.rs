@@ -76,7 +76,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let (sets_tx, sets_rx) = watch::channel(None);
-    let mut enforcing = Enforcing::new(enforcer, Some(sets_rx));
+    let mut enforcing =
+        Enforcing::new(enforcer, Some(sets_rx)).with_pods(attributor.pods().cloned());
     enforcing.apply(&mut capture);
     let shipper = start_shipper(
         &args.collector,

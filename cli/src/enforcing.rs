@@ -1,14 +1,16 @@
 //! Enforcement in `agent` and `run`: the enforce-mode policy set in force (pushed by the
 //! collector, persisted under the state directory, or loaded from `--policy` files), resolved to
 //! cgroups and written to the kernel's rule table; re-resolved every second as cgroups (pods)
-//! come and go.
+//! come and go. Pod cgroups resolve through the agent's pod cache (namespace, pod labels,
+//! namespace labels, container, image) when Kubernetes is configured; without it, or while a
+//! pod is not known, they get no rules (counted as unresolved).
 
 use std::{path::PathBuf, time::Duration};
 
 use mapsentry_agent::{
     Capture,
-    enforce::policies::{CgroupScope, EnforceStats, Enforcer, scan_cgroups},
-    metadata::cgroup_index::find_cgroup2_root,
+    enforce::policies::{CgroupScope, EnforceStats, Enforcer, pod_context, scan_cgroups},
+    metadata::{PodCache, cgroup_index::find_cgroup2_root},
 };
 use mapsentry_proto::v1;
 use tokio::{sync::watch, time::MissedTickBehavior};
@@ -30,6 +32,7 @@ pub struct Enforcing {
     enforcer: Enforcer,
     sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
     cgroup_root: Option<PathBuf>,
+    pods: Option<PodCache>,
     rescan: tokio::time::Interval,
     reported: EnforceStats,
 }
@@ -48,9 +51,17 @@ impl Enforcing {
             enforcer,
             sets,
             cgroup_root,
+            pods: None,
             rescan,
             reported: EnforceStats::default(),
         }
+    }
+
+    /// Resolve pod cgroups through `pods` (the agent's pod cache; `None`: no Kubernetes).
+    #[must_use]
+    pub fn with_pods(mut self, pods: Option<PodCache>) -> Self {
+        self.pods = pods;
+        self
     }
 
     /// Wait for the next thing to do.
@@ -89,9 +100,9 @@ impl Enforcing {
         let Some(root) = &self.cgroup_root else {
             return;
         };
-        // Pods are not resolved here yet (the agent's pod cache is wired separately): pod cgroups
-        // count as unresolved and get no rules; host cgroups do.
-        let cgroups: Vec<(u64, CgroupScope)> = scan_cgroups(root, &|_| None);
+        let pods = self.pods.as_ref();
+        let cgroups: Vec<(u64, CgroupScope)> =
+            scan_cgroups(root, &|owner| pods.and_then(|p| pod_context(p, owner)));
         self.enforcer.apply(capture.rules(), &cgroups);
         let stats = self.enforcer.stats();
         if stats != self.reported {
