@@ -1,5 +1,7 @@
 //! Policies, alerts and metrics of a collector (`collector` and `run`): `--policy` files with
-//! hot reload, evaluation of every stored call, and Prometheus `/metrics`.
+//! hot reload, evaluation of every stored call, and Prometheus `/metrics`; with a Kubernetes
+//! client (`collector --kubernetes`), the policy objects in the same store (with their status)
+//! and Events on the offending pods.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -7,9 +9,13 @@ use anyhow::Context;
 use mapsentry_collector::{
     Hub, PolicyPublisher,
     alerts::{self, AlertConfig},
+    kube_events::{self, EventsConfig},
     metrics::{self, Metrics},
+    policies::SharedPolicies,
+    policy_crds,
     policy_files::{self, PolicyFiles},
 };
+use mapsentry_policy::PolicyStore;
 use tokio::{net::TcpListener, sync::oneshot};
 use tracing::Instrument as _;
 
@@ -33,20 +39,40 @@ pub struct Alerting {
     pub rejected_at_start: usize,
     evaluation: tokio::task::JoinHandle<()>,
     metrics: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// The policy object watcher and the Events poster, in a cluster.
+    kubernetes: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
+}
+
+/// What a collector does in a cluster.
+pub struct KubernetesPlan {
+    pub client: kube::Client,
+    pub events: EventsConfig,
+}
+
+impl std::fmt::Debug for KubernetesPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesPlan")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PolicyArgs {
     /// Load the policies, start evaluating what `hub` stores, serve metrics on `metrics_listen`
     /// (`(addr, required)`: a listener that is not required is skipped with a warning when its
     /// address cannot be bound). The enforce-mode policies go to `publisher` whenever they change.
+    /// With `kubernetes`, the policy objects join the files in one store and alerts become
+    /// Events on their pods.
     pub async fn start(
         &self,
         hub: &Arc<Hub>,
         metrics_listen: Option<(SocketAddr, bool)>,
         publisher: PolicyPublisher,
+        kubernetes: Option<KubernetesPlan>,
     ) -> anyhow::Result<Alerting> {
-        let (files, scan) = PolicyFiles::open(self.policies.clone())?;
-        let ids = files.store().ids();
+        let shared = SharedPolicies::new();
+        let (files, scan) = PolicyFiles::open_into(self.policies.clone(), shared.clone())?;
+        let ids = shared.read(PolicyStore::ids);
         if !self.policies.is_empty() {
             eprintln!(
                 "mapsentry: {} policies in force{}",
@@ -70,6 +96,22 @@ impl PolicyArgs {
             ..AlertConfig::default()
         };
         let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config);
+        let kubernetes = match kubernetes {
+            None => None,
+            Some(plan) => {
+                let events = kube_events::start(
+                    plan.client.clone(),
+                    hub,
+                    Arc::clone(&counters),
+                    plan.events,
+                )?;
+                let crds = policy_crds::start(plan.client, shared);
+                eprintln!(
+                    "mapsentry: watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
+                );
+                Some((crds, events))
+            }
+        };
         let listener = match metrics_listen {
             None => None,
             Some((addr, required)) => match TcpListener::bind(addr).await {
@@ -114,6 +156,7 @@ impl PolicyArgs {
             rejected_at_start: scan.errors.len(),
             evaluation,
             metrics,
+            kubernetes,
         })
     }
 }
@@ -126,6 +169,16 @@ impl Alerting {
             .is_err()
         {
             tracing::warn!("policy evaluation did not stop within 5 s");
+        }
+        if let Some((crds, events)) = self.kubernetes {
+            crds.abort();
+            // The Events of the alerts flushed at shutdown.
+            if tokio::time::timeout(Duration::from_secs(10), events)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the Kubernetes Events poster did not finish within 10 s");
+            }
         }
         if let Some((stop, task)) = self.metrics {
             drop(stop);

@@ -5,12 +5,15 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub, HubConfig, PolicyPublisher, ServerConfig, auth::Tokens, log::LogConfig, serve,
-    tls::ServerTls,
+    Hub, HubConfig, PolicyPublisher, ServerConfig, auth::Tokens, kube_client,
+    kube_events::EventsConfig, log::LogConfig, serve, tls::ServerTls,
 };
 use tokio::net::TcpListener;
 
-use crate::{alerting::PolicyArgs, signals};
+use crate::{
+    alerting::{KubernetesPlan, PolicyArgs},
+    signals,
+};
 
 /// The collector's default Prometheus listener (the chart's `collector.metrics.port`).
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
@@ -30,6 +33,42 @@ pub struct CollectorArgs {
     limits: CollectorLimits,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
+}
+
+/// The collector in a cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubernetesArgs {
+    /// Watch the MmapPolicy and ClusterMmapPolicy objects (with the --policy files, in one
+    /// store; each object's status says whether it is in force and why not), and post a
+    /// Kubernetes Event (reason MmapPolicyViolation) on the pod of each alert. The client is the
+    /// in-cluster service account when running in a pod, else $KUBECONFIG (else ~/.kube/config).
+    #[arg(long)]
+    kubernetes: bool,
+    /// Like --kubernetes, with this kubeconfig (its current context).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Most Event writes (new Events and series updates) per pod per minute; the writes over it
+    /// are counted in mapsentry_kube_events_suppressed_total.
+    #[arg(long, value_name = "N", default_value_t = EventsConfig::default().per_pod_per_minute)]
+    kube_events_per_minute: u32,
+}
+
+impl KubernetesArgs {
+    async fn plan(&self) -> anyhow::Result<Option<KubernetesPlan>> {
+        if !self.kubernetes && self.kubeconfig.is_none() {
+            return Ok(None);
+        }
+        let client = kube_client::client(self.kubeconfig.as_deref()).await?;
+        Ok(Some(KubernetesPlan {
+            client,
+            events: EventsConfig {
+                per_pod_per_minute: self.kube_events_per_minute,
+                ..EventsConfig::default()
+            },
+        }))
+    }
 }
 
 /// TLS and authentication of a collector. Without --tls-cert the collector serves plaintext and
@@ -147,9 +186,10 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     };
     let publisher = PolicyPublisher::new();
     server.policy_sets = Some(publisher.subscribe());
+    let kubernetes = args.kubernetes.plan().await?;
     let alerting = args
         .policy
-        .start(&hub, Some(metrics_listen), publisher)
+        .start(&hub, Some(metrics_listen), publisher, kubernetes)
         .await?;
     serve(hub, &server, listener, shutdown)
         .await

@@ -109,6 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             &hub,
             args.metrics_listen.map(|addr| (addr, true)),
             publisher,
+            None,
         )
         .await?;
     if alerting.rejected_at_start > 0 {

@@ -59,7 +59,8 @@ impl Default for AlertConfig {
 pub type Policies = watch::Receiver<Option<Arc<PolicySet>>>;
 
 /// Start evaluating everything `hub` stores from now on against `policies`. The task ends
-/// when the hub closes, after reporting what the aggregation still holds.
+/// when the hub closes, after reporting what the aggregation still holds (alerts pending in the
+/// dedup window) to the subscribers, whose streams the hub keeps open until then.
 pub fn start(
     hub: &Arc<Hub>,
     policies: Policies,
@@ -68,6 +69,8 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     hub.set_tap(tx);
+    // The alerts flushed at shutdown must still reach the subscribers.
+    let hold = hub.hold_subscribers();
     let evaluator = Evaluator {
         hub: Arc::clone(hub),
         metrics,
@@ -80,9 +83,11 @@ pub fn start(
         nodes: HashMap::new(),
     };
     tokio::spawn(
-        evaluator
-            .run(rx, policies, config.flush_interval)
-            .instrument(tracing::info_span!("alerts")),
+        async move {
+            evaluator.run(rx, policies, config.flush_interval).await;
+            drop(hold);
+        }
+        .instrument(tracing::info_span!("alerts")),
     )
 }
 

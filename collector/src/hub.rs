@@ -158,6 +158,8 @@ struct State {
     next_alert_cursor: u64,
     /// Where stored records go for policy evaluation, if anywhere.
     tap: Option<mpsc::Sender<Vec<Arc<Record>>>>,
+    /// [`SubscriberHold`]s alive: a closed hub ends its live subscriptions when none is left.
+    holds: usize,
 }
 
 impl State {
@@ -221,6 +223,7 @@ impl Hub {
                 log: None,
                 next_alert_cursor: first,
                 tap: None,
+                holds: 0,
             }),
             closed: watch::Sender::new(false),
             tap_dropped: AtomicU64::new(0),
@@ -288,13 +291,27 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stop: live subscriptions end after draining their queues, catch-ups and agent streams end.
+    /// Stop: live subscriptions end after draining their queues (once no [`SubscriberHold`] is
+    /// left), catch-ups and agent streams end.
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        state.live.clear();
+        if state.holds == 0 {
+            state.live.clear();
+        }
         drop(state);
         self.closed.send_replace(true);
+    }
+
+    /// Keep live subscriptions open after [`Hub::close`] until the returned guard is dropped: the
+    /// policy evaluation holds one so that the alerts it flushes at shutdown still reach the
+    /// subscribers (and the Kubernetes Events poster) before their streams end.
+    #[must_use]
+    pub fn hold_subscribers(self: &Arc<Self>) -> SubscriberHold {
+        self.lock().holds += 1;
+        SubscriberHold {
+            hub: Arc::clone(self),
+        }
     }
 
     /// Resolves once `close` was called.
@@ -631,6 +648,22 @@ fn offer(sub: &mut Live, losses: &mut u64, item: Item) -> bool {
             true
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Keeps a closing hub's live subscriptions open while it lives ([`Hub::hold_subscribers`]).
+#[derive(Debug)]
+pub struct SubscriberHold {
+    hub: Arc<Hub>,
+}
+
+impl Drop for SubscriberHold {
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        state.holds = state.holds.saturating_sub(1);
+        if state.holds == 0 && state.closed {
+            state.live.clear();
+        }
     }
 }
 

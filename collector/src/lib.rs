@@ -3,7 +3,9 @@
 //! with server-side `filter`s, resume cursors and explicit loss notices. `server` puts the gRPC
 //! services (with health and reflection) on a listener. `alerts` evaluates stored calls against
 //! the policies (from `policy_files`), publishes alert updates to subscribers and counts them in
-//! `metrics` (Prometheus `/metrics`).
+//! `metrics` (Prometheus `/metrics`). In a cluster, `policy_crds` watches the policy objects
+//! into the same store as the files (`policies`) and writes their status, and `kube_events`
+//! posts an Event on the offending pod for each alert series.
 #![forbid(unsafe_code)]
 
 pub mod alerts;
@@ -14,9 +16,15 @@ pub mod filter;
 pub mod follow;
 pub mod hub;
 pub mod ingest;
+pub mod kube_client;
+pub mod kube_events;
+#[cfg(test)]
+mod kube_testing;
 pub mod log;
 pub mod metrics;
 pub mod observer;
+pub mod policies;
+pub mod policy_crds;
 pub mod policy_files;
 pub mod server;
 pub mod tls;

@@ -61,6 +61,9 @@ pub struct Metrics {
     violations: Mutex<Violations>,
     evaluated: std::sync::atomic::AtomicU64,
     undecodable: std::sync::atomic::AtomicU64,
+    kube_events_written: std::sync::atomic::AtomicU64,
+    kube_events_failed: std::sync::atomic::AtomicU64,
+    kube_events_suppressed: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -78,6 +81,9 @@ impl Metrics {
             violations: Mutex::default(),
             evaluated: 0.into(),
             undecodable: 0.into(),
+            kube_events_written: 0.into(),
+            kube_events_failed: 0.into(),
+            kube_events_suppressed: 0.into(),
         }
     }
 
@@ -111,6 +117,31 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Count a Kubernetes Event written (created, or its series updated).
+    pub fn kube_event_written(&self) {
+        self.kube_events_written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count a Kubernetes Event write the API server refused or that timed out.
+    pub fn kube_event_failed(&self) {
+        self.kube_events_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count Kubernetes Event writes left out by the per-pod rate limit.
+    pub fn kube_events_suppressed(&self, writes: u64) {
+        self.kube_events_suppressed
+            .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Kubernetes Event writes left out by the per-pod rate limit so far.
+    #[must_use]
+    pub fn kube_events_suppressed_total(&self) -> u64 {
+        self.kube_events_suppressed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The text exposition of these counters and `hub`'s.
     #[must_use]
     pub fn render(&self, hub: &Hub) -> String {
@@ -119,7 +150,7 @@ impl Metrics {
         let stats = hub.stats();
         let acked: u64 = stats.nodes.iter().map(|n| n.acked).sum();
         let duplicates: u64 = stats.nodes.iter().map(|n| n.duplicate_batches).sum();
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "mapsentry_collector_events_stored_total",
                 "Events stored and acked, summed over agents.",
@@ -154,6 +185,21 @@ impl Metrics {
                 "mapsentry_policy_undecodable_total",
                 "Stored records that could not be decoded for evaluation.",
                 self.undecodable.load(Relaxed),
+            ),
+            (
+                "mapsentry_kube_events_written_total",
+                "Kubernetes Events written for alerts (created, or their series updated).",
+                self.kube_events_written.load(Relaxed),
+            ),
+            (
+                "mapsentry_kube_events_failed_total",
+                "Kubernetes Event writes refused by the API server or timed out.",
+                self.kube_events_failed.load(Relaxed),
+            ),
+            (
+                "mapsentry_kube_events_suppressed_total",
+                "Kubernetes Event writes left out by the per-pod rate limit (the series count catches up at the next write).",
+                self.kube_events_suppressed.load(Relaxed),
             ),
         ];
         for (name, help, value) in counters {

@@ -5,7 +5,8 @@
 //! text changed is reloaded once the text is the same on two scans in a row (debounce: an editor
 //! writing in steps is read once it is done). [`PolicyStore`] decides what is in force: a new
 //! version that does not validate is rejected, its errors are logged, and the previous good
-//! version stays. A deleted file's policies are removed.
+//! version stays. A deleted file's policies are removed. The store may be shared with other
+//! sources ([`SharedPolicies`]: in a cluster, the policy objects).
 
 use std::{
     collections::BTreeMap,
@@ -14,11 +15,11 @@ use std::{
     time::Duration,
 };
 
-use mapsentry_policy::{Policy, PolicySet, PolicyStore, store::StoreError};
+use mapsentry_policy::{PolicySet, store::StoreError};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::PolicyPublisher;
+use crate::{PolicyPublisher, policies::SharedPolicies};
 
 /// Default time between scans.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
@@ -46,19 +47,25 @@ pub struct Scan {
 #[derive(Debug)]
 pub struct PolicyFiles {
     roots: Vec<PathBuf>,
-    store: PolicyStore,
+    policies: SharedPolicies,
     /// The text in force per file.
     loaded: BTreeMap<PathBuf, String>,
     /// Text seen once, waiting to be seen again unchanged.
     pending: BTreeMap<PathBuf, String>,
-    /// Where the enforce-mode policies go to agents, once set.
-    publisher: Option<PolicyPublisher>,
 }
 
 impl PolicyFiles {
     /// Read `roots` for the first time (no debounce). Each root must exist; documents that do not
     /// validate are logged and left out.
     pub fn open(roots: Vec<PathBuf>) -> Result<(Self, Scan), PolicyFilesError> {
+        Self::open_into(roots, SharedPolicies::new())
+    }
+
+    /// [`Self::open`] into a store shared with other sources.
+    pub fn open_into(
+        roots: Vec<PathBuf>,
+        policies: SharedPolicies,
+    ) -> Result<(Self, Scan), PolicyFilesError> {
         for root in &roots {
             std::fs::metadata(root).map_err(|source| PolicyFilesError::Read {
                 path: root.clone(),
@@ -67,10 +74,9 @@ impl PolicyFiles {
         }
         let mut files = Self {
             roots,
-            store: PolicyStore::new(),
+            policies,
             loaded: BTreeMap::new(),
             pending: BTreeMap::new(),
-            publisher: None,
         };
         let scan = files.scan_with(false);
         Ok((files, scan))
@@ -92,7 +98,12 @@ impl PolicyFiles {
             .collect();
         for path in gone {
             self.loaded.remove(&path);
-            let removed = self.store.remove_source(&path.display().to_string());
+            let source = path.display().to_string();
+            let removed = self.policies.update(|store| {
+                let removed = store.remove_source(&source);
+                let changed = !removed.is_empty();
+                (removed, changed)
+            });
             tracing::info!(file = %path.display(), ?removed, "policy file gone; its policies are removed");
             scan.changed |= !removed.is_empty();
         }
@@ -108,7 +119,11 @@ impl PolicyFiles {
             }
             self.pending.remove(&path);
             let source = path.display().to_string();
-            let (reload, errors) = self.store.reload_text(&source, &text);
+            let (reload, errors) = self.policies.update(|store| {
+                let (reload, errors) = store.reload_text(&source, &text);
+                let changed = !reload.accepted.is_empty() || !reload.removed.is_empty();
+                ((reload, errors), changed)
+            });
             for error in &errors {
                 tracing::error!(%error, "policy rejected; the previous good version (if any) stays in force");
             }
@@ -129,20 +144,17 @@ impl PolicyFiles {
         scan
     }
 
-    /// The policies in force.
+    /// The policies in force (of every source of the shared store).
     #[must_use]
-    pub fn store(&self) -> &PolicyStore {
-        &self.store
+    pub fn policies(&self) -> &SharedPolicies {
+        &self.policies
     }
 
     /// The policies in force, ready to evaluate. (The store refuses a second definition of a
     /// policy, so this is None only if that rule were broken; the error is logged.)
     #[must_use]
     pub fn policy_set(&self) -> Option<PolicySet> {
-        self.store
-            .policy_set()
-            .map_err(|error| tracing::error!(%error, "policy set not built"))
-            .ok()
+        self.policies.policy_set()
     }
 
     /// Every policy file now under the roots, with its text. Unreadable ones are logged and
@@ -161,43 +173,29 @@ impl PolicyFiles {
 
     /// Publish the enforce-mode policies to agents through `publisher`: now, and after every
     /// scan that changed the policies in force.
+    /// (Of the whole shared store.)
     #[must_use]
-    pub fn with_publisher(mut self, publisher: PolicyPublisher) -> Self {
-        self.publisher = Some(publisher);
-        self.publish();
+    pub fn with_publisher(self, publisher: PolicyPublisher) -> Self {
+        self.policies.set_publisher(publisher);
         self
     }
 
-    fn publish(&mut self) {
-        if let Some(publisher) = &mut self.publisher {
-            let policies: Vec<Policy> = self.store.policies().cloned().collect();
-            if let Err(error) = publisher.publish(&policies) {
-                tracing::error!(%error, "the enforce-mode policies were not published to agents");
-            }
-        }
-    }
-
-    /// Scan every `interval` from now on, publishing each changed policy set on the returned
-    /// watch; the task ends when every receiver is gone.
+    /// Scan every `interval` from now on; each change of the shared store's policies is
+    /// published on the returned watch. The task ends when every receiver is gone.
     /// None stands for no policies.
     pub fn watch(mut self, interval: Duration) -> watch::Receiver<Option<Arc<PolicySet>>> {
-        let (tx, rx) = watch::channel(self.policy_set().map(Arc::new));
+        let rx = self.policies.subscribe();
         tokio::spawn(
             async move {
                 let mut ticks = tokio::time::interval(interval);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let policies = self.policies.clone();
                 loop {
                     tokio::select! {
                         _ = ticks.tick() => {}
-                        () = tx.closed() => return,
+                        () = policies.closed() => return,
                     }
-                    if !self.scan().changed {
-                        continue;
-                    }
-                    self.publish();
-                    if let Some(set) = self.policy_set() {
-                        tx.send_replace(Some(Arc::new(set)));
-                    }
+                    self.scan();
                 }
             }
             .instrument(tracing::info_span!("policy_files")),

@@ -386,7 +386,7 @@ pub struct ExceptSpec {
     pub images: Vec<String>,
 }
 
-/// What the policy controller last made of the object.
+/// What the collector last made of the object (written through the status subresource).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
@@ -397,38 +397,68 @@ pub struct PolicyStatus {
     /// generation (if any) stays in force.
     #[serde(default)]
     pub accepted: bool,
-    /// Why the generation was rejected: one entry per problem.
+    /// The generation in force: the observed one when accepted, else the last accepted one
+    /// (absent when none is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_generation: Option<i64>,
+    /// `Accepted` (True: the observed generation is in force; False: rejected, see `errors`),
+    /// and for `Enforce` policies `KernelEnforced` (False when some rules are only alerted on,
+    /// see `refusedRules`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<StatusCondition>,
+    /// Why the observed generation was rejected: one entry per problem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<StatusError>,
+    /// Rules of an `Enforce` policy that the kernel does not enforce (they are still alerted on),
+    /// and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_rules: Vec<RuleNote>,
+    /// `Deny` rules enforced as `Kill` where the node has no BPF LSM (`denyFallback: Kill`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_rules: Vec<RuleNote>,
 }
 
-impl PolicyStatus {
-    /// The status of a generation that validated and is in force.
-    #[must_use]
-    pub fn accepted(generation: Option<i64>) -> Self {
-        Self {
-            observed_generation: generation,
-            accepted: true,
-            errors: Vec::new(),
-        }
-    }
+/// One condition of a policy's status, in the shape of Kubernetes conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCondition {
+    /// `Accepted` or `KernelEnforced`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// One word: `Valid`, `Invalid`, `Duplicate`, `AllRulesEnforced`, `RulesRefused`.
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// The generation the condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
 
-    /// The status of a generation that was rejected for `problems`.
-    #[must_use]
-    pub fn rejected(generation: Option<i64>, problems: &[crate::Problem]) -> Self {
-        let errors = problems
-            .iter()
-            .map(|p| StatusError {
-                path: p.path.to_string(),
-                reason: p.reason.clone(),
-            })
-            .collect();
-        Self {
-            observed_generation: generation,
-            accepted: false,
-            errors,
-        }
-    }
+/// A rule the kernel treats differently from what it says, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleNote {
+    /// The rule's name.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+    /// Where: `All` nodes, or nodes `WithoutBpfLsm`.
+    pub nodes: NodeScope,
+}
+
+/// Which nodes a [`RuleNote`] holds on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NodeScope {
+    /// Every node.
+    All,
+    /// Nodes where BPF LSM programs cannot run.
+    WithoutBpfLsm,
 }
 
 /// One validation problem, as written to an object's status.

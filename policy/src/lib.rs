@@ -18,6 +18,7 @@ pub mod path;
 pub mod policy;
 mod schema_check;
 pub mod selector;
+pub mod status;
 pub mod store;
 
 pub use alert::{Aggregator, AlertLine};

@@ -133,18 +133,50 @@ impl PolicyStore {
 
     /// Accept or reject one API object (its JSON). On rejection the previous version stays and
     /// the problems are returned for the object's status.
+    /// A policy another source (a file) defines already is refused, with a problem at
+    /// `metadata.name`.
     pub fn apply_object(&mut self, value: &Value) -> Result<PolicyId, Vec<Problem>> {
         let (policy, compiled) = load_value(value)?;
         let id = compiled.id.clone();
+        let source = object_source(&id, policy.kind());
+        if let Some(other) = self.entries.get(&id).filter(|e| e.source != source) {
+            return Err(vec![Problem::new(
+                &crate::path::FieldPath::root()
+                    .field("metadata")
+                    .field("name"),
+                format!(
+                    "policy {id} is already defined by {}; each policy may be defined once",
+                    other.source
+                ),
+            )]);
+        }
         self.entries.insert(
             id.clone(),
             Entry {
-                source: object_source(&id, policy.kind()),
+                source,
                 policy,
                 compiled,
             },
         );
         Ok(id)
+    }
+
+    /// Forget the policy the API object `kind` `id` defined (the object was deleted); a policy of
+    /// the same id from another source stays. Whether there was one.
+    pub fn remove_object(&mut self, kind: &str, id: &PolicyId) -> bool {
+        let source = object_source(id, kind);
+        if self.entries.get(id).is_some_and(|e| e.source == source) {
+            self.entries.remove(id);
+            return true;
+        }
+        false
+    }
+
+    /// Where the policy in force under `id` came from: a file's path, or `KIND/ID` for an API
+    /// object.
+    #[must_use]
+    pub fn source_of(&self, id: &PolicyId) -> Option<&str> {
+        self.entries.get(id).map(|e| e.source.as_str())
     }
 
     /// Forget everything `source` defined (its file was deleted).

@@ -150,3 +150,48 @@ async fn an_enforced_call_alerts_with_the_kernels_action() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Matches still pending in the dedup window when the collector stops are reported to the
+/// subscribers before their streams end.
+#[tokio::test]
+async fn alerts_pending_in_the_window_are_reported_at_shutdown() {
+    let dir = temp_dir("alerts-shutdown");
+    std::fs::write(dir.join("wx.yaml"), GOOD_V1).expect("write policy");
+    let (files, _) = PolicyFiles::open(vec![dir.clone()]).expect("open");
+    let hub = Hub::new(HubConfig::default());
+    let task = start(
+        &hub,
+        files.watch(Duration::from_mins(1)),
+        Arc::new(Metrics::default()),
+        AlertConfig::default(),
+    );
+    let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
+    let mut sub = hub.subscribe(filter, None).expect("subscribe");
+    let t0 = now_ns();
+    let batch: Vec<v1::Event> = (0..30).map(|t| v1::Event::from(wx_event(t0 + t))).collect();
+    hub.store_batch(&agent(), 1, batch).expect("store");
+    assert_eq!(next_alert(&mut sub).await.map(|a| a.count), Some(1));
+    assert_eq!(
+        next_alert(&mut sub).await,
+        None,
+        "the rest waits in the window"
+    );
+
+    hub.close();
+    let last = next_alert(&mut sub)
+        .await
+        .expect("the pending matches are reported at shutdown");
+    assert_eq!(last.count, 30);
+    assert_eq!(last.rule, "write-and-execute");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the evaluation ends with the hub")
+        .expect("join");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("the stream ends once the evaluation is done")
+            .is_none()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -102,7 +102,12 @@ fn good_then_bad_then_good_keeps_the_last_good_version() {
     // The file deleted: its policy goes.
     std::fs::remove_file(&file).expect("remove");
     assert!(files.scan().changed);
-    assert!(files.store().ids().is_empty());
+    assert!(
+        files
+            .policies()
+            .read(mapsentry_policy::PolicyStore::ids)
+            .is_empty()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

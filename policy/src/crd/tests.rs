@@ -98,7 +98,7 @@ fn status_records_every_problem_of_a_rejected_generation() {
     let text = "apiVersion: mapsentry.dev/v1alpha1\nkind: MmapPolicy\nmetadata: {name: p, generation: 4}\nspec: {rules: [{name: r, match: {protAll: [PROT_WRIT], flagsAny: [MAP_HUGE]}}]}\n";
     let value: serde_json::Value = serde_yaml_ng::from_str(text).unwrap();
     let problems = crate::load::load_value(&value).unwrap_err();
-    let status = PolicyStatus::rejected(Some(4), &problems);
+    let status = PolicyStatus::rejected_generation(Some(4), &problems, Some(3), "Invalid");
     assert!(!status.accepted);
     assert_eq!(status.observed_generation, Some(4));
     let paths: Vec<&str> = status.errors.iter().map(|e| e.path.as_str()).collect();
@@ -117,10 +117,10 @@ fn status_records_every_problem_of_a_rejected_generation() {
     );
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["observedGeneration"], 4);
-    assert_eq!(
-        serde_json::to_value(PolicyStatus::accepted(Some(5))).unwrap(),
-        serde_json::json!({"observedGeneration": 5, "accepted": true})
-    );
+    assert_eq!(json["acceptedGeneration"], 3);
+    assert_eq!(json["conditions"][0]["type"], "Accepted");
+    assert_eq!(json["conditions"][0]["status"], "False");
+    assert_eq!(json["conditions"][0]["reason"], "Invalid");
 }
 
 #[test]

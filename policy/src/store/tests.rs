@@ -109,3 +109,30 @@ fn objects_are_accepted_or_rejected_with_their_problems() {
     assert!(store.remove(&id("p")));
     assert!(store.ids().is_empty());
 }
+
+#[test]
+fn files_and_objects_share_the_store_and_each_policy_has_one_source() {
+    let mut store = PolicyStore::new();
+    store.reload_text("a.yaml", &policy("p", "PROT_EXEC"));
+    // An object of the same id as the file's policy is refused, at metadata.name.
+    let same: Value = serde_yaml_ng::from_str(&policy("p", "PROT_READ")).unwrap();
+    let problems = store.apply_object(&same).unwrap_err();
+    assert_eq!(problems[0].path.to_string(), "metadata.name");
+    assert!(
+        problems[0].reason.contains("already defined by a.yaml"),
+        "{problems:?}"
+    );
+    assert_eq!(prot_any(&store, "p"), ["PROT_EXEC"]);
+    // Deleting that object leaves the file's policy alone.
+    assert!(!store.remove_object("MmapPolicy", &id("p")));
+    assert_eq!(store.source_of(&id("p")), Some("a.yaml"));
+    // Another object lives next to it, and a file cannot take it over.
+    let other: Value = serde_yaml_ng::from_str(&policy("q", "PROT_READ")).unwrap();
+    assert_eq!(store.apply_object(&other), Ok(id("q")));
+    assert_eq!(store.source_of(&id("q")), Some("MmapPolicy/shop/q"));
+    let (_, errors) = store.reload_text("b.yaml", &policy("q", "PROT_EXEC"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(prot_any(&store, "q"), ["PROT_READ"]);
+    assert!(store.remove_object("MmapPolicy", &id("q")));
+    assert_eq!(store.ids(), [id("p")]);
+}
