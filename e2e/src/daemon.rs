@@ -116,6 +116,12 @@ impl Daemon {
         }
     }
 
+    /// The name it was started with.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     #[must_use]
     pub fn pid(&self) -> u32 {
         self.child.id()

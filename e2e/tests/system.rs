@@ -6,12 +6,14 @@
 //! the API with their container status written as a kubelet would, and real test processes in
 //! kubelet-shaped cgroups (systemd driver) making real mmap calls, captured by real BPF.
 //!
-//! Scenario: namespace `e2e-enforce` has a W+X Kill policy in Enforce mode, its neighbour
-//! `e2e-audit` the same policy in Audit mode. The same W+X mmap is killed (SIGKILL at the call)
-//! in the first and only alerted on in the second; the subscriber gets per-pod alerts naming
-//! namespace, pod and container; the collector's /metrics counts the violations per pod; switching
-//! the Audit policy to Enforce takes effect without restarting anything. A `forbidden` answer from
-//! the API server in either component's log fails the test.
+//! Scenario: namespace `e2e-enforce` has a W+X Kill `MmapPolicy` in Enforce mode, its neighbour
+//! `e2e-audit` the same policy in Audit mode, both applied through the API. The same W+X mmap is
+//! killed (SIGKILL at the call) in the first and only alerted on in the second; the subscriber
+//! gets per-pod alerts naming namespace, pod and container; the collector's /metrics counts the
+//! violations per pod; switching the Audit policy to Enforce through the API takes effect without
+//! restarting anything; each policy's status says Accepted (and KernelEnforced) for its current
+//! generation, and each pod carries `MmapPolicyViolation` Events. A `forbidden` answer from the
+//! API server in either component's log fails the test.
 //!
 //! Needs root, cgroup v2, BPF (tracepoint mode is enough), the cached kube-apiserver
 //! (`e2e/kube/build-apiserver.sh`), helm and kubectl from `helm/tools.sh`, and the `mapsentry`
@@ -23,7 +25,7 @@ use std::{
     fs,
     net::SocketAddr,
     os::unix::process::ExitStatusExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -217,8 +219,9 @@ fn run_in(workload: &Workload) -> (bool, u32) {
     }
 }
 
-/// `mapsentry collector` on loopback ports of its own choosing; (it, gRPC address, metrics).
-fn start_collector(policy_args: &[&str]) -> (Daemon, SocketAddr, SocketAddr) {
+/// `mapsentry collector` on loopback ports of its own choosing, watching the policy objects and
+/// posting Events as the identity of `kubeconfig`; (it, gRPC address, metrics address).
+fn start_collector(kubeconfig: &Path) -> (Daemon, SocketAddr, SocketAddr) {
     let mut collector = Daemon::start(
         "collector",
         Command::new(mapsentry_bin())
@@ -228,8 +231,10 @@ fn start_collector(policy_args: &[&str]) -> (Daemon, SocketAddr, SocketAddr) {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--kubernetes",
             ])
-            .args(policy_args),
+            .arg("--kubeconfig")
+            .arg(kubeconfig),
     );
     let address = |collector: &mut Daemon, prefix: &str| -> SocketAddr {
         let (_, line) = collector.wait_for(prefix, Stream::Stderr, 0, STEP, |l| l.contains(prefix));
@@ -278,24 +283,30 @@ fn is_forbidden(line: &str) -> bool {
     lower.contains("forbidden") || lower.contains("code: 403") || lower.contains(" 403 ")
 }
 
-/// The first line of `daemon`'s stderr from `from` on that satisfies `done`; fails at once on an
-/// authorization failure logged before it (the chart's RBAC must be enough).
+/// The first line of `daemon`'s stderr from `from` on that satisfies `done`. Fails at once when
+/// it or one of `others` logs an authorization failure (the chart's RBAC must be enough).
 fn wait_allowed(
     daemon: &mut Daemon,
+    others: &[&Daemon],
     what: &str,
     from: usize,
     timeout: Duration,
     done: impl Fn(&str) -> bool,
 ) -> (usize, String) {
-    let found = daemon.wait_for(what, Stream::Stderr, from, timeout, |l| {
-        done(l) || is_forbidden(l)
-    });
-    assert!(
-        !is_forbidden(&found.1),
-        "the API server refused a call while waiting for {what} (the chart's RBAC is not enough): {}",
-        found.1
-    );
-    found
+    let deadline = Instant::now() + timeout;
+    loop {
+        assert_never_forbidden(daemon.name(), &daemon.output(Stream::Stderr));
+        for other in others {
+            assert_never_forbidden(other.name(), &other.output(Stream::Stderr));
+        }
+        let slice = Duration::from_millis(200);
+        if let Some(found) = daemon.find(Stream::Stderr, from, slice, &done) {
+            return found;
+        }
+        if Instant::now() >= deadline {
+            return daemon.wait_for(what, Stream::Stderr, from, Duration::ZERO, &done);
+        }
+    }
 }
 
 /// Fail on an authorization failure in a component's log: the chart's RBAC must be enough.
@@ -307,52 +318,25 @@ fn assert_never_forbidden(name: &str, stderr: &[String]) {
     );
 }
 
-/// Where the policies come from.
-enum Policies {
-    /// `--policy DIR` files, hot reloaded by the collector.
-    Files(PathBuf),
-    /// MmapPolicy objects applied through the API (as the admin), watched by the collector as
-    /// the chart's collector ServiceAccount.
-    Crds(Kubectl),
+/// Apply (create or change) `namespace`'s policy as an MmapPolicy object, as the admin.
+fn apply_policy(admin: &Kubectl, namespace: &str, mode: &str) {
+    admin.run(
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&policy(namespace, mode)),
+    );
 }
 
-impl Policies {
-    fn collector_args(&self, plane: &ControlPlane) -> Vec<String> {
-        match self {
-            Self::Files(dir) => vec!["--policy".into(), dir.display().to_string()],
-            Self::Crds(_) => vec![
-                "--kubernetes".into(),
-                "--kubeconfig".into(),
-                plane.collector_kubeconfig.display().to_string(),
-            ],
-        }
-    }
-
-    fn set(&self, namespace: &str, mode: &str) {
-        match self {
-            Self::Files(dir) => {
-                // Written whole, then renamed: the collector never reads half a file.
-                let tmp = dir.join(format!(".{namespace}.yaml.tmp"));
-                fs::write(&tmp, policy(namespace, mode)).unwrap();
-                fs::rename(&tmp, dir.join(format!("{namespace}.yaml"))).unwrap();
-            }
-            Self::Crds(admin) => {
-                admin.run(
-                    &["apply", "--validate=false", "-f", "-"],
-                    Some(&policy(namespace, mode)),
-                );
-            }
-        }
-    }
+/// `namespace`'s policy object.
+fn policy_object(admin: &Kubectl, namespace: &str) -> Value {
+    admin.json(&["get", "mmappolicies.mapsentry.dev", POLICY, "-n", namespace])
 }
 
-/// The `Accepted` condition of `namespace`'s policy, once the collector has written one.
-fn accepted(admin: &Kubectl, namespace: &str) -> Option<Value> {
-    let policy = admin.json(&["get", "mmappolicies.mapsentry.dev", POLICY, "-n", namespace]);
+/// The condition `kind` of a policy object's status, once the collector has written it.
+fn condition(policy: &Value, kind: &str) -> Option<Value> {
     policy["status"]["conditions"]
         .as_array()?
         .iter()
-        .find(|c| c["type"] == "Accepted")
+        .find(|c| c["type"] == kind)
         .cloned()
 }
 
@@ -370,9 +354,16 @@ fn violation_events(admin: &Kubectl, namespace: &str) -> Vec<Value> {
 }
 
 /// Poll `probe` every 100 ms until it gives a value; panics after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+/// Fails at once when `collector` logs an authorization failure.
+fn eventually<T>(
+    what: &str,
+    collector: &Daemon,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
+        assert_never_forbidden(collector.name(), &collector.output(Stream::Stderr));
         if let Some(value) = probe() {
             return value;
         }
@@ -384,23 +375,32 @@ fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Optio
     }
 }
 
-/// The CRD side: each policy's status says Accepted, and each violation is an Event on its pod.
-fn kubernetes_checks(admin: &Kubectl, workloads: &[&Workload]) {
+/// The CRD side: each policy's status says its current generation is Accepted and enforced by
+/// the kernel, and each pod has its violations as Events.
+fn kubernetes_checks(admin: &Kubectl, collector: &Daemon, workloads: &[&Workload]) {
     for workload in workloads {
         let pod = &workload.pod;
-        let condition = eventually("the Accepted condition", STEP, || {
-            accepted(admin, &pod.namespace)
+        let policy = eventually("the current generation accepted", collector, STEP, || {
+            let policy = policy_object(admin, &pod.namespace);
+            (policy["status"]["acceptedGeneration"] == policy["metadata"]["generation"])
+                .then_some(policy)
         });
-        assert_eq!(
-            condition["status"], "True",
-            "{}: {condition}",
-            pod.namespace
+        let accepted = condition(&policy, "Accepted").expect("an Accepted condition");
+        assert_eq!(accepted["status"], "True", "{}: {policy}", pod.namespace);
+        assert_eq!(policy["status"]["accepted"], true, "{policy}");
+        let enforced = condition(&policy, "KernelEnforced").expect("a KernelEnforced condition");
+        assert_eq!(enforced["status"], "True", "{}: {policy}", pod.namespace);
+
+        let events = eventually(
+            "a MmapPolicyViolation Event on the pod",
+            collector,
+            STEP,
+            || Some(violation_events(admin, &pod.namespace)).filter(|e| !e.is_empty()),
         );
-        let events = eventually("a MmapPolicyViolation Event on the pod", STEP, || {
-            Some(violation_events(admin, &pod.namespace)).filter(|e| !e.is_empty())
-        });
         for event in &events {
             let involved = &event["involvedObject"];
+            assert_eq!(involved["kind"], "Pod", "{event}");
+            assert_eq!(involved["name"], POD, "{event}");
             assert_eq!(involved["uid"], pod.uid.as_str(), "{event}");
             assert_eq!(involved["namespace"], pod.namespace.as_str(), "{event}");
             assert_eq!(event["type"], "Warning", "{event}");
@@ -445,18 +445,16 @@ fn alert_checks(alert: &Value, workload: &Workload, mode: &str) {
     assert_eq!(event["k8s"]["resolved"], true, "{alert}");
 }
 
-/// Run the whole scenario with `policies` as the source of the two namespaces' policies.
+/// The whole scenario; policies are MmapPolicy objects applied through the API.
 #[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
-fn scenario(plane: &ControlPlane, policies: &Policies) {
+fn scenario(plane: &ControlPlane) {
     let started = Instant::now();
     let audit = workload(&plane.admin, AUDIT_NS);
     let enforce = workload(&plane.admin, ENFORCE_NS);
-    policies.set(AUDIT_NS, "Audit");
-    policies.set(ENFORCE_NS, "Enforce");
+    apply_policy(&plane.admin, AUDIT_NS, "Audit");
+    apply_policy(&plane.admin, ENFORCE_NS, "Enforce");
 
-    let args = policies.collector_args(plane);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut collector, grpc, metrics_addr) = start_collector(&args);
+    let (mut collector, grpc, metrics_addr) = start_collector(&plane.collector_kubeconfig);
     let collector_pid = collector.pid();
     let server = format!("http://{grpc}");
 
@@ -505,6 +503,7 @@ fn scenario(plane: &ControlPlane, policies: &Policies) {
     let agent_pid = agent.pid();
     wait_allowed(
         &mut agent,
+        &[&collector],
         "the agent to start capturing",
         0,
         AGENT_START,
@@ -514,6 +513,7 @@ fn scenario(plane: &ControlPlane, policies: &Policies) {
     // of e2e-enforce/wx (pod slice and container scope), not e2e-audit's.
     let (at, line) = wait_allowed(
         &mut agent,
+        &[&collector],
         "the Enforce policy applied to the pod's cgroups",
         0,
         STEP,
@@ -584,9 +584,10 @@ fn scenario(plane: &ControlPlane, policies: &Policies) {
 
     // The Audit namespace switches to Enforce: no restart, the next W+X call there is killed.
     let changed = Instant::now();
-    policies.set(AUDIT_NS, "Enforce");
+    apply_policy(&plane.admin, AUDIT_NS, "Enforce");
     wait_allowed(
         &mut agent,
+        &[&collector],
         "the changed policy applied to e2e-audit's cgroups too",
         at + 1,
         STEP,
@@ -606,9 +607,7 @@ fn scenario(plane: &ControlPlane, policies: &Policies) {
     alert_checks(&alert, &audit, "enforce");
     assert_eq!(alert["event"]["enforced"]["action"], "kill", "{alert}");
 
-    if let Policies::Crds(admin) = policies {
-        kubernetes_checks(admin, &[&audit, &enforce]);
-    }
+    kubernetes_checks(&plane.admin, &collector, &[&audit, &enforce]);
     assert!(agent.running() && collector.running(), "nothing restarted");
     assert_eq!((agent.pid(), collector.pid()), (agent_pid, collector_pid));
     eprintln!(
@@ -634,17 +633,7 @@ fn scenario(plane: &ControlPlane, policies: &Policies) {
 }
 
 #[test]
-fn chart_rbac_runs_the_system_kill_in_enforce_alert_in_audit_metrics_and_a_live_policy_change() {
-    let plane = control_plane("system-files");
-    let dir = plane.dir.join("policies");
-    fs::create_dir_all(&dir).unwrap();
-    scenario(&plane, &Policies::Files(dir));
-}
-
-#[test]
-#[ignore = "needs the collector's CRD watcher (branch crds)"]
-fn policies_as_crd_objects_get_status_events_kill_in_enforce_and_a_live_change_through_the_api() {
-    let plane = control_plane("system-crds");
-    let policies = Policies::Crds(plane.admin.clone());
-    scenario(&plane, &policies);
+fn chart_rbac_runs_the_system_crd_policies_kill_in_enforce_alert_in_audit_events_metrics_and_a_live_change()
+ {
+    scenario(&control_plane("system"));
 }
