@@ -185,13 +185,24 @@ impl ApiServer {
         output(&mut Command::new(kube_script("build-apiserver.sh")), None);
         let state =
             std::env::temp_dir().join(format!("mapsentry-kube-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&state);
         let server = Self { state };
-        output(
-            Command::new(kube_script("start-apiserver.sh")).arg(&server.state),
-            None,
-        );
-        server
+        // A free port can be taken between the script's check and the bind by anything else on
+        // the machine: a second attempt with fresh ports and state.
+        let mut failures = Vec::new();
+        for _ in 0..2 {
+            let _ = Command::new(kube_script("stop-apiserver.sh"))
+                .arg(&server.state)
+                .output();
+            let _ = fs::remove_dir_all(&server.state);
+            match try_output(
+                Command::new(kube_script("start-apiserver.sh")).arg(&server.state),
+                None,
+            ) {
+                Ok(_) => return server,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("the kube-apiserver did not start:\n{}", failures.join("\n"));
     }
 
     /// The admin kubeconfig (`system:masters`).
