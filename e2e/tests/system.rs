@@ -12,8 +12,9 @@
 //! gets per-pod alerts naming namespace, pod and container; the collector's /metrics counts the
 //! violations per pod; switching the Audit policy to Enforce through the API takes effect without
 //! restarting anything; each policy's status says Accepted (and KernelEnforced) for its current
-//! generation, and each pod carries `MmapPolicyViolation` Events. A `forbidden` answer from the
-//! API server in either component's log fails the test.
+//! generation, and each pod carries `MmapPolicyViolation` Events; an invalid change is rejected
+//! in the status, naming the field, while the previous generation stays enforced. A `forbidden`
+//! answer from the API server in either component's log fails the test.
 //!
 //! Needs root, cgroup v2, BPF (tracepoint mode is enough), the cached kube-apiserver
 //! (`e2e/kube/build-apiserver.sh`), helm and kubectl from `helm/tools.sh`, and the `mapsentry`
@@ -608,13 +609,44 @@ fn scenario(plane: &ControlPlane) {
     assert_eq!(alert["event"]["enforced"]["action"], "kill", "{alert}");
 
     kubernetes_checks(&plane.admin, &collector, &[&audit, &enforce]);
-    assert!(agent.running() && collector.running(), "nothing restarted");
-    assert_eq!((agent.pid(), collector.pid()), (agent_pid, collector_pid));
+
+    // A change the collector rejects (a size the CRD schema lets through, mapsentry's validation
+    // does not): the status names the field, and the previous generation stays in force.
+    let before = policy_object(&plane.admin, ENFORCE_NS);
+    let invalid =
+        policy(ENFORCE_NS, "Enforce") + "    - name: huge\n      match:\n        minLength: lots\n";
+    plane
+        .admin
+        .run(&["apply", "--validate=false", "-f", "-"], Some(&invalid));
+    let rejected = eventually("the invalid change rejected", &collector, STEP, || {
+        let policy = policy_object(&plane.admin, ENFORCE_NS);
+        (policy["metadata"]["generation"] != before["metadata"]["generation"]
+            && policy["status"]["observedGeneration"] == policy["metadata"]["generation"])
+            .then_some(policy)
+    });
+    let status = &rejected["status"];
+    assert_eq!(status["accepted"], false, "{rejected}");
+    let accepted = condition(&rejected, "Accepted").expect("an Accepted condition");
+    assert_eq!(accepted["status"], "False", "{rejected}");
+    assert_eq!(
+        status["acceptedGeneration"], before["metadata"]["generation"],
+        "the previous generation stays in force: {rejected}"
+    );
+    assert!(
+        status["errors"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["path"] == "spec.rules[1].match.minLength")),
+        "the error names the field: {rejected}"
+    );
+    let (killed, _) = run_in(&enforce);
+    assert!(killed, "the previous generation is still enforced");
     eprintln!(
         "system: ready (pods, collector, tail, agent, policy resolved) in {ready:?}; \
          policy change enforced in {took_effect:?}; total {:?}",
         started.elapsed()
     );
+    assert!(agent.running() && collector.running(), "nothing restarted");
+    assert_eq!((agent.pid(), collector.pid()), (agent_pid, collector_pid));
 
     let (status, _, agent_err) = agent.stop(Duration::from_secs(10));
     assert!(status.success(), "agent exit: {status}\n{agent_err:#?}");
