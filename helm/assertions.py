@@ -139,6 +139,12 @@ def common(c):
     c.check(pod.get("tolerations"), "agent has tolerations")
     c.check(pod.get("priorityClassName"), "agent has a priority class")
     c.check(not any(p.get("hostPort") for p in agent.get("ports", [])), "agent opens no host port")
+    aport = next((p["containerPort"] for p in agent.get("ports", []) if p["name"] == "metrics"), None)
+    c.check(arg_value(agent["args"], "--metrics-listen") == f"0.0.0.0:{aport}",
+            f"agent serves /metrics, /healthz, /readyz on its metrics port {aport}")
+    c.check(agent.get("livenessProbe", {}).get("httpGet") == {"path": "/healthz", "port": "metrics"}
+            and agent.get("readinessProbe", {}).get("httpGet") == {"path": "/readyz", "port": "metrics"},
+            "agent probes: /healthz (liveness) and /readyz (readiness) on the metrics port")
 
     # The collector: non-root, nothing added.
     cpod = dep["spec"]["template"]["spec"]
@@ -248,8 +254,14 @@ def scenario_checks(c, ds, dep, svc):
         npa = c.one("NetworkPolicy", "-agent")
         npc = c.one("NetworkPolicy", "-collector")
         if npa:
-            c.check(npa["spec"]["policyTypes"] == ["Ingress"] and not npa["spec"].get("ingress"),
-                    "agents accept no connections")
+            aports = {p["name"] for p in agent.get("ports", [])}
+            c.check(npa["spec"]["policyTypes"] == ["Ingress"]
+                    and [p["port"] for r in npa["spec"]["ingress"] for p in r["ports"]] == ["metrics"]
+                    and "metrics" in aports,
+                    "agents accept connections only to their metrics port")
+            c.check(all(r.get("from") == [{"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": "monitoring"}}}] for r in npa["spec"]["ingress"]),
+                    "from the configured scrapers only")
             c.check(selects(npa["spec"]["podSelector"]["matchLabels"], ds["spec"]["template"]["metadata"]["labels"]),
                     "agent NetworkPolicy selects the agents")
         if npc:

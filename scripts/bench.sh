@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Builds the release binaries and runs the overhead benchmark (bare / mapsentry / bpftrace),
-# printing a Markdown table for BENCHMARKS.md. Arguments go to `mapsentry-bench overhead`.
+# Builds the release binaries and runs a benchmark, printing Markdown tables for BENCHMARKS.md:
+#   scripts/bench.sh [overhead] [ARGS]   bare / mapsentry / bpftrace (the default)
+#   scripts/bench.sh pipeline [ARGS]     latency, CPU and RSS through agent -> collector -> tail; storm
+# ARGS go to `mapsentry-bench overhead|pipeline` (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 command -v bpftrace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null
 cargo build --release --locked -p mapsentry-cli -p mapsentry-bench
-exec target/release/mapsentry-bench overhead "$@"
+case "${1:-}" in
+overhead | pipeline) which="$1"; shift ;;
+*) which=overhead ;;
+esac
+exec target/release/mapsentry-bench "$which" "$@"

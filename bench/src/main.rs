@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod overhead;
+mod pipeline;
 
 use clap::{Parser, Subcommand};
 
@@ -19,10 +20,14 @@ struct Cli {
 enum Command {
     /// mmap+munmap loop and getppid loop under each tracer (bare, mapsentry, bpftrace).
     Overhead(overhead::Args),
+    /// Latency syscall -> subscriber and CPU/RSS of agent and collector at a paced rate, then a
+    /// storm whose calls must equal events received plus counted drops.
+    Pipeline(pipeline::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Overhead(args) => overhead::run(&args),
+        Command::Pipeline(args) => pipeline::run(&args),
     }
 }

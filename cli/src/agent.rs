@@ -2,7 +2,7 @@
 //! attribute every call to its pod and container (or host unit), and stream it to a collector,
 //! until Ctrl-C or SIGTERM.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use mapsentry_proto::client::ClientSecurity;
 
 use crate::{
+    agent_http::{self, AgentStatus, Info},
     capture_args::{CaptureArgs, hostname},
     client_args::ClientArgs,
     enforcing::Enforcing,
@@ -47,6 +48,10 @@ pub struct AgentArgs {
     /// collector is reached, so enforcement holds with the collector down.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/mapsentry")]
     state_dir: PathBuf,
+    /// Serve Prometheus metrics on http://ADDR/metrics, liveness on /healthz and readiness on
+    /// /readyz [default: 0.0.0.0:9091, skipped with a warning when that port is taken].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     client: ClientArgs,
     #[command(flatten)]
@@ -55,12 +60,33 @@ pub struct AgentArgs {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
+    let health = Arc::new(AgentStatus::default());
+    let endpoint = match args.metrics_listen {
+        Some(addr) => agent_http::start(&health, addr, true).await?,
+        None => agent_http::start(&health, agent_http::DEFAULT_LISTEN.parse()?, false).await?,
+    };
+    if let Some(endpoint) = &endpoint {
+        eprintln!(
+            "mapsentry: agent metrics on http://{0}/metrics, health on /healthz and /readyz",
+            endpoint.addr
+        );
+    }
     let kubernetes = Kubernetes::from_flags(args.kubeconfig.clone(), args.node.as_deref())?;
     let mut attributor = Attributor::start(&kubernetes, EnrichConfig::default())
         .await
         .context("cannot start pod attribution")?;
     let mut capture = Capture::start(&args.capture.config(0)).context("cannot start capturing")?;
     let node = args.node.unwrap_or_else(hostname);
+    health.attached(
+        Info {
+            node: node.clone(),
+            attach_mode: capture.attached().mode.as_str().to_owned(),
+            hook: capture.attached().target.clone(),
+            deny_unavailable: capture.attached().deny_unavailable.clone(),
+        },
+        attributor.pods().cloned(),
+        attributor.missing_counter(),
+    );
     let mut enforcer = Enforcer::new(
         Some(args.state_dir.clone()),
         capture.attached().deny_unavailable.as_deref(),
@@ -100,10 +126,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &shipper,
         &mut shutdown,
         Some(&mut enforcing),
+        Some(&health),
         |_| Ok(true),
     )
     .await?;
     let stats = shipper.finish().await;
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
     eprintln!(
         "mapsentry: detached; seen {}, captured {}, shipped {}, acked {}, dropped {:?}, \
          enrichment missing {}",

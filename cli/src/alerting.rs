@@ -1,13 +1,14 @@
 //! Policies, alerts and metrics of a collector (`collector` and `run`): `--policy` files with
-//! hot reload, evaluation of every stored call, and Prometheus `/metrics`; with a Kubernetes
-//! client (`collector --kubernetes`), the policy objects in the same store (with their status)
-//! and Events on the offending pods.
+//! hot reload, evaluation of every stored call, and Prometheus `/metrics` (with `/healthz` and
+//! `/readyz`: ready once the initial policy load is done); with a Kubernetes client (`collector
+//! --kubernetes`), the policy objects in the same store (with their status) and Events on the
+//! offending pods.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub, PolicyPublisher,
+    Health, Hub, PolicyPublisher,
     alerts::{self, AlertConfig},
     kube_events::{self, EventsConfig},
     metrics::{self, Metrics},
@@ -37,6 +38,8 @@ pub struct PolicyArgs {
 pub struct Alerting {
     /// Documents of the policy files rejected at start (each already reported).
     pub rejected_at_start: usize,
+    /// Ready once the initial policy load is done.
+    pub health: Health,
     evaluation: tokio::task::JoinHandle<()>,
     metrics: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     /// The policy object watcher and the Events poster, in a cluster.
@@ -70,6 +73,7 @@ impl PolicyArgs {
         publisher: PolicyPublisher,
         kubernetes: Option<KubernetesPlan>,
     ) -> anyhow::Result<Alerting> {
+        let health = Health::not_ready("the initial policy load is not done");
         let shared = SharedPolicies::new();
         let (files, scan) = PolicyFiles::open_into(self.policies.clone(), shared.clone())?;
         let ids = shared.read(PolicyStore::ids);
@@ -112,6 +116,8 @@ impl PolicyArgs {
                 Some((crds, events))
             }
         };
+        // The policy store is synced: every file read once, the reloads running.
+        health.set_ready();
         let listener = match metrics_listen {
             None => None,
             Some((addr, required)) => match TcpListener::bind(addr).await {
@@ -137,12 +143,14 @@ impl PolicyArgs {
                 );
                 let (stop, stopped) = oneshot::channel::<()>();
                 let hub = Arc::clone(hub);
+                let health = health.clone();
                 let task = tokio::spawn(
                     async move {
-                        if let Err(error) = metrics::serve(counters, hub, listener, async {
-                            drop(stopped.await);
-                        })
-                        .await
+                        if let Err(error) =
+                            metrics::serve_with_health(counters, hub, health, listener, async {
+                                drop(stopped.await);
+                            })
+                            .await
                         {
                             tracing::error!(error = %anyhow::Error::new(error), "metrics server stopped");
                         }
@@ -154,6 +162,7 @@ impl PolicyArgs {
         };
         Ok(Alerting {
             rejected_at_start: scan.errors.len(),
+            health,
             evaluation,
             metrics,
             kubernetes,

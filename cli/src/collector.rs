@@ -23,8 +23,8 @@ pub struct CollectorArgs {
     /// Address to serve gRPC on (agents, subscribers, health, reflection).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:50051")]
     listen: SocketAddr,
-    /// Serve Prometheus metrics on http://ADDR/metrics [default: 0.0.0.0:9090, skipped with a
-    /// warning when that port is taken].
+    /// Serve Prometheus metrics on http://ADDR/metrics, with /healthz and /readyz [default:
+    /// 0.0.0.0:9090, skipped with a warning when that port is taken].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
@@ -191,6 +191,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         .policy
         .start(&hub, Some(metrics_listen), publisher, kubernetes)
         .await?;
+    server.health = alerting.health.clone();
     serve(hub, &server, listener, shutdown)
         .await
         .context("serving gRPC")?;

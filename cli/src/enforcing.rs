@@ -135,10 +135,12 @@ pub async fn next_work(enforcing: Option<&mut Enforcing>) -> Work {
 
 /// `mapsentry run --policy PATH...`: the enforce-mode policies of the files, as the embedded
 /// collector publishes them on `sets` (again after every change of the files), enforced on this
-/// host through the agent's path (nothing persisted).
+/// host through the agent's path (nothing persisted). Pod cgroups resolve through `pods` (with
+/// `--kubeconfig`).
 pub fn local(
     mut sets: watch::Receiver<Option<v1::PolicySet>>,
     capture: &mut Capture,
+    pods: Option<PodCache>,
 ) -> anyhow::Result<Enforcing> {
     use anyhow::Context as _;
     let mut enforcer = Enforcer::new(None, capture.attached().deny_unavailable.as_deref());
@@ -153,7 +155,7 @@ pub fn local(
             refusal.policy, refusal.rule, refusal.reason
         );
     }
-    let mut enforcing = Enforcing::new(enforcer, Some(sets));
+    let mut enforcing = Enforcing::new(enforcer, Some(sets)).with_pods(pods);
     enforcing.apply(capture);
     let stats = enforcing.stats();
     eprintln!(

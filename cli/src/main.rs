@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod agent_http;
 mod alert_output;
 mod alerting;
 mod capture_args;

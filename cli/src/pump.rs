@@ -11,6 +11,7 @@ use mapsentry_agent::{Capture, KernelCounters, metadata::Attributor, shipper::Sh
 use mapsentry_policy::MmapEvent;
 
 use crate::{
+    agent_http::AgentStatus,
     enforcing::{Enforcing, next_work},
     signals::Shutdown,
 };
@@ -19,29 +20,42 @@ use crate::{
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Run until a stop signal, or until `each` returns false. `each` sees every batch (attributed)
-/// before it is shipped. Returns the kernel's final counters; the shipper is left to the caller
-/// to finish.
+/// before it is shipped. `status` (the agent's HTTP endpoint) is kept current: each turn of the
+/// loop, each read of the ring buffer, the counters every second. Returns the kernel's final
+/// counters; the shipper is left to the caller to finish.
 pub async fn pump(
     capture: &mut Capture,
     attributor: &mut Attributor,
     shipper: &Shipper,
     shutdown: &mut Shutdown,
     mut enforcing: Option<&mut Enforcing>,
+    status: Option<&AgentStatus>,
     mut each: impl FnMut(&[MmapEvent]) -> anyhow::Result<bool>,
 ) -> anyhow::Result<KernelCounters> {
     let mut batch = Vec::with_capacity(1024);
     let mut counters = tokio::time::interval(COUNTER_INTERVAL);
     let mut go_on = true;
     while go_on {
+        if let Some(status) = status {
+            status.turned(Instant::now());
+        }
         let deadline = attributor.next_deadline();
         tokio::select! {
             read = capture.next_batch(&mut batch) => {
                 read.context("reading the ring buffer")?;
-                attributor.attribute(&mut batch, Instant::now());
+                let now = Instant::now();
+                if let Some(status) = status {
+                    status.read(now);
+                }
+                attributor.attribute(&mut batch, now);
             }
             () = held_until(deadline) => attributor.poll(Instant::now(), &mut batch),
             _ = counters.tick() => {
-                report_losses(capture, shipper)?;
+                let kernel = report_losses(capture, shipper)?;
+                if let Some(status) = status {
+                    let enforce = enforcing.as_deref().map(Enforcing::stats);
+                    status.observe(Instant::now(), kernel, capture, shipper, enforce);
+                }
                 if let Some(reason) = shipper.refused() {
                     anyhow::bail!("the collector refused this agent: {reason}");
                 }
@@ -65,6 +79,9 @@ pub async fn pump(
             .context("the shipper stopped")?;
     }
     capture.detach();
+    if let Some(status) = status {
+        status.detached();
+    }
     let mut drained = Vec::new();
     capture.drain(&mut drained);
     attributor.attribute(&mut drained, Instant::now());

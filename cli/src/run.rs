@@ -120,7 +120,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let alert_printer = print_alerts(&hub, args.output)?;
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
-    let server_config = args.limits.server();
+    let mut server_config = args.limits.server();
+    server_config.health = alerting.health.clone();
     let serving = Arc::clone(&hub);
     let collector = tokio::spawn(
         async move {
@@ -134,7 +135,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut enforcing = if args.policy.policies.is_empty() {
         None
     } else {
-        Some(crate::enforcing::local(policy_sets, &mut capture)?)
+        Some(crate::enforcing::local(
+            policy_sets,
+            &mut capture,
+            attributor.pods().cloned(),
+        )?)
     };
     let shipper = start_shipper(
         &format!("http://{observer}"),
@@ -160,6 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &shipper,
         &mut shutdown,
         enforcing.as_mut(),
+        None,
         |batch| {
             // Locked per batch: alert lines are printed between batches by their own task.
             let mut out = BufWriter::new(io::stdout().lock());

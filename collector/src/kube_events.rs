@@ -241,6 +241,13 @@ impl Planner {
 
     /// Writes for series whose counts are not written yet, within the budgets.
     pub fn pending(&mut self, now: Instant) -> Vec<(SeriesKey, Write)> {
+        // Budgets of past minutes and idle series with nothing unwritten are forgotten.
+        self.budgets
+            .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_mins(1));
+        let ttl = self.series_ttl;
+        self.series.retain(|_, s| {
+            now.duration_since(s.last_seen) < ttl || s.name.is_none() || s.total > s.written
+        });
         let keys: Vec<SeriesKey> = self
             .series
             .iter()

@@ -14,6 +14,8 @@ pub mod auth;
 pub mod enforce;
 pub mod filter;
 pub mod follow;
+pub mod health;
+pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod kube_client;
@@ -30,5 +32,6 @@ pub mod server;
 pub mod tls;
 
 pub use enforce::PolicyPublisher;
+pub use health::Health;
 pub use hub::{Hub, HubConfig};
 pub use server::{ServerConfig, serve};

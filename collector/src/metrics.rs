@@ -13,13 +13,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
-use tracing::Instrument as _;
+use tokio::net::TcpListener;
 
-use crate::hub::Hub;
+use crate::{
+    health::Health,
+    http::{self, Reply},
+    hub::Hub,
+};
 
 /// Default bound on violation label sets.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
@@ -269,57 +269,39 @@ pub enum MetricsError {
     },
 }
 
-/// Most bytes of a request read before answering.
-const MAX_REQUEST: usize = 8192;
-
-/// Serve `GET /metrics` on `listener` until `shutdown` resolves. Other paths get 404.
+/// Serve `GET /metrics` on `listener` until `shutdown` resolves, with `/healthz` and `/readyz`
+/// always 200. Other paths get 404.
 pub async fn serve(
     metrics: Arc<Metrics>,
     hub: Arc<Hub>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MetricsError> {
-    tokio::pin!(shutdown);
-    loop {
-        let (mut stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(|source| MetricsError::Accept { source })?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let metrics = Arc::clone(&metrics);
-        let hub = Arc::clone(&hub);
-        tokio::spawn(
-            async move {
-                let mut request = Vec::with_capacity(1024);
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
-                    match tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        stream.read(&mut buf),
-                    )
-                    .await
-                    {
-                        Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
-                let mut words = line.split(|&b| b == b' ');
-                let (method, path) = (words.next(), words.next());
-                let (status, body) = match (method, path) {
-                    (Some(b"GET"), Some(b"/metrics")) => ("200 OK", metrics.render(&hub)),
-                    _ => ("404 Not Found", "not found: try GET /metrics\n".to_owned()),
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            }
-            .in_current_span(),
-        );
-    }
+    serve_with_health(metrics, hub, Health::ready(), listener, shutdown).await
+}
+
+/// Serve `GET /metrics`, `GET /healthz` (liveness: 200 while the process answers) and
+/// `GET /readyz` (200 when `health` is ready, else 503 with the reason) on `listener` until
+/// `shutdown` resolves. Other paths get 404.
+pub async fn serve_with_health(
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    health: Health,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MetricsError> {
+    let handler: http::Handler = Arc::new(move |method, path| match (method, path) {
+        ("GET", "/metrics") => Reply::ok(metrics.render(&hub)),
+        ("GET", "/healthz") => Reply::ok("ok\n"),
+        ("GET", "/readyz") => match health.readiness() {
+            Ok(()) => Reply::ok("ready\n"),
+            Err(reason) => Reply::unavailable(format!("not ready: {reason}\n")),
+        },
+        _ => Reply::not_found("not found: try GET /metrics, /healthz or /readyz\n"),
+    });
+    http::serve(listener, handler, shutdown)
+        .await
+        .map_err(|http::HttpError::Accept { source }| MetricsError::Accept { source })
 }
 
 #[cfg(test)]

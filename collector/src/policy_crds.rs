@@ -82,6 +82,9 @@ struct Seen {
     status: PolicyStatus,
     /// Whether `status` is known to be written.
     written: bool,
+    /// The object, while it is rejected because a file defines its policy: it is applied again
+    /// once that file's policy is gone.
+    waiting: Option<DynamicObject>,
 }
 
 /// What happened to the objects of a kind since start, for tests and logs.
@@ -282,6 +285,10 @@ impl CrdWatcher {
         };
         status.stamp(current.as_ref(), &now_rfc3339());
         let written = current.as_ref().is_some_and(|c| c.same_as(&status));
+        let waiting = status
+            .condition(mapsentry_policy::status::ACCEPTED)
+            .is_some_and(|c| c.reason == "Duplicate")
+            .then(|| object.clone());
         self.seen.insert(
             key.clone(),
             Seen {
@@ -289,6 +296,7 @@ impl CrdWatcher {
                 generation,
                 status,
                 written,
+                waiting,
             },
         );
         if !written {
@@ -310,6 +318,22 @@ impl CrdWatcher {
     }
 
     async fn retry_status(&mut self) {
+        // Objects refused as duplicates of a file's policy whose file no longer defines it.
+        let freed: Vec<(Kind, DynamicObject)> = self
+            .seen
+            .iter()
+            .filter_map(|((kind, id), s)| {
+                let object = s.waiting.as_ref()?;
+                let free = self.policies.read(|store| store.source_of(id).is_none());
+                free.then(|| (*kind, object.clone()))
+            })
+            .collect();
+        for (kind, object) in freed {
+            if let Some(id) = object_id(kind, &object) {
+                self.seen.remove(&(kind, id));
+            }
+            self.apply(kind, &object).await;
+        }
         let pending: Vec<Key> = self
             .seen
             .iter()

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     auth::Auth,
+    health::Health,
     hub::Hub,
     ingest::Ingest,
     observer::Observer,
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Tokens and client-certificate rules for subscribers and agents.
     pub auth: Auth,
+    /// Readiness: until ready, gRPC health reports the agent and observer services
+    /// `NOT_SERVING` (the overall status `""` is `SERVING` while the server answers).
+    pub health: Health,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +61,7 @@ impl Default for ServerConfig {
             policy_sets: None,
             tls: None,
             auth: Auth::default(),
+            health: Health::ready(),
         }
     }
 }
@@ -70,12 +75,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AgentServiceServer<Ingest>>()
-        .await;
-    health_reporter
-        .set_serving::<ObserverServer<Observer>>()
-        .await;
+    let mut readiness = config.health.subscribe();
+    let now = readiness.borrow_and_update().clone();
+    report_readiness(&health_reporter, now).await;
+    let _stop_following = AbortOnDrop(tokio::spawn(follow_readiness(health_reporter, readiness)));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -118,4 +121,42 @@ pub async fn serve(
         }
     }
     .map_err(|source| ServerError::Serve { source })
+}
+
+/// Report each change of `readiness` to gRPC health, until the sender is gone.
+async fn follow_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    mut readiness: watch::Receiver<Option<String>>,
+) {
+    while readiness.changed().await.is_ok() {
+        let state = readiness.borrow_and_update().clone();
+        report_readiness(&reporter, state).await;
+    }
+}
+
+/// The agent and observer services `SERVING` when ready (`None`), else `NOT_SERVING` (the
+/// reason logged).
+async fn report_readiness(reporter: &tonic_health::server::HealthReporter, state: Option<String>) {
+    match state {
+        None => {
+            reporter.set_serving::<AgentServiceServer<Ingest>>().await;
+            reporter.set_serving::<ObserverServer<Observer>>().await;
+        }
+        Some(reason) => {
+            tracing::info!(%reason, "not ready: gRPC health reports NOT_SERVING");
+            reporter
+                .set_not_serving::<AgentServiceServer<Ingest>>()
+                .await;
+            reporter.set_not_serving::<ObserverServer<Observer>>().await;
+        }
+    }
+}
+
+/// Aborts the task when dropped (the server returned).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -551,6 +551,44 @@ async fn health_reports_serving() {
     collector.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_not_serving_until_ready() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let ready = mapsentry_collector::Health::not_ready("policies not loaded yet");
+    let server = ServerConfig {
+        health: ready.clone(),
+        ..ServerConfig::default()
+    };
+    let collector = Collector::start(HubConfig::default(), server).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(collector.channel().await);
+    let mut status = async |service: &str| {
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    assert_eq!(status("").await, serving, "liveness: the server answers");
+    assert_eq!(status("mapsentry.v1.AgentService").await, not_serving);
+    assert_eq!(status("mapsentry.v1.Observer").await, not_serving);
+    ready.set_ready();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status("mapsentry.v1.AgentService").await != serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SERVING within 5 s of ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status("mapsentry.v1.Observer").await, serving);
+    collector.stop().await;
+}
+
 /// Bytes as they are: to put what no generated client would send on the wire.
 #[derive(Debug, Clone, Copy, Default)]
 struct RawCodec;

@@ -33,11 +33,15 @@ fi
 mkdir -p "$STATE"
 STATE="$(cd "$STATE" && pwd)"
 
+# A port below the kernel's ephemeral range (so no outgoing connection can hold it between the
+# choice and the bind, which made starts fail under parallel tests) that no socket uses now.
 free_port() {
-    local port
+    local port low
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+    ((low > 11000)) || low=32768
     while :; do
-        port=$((20000 + RANDOM % 40000))
-        ss -Htln "sport = :$port" | grep -q . || { echo "$port"; return; }
+        port=$((10000 + RANDOM % (low - 10000)))
+        ss -Htan "sport = :$port" | grep -q . || { echo "$port"; return; }
     done
 }
 

@@ -1,5 +1,7 @@
-//! Real kernel, tracepoint mode: kernel rules kill a process at a forbidden mmap, in its cgroup
-//! only, before it can use the mapping; allowed calls before it succeed.
+//! Real kernel, in the attach mode of `$MAPSENTRY_TEST_ATTACH` (tracepoint on the build
+//! machines; every mode in the VMs): kernel rules kill a process at a forbidden mmap or
+//! mprotect, in its cgroup only, before it can use the mapping; allowed calls before it
+//! succeed. Deny rules fail the call with EPERM where BPF LSM is active.
 
 mod common;
 
@@ -294,4 +296,70 @@ async fn deny_rules_fail_the_call_with_eperm_or_are_refused_with_the_reason() {
         );
         assert_eq!(wx.ret, -1);
     }
+}
+
+/// mprotect RW -> RX under a Deny rule: EPERM where BPF LSM is active (the mapping stays RW and
+/// the process lives on), refused with the reason where it is not.
+#[tokio::test]
+async fn a_deny_rule_fails_an_mprotect_to_write_exec_with_eperm_or_is_refused() {
+    let cgroup = TestCgroup::create(&format!(
+        "mapsentry-test-deny-mprotect-{}",
+        std::process::id()
+    ))
+    .expect("creating a cgroup");
+    let flip = json!({"calls": [
+        {"length": 8192, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon", "mprotect": 5},
+        {"length": 8192, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon", "mprotect": 1},
+    ]});
+    let helper = Helper::spawn(mmap_call(), &[&flip.to_string()]);
+    cgroup
+        .add(helper.pid)
+        .expect("moving the helper into the cgroup");
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ..CaptureConfig::default()
+    });
+    let mut rule = write_exec_kill(17);
+    rule.action = KernelAction::Deny;
+    let result = capture.rules().set(cgroup.id().unwrap(), 1, &[rule]);
+
+    let Some(reason) = capture.attached().deny_unavailable.clone() else {
+        result.expect("BPF LSM is active: Deny rules install");
+        let report = helper.go();
+        assert_eq!(
+            report["results"][0]["ret"], -1,
+            "the RW -> RX mprotect fails with EPERM (-1 is -EPERM): {report}"
+        );
+        assert_eq!(
+            report["results"][1]["ret"], 0,
+            "the process lives on and RW -> R is allowed: {report}"
+        );
+        let events = drain_pid(&mut capture, pid);
+        let denied = events
+            .iter()
+            .find(|e| e.syscall == mapsentry_policy::Syscall::Mprotect && e.args.prot == 5)
+            .expect("the denied mprotect is reported");
+        assert_eq!(
+            denied.enforced,
+            Some(Enforcement {
+                action: EnforceAction::Deny,
+                rule_id: 17
+            })
+        );
+        assert_eq!(
+            denied.ret, -1,
+            "the record carries the kernel's answer, -EPERM"
+        );
+        return;
+    };
+    let err = result
+        .expect_err("a Deny rule without BPF LSM is refused")
+        .to_string();
+    assert!(
+        err.contains("rule 17 denies, but this kernel cannot deny") && err.contains(&reason),
+        "{err}"
+    );
+    let report = helper.go();
+    assert_eq!(report["results"][0]["ret"], 0, "no rule was installed");
 }

@@ -280,6 +280,36 @@ static __always_inline __u64 ms_wakeup_flag(__u32 size)
 										 : BPF_RB_NO_WAKEUP;
 }
 
+/* A free scratch slot of this CPU, taken (see struct ms_scratch), or NULL when all are busy. */
+static __always_inline struct ms_scratch *ms_take_scratch_slot(__u32 slot)
+{
+	struct ms_scratch *s = bpf_map_lookup_elem(&scratch, &slot);
+
+	if (s && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0)
+		return s;
+	return NULL;
+}
+
+static __always_inline struct ms_scratch *ms_take_scratch(void)
+{
+	struct ms_scratch *s;
+
+	/* Unrolled by hand: MS_SCRATCH_SLOTS tries. */
+	s = ms_take_scratch_slot(0);
+	if (!s)
+		s = ms_take_scratch_slot(1);
+	if (!s)
+		s = ms_take_scratch_slot(2);
+	if (!s)
+		s = ms_take_scratch_slot(3);
+	return s;
+}
+
+static __always_inline void ms_give_scratch(struct ms_scratch *s)
+{
+	__sync_lock_test_and_set(&s->busy, 0);
+}
+
 /* Syscall exit, any mode: join the parked arguments with `ret` and emit one record. */
 static __always_inline int ms_on_exit(long ret)
 {
@@ -289,15 +319,16 @@ static __always_inline int ms_on_exit(long ret)
 	struct ms_pending *p;
 	struct ms_scratch *s;
 	struct ms_event *e;
-	__u32 zero = 0;
 	__u32 size;
 
 	p = bpf_map_lookup_elem(&pending, &tid);
 	if (!p)
 		return 0;
-	s = bpf_map_lookup_elem(&scratch, &zero);
+	s = ms_take_scratch();
 	if (!s) {
+		/* Every slot of this CPU is mid-record (nested preemption): the record is lost. */
 		bpf_map_delete_elem(&pending, &tid);
+		ms_count(MS_COUNTER_DROPPED);
 		return 0;
 	}
 	e = &s->event;
@@ -341,6 +372,7 @@ static __always_inline int ms_on_exit(long ret)
 	size = offsetof(struct ms_event, path) + (e->path_len & (MS_PATH_MAX - 1));
 	if (bpf_ringbuf_output(&events, e, size, ms_wakeup_flag(size)))
 		ms_count(MS_COUNTER_DROPPED);
+	ms_give_scratch(s);
 	return 0;
 }
 

@@ -54,8 +54,15 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* Scratch space for one record and its path walk; too large for the 512-byte BPF stack. */
+/* Scratch space for one record and its path walk; too large for the 512-byte BPF stack.
+ * BPF programs run with migration, not preemption, disabled: on a preemptible kernel a second
+ * thread's exit program can run on the same CPU while the first is mid-record. So each CPU has
+ * MS_SCRATCH_SLOTS slots, each taken with a compare-and-swap on `busy` and given back after
+ * the record is out; a record that finds every slot taken is counted as dropped. */
+#define MS_SCRATCH_SLOTS 4
+
 struct ms_scratch {
+	__u64 busy; /* 64 bits: the BPF target's atomics before -mcpu=v3 */
 	struct ms_event event;
 	/* Path walk state. Kept in the map value, not in registers, on purpose: the verifier does
 	 * not track map contents, so every loop iteration starts from the same abstract state and
@@ -67,7 +74,7 @@ struct ms_scratch {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, MS_SCRATCH_SLOTS);
 	__type(key, __u32);
 	__type(value, struct ms_scratch);
 } scratch SEC(".maps");

@@ -36,7 +36,7 @@ enum ms_file_flag {
 enum ms_counter {
 	MS_COUNTER_SEEN = 0,     /* calls the report filters kept (entered while attached) */
 	MS_COUNTER_FILTERED = 1, /* calls the in-kernel report filter left out */
-	MS_COUNTER_DROPPED = 2,  /* records lost because the ring buffer was full */
+	MS_COUNTER_DROPPED = 2,  /* records lost: ring buffer full (or, rarely, every scratch slot busy) */
 	MS_COUNTER_MAX = 3,
 };
 

@@ -82,6 +82,45 @@ int BPF_PROG(ms_fexit_exit)
 }
 
 /*
+ * mprotect in the kprobe and fentry modes: the function every mprotect-family call passes
+ * through, hooked beside the mmap function (the tracepoint mode sees these calls at sys_enter).
+ *   __x64_sys_mprotect / __x64_sys_pkey_mprotect / __ia32_sys_... -> do_mprotect_pkey
+ * The same entry logic reads the call from the saved user registers, judges it against the
+ * mapping it changes (enforcement included) and the exit emits the record.
+ */
+SEC("kprobe/do_mprotect_pkey")
+int BPF_KPROBE(ms_kprobe_mprotect_enter)
+{
+	struct pt_regs *regs = ms_user_regs();
+
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+}
+
+/* do_mprotect_pkey returns int: the upper half of the return register is not part of it. */
+SEC("kretprobe/do_mprotect_pkey")
+int BPF_KRETPROBE(ms_kprobe_mprotect_exit, long ret)
+{
+	return ms_on_exit((long)(int)ret);
+}
+
+SEC("fentry/do_mprotect_pkey")
+int BPF_PROG(ms_fentry_mprotect_enter)
+{
+	struct pt_regs *regs = ms_user_regs();
+
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+}
+
+SEC("fexit/do_mprotect_pkey")
+int BPF_PROG(ms_fexit_mprotect_exit)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return ms_on_exit((long)(int)ret);
+}
+
+/*
  * Deny (enforcement): BPF LSM hooks inside the mapping calls, where BPF LSM is active. They
  * refuse the call whose entry program decided Deny for it (see include/enforce.h).
  *   do_mmap_pgoff / vm_mmap_pgoff -> security_mmap_file -> bpf_lsm_mmap_file

@@ -149,6 +149,39 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl MmapEvent {
+    /// `mmap(NULL, length, prot, flags, -1, 0)` by the single-threaded process `pid` named
+    /// `comm`, at time 0, returning 0, unattributed: the base that tests, examples and
+    /// benchmarks vary with struct update syntax (`MmapEvent { ret: .., ..MmapEvent::anonymous(..) }`).
+    #[must_use]
+    pub fn anonymous(comm: &str, pid: u32, length: u64, prot: u64, flags: u64) -> Self {
+        Self {
+            time_ns: 0,
+            syscall: Syscall::Mmap,
+            pid,
+            tid: pid,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            comm: comm.to_owned(),
+            cgroup_id: 0,
+            args: MmapArgs {
+                addr: 0,
+                length,
+                prot,
+                flags,
+                fd: -1,
+                pgoffset: 0,
+                offset: 0,
+            },
+            ret: 0,
+            file: None,
+            args_unreadable: false,
+            target_mapping: None,
+            enforced: None,
+            attribution: None,
+        }
+    }
+
     /// Whether the call failed (`ret` is `-errno`, the kernel's range -4095..=-1).
     #[must_use]
     pub fn failed(&self) -> bool {

@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Run the capture tests in every attach mode on a stock kernel, in a qemu VM.
     VmTest(VmTestArgs),
+    /// Measure each attach mode's tax on unrelated syscalls (and on filtered mmaps) on a stock
+    /// kernel, in a qemu VM: ratios inside one boot (e2e/src/bin/syscall_tax.rs).
+    VmBench(VmTestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,11 +52,19 @@ struct VmTestArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::VmTest(args) => match vm_test(&args) {
+        Command::VmTest(args) => match vm_test(&args, false) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(error) => {
                 eprintln!("xtask vm-test: error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::VmBench(args) => match vm_test(&args, true) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("xtask vm-bench: error: {error:#}");
                 ExitCode::from(2)
             }
         },
@@ -63,8 +74,9 @@ fn main() -> ExitCode {
 /// Boots per run when the VM dies before /init starts.
 const BOOT_ATTEMPTS: u32 = 2;
 
-/// Build, fetch, boot, report. `Ok(false)`: the VM ran but a test failed or never reported.
-fn vm_test(args: &VmTestArgs) -> anyhow::Result<bool> {
+/// Build, fetch, boot, report (the tests, or with `bench` the benchmark). `Ok(false)`: the VM
+/// ran but a test failed or never reported.
+fn vm_test(args: &VmTestArgs, bench: bool) -> anyhow::Result<bool> {
     let kernel = kernel::Kernel::named(&args.kernel)?;
     let root = workspace_root()?;
     let started = std::time::Instant::now();
@@ -74,7 +86,11 @@ fn vm_test(args: &VmTestArgs) -> anyhow::Result<bool> {
     let build_time = started.elapsed();
 
     let vmlinuz = kernel::fetch(kernel, &args.cache_dir)?;
-    let plan = plan::Plan::for_kernel(kernel, &built)?;
+    let plan = if bench {
+        plan::Plan::bench(&built)?
+    } else {
+        plan::Plan::for_kernel(kernel, &built)?
+    };
     for skip in &plan.skipped {
         eprintln!(
             "xtask vm-test: not run in the VM: {}: {}",

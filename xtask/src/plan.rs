@@ -37,15 +37,13 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Test suites run in every mode of the kernel.
-const PER_MODE: [&str; 2] = ["capture", "concurrency"];
+/// Test suites run in every mode of the kernel. `enforce` among them: Kill (mmap and mprotect
+/// flips) and LSM Deny with EPERM, as the VMs boot with BPF LSM active.
+const PER_MODE: [&str; 3] = ["capture", "concurrency", "enforce"];
 /// The suite run once with `auto`.
 const AUTO: &str = "capture";
 /// The feature-probe suite, run once with the kernel's expectations.
 const PROBE: &str = "attach_modes";
-/// Enforcement (Kill, mprotect flips, LSM Deny with EPERM where BPF LSM is active, as the VMs
-/// boot it), run once per kernel in tracepoint mode: the only mode that captures mprotect.
-const ENFORCE: &str = "enforce";
 /// Suites that stay on the host, and why.
 const HOST_ONLY: [(&str, &str); 2] = [
     (
@@ -83,7 +81,29 @@ pub struct Plan {
     pub skipped: Vec<Skip>,
 }
 
+/// The benchmark `cargo xtask vm-bench` boots with (a helper binary, not a test suite).
+pub const BENCH: &str = "syscall_tax";
+
 impl Plan {
+    /// `vm-bench`: only the syscall-tax benchmark, which measures every mode the kernel attaches.
+    pub fn bench(built: &Built) -> anyhow::Result<Self> {
+        let binary = built
+            .helpers
+            .iter()
+            .find(|h| h.file_name() == Some(BENCH.as_ref()))
+            .cloned()
+            .with_context(|| format!("the benchmark {BENCH} was not built"))?;
+        Ok(Self {
+            runs: vec![Run {
+                suite: BENCH.to_owned(),
+                label: "bench".to_owned(),
+                env: Vec::new(),
+                binary,
+            }],
+            skipped: Vec::new(),
+        })
+    }
+
     pub fn for_kernel(kernel: Kernel, built: &Built) -> anyhow::Result<Self> {
         let binary = |suite: &str| {
             built
@@ -113,12 +133,6 @@ impl Plan {
             binary: binary(AUTO)?,
         });
         runs.push(Run {
-            suite: ENFORCE.to_owned(),
-            label: Mode::Tracepoint.to_string(),
-            env: vec![("MAPSENTRY_TEST_ATTACH", Mode::Tracepoint.to_string())],
-            binary: binary(ENFORCE)?,
-        });
-        runs.push(Run {
             suite: PROBE.to_owned(),
             label: "probe".to_owned(),
             env: vec![
@@ -133,9 +147,7 @@ impl Plan {
         let skipped = built
             .tests
             .keys()
-            .filter(|suite| {
-                !PER_MODE.contains(&suite.as_str()) && ![PROBE, ENFORCE].contains(&suite.as_str())
-            })
+            .filter(|suite| !PER_MODE.contains(&suite.as_str()) && suite.as_str() != PROBE)
             .map(|suite| Skip {
                 suite: suite.clone(),
                 reason: HOST_ONLY

@@ -26,6 +26,8 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    #[error("the kernel has no do_mprotect_pkey in /proc/kallsyms (inlined?)")]
+    NoMprotectFunction,
     #[error("the kernel has neither do_mmap2 nor ksys_mmap_pgoff in /proc/kallsyms")]
     NoMmapFunction,
     #[error(
@@ -65,6 +67,20 @@ pub fn mmap_function() -> Result<String, KernelError> {
         .map(str::to_owned)
         .ok_or(KernelError::NoMmapFunction)
 }
+
+/// The function every mprotect-family call passes through (`do_mprotect_pkey`), hooked in the
+/// kprobe and fentry modes beside the mmap function.
+pub fn mprotect_function() -> Result<String, KernelError> {
+    let symbols =
+        fs::read_to_string("/proc/kallsyms").map_err(|source| KernelError::Kallsyms { source })?;
+    symbols
+        .lines()
+        .any(|line| line.split_whitespace().nth(2) == Some(MPROTECT_FUNCTION))
+        .then(|| MPROTECT_FUNCTION.to_owned())
+        .ok_or(KernelError::NoMprotectFunction)
+}
+
+const MPROTECT_FUNCTION: &str = "do_mprotect_pkey";
 
 /// The active Linux security modules, comma-separated, as securityfs lists them.
 pub fn active_lsms() -> Result<String, KernelError> {

@@ -54,6 +54,18 @@ impl AttachMode {
     }
 }
 
+impl AttachMode {
+    /// The (entry, exit) programs on the kernel's mprotect function, for the modes whose mmap
+    /// hook does not see mprotect.
+    fn mprotect_pair(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Fentry => Some(("ms_fentry_mprotect_enter", "ms_fexit_mprotect_exit")),
+            Self::Kprobe => Some(("ms_kprobe_mprotect_enter", "ms_kprobe_mprotect_exit")),
+            Self::Auto | Self::Tracepoint => None,
+        }
+    }
+}
+
 impl fmt::Display for AttachMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -220,7 +232,26 @@ fn attach_mode(
                 };
                 return Ok(format!("{kind} {target}"));
             }
-            Ok(()) => return Ok(target),
+            Ok(()) => {
+                // The mmap function never sees mprotect: hook its function too, or the mode
+                // fails (a mode that let mprotect RW -> RX through would not enforce W+X).
+                let Some((m_enter, m_exit)) = mode.mprotect_pair() else {
+                    return Ok(target);
+                };
+                let attached = kernel::mprotect_function()
+                    .map_err(|e| e.to_string())
+                    .and_then(|function| {
+                        attach_program(ebpf, m_enter, &function, btf)
+                            .and_then(|()| attach_program(ebpf, m_exit, &function, btf))
+                    });
+                match attached {
+                    Ok(()) => return Ok(target),
+                    Err(reason) => {
+                        unload_all(ebpf, &[enter, exit, m_enter, m_exit]);
+                        failures.push(format!("mprotect: {reason}"));
+                    }
+                }
+            }
             Err(reason) => {
                 tracing::debug!(%mode, enter, exit, %reason, "program pair unavailable");
                 unload_all(ebpf, &[enter, exit]);

@@ -1,6 +1,11 @@
 //! The measured workload: `mmap-loop mmap N` maps and unmaps a 4 KiB anonymous page N times;
 //! `mmap-loop getppid N` calls getppid N times (an unrelated syscall, for the tracing tax).
 //! Prints the mean nanoseconds per iteration, after a warm-up of N/10 iterations.
+//!
+//! For the pipeline benchmark: `mmap-loop paced RATE SECONDS` makes RATE mmap+munmap per second
+//! (in 1 ms steps) for SECONDS; `mmap-loop storm THREADS SECONDS` has THREADS threads map and
+//! unmap as fast as they can. Both print their pid, wait for a line on stdin, then print the
+//! number of mmap calls made.
 #![expect(
     unsafe_code,
     reason = "raw mmap/munmap/getppid system calls are the workload"
@@ -29,12 +34,79 @@ fn getppid() {
     unsafe { libc::syscall(libc::SYS_getppid) };
 }
 
+/// `mmap-loop paced|storm A SECONDS`: print the pid, wait for the word, run, print the calls.
+fn timed(workload: &str, count: u64, seconds: u64) {
+    use std::{
+        io::{BufRead, Write},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
+    println!("{}", std::process::id());
+    std::io::stdout().flush().expect("stdout");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("stdin");
+    let run_for = Duration::from_secs(seconds);
+    let calls: u64 = if workload == "paced" {
+        // `count` calls per second, spread over 1 ms steps; a late step catches up.
+        let start = Instant::now();
+        let mut made = 0u64;
+        while start.elapsed() < run_for {
+            let due =
+                u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX) * count / 1_000_000;
+            while made < due {
+                mmap_munmap();
+                made += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        made
+    } else {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..count)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut made = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        mmap_munmap();
+                        made += 1;
+                    }
+                    made
+                })
+            })
+            .collect();
+        std::thread::sleep(run_for);
+        stop.store(true, Ordering::Relaxed);
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("storm thread"))
+            .sum()
+    };
+    println!("{calls}");
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let work: fn() = match args.next().as_deref() {
+    let mode = args.next();
+    if let Some(timed_mode @ ("paced" | "storm")) = mode.as_deref() {
+        let mut number = || -> u64 {
+            args.next()
+                .and_then(|n| n.parse().ok())
+                .expect("usage: mmap-loop paced RATE SECONDS | storm THREADS SECONDS")
+        };
+        let (a, seconds) = (number(), number());
+        timed(timed_mode, a, seconds);
+        return;
+    }
+    let work: fn() = match mode.as_deref() {
         Some("mmap") => mmap_munmap,
         Some("getppid") => getppid,
-        other => panic!("usage: mmap-loop mmap|getppid N (got {other:?})"),
+        other => panic!(
+            "usage: mmap-loop mmap|getppid N, or paced RATE SECONDS, or storm THREADS SECONDS (got {other:?})"
+        ),
     };
     let n: u32 = args
         .next()

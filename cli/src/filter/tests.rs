@@ -1,33 +1,11 @@
-use mapsentry_policy::{MmapArgs, MmapEvent, Syscall};
+use mapsentry_policy::{MmapEvent, Syscall};
 
 use super::EventFilter;
 
 fn event(comm: &str, syscall: Syscall, prot: u64) -> MmapEvent {
     MmapEvent {
-        time_ns: 0,
         syscall,
-        pid: 1,
-        tid: 1,
-        ppid: 0,
-        uid: 0,
-        gid: 0,
-        comm: comm.into(),
-        cgroup_id: 0,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot,
-            flags: 0x22,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
-        ret: 0,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
-        attribution: None,
+        ..MmapEvent::anonymous(comm, 1, 4096, prot, 0x22)
     }
 }
 

@@ -1,33 +1,12 @@
-use mapsentry_policy::{MmapArgs, Syscall};
-
 use super::*;
 
 fn event() -> MmapEvent {
     MmapEvent {
         time_ns: 1_764_236_101_000_000_000,
-        syscall: Syscall::Mmap,
-        pid: 7,
-        tid: 7,
         ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "java".into(),
         cgroup_id: 1,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot: 7,
-            flags: 0x22,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
         ret: 0x7f00_0000_0000,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
-        attribution: None,
+        ..MmapEvent::anonymous("java", 7, 4096, 7, 0x22)
     }
 }
 

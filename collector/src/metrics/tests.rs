@@ -79,3 +79,42 @@ async fn scraped_over_http_with_bounded_series() {
 fn label_values_are_escaped() {
     assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
 }
+
+#[tokio::test]
+async fn readyz_follows_the_health_and_healthz_answers_while_serving() {
+    let health = Health::not_ready("policies not loaded yet");
+    let hub = Hub::new(HubConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_with_health(
+        Arc::new(Metrics::default()),
+        hub,
+        health.clone(),
+        listener,
+        async {
+            drop(stopped.await);
+        },
+    ));
+
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(body, "not ready: policies not loaded yet\n");
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    health.set_ready();
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ready\n")
+    );
+    health.set_not_ready("policy reload failed");
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert!(body.contains("policy reload failed"), "{body}");
+    drop(stop);
+    server.await.expect("join").expect("served");
+}

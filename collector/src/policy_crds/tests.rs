@@ -232,7 +232,7 @@ async fn policy_objects_are_applied_rejected_fixed_and_removed_with_their_status
 }
 
 /// A policy a file defines already cannot be redefined by an object: the object is rejected
-/// (reason Duplicate) and the file's version stays.
+/// (reason Duplicate) and the file's version stays, until the file no longer defines it.
 #[tokio::test]
 async fn an_object_cannot_take_over_a_policy_of_the_files() {
     let server = ApiServer::start("crd-duplicate", "").await;
@@ -279,13 +279,24 @@ async fn an_object_cannot_take_over_a_policy_of_the_files() {
         policies.read(|s| s.source_of(&id).map(str::to_owned)),
         Some("/etc/mapsentry/wx.yaml".to_owned())
     );
-    // Deleting the object leaves the file's policy in force.
-    cluster
-        .delete("wx", &DeleteParams::default())
-        .await
-        .expect("delete");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(policies.read(|s| s.get(&id).is_some()));
+    // Once the file no longer defines it, the object's version is applied.
+    policies.update(|store| {
+        let removed = store.remove_source("/etc/mapsentry/wx.yaml");
+        let changed = !removed.is_empty();
+        (removed, changed)
+    });
+    let status = eventually("the object accepted", WAIT, || async {
+        let object = cluster.get("wx").await.ok()?;
+        let status: PolicyStatus =
+            serde_json::from_value(object.data.get("status")?.clone()).ok()?;
+        status.accepted.then_some(status)
+    })
+    .await;
+    assert!(status.errors.is_empty(), "{status:?}");
+    assert_eq!(
+        policies.read(|s| s.source_of(&id).map(str::to_owned)),
+        Some("ClusterMmapPolicy/wx".to_owned())
+    );
     task.abort();
 }
 

@@ -205,3 +205,4 @@ pub fn recursion_misses() -> u64 {
         .filter_map(|p| p["recursion_misses"].as_u64())
         .sum()
 }
+pub mod apiserver;

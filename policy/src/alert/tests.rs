@@ -1,5 +1,5 @@
 use super::*;
-use crate::{MmapArgs, Syscall, evaluate::PodContext};
+use crate::evaluate::PodContext;
 
 const SECOND: u64 = 1_000_000_000;
 const T0: u64 = 1_764_236_101_000_000_000;
@@ -7,29 +7,10 @@ const T0: u64 = 1_764_236_101_000_000_000;
 fn call(at: u64) -> MmapEvent {
     MmapEvent {
         time_ns: at,
-        syscall: Syscall::Mmap,
-        pid: 7,
-        tid: 7,
         ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "app".into(),
         cgroup_id: 1,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot: 6,
-            flags: 0x22,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
         ret: 0x7f00_0000_0000,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
-        attribution: None,
+        ..MmapEvent::anonymous("app", 7, 4096, 6, 0x22)
     }
 }
 

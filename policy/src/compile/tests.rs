@@ -1,7 +1,7 @@
 //! Table tests: one table per match and except field, each row a call and whether the rule matches.
 
 use super::*;
-use crate::{FileInfo, MmapArgs, evaluate::PodContext, load::load_str};
+use crate::{FileInfo, evaluate::PodContext, load::load_str};
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
@@ -17,29 +17,10 @@ const MAP_HUGETLB: u64 = 0x4_0000;
 fn call(prot: u64, flags: u64) -> MmapEvent {
     MmapEvent {
         time_ns: 1,
-        syscall: Syscall::Mmap,
-        pid: 10,
-        tid: 10,
         ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "app".into(),
         cgroup_id: 1,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot,
-            flags,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
         ret: 0x7f00_0000_0000,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
-        attribution: None,
+        ..MmapEvent::anonymous("app", 10, 4096, prot, flags)
     }
 }
 

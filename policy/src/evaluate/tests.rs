@@ -561,29 +561,8 @@ fn set(yaml: &str) -> PolicySet {
 fn wx_call() -> MmapEvent {
     MmapEvent {
         time_ns: 1,
-        syscall: Syscall::Mmap,
-        pid: 1,
-        tid: 1,
-        ppid: 0,
-        uid: 0,
-        gid: 0,
-        comm: "app".into(),
         cgroup_id: 1,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot: 6,
-            flags: 0x22,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
-        ret: 0,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
-        attribution: None,
+        ..MmapEvent::anonymous("app", 1, 4096, 6, 0x22)
     }
 }
 

@@ -14,7 +14,7 @@ fn built(suites: &[&str]) -> Built {
 }
 
 #[test]
-fn every_mode_of_the_kernel_runs_each_capture_suite_then_auto_enforce_and_the_probe_once() {
+fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_the_probe_once() {
     let plan = Plan::for_kernel(
         KERNELS[0],
         &built(&[
@@ -38,12 +38,14 @@ fn every_mode_of_the_kernel_runs_each_capture_suite_then_auto_enforce_and_the_pr
         [
             ("capture", "kprobe"),
             ("concurrency", "kprobe"),
+            ("enforce", "kprobe"),
             ("capture", "fentry"),
             ("concurrency", "fentry"),
+            ("enforce", "fentry"),
             ("capture", "tracepoint"),
             ("concurrency", "tracepoint"),
-            ("capture", "auto"),
             ("enforce", "tracepoint"),
+            ("capture", "auto"),
             ("attach_modes", "probe"),
         ]
     );
@@ -52,24 +54,24 @@ fn every_mode_of_the_kernel_runs_each_capture_suite_then_auto_enforce_and_the_pr
         [("MAPSENTRY_TEST_ATTACH", "kprobe".to_owned())]
     );
     assert_eq!(
-        plan.runs[6].env,
+        plan.runs[9].env,
         [
             ("MAPSENTRY_TEST_ATTACH", "auto".to_owned()),
             ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
         ]
     );
     assert_eq!(
-        plan.runs[7].env,
+        plan.runs[8].env,
         [("MAPSENTRY_TEST_ATTACH", "tracepoint".to_owned())]
     );
     assert_eq!(
-        plan.runs[8].env,
+        plan.runs[10].env,
         [
             ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
             ("MAPSENTRY_TEST_PROBE_REFUSED", "fentry@do_mmap".to_owned())
         ]
     );
-    assert_eq!(plan.runs[8].binary, PathBuf::from("/t/attach_modes"));
+    assert_eq!(plan.runs[10].binary, PathBuf::from("/t/attach_modes"));
 
     let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.suite.as_str()).collect();
     assert_eq!(skipped, ["cli_run", "new_one", "wire_layout"]);
@@ -84,4 +86,19 @@ fn a_missing_suite_is_an_error() {
         error.to_string(),
         "the e2e test suite concurrency was not built"
     );
+}
+
+#[test]
+fn the_bench_plan_runs_only_the_syscall_tax_helper_and_needs_it() {
+    let mut with = built(&["capture"]);
+    with.helpers = vec![
+        PathBuf::from("/t/mmap_call"),
+        PathBuf::from("/t/syscall_tax"),
+    ];
+    let plan = Plan::bench(&with).unwrap();
+    assert_eq!(plan.runs.len(), 1);
+    assert_eq!(plan.runs[0].binary, PathBuf::from("/t/syscall_tax"));
+    assert!(plan.skipped.is_empty());
+    let error = Plan::bench(&built(&["capture"])).unwrap_err();
+    assert_eq!(error.to_string(), "the benchmark syscall_tax was not built");
 }

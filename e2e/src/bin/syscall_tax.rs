@@ -1,0 +1,129 @@
+//! Benchmark (not a test), run inside the kernel-matrix VMs by `cargo xtask vm-bench`: what each
+//! attach mode costs calls it does not report, measured side by side in one boot.
+//!
+//! - `getppid`: an unrelated system call; the tax every process pays while mapsentry is attached.
+//! - `mmap` filtered: mmap+munmap of a 4 KiB anonymous page while the capture reports only
+//!   another process (the hook, the enforcement lookup and the in-kernel report filter run; no
+//!   record is written).
+//!
+//! Rounds rotate the order of the variants (bare, then each mode this kernel attaches). Each
+//! round's figure is divided by the same round's bare figure, so drift of the emulator's speed
+//! between rounds cancels; reported: the median of those ratios and their range. Prints one
+//! `SYSCALL-TAX` line per variant and a Markdown table.
+#![expect(
+    unsafe_code,
+    reason = "raw getppid/mmap/munmap system calls are the workload"
+)]
+
+use std::time::Instant;
+
+use mapsentry_agent::{AttachMode, Capture, CaptureConfig};
+
+const ROUNDS: usize = 11;
+const GETPPID_ITERATIONS: u32 = 300_000;
+const MMAP_ITERATIONS: u32 = 20_000;
+
+fn getppid() {
+    // SAFETY: getppid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_getppid) };
+}
+
+fn mmap_munmap() {
+    // SAFETY: maps one fresh anonymous page and unmaps exactly that page.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED, "mmap failed");
+        libc::munmap(page, 4096);
+    }
+}
+
+/// Mean nanoseconds per call of `work`, after a warm-up of a tenth as many.
+fn per_call(work: fn(), iterations: u32) -> f64 {
+    for _ in 0..iterations / 10 {
+        work();
+    }
+    let start = Instant::now();
+    for _ in 0..iterations {
+        work();
+    }
+    start.elapsed().as_secs_f64() * 1e9 / f64::from(iterations)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let _entered = runtime.enter();
+    let mut variants: Vec<Option<AttachMode>> = vec![None];
+    for mode in [
+        AttachMode::Fentry,
+        AttachMode::Kprobe,
+        AttachMode::Tracepoint,
+    ] {
+        match Capture::start(&config(mode)) {
+            Ok(capture) => {
+                drop(capture);
+                variants.push(Some(mode));
+            }
+            Err(error) => println!("SYSCALL-TAX mode={mode} unavailable: {error}"),
+        }
+    }
+    let mut getppid_ns = vec![Vec::new(); variants.len()];
+    let mut mmap_ns = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let index = (round + k) % variants.len();
+            let capture =
+                variants[index].map(|mode| Capture::start(&config(mode)).expect("attached before"));
+            getppid_ns[index].push(per_call(getppid, GETPPID_ITERATIONS));
+            mmap_ns[index].push(per_call(mmap_munmap, MMAP_ITERATIONS));
+            drop(capture);
+        }
+    }
+    println!(
+        "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns, filtered | mmap ratio (median, range) |\n|---|---:|---:|---:|---:|"
+    );
+    for (i, variant) in variants.iter().enumerate() {
+        let name = variant.map_or_else(|| "bare".to_owned(), |m| m.to_string());
+        let (g_ratio, g_low, g_high) = ratios(&getppid_ns[i], &getppid_ns[0]);
+        let (m_ratio, m_low, m_high) = ratios(&mmap_ns[i], &mmap_ns[0]);
+        let g = median(getppid_ns[i].clone());
+        let m = median(mmap_ns[i].clone());
+        println!(
+            "| {name} | {g:.0} | {g_ratio:.3}x ({g_low:.2}-{g_high:.2}) | {m:.0} | {m_ratio:.3}x ({m_low:.2}-{m_high:.2}) |"
+        );
+        println!(
+            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4}"
+        );
+    }
+}
+
+/// Per-round ratios of `variant` to `bare`: (median, lowest, highest).
+fn ratios(variant: &[f64], bare: &[f64]) -> (f64, f64, f64) {
+    let per_round: Vec<f64> = variant.iter().zip(bare).map(|(v, b)| v / b).collect();
+    let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = per_round.iter().copied().fold(0.0, f64::max);
+    (median(per_round), low, high)
+}
+
+/// Attached in `mode`, reporting only pid 1 (never this process), so nothing is written.
+fn config(mode: AttachMode) -> CaptureConfig {
+    CaptureConfig {
+        attach: mode,
+        pid: Some(1),
+        ..CaptureConfig::default()
+    }
+}
