@@ -503,34 +503,45 @@ pub fn cgroup2_writable() -> bool {
     })
 }
 
-/// `GET path` over plain HTTP/1.1 (the Prometheus endpoints); the body.
+/// `GET path` over plain HTTP/1.1 (the Prometheus and health endpoints): the status code and
+/// the body, or why there is no answer.
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("writing to {addr}: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET http://{addr}{path}: no HTTP answer: {answer:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("GET http://{addr}{path}: no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// `GET path`, which must answer 200; the body.
 ///
 /// # Panics
 /// When the server cannot be reached or does not answer 200.
 #[must_use]
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .unwrap_or_else(|e| panic!("reading from {addr}: {e}"));
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET http://{addr}{path}: no HTTP answer: {answer:?}"));
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET http://{addr}{path}: {head}"
-    );
-    body.to_owned()
+    match try_http_get(addr, path) {
+        Ok((200, body)) => body,
+        Ok((code, body)) => panic!("GET http://{addr}{path}: {code}: {body}"),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 #[cfg(test)]

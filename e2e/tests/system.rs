@@ -36,7 +36,7 @@ use mapsentry_e2e::{
     daemon::{Daemon, Stream},
     kube_harness::{
         ApiServer, ChartTools, ContainerCgroup, Kubectl, KubeletPod, documents_of_kinds, http_get,
-        kinds_of, token_kubeconfig,
+        kinds_of, token_kubeconfig, try_http_get,
     },
 };
 use serde_json::{Value, json};
@@ -496,6 +496,7 @@ fn scenario(plane: &ControlPlane) {
         "agent",
         Command::new(mapsentry_bin())
             .args(["agent", "--collector", &server, "--node", NODE])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--kubeconfig")
             .arg(&plane.agent_kubeconfig)
             .arg("--state-dir")
@@ -521,6 +522,24 @@ fn scenario(plane: &ControlPlane) {
         |l| enforcement(l).is_some_and(|(version, cgroups)| version > 0 && cgroups > 0),
     );
     let (_, enforced_cgroups) = enforcement(&line).unwrap();
+    // Ready: programs attached, ring buffer drained, pod cache synced with the API server.
+    let marker = "agent metrics on http://";
+    let (_, line) = agent.wait_for(
+        "the agent's metrics address",
+        Stream::Stderr,
+        0,
+        STEP,
+        |l| l.contains(marker),
+    );
+    let agent_http: SocketAddr = line[line.find(marker).unwrap() + marker.len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("address in {line:?}: {e}"));
+    eventually("the agent ready", &collector, STEP, || {
+        matches!(try_http_get(agent_http, "/readyz"), Ok((200, _))).then_some(())
+    });
     let ready = started.elapsed();
 
     // Audit: alerted, never stopped.
