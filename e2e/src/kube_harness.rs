@@ -452,33 +452,39 @@ impl KubeletPod {
     }
 }
 
-/// A container's cgroup (and its pod's slice), removed when dropped; the shared kubepods slices
-/// above are left in place (other tests may use them).
+/// A container's cgroup in kubelet's layout under a private top directory of the test
+/// (`<cgroup2 root>/<top>/kubepods.slice/...`; the agent's path parser finds the kubelet part
+/// under any prefix). Dropping it removes the container's cgroup and then every directory up to
+/// `top` that has become empty, so nothing is left once the last one of a test is gone.
 #[derive(Debug)]
 pub struct ContainerCgroup {
     container: Option<TestCgroup>,
-    pod_slice: PathBuf,
+    /// The directories above the container's up to `top`, innermost first.
+    parents: Vec<PathBuf>,
 }
 
 impl ContainerCgroup {
-    /// Create `pod`'s container cgroup in the systemd layout.
+    /// Create `pod`'s container cgroup (systemd layout) under `top`.
     ///
     /// # Panics
     /// When it cannot be created (needs root and cgroup v2).
     #[must_use]
-    pub fn create(pod: &KubeletPod) -> Self {
-        let relative = pod.systemd_cgroup_path();
+    pub fn create(top: &str, pod: &KubeletPod) -> Self {
+        let relative = format!("{top}/{}", pod.systemd_cgroup_path());
         let container = TestCgroup::create(&relative).unwrap_or_else(|e| {
             panic!("creating cgroup {relative} (needs root and cgroup v2): {e}")
         });
-        let pod_slice = container
+        let depth = pod.systemd_cgroup_path().split('/').count();
+        let parents = container
             .path()
-            .parent()
-            .expect("the scope is inside the pod slice")
-            .to_path_buf();
+            .ancestors()
+            .skip(1)
+            .take(depth)
+            .map(Path::to_path_buf)
+            .collect();
         Self {
             container: Some(container),
-            pod_slice,
+            parents,
         }
     }
 
@@ -491,7 +497,11 @@ impl ContainerCgroup {
 impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         drop(self.container.take());
-        let _ = fs::remove_dir(&self.pod_slice);
+        for dir in &self.parents {
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -182,7 +182,8 @@ fn workload(admin: &Kubectl, namespace: &str) -> Workload {
         (CONTAINER, IMAGE),
         &json!({"app": "wx"}),
     );
-    let cgroup = ContainerCgroup::create(&pod);
+    let top = format!("mapsentry-e2e-{}-system", std::process::id());
+    let cgroup = ContainerCgroup::create(&top, &pod);
     Workload { pod, cgroup }
 }
 
