@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod daemon;
+pub mod kube_harness;
 
 /// Address hint a concurrency-test thread passes on its `i`th call: unique per (thread, call),
 /// so a captured record tells which thread and call it belongs to.

@@ -175,7 +175,9 @@ impl Aggregator {
         self.untracked
     }
 
-    /// Count one match of `event` by `ctx`; the alert line to send now, if any.
+    /// Count one match of `event` by `ctx`; the alert line to send now, if any. A match whose
+    /// mode or action differs from the tracked one (the policy was switched) starts the key over:
+    /// reported at once, count 1, this call as the sample.
     pub fn record(
         &mut self,
         matched: &Match<'_>,
@@ -190,6 +192,15 @@ impl Aggregator {
             rule: matched.rule.to_owned(),
         };
         let now = event.time_ns;
+        // A policy switched mode (Audit -> Enforce) or the action changed: what the alert says
+        // is no longer true, so the key starts over with this call, reported at once.
+        let changed = self
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.mode != matched.mode || e.action != matched.action);
+        if changed {
+            self.entries.remove(&key);
+        }
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.count += 1;
             entry.last_seen = entry.last_seen.max(now);

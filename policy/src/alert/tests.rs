@@ -168,6 +168,44 @@ fn beyond_max_keys_matches_are_reported_one_by_one() {
 }
 
 #[test]
+fn a_policy_switched_from_audit_to_enforce_is_reported_at_once_with_the_new_mode() {
+    let (id, _) = ids();
+    let audit = Match {
+        policy: &id,
+        rule: "wx",
+        action: Action::Kill,
+        mode: Mode::Audit,
+    };
+    let enforce = Match {
+        mode: Mode::Enforce,
+        ..audit
+    };
+    let mut aggregator = Aggregator::new(60 * SECOND, 100);
+    assert!(aggregator.record(&audit, &call(T0), &pod("a")).is_some());
+    assert_eq!(
+        aggregator.record(&audit, &call(T0 + SECOND), &pod("a")),
+        None,
+        "within the window"
+    );
+    let mut killed = call(T0 + 2 * SECOND);
+    killed.pid = 8;
+    let switched = aggregator
+        .record(&enforce, &killed, &pod("a"))
+        .expect("a new mode is reported within the window");
+    assert_eq!(switched.mode, Mode::Enforce);
+    assert_eq!(switched.count, 1, "the count starts over");
+    assert_eq!(switched.first_seen, switched.last_seen);
+    let crate::EventLine::Event { event, .. } = &switched.event;
+    assert_eq!(event.pid, 8, "the sample is the call of the new mode");
+    assert_eq!(aggregator.len(), 1, "still one key per (pod, policy, rule)");
+    assert_eq!(
+        aggregator.record(&enforce, &call(T0 + 3 * SECOND), &pod("a")),
+        None,
+        "then aggregated again"
+    );
+}
+
+#[test]
 fn window_zero_reports_every_match() {
     let (id, _) = ids();
     let m = Match {
