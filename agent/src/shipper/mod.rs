@@ -74,9 +74,10 @@ pub struct ShipperConfig {
     pub capabilities: Vec<String>,
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
-    /// A batch is sent at the latest this long after its first event. 20 ms: at 10,000 events/s
-    /// that is batches of ~200 and adds ~10 ms to the median syscall-to-subscriber latency (100
-    /// ms, the first choice, made it 61 ms; BENCHMARKS.md, pipeline).
+    /// A batch is sent at the latest this long after its first event. 10 ms, the ring buffer's
+    /// drain interval: at 10,000 events/s that is batches of ~100 and adds ~5 ms to the median
+    /// syscall-to-subscriber latency (100 ms, the first choice, made the median 61 ms and 20 ms
+    /// made it 26 ms with a p99 of 54 ms; BENCHMARKS.md, pipeline).
     pub batch_max_delay: Duration,
     /// Bytes of events held while the collector is slow or away.
     pub buffer_bytes: usize,
@@ -101,7 +102,7 @@ impl ShipperConfig {
             capabilities: Vec::new(),
             batch_max_events: 1024,
             batch_max_bytes: 1 << 20,
-            batch_max_delay: Duration::from_millis(20),
+            batch_max_delay: Duration::from_millis(10),
             buffer_bytes: 64 << 20,
             backoff: Backoff {
                 min: Duration::from_millis(100),

@@ -5,6 +5,8 @@
 //! - `mmap` filtered: mmap+munmap of a 4 KiB anonymous page while the capture reports only
 //!   another process (the hook, the enforcement lookup and the in-kernel report filter run; no
 //!   record is written).
+//! - each mode again with 8 enforcement rules for every process that never match (`PROT_SEM`,
+//!   at least 1 PiB): the cost of the enforcement lookups alone, nothing else different.
 //!
 //! Rounds rotate the order of the variants (bare, then each mode this kernel attaches). Each
 //! round's figure is divided by the same round's bare figure, so drift of the emulator's speed
@@ -17,7 +19,10 @@
 
 use std::time::Instant;
 
-use mapsentry_agent::{AttachMode, Capture, CaptureConfig};
+use mapsentry_agent::{
+    AttachMode, Capture, CaptureConfig,
+    enforce::{EVERY_PROCESS, KernelAction, KernelRule, MappingKind},
+};
 
 const ROUNDS: usize = 11;
 const GETPPID_ITERATIONS: u32 = 300_000;
@@ -67,7 +72,8 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let _entered = runtime.enter();
-    let mut variants: Vec<Option<AttachMode>> = vec![None];
+    // (mode, with 8 never-matching enforcement rules); None: bare.
+    let mut variants: Vec<Option<(AttachMode, bool)>> = vec![None];
     for mode in [
         AttachMode::Fentry,
         AttachMode::Kprobe,
@@ -76,7 +82,8 @@ fn main() {
         match Capture::start(&config(mode)) {
             Ok(capture) => {
                 drop(capture);
-                variants.push(Some(mode));
+                variants.push(Some((mode, false)));
+                variants.push(Some((mode, true)));
             }
             Err(error) => println!("SYSCALL-TAX mode={mode} unavailable: {error}"),
         }
@@ -86,8 +93,16 @@ fn main() {
     for round in 0..ROUNDS {
         for k in 0..variants.len() {
             let index = (round + k) % variants.len();
-            let capture =
-                variants[index].map(|mode| Capture::start(&config(mode)).expect("attached before"));
+            let capture = variants[index].map(|(mode, rules)| {
+                let mut capture = Capture::start(&config(mode)).expect("attached before");
+                if rules {
+                    capture
+                        .rules()
+                        .set(EVERY_PROCESS, 1, &never_matching_rules())
+                        .expect("writing the rules");
+                }
+                capture
+            });
             getppid_ns[index].push(per_call(getppid, GETPPID_ITERATIONS));
             mmap_ns[index].push(per_call(mmap_munmap, MMAP_ITERATIONS));
             drop(capture);
@@ -97,7 +112,11 @@ fn main() {
         "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns, filtered | mmap ratio (median, range) |\n|---|---:|---:|---:|---:|"
     );
     for (i, variant) in variants.iter().enumerate() {
-        let name = variant.map_or_else(|| "bare".to_owned(), |m| m.to_string());
+        let name = match variant {
+            None => "bare".to_owned(),
+            Some((mode, false)) => mode.to_string(),
+            Some((mode, true)) => format!("{mode}+8rules"),
+        };
         let (g_ratio, g_low, g_high) = ratios(&getppid_ns[i], &getppid_ns[0]);
         let (m_ratio, m_low, m_high) = ratios(&mmap_ns[i], &mmap_ns[0]);
         let g = median(getppid_ns[i].clone());
@@ -117,6 +136,23 @@ fn ratios(variant: &[f64], bare: &[f64]) -> (f64, f64, f64) {
     let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
     let high = per_round.iter().copied().fold(0.0, f64::max);
     (median(per_round), low, high)
+}
+
+/// Eight Kill rules no call can match: `PROT_SEM` required, at least 1 PiB long.
+fn never_matching_rules() -> Vec<KernelRule> {
+    (1..=8)
+        .map(|rule_id| KernelRule {
+            rule_id,
+            action: KernelAction::Kill,
+            prot_all: 0x8,
+            prot_any: 0,
+            flags_all: 0,
+            flags_any: 0,
+            min_length: 1 << 50,
+            syscalls: Vec::new(),
+            mapping: MappingKind::Any,
+        })
+        .collect()
 }
 
 /// Attached in `mode`, reporting only pid 1 (never this process), so nothing is written.
