@@ -79,6 +79,11 @@ impl PolicyArgs {
     ) -> anyhow::Result<Alerting> {
         let health = Health::not_ready("the initial policy load is not done");
         let shared = SharedPolicies::new();
+        if kubernetes.is_some() {
+            // Agents get no set before the objects are listed: one without their Enforce
+            // policies would withdraw those rules on every node after a collector restart.
+            shared.hold_publishing(policy_crds::SOURCES);
+        }
         let (files, scan) = PolicyFiles::open_into(self.policies.clone(), shared.clone())?;
         let ids = shared.read(PolicyStore::ids);
         if !self.policies.is_empty() {
@@ -114,15 +119,24 @@ impl PolicyArgs {
                     Arc::clone(&counters),
                     plan.events,
                 )?;
-                let crds = policy_crds::start(plan.client, shared);
+                let crds = policy_crds::start(plan.client, shared.clone());
                 eprintln!(
                     "mapsentry: watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
                 );
                 Some((crds, events))
             }
         };
-        // The policy store is synced: every file read once, the reloads running.
-        health.set_ready();
+        // Ready once the policy store is synced: every file read once (the reloads running)
+        // and, in a cluster, both kinds of policy objects listed.
+        if kubernetes.is_some() {
+            let health = health.clone();
+            tokio::spawn(async move {
+                shared.synced().await;
+                health.set_ready();
+            });
+        } else {
+            health.set_ready();
+        }
         let listener = match metrics_listen {
             None => None,
             Some((addr, required)) => match TcpListener::bind(addr).await {

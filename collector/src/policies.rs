@@ -3,6 +3,11 @@
 //! `KIND/NAMESPACE/NAME`, [`crate::policy_crds`]). After every change the policies in force go to
 //! the evaluation (a `watch` of the [`PolicySet`]) and their enforce-mode part to the agents
 //! (the [`PolicyPublisher`], when set).
+//!
+//! Sources that load asynchronously (the policy objects, listed from the API server) hold the
+//! agents' sets back until their first load is complete ([`SharedPolicies::hold_publishing`]):
+//! a set published before it would lack their Enforce policies, and every agent would withdraw
+//! those rules until the list arrived (after each collector restart).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -21,6 +26,8 @@ pub struct SharedPolicies {
 struct Inner {
     state: Mutex<State>,
     tx: watch::Sender<Option<Arc<PolicySet>>>,
+    /// Sources whose first load is not complete yet.
+    unsynced: watch::Sender<usize>,
 }
 
 #[derive(Debug)]
@@ -48,6 +55,7 @@ impl SharedPolicies {
                     publisher: None,
                 }),
                 tx: watch::Sender::new(set),
+                unsynced: watch::Sender::new(0),
             }),
         }
     }
@@ -81,7 +89,35 @@ impl SharedPolicies {
     pub fn set_publisher(&self, publisher: PolicyPublisher) {
         let mut state = self.lock();
         state.publisher = Some(publisher);
-        publish_to_agents(&mut state);
+        publish_to_agents(&mut state, *self.inner.unsynced.borrow());
+    }
+
+    /// Publish nothing to agents until [`Self::source_synced`] was called `sources` times (once
+    /// per source that loads asynchronously); then the policies in force at that moment.
+    pub fn hold_publishing(&self, sources: usize) {
+        self.inner.unsynced.send_modify(|n| *n += sources);
+    }
+
+    /// One held source completed its first load; the last one releases the agents' set.
+    pub fn source_synced(&self) {
+        let mut state = self.lock();
+        let mut released = false;
+        self.inner.unsynced.send_modify(|n| {
+            if *n > 0 {
+                *n -= 1;
+                released = *n == 0;
+            }
+        });
+        if released {
+            publish_to_agents(&mut state, 0);
+        }
+    }
+
+    /// Resolves once every held source has completed its first load.
+    pub async fn synced(&self) {
+        let mut unsynced = self.inner.unsynced.subscribe();
+        // The sender lives as long as `self`, so this only ends when the count is 0.
+        let _ = unsynced.wait_for(|n| *n == 0).await;
     }
 
     /// The policies in force, for the evaluation (None: none).
@@ -106,7 +142,7 @@ impl SharedPolicies {
     }
 
     fn publish(&self, state: &mut State) {
-        publish_to_agents(state);
+        publish_to_agents(state, *self.inner.unsynced.borrow());
         match state.store.policy_set() {
             Ok(set) => {
                 self.inner.tx.send_replace(Some(Arc::new(set)));
@@ -116,7 +152,15 @@ impl SharedPolicies {
     }
 }
 
-fn publish_to_agents(state: &mut State) {
+/// Publish unless `unsynced` sources still hold the agents' set back.
+fn publish_to_agents(state: &mut State, unsynced: usize) {
+    if unsynced > 0 {
+        tracing::debug!(
+            unsynced,
+            "the agents' policy set waits for the first load of every source"
+        );
+        return;
+    }
     if let Some(publisher) = &mut state.publisher {
         let policies: Vec<Policy> = state.store.policies().cloned().collect();
         if let Err(error) = publisher.publish(&policies) {
@@ -124,3 +168,6 @@ fn publish_to_agents(state: &mut State) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

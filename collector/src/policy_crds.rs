@@ -101,6 +101,11 @@ pub struct CrdStats {
     pub watch_errors: u64,
 }
 
+/// The sources this watcher reports synced to the store ([`SharedPolicies::source_synced`]):
+/// one per kind, at the end of its first list. Call [`SharedPolicies::hold_publishing`] with it
+/// before the publisher is set, so agents get no set that lacks the objects.
+pub const SOURCES: usize = 2;
+
 /// Watch both kinds with `client` into `policies`, until every follower of the policies is
 /// gone. The task holds the last good policies through API outages.
 #[must_use]
@@ -121,6 +126,7 @@ pub fn start_with_stats(
         policies,
         seen: BTreeMap::new(),
         listing: BTreeMap::new(),
+        synced: BTreeSet::new(),
         stats,
     };
     tokio::spawn(async move { watcher.run().await }.instrument(tracing::info_span!("policy_crds")))
@@ -132,6 +138,8 @@ struct CrdWatcher {
     seen: BTreeMap<Key, Seen>,
     /// The objects seen during a (re)list in progress, per kind.
     listing: BTreeMap<Kind, BTreeSet<PolicyId>>,
+    /// Kinds whose first list is complete (each reported once to the store).
+    synced: BTreeSet<Kind>,
     stats: tokio::sync::watch::Sender<CrdStats>,
 }
 
@@ -188,6 +196,9 @@ impl CrdWatcher {
                     .collect();
                 for id in gone {
                     self.remove(kind, &id);
+                }
+                if self.synced.insert(kind) {
+                    self.policies.source_synced();
                 }
                 self.stats.send_modify(|s| s.lists += 1);
             }

@@ -173,11 +173,9 @@ fn huge_wx_call() -> String {
     json!({"calls": [{"length": 3u64 << 30, "prot": 7, "flags": 0x4022, "fd": "anon"}]}).to_string()
 }
 
-/// The enforce-mode set the agent finds in its state directory: Kill that call in every host
-/// cgroup.
-fn persist_kill_set(state: &std::path::Path) {
-    use mapsentry_agent::enforce::policies::Enforcer;
-    let policy = json!({
+/// Kill that call in every host cgroup.
+fn kill_policy() -> Value {
+    json!({
         "apiVersion": "mapsentry.dev/v1alpha1", "kind": "ClusterMmapPolicy",
         "metadata": {"name": "fault-huge-wx"},
         "spec": {
@@ -188,10 +186,15 @@ fn persist_kill_set(state: &std::path::Path) {
                 "protAll": ["PROT_WRITE", "PROT_EXEC"], "flagsAll": ["MAP_NORESERVE"],
                 "mapping": "Anonymous", "minLength": "3Gi"}}],
         },
-    });
+    })
+}
+
+/// The enforce-mode set the agent finds in its state directory: [`kill_policy`].
+fn persist_kill_set(state: &std::path::Path) {
+    use mapsentry_agent::enforce::policies::Enforcer;
     let mut enforcer = Enforcer::new(Some(state.to_owned()), None);
     enforcer
-        .set_policies(1, vec![policy.to_string()])
+        .set_policies(1, vec![kill_policy().to_string()])
         .expect("the test policy is valid");
     let taken = enforcer.stats();
     assert_eq!(
@@ -222,7 +225,11 @@ fn an_agent_killed_and_restarted_enforces_its_persisted_set_first_and_the_gap_is
         .expect("creating a cgroup (needs root and cgroup v2)");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let server = collector(port, &[]);
+    // The collector holds the same policy, as in a deployment: it pushes it to every agent that
+    // connects (an empty set from a collector without it would rightly withdraw the rule).
+    let policy = dir.join("fault-huge-wx.json");
+    std::fs::write(&policy, kill_policy().to_string()).expect("writing the policy file");
+    let server = collector(port, &["--policy", policy.to_str().expect("UTF-8 path")]);
     let subscriber = tail(&url, &[]);
     let spec = json!({"threads": 1, "per_thread": PER_THREAD, "pace_us": 2000});
     let helper = Helper::spawn(mmap_call(), &[&spec.to_string()]);
@@ -239,8 +246,8 @@ fn an_agent_killed_and_restarted_enforces_its_persisted_set_first_and_the_gap_is
     thread::sleep(Duration::from_millis(300));
     let (second, second_boot) = agent(&url, "gap-node", &state, &["--pid", &pid_arg]);
     let started_ms = killed_at.elapsed().as_millis();
-    // Right after the restart, before anything reached this agent from the collector (which
-    // has no policies and pushes nothing): the persisted set is in the kernel.
+    // Right after the restart: the persisted set is in the kernel (applied before the agent
+    // starts reading or connects; the log order below shows it), whatever the collector sends.
     let (killed, second_victim, victim_ms) = victim_in(&cgroup, killed_at);
     assert!(
         killed,
