@@ -4,14 +4,12 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    thread,
     time::{Duration, Instant},
 };
 
-use common::{Helper, mapsentry_bin, mmap_call};
+use common::{Helper, forward_lines, mapsentry_bin, mmap_call};
 use serde_json::{Value, json};
 
 /// `mapsentry run` with its stdout and stderr lines arriving on channels.
@@ -19,18 +17,6 @@ struct Run {
     child: Child,
     lines: mpsc::Receiver<String>,
     errors: mpsc::Receiver<String>,
-}
-
-fn forward_lines(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::sync_channel(100_000);
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Lines from `rx` until one satisfies `done` (returned last); panics after 20 s.

@@ -8,7 +8,6 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read},
     os::unix::process::ExitStatusExt as _,
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -16,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Helper, mapsentry_bin, mmap_call};
+use common::{Helper, forward_lines, mapsentry_bin, mmap_call};
 use serde_json::{Value, json};
 
 const POLICY: &str = "apiVersion: mapsentry.dev/v1alpha1
@@ -36,18 +35,6 @@ spec:
 
 /// `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`.
 const PRIVATE_ANON_NORESERVE: u64 = 0x02 | 0x20 | 0x4000;
-
-fn lines_of(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::sync_channel(100_000);
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 /// The first line of `rx` that satisfies `wanted`, within 20 s.
 fn wait_for(rx: &mpsc::Receiver<String>, what: &str, wanted: impl Fn(&str) -> bool) -> String {
@@ -116,8 +103,8 @@ fn run_enforces_a_host_kill_policy_from_its_file_and_follows_a_switch_to_audit()
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting mapsentry run");
-    let lines = lines_of(child.stdout.take().expect("stdout"));
-    let errors = lines_of(child.stderr.take().expect("stderr"));
+    let lines = forward_lines(child.stdout.take().expect("stdout"));
+    let errors = forward_lines(child.stderr.take().expect("stderr"));
     let enforcing = wait_for(&errors, "the enforcement line", |l| {
         l.contains("mapsentry: enforcing")
     });

@@ -1,8 +1,9 @@
 //! A real kube-apiserver (e2e/kube/*.sh) with pods written as a kubelet would, cgroup
 //! directories shaped like the kubelet's, and the `mapsentry` binaries run as a user runs them.
 
+use super::forward_lines;
 use std::{
-    io::{BufRead as _, BufReader, Read, Write as _},
+    io::{Read, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -257,18 +258,6 @@ pub struct Running {
     pub stderr: mpsc::Receiver<String>,
     /// Every stderr line read so far (for failure messages).
     pub log: Vec<String>,
-}
-
-fn forward_lines(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::sync_channel(1_000_000);
-    thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 impl Running {

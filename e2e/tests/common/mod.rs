@@ -206,3 +206,19 @@ pub fn recursion_misses() -> u64 {
         .sum()
 }
 pub mod apiserver;
+
+/// The lines `from` produces (a child's stdout or stderr), arriving on a channel as a reader
+/// thread reads them; the channel ends at EOF.
+pub fn forward_lines(
+    from: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1_000_000);
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
