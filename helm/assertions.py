@@ -196,11 +196,15 @@ def scenario_checks(c, ds, dep, svc):
     kinds = {d["kind"] for d in c.docs}
     tls_flags = {"--tls-cert", "--tls-key", "--client-ca", "--ca", "--cert", "--key", "--tokens", "--token-file"}
     used = {a.split("=", 1)[0] for a in agent["args"] + collector["args"]}
+    serves_tls = arg_value(collector["args"], "--tls-cert") is not None
+    c.check(("--plaintext" in collector["args"]) != serves_tls,
+            f"{c.scenario}: the collector serves TLS, or says --plaintext explicitly (not both)")
     if c.scenario in ("default", "custom"):
         c.check(not kinds & {"ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"},
                 f"{c.scenario}: no ServiceMonitor, NetworkPolicy or PDB")
         c.check(not used & tls_flags, f"{c.scenario}: no TLS flags: {used & tls_flags}")
         c.check(arg_value(agent["args"], "--collector").startswith("http://"), "plaintext URL without TLS")
+        c.check("--plaintext" in collector["args"], f"{c.scenario}: the collector is told --plaintext")
         c.check(collector["livenessProbe"].get("grpc") == {"port": 50051},
                 "collector liveness: gRPC health of the server")
         c.check(collector["readinessProbe"].get("grpc") == {"port": 50051, "service": "mapsentry.v1.AgentService"},

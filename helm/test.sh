@@ -174,10 +174,14 @@ notes >"$work/notes.txt" 2>&1
 expect_notes "NOTES.txt: port-forward and mapsentry tail" \
   "kubectl -n mapsentry port-forward service/mapsentry-collector 50051:50051" \
   "mapsentry tail --server http://localhost:50051 --kind alerts" \
-  "kubectl apply -f examples/policies/write-execute.yaml" --
+  "kubectl apply -f examples/policies/write-execute.yaml" \
+  "WARNING: tls.enabled is false, so the collector runs with --plaintext" --
 notes -f "$CHART/ci/tls-values.yaml" >"$work/notes.txt" 2>&1
 expect_notes "NOTES.txt with mutual TLS: https and client certificates" \
   "mapsentry tail --server https://localhost:50051" "--ca ca.crt --cert client.crt --key client.key" --
+if grep -qF -- "--plaintext" "$work/notes.txt"; then
+  fail "NOTES.txt with TLS: no plaintext warning" "$work/notes.txt"
+else pass "NOTES.txt with TLS: no plaintext warning"; fi
 notes -f "$CHART/ci/tokens-values.yaml" >"$work/notes.txt" 2>&1
 expect_notes "NOTES.txt with tokens: a token file and its namespaces" \
   "--ca ca.crt --token-file token" "a line of Secret mapsentry-tokens" --

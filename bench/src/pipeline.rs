@@ -204,7 +204,7 @@ fn latency(bin_dir: &Path, args: &Args) -> anyhow::Result<Latency> {
     let (collector, _) = Process::start(
         "the collector",
         Command::new(&mapsentry)
-            .arg("collector")
+            .args(["collector", "--plaintext"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .arg("--policy")

@@ -71,8 +71,8 @@ impl KubernetesArgs {
     }
 }
 
-/// TLS and authentication of a collector. Without --tls-cert the collector serves plaintext and
-/// says so in its log.
+/// TLS and authentication of a collector. It serves TLS (--tls-cert/--tls-key) unless
+/// --plaintext asks for unencrypted gRPC, which it then warns about in its log.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SecurityArgs {
     /// PEM certificate chain to serve TLS with (with --tls-key). Reloaded when the file changes.
@@ -90,6 +90,11 @@ pub struct SecurityArgs {
     /// token and see only its namespaces.
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
+    /// Serve unencrypted gRPC: events, policies and tokens travel in the clear and clients are
+    /// not verified (logged as a warning). Without TLS files the collector refuses to start
+    /// unless this is given.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    plaintext: bool,
 }
 
 impl SecurityArgs {
@@ -103,9 +108,13 @@ impl SecurityArgs {
             };
             tls.load()?;
             server.tls = Some(tls);
-        } else {
+        } else if self.plaintext {
             tracing::warn!(
-                "serving PLAINTEXT: no --tls-cert/--tls-key, so events, policies and tokens travel unencrypted and clients are not verified"
+                "serving PLAINTEXT (--plaintext): events, policies and tokens travel unencrypted and clients are not verified"
+            );
+        } else {
+            anyhow::bail!(
+                "no --tls-cert/--tls-key: the collector serves TLS; pass --plaintext to serve unencrypted gRPC knowingly"
             );
         }
         server.auth.client_certs = self.client_ca.is_some();
@@ -190,6 +199,8 @@ impl CollectorLimits {
 
 pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     let shutdown = signals::requested()?;
+    let mut server = args.limits.server();
+    args.security.apply(&mut server)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
@@ -197,8 +208,6 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
         "mapsentry: collector serving on {}",
         listener.local_addr().context("reading the bound address")?
     );
-    let mut server = args.limits.server();
-    args.security.apply(&mut server)?;
     let hub = args.limits.open_hub()?;
     let metrics_listen = match args.metrics_listen {
         Some(addr) => (addr, true),

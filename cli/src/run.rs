@@ -53,8 +53,9 @@ pub struct RunArgs {
     /// filtered in the kernel).
     #[arg(long = "prot-any", value_name = "PROT,...")]
     prot_any: Vec<String>,
-    /// Serve the observer API (for `mapsentry tail`) here [default: 127.0.0.1:50051, or a free
-    /// port on 127.0.0.1 when that one is taken].
+    /// Serve the observer API (for `mapsentry tail`) here, in plaintext, so on a loopback
+    /// address only [default: 127.0.0.1:50051, or a free port on 127.0.0.1 when that one is
+    /// taken]. For a network, run `mapsentry collector` with TLS and ship to it with `agent`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Attribute pod processes with this node's pods from this kubeconfig (without it, `run`
@@ -248,6 +249,11 @@ fn print_alerts(hub: &Arc<Hub>, format: Format) -> anyhow::Result<tokio::task::J
 /// The observer listener: `--listen` as given, else the default port, else any free port.
 async fn bind(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
     if let Some(addr) = listen {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "--listen {addr}: `run` serves plaintext gRPC, so only on a loopback address; for a \
+             network, run `mapsentry collector` with --tls-cert/--tls-key and `mapsentry agent`"
+        );
         return TcpListener::bind(addr)
             .await
             .with_context(|| format!("--listen {addr}: cannot bind"));

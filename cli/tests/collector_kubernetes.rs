@@ -206,6 +206,7 @@ async fn the_collector_binary_takes_policies_from_the_api_and_posts_events_on_po
     let mut collector = tokio::process::Command::new(BIN)
         .args([
             "collector",
+            "--plaintext",
             "--listen",
             &listen,
             "--metrics-listen",

@@ -311,7 +311,13 @@ async fn collector_restarted_while_events_flow_a_resuming_subscriber_gets_each_e
 /// `mapsentry collector` as its own process, so that it can be killed.
 async fn spawn_collector_process(addr: SocketAddr, dir: &std::path::Path) -> tokio::process::Child {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mapsentry"))
-        .args(["collector", "--listen", &addr.to_string(), "--data-dir"])
+        .args([
+            "collector",
+            "--plaintext",
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+        ])
         .arg(dir)
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

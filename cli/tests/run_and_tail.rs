@@ -136,7 +136,7 @@ async fn tail_refuses_a_cursor_outside_retention_with_a_clear_error() {
     let addr = collector.local_addr().unwrap();
     drop(collector);
     let mut server = Command::new(BIN)
-        .args(["collector", "--listen", &addr.to_string()])
+        .args(["collector", "--plaintext", "--listen", &addr.to_string()])
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -193,7 +193,7 @@ async fn agent_ships_to_a_collector_process_and_tail_stats_show_the_node() {
         .unwrap();
     let server = format!("http://{addr}");
     let mut collector = Command::new(BIN)
-        .args(["collector", "--listen", &addr.to_string()])
+        .args(["collector", "--plaintext", "--listen", &addr.to_string()])
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -93,6 +93,7 @@ fn pod_processes_are_attributed_through_agent_collector_and_tail() {
 
     let mut collector = Running::start(&[
         "collector",
+        "--plaintext",
         "--listen",
         "127.0.0.1:0",
         "--metrics-listen",

@@ -64,6 +64,7 @@ fn a_zero_subscriber_limit_is_a_clear_error() {
     let output = Command::new(mapsentry_bin())
         .args([
             "collector",
+            "--plaintext",
             "--listen",
             "127.0.0.1:0",
             "--max-subscribers",

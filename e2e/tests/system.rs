@@ -229,6 +229,7 @@ fn start_collector(kubeconfig: &Path) -> (Daemon, SocketAddr, SocketAddr) {
         Command::new(mapsentry_bin())
             .args([
                 "collector",
+                "--plaintext",
                 "--listen",
                 "127.0.0.1:0",
                 "--metrics-listen",

@@ -261,10 +261,10 @@ impl Drop for TempDir {
     }
 }
 
-/// `mapsentry collector` on 127.0.0.1:`port`, ready to serve.
+/// `mapsentry collector` on 127.0.0.1:`port` (plaintext loopback), ready to serve.
 pub fn collector(port: u16, extra: &[&str]) -> Proc {
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["collector", "--listen", &listen];
+    let mut args = vec!["collector", "--plaintext", "--listen", &listen];
     if !extra.contains(&"--metrics-listen") {
         args.extend(["--metrics-listen", "127.0.0.1:0"]);
     }
