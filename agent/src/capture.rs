@@ -121,6 +121,9 @@ impl Capture {
             .override_global("filter_prot_any", &config.prot_any, true)
             .override_global("wakeup_bytes", &config.wakeup_bytes, true)
             .map_max_entries("events", bytes)
+            // `pending` is task storage, which aya creates but has no typed handle for: the
+            // agent never touches it, only the programs do.
+            .allow_unsupported_maps()
             .load(mapsentry_ebpf::CAPTURE)
             .map_err(|e| Error::Load {
                 reason: probe::chain(&e),

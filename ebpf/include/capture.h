@@ -31,6 +31,29 @@
 #define MS_NAME_MAX 255  /* longest dentry name */
 #define MS_PATH_COMPONENTS 32
 
+/*
+ * Field reads. Where the program holds BTF-typed pointers the verifier tracks (tp_btf and fentry
+ * programs: `btf` true), a field is one plain load, which the verifier turns into a fault-safe
+ * PROBE_MEM load. Elsewhere (raw_tp, kprobe) it goes through bpf_probe_read_kernel, a helper
+ * call: profiling (bpf_stats) showed eight such calls made an mmap entry cost ~700 ns here.
+ * `btf` is a constant at every call site, so clang keeps only one of the two branches.
+ */
+#define MS_READ(btf, src, field) ((btf) ? (src)->field : BPF_CORE_READ(src, field))
+
+/* The current task: a BTF pointer where `btf`, else a plain one for BPF_CORE_READ. */
+static __always_inline struct task_struct *ms_current_task(bool btf)
+{
+	return btf ? bpf_get_current_task_btf() : (struct task_struct *)bpf_get_current_task();
+}
+
+/* Whether the current task is in an ia32 system call. */
+static __always_inline bool ms_in_compat(bool btf)
+{
+	struct task_struct *task = ms_current_task(btf);
+
+	return MS_READ(btf, task, thread_info.status) & TS_COMPAT;
+}
+
 static __always_inline void ms_count(__u32 counter)
 {
 	__u64 *value = bpf_map_lookup_elem(&counters, &counter);
@@ -52,12 +75,9 @@ static __always_inline bool ms_is_mmap_nr(long nr)
 
 /* Which mapping call `nr` is for the current task, or 0. Numbers mean different calls in the
  * native and the ia32 tables (ia32 9 is link, x86_64 192 is lgetxattr), hence TS_COMPAT. */
-static __always_inline __u16 ms_syscall_of(long nr)
+static __always_inline __u16 ms_syscall_of(long nr, bool btf)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	bool compat = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
-
-	if (!compat) {
+	if (!ms_in_compat(btf)) {
 		if (nr == X86_64_NR_MMAP)
 			return MS_SYSCALL_MMAP;
 		if (nr == X86_64_NR_MPROTECT || nr == X86_64_NR_PKEY_MPROTECT)
@@ -96,39 +116,39 @@ static __always_inline __u16 ms_vma_prot(__u64 addr)
 
 /* Read the six arguments as the caller passed them, from its user registers. Each register is
  * read on its own: clang 14 otherwise emits ctx accesses the verifier refuses. */
-static __always_inline void ms_read_args(struct pt_regs *regs, struct ms_pending *p)
+static __always_inline void ms_read_args(struct pt_regs *regs, struct ms_pending *p, bool btf)
 {
 	if (p->syscall == MS_SYSCALL_MMAP) {
 		/* x86_64 syscall ABI: rdi, rsi, rdx, r10, r8, r9 */
-		p->args[0] = BPF_CORE_READ(regs, di);
-		p->args[1] = BPF_CORE_READ(regs, si);
-		p->args[2] = BPF_CORE_READ(regs, dx);
-		p->args[3] = BPF_CORE_READ(regs, r10);
-		p->args[4] = BPF_CORE_READ(regs, r8);
-		p->args[5] = BPF_CORE_READ(regs, r9);
+		p->args[0] = MS_READ(btf, regs, di);
+		p->args[1] = MS_READ(btf, regs, si);
+		p->args[2] = MS_READ(btf, regs, dx);
+		p->args[3] = MS_READ(btf, regs, r10);
+		p->args[4] = MS_READ(btf, regs, r8);
+		p->args[5] = MS_READ(btf, regs, r9);
 	} else if (p->syscall == MS_SYSCALL_MPROTECT) {
 		/* mprotect(start, len, prot): the remaining "arguments" read as no flags, no file */
-		bool compat = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), thread_info.status) & TS_COMPAT;
+		bool compat = ms_in_compat(btf);
 
-		p->args[0] = compat ? (__u32)BPF_CORE_READ(regs, bx) : BPF_CORE_READ(regs, di);
-		p->args[1] = compat ? (__u32)BPF_CORE_READ(regs, cx) : BPF_CORE_READ(regs, si);
-		p->args[2] = compat ? (__u32)BPF_CORE_READ(regs, dx) : BPF_CORE_READ(regs, dx);
+		p->args[0] = compat ? (__u32)MS_READ(btf, regs, bx) : MS_READ(btf, regs, di);
+		p->args[1] = compat ? (__u32)MS_READ(btf, regs, cx) : MS_READ(btf, regs, si);
+		p->args[2] = compat ? (__u32)MS_READ(btf, regs, dx) : MS_READ(btf, regs, dx);
 		p->args[3] = 0;
 		p->args[4] = (__u64)-1;
 		p->args[5] = 0;
 		p->prev_prot = ms_vma_prot(p->args[0]);
 	} else if (p->syscall == MS_SYSCALL_MMAP2) {
 		/* i386 ABI: ebx, ecx, edx, esi, edi, ebp; 32-bit values */
-		p->args[0] = (__u32)BPF_CORE_READ(regs, bx);
-		p->args[1] = (__u32)BPF_CORE_READ(regs, cx);
-		p->args[2] = (__u32)BPF_CORE_READ(regs, dx);
-		p->args[3] = (__u32)BPF_CORE_READ(regs, si);
-		p->args[4] = (__u32)BPF_CORE_READ(regs, di);
-		p->args[5] = (__u32)BPF_CORE_READ(regs, bp);
+		p->args[0] = (__u32)MS_READ(btf, regs, bx);
+		p->args[1] = (__u32)MS_READ(btf, regs, cx);
+		p->args[2] = (__u32)MS_READ(btf, regs, dx);
+		p->args[3] = (__u32)MS_READ(btf, regs, si);
+		p->args[4] = (__u32)MS_READ(btf, regs, di);
+		p->args[5] = (__u32)MS_READ(btf, regs, bp);
 	} else {
 		/* old_mmap: ebx points to struct mmap_arg_struct, six 32-bit fields */
 		__u32 user_args[6] = {};
-		__u32 ptr = (__u32)BPF_CORE_READ(regs, bx);
+		__u32 ptr = (__u32)MS_READ(btf, regs, bx);
 
 		if (bpf_probe_read_user(user_args, sizeof(user_args), (void *)(unsigned long)ptr)) {
 			p->args_unreadable = 1;
@@ -151,23 +171,25 @@ static __always_inline bool ms_report_filtered(__u64 pid_tgid, const struct ms_p
 	return filter_prot_any && !(p->args[2] & filter_prot_any);
 }
 
-/* Syscall entry, any mode: `regs` are the caller's saved user registers, `nr` its call number. */
-static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
+/* Syscall entry, any mode: `regs` are the caller's saved user registers, `nr` its call number;
+ * `btf`: see MS_READ. */
+static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf)
 {
 	struct ms_pending p = {};
+	struct ms_pending *parked;
 	__u64 pid_tgid;
-	__u32 tid;
 
 	if (!ms_is_mmap_nr(nr))
 		return 0;
-	p.syscall = ms_syscall_of(nr);
+	p.syscall = ms_syscall_of(nr, btf);
 	if (!p.syscall)
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
 	if ((__u32)(pid_tgid >> 32) == self_tgid)
 		return 0;
 	p.ts_boot_ns = bpf_ktime_get_boot_ns();
-	ms_read_args(regs, &p);
+	p.cgroup_id = bpf_get_current_cgroup_id();
+	ms_read_args(regs, &p, btf);
 	/* Enforcement first, for every process; an enforced call is always reported. */
 	if (!ms_enforce(&p) && ms_report_filtered(pid_tgid, &p)) {
 		ms_count(MS_COUNTER_FILTERED);
@@ -176,13 +198,20 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr)
 	/* Counted after the filters: for the calls it reports, a capture's `seen` then equals
 	 * records delivered + dropped exactly, however busy other processes are. */
 	ms_count(MS_COUNTER_SEEN);
-	tid = (__u32)pid_tgid;
+	parked = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0,
+				      BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!parked) {
+		/* No memory for the thread's slot, or the storage is busy on this CPU (a program
+		 * nested in another storage operation): the record is lost, and counted. */
+		ms_count(MS_COUNTER_DROPPED);
+		return 0;
+	}
 	/* This thread's previous call is still parked: its exit program never ran, so its record
 	 * is lost. Count it. It happens in kprobe mode: a kretprobe has max(10, 2 * CPUs)
 	 * instances, and threads waiting on the mmap lock inside the hooked function hold them. */
-	if (bpf_map_lookup_elem(&pending, &tid))
+	if (parked->syscall)
 		ms_count(MS_COUNTER_DROPPED);
-	bpf_map_update_elem(&pending, &tid, &p, BPF_ANY);
+	*parked = p;
 	return 0;
 }
 
@@ -318,29 +347,30 @@ static __always_inline void ms_give_scratch(struct ms_scratch *s)
 	__sync_lock_test_and_set(&s->busy, 0);
 }
 
-/* Syscall exit, any mode: join the parked arguments with `ret` and emit one record. */
-static __always_inline int ms_on_exit(long ret)
+/* Syscall exit, any mode: join the parked arguments with `ret` and emit one record; `btf`: see
+ * MS_READ. */
+static __always_inline int ms_on_exit(long ret, bool btf)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid;
 	struct task_struct *task;
 	struct ms_pending *p;
 	struct ms_scratch *s;
 	struct ms_event *e;
+	__u64 pid_tgid;
 	__u32 size;
 
-	p = bpf_map_lookup_elem(&pending, &tid);
-	if (!p)
+	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
+	if (!p || !p->syscall)
 		return 0;
 	s = ms_take_scratch();
 	if (!s) {
 		/* Every slot of this CPU is mid-record (nested preemption): the record is lost. */
-		bpf_map_delete_elem(&pending, &tid);
+		p->syscall = 0;
 		ms_count(MS_COUNTER_DROPPED);
 		return 0;
 	}
 	e = &s->event;
 	e->ts_boot_ns = p->ts_boot_ns;
+	e->cgroup_id = p->cgroup_id;
 	e->syscall = p->syscall;
 	e->file_flags = p->args_unreadable ? MS_ARGS_UNREADABLE : 0;
 	e->action = p->action;
@@ -358,17 +388,18 @@ static __always_inline int ms_on_exit(long ret)
 		e->offset = p->args[5];
 		e->pgoffset = p->args[5] >> MS_PAGE_SHIFT;
 	}
-	bpf_map_delete_elem(&pending, &tid);
+	p->syscall = 0; /* the slot is free again */
 
-	task = (struct task_struct *)bpf_get_current_task();
+	pid_tgid = bpf_get_current_pid_tgid();
+	task = ms_current_task(btf);
 	e->ret = ret;
 	e->pid = pid_tgid >> 32;
-	e->tid = tid;
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->tid = (__u32)pid_tgid;
+	task = MS_READ(btf, task, real_parent);
+	e->ppid = MS_READ(btf, task, tgid);
 	__u64 uid_gid = bpf_get_current_uid_gid();
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
-	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->inode = 0;
 	e->dev = 0;

@@ -89,19 +89,18 @@ static __always_inline bool ms_enforce_set(__u64 key, struct ms_pending *p)
 /* Apply the caller's cgroup rules, then the rules for every process. */
 static __always_inline bool ms_enforce(struct ms_pending *p)
 {
-	return ms_enforce_set(bpf_get_current_cgroup_id(), p) || ms_enforce_set(0, p);
+	return ms_enforce_set(p->cgroup_id, p) || ms_enforce_set(0, p);
 }
 
 /* LSM hooks: refuse the call in progress on this thread if its entry decided Deny. */
 static __always_inline int ms_lsm_verdict(int ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct ms_pending *p;
 
 	if (ret)
 		return ret; /* an earlier LSM refused already */
-	p = bpf_map_lookup_elem(&pending, &tid);
-	if (p && p->action == MS_ACTION_DENY)
+	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
+	if (p && p->syscall && p->action == MS_ACTION_DENY)
 		return -1; /* -EPERM */
 	return 0;
 }

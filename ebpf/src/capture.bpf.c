@@ -19,7 +19,7 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tp_btf/sys_enter")
 int BPF_PROG(ms_btf_enter, struct pt_regs *regs, long nr)
 {
-	return ms_on_enter(regs, nr);
+	return ms_on_enter(regs, nr, true);
 }
 
 SEC("tp_btf/sys_exit")
@@ -27,13 +27,13 @@ int BPF_PROG(ms_btf_exit, struct pt_regs *regs, long ret)
 {
 	if (!ms_is_mmap_nr(regs->orig_ax))
 		return 0;
-	return ms_on_exit(ret);
+	return ms_on_exit(ret, true);
 }
 
 SEC("raw_tp/sys_enter")
 int BPF_PROG(ms_tp_enter, struct pt_regs *regs, long nr)
 {
-	return ms_on_enter(regs, nr);
+	return ms_on_enter(regs, nr, false);
 }
 
 SEC("raw_tp/sys_exit")
@@ -41,7 +41,7 @@ int BPF_PROG(ms_tp_exit, struct pt_regs *regs, long ret)
 {
 	if (!ms_is_mmap_nr(BPF_CORE_READ(regs, orig_ax)))
 		return 0;
-	return ms_on_exit(ret);
+	return ms_on_exit(ret, false);
 }
 
 /*
@@ -54,13 +54,13 @@ int BPF_KPROBE(ms_kprobe_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax), false);
 }
 
 SEC("kretprobe/ksys_mmap_pgoff")
 int BPF_KRETPROBE(ms_kprobe_exit, long ret)
 {
-	return ms_on_exit(ret);
+	return ms_on_exit(ret, false);
 }
 
 /* Mode `fentry`: the same function through BPF trampolines (no kprobe breakpoint). */
@@ -69,7 +69,7 @@ int BPF_PROG(ms_fentry_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+	return ms_on_enter(regs, regs->orig_ax, true);
 }
 
 SEC("fexit/ksys_mmap_pgoff")
@@ -78,7 +78,7 @@ int BPF_PROG(ms_fexit_exit)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return ms_on_exit((long)ret);
+	return ms_on_exit((long)ret, true);
 }
 
 /*
@@ -93,14 +93,14 @@ int BPF_KPROBE(ms_kprobe_mprotect_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax), false);
 }
 
 /* do_mprotect_pkey returns int: the upper half of the return register is not part of it. */
 SEC("kretprobe/do_mprotect_pkey")
 int BPF_KRETPROBE(ms_kprobe_mprotect_exit, long ret)
 {
-	return ms_on_exit((long)(int)ret);
+	return ms_on_exit((long)(int)ret, false);
 }
 
 SEC("fentry/do_mprotect_pkey")
@@ -108,7 +108,7 @@ int BPF_PROG(ms_fentry_mprotect_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax));
+	return ms_on_enter(regs, regs->orig_ax, true);
 }
 
 SEC("fexit/do_mprotect_pkey")
@@ -117,7 +117,7 @@ int BPF_PROG(ms_fexit_mprotect_exit)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return ms_on_exit((long)(int)ret);
+	return ms_on_exit((long)(int)ret, true);
 }
 
 /*

@@ -134,6 +134,7 @@ pub fn probe_mode(
     }
     let mut ebpf = aya::EbpfLoader::new()
         .btf(Some(btf))
+        .allow_unsupported_maps() // `pending` is task storage (see Capture::start)
         .load(mapsentry_ebpf::CAPTURE)
         .map_err(|e| unavailable(format!("loading the capture object: {}", chain(&e))))?;
     attach_mode(&mut ebpf, mode, function, btf).map_err(unavailable)
