@@ -5,7 +5,7 @@ use std::{
     io::{self, Write},
 };
 
-use mapsentry_policy::{EventLine, MmapEvent, Syscall, names};
+use mapsentry_policy::{EventLineRef, MmapEvent, Syscall, names};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -18,7 +18,7 @@ pub enum Format {
 pub fn write_event(out: &mut impl Write, format: Format, event: &MmapEvent) -> io::Result<()> {
     match format {
         Format::Json => {
-            serde_json::to_writer(&mut *out, &EventLine::from(event.clone()))?;
+            serde_json::to_writer(&mut *out, &EventLineRef::from(event))?;
             out.write_all(b"\n")
         }
         Format::Text => writeln!(out, "{}", text_line(event)),

@@ -160,6 +160,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let mut tally = Tally::default();
     let mut reader_gone = false;
+    let mut lines = Vec::with_capacity(1 << 16);
     let counters = pump(
         &mut capture,
         &mut attributor,
@@ -168,9 +169,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         enforcing.as_mut(),
         None,
         |batch| {
-            // Locked per batch: alert lines are printed between batches by their own task.
-            let mut out = BufWriter::new(io::stdout().lock());
-            let open = print(&mut out, args.output, &filter, batch, &mut tally)?;
+            // A batch's lines are formatted into one buffer and written with one lock of stdout
+            // (alert lines are printed between batches by their own task), in as few write
+            // calls as the reader's pipe allows.
+            lines.clear();
+            print(&mut lines, args.output, &filter, batch, &mut tally)?;
+            let open = write_lines(&lines)?;
             reader_gone |= !open;
             Ok(open)
         },
@@ -303,25 +307,30 @@ fn announce(
     Ok(())
 }
 
-/// Print the events of `batch` that pass `filter`. Returns false when stdout is closed (the
-/// reader went away), which ends the run without an error.
+/// Format the events of `batch` that pass `filter` into `lines`.
 fn print(
-    out: &mut impl Write,
+    lines: &mut Vec<u8>,
     format: Format,
     filter: &EventFilter,
     batch: &[MmapEvent],
     tally: &mut Tally,
-) -> anyhow::Result<bool> {
-    let result = batch.iter().try_for_each(|event| {
+) -> anyhow::Result<()> {
+    for event in batch {
         if filter.matches(event) || event.enforced.is_some() {
             tally.emitted += 1;
-            output::write_event(out, format, event)
+            output::write_event(lines, format, event).context("formatting an event line")?;
         } else {
             tally.filtered += 1;
-            Ok(())
         }
-    });
-    match result.and_then(|()| out.flush()) {
+    }
+    Ok(())
+}
+
+/// Write `lines` to stdout. Returns false when stdout is closed (the reader went away), which
+/// ends the run without an error.
+fn write_lines(lines: &[u8]) -> anyhow::Result<bool> {
+    let mut out = io::stdout().lock();
+    match out.write_all(lines).and_then(|()| out.flush()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),

@@ -17,7 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::k8s::{Attribution, K8sMeta, Workload};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The fields as read from a line.
+#[derive(Debug, Default, Deserialize)]
 struct Wire {
     #[serde(default)]
     namespace: Option<String>,
@@ -31,7 +32,7 @@ struct Wire {
     host: Option<HostWire>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct K8sWire {
     #[serde(default)]
     pod_uid: Option<String>,
@@ -75,41 +76,81 @@ fn string_labels<'de, D: Deserializer<'de>>(
         .collect())
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct HostWire {
     cgroup: String,
     #[serde(default)]
     unit: Option<String>,
 }
 
-fn to_wire(attribution: Option<&Attribution>) -> Wire {
+/// The same fields as written, borrowed from the attribution (no copy per line).
+#[derive(Debug, Default, Serialize)]
+struct WireOut<'a> {
+    namespace: Option<&'a str>,
+    pod: Option<&'a str>,
+    container: Option<&'a str>,
+    k8s: Option<K8sWireOut<'a>>,
+    host: Option<HostWireOut<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct K8sWireOut<'a> {
+    pod_uid: Option<&'a str>,
+    container_id: Option<&'a str>,
+    image: Option<&'a str>,
+    labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace_labels: Option<&'a BTreeMap<String, String>>,
+    workload: Option<&'a Workload>,
+    resolved: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct HostWireOut<'a> {
+    cgroup: &'a str,
+    unit: Option<&'a str>,
+}
+
+/// An empty label map, written `{}`.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+fn to_wire(attribution: Option<&Attribution>) -> WireOut<'_> {
     match attribution {
-        None => Wire::default(),
-        Some(Attribution::Pod(meta)) => Wire {
-            namespace: meta.namespace.clone(),
-            pod: meta.pod.clone(),
-            container: meta.container.clone(),
-            k8s: Some(K8sWire {
-                pod_uid: meta.pod_uid.clone(),
-                container_id: meta.container_id.clone(),
-                image: meta.image.clone(),
-                labels: meta.labels.clone(),
-                namespace_labels: meta.namespace_labels.clone(),
-                workload: meta.workload.clone(),
+        None => WireOut::default(),
+        Some(Attribution::Pod(meta)) => WireOut {
+            namespace: meta.namespace.as_deref(),
+            pod: meta.pod.as_deref(),
+            container: meta.container.as_deref(),
+            k8s: Some(K8sWireOut {
+                pod_uid: meta.pod_uid.as_deref(),
+                container_id: meta.container_id.as_deref(),
+                image: meta.image.as_deref(),
+                labels: &meta.labels,
+                namespace_labels: (!meta.namespace_labels.is_empty())
+                    .then_some(&meta.namespace_labels),
+                workload: meta.workload.as_ref(),
                 resolved: meta.resolved,
             }),
             host: None,
         },
-        Some(Attribution::Host { cgroup, unit }) => Wire {
-            host: Some(HostWire {
-                cgroup: cgroup.clone(),
-                unit: unit.clone(),
+        Some(Attribution::Host { cgroup, unit }) => WireOut {
+            host: Some(HostWireOut {
+                cgroup,
+                unit: unit.as_deref(),
             }),
-            ..Wire::default()
+            ..WireOut::default()
         },
-        Some(Attribution::Unknown { .. }) => Wire {
-            k8s: Some(K8sWire::default()),
-            ..Wire::default()
+        Some(Attribution::Unknown { .. }) => WireOut {
+            k8s: Some(K8sWireOut {
+                pod_uid: None,
+                container_id: None,
+                image: None,
+                labels: &NO_LABELS,
+                namespace_labels: None,
+                workload: None,
+                resolved: false,
+            }),
+            ..WireOut::default()
         },
     }
 }

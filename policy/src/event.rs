@@ -261,7 +261,16 @@ pub struct Derived {
 
 impl From<MmapEvent> for EventLine {
     fn from(event: MmapEvent) -> Self {
-        let derived = Derived {
+        let derived = Derived::of(&event);
+        Self::Event { event, derived }
+    }
+}
+
+impl Derived {
+    /// The rendered fields of `event`.
+    #[must_use]
+    pub fn of(event: &MmapEvent) -> Self {
+        Self {
             time: event.time_rfc3339(),
             prot_names: names::prot_names(event.args.prot),
             flags_names: names::flags_names(event.args.flags),
@@ -270,8 +279,27 @@ impl From<MmapEvent> for EventLine {
                 .then(|| names::errno_name(event.ret))
                 .flatten()
                 .map(str::to_owned),
-        };
-        Self::Event { event, derived }
+        }
+    }
+}
+
+/// The same JSON line as [`EventLine`], serialized from a borrowed event: printers use it so
+/// that a line costs no copy of the event (`run` prints every captured call).
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename = "event")]
+pub struct EventLineRef<'a> {
+    #[serde(flatten)]
+    event: &'a MmapEvent,
+    #[serde(flatten)]
+    derived: Derived,
+}
+
+impl<'a> From<&'a MmapEvent> for EventLineRef<'a> {
+    fn from(event: &'a MmapEvent) -> Self {
+        Self {
+            event,
+            derived: Derived::of(event),
+        }
     }
 }
 

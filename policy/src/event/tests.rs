@@ -217,3 +217,60 @@ fn attributed_lines_read_back() {
         "the id is the event's cgroup_id"
     );
 }
+
+#[test]
+fn the_borrowed_line_is_byte_for_byte_the_owned_line() {
+    let mut odd_names = sample();
+    odd_names.comm = "a\"b\\c\u{1}\u{e9}".into();
+    if let Some(file) = &mut odd_names.file {
+        file.path = "/tmp/new\nline \u{fffd}".into();
+    }
+    let mut pod_without_namespace_labels = web_pod();
+    if let crate::Attribution::Pod(meta) = &mut pod_without_namespace_labels {
+        meta.namespace_labels.clear();
+    }
+    let enforced_mprotect = MmapEvent {
+        syscall: Syscall::Mprotect,
+        file: None,
+        args_unreadable: true,
+        target_mapping: Some(TargetMapping {
+            prev_prot: 3,
+            file_backed: true,
+        }),
+        enforced: Some(Enforcement {
+            action: EnforceAction::Kill,
+            rule_id: 9,
+        }),
+        ret: 0,
+        ..sample()
+    };
+    let events = [
+        sample(),
+        odd_names,
+        enforced_mprotect,
+        attributed(web_pod()),
+        attributed(pod_without_namespace_labels),
+        attributed(crate::Attribution::Host {
+            cgroup: "/system.slice/sshd.service".into(),
+            unit: None,
+        }),
+        attributed(crate::Attribution::Unknown { cgroup_id: 7 }),
+    ];
+    for event in events {
+        let borrowed = serde_json::to_string(&EventLineRef::from(&event)).unwrap();
+        let owned = serde_json::to_string(&EventLine::from(event.clone())).unwrap();
+        assert_eq!(borrowed, owned);
+        let EventLine::Event { event: back, .. } = serde_json::from_str(&borrowed).unwrap();
+        let expected = match event.attribution.as_deref() {
+            // A line does not carry the unknown cgroup's id (the event has it).
+            Some(crate::Attribution::Unknown { .. }) => MmapEvent {
+                attribution: Some(std::sync::Arc::new(crate::Attribution::Unknown {
+                    cgroup_id: 0,
+                })),
+                ..event
+            },
+            _ => event,
+        };
+        assert_eq!(back, expected, "{borrowed}");
+    }
+}
