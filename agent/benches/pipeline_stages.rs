@@ -213,6 +213,10 @@ impl Feed {
 }
 
 fn make_feed(events: usize, population: &Population) -> Feed {
+    assert!(
+        PATHS.iter().all(|p| (20..=60).contains(&p.len())),
+        "paths of 20-60 bytes"
+    );
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut feed = Feed {
         data: Vec::new(),
