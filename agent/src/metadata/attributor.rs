@@ -122,14 +122,38 @@ impl Attributor {
                 (Some(cache), Some(reflector))
             }
         };
-        Ok(Self {
+        Ok(Self::assemble(cgroups, watcher, pods, reflector, config))
+    }
+
+    /// As [`Attributor::with_index`], with a pod cache the caller keeps current instead of a
+    /// watch of the API server (`None`: as [`Kubernetes::Off`]). For benchmarks and tests that
+    /// apply pods themselves; the per-event path is the agent's.
+    pub fn with_pod_cache(
+        cgroups: CgroupIndex,
+        pods: Option<PodCache>,
+        config: EnrichConfig,
+    ) -> Result<Self> {
+        let watcher = cgroups
+            .watch()
+            .map_err(|source| Error::Cgroups { source })?;
+        Ok(Self::assemble(cgroups, watcher, pods, None, config))
+    }
+
+    fn assemble(
+        cgroups: CgroupIndex,
+        watcher: Watcher,
+        pods: Option<PodCache>,
+        reflector: Option<Reflector>,
+        config: EnrichConfig,
+    ) -> Self {
+        Self {
             enricher: Enricher::new(cgroups, pods.clone(), config),
             pods,
             missing: MissingCounter::default(),
             ready: Vec::new(),
             _cgroup_watch: watcher,
             _reflector: reflector,
-        })
+        }
     }
 
     /// The pod cache, when Kubernetes is on.

@@ -17,6 +17,20 @@ pub struct Batch {
     pub sent: bool,
 }
 
+impl Batch {
+    /// The message that sends this batch to a collector. The batch stays buffered until the
+    /// collector acks it (a reconnect resends it), so the message holds a copy of its events.
+    #[must_use]
+    pub fn message(&self) -> v1::AgentMessage {
+        v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Batch(v1::EventBatch {
+                seq: self.seq,
+                events: self.events.clone(),
+            })),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub batch_max_events: usize,

@@ -483,8 +483,7 @@ impl Task {
                             batch.sent = true;
                             self.counters.shipped.fetch_add(batch.events.len() as u64, Relaxed);
                         }
-                        let message = v1::EventBatch { seq: batch.seq, events: batch.events.clone() };
-                        permit.send(AgentMessage { msg: Some(Msg::Batch(message)) });
+                        permit.send(batch.message());
                         next_send += 1;
                     }
                 }
