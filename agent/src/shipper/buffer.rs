@@ -7,26 +7,40 @@ use std::collections::VecDeque;
 use mapsentry_proto::v1;
 use prost::Message as _;
 
+use super::encoded::Encoded;
+
 /// One sealed batch, kept until the collector acks its seq.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub seq: u64,
-    pub events: Vec<v1::Event>,
+    /// Events in the batch.
+    pub count: usize,
+    /// The message that sends it, encoded when the batch was sealed. The batch stays buffered
+    /// until the collector acks it (a reconnect resends it): every send shares these bytes.
+    pub message: Encoded,
+    /// What the batch counts against the buffer's budget (its events' encoded sizes).
     pub bytes: usize,
     /// Sent at least once (to any collector connection).
     pub sent: bool,
 }
 
 impl Batch {
-    /// The message that sends this batch to a collector. The batch stays buffered until the
-    /// collector acks it (a reconnect resends it), so the message holds a copy of its events.
+    /// Batch `seq` of `events`, encoded as the message that sends it.
     #[must_use]
-    pub fn message(&self) -> v1::AgentMessage {
-        v1::AgentMessage {
+    pub fn seal(seq: u64, events: Vec<v1::Event>, bytes: usize) -> Self {
+        let count = events.len();
+        let message = Encoded::from(v1::AgentMessage {
             msg: Some(v1::agent_message::Msg::Batch(v1::EventBatch {
-                seq: self.seq,
-                events: self.events.clone(),
+                seq,
+                events,
             })),
+        });
+        Self {
+            seq,
+            count,
+            message,
+            bytes,
+            sent: false,
         }
     }
 }
@@ -92,12 +106,11 @@ impl Buffer {
         if self.open.is_empty() {
             return;
         }
-        let batch = Batch {
-            seq: self.next_seq,
-            events: std::mem::take(&mut self.open),
-            bytes: self.open_bytes,
-            sent: false,
-        };
+        let batch = Batch::seal(
+            self.next_seq,
+            std::mem::take(&mut self.open),
+            self.open_bytes,
+        );
         self.next_seq += 1;
         self.sealed_bytes += batch.bytes;
         self.open_bytes = 0;
@@ -110,7 +123,7 @@ impl Buffer {
                 break;
             };
             self.sealed_bytes -= oldest.bytes;
-            self.dropped += oldest.events.len() as u64;
+            self.dropped += oldest.count as u64;
         }
     }
 
@@ -142,7 +155,7 @@ impl Buffer {
         while self.sealed.front().is_some_and(|b| b.seq <= seq) {
             if let Some(batch) = self.sealed.pop_front() {
                 self.sealed_bytes -= batch.bytes;
-                events += batch.events.len() as u64;
+                events += batch.count as u64;
             }
         }
         events
@@ -151,7 +164,7 @@ impl Buffer {
     /// Events held (open and sealed) and their bytes.
     #[must_use]
     pub fn held(&self) -> (u64, usize) {
-        let events = self.open.len() + self.sealed.iter().map(|b| b.events.len()).sum::<usize>();
+        let events = self.open.len() + self.sealed.iter().map(|b| b.count).sum::<usize>();
         (events as u64, self.open_bytes + self.sealed_bytes)
     }
 }

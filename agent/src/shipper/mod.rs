@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod buffer;
+pub mod encoded;
 
 use std::{
     collections::BTreeMap,
@@ -24,8 +25,7 @@ use std::{
 use mapsentry_policy::MmapEvent;
 use mapsentry_proto::client::{self, BearerToken, ClientError, ClientSecurity};
 use mapsentry_proto::v1::{
-    self, AgentMessage, CollectorMessage, agent_message::Msg,
-    agent_service_client::AgentServiceClient, collector_message,
+    self, AgentMessage, CollectorMessage, agent_message::Msg, collector_message,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -39,6 +39,7 @@ use tracing::Instrument as _;
 use self::{
     backoff::Backoff,
     buffer::{Buffer, Limits},
+    encoded::Encoded,
 };
 
 /// Drop reasons as reported to the collector.
@@ -331,7 +332,7 @@ impl Shipper {
 type Connecting = Pin<Box<dyn Future<Output = Result<Link, tonic::Status>> + Send>>;
 
 struct Link {
-    out: mpsc::Sender<AgentMessage>,
+    out: mpsc::Sender<Encoded>,
     inbound: Streaming<CollectorMessage>,
 }
 
@@ -354,19 +355,16 @@ async fn connect(
         .await
         .map_err(|e| tonic::Status::unavailable(chain(&e)))?;
     let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
-    out.send(AgentMessage {
+    out.send(Encoded::from(AgentMessage {
         msg: Some(Msg::Hello(hello)),
-    })
+    }))
     .await
     .map_err(|_| tonic::Status::internal("outbound queue closed"))?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &token {
         token.apply(&mut request);
     }
-    let inbound = AgentServiceClient::new(channel)
-        .connect(request)
-        .await?
-        .into_inner();
+    let inbound = encoded::connect(channel, request).await?;
     Ok(Link { out, inbound })
 }
 
@@ -379,9 +377,7 @@ async fn next_message(
     }
 }
 
-async fn reserve(
-    out: Option<mpsc::Sender<AgentMessage>>,
-) -> Option<mpsc::OwnedPermit<AgentMessage>> {
+async fn reserve(out: Option<mpsc::Sender<Encoded>>) -> Option<mpsc::OwnedPermit<Encoded>> {
     match out {
         Some(out) => out.reserve_owned().await.ok(),
         None => std::future::pending().await,
@@ -396,7 +392,7 @@ impl Task {
             buffer_bytes: self.config.buffer_bytes,
         });
         let far = Instant::now() + Duration::from_hours(24 * 365);
-        let mut out: Option<mpsc::Sender<AgentMessage>> = None;
+        let mut out: Option<mpsc::Sender<Encoded>> = None;
         let mut inbound: Option<Streaming<CollectorMessage>> = None;
         let mut connecting: Option<Connecting> = None;
         let mut attempt = 0u32;
@@ -481,16 +477,16 @@ impl Task {
                             self.counters.resent_batches.fetch_add(1, Relaxed);
                         } else {
                             batch.sent = true;
-                            self.counters.shipped.fetch_add(batch.events.len() as u64, Relaxed);
+                            self.counters.shipped.fetch_add(batch.count as u64, Relaxed);
                         }
-                        permit.send(batch.message());
+                        permit.send(batch.message.clone());
                         next_send += 1;
                     }
                 }
                 () = sleep_until(report_at), if out.is_some() => {
                     report_at = Instant::now() + self.config.report_interval;
                     if let Some(out) = &out {
-                        let _ = out.try_send(AgentMessage { msg: Some(Msg::Loss(self.counters.report())) });
+                        let _ = out.try_send(Encoded::from(AgentMessage { msg: Some(Msg::Loss(self.counters.report())) }));
                     }
                 }
                 message = next_message(inbound.as_mut()) => {
@@ -534,9 +530,9 @@ impl Task {
         if let (Some(out), Some(mut inbound)) = (out.take(), inbound.take()) {
             // The final counters, then a clean end of the stream: close our side and wait for
             // the collector to close its side, so the last report is not cut off.
-            let report = AgentMessage {
+            let report = Encoded::from(AgentMessage {
                 msg: Some(Msg::Loss(self.counters.report())),
-            };
+            });
             let goodbye = async move {
                 let _ = out.send(report).await;
                 drop(out);

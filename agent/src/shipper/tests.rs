@@ -54,13 +54,8 @@ async fn without_a_collector_events_are_buffered_within_bounds_and_every_one_is_
         .port();
     let mut config = ShipperConfig::new(format!("http://127.0.0.1:{port}"), "n");
     config.batch_max_events = 10;
-    let one = buffer::Batch {
-        seq: 1,
-        events: vec![(&event(1000)).into()],
-        bytes: 0,
-        sent: false,
-    };
-    let event_bytes = prost::Message::encoded_len(&one.events[0]) + 4;
+    let one: v1::Event = (&event(1000)).into();
+    let event_bytes = prost::Message::encoded_len(&one) + 4;
     config.buffer_bytes = event_bytes * 50;
     config.backoff = Backoff {
         min: Duration::from_millis(10),
