@@ -1,11 +1,8 @@
 //! How records are printed: one human-readable line, or one JSON object per line.
 
-use std::{
-    fmt::Write as _,
-    io::{self, Write},
-};
+use std::fmt::Write as _;
 
-use mapsentry_policy::{EventLineRef, MmapEvent, Syscall, names};
+use mapsentry_policy::{MmapEvent, Syscall, event_json, names};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -15,14 +12,13 @@ pub enum Format {
     Json,
 }
 
-pub fn write_event(out: &mut impl Write, format: Format, event: &MmapEvent) -> io::Result<()> {
+/// Append `event`'s line, newline included, to `out`.
+pub fn write_event(out: &mut Vec<u8>, format: Format, event: &MmapEvent) {
     match format {
-        Format::Json => {
-            serde_json::to_writer(&mut *out, &EventLineRef::from(event))?;
-            out.write_all(b"\n")
-        }
-        Format::Text => writeln!(out, "{}", text_line(event)),
+        Format::Json => event_json::write_event_line(out, event),
+        Format::Text => out.extend_from_slice(text_line(event).as_bytes()),
     }
+    out.push(b'\n');
 }
 
 /// `09:35:01.123456 mmap cat[1234/1234] addr=0x0 len=4096 prot=PROT_READ flags=MAP_PRIVATE fd=3 off=0x0 = 0x7f.. file=/etc/passwd`

@@ -173,7 +173,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // (alert lines are printed between batches by their own task), in as few write
             // calls as the reader's pipe allows.
             lines.clear();
-            print(&mut lines, args.output, &filter, batch, &mut tally)?;
+            print(&mut lines, args.output, &filter, batch, &mut tally);
             let open = write_lines(&lines)?;
             reader_gone |= !open;
             Ok(open)
@@ -314,16 +314,15 @@ fn print(
     filter: &EventFilter,
     batch: &[MmapEvent],
     tally: &mut Tally,
-) -> anyhow::Result<()> {
+) {
     for event in batch {
         if filter.matches(event) || event.enforced.is_some() {
             tally.emitted += 1;
-            output::write_event(lines, format, event).context("formatting an event line")?;
+            output::write_event(lines, format, event);
         } else {
             tally.filtered += 1;
         }
     }
-    Ok(())
 }
 
 /// Write `lines` to stdout. Returns false when stdout is closed (the reader went away), which

@@ -283,25 +283,5 @@ impl Derived {
     }
 }
 
-/// The same JSON line as [`EventLine`], serialized from a borrowed event: printers use it so
-/// that a line costs no copy of the event (`run` prints every captured call).
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind", rename = "event")]
-pub struct EventLineRef<'a> {
-    #[serde(flatten)]
-    event: &'a MmapEvent,
-    #[serde(flatten)]
-    derived: Derived,
-}
-
-impl<'a> From<&'a MmapEvent> for EventLineRef<'a> {
-    fn from(event: &'a MmapEvent) -> Self {
-        Self {
-            event,
-            derived: Derived::of(event),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;

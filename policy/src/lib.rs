@@ -11,6 +11,7 @@ pub mod crd;
 pub mod enforce;
 pub mod evaluate;
 pub mod event;
+pub mod event_json;
 pub mod k8s;
 pub mod load;
 pub mod names;
@@ -27,8 +28,7 @@ pub use context::eval_context;
 pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
 pub use evaluate::{CallerScope, EvalContext, Match, PodContext, PolicySet, strongest};
 pub use event::{
-    EnforceAction, Enforcement, EventLine, EventLineRef, FileInfo, MmapArgs, MmapEvent, Syscall,
-    TargetMapping,
+    EnforceAction, Enforcement, EventLine, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
 };
 pub use k8s::{Attribution, K8sMeta, Workload};
 pub use load::{LoadError, LoadOutcome, Loaded, load_str};
