@@ -13,7 +13,6 @@ use std::{
     collections::{BTreeMap, HashMap},
     hint::black_box,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -24,38 +23,11 @@ use mapsentry_agent::metadata::{
 };
 use mapsentry_policy::Workload;
 
+mod common;
+use common::{Tree, cid, uid};
+
 const PODS: usize = 1000;
 const CGROUPS_PER_POD: usize = 10;
-
-struct Tree(PathBuf);
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let mut dirs = Vec::new();
-        collect(&self.0, &mut dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for dir in dirs {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_owned());
-    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if child.file_type().is_ok_and(|t| t.is_dir()) {
-            collect(&child.path(), out);
-        }
-    }
-}
-
-fn uid(n: usize) -> String {
-    format!("{n:08x}-0000-4000-8000-{n:012x}")
-}
-
-fn cid(pod: usize, c: usize) -> String {
-    format!("{pod:032x}{c:032x}")
-}
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

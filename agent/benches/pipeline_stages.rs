@@ -30,7 +30,7 @@ use std::{
     hint::black_box,
     ops::Range,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -46,6 +46,9 @@ use mapsentry_agent::{
 };
 use mapsentry_policy::{MmapEvent, Workload};
 use zerocopy::{FromZeros as _, IntoBytes as _};
+
+mod common;
+use common::{Tree, cid, uid};
 
 const PODS: usize = 100;
 const CONTAINERS_PER_POD: usize = 3;
@@ -81,36 +84,6 @@ const COMMS: &[&[u8]] = &[
 ];
 
 // ---- the cgroups and pods ----
-
-struct Tree(PathBuf);
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let mut dirs = Vec::new();
-        collect(&self.0, &mut dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for dir in dirs {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_owned());
-    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if child.file_type().is_ok_and(|t| t.is_dir()) {
-            collect(&child.path(), out);
-        }
-    }
-}
-
-fn uid(n: usize) -> String {
-    format!("{n:08x}-0000-4000-8000-{n:012x}")
-}
-
-fn cid(pod: usize, c: usize) -> String {
-    format!("{pod:032x}{c:032x}")
-}
 
 fn mkdir(dir: &Path) -> u64 {
     std::fs::create_dir_all(dir)
