@@ -10,7 +10,7 @@
 //! Run: `nice -n 10 cargo bench -p mapsentry-agent --bench attribution`
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     hint::black_box,
     os::unix::fs::MetadataExt,
     time::{Duration, Instant},
@@ -19,12 +19,10 @@ use std::{
 use mapsentry_agent::metadata::{
     CgroupIndex, CgroupOwner, EnrichConfig, Enricher, PodCache, PodCacheConfig,
     cgroup_index::find_cgroup2_root,
-    pods::{ContainerInfo, PodInfo},
 };
-use mapsentry_policy::Workload;
 
 mod common;
-use common::{Tree, cid, uid};
+use common::{Tree, cid, pod_info, uid};
 
 const PODS: usize = 1000;
 const CGROUPS_PER_POD: usize = 10;
@@ -79,31 +77,7 @@ fn main() {
     let index = CgroupIndex::open(&root, Duration::from_secs(1)).expect("index");
     let cache = PodCache::new(PodCacheConfig::new("bench-node").expect("node"));
     for p in 0..PODS {
-        let labels: BTreeMap<String, String> = (0..8)
-            .map(|l| {
-                (
-                    format!("label-{l}.example.com/key"),
-                    format!("value-{p}-{l}"),
-                )
-            })
-            .collect();
-        cache.apply(PodInfo {
-            uid: uid(p),
-            namespace: format!("ns-{}", p % 50),
-            name: format!("pod-{p}-abcde"),
-            labels,
-            workload: Some(Workload {
-                kind: "Deployment".into(),
-                name: format!("deploy-{p}"),
-            }),
-            containers: (0..CGROUPS_PER_POD - 1)
-                .map(|c| ContainerInfo {
-                    name: format!("c{c}"),
-                    id: Some(cid(p, c)),
-                    image: Some(format!("registry.example/img-{c}:1")),
-                })
-                .collect(),
-        });
+        cache.apply(pod_info(p, 50, CGROUPS_PER_POD - 1));
     }
     let rss_after = rss_kib();
     println!(

@@ -26,7 +26,6 @@
 //! (`BENCH_EVENTS`, `BENCH_ROUNDS` override the feed size and the rounds).
 
 use std::{
-    collections::BTreeMap,
     hint::black_box,
     ops::Range,
     os::unix::fs::MetadataExt,
@@ -40,15 +39,14 @@ use mapsentry_agent::{
     metadata::{
         Attributor, CgroupIndex, EnrichConfig, PodCache, PodCacheConfig,
         cgroup_index::find_cgroup2_root,
-        pods::{ContainerInfo, PodInfo},
     },
     shipper::buffer::{Buffer, Limits},
 };
-use mapsentry_policy::{MmapEvent, Workload};
+use mapsentry_policy::MmapEvent;
 use zerocopy::{FromZeros as _, IntoBytes as _};
 
 mod common;
-use common::{Tree, cid, uid};
+use common::{Tree, cid, pod_info, uid};
 
 const PODS: usize = 100;
 const CONTAINERS_PER_POD: usize = 3;
@@ -121,31 +119,7 @@ fn make_cgroups(top: &Path) -> Population {
 fn pod_cache() -> PodCache {
     let cache = PodCache::new(PodCacheConfig::new("bench-node").expect("node name"));
     for p in 0..PODS {
-        let labels: BTreeMap<String, String> = (0..8)
-            .map(|l| {
-                (
-                    format!("label-{l}.example.com/key"),
-                    format!("value-{p}-{l}"),
-                )
-            })
-            .collect();
-        cache.apply(PodInfo {
-            uid: uid(p),
-            namespace: format!("ns-{}", p % 20),
-            name: format!("pod-{p}-abcde"),
-            labels,
-            workload: Some(Workload {
-                kind: "Deployment".into(),
-                name: format!("deploy-{p}"),
-            }),
-            containers: (0..CONTAINERS_PER_POD)
-                .map(|c| ContainerInfo {
-                    name: format!("c{c}"),
-                    id: Some(cid(p, c)),
-                    image: Some(format!("registry.example/img-{c}:1")),
-                })
-                .collect(),
-        });
+        cache.apply(pod_info(p, 20, CONTAINERS_PER_POD));
     }
     cache
 }

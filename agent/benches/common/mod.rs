@@ -1,7 +1,13 @@
-//! What the benchmarks that make real cgroups share: the tree they make (removed when dropped)
-//! and the kubelet-shaped names in it.
+//! What the benchmarks that make real cgroups share: the tree they make (removed when dropped),
+//! the kubelet-shaped names in it, and the pods they stand for.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use mapsentry_agent::metadata::pods::{ContainerInfo, PodInfo};
+use mapsentry_policy::Workload;
 
 /// A directory tree under the cgroup2 mount, removed (deepest first) when dropped.
 pub struct Tree(pub PathBuf);
@@ -34,4 +40,34 @@ pub fn uid(n: usize) -> String {
 /// Container id `c` of pod `pod` (64 hex digits).
 pub fn cid(pod: usize, c: usize) -> String {
     format!("{pod:032x}{c:032x}")
+}
+
+/// Pod number `p` in namespace `ns-{p % namespaces}`, owned by a Deployment, with 8 labels and
+/// `containers` containers (ids `cid(p, c)`).
+pub fn pod_info(p: usize, namespaces: usize, containers: usize) -> PodInfo {
+    let labels: BTreeMap<String, String> = (0..8)
+        .map(|l| {
+            (
+                format!("label-{l}.example.com/key"),
+                format!("value-{p}-{l}"),
+            )
+        })
+        .collect();
+    PodInfo {
+        uid: uid(p),
+        namespace: format!("ns-{}", p % namespaces),
+        name: format!("pod-{p}-abcde"),
+        labels,
+        workload: Some(Workload {
+            kind: "Deployment".into(),
+            name: format!("deploy-{p}"),
+        }),
+        containers: (0..containers)
+            .map(|c| ContainerInfo {
+                name: format!("c{c}"),
+                id: Some(cid(p, c)),
+                image: Some(format!("registry.example/img-{c}:1")),
+            })
+            .collect(),
+    }
 }
