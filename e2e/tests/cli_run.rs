@@ -6,7 +6,7 @@ mod common;
 use std::{
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{Helper, forward_lines, mapsentry_bin, mmap_call};
@@ -21,25 +21,7 @@ struct Run {
 
 /// Lines from `rx` until one satisfies `done` (returned last); panics after 20 s.
 fn read_until(rx: &mpsc::Receiver<String>, what: &str, done: impl Fn(&str) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let last = done(&line);
-                seen.push(line);
-                if last {
-                    return seen;
-                }
-            }
-            Err(e) => panic!(
-                "waiting for {what}: {e}; got {} lines, last {:?}",
-                seen.len(),
-                seen.last()
-            ),
-        }
-    }
+    common::lines_until(rx, what, Duration::from_secs(20), done)
 }
 
 impl Run {

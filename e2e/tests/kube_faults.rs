@@ -13,115 +13,46 @@ mod common;
 mod procs;
 
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{Helper, mmap_call};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use common::{
+    Helper,
+    apiserver::{ApiServer, container_id, create_namespace, run},
+    mmap_call,
+};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use mapsentry_e2e::cgroup::TestCgroup;
 use procs::{TempDir, agent, collector, free_port, json_lines, tail};
 use serde_json::{Value, json};
 
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("kube")
-        .join(name)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// Write `pod` straight into `server`'s etcd (the API server need not run), as the API server
+/// stores it: what another API server replica accepting the create would leave behind.
+fn put_in_etcd(server: &ApiServer, pod: &Value) {
+    let ports = std::fs::read_to_string(server.state.join("ports.env")).expect("ports.env");
+    let port = ports
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_PORT="))
+        .expect("ETCD_PORT");
+    let key = format!(
+        "/registry/pods/{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap()
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// One etcd + kube-apiserver, stopped and removed when dropped.
-struct ApiServer {
-    state: PathBuf,
-}
-
-impl ApiServer {
-    fn start(name: &str) -> Self {
-        // Cached per machine: returns at once when built (minutes the first time).
-        run(&mut Command::new(script("build-apiserver.sh")));
-        let state = std::env::temp_dir().join(format!(
-            "mapsentry-kube-faults-{}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&state);
-        let server = Self { state };
-        run(Command::new(script("start-apiserver.sh")).arg(&server.state));
-        server
-    }
-
-    fn stop_apiserver(&self) {
-        run(Command::new(script("stop-apiserver.sh"))
-            .arg(&self.state)
-            .arg("--apiserver-only"));
-    }
-
-    fn start_apiserver(&self) {
-        run(Command::new(script("start-apiserver.sh"))
-            .arg(&self.state)
-            .arg("--apiserver-only"));
-    }
-
-    fn kubeconfig(&self, name: &str) -> String {
-        self.state.join(name).to_string_lossy().into_owned()
-    }
-
-    async fn admin(&self) -> Client {
-        mapsentry_agent::metadata::pods::client_from_kubeconfig(&self.state.join("kubeconfig"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Write `pod` straight into etcd (the API server need not run), as the API server stores
-    /// it: what another API server replica accepting the create would leave behind.
-    fn put_in_etcd(&self, pod: &Value) {
-        let ports = std::fs::read_to_string(self.state.join("ports.env")).expect("ports.env");
-        let port = ports
-            .lines()
-            .find_map(|l| l.strip_prefix("ETCD_PORT="))
-            .expect("ETCD_PORT");
-        let key = format!(
-            "/registry/pods/{}/{}",
-            pod["metadata"]["namespace"].as_str().unwrap(),
-            pod["metadata"]["name"].as_str().unwrap()
-        );
-        let body =
-            json!({"key": base64(key.as_bytes()), "value": base64(pod.to_string().as_bytes())});
-        run(Command::new("curl").args([
-            "-sf",
-            "-X",
-            "POST",
-            &format!("http://127.0.0.1:{port}/v3/kv/put"),
-            "--data",
-            &body.to_string(),
-        ]));
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = Command::new(script("stop-apiserver.sh"))
-            .arg(&self.state)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
+    let body = json!({"key": base64(key.as_bytes()), "value": base64(pod.to_string().as_bytes())});
+    run(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{port}/v3/kv/put"),
+        "--data",
+        &body.to_string(),
+    ]));
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -143,10 +74,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-fn cid(n: u8) -> String {
-    format!("{n:02x}").repeat(32)
 }
 
 /// The kubelet's systemd-driver cgroup of a BestEffort pod's container.
@@ -257,7 +184,7 @@ async fn the_api_server_down_for_30_s_attribution_goes_on_from_the_cache_and_cat
     let node = format!("fault-node-{tag}");
     let server = ApiServer::start("outage");
     let pods: Api<Pod> = Api::namespaced(server.admin().await, "default");
-    let (id_a, id_b) = (cid(0xa1), cid(0xb2));
+    let (id_a, id_b) = (container_id(0xa1), container_id(0xb2));
     let uid_a = create_running(&pods, "existing", &node, &id_a).await;
     let cgroup_a = TestCgroup::create(&pod_cgroup(&uid_a, &id_a)).expect("a pod cgroup");
 
@@ -266,12 +193,13 @@ async fn the_api_server_down_for_30_s_attribution_goes_on_from_the_cache_and_cat
     let url = format!("http://127.0.0.1:{port}");
     let _collector = collector(port, &[]);
     let subscriber = tail(&url, &["--comm", "mmap_call"]);
-    let kubeconfig = server.kubeconfig("kubeconfig-agent");
+    let kubeconfig = server.agent_kubeconfig();
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
     let (shipping, _) = agent(
         &url,
         &node,
         &dir.join("state"),
-        &["--kubeconfig", &kubeconfig],
+        &["--kubeconfig", kubeconfig],
     );
     let mut seen = Vec::new();
     // The cache has the pod once the first list is in.
@@ -296,7 +224,7 @@ async fn the_api_server_down_for_30_s_attribution_goes_on_from_the_cache_and_cat
     let mut pod_b = pod_json("during-outage", &node, &id_b);
     pod_b["metadata"]["uid"] = uid_b.into();
     pod_b["metadata"]["creationTimestamp"] = "2026-11-27T00:00:00Z".into();
-    server.put_in_etcd(&pod_b);
+    put_in_etcd(&server, &pod_b);
     let cgroup_b = TestCgroup::create(&pod_cgroup(uid_b, &id_b)).expect("a pod cgroup");
     let call = map_in(&cgroup_b);
     let during_b = events_of(&subscriber, call, &mut seen, Duration::from_secs(10));
@@ -320,7 +248,7 @@ async fn the_api_server_down_for_30_s_attribution_goes_on_from_the_cache_and_cat
         std::thread::sleep(Duration::from_secs(2));
     }
     let outage = down.elapsed();
-    server.start_apiserver();
+    server.restart_apiserver();
     let up = Instant::now();
     let caught_up = loop {
         let call = map_in(&cgroup_b);
@@ -368,12 +296,13 @@ async fn ten_thousand_pods_come_and_go_and_the_agent_stays_within_its_memory_bou
     let url = format!("http://127.0.0.1:{port}");
     let _collector = collector(port, &[]);
     let subscriber = tail(&url, &["--comm", "mmap_call"]);
-    let kubeconfig = server.kubeconfig("kubeconfig-agent");
+    let kubeconfig = server.agent_kubeconfig();
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
     let (shipping, _) = agent(
         &url,
         &node,
         &dir.join("state"),
-        &["--kubeconfig", &kubeconfig],
+        &["--kubeconfig", kubeconfig],
     );
     let agent_pid = shipping.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -402,9 +331,12 @@ async fn ten_thousand_pods_come_and_go_and_the_agent_stays_within_its_memory_bou
             tokio::spawn(async move {
                 for i in (w..PODS).step_by(CONCURRENCY) {
                     let name = format!("churn-{i}");
-                    let pod: Pod =
-                        serde_json::from_value(pod_json(&name, &node, &cid((i % 251) as u8)))
-                            .expect("pod JSON");
+                    let pod: Pod = serde_json::from_value(pod_json(
+                        &name,
+                        &node,
+                        &container_id((i % 251) as u8),
+                    ))
+                    .expect("pod JSON");
                     pods.create(&PostParams::default(), &pod)
                         .await
                         .unwrap_or_else(|e| panic!("creating {name}: {e}"));
@@ -421,7 +353,7 @@ async fn ten_thousand_pods_come_and_go_and_the_agent_stays_within_its_memory_bou
     let churn = started.elapsed();
     // The cache followed all of it: a pod made after the churn is attributed.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    let id = cid(0xcc);
+    let id = container_id(0xcc);
     let uid = create_running(&pods, "after-churn", &node, &id).await;
     let cgroup = TestCgroup::create(&pod_cgroup(&uid, &id)).expect("a pod cgroup");
     let mut seen = Vec::new();
@@ -474,16 +406,11 @@ async fn a_token_scoped_to_one_namespace_never_sees_anothers_events_or_alerts() 
     let node = format!("scope-node-{tag}");
     let server = ApiServer::start("scope");
     let admin = server.admin().await;
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
     let mut cgroups = Vec::new();
     for (n, team) in ["team-a", "team-b"].into_iter().enumerate() {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": team}})).unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {team}: {e}"));
+        create_namespace(&admin, team, &json!({})).await;
         let pods: Api<Pod> = Api::namespaced(admin.clone(), team);
-        let id = cid(0xd0 + u8::try_from(n).unwrap());
+        let id = container_id(0xd0 + u8::try_from(n).unwrap());
         let uid = create_running(&pods, &format!("{team}-pod"), &node, &id).await;
         cgroups.push(TestCgroup::create(&pod_cgroup(&uid, &id)).expect("a pod cgroup"));
     }
@@ -529,12 +456,13 @@ async fn a_token_scoped_to_one_namespace_never_sees_anothers_events_or_alerts() 
         &url,
         &[&["--token-file", admin_token.as_str()][..], &both].concat(),
     );
-    let kubeconfig = server.kubeconfig("kubeconfig-agent");
+    let kubeconfig = server.agent_kubeconfig();
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
     let (shipping, _) = agent(
         &url,
         &node,
         &dir.join("state"),
-        &["--kubeconfig", &kubeconfig, "--token-file", &agent_token],
+        &["--kubeconfig", kubeconfig, "--token-file", &agent_token],
     );
 
     // W+X calls in both pods until the unscoped subscriber has events and alerts of both.

@@ -30,7 +30,8 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run(cmd: &mut Command) -> String {
+/// Run `cmd`, panicking with its output unless it succeeds; its stdout, trimmed.
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

@@ -5,6 +5,8 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use mapsentry_agent::{AttachMode, Capture, CaptureConfig};
@@ -221,4 +223,33 @@ pub fn forward_lines(
         }
     });
     rx
+}
+
+/// Lines from `rx` until one satisfies `done`: all of them, that one last. Panics after
+/// `timeout`, naming `what` and the last line seen.
+pub fn lines_until(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let last = done(&line);
+                seen.push(line);
+                if last {
+                    return seen;
+                }
+            }
+            Err(e) => panic!(
+                "waiting for {what}: {e}; got {} lines, last {:?}",
+                seen.len(),
+                seen.last()
+            ),
+        }
+    }
 }

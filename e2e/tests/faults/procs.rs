@@ -49,25 +49,7 @@ impl Lines {
 
     /// Lines until one satisfies `done` (returned last); panics after `timeout`.
     pub fn until(&self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    let last = done(&line);
-                    seen.push(line);
-                    if last {
-                        return seen;
-                    }
-                }
-                Err(e) => panic!(
-                    "waiting for {what}: {e}; got {} lines, last {:?}",
-                    seen.len(),
-                    seen.last()
-                ),
-            }
-        }
+        crate::common::lines_until(&self.rx, what, timeout, done)
     }
 
     /// Lines arriving until none came for `quiet` (or `max` passed).
