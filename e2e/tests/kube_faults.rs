@@ -28,7 +28,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use mapsentry_e2e::cgroup::TestCgroup;
-use procs::{TempDir, agent, collector, free_port, json_lines, tail};
+use procs::{Proc, TempDir, agent, collector, free_port, json_lines, tail};
 use serde_json::{Value, json};
 
 /// Write `pod` straight into `server`'s etcd (the API server need not run), as the API server
@@ -161,6 +161,25 @@ fn events_of(
     }
 }
 
+/// A collector, a `tail --comm mmap_call` subscriber of it, and an agent of `node` watching
+/// `server`'s pods with the agent's kubeconfig (state under `dir`): (collector, subscriber,
+/// agent).
+fn pipeline(server: &ApiServer, node: &str, dir: &TempDir) -> (Proc, Proc, Proc) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = collector(port, &[]);
+    let subscriber = tail(&url, &["--comm", "mmap_call"]);
+    let kubeconfig = server.agent_kubeconfig();
+    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
+    let (shipping, _) = agent(
+        &url,
+        node,
+        &dir.join("state"),
+        &["--kubeconfig", kubeconfig],
+    );
+    (collector, subscriber, shipping)
+}
+
 /// Remove the kubepods parents the test cgroups left (best effort: only empty ones go).
 fn remove_kubepods_parents() {
     if let Ok(root) = mapsentry_e2e::cgroup::cgroup2_root() {
@@ -189,18 +208,7 @@ async fn the_api_server_down_for_30_s_attribution_goes_on_from_the_cache_and_cat
     let cgroup_a = TestCgroup::create(&pod_cgroup(&uid_a, &id_a)).expect("a pod cgroup");
 
     let dir = TempDir::new("apiserver-outage");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _collector = collector(port, &[]);
-    let subscriber = tail(&url, &["--comm", "mmap_call"]);
-    let kubeconfig = server.agent_kubeconfig();
-    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
-    let (shipping, _) = agent(
-        &url,
-        &node,
-        &dir.join("state"),
-        &["--kubeconfig", kubeconfig],
-    );
+    let (_collector, subscriber, shipping) = pipeline(&server, &node, &dir);
     let mut seen = Vec::new();
     // The cache has the pod once the first list is in.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -292,18 +300,7 @@ async fn ten_thousand_pods_come_and_go_and_the_agent_stays_within_its_memory_bou
     let server = ApiServer::start("churn");
     let admin = server.admin().await;
     let dir = TempDir::new("pod-churn");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _collector = collector(port, &[]);
-    let subscriber = tail(&url, &["--comm", "mmap_call"]);
-    let kubeconfig = server.agent_kubeconfig();
-    let kubeconfig = kubeconfig.to_str().expect("a UTF-8 path");
-    let (shipping, _) = agent(
-        &url,
-        &node,
-        &dir.join("state"),
-        &["--kubeconfig", kubeconfig],
-    );
+    let (_collector, subscriber, shipping) = pipeline(&server, &node, &dir);
     let agent_pid = shipping.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = procs::rss_kib(agent_pid);
