@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
 };
 use mapsentry_policy::MmapEvent;
 
@@ -71,7 +71,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// by the reader`, and `seen = reported + filtered`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
-    /// mmap-family calls that entered the kernel while attached (the agent's own excluded).
+    /// mmap-family calls made while attached (the agent's own excluded), counted where the
+    /// kernel decides on them: at entry, or at exit for an mmap or mmap2 read whole there.
     pub seen: u64,
     /// Of those, the calls the report filters kept: each one became a record or a drop.
     pub reported: u64,
@@ -143,6 +144,7 @@ impl Capture {
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
         let rules = RuleTable::new(
             take_map(&mut ebpf, "enforce", HashMap::try_from)?,
+            take_map(&mut ebpf, "enforce_sets", Array::try_from)?,
             attached.deny_unavailable.clone(),
         );
         Ok(Self {

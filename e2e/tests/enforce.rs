@@ -152,6 +152,60 @@ async fn rules_for_every_process_apply_and_enforcement_ignores_report_filters() 
     );
 }
 
+/// With a rule set loaded, the entry program judges every mmap and leaves the ones no rule
+/// matched to the exit program; with none (never loaded, or removed again) the exit program
+/// alone reads the call. Each way, every call is exactly one record with its arguments, and
+/// the kernel's `reported` count equals the records delivered.
+#[tokio::test]
+async fn every_call_is_one_record_with_rules_loaded_removed_or_absent() {
+    for rules in ["loaded", "removed", "absent"] {
+        let helper = Helper::spawn(mmap_call(), &[&calls()]);
+        let pid = helper.pid;
+        let mut capture = capture(&CaptureConfig {
+            pid: Some(pid),
+            ..CaptureConfig::default()
+        });
+        if rules != "absent" {
+            let mut never = write_exec_kill(3);
+            never.min_length = 1 << 40;
+            capture.rules().set(EVERY_PROCESS, 1, &[never]).unwrap();
+            assert_eq!(capture.rules().len(), 1);
+        }
+        if rules == "removed" {
+            capture.rules().remove(EVERY_PROCESS).unwrap();
+            assert!(capture.rules().is_empty());
+        }
+        let report = helper.go();
+        let events = drain_pid(&mut capture, pid);
+        for (i, (length, prot)) in [(4096, 3), (8192, 7), (4096, 1)].into_iter().enumerate() {
+            let matching: Vec<_> = events
+                .iter()
+                .filter(|e| e.args.length == length && e.args.prot == prot)
+                .collect();
+            assert_eq!(
+                matching.len(),
+                1,
+                "rules {rules}: call {i} is one record: {events:?}"
+            );
+            let event = matching[0];
+            assert_eq!(event.enforced, None, "rules {rules}: {event:?}");
+            assert_eq!(
+                event.ret,
+                report["results"][i]["ret"].as_i64().unwrap(),
+                "rules {rules}: the record carries the call's return"
+            );
+            assert_eq!(event.args.flags, PRIVATE_ANON, "rules {rules}");
+            assert_eq!(event.args.fd, -1, "rules {rules}");
+        }
+        let counters = capture.kernel_counters().unwrap();
+        assert_eq!(
+            counters.reported,
+            events.len() as u64 + counters.dropped,
+            "rules {rules}: {counters:?}"
+        );
+    }
+}
+
 /// A capture that reports only `pid`'s calls with PROT_READ: the W+X call is outside the
 /// report filter, yet must still be enforced, and reported.
 fn capture_for(pid: u32) -> mapsentry_agent::Capture {

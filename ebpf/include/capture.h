@@ -171,18 +171,34 @@ static __always_inline bool ms_report_filtered(__u64 pid_tgid, const struct ms_p
 	return filter_prot_any && !(p->args[2] & filter_prot_any);
 }
 
+/* Whether the exit program can read this call whole: mmap and mmap2 take their six arguments in
+ * registers the call leaves untouched, so the tracepoint-mode exit reads them from the saved user
+ * registers and nothing has to be parked. (mprotect needs the mapping's protection from before
+ * the call, old_mmap a user struct; kprobe and fentry exits have no user registers at hand.) */
+static __always_inline bool ms_read_at_exit(__u16 syscall)
+{
+	return syscall == MS_SYSCALL_MMAP || syscall == MS_SYSCALL_MMAP2;
+}
+
 /* Syscall entry, any mode: `regs` are the caller's saved user registers, `nr` its call number;
- * `btf`: see MS_READ. */
-static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf)
+ * `btf`: see MS_READ. `exit_reads`: the exit program is given the registers too (tracepoint
+ * modes), so calls it can read whole (ms_read_at_exit) are parked here only when an enforcement
+ * rule judged them. That halves the work of an unenforced mmap: parking costs a storage
+ * lookup, a second read of the clock and the cgroup, and a counter, per call. */
+static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf, bool exit_reads)
 {
 	struct ms_pending p = {};
 	struct ms_pending *parked;
 	__u64 pid_tgid;
+	bool deferred;
 
 	if (!ms_is_mmap_nr(nr))
 		return 0;
 	p.syscall = ms_syscall_of(nr, btf);
 	if (!p.syscall)
+		return 0;
+	deferred = exit_reads && ms_read_at_exit(p.syscall);
+	if (deferred && !ms_enforcing())
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
 	if ((__u32)(pid_tgid >> 32) == self_tgid)
@@ -191,9 +207,13 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf)
 	p.cgroup_id = bpf_get_current_cgroup_id();
 	ms_read_args(regs, &p, btf);
 	/* Enforcement first, for every process; an enforced call is always reported. */
-	if (!ms_enforce(&p) && ms_report_filtered(pid_tgid, &p)) {
-		ms_count(MS_COUNTER_FILTERED);
-		return 0;
+	if (!ms_enforce(&p)) {
+		if (deferred)
+			return 0; /* the exit program filters and reports it */
+		if (ms_report_filtered(pid_tgid, &p)) {
+			ms_count(MS_COUNTER_FILTERED);
+			return 0;
+		}
 	}
 	/* Counted after the filters: for the calls it reports, a capture's `seen` then equals
 	 * records delivered + dropped exactly, however busy other processes are. */
@@ -347,28 +367,14 @@ static __always_inline void ms_give_scratch(struct ms_scratch *s)
 	__sync_lock_test_and_set(&s->busy, 0);
 }
 
-/* Syscall exit, any mode: join the parked arguments with `ret` and emit one record; `btf`: see
- * MS_READ. */
-static __always_inline int ms_on_exit(long ret, bool btf)
+/* Every field of a record but the file's, from the parked call `p` and the current task; frees
+ * the thread's slot. */
+static __always_inline void ms_fill_record(struct ms_event *e, struct ms_pending *p, long ret,
+					   bool btf)
 {
 	struct task_struct *task;
-	struct ms_pending *p;
-	struct ms_scratch *s;
-	struct ms_event *e;
-	__u64 pid_tgid;
-	__u32 size;
+	__u64 pid_tgid, uid_gid;
 
-	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
-	if (!p || !p->syscall)
-		return 0;
-	s = ms_take_scratch();
-	if (!s) {
-		/* Every slot of this CPU is mid-record (nested preemption): the record is lost. */
-		p->syscall = 0;
-		ms_count(MS_COUNTER_DROPPED);
-		return 0;
-	}
-	e = &s->event;
 	e->ts_boot_ns = p->ts_boot_ns;
 	e->cgroup_id = p->cgroup_id;
 	e->syscall = p->syscall;
@@ -397,7 +403,7 @@ static __always_inline int ms_on_exit(long ret, bool btf)
 	e->tid = (__u32)pid_tgid;
 	task = MS_READ(btf, task, real_parent);
 	e->ppid = MS_READ(btf, task, tgid);
-	__u64 uid_gid = bpf_get_current_uid_gid();
+	uid_gid = bpf_get_current_uid_gid();
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
@@ -405,13 +411,87 @@ static __always_inline int ms_on_exit(long ret, bool btf)
 	e->dev = 0;
 	e->fs_magic = 0;
 	e->path_len = 0;
-	if (!(e->flags & MS_MAP_ANONYMOUS) && !(e->file_flags & MS_ARGS_UNREADABLE))
-		ms_fill_file(s, e->fd);
+}
 
+/* Whether the parked call may map a file: only then is there a file to resolve and a path. */
+static __always_inline bool ms_may_map_file(const struct ms_pending *p)
+{
+	return !(p->args[3] & MS_MAP_ANONYMOUS) && !p->args_unreadable && (__s32)p->args[4] >= 0;
+}
+
+/* Emit the record of call `p` (parked, or read at exit) that returned `ret`; frees a parked
+ * call's slot. */
+static __always_inline void ms_emit(struct ms_pending *p, long ret, bool btf)
+{
+	struct ms_scratch *s;
+	struct ms_event *e;
+	__u64 wakeup;
+	__u32 size;
+
+	if (!ms_may_map_file(p)) {
+		/* No file, so a fixed-size record: filled in place in the ring buffer, with no
+		 * scratch slot (a lookup and two atomics) and no copy. */
+		size = offsetof(struct ms_event, path);
+		wakeup = ms_wakeup_flag(size);
+		e = bpf_ringbuf_reserve(&events, size, 0);
+		if (!e) {
+			p->syscall = 0;
+			ms_count(MS_COUNTER_DROPPED);
+			return;
+		}
+		ms_fill_record(e, p, ret, btf);
+		bpf_ringbuf_submit(e, wakeup);
+		return;
+	}
+	s = ms_take_scratch();
+	if (!s) {
+		/* Every slot of this CPU is mid-record (nested preemption): the record is lost. */
+		p->syscall = 0;
+		ms_count(MS_COUNTER_DROPPED);
+		return;
+	}
+	e = &s->event;
+	ms_fill_record(e, p, ret, btf);
+	ms_fill_file(s, e->fd);
 	size = offsetof(struct ms_event, path) + (e->path_len & (MS_PATH_MAX - 1));
 	if (bpf_ringbuf_output(&events, e, size, ms_wakeup_flag(size)))
 		ms_count(MS_COUNTER_DROPPED);
 	ms_give_scratch(s);
+}
+
+/* Syscall exit, any mode: emit the parked call's record, or, given the caller's user registers
+ * `regs` (tracepoint modes; NULL elsewhere) and its call number `nr`, read an unparked mmap or
+ * mmap2 whole here (see ms_on_enter). `btf`: see MS_READ. The arguments are still in `regs`:
+ * the call does not write them, and the exit tracepoint runs before a ptracer's exit stop and
+ * while TS_COMPAT is still set for an ia32 call. */
+static __always_inline int ms_on_exit(struct pt_regs *regs, long nr, long ret, bool btf)
+{
+	struct ms_pending *parked;
+	struct ms_pending p = {};
+	__u64 pid_tgid;
+
+	parked = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
+	if (parked && parked->syscall) {
+		ms_emit(parked, ret, btf);
+		return 0;
+	}
+	if (!regs)
+		return 0;
+	p.syscall = ms_syscall_of(nr, btf);
+	if (!ms_read_at_exit(p.syscall))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if ((__u32)(pid_tgid >> 32) == self_tgid)
+		return 0;
+	ms_read_args(regs, &p, btf);
+	if (ms_report_filtered(pid_tgid, &p)) {
+		ms_count(MS_COUNTER_FILTERED);
+		return 0;
+	}
+	ms_count(MS_COUNTER_SEEN);
+	p.ts_boot_ns = bpf_ktime_get_boot_ns();
+	p.cgroup_id = bpf_get_current_cgroup_id();
+	ms_emit(&p, ret, btf);
 	return 0;
 }
 

@@ -92,6 +92,15 @@ static __always_inline bool ms_enforce(struct ms_pending *p)
 	return ms_enforce_set(p->cgroup_id, p) || ms_enforce_set(0, p);
 }
 
+/* Whether any enforcement rules are loaded (see `enforce_sets`). */
+static __always_inline bool ms_enforcing(void)
+{
+	__u32 key = 0;
+	__u32 *sets = bpf_map_lookup_elem(&enforce_sets, &key);
+
+	return sets && *sets;
+}
+
 /* LSM hooks: refuse the call in progress on this thread if its entry decided Deny. */
 static __always_inline int ms_lsm_verdict(int ret)
 {

@@ -33,6 +33,15 @@ struct {
 	__type(value, struct ms_rule_set);
 } enforce SEC(".maps");
 
+/* How many rule sets `enforce` holds (one element), kept by the agent with them. While it is 0,
+ * the tracepoint-mode entry program leaves mmap and mmap2 calls to the exit program alone. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} enforce_sets SEC(".maps");
+
 /* The mapping call each thread is inside, parked between its entry and exit: task storage,
  * created at a thread's first reported call and freed with the thread. It replaced an LRU hash
  * keyed by tid whose update and delete cost ~300 ns per call (bpf_stats); a storage lookup is a

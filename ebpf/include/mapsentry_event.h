@@ -80,7 +80,8 @@ struct ms_rule_set {
 };
 
 struct ms_event {
-	__u64 ts_boot_ns; /* bpf_ktime_get_boot_ns() at syscall entry */
+	__u64 ts_boot_ns; /* bpf_ktime_get_boot_ns() at syscall entry, or exit for a call read
+			   * whole there (ms_on_exit) */
 	__u64 cgroup_id;  /* cgroup v2 id of the caller */
 	__u64 addr;       /* the six arguments, as passed */
 	__u64 length;

@@ -19,29 +19,33 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tp_btf/sys_enter")
 int BPF_PROG(ms_btf_enter, struct pt_regs *regs, long nr)
 {
-	return ms_on_enter(regs, nr, true);
+	return ms_on_enter(regs, nr, true, true);
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(ms_btf_exit, struct pt_regs *regs, long ret)
 {
-	if (!ms_is_mmap_nr(regs->orig_ax))
+	long nr = regs->orig_ax;
+
+	if (!ms_is_mmap_nr(nr))
 		return 0;
-	return ms_on_exit(ret, true);
+	return ms_on_exit(regs, nr, ret, true);
 }
 
 SEC("raw_tp/sys_enter")
 int BPF_PROG(ms_tp_enter, struct pt_regs *regs, long nr)
 {
-	return ms_on_enter(regs, nr, false);
+	return ms_on_enter(regs, nr, false, true);
 }
 
 SEC("raw_tp/sys_exit")
 int BPF_PROG(ms_tp_exit, struct pt_regs *regs, long ret)
 {
-	if (!ms_is_mmap_nr(BPF_CORE_READ(regs, orig_ax)))
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	if (!ms_is_mmap_nr(nr))
 		return 0;
-	return ms_on_exit(ret, false);
+	return ms_on_exit(regs, nr, ret, false);
 }
 
 /*
@@ -54,13 +58,13 @@ int BPF_KPROBE(ms_kprobe_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax), false);
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax), false, false);
 }
 
 SEC("kretprobe/ksys_mmap_pgoff")
 int BPF_KRETPROBE(ms_kprobe_exit, long ret)
 {
-	return ms_on_exit(ret, false);
+	return ms_on_exit(NULL, 0, ret, false);
 }
 
 /* Mode `fentry`: the same function through BPF trampolines (no kprobe breakpoint). */
@@ -69,7 +73,7 @@ int BPF_PROG(ms_fentry_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, regs->orig_ax, true);
+	return ms_on_enter(regs, regs->orig_ax, true, false);
 }
 
 SEC("fexit/ksys_mmap_pgoff")
@@ -78,7 +82,7 @@ int BPF_PROG(ms_fexit_exit)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return ms_on_exit((long)ret, true);
+	return ms_on_exit(NULL, 0, (long)ret, true);
 }
 
 /*
@@ -93,14 +97,14 @@ int BPF_KPROBE(ms_kprobe_mprotect_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax), false);
+	return ms_on_enter(regs, BPF_CORE_READ(regs, orig_ax), false, false);
 }
 
 /* do_mprotect_pkey returns int: the upper half of the return register is not part of it. */
 SEC("kretprobe/do_mprotect_pkey")
 int BPF_KRETPROBE(ms_kprobe_mprotect_exit, long ret)
 {
-	return ms_on_exit((long)(int)ret, false);
+	return ms_on_exit(NULL, 0, (long)(int)ret, false);
 }
 
 SEC("fentry/do_mprotect_pkey")
@@ -108,7 +112,7 @@ int BPF_PROG(ms_fentry_mprotect_enter)
 {
 	struct pt_regs *regs = ms_user_regs();
 
-	return ms_on_enter(regs, regs->orig_ax, true);
+	return ms_on_enter(regs, regs->orig_ax, true, false);
 }
 
 SEC("fexit/do_mprotect_pkey")
@@ -117,7 +121,7 @@ int BPF_PROG(ms_fexit_mprotect_exit)
 	__u64 ret = 0;
 
 	bpf_get_func_ret(ctx, &ret);
-	return ms_on_exit((long)(int)ret, true);
+	return ms_on_exit(NULL, 0, (long)(int)ret, true);
 }
 
 /*

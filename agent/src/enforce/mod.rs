@@ -4,7 +4,9 @@
 pub mod policies;
 pub mod wire;
 
-use aya::maps::{HashMap, MapData};
+use std::collections::HashSet;
+
+use aya::maps::{Array, HashMap, MapData};
 use mapsentry_policy::Syscall;
 use zerocopy::FromZeros;
 
@@ -68,9 +70,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The kernel's `enforce` map: rule sets by cgroup id.
+/// The kernel's `enforce` map: rule sets by cgroup id, and beside it the number of sets
+/// (`enforce_sets`), which lets the programs skip enforcement altogether while it is 0.
 pub struct RuleTable {
     map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>,
+    count: Array<MapData, u32>,
+    /// The cgroups that have a set in `map`.
+    keys: HashSet<u64>,
     /// Why Deny rules cannot be enforced here, if they cannot.
     deny_unavailable: Option<String>,
 }
@@ -84,12 +90,36 @@ impl std::fmt::Debug for RuleTable {
 impl RuleTable {
     pub(crate) fn new(
         map: HashMap<MapData, u64, [u8; RULE_SET_LEN]>,
+        count: Array<MapData, u32>,
         deny_unavailable: Option<String>,
     ) -> Self {
         Self {
             map,
+            count,
+            keys: HashSet::new(),
             deny_unavailable,
         }
+    }
+
+    /// How many cgroups (or `EVERY_PROCESS`) have rules in the kernel.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Tell the programs how many sets there are: written after a set is added (a call
+    /// entering in between is judged as before the set arrived) and after one is removed.
+    fn publish_count(&mut self, cgroup_id: u64) -> Result<()> {
+        let count = u32::try_from(self.keys.len()).unwrap_or(u32::MAX);
+        self.count.set(0, count, 0).map_err(|e| Error::Map {
+            cgroup_id,
+            reason: crate::probe::chain(&e),
+        })
     }
 
     /// Replace the rules of `cgroup_id` (`EVERY_PROCESS` for all processes); the kernel
@@ -123,23 +153,30 @@ impl RuleTable {
             .map_err(|e| Error::Map {
                 cgroup_id,
                 reason: crate::probe::chain(&e),
-            })
+            })?;
+        if self.keys.insert(cgroup_id) {
+            self.publish_count(cgroup_id)?;
+        }
+        Ok(())
     }
 
     /// Remove the rules of `cgroup_id`; absent rules are not an error.
     pub fn remove(&mut self, cgroup_id: u64) -> Result<()> {
         match self.map.remove(&cgroup_id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(())
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Map {
+                    cgroup_id,
+                    reason: crate::probe::chain(&e),
+                });
             }
-            Err(e) => Err(Error::Map {
-                cgroup_id,
-                reason: crate::probe::chain(&e),
-            }),
         }
+        if self.keys.remove(&cgroup_id) {
+            self.publish_count(cgroup_id)?;
+        }
+        Ok(())
     }
 }
 
