@@ -203,7 +203,6 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf, 
 	pid_tgid = bpf_get_current_pid_tgid();
 	if ((__u32)(pid_tgid >> 32) == self_tgid)
 		return 0;
-	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	p.cgroup_id = bpf_get_current_cgroup_id();
 	ms_read_args(regs, &p, btf);
 	/* Enforcement first, for every process; an enforced call is always reported. */
@@ -215,6 +214,7 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf, 
 			return 0;
 		}
 	}
+	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	/* Counted after the filters: for the calls it reports, a capture's `seen` then equals
 	 * records delivered + dropped exactly, however busy other processes are. */
 	ms_count(MS_COUNTER_SEEN);
