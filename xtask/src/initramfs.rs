@@ -62,7 +62,9 @@ pub fn init_script(plan: &Plan, nonce: &str) -> String {
 export PATH=/bin HOME=/tmp RUST_BACKTRACE=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t tmpfs tmpfs /tmp
+# A checkout under /tmp has its test binaries there (at their host paths): keep them visible.
+# The initramfs root is writable memory already; a fresh tmpfs is only for an empty /tmp.
+[ -z "$(ls -A /tmp)" ] && mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/shm
 mount -t tmpfs shm /dev/shm
 mount -t bpf bpf /sys/fs/bpf
