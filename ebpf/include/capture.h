@@ -367,13 +367,13 @@ static __always_inline void ms_give_scratch(struct ms_scratch *s)
 	__sync_lock_test_and_set(&s->busy, 0);
 }
 
-/* Every field of a record but the file's, from the parked call `p` and the current task; frees
- * the thread's slot. */
+/* Every field of a record but the file's, from the call `p`, the current task and its
+ * `pid_tgid`; frees a parked call's slot. */
 static __always_inline void ms_fill_record(struct ms_event *e, struct ms_pending *p, long ret,
-					   bool btf)
+					   __u64 pid_tgid, bool btf)
 {
 	struct task_struct *task;
-	__u64 pid_tgid, uid_gid;
+	__u64 uid_gid;
 
 	e->ts_boot_ns = p->ts_boot_ns;
 	e->cgroup_id = p->cgroup_id;
@@ -396,7 +396,6 @@ static __always_inline void ms_fill_record(struct ms_event *e, struct ms_pending
 	}
 	p->syscall = 0; /* the slot is free again */
 
-	pid_tgid = bpf_get_current_pid_tgid();
 	task = ms_current_task(btf);
 	e->ret = ret;
 	e->pid = pid_tgid >> 32;
@@ -421,7 +420,7 @@ static __always_inline bool ms_may_map_file(const struct ms_pending *p)
 
 /* Emit the record of call `p` (parked, or read at exit) that returned `ret`; frees a parked
  * call's slot. */
-static __always_inline void ms_emit(struct ms_pending *p, long ret, bool btf)
+static __always_inline void ms_emit(struct ms_pending *p, long ret, __u64 pid_tgid, bool btf)
 {
 	struct ms_scratch *s;
 	struct ms_event *e;
@@ -439,7 +438,7 @@ static __always_inline void ms_emit(struct ms_pending *p, long ret, bool btf)
 			ms_count(MS_COUNTER_DROPPED);
 			return;
 		}
-		ms_fill_record(e, p, ret, btf);
+		ms_fill_record(e, p, ret, pid_tgid, btf);
 		bpf_ringbuf_submit(e, wakeup);
 		return;
 	}
@@ -451,7 +450,7 @@ static __always_inline void ms_emit(struct ms_pending *p, long ret, bool btf)
 		return;
 	}
 	e = &s->event;
-	ms_fill_record(e, p, ret, btf);
+	ms_fill_record(e, p, ret, pid_tgid, btf);
 	ms_fill_file(s, e->fd);
 	size = offsetof(struct ms_event, path) + (e->path_len & (MS_PATH_MAX - 1));
 	if (bpf_ringbuf_output(&events, e, size, ms_wakeup_flag(size)))
@@ -472,7 +471,7 @@ static __always_inline int ms_on_exit(struct pt_regs *regs, long nr, long ret, b
 
 	parked = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
 	if (parked && parked->syscall) {
-		ms_emit(parked, ret, btf);
+		ms_emit(parked, ret, bpf_get_current_pid_tgid(), btf);
 		return 0;
 	}
 	if (!regs)
@@ -491,7 +490,7 @@ static __always_inline int ms_on_exit(struct pt_regs *regs, long nr, long ret, b
 	ms_count(MS_COUNTER_SEEN);
 	p.ts_boot_ns = bpf_ktime_get_boot_ns();
 	p.cgroup_id = bpf_get_current_cgroup_id();
-	ms_emit(&p, ret, btf);
+	ms_emit(&p, ret, pid_tgid, btf);
 	return 0;
 }
 

@@ -1,7 +1,7 @@
 //! A real kube-apiserver (e2e/kube/*.sh) with pods written as a kubelet would, cgroup
 //! directories shaped like the kubelet's, and the `mapsentry` binaries run as a user runs them.
 
-use super::forward_lines;
+use super::{forward_lines, items_until};
 use std::{
     io::{Read, Write as _},
     net::SocketAddr,
@@ -324,23 +324,15 @@ impl Running {
         timeout: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(line) => {
-                    let value: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-                    let last = done(&value);
-                    seen.push(value);
-                    if last {
-                        return seen;
-                    }
-                }
-                Err(e) => panic!("waiting for {what}: {e}; {} lines read", seen.len()),
-            }
-        }
+        items_until(
+            &self.stdout,
+            what,
+            timeout,
+            |line| {
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+            },
+            done,
+        )
     }
 
     pub fn stop(mut self) {

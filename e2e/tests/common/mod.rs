@@ -233,14 +233,27 @@ pub fn lines_until(
     timeout: Duration,
     done: impl Fn(&str) -> bool,
 ) -> Vec<String> {
+    items_until(rx, what, timeout, |line| line, |line| done(line))
+}
+
+/// Lines from `rx`, each turned into an item by `parse`, until an item satisfies `done`: all
+/// of them, that one last. Panics after `timeout`, naming `what` and the last item.
+pub fn items_until<T: std::fmt::Debug>(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    timeout: Duration,
+    parse: impl Fn(String) -> T,
+    done: impl Fn(&T) -> bool,
+) -> Vec<T> {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let last = done(&line);
-                seen.push(line);
+                let item = parse(line);
+                let last = done(&item);
+                seen.push(item);
                 if last {
                     return seen;
                 }
