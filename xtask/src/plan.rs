@@ -18,7 +18,6 @@ pub enum Mode {
 
 impl Mode {
     /// Cheapest first, the order in which `auto` tries them.
-    #[cfg(test)]
     pub const CONCRETE: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
 
     pub fn as_str(self) -> &'static str {
@@ -128,7 +127,7 @@ impl Plan {
             label: Mode::Auto.to_string(),
             env: vec![
                 ("MAPSENTRY_TEST_ATTACH", Mode::Auto.to_string()),
-                ("MAPSENTRY_TEST_AUTO_PICKS", kernel.auto_picks.to_string()),
+                ("MAPSENTRY_TEST_AUTO_PICKS", kernel.auto_picks().to_string()),
             ],
             binary: binary(AUTO)?,
         });
