@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The chart against a real kube-apiserver (1.20.2 + etcd on loopback, e2e/kube/start-apiserver.sh):
+# The chart against a real kube-apiserver (+ etcd on loopback, e2e/kube/start-apiserver.sh, the
+# versions e2e/kube/build-kube.sh pins):
 #  - the chart's CRDs are accepted and established; every example policy (examples/policies/) is
 #    accepted; invalid policies are refused by the CRD schema, naming the field;
 #  - the chart's ServiceAccounts, ClusterRoles and bindings grant each component what it needs and

@@ -13,6 +13,10 @@ packages=(
   qemu-system-x86     # cargo xtask vm-test: the kernel matrix in software-emulated VMs
   busybox-static      # the VMs' userland (/bin/busybox in the initramfs)
   binutils            # strip, for a small initramfs
+  # e2e/kube: the test cluster (real_node) and the kube-apiserver of the Kubernetes tests
+  containernetworking-plugins iptables iproute2  # the node's bridge network, kube-proxy
+  libseccomp-dev pkg-config                      # runc, built with seccomp (build-kube.sh)
+  openssl curl                                   # certificates, readiness checks
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -34,3 +38,9 @@ if ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
+# e2e/kube/build-kube.sh builds Kubernetes 1.37 from its Go module: Go 1.26 or newer.
+go_version="$(go env GOVERSION 2>/dev/null || true)"
+case "$go_version" in
+  go1.2[6-9]* | go1.[3-9][0-9]* | go[2-9]*) ;;
+  *) echo "setup.sh: Go 1.26 or newer is needed to build the test cluster (found: ${go_version:-none})" >&2; exit 1 ;;
+esac
