@@ -67,7 +67,7 @@ for f in "${examples[@]}"; do
 done
 
 # 3. Invalid policies are refused, naming the field.
-refuse() { # NAME EXPECTED-FIELD YAML; the API server of 1.20 names list items without [index]
+refuse() { # NAME EXPECTED-FIELD YAML; list items are matched with or without [index] (servers differ)
   local pattern
   pattern="$(printf '%s' "$2" | sed -e 's/\./\\./g' -e 's/\[0\]/(\\[0\\])?/g')"
   if printf '%s\n' "$3" | k create --validate=false -n policy-test -f - >"$state/out" 2>&1; then

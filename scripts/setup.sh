@@ -15,6 +15,7 @@ packages=(
   binutils            # strip, for a small initramfs
   # e2e/kube: the test cluster (real_node) and the kube-apiserver of the Kubernetes tests
   containernetworking-plugins iptables iproute2  # the node's bridge network, kube-proxy
+  nftables                                       # stop-node.sh removes the tables it brought
   libseccomp-dev pkg-config                      # runc, built with seccomp (build-kube.sh)
   openssl curl                                   # certificates, readiness checks
 )

@@ -49,13 +49,16 @@ image() {
     echo "$OUT/$name.tar"
 }
 
-# A release build of BIN from PACKAGE, static; prints its path.
+# The release builds of both images' Rust binaries (mapsentry, mmap_call), static, in one cargo
+# invocation so that their dependencies are compiled once with one set of features; prints the
+# path of BIN.
 static_binary() {
-    local package="$1" bin="$2"
+    local bin="$1"
     command -v cargo >/dev/null || fail "cargo is needed to build $bin"
     (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 \
-        cargo build --release --locked --target "$TARGET" -p "$package" --bin "$bin" >&2) \
-        || fail "cargo build --release -p $package --bin $bin failed"
+        cargo build --release --locked --target "$TARGET" \
+        -p mapsentry-cli --bin mapsentry -p mapsentry-e2e --bin mmap_call >&2) \
+        || fail "cargo build --release of mapsentry and mmap_call failed"
     echo "$REPO/target/$TARGET/release/$bin"
 }
 
@@ -79,7 +82,7 @@ build_workload() {
     local rootfs="$work/workload" mmap_call applet
     [[ -x /bin/busybox ]] || fail "no /bin/busybox (apt-get install busybox-static)"
     ldd /bin/busybox >/dev/null 2>&1 && fail "/bin/busybox is not static (install busybox-static)"
-    mmap_call="$(static_binary mapsentry-e2e mmap_call)"
+    mmap_call="$(static_binary mmap_call)"
     mkdir -p "$rootfs/bin" "$rootfs/usr/local/bin"
     base_files "$rootfs"
     cp /bin/busybox "$rootfs/bin/busybox"
@@ -93,7 +96,7 @@ build_workload() {
 
 build_mapsentry() {
     local rootfs="$work/mapsentry" binary
-    binary="$(static_binary mapsentry-cli mapsentry)"
+    binary="$(static_binary mapsentry)"
     mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs"
     base_files "$rootfs"
     cp "$binary" "$rootfs/usr/local/bin/mapsentry"

@@ -35,7 +35,7 @@ fail() { log "$*"; exit 1; }
 
 mkdir -p "$CACHE"
 # One build at a time per cache (tests and scripts may call this concurrently).
-exec 9>"$ROOT/.build.lock"
+exec 9>"$ROOT/.build-kube.lock"
 flock 9
 
 have_all() {
@@ -121,7 +121,8 @@ GO
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
         k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3 ./coredns)
-    mv "$CACHE/src/out-kube/v3" "$CACHE/src/out-kube/etcd"
+    # (go names the etcd main package go.etcd.io/etcd/server/v3 after its directory: server)
+    mv "$CACHE/src/out-kube/server" "$CACHE/src/out-kube/etcd"
     for b in "${KUBE_BINARIES[@]}"; do mv "$CACHE/src/out-kube/$b" "$BIN/$b"; done
     log "kubernetes, etcd and coredns built in $((SECONDS - t0)) s"
 fi

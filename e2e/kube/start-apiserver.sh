@@ -103,7 +103,9 @@ cert() {
 
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
-node_args=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+# On loopback nothing may reach the API server through the `kubernetes` Service, whose endpoint
+# may not be a loopback address: no endpoint reconciler.
+node_args=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount --endpoint-reconciler-type none)
 if [[ "$APISERVER_FOR_NODES" == 1 ]]; then
     cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
     node_args=(

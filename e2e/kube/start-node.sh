@@ -62,6 +62,7 @@ if [[ ! -f "$STATE/host.env" ]]; then
         done
     } >"$STATE/host.env"
     iptables-save >"$STATE/iptables.before"
+    ip6tables-save >"$STATE/ip6tables.before"
 fi
 
 echo "NODE_NAME=$NODE_NAME NODE_IP=$NODE_IP POD_CIDR=$POD_CIDR SERVICE_CIDR=$SERVICE_CIDR BRIDGE=$BRIDGE" \
@@ -104,7 +105,9 @@ if [[ ! -e "/sys/class/net/$BRIDGE" ]]; then
     ip addr add "$NODE_IP/16" dev "$BRIDGE"
     ip link set "$BRIDGE" up
 fi
-ip route replace blackhole "$SERVICE_CIDR"
+# Service addresses are translated by kube-proxy; one it does not know goes onto the bridge (never
+# out of the machine). (A blackhole route would fail the host's own connections before NAT.)
+ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$NODE_IP"
 iptables -C FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP -m comment --comment mapsentry-e2e 2>/dev/null \
     || iptables -I FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP -m comment --comment mapsentry-e2e
 iptables -C FORWARD -o "$BRIDGE" ! -i "$BRIDGE" -j DROP -m comment --comment mapsentry-e2e 2>/dev/null \
@@ -228,7 +231,8 @@ cat >"$STATE/cni/net.d/10-mapsentry-e2e.conflist" <<CNI
 }
 CNI
 cat >"$CTRD/config.toml" <<TOML
-version = 3
+version = 4
+imports = []
 root = "$CTRD/root"
 state = "$CTRD/state"
 

@@ -93,16 +93,33 @@ done
 [[ -x "$BIN/kube-proxy" ]] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1
 while iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP -m comment --comment mapsentry-e2e 2>/dev/null; do :; done
 while iptables -D FORWARD -o "$BRIDGE" ! -i "$BRIDGE" -j DROP -m comment --comment mapsentry-e2e 2>/dev/null; do :; done
-# The kubelet's canary chains, when this node made them.
-if [[ -f "$STATE/iptables.before" ]]; then
+# The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and any other
+# KUBE-* chain the machine did not have, with the rules jumping to them; then the tables the node
+# brought into being, once empty (iptables-nft: nft tables ip/ip6 filter, nat, mangle).
+for family in ip ip6; do
+    tool=iptables
+    [[ "$family" == ip6 ]] && tool=ip6tables
+    before="$STATE/$tool.before"
+    [[ -f "$before" ]] || continue
     for table in mangle nat filter; do
-        for chain in KUBE-KUBELET-CANARY KUBE-FIREWALL; do
-            grep -q "^:$chain " "$STATE/iptables.before" && continue
-            iptables -t "$table" -F "$chain" 2>/dev/null && iptables -t "$table" -X "$chain" 2>/dev/null
+        "$tool" -t "$table" -S >/dev/null 2>&1 || continue
+        for chain in $("$tool" -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do
+            grep -q "^:$chain " "$before" && continue
+            "$tool" -t "$table" -S 2>/dev/null | grep -- "-j $chain\( \|$\)" | grep '^-A ' \
+                | while IFS= read -r rule; do
+                    # (iptables -S quotes words as the shell does)
+                    eval "\"\$tool\" -t \"\$table\" -D ${rule#-A }" 2>/dev/null
+                done
+            "$tool" -t "$table" -F "$chain" 2>/dev/null
+            "$tool" -t "$table" -X "$chain" 2>/dev/null || log "could not remove $tool -t $table chain $chain"
         done
+        if ! grep -q "^\*$table$" "$before" && command -v nft >/dev/null \
+            && ! "$tool" -t "$table" -S 2>/dev/null | grep -qv '^-P [A-Z]* ACCEPT$'; then
+            nft delete table "$family" "$table" 2>/dev/null
+        fi
     done
-fi
-ip route del blackhole "$SERVICE_CIDR" 2>/dev/null
+done
+ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null
 ip link del "$BRIDGE" 2>/dev/null
 
 # 6. Sysctls and directories as they were.
