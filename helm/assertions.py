@@ -121,7 +121,7 @@ def common(c):
     c.check(sc.get("readOnlyRootFilesystem") is True, "agent root filesystem is read-only")
     c.check(sc["capabilities"]["drop"] == ["ALL"], "agent drops all capabilities first")
     caps = set(sc["capabilities"]["add"])
-    want = {"BPF", "PERFMON", "SYS_RESOURCE"} | ({"SYS_ADMIN"} if c.scenario == "custom" else set())
+    want = {"BPF", "PERFMON"} | ({"SYS_ADMIN", "SYS_RESOURCE"} if c.scenario == "custom" else set())
     c.check(caps == want, f"agent capabilities are exactly {sorted(want)}: {sorted(caps)}")
     if "SYS_ADMIN" in caps:
         c.check("allowPrivilegeEscalation" not in sc,

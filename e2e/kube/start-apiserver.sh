@@ -8,7 +8,8 @@
 #   --apiserver-only starts only the apiserver (after stop-apiserver.sh --apiserver-only), for
 #   outage tests.
 # Files in STATE_DIR: kubeconfig (admin, system:masters), kubeconfig-agent (user
-# mapsentry-agent, RBAC: get/list/watch pods, namespaces, replicasets, jobs), ports.env
+# mapsentry-agent, RBAC: get/list/watch pods, namespaces, replicasets, jobs; without
+# APISERVER_FOR_NODES), ports.env
 # (ETCD_PORT, APISERVER_PORT, ...), apiserver.env (the settings below, as first started),
 # etcd.log, apiserver.log, etcd.pid, apiserver.pid, pki/ (ca.crt/ca.key sign every certificate).
 # Environment (read at the first start of a STATE_DIR):
@@ -178,7 +179,9 @@ KC
 kubeconfig "$STATE/kubeconfig" admin "$ADMIN_TOKEN"
 kubeconfig "$STATE/kubeconfig-agent" mapsentry-agent "$AGENT_TOKEN"
 
-# RBAC for the agent's identity (idempotent: 409 Conflict on a restart is fine).
+# RBAC for the agent's identity (idempotent: 409 Conflict on a restart is fine). Not for nodes:
+# there the chart brings its own roles, of the same names.
+[[ "$APISERVER_FOR_NODES" == 1 ]] && { echo "$STATE/kubeconfig"; exit 0; }
 apply() { # PATH JSON
     local code
     code="$(curl -s -o /dev/null -w '%{http_code}' --cacert "$PKI/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
