@@ -60,6 +60,11 @@ if [[ ! -f "$STATE/host.env" ]]; then
             /run/containerd /etc/cni; do
             [[ -e "$d" ]] || echo "CREATED=$d"
         done
+        # The chart's agent writes its state there: what the machine had goes back afterwards.
+        if [[ -d /var/lib/mapsentry ]]; then
+            tar -C /var/lib/mapsentry -cf "$STATE/saved-var-lib-mapsentry.tar" .
+            echo "SAVED=/var/lib/mapsentry=$STATE/saved-var-lib-mapsentry.tar"
+        fi
     } >"$STATE/host.env"
     iptables-save >"$STATE/iptables.before"
     ip6tables-save >"$STATE/ip6tables.before"
@@ -236,13 +241,14 @@ imports = []
 root = "$CTRD/root"
 state = "$CTRD/state"
 
-[grpc]
+# (Config version 4, containerd 2.4's: its servers are plugins, each with its address.)
+[plugins.'io.containerd.server.v1.grpc']
   address = "$CTRD/containerd.sock"
-[ttrpc]
+[plugins.'io.containerd.server.v1.ttrpc']
   address = "$CTRD/containerd.sock.ttrpc"
-[debug]
+[plugins.'io.containerd.server.v1.debug']
   address = "$CTRD/debug.sock"
-[metrics]
+[plugins.'io.containerd.server.v1.metrics']
   address = ""
 
 [plugins.'io.containerd.cri.v1.runtime']

@@ -133,6 +133,10 @@ if [[ -f "$STATE/host.env" ]]; then
                     | while IFS= read -r m; do umount -l "$m" 2>/dev/null; done
                 rm -rf "$name"
                 ;;
+            SAVED)
+                rm -rf "$name" && mkdir -p "$name" && tar -C "$name" -xf "$value" \
+                    || log "could not restore $name from $value"
+                ;;
         esac
     done <"$STATE/host.env"
 fi

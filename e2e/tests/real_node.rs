@@ -55,7 +55,6 @@ const WORKLOAD: &str = "localhost/mapsentry-e2e/workload:1";
 const WX_CALL: &str =
     r#"{"calls":[{"addr":0,"length":4096,"prot":7,"flags":34,"fd":"anon","offset":0}]}"#;
 const PROT_RWX: u64 = 7;
-const CAP_SYS_RESOURCE: u64 = 1 << 24;
 const CAP_PERFMON: u64 = 1 << 38;
 const CAP_BPF: u64 = 1 << 39;
 /// The agent's state directory on the node (the chart's default `agent.hostPaths.state`).
@@ -309,6 +308,8 @@ impl Tail {
     fn wx_event(&mut self, cluster: &Cluster, pod: &Value, container: &str) -> Value {
         let namespace = pod["metadata"]["namespace"].as_str().expect("namespace");
         let name = pod["metadata"]["name"].as_str().expect("name");
+        // (The container id comes from the cgroup path: every event of the container has it.)
+        let id = container_id(pod, container);
         let event = self.find(
             cluster,
             &format!("W+X event of {namespace}/{name} container {container}"),
@@ -318,6 +319,7 @@ impl Tail {
                     && v["pod"] == name
                     && v["args"]["prot"] == PROT_RWX
                     && v["comm"] == "mmap_call"
+                    && v["k8s"]["container_id"] == id.as_str()
             },
         );
         assert_eq!(
@@ -327,11 +329,6 @@ impl Tail {
         assert_eq!(
             event["k8s"]["pod_uid"], pod["metadata"]["uid"],
             "the event carries the pod's UID: {event}"
-        );
-        assert_eq!(
-            event["k8s"]["container_id"].as_str(),
-            Some(container_id(pod, container).as_str()),
-            "the event carries the container id containerd gave {container}: {event}"
         );
         assert_eq!(event["k8s"]["image"], WORKLOAD, "image: {event}");
         assert_eq!(event["k8s"]["resolved"], true, "resolved: {event}");
@@ -466,6 +463,24 @@ fn chart_on_a_real_node() {
         ));
     }
     let installed_at = Instant::now();
+    // (helm's --wait counts a DaemonSet ready with maxUnavailable pods not ready: on one node,
+    // none.)
+    cluster.wait(
+        "the agent pod Ready (readiness: programs attached, pod cache synced)",
+        STEP,
+        || {
+            let pods = cluster.get(&[
+                "get",
+                "pods",
+                "-n",
+                RELEASE_NS,
+                "-l",
+                "app.kubernetes.io/component=agent",
+            ])?;
+            let pod = pods["items"].as_array()?.first()?.clone();
+            (status_of(&pod, "agent")["ready"] == true).then_some(())
+        },
+    );
     let (agent_pod_uid, agent_pid) = agent_host_pid(&cluster);
 
     // The agent runs with exactly the capabilities the chart gives it.
@@ -476,9 +491,9 @@ fn chart_on_a_real_node() {
         .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
         .expect("CapEff");
     assert_eq!(
-        cap_eff & !CAP_SYS_RESOURCE,
+        cap_eff,
         CAP_PERFMON | CAP_BPF,
-        "the agent's effective capabilities are BPF, PERFMON (and SYS_RESOURCE where the node has it): {cap_eff:#x}"
+        "the agent's effective capabilities are exactly BPF and PERFMON: {cap_eff:#x}"
     );
 
     // --- Policy (Audit) and a subscriber.
@@ -530,7 +545,7 @@ fn chart_on_a_real_node() {
         "alert policy: {alert}"
     );
     assert_eq!(alert["rule"], RULE, "alert rule: {alert}");
-    assert_eq!(alert["mode"], "Audit", "alert mode: {alert}");
+    assert_eq!(alert["mode"], "audit", "alert mode: {alert}");
     assert_eq!(alert["container"], "app", "alert container: {alert}");
     cluster.wait("an MmapPolicyViolation Event on wx-long", STEP, || {
         let events = cluster.get(&["get", "events", "-n", WX_NS])?;
