@@ -304,8 +304,12 @@ dockerfile_checks() {
   grep -q 'target/release/mapsentry /out/mapsentry' Dockerfile || { echo "does not install target/release/mapsentry"; return 1; }
   grep -q 'clang llvm libbpf-dev linux-libc-dev' Dockerfile || { echo "lacks the BPF build packages"; return 1; }
   grep -q '^ENTRYPOINT \["/usr/local/bin/mapsentry"\]' Dockerfile || { echo "entrypoint is not mapsentry"; return 1; }
+  # The test node's image (e2e/kube/build-images.sh) is laid out as the runtime stage.
+  grep -q '^USER 65532:65532' Dockerfile || { echo "user is not 65532:65532"; return 1; }
+  grep -q '"Entrypoint":\["/usr/local/bin/mapsentry"\],"Cmd":\["--help"\],"User":"65532:65532"' e2e/kube/build-images.sh \
+    || { echo "e2e/kube/build-images.sh's mapsentry image differs from the Dockerfile's runtime stage"; return 1; }
 }
-step "Dockerfile: rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml), -p mapsentry-cli, BPF build packages, entrypoint" dockerfile_checks
+step "Dockerfile: rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml), -p mapsentry-cli, BPF build packages, entrypoint, user; the test node's image alike" dockerfile_checks
 
 # 10. Generated files are current.
 echo "refresh with: helm/render-manifests.sh" >"$work/out"

@@ -343,8 +343,8 @@ impl Drop for Tail {
     }
 }
 
-/// The host pid of the agent container's first process, from its cgroup (the unified hierarchy,
-/// where runc places containers on hybrid hosts too).
+/// The host pid of the agent container's first process, from its cgroup in the cgroup2 hierarchy
+/// (`/sys/fs/cgroup/unified` on this hybrid host, where runc places containers too).
 fn agent_host_pid(cluster: &Cluster) -> (String, u32) {
     let pods = cluster
         .get(&[
@@ -359,9 +359,9 @@ fn agent_host_pid(cluster: &Cluster) -> (String, u32) {
     let pod = pods["items"][0].clone();
     let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
     let id = container_id(&pod, "agent");
-    let found =
-        fs::read_to_string(walk_for("/sys/fs/cgroup/unified/kubepods", &id).join("cgroup.procs"))
-            .expect("agent cgroup.procs");
+    let root = mapsentry_e2e::cgroup::cgroup2_root().expect("a cgroup2 hierarchy");
+    let found = fs::read_to_string(walk_for(&root.join("kubepods"), &id).join("cgroup.procs"))
+        .expect("agent cgroup.procs");
     let pid = found
         .lines()
         .next()
@@ -371,8 +371,8 @@ fn agent_host_pid(cluster: &Cluster) -> (String, u32) {
 }
 
 /// The directory named `name` under `root`, at any depth.
-fn walk_for(root: &str, name: &str) -> std::path::PathBuf {
-    let mut stack = vec![std::path::PathBuf::from(root)];
+fn walk_for(root: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -383,7 +383,7 @@ fn walk_for(root: &str, name: &str) -> std::path::PathBuf {
             }
         }
     }
-    panic!("no cgroup {name} under {root}");
+    panic!("no cgroup {name} under {}", root.display());
 }
 
 /// (RSS in KiB, CPU seconds since start, seconds since start) of a host process.
