@@ -571,6 +571,22 @@ fn chart_on_a_real_node() {
         state["exitCode"], 0,
         "the short pod's call completed (Audit): {state}"
     );
+    // Its container ran for under a second (the API's timestamps have whole seconds).
+    let seconds = |key: &str| -> u32 {
+        let time = state[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key}: {state}"));
+        time.get(11..19)
+            .and_then(|hms| {
+                let mut parts = hms.split(':').map(|p| p.parse::<u32>().ok());
+                Some(parts.next()?? * 3600 + parts.next()?? * 60 + parts.next()??)
+            })
+            .unwrap_or_else(|| panic!("{key} {time} is not RFC 3339"))
+    };
+    assert!(
+        seconds("finishedAt").abs_diff(seconds("startedAt")) <= 1,
+        "the short pod ran for under a second: {state}"
+    );
     tail.wx_event(&cluster, &short, "app");
 
     output(
