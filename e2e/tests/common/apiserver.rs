@@ -58,7 +58,7 @@ impl ApiServer {
             let _once = BUILD
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            run(&mut Command::new(script("build-apiserver.sh")));
+            run(&mut Command::new(script("build-kube.sh")));
         }
         let state =
             std::env::temp_dir().join(format!("mapsentry-e2e-kube-{}-{name}", std::process::id()));
