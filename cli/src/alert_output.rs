@@ -51,7 +51,7 @@ pub fn write_alert(out: &mut impl Write, format: Format, record: &AlertRecord) -
     let alert = match alert_line(record) {
         Ok(alert) => alert,
         Err(error) => {
-            eprintln!("mapsentry: skipping alert {}: {error}", record.cursor);
+            tracing::warn!(target: mapsentry_service::STATUS_TARGET, "skipping alert {}: {error}", record.cursor);
             return Ok(());
         }
     };

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub, HubConfig, PolicyPublisher, ServerConfig, auth::Tokens, kube_client,
+    Hub, HubConfig, PolicyPublisher, ServerConfig, auth::Tokens,
     kube_events::EventsConfig, log::LogConfig, serve, tls::ServerTls,
 };
 use tokio::net::TcpListener;
@@ -60,7 +60,7 @@ impl KubernetesArgs {
         if !self.kubernetes && self.kubeconfig.is_none() {
             return Ok(None);
         }
-        let client = kube_client::client(self.kubeconfig.as_deref()).await?;
+        let client = mapsentry_service::kube::client(self.kubeconfig.as_deref()).await?;
         Ok(Some(KubernetesPlan {
             client,
             events: EventsConfig {

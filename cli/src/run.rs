@@ -15,6 +15,7 @@ use futures_core::Stream as _;
 use mapsentry_agent::{
     Capture,
     metadata::{Attributor, EnrichConfig, Kubernetes},
+    node::{self, event_loop, hostname, start_shipper},
 };
 use mapsentry_collector::{Hub, PolicyPublisher, filter::RecordFilter, serve};
 use mapsentry_policy::MmapEvent;
@@ -23,16 +24,16 @@ use serde_json::json;
 use tokio::{net::TcpListener, sync::oneshot};
 use tracing::Instrument as _;
 
+use mapsentry_service::status;
+
 use crate::{
-    agent::start_shipper,
     alert_output,
     alerting::PolicyArgs,
-    capture_args::{CaptureArgs, hostname},
+    capture_args::CaptureArgs,
     collector::CollectorLimits,
     filter::EventFilter,
     output::{self, Format},
-    pump::pump,
-    signals::Shutdown,
+    signals,
 };
 
 /// Where `run` serves the observer API when `--listen` is not given.
@@ -85,7 +86,7 @@ struct Tally {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = EventFilter::from_args(&args.comms, &args.syscalls, &args.prot_any)?;
-    let mut shutdown = Shutdown::install()?;
+    let shutdown = signals::requested()?;
     let listener = bind(args.listen).await?;
     let observer = listener
         .local_addr()
@@ -136,11 +137,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut enforcing = if args.policy.policies.is_empty() {
         None
     } else {
-        Some(crate::enforcing::local(
-            policy_sets,
-            &mut capture,
-            attributor.pods().cloned(),
-        )?)
+        Some(
+            node::enforcing::local(policy_sets, &mut capture, attributor.pods().cloned())
+                .context("--policy: compiling the enforce-mode rules")?,
+        )
     };
     let shipper = start_shipper(
         &format!("http://{observer}"),
@@ -161,11 +161,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     let mut reader_gone = false;
     let mut lines = Vec::with_capacity(1 << 16);
-    let counters = pump(
+    let counters = event_loop(
         &mut capture,
         &mut attributor,
         &shipper,
-        &mut shutdown,
+        std::pin::pin!(shutdown),
         enforcing.as_mut(),
         None,
         |batch| {
@@ -208,8 +208,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.output == Format::Json && !reader_gone {
         let _ = writeln!(out, "{totals}").and_then(|()| out.flush());
     }
-    eprintln!(
-        "mapsentry: detached; seen {}, emitted {}, filtered {}, dropped {} (ring buffer full), malformed {}; \
+    status!(
+        "detached; seen {}, emitted {}, filtered {}, dropped {} (ring buffer full), malformed {}; \
          collector stored {} of {} captured",
         counters.seen,
         tally.emitted,
@@ -300,8 +300,8 @@ fn announce(
         writeln!(out, "{line}")?;
         out.flush()?;
     }
-    eprintln!(
-        "mapsentry: capturing mmap and mmap2 in {} mode ({}); observer API on http://{observer}",
+    status!(
+        "capturing mmap and mmap2 in {} mode ({}); observer API on http://{observer}",
         attached.mode, attached.target
     );
     Ok(())
@@ -327,11 +327,11 @@ fn print(
 
 /// Write `lines` to stdout. Returns false when stdout is closed (the reader went away), which
 /// ends the run without an error.
-fn write_lines(lines: &[u8]) -> anyhow::Result<bool> {
+fn write_lines(lines: &[u8]) -> io::Result<bool> {
     let mut out = io::stdout().lock();
     match out.write_all(lines).and_then(|()| out.flush()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        Err(e) => Err(e),
     }
 }

@@ -168,8 +168,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                 let after = follower
                     .last_cursor()
                     .map_or_else(|| "live".to_owned(), |c| format!("after cursor {c}"));
-                eprintln!(
-                    "mapsentry: {} unreachable ({reason}); resuming {after} in {retry_in:?}",
+                tracing::warn!(
+                    target: mapsentry_service::STATUS_TARGET,
+                    "{} unreachable ({reason}); resuming {after} in {retry_in:?}",
                     args.server
                 );
                 Ok(())
@@ -193,7 +194,7 @@ pub fn write_record(out: &mut impl Write, format: Format, record: &EventRecord) 
     let event = match MmapEvent::try_from(wire) {
         Ok(event) => event,
         Err(error) => {
-            eprintln!("mapsentry: skipping record {}: {error}", record.cursor);
+            tracing::warn!(target: mapsentry_service::STATUS_TARGET, "skipping record {}: {error}", record.cursor);
             return Ok(());
         }
     };

@@ -18,7 +18,6 @@ pub mod health;
 pub mod http;
 pub mod hub;
 pub mod ingest;
-pub mod kube_client;
 pub mod kube_events;
 #[cfg(test)]
 mod kube_testing;

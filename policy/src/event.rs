@@ -220,13 +220,7 @@ impl MmapEvent {
     /// RFC 3339 rendering of `time_ns`, UTC, microseconds.
     #[must_use]
     pub fn time_rfc3339(&self) -> String {
-        let format = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-        );
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.time_ns))
-            .ok()
-            .and_then(|t| t.format(&format).ok())
-            .unwrap_or_default()
+        crate::time::rfc3339(self.time_ns, crate::time::Precision::Micros)
     }
 }
 

@@ -21,6 +21,7 @@ mod schema_check;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod time;
 
 pub use alert::{Aggregator, AlertLine};
 pub use compile::{CompiledPolicy, compile};

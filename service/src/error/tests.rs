@@ -1,0 +1,19 @@
+use super::chain;
+
+#[derive(Debug, thiserror::Error)]
+enum Outer {
+    #[error("storing batch 7 failed")]
+    Store {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[test]
+fn every_cause_is_named_in_order() {
+    let error = Outer::Store {
+        source: std::io::Error::other("disk full"),
+    };
+    assert_eq!(chain(&error), "storing batch 7 failed: disk full");
+    assert_eq!(chain(&std::io::Error::other("alone")), "alone");
+}
