@@ -54,9 +54,3 @@ impl AgentArgs {
     }
 }
 
-/// Run the agent until Ctrl-C or SIGTERM.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let shutdown = crate::signals::requested()?;
-    node::run(args.config(), shutdown).await?;
-    Ok(())
-}

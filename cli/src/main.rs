@@ -10,7 +10,6 @@
 
 mod agent;
 mod alert_output;
-mod alerting;
 mod capture_args;
 mod client_args;
 mod collector;
@@ -56,46 +55,59 @@ enum Command {
     Policy(policy::PolicyArgs),
 }
 
-/// Which runtime a subcommand runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Runtime {
-    /// One thread: the agent's loop, `run`, `tail` (their work is one stream at a time).
-    CurrentThread,
+/// What runs on the runtime, its configuration built before the runtime starts.
+#[derive(Debug)]
+enum Role {
+    /// One thread: `run`, `tail` and the agent work one stream at a time.
+    Run(run::RunArgs),
+    Tail(tail::TailArgs),
+    Agent(mapsentry_agent::node::Config),
     /// A worker per core: the collector serves many agent streams and subscribers at once.
-    MultiThread,
+    Collector(mapsentry_collector::Config),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let command = match cli.command {
+    let role = match cli.command {
         // No runtime: files in, lines out.
         Command::Policy(args) => return exit(policy::run(args)),
-        command => command,
+        Command::Run(args) => Role::Run(args),
+        Command::Tail(args) => Role::Tail(args),
+        Command::Agent(args) => Role::Agent(args.config()),
+        Command::Collector(args) => match args.config() {
+            Ok(config) => Role::Collector(config),
+            Err(error) => return exit(Err(error)),
+        },
     };
-    let flavor = match command {
-        Command::Collector(_) => Runtime::MultiThread,
-        _ => Runtime::CurrentThread,
-    };
-    let runtime = match flavor {
-        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread()
+    let runtime = match role {
+        Role::Collector(_) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
-        Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread()
+        _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
     };
     let runtime = match runtime {
         Ok(runtime) => runtime,
-        Err(error) => return exit(Err(anyhow::Error::new(error).context("starting the async runtime"))),
+        Err(error) => {
+            return exit(Err(
+                anyhow::Error::new(error).context("starting the async runtime")
+            ));
+        }
     };
     exit(runtime.block_on(async {
-        match command {
-            Command::Run(args) => run::run(args).await,
-            Command::Agent(args) => agent::run(args).await,
-            Command::Collector(args) => collector::run(args).await,
-            Command::Tail(args) => tail::run(args).await,
-            Command::Policy(args) => policy::run(args),
+        match role {
+            Role::Run(args) => run::run(args).await,
+            Role::Tail(args) => tail::run(args).await,
+            Role::Agent(config) => {
+                let shutdown = signals::requested()?;
+                Ok(mapsentry_agent::node::run(config, shutdown).await?)
+            }
+            Role::Collector(config) => {
+                let shutdown = signals::requested()?;
+                Ok(mapsentry_collector::run(config, shutdown).await?)
+            }
         }
     }))
 }

@@ -17,7 +17,13 @@ use mapsentry_agent::{
     metadata::{Attributor, EnrichConfig, Kubernetes},
     node::{self, event_loop, hostname, start_shipper},
 };
-use mapsentry_collector::{Hub, PolicyPublisher, filter::RecordFilter, serve};
+use mapsentry_collector::{
+    Hub, PolicyPublisher,
+    app::{self, Alerting},
+    filter::RecordFilter,
+    hub::Item,
+    serve,
+};
 use mapsentry_policy::MmapEvent;
 use mapsentry_proto::v1;
 use serde_json::json;
@@ -28,9 +34,8 @@ use mapsentry_service::status;
 
 use crate::{
     alert_output,
-    alerting::PolicyArgs,
     capture_args::CaptureArgs,
-    collector::CollectorLimits,
+    collector::{CollectorLimits, PolicyArgs},
     filter::EventFilter,
     output::{self, Format},
     signals,
@@ -102,18 +107,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Capture::start(&args.capture.config(filter.prot_any)).context("cannot start capturing")?;
 
     // The embedded collector: the same gRPC services as `mapsentry collector`.
-    let hub = args.limits.open_hub()?;
+    let hub = app::open_hub(args.limits.hub(), args.limits.retention_log())?;
     let publisher = PolicyPublisher::new();
     let policy_sets = publisher.subscribe();
-    let alerting = args
-        .policy
-        .start(
-            &hub,
-            args.metrics_listen.map(|addr| (addr, true)),
-            publisher,
-            None,
-        )
-        .await?;
+    let alerting = Alerting::start(
+        &hub,
+        &args.policy.config(),
+        args.metrics_listen.map(|addr| (addr, true)),
+        publisher,
+        None,
+    )
+    .await?;
     if alerting.rejected_at_start > 0 {
         anyhow::bail!(
             "--policy: {} document(s) rejected (see above); nothing is enforced or alerted until they are fixed",
@@ -226,21 +230,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn print_alerts(hub: &Arc<Hub>, format: Format) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let filter = RecordFilter::new(None, &[v1::Kind::Alerts as i32])
         .context("building the alert subscription")?;
-    let mut subscription = hub
+    let mut alerts = hub
         .subscribe(filter, None)
-        .context("subscribing to alerts")?;
+        .context("subscribing to alerts")?
+        .items();
     Ok(tokio::spawn(
         async move {
-            while let Some(response) =
-                std::future::poll_fn(|cx| Pin::new(&mut subscription).poll_next(cx)).await
+            while let Some(item) =
+                std::future::poll_fn(|cx| Pin::new(&mut alerts).poll_next(cx)).await
             {
-                let Some(v1::subscribe_response::Item::Alert(alert)) = response.item else {
+                let Item::Alert(published) = item else {
                     continue;
                 };
                 let mut out = io::stdout().lock();
-                if alert_output::write_alert(&mut out, format, &alert)
-                    .and_then(|()| out.flush())
-                    .is_err()
+                if alert_output::write_alert(
+                    &mut out,
+                    format,
+                    &published.alert,
+                    published.cursor,
+                    &published.node,
+                )
+                .and_then(|()| out.flush())
+                .is_err()
                 {
                     return;
                 }

@@ -156,7 +156,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         let written = match next {
             Ok(Followed::Record(record)) => write_record(&mut out, args.output, &record),
             Ok(Followed::Alert(alert)) => {
-                crate::alert_output::write_alert(&mut out, args.output, &alert)
+                crate::alert_output::write_record(&mut out, args.output, &alert)
             }
             Ok(Followed::Loss(loss)) => write_loss(&mut out, args.output, &loss),
             Ok(Followed::AgentRestart(restart)) => write_restart(&mut out, args.output, &restart),

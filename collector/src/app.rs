@@ -1,56 +1,74 @@
-//! Policies, alerts and metrics of a collector (`collector` and `run`): `--policy` files with
-//! hot reload, evaluation of every stored call, and Prometheus `/metrics` (with `/healthz` and
-//! `/readyz`: ready once the initial policy load is done); with a Kubernetes client (`collector
-//! --kubernetes`), the policy objects in the same store (with their status) and Events on the
-//! offending pods.
+//! The collector role (`mapsentry collector`), put together: the gRPC server (ingest, observer,
+//! health, reflection) over the hub, the retention log, the policies (`--policy` files with hot
+//! reload and, in a cluster, the policy objects with their status), evaluation of every stored
+//! call into alerts, Kubernetes Events on the offending pods, and the `/metrics`, `/healthz`,
+//! `/readyz` endpoint (ready once the initial policy load is done). [`run`] is the whole role;
+//! `mapsentry run` embeds the same parts ([`open_hub`], [`Alerting`]) beside its own capture.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context;
-use mapsentry_collector::{
-    Health, Hub, PolicyPublisher,
-    alerts::{self, AlertConfig},
-    kube_events::{self, EventsConfig},
-    metrics::{self, Metrics},
-    policies::SharedPolicies,
-    policy_crds,
-    policy_files::{self, PolicyFiles},
-};
 use mapsentry_policy::PolicyStore;
-use tokio::{net::TcpListener, sync::oneshot};
-use tracing::Instrument as _;
+use mapsentry_service::{
+    http::{self, HttpError, Probes, Server},
+    kube::KubeClientError,
+    status,
+};
+use tokio::net::TcpListener;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct PolicyArgs {
-    /// Policy file or directory (its *.yaml, *.yml and *.json files), repeatable. Reloaded on
-    /// change; a new version that does not validate is rejected (its errors logged) and the
-    /// previous good one stays in force.
-    #[arg(long = "policy", value_name = "PATH")]
-    pub policies: Vec<PathBuf>,
-    /// Dedup window of alerts, in seconds: further matches of one (pod, policy, rule) within it
-    /// are counted into the next update rather than reported one by one.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    alert_window: u64,
-    /// Alert updates published per pod (per node for host processes) per second; updates over
-    /// it are deferred to a later second, never dropped (0: no limit).
-    #[arg(long, value_name = "N", default_value_t = AlertConfig::default().per_pod_rate)]
-    alert_rate_per_pod: u32,
+use crate::{
+    Health, Hub, HubConfig, PolicyPublisher, ServerConfig,
+    alerts::{self, AlertConfig},
+    kube_events::{self, EventsConfig, EventsError},
+    metrics::{self, Metrics},
+    policy::{
+        crds,
+        files::{self, PolicyFiles, PolicyFilesError},
+        store::SharedPolicies,
+    },
+    retention::{LogConfig, LogError},
+    server::{ServerError, serve},
+};
+
+/// The collector's default metrics listener (the chart's `collector.metrics.port`).
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9090);
+
+/// Everything `mapsentry collector` was told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC (agents, subscribers, health, reflection).
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz` (None: [`DEFAULT_METRICS_LISTEN`], skipped with a
+    /// warning when taken).
+    pub metrics_listen: Option<SocketAddr>,
+    pub policies: PoliciesConfig,
+    pub hub: HubConfig,
+    /// Keep a retention log (None: retention in memory only).
+    pub retention_log: Option<LogConfig>,
+    /// Limits, TLS and authentication of the gRPC server.
+    pub server: ServerConfig,
+    /// In a cluster: the policy objects and Events.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
-/// The running evaluation and metrics server; stop them with [`Alerting::stop`].
-#[derive(Debug)]
-pub struct Alerting {
-    /// Documents of the policy files rejected at start (each already reported).
-    pub rejected_at_start: usize,
-    /// Ready once the initial policy load is done.
-    pub health: Health,
-    evaluation: tokio::task::JoinHandle<()>,
-    metrics: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
-    /// The policy object watcher and the Events poster, in a cluster.
-    kubernetes: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
+/// Where policies come from and how their alerts are aggregated.
+#[derive(Debug, Clone, Default)]
+pub struct PoliciesConfig {
+    /// `--policy` files and directories.
+    pub files: Vec<PathBuf>,
+    pub alerts: AlertConfig,
 }
 
-/// What a collector does in a cluster.
+/// The collector in a cluster.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// This kubeconfig (None: the in-cluster service account, else `$KUBECONFIG`, else
+    /// `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    pub events: EventsConfig,
+}
+
+/// A Kubernetes client and what to do with it.
 pub struct KubernetesPlan {
     pub client: kube::Client,
     pub events: EventsConfig,
@@ -64,31 +82,136 @@ impl std::fmt::Debug for KubernetesPlan {
     }
 }
 
-impl PolicyArgs {
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("--listen {addr}: cannot bind")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the bound address")]
+    LocalAddr {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--data-dir {}", dir.display())]
+    RetentionLog {
+        dir: PathBuf,
+        #[source]
+        source: LogError,
+    },
+    #[error(transparent)]
+    Kubernetes(#[from] KubeClientError),
+    #[error(transparent)]
+    PolicyFiles(#[from] PolicyFilesError),
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("serving gRPC")]
+    Serve {
+        #[source]
+        source: ServerError,
+    },
+}
+
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// Run the collector until `shutdown` resolves: stop serving, flush the alerts still in the
+/// dedup window to subscribers and Events, stop.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let mut server = config.server;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AppError::LocalAddr { source })?;
+    status!("collector serving on {addr}");
+    let hub = open_hub(config.hub, config.retention_log)?;
+    let metrics_listen = (
+        config.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN),
+        config.metrics_listen.is_some(),
+    );
+    let publisher = PolicyPublisher::new();
+    server.policy_sets = Some(publisher.subscribe());
+    let kubernetes = match config.kubernetes {
+        None => None,
+        Some(kubernetes) => Some(KubernetesPlan {
+            client: mapsentry_service::kube::client(kubernetes.kubeconfig.as_deref()).await?,
+            events: kubernetes.events,
+        }),
+    };
+    let alerting = Alerting::start(
+        &hub,
+        &config.policies,
+        Some(metrics_listen),
+        publisher,
+        kubernetes,
+    )
+    .await?;
+    server.health = alerting.health.clone();
+    serve(hub, &server, listener, shutdown)
+        .await
+        .map_err(|source| AppError::Serve { source })?;
+    alerting.stop().await;
+    status!("collector stopped");
+    Ok(())
+}
+
+/// The hub, reading back the retention log when there is one.
+pub fn open_hub(config: HubConfig, log: Option<LogConfig>) -> Result<Arc<Hub>> {
+    match log {
+        None => Ok(Hub::new(config)),
+        Some(log) => {
+            let dir = log.dir.clone();
+            Hub::open(config, log).map_err(|source| AppError::RetentionLog { dir, source })
+        }
+    }
+}
+
+/// The running policies, evaluation and metrics endpoint; stop them with [`Alerting::stop`].
+#[derive(Debug)]
+pub struct Alerting {
+    /// Documents of the policy files rejected at start (each already reported).
+    pub rejected_at_start: usize,
+    /// Ready once the initial policy load is done.
+    pub health: Health,
+    evaluation: tokio::task::JoinHandle<()>,
+    metrics: Option<Server>,
+    /// The policy object watcher and the Events poster, in a cluster.
+    kubernetes: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Alerting {
     /// Load the policies, start evaluating what `hub` stores, serve metrics on `metrics_listen`
     /// (`(addr, required)`: a listener that is not required is skipped with a warning when its
     /// address cannot be bound). The enforce-mode policies go to `publisher` whenever they change.
     /// With `kubernetes`, the policy objects join the files in one store and alerts become
     /// Events on their pods.
     pub async fn start(
-        &self,
         hub: &Arc<Hub>,
+        config: &PoliciesConfig,
         metrics_listen: Option<(SocketAddr, bool)>,
         publisher: PolicyPublisher,
         kubernetes: Option<KubernetesPlan>,
-    ) -> anyhow::Result<Alerting> {
+    ) -> Result<Self> {
         let health = Health::not_ready("the initial policy load is not done");
         let shared = SharedPolicies::new();
         if kubernetes.is_some() {
             // Agents get no set before the objects are listed: one without their Enforce
             // policies would withdraw those rules on every node after a collector restart.
-            shared.hold_publishing(policy_crds::SOURCES);
+            shared.hold_publishing(crds::SOURCES);
         }
-        let (files, scan) = PolicyFiles::open_into(self.policies.clone(), shared.clone())?;
+        let (files, scan) = PolicyFiles::open_into(config.files.clone(), shared.clone())?;
         let ids = shared.read(PolicyStore::ids);
-        if !self.policies.is_empty() {
-            eprintln!(
-                "mapsentry: {} policies in force{}",
+        if !config.files.is_empty() {
+            status!(
+                "{} policies in force{}",
                 ids.len(),
                 if scan.errors.is_empty() {
                     String::new()
@@ -97,19 +220,14 @@ impl PolicyArgs {
                 }
             );
             for error in &scan.errors {
-                eprintln!("mapsentry: policy rejected: {error}");
+                tracing::error!(target: mapsentry_service::STATUS_TARGET, "policy rejected: {error}");
             }
         }
         let policies = files
             .with_publisher(publisher)
-            .watch(policy_files::DEFAULT_INTERVAL);
+            .watch(files::DEFAULT_INTERVAL);
         let counters = Arc::new(Metrics::default());
-        let config = AlertConfig {
-            window: Duration::from_secs(self.alert_window),
-            per_pod_rate: self.alert_rate_per_pod,
-            ..AlertConfig::default()
-        };
-        let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config);
+        let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config.alerts);
         let kubernetes = match kubernetes {
             None => None,
             Some(plan) => {
@@ -119,9 +237,9 @@ impl PolicyArgs {
                     Arc::clone(&counters),
                     plan.events,
                 )?;
-                let crds = policy_crds::start(plan.client, shared.clone());
-                eprintln!(
-                    "mapsentry: watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
+                let crds = crds::start(plan.client, shared.clone());
+                status!(
+                    "watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
                 );
                 Some((crds, events))
             }
@@ -139,47 +257,22 @@ impl PolicyArgs {
         }
         let listener = match metrics_listen {
             None => None,
-            Some((addr, required)) => match TcpListener::bind(addr).await {
-                Ok(listener) => Some(listener),
-                Err(error) if !required => {
-                    tracing::warn!(%addr, %error, "the default metrics address cannot be bound; metrics are off (set --metrics-listen)");
-                    None
-                }
-                Err(error) => {
-                    return Err(anyhow::Error::new(error)
-                        .context(format!("--metrics-listen {addr}: cannot bind")));
-                }
-            },
+            Some((addr, required)) => http::bind(addr, required).await?,
         };
         let metrics = match listener {
             None => None,
             Some(listener) => {
-                eprintln!(
-                    "mapsentry: metrics on http://{}/metrics",
-                    listener
-                        .local_addr()
-                        .context("reading the metrics address")?
-                );
-                let (stop, stopped) = oneshot::channel::<()>();
-                let hub = Arc::clone(hub);
-                let health = health.clone();
-                let task = tokio::spawn(
-                    async move {
-                        if let Err(error) =
-                            metrics::serve_with_health(counters, hub, health, listener, async {
-                                drop(stopped.await);
-                            })
-                            .await
-                        {
-                            tracing::error!(error = %anyhow::Error::new(error), "metrics server stopped");
-                        }
-                    }
-                    .instrument(tracing::info_span!("metrics")),
-                );
-                Some((stop, task))
+                let endpoint: Arc<dyn Probes> = Arc::new(metrics::Endpoint {
+                    metrics: counters,
+                    hub: Arc::clone(hub),
+                    health: health.clone(),
+                });
+                let server = Server::start(listener, endpoint)?;
+                status!("metrics on http://{}/metrics", server.addr());
+                Some(server)
             }
         };
-        Ok(Alerting {
+        Ok(Self {
             rejected_at_start: scan.errors.len(),
             health,
             evaluation,
@@ -187,9 +280,7 @@ impl PolicyArgs {
             kubernetes,
         })
     }
-}
 
-impl Alerting {
     /// After the hub closed: let evaluation report what it holds, stop the metrics server.
     pub async fn stop(self) {
         if tokio::time::timeout(Duration::from_secs(5), self.evaluation)
@@ -208,9 +299,8 @@ impl Alerting {
                 tracing::warn!("the Kubernetes Events poster did not finish within 10 s");
             }
         }
-        if let Some((stop, task)) = self.metrics {
-            drop(stop);
-            let _ = task.await;
+        if let Some(server) = self.metrics {
+            server.stop().await;
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Server-side subscription filters, checked once from the request and then matched per record.
 
+use mapsentry_policy::{AlertLine, EventLine};
 use mapsentry_proto::v1::{self, Event, Kind};
 
 use crate::auth::Scope;
@@ -185,13 +186,14 @@ impl RecordFilter {
     /// filters (the latter against the alert's sample call). Bit and syscall filters are for
     /// events and do not narrow alerts.
     #[must_use]
-    pub fn matches_alert(&self, node: &str, alert: &v1::AlertRecord) -> bool {
+    pub fn matches_alert(&self, node: &str, alert: &AlertLine) -> bool {
+        let EventLine::Event { event, .. } = &alert.event;
         self.alerts
             && self.scope.allows(alert.namespace.as_deref())
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, alert.namespace.as_ref())
             && any_of(&self.pods, alert.pod.as_ref())
-            && any_of(&self.comms, alert.event.as_ref().map(|e| &e.comm))
+            && any_of(&self.comms, Some(&event.comm))
     }
 
     fn labels_match(&self, event: &Event) -> bool {

@@ -353,7 +353,7 @@ async fn connect(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(chain(&e)))?;
+        .map_err(|e| tonic::Status::unavailable(mapsentry_service::error::chain(&e)))?;
     let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
     out.send(Encoded::from(AgentMessage {
         msg: Some(Msg::Hello(hello)),
@@ -549,17 +549,6 @@ impl Task {
             );
         }
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

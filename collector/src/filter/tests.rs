@@ -219,16 +219,8 @@ fn unknown_syscalls_and_kinds_are_named() {
     );
 }
 
-fn alert(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> v1::AlertRecord {
-    v1::AlertRecord {
-        namespace: namespace.map(Into::into),
-        pod: pod.map(Into::into),
-        event: Some(Event {
-            comm: comm.into(),
-            ..Event::default()
-        }),
-        ..v1::AlertRecord::default()
-    }
+fn alert(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> mapsentry_policy::AlertLine {
+    crate::testing::alert_line(namespace, pod, comm, "wx", 1)
 }
 
 fn attributed(attribution: Option<mapsentry_proto::v1::event::Attribution>) -> Event {

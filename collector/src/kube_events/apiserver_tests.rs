@@ -6,6 +6,7 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use mapsentry_policy::{Attribution, K8sMeta};
+use mapsentry_proto::v1;
 use serde_json::json;
 
 use super::*;
@@ -14,7 +15,7 @@ use crate::{
     alerts::{self, AlertConfig},
     hub::AgentInfo,
     kube_testing::{ApiServer, eventually},
-    policy_files::{
+    policy::files::{
         PolicyFiles,
         tests::{GOOD_V1, temp_dir, wx_event},
     },

@@ -39,7 +39,7 @@ use mapsentry_policy::{
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use crate::policies::SharedPolicies;
+use crate::policy::store::SharedPolicies;
 
 /// How often failed status writes are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(3);
