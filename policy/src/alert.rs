@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     EventLine, MmapEvent,
     crd::{Action, Mode},
-    evaluate::{EvalContext, Match},
+    context::EvalContext,
+    evaluate::Match,
     policy::PolicyId,
 };
 

@@ -22,9 +22,9 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::{
     MmapEvent, Syscall,
     crd::{Action, ByteSize, ExceptSpec, FileMatch, MappingKind, MatchSpec, Mode, Rule},
-    evaluate::EvalContext,
+    context::EvalContext,
+    field_path::{FieldPath, Problem, closest},
     names,
-    path::{FieldPath, Problem, closest},
     policy::{Policy, PolicyId},
     selector::Selector,
 };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::path::{FieldPath, Problem};
+use crate::field_path::{FieldPath, Problem};
 
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;

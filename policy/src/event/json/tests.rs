@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     EventLine,
     event::{Enforcement, FileInfo, MmapArgs, Syscall, TargetMapping},
-    k8s::Workload,
+    event::attribution::Workload,
 };
 
 /// What serde writes for the contract form: the reference.
