@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, Write};
 
 use anyhow::{Context, bail};
 use mapsentry_collector::follow::{Followed, Follower};
-use mapsentry_policy::{EventLine, MmapEvent, Syscall, names};
+use mapsentry_policy::{EventLine, MmapEvent, Syscall, names, selector};
 use mapsentry_proto::v1::{self, EventRecord, LossReason, SubscribeRequest};
 use serde_json::json;
 
@@ -42,9 +42,10 @@ pub struct TailArgs {
     /// Only events from this pod (repeatable).
     #[arg(long = "pod", value_name = "POD")]
     pods: Vec<String>,
-    /// Only events from pods with these labels: `key=value`, `key!=value`, `key`, `!key`
-    /// (repeatable, comma-separated; all must hold, as a Kubernetes label selector).
-    #[arg(long = "label", value_name = "SELECTOR", value_delimiter = ',')]
+    /// Only events from pods with these labels, a Kubernetes label selector: `key=value`,
+    /// `key!=value`, `key in (a,b)`, `key notin (a,b)`, `key`, `!key` (repeatable,
+    /// comma-separated; all must hold).
+    #[arg(long = "label", value_name = "SELECTOR")]
     labels: Vec<String>,
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]
@@ -89,7 +90,12 @@ pub fn request(args: &TailArgs) -> anyhow::Result<SubscribeRequest> {
     let filter = v1::Filter {
         namespaces: args.namespaces.clone(),
         pods: args.pods.clone(),
-        labels: args.labels.clone(),
+        labels: args
+            .labels
+            .iter()
+            .flat_map(|text| selector::text::split_requirements(text))
+            .map(str::to_owned)
+            .collect(),
         nodes: args.nodes.clone(),
         comms: args.comms.clone(),
         syscalls,

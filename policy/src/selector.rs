@@ -1,5 +1,8 @@
 //! Compiled Kubernetes label selectors (`matchLabels` + `matchExpressions`, all must hold), with the
-//! API server's checks of keys, values and operators.
+//! API server's checks of keys, values and operators; from the objects' YAML or from the text
+//! form (`app=web,env in (prod),!canary`, [`text`]).
+
+pub mod text;
 
 use std::collections::BTreeMap;
 
