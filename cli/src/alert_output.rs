@@ -40,7 +40,14 @@ pub fn write_alert(
 ) -> io::Result<()> {
     match format {
         Format::Json => {
-            serde_json::to_writer(&mut *out, &Line { alert, cursor, node })?;
+            serde_json::to_writer(
+                &mut *out,
+                &Line {
+                    alert,
+                    cursor,
+                    node,
+                },
+            )?;
             out.write_all(b"\n")
         }
         Format::Text => {

@@ -29,7 +29,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "mapsentry", version, about)]
 struct Cli {
     /// How log lines (stderr) are written: text, or one JSON object per line.
-    #[arg(long, value_enum, global = true, default_value = "text", env = "MAPSENTRY_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value = "text",
+        env = "MAPSENTRY_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -313,7 +313,8 @@ fn announce(
     }
     status!(
         "capturing mmap and mmap2 in {} mode ({}); observer API on http://{observer}",
-        attached.mode, attached.target
+        attached.mode,
+        attached.target
     );
     Ok(())
 }

@@ -166,7 +166,12 @@ fn thread_cpu(name: &str) -> Duration {
 
 /// A collector on its own runtime with `threads` worker threads (1: current-thread), on 127.0.0.1.
 fn start_collector(hub: HubConfig, threads: usize) -> (String, Arc<Hub>) {
-    let collector = Collector::start(hub, if threads == 1 { 0 } else { threads }, None, "fanout-col");
+    let collector = Collector::start(
+        hub,
+        if threads == 1 { 0 } else { threads },
+        None,
+        "fanout-col",
+    );
     let (url, hub) = (collector.url.clone(), Arc::clone(&collector.hub));
     // The fan-out part's collector runs until the process ends.
     std::mem::forget(collector);
@@ -239,7 +244,11 @@ async fn agent(url: String, node: String, batches: u64, rate: Option<u64>) {
             out.send(batch_message(sent, &events)).await.unwrap();
             continue;
         }
-        let bytes = acks.message().await.unwrap().expect("the collector answers");
+        let bytes = acks
+            .message()
+            .await
+            .unwrap()
+            .expect("the collector answers");
         match v1::CollectorMessage::decode(bytes.as_slice()).unwrap() {
             v1::CollectorMessage {
                 msg: Some(collector_message::Msg::Ack(ack)),
@@ -317,7 +326,12 @@ struct Setup {
 }
 
 /// One ingest round: (events, wall clock, collector CPU).
-async fn ingest_round(setup: Setup, round: usize, total: u64, agents: u64) -> (u64, Duration, Duration) {
+async fn ingest_round(
+    setup: Setup,
+    round: usize,
+    total: u64,
+    agents: u64,
+) -> (u64, Duration, Duration) {
     let data_dir = setup.log.then(|| {
         let dir = std::env::temp_dir().join(format!(
             "mapsentry-bench-ingest-{}-{round}-{}",
@@ -372,10 +386,26 @@ fn median(mut values: Vec<f64>) -> f64 {
 async fn ingest(total: u64, agents: u64, rounds: usize) {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let setups = [
-        Setup { label: "current-thread (before), in memory", threads: 0, log: false },
-        Setup { label: "multi-thread (now), in memory", threads: cores, log: false },
-        Setup { label: "current-thread (before), retention log", threads: 0, log: true },
-        Setup { label: "multi-thread (now), retention log", threads: cores, log: true },
+        Setup {
+            label: "current-thread (before), in memory",
+            threads: 0,
+            log: false,
+        },
+        Setup {
+            label: "multi-thread (now), in memory",
+            threads: cores,
+            log: false,
+        },
+        Setup {
+            label: "current-thread (before), retention log",
+            threads: 0,
+            log: true,
+        },
+        Setup {
+            label: "multi-thread (now), retention log",
+            threads: cores,
+            log: true,
+        },
     ];
     let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); setups.len()];
     for round in 0..rounds {

@@ -67,9 +67,7 @@ impl RecordFilter {
             .labels
             .iter()
             .map(|term| {
-                Selector::parse(term).map_err(|_| FilterError::Label {
-                    term: term.clone(),
-                })
+                Selector::parse(term).map_err(|_| FilterError::Label { term: term.clone() })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {

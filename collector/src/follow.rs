@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use backon::BackoffBuilder as _;
 use mapsentry_proto::client::{self, BearerToken, ClientError, ClientSecurity};
 use mapsentry_proto::v1::{
     EventRecord, LossNotice, Started, StatsRequest, StatsResponse, SubscribeRequest,
     observer_client::ObserverClient, subscribe_response,
 };
-use backon::BackoffBuilder as _;
 use tokio::time::{Instant, sleep_until};
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 

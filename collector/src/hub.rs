@@ -21,16 +21,16 @@ use mapsentry_proto::v1::{self, LossReason};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-pub use crate::{
-    fanout::{Item, Items, PublishedAlert, Subscription},
-    nodes::AgentInfo,
-    retention::Record,
-};
 use crate::{
     fanout::FanOut,
     filter::RecordFilter,
     nodes::{Nodes, Totals},
     retention::{Batch, Durable, Log, LogConfig, LogError, Window},
+};
+pub use crate::{
+    fanout::{Item, Items, PublishedAlert, Subscription},
+    nodes::AgentInfo,
+    retention::Record,
 };
 
 /// How many records a catch-up task copies out of the window per lock.

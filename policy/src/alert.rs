@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     EventLine, MmapEvent,
-    crd::{Action, Mode},
     context::EvalContext,
+    crd::{Action, Mode},
     evaluate::Match,
     policy::PolicyId,
 };

@@ -21,8 +21,8 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::{
     MmapEvent, Syscall,
-    crd::{Action, ByteSize, ExceptSpec, FileMatch, MappingKind, MatchSpec, Mode, Rule},
     context::EvalContext,
+    crd::{Action, ByteSize, ExceptSpec, FileMatch, MappingKind, MatchSpec, Mode, Rule},
     field_path::{FieldPath, Problem, closest},
     names,
     policy::{Policy, PolicyId},

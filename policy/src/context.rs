@@ -31,7 +31,6 @@ pub struct PodContext {
     pub namespace_labels: Labels,
 }
 
-
 /// Who made `event`, as policies see it:
 ///
 /// - a process in a pod (resolved or not): a [`PodContext`] with its namespace, pod, container,

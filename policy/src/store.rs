@@ -18,8 +18,8 @@ use serde_json::Value;
 use crate::{
     compile::CompiledPolicy,
     evaluate::{EvaluateError, PolicySet},
-    load::{LoadError, load_str, load_value},
     field_path::Problem,
+    load::{LoadError, load_str, load_value},
     policy::{DEFAULT_NAMESPACE, Policy, PolicyId},
 };
 

@@ -101,7 +101,13 @@ pub struct Scrape {
 }
 
 impl Scrape {
-    fn push(&mut self, name: &'static str, help: &'static str, kind: Kind, samples: Vec<(Option<Labels>, u64)>) {
+    fn push(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        samples: Vec<(Option<Labels>, u64)>,
+    ) {
         self.families.push(Family {
             name,
             help,

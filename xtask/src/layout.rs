@@ -111,13 +111,18 @@ pub fn check_cli_sources(src: &Path) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut dirs = vec![src.to_owned()];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 dirs.push(path);
                 continue;
             }
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if LIBRARY_MODULES.contains(&name) {
                 problems.push(format!(
                     "{}: the binary holds a library module again (its place is agent/src/node or collector/src)",

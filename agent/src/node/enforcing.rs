@@ -39,6 +39,7 @@ pub struct Enforcing {
 
 impl Enforcing {
     /// Enforce what `enforcer` holds, and the sets arriving on `sets`.
+    #[must_use]
     pub fn new(enforcer: Enforcer, sets: Option<watch::Receiver<Option<v1::PolicySet>>>) -> Self {
         let cgroup_root = find_cgroup2_root()
             .inspect_err(|error| {
@@ -120,6 +121,7 @@ impl Enforcing {
         }
     }
 
+    #[must_use]
     pub fn stats(&self) -> EnforceStats {
         self.enforcer.stats()
     }
@@ -149,7 +151,9 @@ pub fn local(
     for refusal in enforcer.refused() {
         mapsentry_service::status!(
             "policy {} rule {}: not enforced in the kernel: {}",
-            refusal.policy, refusal.rule, refusal.reason
+            refusal.policy,
+            refusal.rule,
+            refusal.reason
         );
     }
     let mut enforcing = Enforcing::new(enforcer, Some(sets)).with_pods(pods);
@@ -157,7 +161,9 @@ pub fn local(
     let stats = enforcing.stats();
     mapsentry_service::status!(
         "enforcing {} kernel rule(s) on {} cgroup(s), {} refused",
-        stats.kernel_rules, stats.cgroups, stats.refused
+        stats.kernel_rules,
+        stats.cgroups,
+        stats.refused
     );
     Ok(enforcing)
 }

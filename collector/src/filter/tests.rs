@@ -309,7 +309,11 @@ fn attribution_filters_select_pods() {
         ("label absent", labels(&["!tier"]), &[1, 2, 4]),
         ("label in a set", labels(&["app in (db,cache)"]), &[1]),
         ("label not in a set", labels(&["app notin (web)"]), &[1, 4]),
-        ("one entry, two requirements", labels(&["app=web,!tier"]), &[2]),
+        (
+            "one entry, two requirements",
+            labels(&["app=web,!tier"]),
+            &[2],
+        ),
     ];
     for (name, filter, want) in cases {
         let compiled = RecordFilter::new(Some(filter), &[]).expect(name);

@@ -17,7 +17,9 @@ fn labels(pod: &str) -> ViolationLabels {
 pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("send");
     let mut response = String::new();
@@ -83,10 +85,7 @@ fn label_values_are_escaped() {
         ..labels("x")
     });
     let body = metrics.render(&Hub::new(HubConfig::default()));
-    assert!(
-        body.contains("pod=\"a\\\"b\\\\c\\nd\""),
-        "{body}"
-    );
+    assert!(body.contains("pod=\"a\\\"b\\\\c\\nd\""), "{body}");
 }
 
 #[tokio::test]

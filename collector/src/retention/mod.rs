@@ -154,12 +154,7 @@ impl Window {
         let oldest = self.oldest();
         let start = (from.max(oldest) - oldest) as usize;
         let end = (start + max).min(self.records.len());
-        out.extend(
-            self.records
-                .range(start..end)
-                .filter(|r| keep(r))
-                .cloned(),
-        );
+        out.extend(self.records.range(start..end).filter(|r| keep(r)).cloned());
         oldest + end as u64
     }
 }

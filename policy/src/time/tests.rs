@@ -14,5 +14,8 @@ fn utc_with_the_precision_asked_for() {
         "2026-11-27T09:44:07.000000Z"
     );
     assert_eq!(rfc3339(0, Precision::Micros), "1970-01-01T00:00:00.000000Z");
-    assert_eq!(rfc3339(u64::MAX, Precision::Micros), "2554-07-21T23:34:33.709551Z");
+    assert_eq!(
+        rfc3339(u64::MAX, Precision::Micros),
+        "2554-07-21T23:34:33.709551Z"
+    );
 }

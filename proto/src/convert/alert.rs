@@ -60,8 +60,7 @@ impl TryFrom<&v1::AlertRecord> for AlertLine {
                 value: record.mode.clone(),
             })?;
         let wire = record.event.as_ref().ok_or(AlertError::MissingEvent)?;
-        let event =
-            MmapEvent::try_from(wire).map_err(|source| AlertError::Event { source })?;
+        let event = MmapEvent::try_from(wire).map_err(|source| AlertError::Event { source })?;
         Ok(Self {
             policy: record.policy.clone(),
             rule: record.rule.clone(),

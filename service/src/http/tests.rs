@@ -1,4 +1,7 @@
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -35,7 +38,7 @@ async fn get_all(addr: SocketAddr, paths: &[&str]) -> String {
         } else {
             ""
         };
-        request.push_str(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n{close}\r\n"));
+        let _ = write!(request, "GET {path} HTTP/1.1\r\nHost: x\r\n{close}\r\n");
     }
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = String::new();
@@ -70,12 +73,20 @@ async fn routes_with_queries_and_keep_alive_and_a_404_elsewhere() {
         ],
         "{response}"
     );
-    assert!(response.contains("application/openmetrics-text"), "{response}");
-    assert!(response.contains("\r\n\r\nup 1\n") || response.contains("up 1\n"), "{response}");
+    assert!(
+        response.contains("application/openmetrics-text"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\r\n\r\nup 1\n") || response.contains("up 1\n"),
+        "{response}"
+    );
     assert!(response.contains("not ready: starting\n"), "{response}");
     probes.ready.store(true, Relaxed);
     assert!(
-        get_all(server.addr(), &["/readyz"]).await.ends_with("ready\n"),
+        get_all(server.addr(), &["/readyz"])
+            .await
+            .ends_with("ready\n"),
         "readiness is asked at each request"
     );
     server.stop().await;
@@ -87,5 +98,8 @@ async fn a_taken_default_address_is_skipped_and_a_taken_flag_address_is_an_error
     let addr = taken.local_addr().unwrap();
     assert!(bind(addr, false).await.unwrap().is_none());
     let error = bind(addr, true).await.unwrap_err();
-    assert_eq!(error.to_string(), format!("--metrics-listen {addr}: cannot bind"));
+    assert_eq!(
+        error.to_string(),
+        format!("--metrics-listen {addr}: cannot bind")
+    );
 }

@@ -38,12 +38,18 @@ fn metadata(edges: &[(&str, &[&str])]) -> Value {
 #[test]
 fn a_role_reaching_the_other_is_named_directly_or_through_a_crate() {
     let apart = metadata(&[
-        ("mapsentry-agent", &["mapsentry-service", "mapsentry-policy"]),
+        (
+            "mapsentry-agent",
+            &["mapsentry-service", "mapsentry-policy"],
+        ),
         ("mapsentry-collector", &["mapsentry-service"]),
         ("mapsentry-service", &[]),
         ("mapsentry-policy", &[]),
     ]);
-    assert_eq!(check_dependencies(&dependency_graph(&apart).unwrap()), Vec::<String>::new());
+    assert_eq!(
+        check_dependencies(&dependency_graph(&apart).unwrap()),
+        Vec::<String>::new()
+    );
 
     let direct = metadata(&[
         ("mapsentry-agent", &["mapsentry-collector"]),
@@ -65,7 +71,9 @@ fn a_role_reaching_the_other_is_named_directly_or_through_a_crate() {
     let problems = check_dependencies(&dependency_graph(&through).unwrap());
     assert_eq!(
         problems,
-        ["mapsentry-collector depends on mapsentry-agent (directly or through another crate): the roles meet only through policy, proto and service"]
+        [
+            "mapsentry-collector depends on mapsentry-agent (directly or through another crate): the roles meet only through policy, proto and service"
+        ]
     );
 }
 
@@ -85,7 +93,13 @@ fn a_node_loop_module_in_the_binary_is_named() {
     .unwrap();
     let problems = check_cli_sources(&dir).unwrap();
     assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(problems[0].contains("pump.rs: the binary holds a library module"), "{problems:?}");
-    assert!(problems[1].contains("loop_again.rs: calls \".next_batch(\""), "{problems:?}");
+    assert!(
+        problems[0].contains("pump.rs: the binary holds a library module"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("loop_again.rs: calls \".next_batch(\""),
+        "{problems:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     EventLine,
-    event::{Enforcement, FileInfo, MmapArgs, Syscall, TargetMapping},
     event::attribution::Workload,
+    event::{Enforcement, FileInfo, MmapArgs, Syscall, TargetMapping},
 };
 
 /// What serde writes for the contract form: the reference.

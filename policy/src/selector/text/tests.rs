@@ -41,12 +41,21 @@ fn malformed_text_is_refused_with_the_reason() {
         ("=web", "expected a label key, found \"=\""),
         ("!", "expected a label key, found the end"),
         ("app=we b", "expected \",\" or the end, found \"b\""),
-        ("a b", "expected =, ==, !=, in or notin after \"a\", found \"b\""),
+        (
+            "a b",
+            "expected =, ==, !=, in or notin after \"a\", found \"b\"",
+        ),
         ("app=web=x", "expected \",\" or the end, found \"=\""),
         ("app=web,", "a requirement must follow \",\""),
         ("env in prod", "expected \"(\" after \"in\""),
-        ("env in (a b)", "expected \",\" or \")\" in the values of \"env\", found \"b\""),
-        ("env in (a", "expected \",\" or \")\" in the values of \"env\", found the end"),
+        (
+            "env in (a b)",
+            "expected \",\" or \")\" in the values of \"env\", found \"b\"",
+        ),
+        (
+            "env in (a",
+            "expected \",\" or \")\" in the values of \"env\", found the end",
+        ),
     ] {
         let error = Selector::parse(text).expect_err(text);
         assert_eq!(error.reason, reason, "{text:?}");

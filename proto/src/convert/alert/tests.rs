@@ -49,7 +49,10 @@ fn an_alert_survives_the_wire() {
     let alert = line();
     let record = alert_record(&alert, "n1", 42);
     assert_eq!((record.cursor, record.node.as_str()), (42, "n1"));
-    assert_eq!((record.action.as_str(), record.mode.as_str()), ("kill", "enforce"));
+    assert_eq!(
+        (record.action.as_str(), record.mode.as_str()),
+        ("kill", "enforce")
+    );
     assert_eq!(AlertLine::try_from(&record), Ok(alert));
 }
 
