@@ -1,35 +1,11 @@
 //! Fixtures shared by the collector's unit tests.
 
-use mapsentry_policy::{
-    Action, AlertLine, Attribution, EventLine, K8sMeta, MmapArgs, MmapEvent, Mode, Syscall,
-};
+use mapsentry_policy::{Action, AlertLine, Attribution, EventLine, K8sMeta, MmapEvent, Mode};
 
 /// An anonymous W+X `mmap` by `comm`, in `namespace/pod` when both are given.
 pub fn event(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> MmapEvent {
     MmapEvent {
-        time_ns: 1_795_772_647_570_592_000,
-        syscall: Syscall::Mmap,
-        pid: 7,
-        tid: 7,
-        ppid: 1,
-        uid: 0,
-        gid: 0,
         comm: comm.into(),
-        cgroup_id: 3,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot: 7,
-            flags: 0x22,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
-        ret: 0x7f00_0000_0000,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
         attribution: namespace.zip(pod).map(|(namespace, pod)| {
             std::sync::Arc::new(Attribution::Pod(K8sMeta {
                 namespace: Some(namespace.into()),
@@ -38,6 +14,7 @@ pub fn event(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> MmapEven
                 ..K8sMeta::default()
             }))
         }),
+        ..crate::policy::files::tests::wx_event(1_795_772_647_570_592_000)
     }
 }
 

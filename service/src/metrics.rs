@@ -106,26 +106,25 @@ impl Scrape {
         name: &'static str,
         help: &'static str,
         kind: Kind,
-        samples: Vec<(Option<Labels>, u64)>,
-    ) {
+        samples: impl IntoIterator<Item = (Option<Labels>, u64)>,
+    ) -> &mut Self {
         self.families.push(Family {
             name,
             help,
             kind,
-            samples,
+            samples: samples.into_iter().collect(),
         });
+        self
     }
 
     /// A counter without labels (`name` ends in `_total`).
     pub fn counter(&mut self, name: &'static str, help: &'static str, value: u64) -> &mut Self {
-        self.push(name, help, Kind::Counter, vec![(None, value)]);
-        self
+        self.push(name, help, Kind::Counter, [(None, value)])
     }
 
     /// A gauge without labels.
     pub fn gauge(&mut self, name: &'static str, help: &'static str, value: u64) -> &mut Self {
-        self.push(name, help, Kind::Gauge, vec![(None, value)]);
-        self
+        self.push(name, help, Kind::Gauge, [(None, value)])
     }
 
     /// A counter with one sample per label set (`name` ends in `_total`).
@@ -135,9 +134,7 @@ impl Scrape {
         help: &'static str,
         samples: impl IntoIterator<Item = (Labels, u64)>,
     ) -> &mut Self {
-        let samples = samples.into_iter().map(|(l, v)| (Some(l), v)).collect();
-        self.push(name, help, Kind::Counter, samples);
-        self
+        self.labelled(name, help, Kind::Counter, samples)
     }
 
     /// A gauge with one sample per label set.
@@ -147,9 +144,22 @@ impl Scrape {
         help: &'static str,
         samples: impl IntoIterator<Item = (Labels, u64)>,
     ) -> &mut Self {
-        let samples = samples.into_iter().map(|(l, v)| (Some(l), v)).collect();
-        self.push(name, help, Kind::Gauge, samples);
-        self
+        self.labelled(name, help, Kind::Gauge, samples)
+    }
+
+    fn labelled(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        samples: impl IntoIterator<Item = (Labels, u64)>,
+    ) -> &mut Self {
+        self.push(
+            name,
+            help,
+            kind,
+            samples.into_iter().map(|(l, v)| (Some(l), v)),
+        )
     }
 
     /// These metrics alone, as a registry to encode.

@@ -1,34 +1,7 @@
-use mapsentry_policy::{MmapArgs, Syscall};
-
 use super::*;
 
 fn line() -> AlertLine {
-    let event = MmapEvent {
-        time_ns: 1_795_772_647_570_592_000,
-        syscall: Syscall::Mmap,
-        pid: 7,
-        tid: 7,
-        ppid: 1,
-        uid: 0,
-        gid: 0,
-        comm: "jit".into(),
-        cgroup_id: 3,
-        args: MmapArgs {
-            addr: 0,
-            length: 4096,
-            prot: 7,
-            flags: 0x22,
-            fd: -1,
-            pgoffset: 0,
-            offset: 0,
-        },
-        ret: 0x7f00_0000_0000,
-        file: None,
-        args_unreadable: false,
-        target_mapping: None,
-        enforced: None,
-        attribution: None,
-    };
+    let event = crate::convert::tests::file_backed();
     AlertLine {
         policy: "web/wx".into(),
         rule: "write-and-execute".into(),
