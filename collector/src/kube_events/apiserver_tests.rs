@@ -115,11 +115,7 @@ async fn pod_events(server: &ApiServer) -> Vec<Event> {
         .collect()
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+use mapsentry_policy::time::now_ns;
 
 /// A storm of W+X calls in a pod is one Event on the pod whose series counts every call: the
 /// first alert creates it at once, and the matches still in the dedup window when the collector

@@ -35,6 +35,7 @@ use mapsentry_policy::{
     ClusterMmapPolicy, MmapPolicy, PolicyId, Problem,
     crd::{API_VERSION, PolicyStatus},
     policy::DEFAULT_NAMESPACE,
+    time,
 };
 use serde_json::Value;
 use tracing::Instrument as _;
@@ -472,9 +473,7 @@ fn status_patch(status: &PolicyStatus) -> Value {
 }
 
 fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    time::rfc3339(time::now_ns(), time::Precision::Seconds)
 }
 
 #[cfg(test)]
