@@ -94,7 +94,7 @@ impl ApiServer {
 
     /// The admin's client.
     pub async fn admin(&self) -> Client {
-        crate::kube_client::client(Some(&self.kubeconfig()))
+        mapsentry_service::kube::client(Some(&self.kubeconfig()))
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }

@@ -9,7 +9,7 @@
 use crate::{
     crd::{Mode, NodeScope, PolicyStatus, RuleNote, StatusCondition, StatusError},
     enforce::kernel_plan,
-    path::Problem,
+    field_path::Problem,
     policy::Policy,
 };
 

@@ -3,12 +3,16 @@
 //! `cargo xtask vm-test --kernel 6.1|6.12` runs the real-kernel tests on a stock Debian kernel in
 //! qemu (software emulation): static test binaries, the kernel fetched once into a cache, a
 //! busybox initramfs, one boot, the results read back from the serial console.
+//!
+//! `cargo xtask layout` checks the workspace's layout rules (the agent and collector crates
+//! apart, the binary thin); its tests run the same check in every `cargo test`.
 #![forbid(unsafe_code)]
 
 mod binaries;
 mod console;
 mod initramfs;
 mod kernel;
+mod layout;
 mod plan;
 mod qemu;
 
@@ -31,6 +35,9 @@ enum Command {
     /// Measure each attach mode's tax on unrelated syscalls (and on filtered mmaps) on a stock
     /// kernel, in a qemu VM: ratios inside one boot (e2e/src/bin/syscall_tax.rs).
     VmBench(VmTestArgs),
+    /// Check the layout rules: agent and collector crates never depend on each other, and the
+    /// binary holds no module of a role's library.
+    Layout,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +67,27 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Layout => {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(std::path::Path::new("."));
+            match layout::check(root) {
+                Ok(problems) if problems.is_empty() => {
+                    println!("xtask layout: agent and collector apart, the binary thin");
+                    ExitCode::SUCCESS
+                }
+                Ok(problems) => {
+                    for problem in problems {
+                        println!("xtask layout: {problem}");
+                    }
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("xtask layout: error: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::VmBench(args) => match vm_test(&args, true) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

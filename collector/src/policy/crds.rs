@@ -35,11 +35,12 @@ use mapsentry_policy::{
     ClusterMmapPolicy, MmapPolicy, PolicyId, Problem,
     crd::{API_VERSION, PolicyStatus},
     policy::DEFAULT_NAMESPACE,
+    time,
 };
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use crate::policies::SharedPolicies;
+use crate::policy::store::SharedPolicies;
 
 /// How often failed status writes are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(3);
@@ -472,9 +473,7 @@ fn status_patch(status: &PolicyStatus) -> Value {
 }
 
 fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    time::rfc3339(time::now_ns(), time::Precision::Seconds)
 }
 
 #[cfg(test)]

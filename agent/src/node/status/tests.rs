@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use mapsentry_agent::metadata::{MissingCounter, PodCache, PodCacheConfig};
+use crate::metadata::{MissingCounter, PodCache, PodCacheConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
@@ -122,7 +122,9 @@ fn metrics_name_every_counter_and_the_attach_mode() {
 async fn get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("send");
     let mut response = String::new();

@@ -1,7 +1,7 @@
-//! The on-disk retention log: every stored batch is appended (before it is acked) to segment
-//! files in a directory, so a collector that is killed and restarted gets back its retained
-//! records under the same cursors and its deduplication state, and resent batches are not
-//! stored twice.
+//! The on-disk retention log, the local [`super::Durable`]: every stored batch is appended
+//! (before it is acked) to segment files in a directory, so a collector that is killed and
+//! restarted gets back its retained records under the same cursors and its deduplication state,
+//! and resent batches are not stored twice.
 //!
 //! A segment is a sequence of length-delimited `LoggedBatch` protobuf messages, named after the
 //! first cursor it holds (`00000000000000000042.seg`). Segments rotate at `segment_bytes`; the
@@ -18,6 +18,8 @@ use std::{
 
 use mapsentry_proto::v1;
 use prost::Message as _;
+
+use super::{Batch, Durable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -198,6 +200,19 @@ impl Log {
     #[must_use]
     pub fn bytes(&self) -> u64 {
         self.total_bytes
+    }
+}
+
+impl Durable for Log {
+    fn append(&mut self, batch: &Batch<'_>) -> Result<()> {
+        Log::append(
+            self,
+            batch.node,
+            batch.boot_id,
+            batch.seq,
+            batch.first_cursor,
+            batch.events,
+        )
     }
 }
 

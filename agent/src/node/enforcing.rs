@@ -7,9 +7,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use mapsentry_agent::{
+use crate::{
     Capture,
-    enforce::policies::{CgroupScope, EnforceStats, Enforcer, pod_context, scan_cgroups},
+    enforce::policies::{self, CgroupScope, EnforceStats, Enforcer, pod_context, scan_cgroups},
     metadata::{PodCache, cgroup_index::find_cgroup2_root},
 };
 use mapsentry_proto::v1;
@@ -39,6 +39,7 @@ pub struct Enforcing {
 
 impl Enforcing {
     /// Enforce what `enforcer` holds, and the sets arriving on `sets`.
+    #[must_use]
     pub fn new(enforcer: Enforcer, sets: Option<watch::Receiver<Option<v1::PolicySet>>>) -> Self {
         let cgroup_root = find_cgroup2_root()
             .inspect_err(|error| {
@@ -120,6 +121,7 @@ impl Enforcing {
         }
     }
 
+    #[must_use]
     pub fn stats(&self) -> EnforceStats {
         self.enforcer.stats()
     }
@@ -141,26 +143,27 @@ pub fn local(
     mut sets: watch::Receiver<Option<v1::PolicySet>>,
     capture: &mut Capture,
     pods: Option<PodCache>,
-) -> anyhow::Result<Enforcing> {
-    use anyhow::Context as _;
+) -> policies::Result<Enforcing> {
     let mut enforcer = Enforcer::new(None, capture.attached().deny_unavailable.as_deref());
     if let Some(set) = sets.borrow_and_update().clone() {
-        enforcer
-            .set_policies(set.version, set.policies_json)
-            .context("--policy: compiling the enforce-mode rules")?;
+        enforcer.set_policies(set.version, set.policies_json)?;
     }
     for refusal in enforcer.refused() {
-        eprintln!(
-            "mapsentry: policy {} rule {}: not enforced in the kernel: {}",
-            refusal.policy, refusal.rule, refusal.reason
+        mapsentry_service::status!(
+            "policy {} rule {}: not enforced in the kernel: {}",
+            refusal.policy,
+            refusal.rule,
+            refusal.reason
         );
     }
     let mut enforcing = Enforcing::new(enforcer, Some(sets)).with_pods(pods);
     enforcing.apply(capture);
     let stats = enforcing.stats();
-    eprintln!(
-        "mapsentry: enforcing {} kernel rule(s) on {} cgroup(s), {} refused",
-        stats.kernel_rules, stats.cgroups, stats.refused
+    mapsentry_service::status!(
+        "enforcing {} kernel rule(s) on {} cgroup(s), {} refused",
+        stats.kernel_rules,
+        stats.cgroups,
+        stats.refused
     );
     Ok(enforcing)
 }

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::{
     EventLine,
+    event::attribution::Workload,
     event::{Enforcement, FileInfo, MmapArgs, Syscall, TargetMapping},
-    k8s::Workload,
 };
 
 /// What serde writes for the contract form: the reference.

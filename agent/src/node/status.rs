@@ -1,6 +1,6 @@
 //! The agent's HTTP endpoint (`--metrics-listen`, default 0.0.0.0:9091): Prometheus `/metrics`,
 //! `/healthz` (liveness) and `/readyz` (readiness), from an [`AgentStatus`] the main loop keeps
-//! current (see `pump`).
+//! current (see [`super::event_loop`]).
 //!
 //! - Live: the main loop turned within [`LOOP_STALE`] (it turns at least every second).
 //! - Ready: the programs are attached, AND the ring buffer is being drained (within
@@ -10,7 +10,6 @@
 //!   counts them.
 
 use std::{
-    fmt::Write as _,
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock, PoisonError,
@@ -19,19 +18,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use mapsentry_agent::{
+use mapsentry_service::{
+    http::{self, Probes, Reply, Server},
+    metrics::{self, Labels, Scrape},
+};
+
+use crate::{
     Capture, KernelCounters,
     enforce::policies::EnforceStats,
     metadata::{MissingCounter, PodCache},
-    shipper::{Shipper, ShipperStats},
+    shipper::{self, Shipper, ShipperStats},
 };
-use mapsentry_collector::http::{self, Reply};
-use tokio::{net::TcpListener, sync::oneshot};
-use tracing::Instrument as _;
 
-/// The agent's default HTTP listener (the chart's `agent.metrics.port`).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9091";
 /// Not live when the main loop has not turned for this long.
 pub const LOOP_STALE: Duration = Duration::from_secs(30);
 /// Not ready when records were written but none read for this long.
@@ -211,7 +209,7 @@ impl AgentStatus {
         }
     }
 
-    /// `/metrics`, in the Prometheus text format.
+    /// `/metrics`, in the OpenMetrics text format.
     #[must_use]
     pub fn render(&self, now: Instant) -> String {
         let s = self
@@ -219,225 +217,203 @@ impl AgentStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let mut out = String::new();
-        let missing = self.missing.get().map_or(0, MissingCounter::get);
-        let counters: [(&str, &str, u64); 11] = [
-            (
+        let mut scrape = Scrape::default();
+        scrape
+            .counter(
                 "mapsentry_enrichment_missing_total",
                 "Events emitted without their pod metadata (pod not known within the hold bound).",
-                missing,
-            ),
-            (
+                self.missing.get().map_or(0, MissingCounter::get),
+            )
+            .counter(
                 "mapsentry_agent_kernel_seen_total",
                 "mmap-family calls that entered the kernel while attached (the agent's own excluded).",
                 s.kernel.seen,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_kernel_reported_total",
                 "Calls the in-kernel report filters kept: each became a record or a drop.",
                 s.kernel.reported,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_kernel_filtered_total",
                 "Calls the in-kernel filters left out.",
                 s.kernel.filtered,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_kernel_dropped_total",
                 "Records lost in the kernel because the ring buffer was full.",
                 s.kernel.dropped,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_records_read_total",
                 "Records read from the ring buffer.",
                 s.records_read,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_records_malformed_total",
                 "Records read but not decodable.",
                 s.malformed,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_events_received_total",
                 "Events handed to the shipper.",
                 s.shipper.captured,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_events_shipped_total",
                 "Events sent to the collector at least once.",
                 s.shipper.shipped,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_events_acked_total",
                 "Events in batches the collector acked.",
                 s.shipper.acked,
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_agent_collector_connects_total",
                 "Successful connections to the collector.",
                 s.shipper.connects,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mapsentry_agent_events_dropped_total Events lost on the node, by reason.\n\
-             # TYPE mapsentry_agent_events_dropped_total counter"
-        );
-        for reason in [
-            mapsentry_agent::shipper::DROPPED_RING_BUFFER_FULL,
-            mapsentry_agent::shipper::DROPPED_MALFORMED,
-            mapsentry_agent::shipper::DROPPED_BUFFER_FULL,
-            mapsentry_agent::shipper::DROPPED_UNACKED_AT_EXIT,
-        ] {
-            let count = s.shipper.dropped.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "mapsentry_agent_events_dropped_total{{reason=\"{}\"}} {count}",
-                escape(reason)
-            );
-        }
-        let mut gauges: Vec<(&str, &str, u64)> = vec![
-            (
+            )
+            .counters(
+                "mapsentry_agent_events_dropped_total",
+                "Events lost on the node, by reason.",
+                [
+                    shipper::DROPPED_RING_BUFFER_FULL,
+                    shipper::DROPPED_MALFORMED,
+                    shipper::DROPPED_BUFFER_FULL,
+                    shipper::DROPPED_UNACKED_AT_EXIT,
+                ]
+                .map(|reason| {
+                    let count = s.shipper.dropped.get(reason).copied().unwrap_or(0);
+                    (Labels(vec![("reason", reason.into())]), count)
+                }),
+            )
+            .gauge(
                 "mapsentry_agent_events_buffered",
                 "Events held for the collector (not acked yet).",
                 s.shipper.buffered_events,
-            ),
-            (
+            )
+            .gauge(
                 "mapsentry_agent_collector_connected",
                 "1 while connected to the collector.",
                 u64::from(s.shipper.connected),
-            ),
-            (
+            )
+            .gauge(
                 "mapsentry_agent_attached",
                 "1 while the capture programs are attached.",
                 u64::from(self.attached.load(Relaxed)),
-            ),
-            (
+            )
+            .gauge(
                 "mapsentry_agent_ready",
                 "1 while /readyz answers 200.",
                 u64::from(self.readiness(now).status == 200),
-            ),
-        ];
+            );
         if let Some(pods) = self.pods.get() {
             let stats = pods.stats();
-            gauges.push((
-                "mapsentry_agent_pod_cache_synced",
-                "1 once the pod cache has completed its first list.",
-                u64::from(pods.synced()),
-            ));
-            gauges.push((
-                "mapsentry_agent_pods",
-                "Pods of this node in the cache.",
-                stats.pods as u64,
-            ));
-            gauges.push((
-                "mapsentry_agent_pod_tombstones",
-                "Deleted pods kept for late events.",
-                stats.tombstones as u64,
-            ));
-            gauges.push((
-                "mapsentry_agent_pod_watch_errors",
-                "Pod watch or list errors so far (the API server away, ...).",
-                stats.errors,
-            ));
+            scrape
+                .gauge(
+                    "mapsentry_agent_pod_cache_synced",
+                    "1 once the pod cache has completed its first list.",
+                    u64::from(pods.synced()),
+                )
+                .gauge(
+                    "mapsentry_agent_pods",
+                    "Pods of this node in the cache.",
+                    stats.pods as u64,
+                )
+                .gauge(
+                    "mapsentry_agent_pod_tombstones",
+                    "Deleted pods kept for late events.",
+                    stats.tombstones as u64,
+                )
+                .gauge(
+                    "mapsentry_agent_pod_watch_errors",
+                    "Pod watch or list errors so far (the API server away, ...).",
+                    stats.errors,
+                );
         }
         if let Some(e) = s.enforce {
-            gauges.extend([
-                (
+            scrape
+                .gauge(
                     "mapsentry_enforce_policy_version",
                     "Version of the enforce-mode policy set in force (0: none).",
                     e.version,
-                ),
-                (
+                )
+                .gauge(
                     "mapsentry_enforce_kernel_rules",
                     "Rules of the set in force the kernel enforces.",
                     e.kernel_rules,
-                ),
-                (
+                )
+                .gauge(
                     "mapsentry_enforce_refused_rules",
                     "Rules of enforce-mode policies the kernel refused (see the log for why).",
                     e.refused,
-                ),
-                (
+                )
+                .gauge(
                     "mapsentry_enforce_deny_fallback",
                     "Deny rules enforced as Kill (denyFallback: Kill) because this kernel cannot deny.",
                     e.deny_fell_back,
-                ),
-                (
+                )
+                .gauge(
                     "mapsentry_enforce_cgroups",
                     "Cgroups with rules in the kernel.",
                     e.cgroups,
-                ),
-                (
+                )
+                .gauge(
                     "mapsentry_enforce_unresolved_cgroups",
                     "Pod cgroups whose pod is not known, so no policy could be resolved for them.",
                     e.unresolved,
-                ),
-                (
+                )
+                .gauge(
                     "mapsentry_enforce_write_errors",
                     "Cgroups whose rules could not be written at the last resolution.",
                     e.write_errors,
-                ),
-            ]);
-        }
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+                );
         }
         if let Some(info) = self.info.get() {
-            let _ = writeln!(
-                out,
-                "# HELP mapsentry_agent_info How this agent captures (attach mode, hook) and \
-                 whether Deny rules can be enforced here.\n\
-                 # TYPE mapsentry_agent_info gauge\n\
-                 mapsentry_agent_info{{node=\"{}\",attach_mode=\"{}\",hook=\"{}\",deny=\"{}\",version=\"{}\"}} 1",
-                escape(&info.node),
-                escape(&info.attach_mode),
-                escape(&info.hook),
-                if info.deny_unavailable.is_some() {
-                    "unavailable"
-                } else {
-                    "available"
-                },
-                env!("CARGO_PKG_VERSION"),
+            let deny = if info.deny_unavailable.is_some() {
+                "unavailable"
+            } else {
+                "available"
+            };
+            scrape.gauges(
+                "mapsentry_agent_info",
+                "How this agent captures (attach mode, hook) and whether Deny rules can be enforced here.",
+                [(
+                    Labels(vec![
+                        ("node", info.node.as_str().into()),
+                        ("attach_mode", info.attach_mode.as_str().into()),
+                        ("hook", info.hook.as_str().into()),
+                        ("deny", deny.into()),
+                        ("version", env!("CARGO_PKG_VERSION").into()),
+                    ]),
+                    1,
+                )],
             );
         }
-        out
-    }
-
-    /// The reply to `method path`.
-    pub fn route(&self, method: &str, path: &str, now: Instant) -> Reply {
-        match (method, path) {
-            ("GET", "/metrics") => Reply::ok(self.render(now)),
-            ("GET", "/healthz") => self.liveness(now),
-            ("GET", "/readyz") => self.readiness(now),
-            _ => Reply::not_found("not found: try GET /metrics, /healthz or /readyz\n"),
-        }
+        metrics::encode(&[&scrape.into_registry()])
     }
 }
 
-/// A label value with `\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Probes for AgentStatus {
+    fn metrics(&self) -> String {
+        self.render(Instant::now())
+    }
+
+    fn liveness(&self) -> Reply {
+        AgentStatus::liveness(self, Instant::now())
+    }
+
+    fn readiness(&self) -> Reply {
+        AgentStatus::readiness(self, Instant::now())
+    }
 }
 
 /// The running endpoint; stop it with [`Endpoint::stop`].
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    server: Server,
 }
 
 /// Serve `status` on `addr` (`required`: fail when it cannot be bound; else warn and serve
@@ -446,45 +422,20 @@ pub async fn start(
     status: &Arc<AgentStatus>,
     addr: SocketAddr,
     required: bool,
-) -> anyhow::Result<Option<Endpoint>> {
-    let listener = match TcpListener::bind(addr).await {
-        Ok(listener) => listener,
-        Err(error) if !required => {
-            tracing::warn!(%addr, %error, "the default agent metrics address cannot be bound; /metrics, /healthz and /readyz are off (set --metrics-listen)");
-            return Ok(None);
-        }
-        Err(error) => {
-            return Err(
-                anyhow::Error::new(error).context(format!("--metrics-listen {addr}: cannot bind"))
-            );
-        }
+) -> http::Result<Option<Endpoint>> {
+    let Some(listener) = http::bind(addr, required).await? else {
+        return Ok(None);
     };
-    let addr = listener
-        .local_addr()
-        .context("reading the metrics address")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = Arc::clone(status);
-    let handler: http::Handler =
-        Arc::new(move |method, path| serving.route(method, path, Instant::now()));
-    let task = tokio::spawn(
-        async move {
-            if let Err(error) = http::serve(listener, handler, async {
-                drop(stopped.await);
-            })
-            .await
-            {
-                tracing::error!(error = %anyhow::Error::new(error), "the agent's HTTP endpoint stopped");
-            }
-        }
-        .instrument(tracing::info_span!("agent_http")),
-    );
-    Ok(Some(Endpoint { addr, stop, task }))
+    let server = Server::start(listener, Arc::clone(status) as Arc<dyn Probes>)?;
+    Ok(Some(Endpoint {
+        addr: server.addr(),
+        server,
+    }))
 }
 
 impl Endpoint {
     pub async fn stop(self) {
-        drop(self.stop);
-        let _ = self.task.await;
+        self.server.stop().await;
     }
 }
 

@@ -1,10 +1,18 @@
-//! One captured mapping call, and its JSON line form (the contract of `run --output json`).
+//! One captured mapping call, and its JSON line form (the contract of `run --output json`):
+//! the event model ([`MmapEvent`]), who made it ([`attribution`]) and how that is written on a
+//! line ([`attribution_line`]), the names of its bits ([`names`]), and the direct line writer
+//! that `run` uses ([`json`]).
+
+pub mod attribution;
+pub mod attribution_line;
+pub mod json;
+pub mod names;
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{k8s::Attribution, names};
+use self::attribution::Attribution;
 
 /// The system call that made the mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,8 +116,8 @@ pub struct MmapEvent {
     pub enforced: Option<Enforcement>,
     /// The pod and container (or host unit) the call came from, attached by the agent's
     /// enricher; None when not enriched. In JSON: the top-level `namespace`, `pod`, `container`,
-    /// `k8s` and `host` fields (see [`crate::attribution_line`]).
-    #[serde(flatten, with = "crate::attribution_line")]
+    /// `k8s` and `host` fields (see [`attribution_line`]).
+    #[serde(flatten, with = "crate::event::attribution_line")]
     pub attribution: Option<Arc<Attribution>>,
 }
 
@@ -220,13 +228,7 @@ impl MmapEvent {
     /// RFC 3339 rendering of `time_ns`, UTC, microseconds.
     #[must_use]
     pub fn time_rfc3339(&self) -> String {
-        let format = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-        );
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.time_ns))
-            .ok()
-            .and_then(|t| t.format(&format).ok())
-            .unwrap_or_default()
+        crate::time::rfc3339(self.time_ns, crate::time::Precision::Micros)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The one policy store of a collector, fed by every source: policy files (each a source by its
-//! path, [`crate::policy_files`]) and, in a cluster, the policy objects (each a source by
-//! `KIND/NAMESPACE/NAME`, [`crate::policy_crds`]). After every change the policies in force go to
+//! path, [`super::files`]) and, in a cluster, the policy objects (each a source by
+//! `KIND/NAMESPACE/NAME`, [`super::crds`]). After every change the policies in force go to
 //! the evaluation (a `watch` of the [`PolicySet`]) and their enforce-mode part to the agents
 //! (the [`PolicyPublisher`], when set).
 //!

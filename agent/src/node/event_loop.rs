@@ -4,34 +4,67 @@
 //! on a stop signal, detach, drain, and flush. Events held for their pod metadata are emitted
 //! when it arrives or at the hold bound, whichever comes first.
 
-use std::time::{Duration, Instant};
+use std::{
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
-use anyhow::Context;
-use mapsentry_agent::{Capture, KernelCounters, metadata::Attributor, shipper::Shipper};
 use mapsentry_policy::MmapEvent;
 
 use crate::{
-    agent_http::AgentStatus,
-    enforcing::{Enforcing, next_work},
-    signals::Shutdown,
+    Capture, KernelCounters, capture,
+    metadata::Attributor,
+    node::{
+        enforcing::{Enforcing, next_work},
+        status::AgentStatus,
+    },
+    shipper::{Shipper, ShipperError},
 };
 
 /// How often the capture's loss counters are handed to the shipper.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Run until a stop signal, or until `each` returns false. `each` sees every batch (attributed)
-/// before it is shipped. `status` (the agent's HTTP endpoint) is kept current: each turn of the
-/// loop, each read of the ring buffer, the counters every second. Returns the kernel's final
-/// counters; the shipper is left to the caller to finish.
-pub async fn pump(
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    #[error("reading the ring buffer")]
+    Read {
+        #[source]
+        source: capture::Error,
+    },
+    #[error("reading the kernel counters")]
+    Counters {
+        #[source]
+        source: capture::Error,
+    },
+    #[error("the collector refused this agent: {reason}")]
+    Refused { reason: String },
+    #[error("the shipper stopped")]
+    Shipper {
+        #[source]
+        source: ShipperError,
+    },
+    #[error("writing the records")]
+    Output {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = EventLoopError> = std::result::Result<T, E>;
+
+/// Run until `shutdown` resolves, or until `each` returns false. `each` sees every batch
+/// (attributed) before it is shipped. `status` (the agent's HTTP endpoint) is kept current: each
+/// turn of the loop, each read of the ring buffer, the counters every second. Returns the
+/// kernel's final counters; the shipper is left to the caller to finish.
+pub async fn event_loop(
     capture: &mut Capture,
     attributor: &mut Attributor,
     shipper: &Shipper,
-    shutdown: &mut Shutdown,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
     mut enforcing: Option<&mut Enforcing>,
     status: Option<&AgentStatus>,
-    mut each: impl FnMut(&[MmapEvent]) -> anyhow::Result<bool>,
-) -> anyhow::Result<KernelCounters> {
+    mut each: impl FnMut(&[MmapEvent]) -> std::io::Result<bool>,
+) -> Result<KernelCounters> {
     let mut batch = Vec::with_capacity(1024);
     let mut counters = tokio::time::interval(COUNTER_INTERVAL);
     let mut go_on = true;
@@ -42,7 +75,7 @@ pub async fn pump(
         let deadline = attributor.next_deadline();
         tokio::select! {
             read = capture.next_batch(&mut batch) => {
-                read.context("reading the ring buffer")?;
+                read.map_err(|source| EventLoopError::Read { source })?;
                 let now = Instant::now();
                 if let Some(status) = status {
                     status.read(now);
@@ -57,7 +90,7 @@ pub async fn pump(
                     status.observe(Instant::now(), kernel, capture, shipper, enforce);
                 }
                 if let Some(reason) = shipper.refused() {
-                    anyhow::bail!("the collector refused this agent: {reason}");
+                    return Err(EventLoopError::Refused { reason });
                 }
                 continue;
             }
@@ -67,16 +100,16 @@ pub async fn pump(
                 }
                 continue;
             }
-            () = shutdown.requested() => break,
+            () = shutdown.as_mut() => break,
         }
         if batch.is_empty() {
             continue;
         }
-        go_on = each(&batch)?;
+        go_on = each(&batch).map_err(|source| EventLoopError::Output { source })?;
         shipper
             .send(std::mem::take(&mut batch))
             .await
-            .context("the shipper stopped")?;
+            .map_err(|source| EventLoopError::Shipper { source })?;
     }
     capture.detach();
     if let Some(status) = status {
@@ -88,9 +121,12 @@ pub async fn pump(
     batch.append(&mut drained);
     attributor.flush(&mut batch);
     if go_on {
-        each(&batch)?;
+        each(&batch).map_err(|source| EventLoopError::Output { source })?;
     }
-    shipper.send(batch).await.context("the shipper stopped")?;
+    shipper
+        .send(batch)
+        .await
+        .map_err(|source| EventLoopError::Shipper { source })?;
     report_losses(capture, shipper)
 }
 
@@ -102,10 +138,10 @@ async fn held_until(deadline: Option<Instant>) {
     }
 }
 
-fn report_losses(capture: &Capture, shipper: &Shipper) -> anyhow::Result<KernelCounters> {
+fn report_losses(capture: &Capture, shipper: &Shipper) -> Result<KernelCounters> {
     let counters = capture
         .kernel_counters()
-        .context("reading the kernel counters")?;
+        .map_err(|source| EventLoopError::Counters { source })?;
     shipper.set_capture_losses(counters.dropped, capture.malformed());
     Ok(counters)
 }

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::{
-    event::{Derived, EnforceAction, MmapEvent},
-    k8s::{Attribution, K8sMeta},
+use super::{
+    Derived, EnforceAction, MmapEvent,
+    attribution::{Attribution, K8sMeta},
 };
 
 /// Append `event`'s JSON line (without the newline) to `out`.

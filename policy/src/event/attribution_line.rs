@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::k8s::{Attribution, K8sMeta, Workload};
+use super::attribution::{Attribution, K8sMeta, Workload};
 
 /// The fields as read from a line.
 #[derive(Debug, Default, Deserialize)]

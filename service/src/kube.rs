@@ -1,6 +1,6 @@
-//! The collector's Kubernetes client: from a kubeconfig file, or by the standard resolution
-//! (the in-cluster service account when running in a pod, else `$KUBECONFIG`, else
-//! `~/.kube/config`).
+//! The Kubernetes client of both roles: from a kubeconfig file (its current context), or by the
+//! standard resolution (the in-cluster service account when running in a pod, else `$KUBECONFIG`,
+//! else `~/.kube/config`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,14 +8,14 @@ use kube::{Client, Config, config::KubeConfigOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeClientError {
-    #[error("--kubeconfig {path}: cannot read it: {source}")]
+    #[error("--kubeconfig {}: cannot read it: {source}", path.display())]
     Kubeconfig {
         path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "--kubernetes: no in-cluster service account ({in_cluster}) and no usable kubeconfig ($KUBECONFIG or ~/.kube/config: {kubeconfig})"
+        "no in-cluster service account ({in_cluster}) and no usable kubeconfig ($KUBECONFIG or ~/.kube/config: {kubeconfig})"
     )]
     Infer {
         in_cluster: kube::config::InClusterError,
@@ -32,18 +32,14 @@ pub enum KubeClientError {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeClientError> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                KubeClientError::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
+            let kubeconfig_error = |source| KubeClientError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|source| KubeClientError::Kubeconfig {
-                    path: path.to_owned(),
-                    source,
-                })?
+                .map_err(kubeconfig_error)?
         }
         None => match Config::incluster() {
             Ok(config) => config,

@@ -19,7 +19,7 @@ use mapsentry_policy::{PolicySet, store::StoreError};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::{PolicyPublisher, policies::SharedPolicies};
+use crate::{PolicyPublisher, policy::store::SharedPolicies};
 
 /// Default time between scans.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
