@@ -9,8 +9,8 @@ scripts/setup.sh
 # then instant). Used by every test that needs a kube-apiserver, and by real_node's node.
 e2e/kube/build-kube.sh >/dev/null
 cargo build --locked --workspace --bins --tests
-# The real node's images (e2e/tests/real_node.rs): release builds of mapsentry and mmap_call,
-# static, with the flags of `cargo xtask vm-test`, which then reuses their compiled dependencies
+# The real node's images (e2e/tests/real_node.rs): static release builds of mapsentry and
+# mmap_call, made by `cargo xtask build-static`, the build `cargo xtask vm-test` reuses below
 # (cold: up to ~18 CPU-min). real_node itself takes ~1.5 min (BENCHMARKS.md, "Test cluster").
 e2e/kube/build-images.sh all target/tmp/kube-images >/dev/null
 helm/test.sh   # the chart: lint, render, Kubernetes 1.33 schemas, flags of the built binary (~10 s)

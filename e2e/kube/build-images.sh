@@ -7,9 +7,8 @@
 #              mapsentry binary at /usr/local/bin/mapsentry, user 65532, entrypoint mapsentry;
 #              the binary is linked statically here, so the image needs no shared libraries
 #              (the Dockerfile's distroless base carries glibc instead)
-# The Rust binaries are release builds with glibc linked in (+crt-static) for the target
-# x86_64-unknown-linux-gnu: the same flags as `cargo xtask vm-test`'s build, so the two share
-# their compiled dependencies.
+# The Rust binaries are release builds with glibc linked in (+crt-static): the very build
+# `cargo xtask vm-test` makes (`cargo xtask build-static`), so CI compiles it once for both.
 #
 # Usage: e2e/kube/build-images.sh pause|workload|mapsentry|all OUT_DIR
 #   Writes OUT_DIR/NAME.tar for each and prints their paths. Needs gcc (static glibc), tar,
@@ -20,7 +19,6 @@ WHAT="${1:?usage: build-images.sh pause|workload|mapsentry|all OUT_DIR}"
 OUT="${2:?usage: build-images.sh pause|workload|mapsentry|all OUT_DIR}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-TARGET=x86_64-unknown-linux-gnu
 log() { printf 'build-images: %s\n' "$*" >&2; }
 fail() { log "$*"; exit 1; }
 
@@ -49,17 +47,16 @@ image() {
     echo "$OUT/$name.tar"
 }
 
-# The release builds of both images' Rust binaries (mapsentry, mmap_call), static, in one cargo
-# invocation so that their dependencies are compiled once with one set of features; prints the
-# path of BIN.
+# The static release builds of the images' Rust binaries (mapsentry, mmap_call): exactly the
+# build `cargo xtask vm-test` makes (`cargo xtask build-static`: one cargo invocation, one set of
+# features), so CI compiles it once for both; prints the path of BIN.
 static_binary() {
-    local bin="$1"
+    local bin="$1" dir
     command -v cargo >/dev/null || fail "cargo is needed to build $bin"
-    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" nice -n 10 \
-        cargo build --release --locked --target "$TARGET" \
-        -p mapsentry-cli --bin mapsentry -p mapsentry-e2e --bin mmap_call >&2) \
-        || fail "cargo build --release of mapsentry and mmap_call failed"
-    echo "$REPO/target/$TARGET/release/$bin"
+    dir="$(cd "$REPO" && nice -n 10 cargo xtask build-static)" \
+        || fail "cargo xtask build-static (the static release build of mapsentry and mmap_call) failed"
+    [ -x "$dir/$bin" ] || fail "cargo xtask build-static built no $dir/$bin"
+    echo "$dir/$bin"
 }
 
 base_files() { # ROOTFS: /etc/passwd and group with root and nonroot (65532), /tmp

@@ -38,6 +38,10 @@ enum Command {
     /// Check the layout rules: agent and collector crates never depend on each other, and the
     /// binary holds no module of a role's library.
     Layout,
+    /// Build the static release binaries the VMs and the test cluster's images run (the e2e tests,
+    /// their helpers and `mapsentry`, in one cargo invocation) and print the directory that holds
+    /// `mapsentry` and `mmap_call`.
+    BuildStatic,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,10 +72,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Layout => {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap_or(std::path::Path::new("."));
-            match layout::check(root) {
+            match workspace_root().and_then(|root| layout::check(&root)) {
                 Ok(problems) if problems.is_empty() => {
                     println!("xtask layout: agent and collector apart, the binary thin");
                     ExitCode::SUCCESS
@@ -88,6 +89,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::BuildStatic => match workspace_root().and_then(|root| binaries::build(&root)) {
+            Ok(built) => {
+                let mapsentry = built
+                    .helpers
+                    .iter()
+                    .find(|h| h.file_name() == Some("mapsentry".as_ref()))
+                    .and_then(|h| h.parent());
+                match mapsentry {
+                    Some(dir) => {
+                        println!("{}", dir.display());
+                        ExitCode::SUCCESS
+                    }
+                    None => ExitCode::FAILURE,
+                }
+            }
+            Err(error) => {
+                eprintln!("xtask build-static: error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::VmBench(args) => match vm_test(&args, true) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
