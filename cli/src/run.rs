@@ -47,7 +47,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Format,
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]

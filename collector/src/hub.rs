@@ -339,6 +339,17 @@ impl Hub {
         Stored::New { first, count }
     }
 
+    /// The `since` cursor that starts a subscription at the first retained event at or after
+    /// `time_ns` ([`Window::first_at_or_after`]); None (live only) when no event is that new.
+    #[must_use]
+    pub fn since_time(&self, time_ns: u64) -> Option<u64> {
+        let state = self.lock();
+        let first = state.window.first_at_or_after(time_ns)?;
+        // `since` names the cursor before the first one wanted; the first of this run has none
+        // before it in the window, and subscribe starts there for any older cursor.
+        Some(first.saturating_sub(1))
+    }
+
     /// Start a subscription: a `Started` item, then the retained records after `since` (if
     /// given), then live records, all passing `filter`.
     pub fn subscribe(
