@@ -164,7 +164,9 @@ fn load_paths(paths: &[PathBuf]) -> Found {
             }
             Ok(files) => files,
             Err(error) => {
-                found.problems.push(Finding::file(path, format!("{error:#}")));
+                found
+                    .problems
+                    .push(Finding::file(path, format!("{error:#}")));
                 continue;
             }
         };

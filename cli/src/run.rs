@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures_core::Stream as _;
 use mapsentry_agent::{
     Capture,
-    metadata::{Attributor, EnrichConfig, Kubernetes},
+    metadata::{Attributor, Kubernetes},
     node::{self, event_loop, hostname, start_shipper},
 };
 use mapsentry_collector::{
@@ -100,7 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Kubernetes::from_flags(Some(path.clone()), args.node.as_deref())?,
         None => Kubernetes::Off,
     };
-    let mut attributor = Attributor::start(&kubernetes, EnrichConfig::default())
+    let mut attributor = Attributor::start(&kubernetes, args.capture.enrich())
         .await
         .context("cannot start attribution")?;
     let mut capture =

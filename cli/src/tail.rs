@@ -93,10 +93,7 @@ pub enum Since {
 
 fn parse_since(text: &str) -> Result<Since, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse()
-            .map(Since::Cursor)
-            .map_err(|e| format!("{e}"));
+        return text.parse().map(Since::Cursor).map_err(|e| format!("{e}"));
     }
     crate::duration::parse(text)
         .map(Since::Ago)

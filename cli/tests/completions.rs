@@ -17,7 +17,13 @@ fn completions_name_the_subcommands_and_flags_for_each_shell() {
         assert!(output.status.success(), "{shell}: {output:?}");
         let script = String::from_utf8(output.stdout).unwrap();
         assert!(script.contains(marker), "{shell}: no {marker:?}");
-        for word in ["tail", "collector", "--alert-output", "--since", "--timeout"] {
+        for word in [
+            "tail",
+            "collector",
+            "--alert-output",
+            "--since",
+            "--timeout",
+        ] {
             assert!(script.contains(word), "{shell}: no {word:?}");
         }
     }
@@ -25,5 +31,9 @@ fn completions_name_the_subcommands_and_flags_for_each_shell() {
         .args(["completions", "tcsh"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2), "an unknown shell is a usage error");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 }

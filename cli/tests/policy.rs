@@ -141,11 +141,24 @@ fn check_reads_json_files_as_the_collector_does_and_prints_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let problem = lines.iter().find(|l| l["kind"] == "problem").expect("a problem line");
+    let problem = lines
+        .iter()
+        .find(|l| l["kind"] == "problem")
+        .expect("a problem line");
     assert_eq!(problem["file"], json!(dir.join("bad.json")));
     assert_eq!(
-        (&problem["document"], &problem["policy_kind"], &problem["name"], &problem["path"]),
-        (&json!(1), &json!("MmapPolicy"), &json!("bad"), &json!("spec.rules[0].match.protAny[0]"))
+        (
+            &problem["document"],
+            &problem["policy_kind"],
+            &problem["name"],
+            &problem["path"]
+        ),
+        (
+            &json!(1),
+            &json!("MmapPolicy"),
+            &json!("bad"),
+            &json!("spec.rules[0].match.protAny[0]")
+        )
     );
     assert!(
         problem["reason"]

@@ -184,17 +184,18 @@ async fn tail_exit_status_tells_refused_unreachable_and_unauthenticated_apart() 
     let (code, stderr) = tail_status(&server, &["--timeout", "2s"]).await;
     let waited = started.elapsed();
     assert_eq!(code, 4, "{stderr}");
-    assert!(
-        stderr.contains("unreachable (gave up after 2."),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unreachable (gave up after 2."), "{stderr}");
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
         "gave up after {waited:?}"
     );
 
     let tokens = tempfile_path("tokens.jsonl");
-    std::fs::write(&tokens, "{\"token\": \"s3cret\", \"namespaces\": [\"*\"]}\n").unwrap();
+    std::fs::write(
+        &tokens,
+        "{\"token\": \"s3cret\", \"namespaces\": [\"*\"]}\n",
+    )
+    .unwrap();
     let mut server_process = Command::new(BIN)
         .args(["collector", "--plaintext", "--listen", &addr.to_string()])
         .arg("--tokens")
@@ -217,8 +218,11 @@ async fn tail_exit_status_tells_refused_unreachable_and_unauthenticated_apart() 
     let token = tempfile_path("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let token = token.to_str().unwrap();
-    let (code, stderr) =
-        tail_status(&server, &["--token-file", token, "--since", &u64::MAX.to_string()]).await;
+    let (code, stderr) = tail_status(
+        &server,
+        &["--token-file", token, "--since", &u64::MAX.to_string()],
+    )
+    .await;
     assert_eq!(code, 3, "{stderr}");
     assert!(
         stderr.contains("refused the request") && stderr.contains("ahead of the newest"),

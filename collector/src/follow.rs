@@ -176,16 +176,17 @@ impl Follower {
         }
         let answer = match self.timeout {
             None => self.client.stats(request).await,
-            Some(timeout) => match tokio::time::timeout(timeout, self.client.stats(request)).await
-            {
-                Ok(answer) => answer,
-                Err(_) => {
-                    return Err(FollowError::Unreachable {
-                        reason: "no answer".into(),
-                        waited: Some(timeout),
-                    });
+            Some(timeout) => {
+                match tokio::time::timeout(timeout, self.client.stats(request)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(FollowError::Unreachable {
+                            reason: "no answer".into(),
+                            waited: Some(timeout),
+                        });
+                    }
                 }
-            },
+            }
         };
         match answer {
             Ok(response) => Ok(response.into_inner()),

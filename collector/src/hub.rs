@@ -18,6 +18,7 @@ use std::{
 
 use mapsentry_policy::AlertLine;
 use mapsentry_proto::v1::{self, LossReason};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
@@ -101,6 +102,14 @@ pub struct Hub {
     alerts: AtomicU64,
     /// Subscriptions refused because the collector served its maximum.
     refused_subscribers: AtomicU64,
+    /// Seconds from a batch's arrival to its records offered to subscribers and evaluation
+    /// (observed by ingest).
+    ingest_latency: Histogram,
+}
+
+/// Buckets of [`Hub::ingest_latency`]: 50 µs to ~1.6 s, doubling.
+fn ingest_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,6 +155,7 @@ impl Hub {
             tap_dropped: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
             refused_subscribers: AtomicU64::new(0),
+            ingest_latency: ingest_latency_histogram(),
             config,
         }
     }
@@ -186,6 +196,13 @@ impl Hub {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Seconds from an agent batch's arrival to its records offered to subscribers and
+    /// evaluation: ingest observes it, `/metrics` exposes it.
+    #[must_use]
+    pub fn ingest_latency(&self) -> &Histogram {
+        &self.ingest_latency
     }
 
     /// Stop: live subscriptions end after draining their queues (once no [`SubscriberHold`] is

@@ -222,7 +222,10 @@ fn since_is_a_cursor_or_a_duration_ago() {
         "10 minutes ago: {ago} ns"
     );
     let error = parse(&["--since", "yesterday"]).unwrap_err().to_string();
-    assert!(error.contains("not a duration") && error.contains("cursor"), "{error}");
+    assert!(
+        error.contains("not a duration") && error.contains("cursor"),
+        "{error}"
+    );
     let error = parse(&["--timeout", "5"]).unwrap_err().to_string();
     assert!(error.contains("not a duration"), "{error}");
 }

@@ -153,7 +153,10 @@ fn crds_refuse_unknown_bit_names_and_duplicate_rules_at_admission() {
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let rules = &spec["properties"]["rules"];
     assert_eq!(rules["x-kubernetes-list-type"], "map");
-    assert_eq!(rules["x-kubernetes-list-map-keys"], serde_json::json!(["name"]));
+    assert_eq!(
+        rules["x-kubernetes-list-map-keys"],
+        serde_json::json!(["name"])
+    );
     let rule = &rules["items"]["properties"];
     assert_eq!(rule["name"]["minLength"], 1);
     let matches = &rule["match"]["properties"];
@@ -174,8 +177,11 @@ fn crds_refuse_unknown_bit_names_and_duplicate_rules_at_admission() {
         matches["syscalls"]["items"]["enum"],
         serde_json::json!(["mmap", "mmap2", "old_mmap", "mprotect"])
     );
-    let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-        ["status"]["properties"]["conditions"];
+    let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
-    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
 }

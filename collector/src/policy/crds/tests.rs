@@ -108,13 +108,19 @@ async fn policy_objects_are_applied_rejected_fixed_and_removed_with_their_status
     // 2a. What the CRD schema can say is refused at admission, before the collector sees it: an
     // unknown bit name, two rules of one name.
     for (what, spec) in [
-        ("PROT_EXCE", json!({"rules": [
-            {"name": "wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXCE"]}}
-        ]})),
-        ("a second rule named wx", json!({"rules": [
-            {"name": "wx", "match": {"protAll": ["PROT_EXEC"]}},
-            {"name": "wx", "match": {"protAny": ["PROT_WRITE"]}}
-        ]})),
+        (
+            "PROT_EXCE",
+            json!({"rules": [
+                {"name": "wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXCE"]}}
+            ]}),
+        ),
+        (
+            "a second rule named wx",
+            json!({"rules": [
+                {"name": "wx", "match": {"protAll": ["PROT_EXEC"]}},
+                {"name": "wx", "match": {"protAny": ["PROT_WRITE"]}}
+            ]}),
+        ),
     ] {
         let mut refused = shop.get("no-wx").await.expect("get");
         refused.data["spec"] = spec;
