@@ -18,8 +18,8 @@ mod tests {
 
     #[test]
     fn friendly_durations_and_their_errors() {
-        assert_eq!(parse("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("10m"), Ok(Duration::from_mins(10)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_mins(90)));
         assert_eq!(parse("90 seconds"), Ok(Duration::from_secs(90)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse("-5m").unwrap_err().contains("cannot be negative"));

@@ -72,17 +72,17 @@ pub struct ExportArgs {
     alert_webhook_queue: usize,
     /// Export only alerts from this namespace (repeatable; host processes have none).
     #[arg(long = "alert-export-namespace", value_name = "NAMESPACE")]
-    namespaces: Vec<String>,
+    export_namespaces: Vec<String>,
     /// Export only alerts of this policy: NAMESPACE/NAME for an MmapPolicy, NAME for a
     /// ClusterMmapPolicy (repeatable).
     #[arg(long = "alert-export-policy", value_name = "POLICY")]
-    policies: Vec<String>,
+    export_policies: Vec<String>,
     /// Export only alerts of rules with this action (repeatable).
     #[arg(long = "alert-export-action", value_enum, value_name = "ACTION")]
-    actions: Vec<ActionArg>,
+    export_actions: Vec<ActionArg>,
     /// Export only alerts of policies in this mode (repeatable).
     #[arg(long = "alert-export-mode", value_enum, value_name = "MODE")]
-    modes: Vec<ModeArg>,
+    export_modes: Vec<ModeArg>,
 }
 
 /// A number of at least 1.
@@ -133,10 +133,10 @@ impl ExportArgs {
             ..WebhookConfig::new(url)
         });
         let filter = ExportFilter {
-            namespaces: self.namespaces.clone(),
-            policies: self.policies.clone(),
+            namespaces: self.export_namespaces.clone(),
+            policies: self.export_policies.clone(),
             actions: self
-                .actions
+                .export_actions
                 .iter()
                 .map(|a| match a {
                     ActionArg::Alert => Action::Alert,
@@ -145,7 +145,7 @@ impl ExportArgs {
                 })
                 .collect(),
             modes: self
-                .modes
+                .export_modes
                 .iter()
                 .map(|m| match m {
                     ModeArg::Audit => Mode::Audit,

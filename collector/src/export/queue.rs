@@ -122,7 +122,7 @@ mod tests {
         let batch = queue.next_batch(2, Duration::ZERO).await.unwrap();
         assert_eq!(batch.iter().map(|a| a.cursor).collect::<Vec<_>>(), [2, 3]);
         queue.close();
-        let batch = queue.next_batch(2, Duration::from_secs(60)).await.unwrap();
+        let batch = queue.next_batch(2, Duration::from_mins(1)).await.unwrap();
         assert_eq!(batch.iter().map(|a| a.cursor).collect::<Vec<_>>(), [4]);
         assert!(queue.next_batch(2, Duration::ZERO).await.is_none());
     }

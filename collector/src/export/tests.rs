@@ -97,7 +97,7 @@ fn bad_webhook_settings_are_refused_naming_the_flag() {
     for (url, says) in [
         ("not a url", "not a URL"),
         ("ftp://host/x", "scheme \"ftp\""),
-        ("localhost:8080/x", "scheme"),
+        ("localhost:8080", "no scheme"),
         ("/alerts", "no scheme"),
         ("http://user:pw@host/x", "credentials"),
     ] {
@@ -122,10 +122,7 @@ fn bad_webhook_settings_are_refused_naming_the_flag() {
         ..WebhookConfig::new("http://127.0.0.1:1/x")
     });
     assert!(message.contains("not https"), "{message}");
-    assert!(matches!(
-        webhook::Client::new(&WebhookConfig::new("http://127.0.0.1:1/x")),
-        Ok(_)
-    ));
+    assert!(webhook::Client::new(&WebhookConfig::new("http://127.0.0.1:1/x")).is_ok());
 }
 
 #[test]
