@@ -2,7 +2,8 @@
 //! W+X mapping to a webhook receiver started here and writes it to a file; a `collector` fed by
 //! an agent shipper retries a webhook that is down until it is up (counting the failures in
 //! /metrics), rotates its alert file at the size bound keeping the given count, exports only what
-//! its filters pass, and refuses bad export flags at start.
+//! its filters pass, verifies an https:// webhook against the CA it is given, and refuses bad
+//! export flags at start.
 
 use std::{
     net::SocketAddr,
@@ -559,5 +560,143 @@ async fn bad_export_flags_are_refused_at_start_naming_the_flag() {
         assert!(!output.status.success(), "{flags:?} was accepted: {stderr}");
         assert!(stderr.contains(says), "{flags:?}: {stderr}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An https webhook receiver on `listener` with `cert`/`key` (PEM): reads each request (one per
+/// connection), keeps its JSON body, answers 200 and closes.
+fn tls_receiver(listener: TcpListener, cert: &str, key: &str) -> Received {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let received: Received = Arc::default();
+    let keep = Arc::clone(&received);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, keep) = (acceptor.clone(), Arc::clone(&keep));
+            tokio::spawn(async move {
+                // A client that does not trust us gives up in the handshake.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut chunk = [0_u8; 4096];
+                let (head_end, length) = loop {
+                    let n = tls.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    request.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .expect("a content-length")
+                            .trim()
+                            .parse()
+                            .unwrap();
+                        break (end + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    let n = tls.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the body ended early");
+                    request.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&request[..head_end]).into_owned();
+                let path = head.split(' ').nth(1).unwrap().to_owned();
+                let body: Value = serde_json::from_slice(&request[head_end..]).unwrap();
+                keep.lock().unwrap().push((path, body));
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_is_verified_against_the_given_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = temp_dir("export-https");
+    let policy = dir.join("wx.yaml");
+    std::fs::write(&policy, HOST_POLICY).unwrap();
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/alerts", listener.local_addr().unwrap());
+    let received = tls_receiver(listener, &leaf.pem(), &leaf_key.serialize_pem());
+
+    // Trusting another CA only: the handshake fails, nothing is delivered, failures counted.
+    let stranger = dir.join("stranger.pem");
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let stranger_pem = params.self_signed(&KeyPair::generate().unwrap()).unwrap().pem();
+    std::fs::write(&stranger, stranger_pem).unwrap();
+    let (addr, metrics) = (free_addr(), free_addr());
+    let mut untrusting = collector(
+        addr,
+        metrics,
+        &policy,
+        &["--alert-webhook", &url, "--alert-webhook-ca", stranger.to_str().unwrap()],
+    )
+    .await;
+    let shipper_a = shipper(addr);
+    shipper_a.send(vec![wx_event(1, None)]).await.unwrap();
+    let failures = r#"mapsentry_alert_export_failures_total{sink="webhook"}"#;
+    wait_for("the untrusted certificate is a counted failure", 20, async || {
+        (sample(&scrape(metrics).await, failures) >= 1).then_some(())
+    })
+    .await;
+    assert!(alerts(&received).is_empty(), "nothing delivered without trust");
+    shipper_a.finish().await;
+    untrusting.start_kill().unwrap();
+    untrusting.wait().await.unwrap();
+
+    // With it, the alert arrives over TLS.
+    let (addr, metrics) = (free_addr(), free_addr());
+    let mut trusting = collector(
+        addr,
+        metrics,
+        &policy,
+        &["--alert-webhook", &url, "--alert-webhook-ca", ca.to_str().unwrap()],
+    )
+    .await;
+    let shipper_b = shipper(addr);
+    shipper_b.send(vec![wx_event(2, None)]).await.unwrap();
+    let posted = wait_for("the alert arrives over TLS", 20, async || {
+        let alerts = alerts(&received);
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0]["event"]["pid"], 2);
+    assert_eq!(received.lock().unwrap()[0].0, "/alerts");
+    shipper_b.finish().await;
+    trusting.start_kill().unwrap();
+    trusting.wait().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
