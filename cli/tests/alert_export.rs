@@ -385,6 +385,70 @@ async fn a_webhook_down_at_first_gets_the_alerts_once_it_is_up_and_failures_are_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_webhook_queue_drops_its_oldest_alerts_and_counts_them() {
+    const PODS: u32 = 8;
+    let dir = temp_dir("export-queue");
+    let policy = dir.join("wx.yaml");
+    std::fs::write(&policy, POD_POLICIES).unwrap();
+    let (addr, metrics, hook) = (free_addr(), free_addr(), free_addr());
+    let url = format!("http://{hook}/alerts");
+    let mut collector = collector(
+        addr,
+        metrics,
+        &policy,
+        &[
+            "--alert-webhook",
+            &url,
+            "--alert-webhook-batch",
+            "1",
+            "--alert-webhook-queue",
+            "2",
+            "--alert-export-policy",
+            "wx-audit",
+        ],
+    )
+    .await;
+    let shipper = shipper(addr);
+    let pods: Vec<String> = (0..PODS).map(|n| format!("web-{n}")).collect();
+    shipper
+        .send(
+            (0..PODS)
+                .map(|n| wx_event(200 + n, Some(("shop", &pods[n as usize]))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let dropped = r#"mapsentry_alert_export_dropped_total{sink="webhook",reason="queue_full"}"#;
+    // One batch of 1 is being retried and 2 wait: at least the 5 oldest of the rest are dropped.
+    wait_for("the queue overflows", 20, async || {
+        (sample(&scrape(metrics).await, dropped) >= u64::from(PODS) - 3).then_some(())
+    })
+    .await;
+    let (received, _server) = receiver(TcpListener::bind(hook).await.unwrap());
+    let delivered = r#"mapsentry_alert_export_delivered_total{sink="webhook"}"#;
+    let text = wait_for("every alert is delivered or dropped", 30, async || {
+        let text = scrape(metrics).await;
+        (sample(&text, delivered) + sample(&text, dropped) == u64::from(PODS)).then_some(text)
+    })
+    .await;
+    let got = alerts(&received);
+    assert_eq!(got.len() as u64, sample(&text, delivered), "{got:?}");
+    assert!(got.len() <= 3, "at most the batch in flight and the queue: {got:?}");
+    let pods_got: Vec<&str> = got.iter().map(|a| a["pod"].as_str().unwrap()).collect();
+    // The newest two are kept: the ones published last.
+    assert_eq!(
+        pods_got[pods_got.len() - 2..],
+        ["web-6", "web-7"],
+        "the newest alerts are kept: {pods_got:?}"
+    );
+
+    shipper.finish().await;
+    collector.start_kill().unwrap();
+    collector.wait().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_file_rotates_at_its_bound_and_keeps_the_given_count() {
     const PODS: u32 = 30;
     let dir = temp_dir("export-rotate");
