@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::{
     Health, Hub, HubConfig, PolicyPublisher, ServerConfig,
     alerts::{self, AlertConfig},
-    export::{self, ExportConfig, ExportError, Exporter},
+    export::{ExportConfig, ExportError, Exporter},
     kube_events::{self, EventsConfig, EventsError},
     metrics::{self, Metrics},
     policy::{
@@ -236,8 +236,8 @@ impl Alerting {
         let counters = Arc::new(Metrics::default());
         // Before evaluation starts, so that the export sees every alert.
         let export = Exporter::start(hub, &config.export, counters.export())?;
-        if export.is_some() {
-            status!("alerts exported: {}", export::describe(&config.export).join("; "));
+        if let Some(export) = &export {
+            status!("alerts exported: {}", export.sinks().join("; "));
         }
         let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config.alerts);
         let kubernetes = match kubernetes {

@@ -260,6 +260,7 @@ struct SinkQueue {
 #[derive(Debug)]
 pub struct Exporter {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    sinks: Vec<String>,
 }
 
 impl Exporter {
@@ -275,15 +276,29 @@ impl Exporter {
         }
         let mut tasks = Vec::new();
         let mut queues = Vec::new();
+        let mut sinks = Vec::new();
         if let Some(output) = &config.output {
             let writer = file::Writer::open(output)?;
             let queue = Arc::new(Queue::new(output.queue));
             let sink = writer.sink();
+            sinks.push(match &output.target {
+                OutputTarget::Stdout => "JSON lines on stdout".to_owned(),
+                OutputTarget::File(path) => format!(
+                    "JSON lines in {} (rotated at {} bytes, {} old files kept)",
+                    path.display(),
+                    output.max_bytes,
+                    output.files
+                ),
+            });
             tasks.push(file::start(writer, Arc::clone(&queue), metrics.clone()));
             queues.push(SinkQueue { sink, queue });
         }
         if let Some(webhook) = &config.webhook {
             let client = webhook::Client::new(webhook)?;
+            sinks.push(format!(
+                "JSON arrays POSTed to {} (batches of up to {})",
+                client.shown, webhook.batch
+            ));
             let queue = Arc::new(Queue::new(webhook.queue));
             tasks.push(webhook::start(
                 client,
@@ -311,7 +326,13 @@ impl Exporter {
             )
             .instrument(tracing::info_span!("alert_export")),
         ));
-        Ok(Some(Self { tasks }))
+        Ok(Some(Self { tasks, sinks }))
+    }
+
+    /// Where alerts go, for the start-up message (webhook URLs without their path).
+    #[must_use]
+    pub fn sinks(&self) -> &[String] {
+        &self.sinks
     }
 
     /// After the hub closed: let the sinks deliver what they hold (the webhook for at most
@@ -357,27 +378,6 @@ async fn dispatch(
     for sink in &queues {
         sink.queue.close();
     }
-}
-
-/// Where the alert export writes, for messages.
-#[must_use]
-pub fn describe(config: &ExportConfig) -> Vec<String> {
-    let mut sinks = Vec::new();
-    if let Some(output) = &config.output {
-        sinks.push(match &output.target {
-            OutputTarget::Stdout => "JSON lines on stdout".to_owned(),
-            OutputTarget::File(path) => format!(
-                "JSON lines in {} (rotated at {} bytes, {} old files kept)",
-                path.display(),
-                output.max_bytes,
-                output.files
-            ),
-        });
-    }
-    if let Some(webhook) = &config.webhook {
-        sinks.push(format!("POSTs to {}", webhook.url));
-    }
-    sinks
 }
 
 #[cfg(test)]

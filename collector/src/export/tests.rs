@@ -122,7 +122,13 @@ fn bad_webhook_settings_are_refused_naming_the_flag() {
         ..WebhookConfig::new("http://127.0.0.1:1/x")
     });
     assert!(message.contains("not https"), "{message}");
-    assert!(webhook::Client::new(&WebhookConfig::new("http://127.0.0.1:1/x")).is_ok());
+    let client = webhook::Client::new(&WebhookConfig::new(
+        "http://hooks.example.com/services/T000/B000/SECRET?token=x",
+    ))
+    .unwrap();
+    assert_eq!(client.shown, "http://hooks.example.com/...", "no secret in logs");
+    let client = webhook::Client::new(&WebhookConfig::new("http://127.0.0.1:8080")).unwrap();
+    assert_eq!(client.shown, "http://127.0.0.1:8080");
 }
 
 #[test]

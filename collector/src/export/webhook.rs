@@ -110,6 +110,9 @@ pub struct Client {
     http: HttpClient<Connector, Full<Bytes>>,
     uri: Uri,
     timeout: Duration,
+    /// The URL as logs show it: scheme and authority only (webhook paths and queries often
+    /// carry secrets).
+    pub shown: String,
 }
 
 /// What a failed attempt calls for.
@@ -198,8 +201,18 @@ impl Client {
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        let shown = format!(
+            "{}://{authority}{}",
+            uri.scheme_str().unwrap_or_default(),
+            if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+                "/..."
+            } else {
+                ""
+            }
+        );
         Ok(Self {
             http,
+            shown,
             uri,
             timeout: config.timeout,
         })
@@ -348,13 +361,13 @@ impl Sender {
             match failure {
                 Failure::Reject(why) => {
                     self.failures
-                        .failed(&format_args!("{}: {why}; {n} alerts dropped", self.config.url));
+                        .failed(&format_args!("{}: {why}; {n} alerts dropped", self.client.shown));
                     self.metrics.dropped(SINK, DropReason::Rejected, n);
                     return;
                 }
                 Failure::Retry(why) => {
                     self.failures
-                        .failed(&format_args!("{}: {why}; retrying", self.config.url));
+                        .failed(&format_args!("{}: {why}; retrying", self.client.shown));
                 }
             }
             let delay = delays.next().unwrap_or(self.config.backoff_max);
@@ -364,7 +377,7 @@ impl Sender {
                 self.metrics.dropped(SINK, DropReason::RetriesExhausted, n);
                 self.failures.failed(&format_args!(
                     "{}: undelivered after {:?}; {n} alerts dropped",
-                    self.config.url, self.config.retry_for
+                    self.client.shown, self.config.retry_for
                 ));
                 return;
             }
