@@ -288,7 +288,10 @@ async fn run_posts_a_real_wx_mapping_to_a_webhook_and_writes_it_to_a_file() {
     assert_eq!(alert["action"], "alert");
     assert_eq!(alert["mode"], "audit");
     assert_eq!(alert["count"], 1);
-    assert!(alert["cursor"].is_u64() && alert["node"].is_string(), "{alert}");
+    assert!(
+        alert["cursor"].is_u64() && alert["node"].is_string(),
+        "{alert}"
+    );
     assert_eq!(alert["event"]["pid"], pid);
     assert_eq!(alert["event"]["args"]["prot"], 7);
     assert_eq!(alert["event"]["args"]["length"], 4096);
@@ -303,7 +306,10 @@ async fn run_posts_a_real_wx_mapping_to_a_webhook_and_writes_it_to_a_file() {
         (!lines.is_empty()).then_some(lines)
     })
     .await;
-    assert_eq!(written, posted, "the file line and the posted alert are one");
+    assert_eq!(
+        written, posted,
+        "the file line and the posted alert are one"
+    );
 
     nix_interrupt(run.id().unwrap());
     let status = tokio::time::timeout(Duration::from_secs(20), run.wait())
@@ -350,16 +356,23 @@ async fn a_webhook_down_at_first_gets_the_alerts_once_it_is_up_and_failures_are_
     .await;
     let before = scrape(metrics).await;
     assert_eq!(
-        sample(&before, r#"mapsentry_alert_export_delivered_total{sink="webhook"}"#),
+        sample(
+            &before,
+            r#"mapsentry_alert_export_delivered_total{sink="webhook"}"#
+        ),
         0
     );
 
     // The receiver comes up: the retried batch arrives.
     let (received, _server) = receiver(TcpListener::bind(hook).await.unwrap());
-    let posted = wait_for("the alert arrives after the receiver is up", 30, async || {
-        let alerts = alerts(&received);
-        (!alerts.is_empty()).then_some(alerts)
-    })
+    let posted = wait_for(
+        "the alert arrives after the receiver is up",
+        30,
+        async || {
+            let alerts = alerts(&received);
+            (!alerts.is_empty()).then_some(alerts)
+        },
+    )
     .await;
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!(posted[0]["policy"], "host-write-execute");
@@ -368,7 +381,10 @@ async fn a_webhook_down_at_first_gets_the_alerts_once_it_is_up_and_failures_are_
 
     let after = scrape(metrics).await;
     assert_eq!(
-        sample(&after, r#"mapsentry_alert_export_delivered_total{sink="webhook"}"#),
+        sample(
+            &after,
+            r#"mapsentry_alert_export_delivered_total{sink="webhook"}"#
+        ),
         1,
         "{after}"
     );
@@ -433,7 +449,10 @@ async fn a_full_webhook_queue_drops_its_oldest_alerts_and_counts_them() {
     .await;
     let got = alerts(&received);
     assert_eq!(got.len() as u64, sample(&text, delivered), "{got:?}");
-    assert!(got.len() <= 3, "at most the batch in flight and the queue: {got:?}");
+    assert!(
+        got.len() <= 3,
+        "at most the batch in flight and the queue: {got:?}"
+    );
     let pods_got: Vec<&str> = got.iter().map(|a| a["pod"].as_str().unwrap()).collect();
     // The newest two are kept: the ones published last.
     assert_eq!(
@@ -506,7 +525,11 @@ async fn the_alert_file_rotates_at_its_bound_and_keeps_the_given_count() {
     }
     // Oldest first across PATH.2, PATH.1, PATH: the newest alerts, in publication order, with
     // the older ones rotated away.
-    assert!(kept.len() < PODS as usize, "some were rotated away: {}", kept.len());
+    assert!(
+        kept.len() < PODS as usize,
+        "some were rotated away: {}",
+        kept.len()
+    );
     let cursors: Vec<u64> = kept.iter().map(|a| a["cursor"].as_u64().unwrap()).collect();
     assert!(
         cursors.windows(2).all(|w| w[1] > w[0]),
@@ -555,7 +578,10 @@ async fn export_filters_leave_out_other_namespaces_policies_and_actions() {
         ])
         .await
         .unwrap();
-    shipper.send(vec![wx_event(4, Some(("bank", "ledger")))]).await.unwrap();
+    shipper
+        .send(vec![wx_event(4, Some(("bank", "ledger")))])
+        .await
+        .unwrap();
 
     let written = wait_for("bank's alert is written", 20, async || {
         let lines = lines_of(&file);
@@ -581,7 +607,10 @@ async fn export_filters_leave_out_other_namespaces_policies_and_actions() {
     assert_eq!(seen, [want("shop"), want("bank")]);
     let text = scrape(metrics).await;
     assert_eq!(
-        sample(&text, r#"mapsentry_alert_export_delivered_total{sink="file"}"#),
+        sample(
+            &text,
+            r#"mapsentry_alert_export_delivered_total{sink="file"}"#
+        ),
         2,
         "{text}"
     );
@@ -596,14 +625,48 @@ async fn export_filters_leave_out_other_namespaces_policies_and_actions() {
 async fn bad_export_flags_are_refused_at_start_naming_the_flag() {
     let dir = temp_dir("export-refused");
     let cases: &[(&[&str], &str)] = &[
-        (&["--alert-webhook", "ftp://example.com/x"], "--alert-webhook \"ftp://example.com/x\": scheme"),
-        (&["--alert-webhook", "not a url"], "--alert-webhook \"not a url\": not a URL"),
-        (&["--alert-output", "/nonexistent/dir/alerts.jsonl"], "--alert-output /nonexistent/dir/alerts.jsonl: cannot open"),
-        (&["--alert-output", "-", "--alert-output-max-bytes", "0"], "--alert-output-max-bytes"),
-        (&["--alert-output", "-", "--alert-output-files", "0"], "--alert-output-files"),
-        (&["--alert-webhook", "http://127.0.0.1:9/", "--alert-webhook-batch", "0"], "--alert-webhook-batch"),
-        (&["--alert-webhook", "http://127.0.0.1:9/", "--alert-webhook-timeout", "0s"], "--alert-webhook-timeout"),
-        (&["--alert-export-namespace", "shop"], "give --alert-output or --alert-webhook"),
+        (
+            &["--alert-webhook", "ftp://example.com/x"],
+            "--alert-webhook \"ftp://example.com/x\": scheme",
+        ),
+        (
+            &["--alert-webhook", "not a url"],
+            "--alert-webhook \"not a url\": not a URL",
+        ),
+        (
+            &["--alert-output", "/nonexistent/dir/alerts.jsonl"],
+            "--alert-output /nonexistent/dir/alerts.jsonl: cannot open",
+        ),
+        (
+            &["--alert-output", "-", "--alert-output-max-bytes", "0"],
+            "--alert-output-max-bytes",
+        ),
+        (
+            &["--alert-output", "-", "--alert-output-files", "0"],
+            "--alert-output-files",
+        ),
+        (
+            &[
+                "--alert-webhook",
+                "http://127.0.0.1:9/",
+                "--alert-webhook-batch",
+                "0",
+            ],
+            "--alert-webhook-batch",
+        ),
+        (
+            &[
+                "--alert-webhook",
+                "http://127.0.0.1:9/",
+                "--alert-webhook-timeout",
+                "0s",
+            ],
+            "--alert-webhook-timeout",
+        ),
+        (
+            &["--alert-export-namespace", "shop"],
+            "give --alert-output or --alert-webhook",
+        ),
     ];
     for (flags, says) in cases {
         let child = Command::new(BIN)
@@ -718,24 +781,37 @@ async fn an_https_webhook_is_verified_against_the_given_ca() {
     let stranger = dir.join("stranger.pem");
     let mut params = CertificateParams::new(Vec::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let stranger_pem = params.self_signed(&KeyPair::generate().unwrap()).unwrap().pem();
+    let stranger_pem = params
+        .self_signed(&KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
     std::fs::write(&stranger, stranger_pem).unwrap();
     let (addr, metrics) = (free_addr(), free_addr());
     let mut untrusting = collector(
         addr,
         metrics,
         &policy,
-        &["--alert-webhook", &url, "--alert-webhook-ca", stranger.to_str().unwrap()],
+        &[
+            "--alert-webhook",
+            &url,
+            "--alert-webhook-ca",
+            stranger.to_str().unwrap(),
+        ],
     )
     .await;
     let shipper_a = shipper(addr);
     shipper_a.send(vec![wx_event(1, None)]).await.unwrap();
     let failures = r#"mapsentry_alert_export_failures_total{sink="webhook"}"#;
-    wait_for("the untrusted certificate is a counted failure", 20, async || {
-        (sample(&scrape(metrics).await, failures) >= 1).then_some(())
-    })
+    wait_for(
+        "the untrusted certificate is a counted failure",
+        20,
+        async || (sample(&scrape(metrics).await, failures) >= 1).then_some(()),
+    )
     .await;
-    assert!(alerts(&received).is_empty(), "nothing delivered without trust");
+    assert!(
+        alerts(&received).is_empty(),
+        "nothing delivered without trust"
+    );
     shipper_a.finish().await;
     untrusting.start_kill().unwrap();
     untrusting.wait().await.unwrap();
@@ -746,7 +822,12 @@ async fn an_https_webhook_is_verified_against_the_given_ca() {
         addr,
         metrics,
         &policy,
-        &["--alert-webhook", &url, "--alert-webhook-ca", ca.to_str().unwrap()],
+        &[
+            "--alert-webhook",
+            &url,
+            "--alert-webhook-ca",
+            ca.to_str().unwrap(),
+        ],
     )
     .await;
     let shipper_b = shipper(addr);

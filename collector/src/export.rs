@@ -29,8 +29,8 @@ use serde::Serialize;
 use tracing::Instrument as _;
 
 use crate::{
-    filter::RecordFilter,
     fanout::PublishedAlert,
+    filter::RecordFilter,
     hub::{Hub, Item, SubscribeError},
 };
 
@@ -181,7 +181,9 @@ impl ExportMetrics {
     }
 
     pub fn delivered(&self, sink: &'static str, alerts: u64) {
-        self.delivered.get_or_create(&[("sink", sink)]).inc_by(alerts);
+        self.delivered
+            .get_or_create(&[("sink", sink)])
+            .inc_by(alerts);
     }
 
     pub fn failure(&self, sink: &'static str) {
@@ -236,7 +238,10 @@ impl FailureLog {
     pub(crate) fn failed(&mut self, what: &dyn std::fmt::Display) {
         self.since += 1;
         let now = Instant::now();
-        if self.last.is_none_or(|t| now.duration_since(t) >= Self::EVERY) {
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Self::EVERY)
+        {
             tracing::warn!(
                 sink = self.sink,
                 failures = self.since,
@@ -318,13 +323,8 @@ impl Exporter {
             .map_err(|source| ExportError::Subscribe { source })?
             .items();
         tasks.push(tokio::spawn(
-            dispatch(
-                subscription,
-                config.filter.clone(),
-                queues,
-                metrics.clone(),
-            )
-            .instrument(tracing::info_span!("alert_export")),
+            dispatch(subscription, config.filter.clone(), queues, metrics.clone())
+                .instrument(tracing::info_span!("alert_export")),
         ));
         Ok(Some(Self { tasks, sinks }))
     }
@@ -370,7 +370,10 @@ async fn dispatch(
                 for sink in &queues {
                     metrics.dropped(sink.sink, DropReason::SubscriberBehind, count);
                 }
-                tracing::warn!(count, "alerts missed by the alert export (its subscription fell behind)");
+                tracing::warn!(
+                    count,
+                    "alerts missed by the alert export (its subscription fell behind)"
+                );
             }
             _ => {}
         }

@@ -132,7 +132,10 @@ mod tests {
         let queue = Arc::new(Queue::new(10));
         queue.push(alert(0));
         let started = Instant::now();
-        let batch = queue.next_batch(5, Duration::from_millis(200)).await.unwrap();
+        let batch = queue
+            .next_batch(5, Duration::from_millis(200))
+            .await
+            .unwrap();
         assert_eq!(batch.len(), 1);
         assert!(started.elapsed() >= Duration::from_millis(200));
         for c in 1..=5 {

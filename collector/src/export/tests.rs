@@ -3,11 +3,7 @@ use std::sync::Arc;
 use mapsentry_policy::{Action, AlertLine, Mode};
 use serde_json::Value;
 
-use super::{
-    ExportFilter, OutputConfig, OutputTarget, WebhookConfig,
-    file::Writer,
-    webhook,
-};
+use super::{ExportFilter, OutputConfig, OutputTarget, WebhookConfig, file::Writer, webhook};
 use crate::{fanout::PublishedAlert, testing};
 
 fn alert(namespace: Option<&str>, policy: &str, action: Action, mode: Mode) -> AlertLine {
@@ -39,7 +35,10 @@ fn the_filter_passes_only_what_every_list_allows() {
         ..ExportFilter::default()
     };
     assert!(by_namespace.matches(&shop));
-    assert!(!by_namespace.matches(&host), "host processes have no namespace");
+    assert!(
+        !by_namespace.matches(&host),
+        "host processes have no namespace"
+    );
 
     let by_policy = ExportFilter {
         policies: vec!["host-wx".into()],
@@ -64,7 +63,10 @@ fn the_filter_passes_only_what_every_list_allows() {
         modes: vec![Mode::Audit],
         ..ExportFilter::default()
     };
-    assert!(!both.matches(&shop) && !both.matches(&host), "every list must hold");
+    assert!(
+        !both.matches(&shop) && !both.matches(&host),
+        "every list must hold"
+    );
 }
 
 #[test]
@@ -126,7 +128,10 @@ fn bad_webhook_settings_are_refused_naming_the_flag() {
         "http://hooks.example.com/services/T000/B000/SECRET?token=x",
     ))
     .unwrap();
-    assert_eq!(client.shown, "http://hooks.example.com/...", "no secret in logs");
+    assert_eq!(
+        client.shown, "http://hooks.example.com/...",
+        "no secret in logs"
+    );
     let client = webhook::Client::new(&WebhookConfig::new("http://127.0.0.1:8080")).unwrap();
     assert_eq!(client.shown, "http://127.0.0.1:8080");
 }
@@ -150,7 +155,8 @@ fn bad_output_settings_are_refused_naming_the_flag() {
         .starts_with("--alert-output-files")
     );
     assert!(
-        message(OutputConfig::new(OutputTarget::File(dir.path().into()))).contains("is a directory")
+        message(OutputConfig::new(OutputTarget::File(dir.path().into())))
+            .contains("is a directory")
     );
     let missing = dir.path().join("no/such/dir/alerts.jsonl");
     let text = message(OutputConfig::new(OutputTarget::File(missing.clone())));
@@ -184,7 +190,11 @@ fn the_file_rotates_before_the_bound_and_keeps_the_given_count() {
         std::fs::read_to_string(p)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["cursor"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["cursor"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect()
     };
     assert_eq!(cursors(&path), [19]);
@@ -203,8 +213,76 @@ fn the_file_rotates_before_the_bound_and_keeps_the_given_count() {
 
     // A restarted writer appends to the current file and goes on rotating.
     let mut writer = Writer::open(&config).unwrap();
-    writer.write_for_tests(&(20..23).map(published).collect::<Vec<_>>()).unwrap();
+    writer
+        .write_for_tests(&(20..23).map(published).collect::<Vec<_>>())
+        .unwrap();
     assert_eq!(cursors(&path), [22]);
     assert_eq!(cursors(&dir.path().join("alerts.jsonl.1")), [19, 20, 21]);
     assert_eq!(cursors(&dir.path().join("alerts.jsonl.2")), [16, 17, 18]);
+}
+
+#[tokio::test]
+async fn the_exporter_writes_what_the_hub_publishes_until_it_closes_and_counts_it() {
+    use crate::{
+        Hub, HubConfig,
+        export::{ExportConfig, ExportMetrics, Exporter},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts.jsonl");
+    let hub = Hub::new(HubConfig::default());
+    let metrics = ExportMetrics::default();
+    let config = ExportConfig {
+        output: Some(OutputConfig::new(OutputTarget::File(path.clone()))),
+        webhook: None,
+        filter: ExportFilter {
+            namespaces: vec!["shop".into()],
+            ..ExportFilter::default()
+        },
+    };
+    let exporter = Exporter::start(&hub, &config, &metrics)
+        .unwrap()
+        .expect("a sink");
+    assert_eq!(exporter.sinks().len(), 1);
+    let node: Arc<str> = "node-a".into();
+    let hold = hub.hold_subscribers();
+    hub.publish_alert(
+        &node,
+        testing::alert_line(Some("shop"), Some("web"), "sh", "wx", 1),
+    );
+    hub.publish_alert(
+        &node,
+        testing::alert_line(Some("dev"), Some("api"), "sh", "wx", 1),
+    );
+    hub.close();
+    // Published after close while the evaluation holds the subscribers (its shutdown flush).
+    hub.publish_alert(
+        &node,
+        testing::alert_line(Some("shop"), Some("web"), "sh", "wx", 5),
+    );
+    drop(hold);
+    tokio::time::timeout(std::time::Duration::from_secs(5), exporter.stop())
+        .await
+        .expect("the exporter stops once the hub is closed");
+    let lines: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let counts: Vec<u64> = lines.iter().map(|l| l["count"].as_u64().unwrap()).collect();
+    assert_eq!(
+        counts,
+        [1, 5],
+        "shop's alerts, the flushed one included: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["namespace"] == "shop" && l["node"] == "node-a")
+    );
+    assert_eq!(metrics.delivered_total("file"), 2);
+    assert_eq!(metrics.failures_total("file"), 0);
+    assert_eq!(
+        metrics.dropped_total("file", super::DropReason::QueueFull),
+        0
+    );
 }

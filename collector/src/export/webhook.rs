@@ -85,7 +85,9 @@ impl WebhookConfig {
 pub enum WebhookError {
     #[error("--alert-webhook {url:?}: {reason}")]
     Url { url: String, reason: String },
-    #[error("--alert-webhook {url:?}: the system has no usable root certificates; give --alert-webhook-ca")]
+    #[error(
+        "--alert-webhook {url:?}: the system has no usable root certificates; give --alert-webhook-ca"
+    )]
     NoRoots {
         url: String,
         #[source]
@@ -141,7 +143,11 @@ impl Client {
                     "scheme {other:?} is not supported; use http:// or https://"
                 )));
             }
-            None => return Err(url_error("no scheme; use http://HOST[:PORT]/PATH or https://...")),
+            None => {
+                return Err(url_error(
+                    "no scheme; use http://HOST[:PORT]/PATH or https://...",
+                ));
+            }
         };
         let Some(authority) = uri.authority() else {
             return Err(url_error("no host"));
@@ -302,9 +308,7 @@ pub(crate) fn start(
         failures: FailureLog::new(SINK),
         grace: None,
     };
-    tokio::spawn(
-        async move { sender.run().await }.instrument(tracing::info_span!("alert_webhook")),
-    )
+    tokio::spawn(async move { sender.run().await }.instrument(tracing::info_span!("alert_webhook")))
 }
 
 struct Sender {
@@ -360,8 +364,10 @@ impl Sender {
             self.metrics.failure(SINK);
             match failure {
                 Failure::Reject(why) => {
-                    self.failures
-                        .failed(&format_args!("{}: {why}; {n} alerts dropped", self.client.shown));
+                    self.failures.failed(&format_args!(
+                        "{}: {why}; {n} alerts dropped",
+                        self.client.shown
+                    ));
                     self.metrics.dropped(SINK, DropReason::Rejected, n);
                     return;
                 }
