@@ -622,6 +622,50 @@ async fn export_filters_leave_out_other_namespaces_policies_and_actions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_output_dash_writes_json_lines_to_the_collectors_stdout() {
+    let dir = temp_dir("export-stdout");
+    let policy = dir.join("wx.yaml");
+    std::fs::write(&policy, HOST_POLICY).unwrap();
+    let (addr, metrics) = (free_addr(), free_addr());
+    let mut collector = Command::new(BIN)
+        .args(["collector", "--plaintext", "--listen", &addr.to_string()])
+        .args(["--metrics-listen", &metrics.to_string(), "--policy"])
+        .arg(&policy)
+        .args(["--alert-output", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(collector.stdout.take().unwrap()).lines();
+    wait_for("the collector listens", 20, async || {
+        tokio::net::TcpStream::connect(addr).await.ok()
+    })
+    .await;
+    let shipper = shipper(addr);
+    shipper.send(vec![wx_event(9, None)]).await.unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("an alert line on stdout")
+        .unwrap()
+        .unwrap();
+    let alert: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(alert["kind"], "alert");
+    assert_eq!(alert["policy"], "host-write-execute");
+    assert_eq!(alert["event"]["pid"], 9);
+    assert_eq!(alert["node"], "node-a");
+    let delivered = r#"mapsentry_alert_export_delivered_total{sink="stdout"}"#;
+    wait_for("the line is counted", 10, async || {
+        (sample(&scrape(metrics).await, delivered) == 1).then_some(())
+    })
+    .await;
+    shipper.finish().await;
+    collector.start_kill().unwrap();
+    collector.wait().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_export_flags_are_refused_at_start_naming_the_flag() {
     let dir = temp_dir("export-refused");
     let cases: &[(&[&str], &str)] = &[

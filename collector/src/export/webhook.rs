@@ -31,7 +31,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client as HttpClient, connect::HttpConnector},
-    rt::TokioExecutor,
+    rt::{TokioExecutor, TokioTimer},
 };
 use rustls::{RootCertStore, pki_types::CertificateDer};
 use tracing::Instrument as _;
@@ -206,6 +206,7 @@ impl Client {
         let connector = builder.https_or_http().enable_http1().build();
         let http = HttpClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
             .build(connector);
         let shown = format!(
             "{}://{authority}{}",
