@@ -14,6 +14,7 @@ mod capture_args;
 mod client_args;
 mod collector;
 mod duration;
+mod export_args;
 mod filter;
 mod output;
 mod policy;

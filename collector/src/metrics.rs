@@ -25,7 +25,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{health::Health, hub::Hub};
+use crate::{export::ExportMetrics, health::Health, hub::Hub};
 
 /// Default bound on violation label sets.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
@@ -88,6 +88,7 @@ pub struct Metrics {
     kube_events_suppressed: Counter,
     alerts_deferred: Counter,
     alerts_superseded: Counter,
+    export: ExportMetrics,
 }
 
 impl Default for Metrics {
@@ -143,6 +144,8 @@ impl Metrics {
             "mapsentry_policy_violation_series_overflow_total",
             "Violations counted in the `other` series because the label sets were at their bound.",
         );
+        let export = ExportMetrics::default();
+        export.register(&mut registry);
         let violations = Family::<ViolationLabels, Counter>::default();
         registry.register(
             "mapsentry_policy_violations",
@@ -162,7 +165,14 @@ impl Metrics {
             kube_events_suppressed,
             alerts_deferred,
             alerts_superseded,
+            export,
         }
+    }
+
+    /// The alert export's counters.
+    #[must_use]
+    pub fn export(&self) -> &ExportMetrics {
+        &self.export
     }
 
     /// Count one call matching a rule.
