@@ -4,7 +4,8 @@
 #  - the chart's CRDs are accepted and established; every example policy (examples/policies/) is
 #    accepted; invalid policies are refused by the CRD schema, naming the field;
 #  - the chart's ServiceAccounts, ClusterRoles and bindings grant each component what it needs and
-#    nothing more (SubjectAccessReviews as the ServiceAccounts, through the real RBAC authorizer).
+#    nothing more (SubjectAccessReviews as the ServiceAccounts, through the real RBAC authorizer);
+#  - the CRDs are part of the release: `helm upgrade` upgrades them, `helm uninstall` keeps them.
 # Called by helm/test.sh when e2e/kube/start-apiserver.sh is present. Prints one line per check and
 # `apiserver-test: N passed, N failed`.
 set -uo pipefail
@@ -39,7 +40,7 @@ fi
 k() { "$KUBECTL" --kubeconfig "$kubeconfig" "$@"; }
 
 # 1. CRDs.
-if k apply -f helm/mapsentry/crds/ >"$state/out" 2>&1 \
+if k apply -f helm/mapsentry/files/crds/ >"$state/out" 2>&1 \
   && k wait --for condition=established --timeout=30s \
     crd/mmappolicies.mapsentry.dev crd/clustermmappolicies.mapsentry.dev >>"$state/out" 2>&1; then
   ok "chart CRDs applied and established"
@@ -122,8 +123,8 @@ expectations="$state/expectations"
   for verb in get list watch; do
     echo "yes agent $verb pods"
     echo "yes agent $verb namespaces"
-    echo "yes collector $verb pods"
-    echo "yes collector $verb namespaces"
+    echo "no collector $verb pods"
+    echo "no collector $verb namespaces"
     echo "yes collector $verb mmappolicies.mapsentry.dev"
     echo "yes collector $verb clustermmappolicies.mapsentry.dev"
   done
@@ -201,6 +202,54 @@ PY
     || { grep -v '^ok ' "$state/results" >"$state/out"; bad "every SubjectAccessReview answered as expected" "$state/out"; }
 else
   bad "SubjectAccessReviews created" "$state/out"
+fi
+
+# 5. The CRDs live in the release: `helm upgrade` upgrades them, `helm uninstall` keeps them (and
+# the policies). The release before the upgrade is this chart with PROT_EXEC taken out of every
+# enum of its CRDs, so a policy naming it is refused until the upgrade brings the current CRDs.
+k delete crd mmappolicies.mapsentry.dev clustermmappolicies.mapsentry.dev --wait=true >/dev/null 2>&1
+cp -r helm/mapsentry "$state/old-chart"
+"$CHART_PY" - "$state/old-chart/files/crds/mapsentry.dev.yaml" <<'PY'
+import sys, yaml
+path = sys.argv[1]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+def strip(node):
+    if isinstance(node, dict):
+        if "PROT_EXEC" in node.get("enum", []):
+            node["enum"] = [v for v in node["enum"] if v != "PROT_EXEC"]
+        for v in node.values():
+            strip(v)
+    elif isinstance(node, list):
+        for v in node:
+            strip(v)
+strip(docs)
+yaml.safe_dump_all(docs, open(path, "w"), sort_keys=False)
+PY
+exec_policy="$(policy MmapPolicy exec-rule "$rule")"
+h() { "$HELM" --kubeconfig "$kubeconfig" "$@"; }
+if h install crdtest "$state/old-chart" --namespace crdtest --create-namespace >"$state/out" 2>&1 \
+  && k wait --for condition=established --timeout=30s crd/mmappolicies.mapsentry.dev >>"$state/out" 2>&1; then
+  ok "helm install: the release's CRDs established"
+  if printf '%s\n' "$exec_policy" | k create --validate=false -n crdtest -f - >"$state/out" 2>&1; then
+    bad "before the upgrade the old CRD refuses PROT_EXEC (was accepted: the test's old chart is not old)" "$state/out"
+  else
+    ok "before the upgrade the old CRD refuses PROT_EXEC"
+  fi
+  if h upgrade crdtest helm/mapsentry --namespace crdtest >"$state/out" 2>&1 \
+    && printf '%s\n' "$exec_policy" | k create --validate=false -n crdtest -f - >>"$state/out" 2>&1; then
+    ok "helm upgrade upgrades the CRDs: a policy with PROT_EXEC is accepted"
+  else
+    bad "helm upgrade upgrades the CRDs: a policy with PROT_EXEC is accepted" "$state/out"
+  fi
+  if h uninstall crdtest --namespace crdtest >"$state/out" 2>&1 \
+    && k get crd mmappolicies.mapsentry.dev clustermmappolicies.mapsentry.dev >>"$state/out" 2>&1 \
+    && k get mmappolicy exec-rule -n crdtest >>"$state/out" 2>&1; then
+    ok "helm uninstall keeps the CRDs and the policies (helm.sh/resource-policy: keep)"
+  else
+    bad "helm uninstall keeps the CRDs and the policies (helm.sh/resource-policy: keep)" "$state/out"
+  fi
+else
+  bad "helm install: the release's CRDs established" "$state/out"
 fi
 
 echo "apiserver-test: $passed passed, $failed failed"

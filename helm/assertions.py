@@ -5,7 +5,7 @@
     assertions.py --args RENDERED.yaml agent|collector   (print that container's args)
     assertions.py --caps RENDERED.yaml   (the agent's added capabilities this machine can grant)
 
-SCENARIO is default, tls, monitoring, custom or tokens (the values files under helm/mapsentry/ci/).
+SCENARIO is default, tls, certmanager, monitoring, custom or tokens (the values files under helm/mapsentry/ci/).
 Checks the agent's privileges (exact capabilities, host mounts, hostPID, NODE_NAME), the
 collector's non-root context, least-privilege RBAC (exact rules), that references resolve
 (ServiceAccounts, ConfigMaps, Secrets, Service ports, selectors), and each scenario's own
@@ -26,17 +26,16 @@ COLLECTOR_RULES = {
     *{("mapsentry.dev", r, v) for r in ("mmappolicies", "clustermmappolicies") for v in ("get", "list", "watch")},
     *{("mapsentry.dev", r, v) for r in ("mmappolicies/status", "clustermmappolicies/status") for v in ("update", "patch")},
     *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
-    *{("", r, v) for r in ("pods", "namespaces") for v in ("get", "list", "watch")},
 }
 AGENT_MOUNTS = {  # mountPath -> read-only
     "/sys/fs/cgroup": True,
     "/sys/kernel/btf": True,
     "/sys/kernel/tracing": True,
-    "/sys/fs/bpf": False,
-    "/host/proc": True,
     "/var/lib/mapsentry": False,
+    "/tmp": False,
 }
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace", "PriorityClass"}
+ARCH = {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
 
 
 class Checker:
@@ -134,6 +133,10 @@ def common(c):
     mounts = {m["mountPath"]: m.get("readOnly", False) for m in agent["volumeMounts"]}
     for path, ro in AGENT_MOUNTS.items():
         c.check(mounts.get(path) == ro, f"agent mounts {path} {'read-only' if ro else 'read-write'}: {mounts.get(path)}")
+    # Nothing else writable, nothing else from the host: no bpffs, no host /proc (hostPID gives it).
+    extra = {path for path, ro in mounts.items() if path not in AGENT_MOUNTS
+             and not (ro and path in ("/sys/kernel/debug", "/etc/mapsentry/tls", "/etc/mapsentry/token"))}
+    c.check(not extra, f"agent mounts nothing else: {sorted(extra)}")
     hostpaths = [v for v in pod["volumes"] if "hostPath" in v]
     c.check(all(v["hostPath"].get("type") in ("Directory", "DirectoryOrCreate") for v in hostpaths),
             "agent host paths are typed directories")
@@ -149,7 +152,25 @@ def common(c):
             and state_volume["hostPath"].get("path") == want_state,
             f"agent state directory is the node's {want_state} (hostPath, DirectoryOrCreate): {state_volume}")
     c.check(pod.get("tolerations"), "agent has tolerations")
-    c.check(pod.get("priorityClassName"), "agent has a priority class")
+    # Its priority class: its own (installs in any namespace) unless one is named.
+    priority = pod.get("priorityClassName")
+    classes = {d["metadata"]["name"]: d for d in c.find("PriorityClass")}
+    if c.scenario == "custom":
+        c.check(priority == "mapsentry-critical" and not classes, "agent priority class as given, none created")
+    else:
+        c.check(priority in classes and classes[priority]["value"] == 1000000000
+                and not classes[priority].get("globalDefault"),
+                f"agent priority class {priority} is the chart's own (value 1000000000, not the default)")
+    # Scheduled only where the image runs: each required node selector term holds the arch.
+    for workload in (ds, dep):
+        terms = (workload["spec"]["template"]["spec"].get("affinity", {}).get("nodeAffinity", {})
+                 .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+        c.check(terms and all(ARCH in (t.get("matchExpressions") or []) for t in terms),
+                f"{workload['kind']} pods require kubernetes.io/arch in [amd64] in every term: {terms}")
+    # Startup probes: liveness waits for the first success (loading BPF, reading the retention log back).
+    c.check(agent.get("startupProbe", {}).get("httpGet") == {"path": "/healthz", "port": "metrics"}
+            and agent["startupProbe"]["periodSeconds"] * agent["startupProbe"]["failureThreshold"] >= 120,
+            "agent startup probe: /healthz, at least 120 s to start")
     c.check(not any(p.get("hostPort") for p in agent.get("ports", [])), "agent opens no host port")
     aport = next((p["containerPort"] for p in agent.get("ports", []) if p["name"] == "metrics"), None)
     c.check(arg_value(agent["args"], "--metrics-listen") == f"0.0.0.0:{aport}",
@@ -169,6 +190,26 @@ def common(c):
     c.check(csc["capabilities"] == {"drop": ["ALL"]}, "collector drops all capabilities and adds none")
     c.check(not cpod.get("hostPID") and not cpod.get("hostNetwork"), "collector shares no host namespace")
     c.check(not any("hostPath" in v for v in cpod.get("volumes", [])), "collector mounts no host path")
+    live = {k: v for k, v in collector["livenessProbe"].items() if k in ("grpc", "tcpSocket")}
+    c.check(live and {k: v for k, v in collector.get("startupProbe", {}).items() if k in ("grpc", "tcpSocket")} == live,
+            "collector startup probe: the liveness check")
+
+    # The CRDs: part of the release (upgraded with it), kept when it is uninstalled.
+    crds = c.find("CustomResourceDefinition")
+    c.check(sorted(d["metadata"]["name"] for d in crds) == ["clustermmappolicies.mapsentry.dev", "mmappolicies.mapsentry.dev"],
+            "both CRDs rendered as templates")
+    keep = "keep" if c.scenario != "custom" else None  # custom: crds.keep false
+    c.check(all(d["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == keep
+                and d["metadata"]["labels"].get("app.kubernetes.io/managed-by") == "Helm" for d in crds),
+            f"CRDs carry helm.sh/resource-policy: {keep} and the release's labels")
+
+    # The agents' metrics: a headless Service over every agent pod's metrics port.
+    amsvc = c.one("Service", "-agent-metrics")
+    if amsvc:
+        c.check(amsvc["spec"].get("clusterIP") == "None"
+                and selects(amsvc["spec"]["selector"], ds["spec"]["template"]["metadata"]["labels"])
+                and [p["targetPort"] for p in amsvc["spec"]["ports"]] == ["metrics"],
+                "agent metrics Service: headless, selects the agents, targets their metrics port")
 
     # The Service: selects the collector's pods, and is where the agents dial.
     c.check(selects(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"]),
@@ -257,6 +298,40 @@ def scenario_checks(c, ds, dep, svc):
                     f"agent {flag}={path} is {key} of Secret mapsentry-agent-tls")
         c.check("tcpSocket" in collector["livenessProbe"] and "tcpSocket" in collector["readinessProbe"],
                 "with TLS the collector probes are TCP checks (kubelet gRPC probes speak no TLS)")
+    if c.scenario == "certmanager":
+        certs = {d["metadata"]["name"]: d for d in c.find("Certificate")}
+        issuers = {d["metadata"]["name"]: d for d in c.find("Issuer")}
+        server = certs.get(f"{svc['metadata']['name']}")
+        ns = svc["metadata"]["namespace"]
+        c.check(server and f"{svc['metadata']['name']}.{ns}.svc" in server["spec"]["dnsNames"]
+                and "server auth" in server["spec"]["usages"], "server Certificate for the collector Service's names")
+        agent_cert = next((d for d in certs.values() if "client auth" in d["spec"].get("usages", [])), None)
+        c.check(agent_cert is not None, "a client Certificate for the agents")
+        secrets = {v["name"]: v["secret"]["secretName"] for v in cpod["volumes"] if "secret" in v}
+        mounts = {m["mountPath"]: m["name"] for m in collector["volumeMounts"]}
+        for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"), ("--client-ca", "ca.crt")):
+            path = arg_value(collector["args"], flag) or ""
+            directory, _, file = path.rpartition("/")
+            c.check(server and file == key and secrets.get(mounts.get(directory)) == server["spec"]["secretName"],
+                    f"collector {flag}={path} is {key} of the server Certificate's Secret")
+        apod = ds["spec"]["template"]["spec"]
+        asecrets = {v["name"]: v["secret"]["secretName"] for v in apod["volumes"] if "secret" in v}
+        amounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+        for flag, key in (("--ca", "ca.crt"), ("--cert", "tls.crt"), ("--key", "tls.key")):
+            path = arg_value(agent["args"], flag) or ""
+            directory, _, file = path.rpartition("/")
+            c.check(agent_cert and file == key and asecrets.get(amounts.get(directory)) == agent_cert["spec"]["secretName"],
+                    f"agent {flag}={path} is {key} of the agent Certificate's Secret")
+        # Both issued by the chart's CA Issuer, whose CA comes from the self-signed Issuer.
+        ca = certs.get(f"{svc['metadata']['name'].removesuffix('-collector')}-ca")
+        for cert in (server, agent_cert):
+            ref = (cert or {}).get("spec", {}).get("issuerRef", {})
+            c.check(ref.get("kind") == "Issuer" and ref.get("name") in issuers
+                    and issuers[ref["name"]]["spec"].get("ca", {}).get("secretName") == (ca or {}).get("spec", {}).get("secretName"),
+                    f"{(cert or {}).get('metadata', {}).get('name')} issued by the chart's CA Issuer")
+        c.check(ca and ca["spec"].get("isCA") is True
+                and issuers.get(ca["spec"]["issuerRef"]["name"], {}).get("spec", {}).get("selfSigned") == {},
+                "the chart's CA is issued by its self-signed Issuer")
     if c.scenario == "tokens":
         c.check(arg_value(agent["args"], "--collector").startswith("https://"), "agent dials https://")
         c.check(not used & {"--client-ca", "--cert", "--key"}, "tokens without mutual TLS")
@@ -270,13 +345,20 @@ def scenario_checks(c, ds, dep, svc):
             c.check(file == key and secrets.get(mounts.get(directory)) == secret,
                     f"{flag}={path} is {key} of Secret {secret}, mounted read-only")
     if c.scenario == "monitoring":
-        sm = c.one("ServiceMonitor")
-        ports = {p["name"] for p in svc["spec"]["ports"]}
-        if sm:
-            c.check(all(e["port"] in ports for e in sm["spec"]["endpoints"]), "ServiceMonitor scrapes a Service port")
-            c.check(selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]),
-                    "ServiceMonitor selects the collector Service")
-            c.check(sm["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor carries its extra labels")
+        amsvc = c.one("Service", "-agent-metrics")
+        for sm, target in ((c.one("ServiceMonitor", "-collector"), svc), (c.one("ServiceMonitor", "-agent"), amsvc)):
+            if not (sm and target):
+                continue
+            ports = {p["name"] for p in target["spec"]["ports"]}
+            what = f"ServiceMonitor {sm['metadata']['name']}"
+            c.check(all(e["port"] in ports for e in sm["spec"]["endpoints"]), f"{what} scrapes a port of {target['metadata']['name']}")
+            c.check(selects(sm["spec"]["selector"]["matchLabels"], target["metadata"]["labels"])
+                    and not any(selects(sm["spec"]["selector"]["matchLabels"], o["metadata"]["labels"])
+                                for o in c.find("Service") if o is not target),
+                    f"{what} selects {target['metadata']['name']} and no other Service")
+            c.check(all(e.get("honorLabels") is True for e in sm["spec"]["endpoints"]),
+                    f"{what} keeps the series' own namespace/pod labels (honorLabels)")
+            c.check(sm["metadata"]["labels"].get("release") == "prometheus", f"{what} carries its extra labels")
         c.check(arg_value(collector["args"], "--metrics-listen") == "0.0.0.0:9090", "collector serves metrics on 9090")
         cports = {p["name"] for p in collector["ports"]}
         npa = c.one("NetworkPolicy", "-agent")

@@ -8,7 +8,7 @@
 #  4. checksum/config rolls exactly the component whose config changed;  5. NOTES.txt;
 #  6. the built mapsentry binary accepts every argument the chart renders;
 #  7. the agent's rendered capabilities suffice for real BPF, and BPF/PERFMON are each needed;
-#  8. chart crds/ equals manifests/crds/;  9. the Dockerfile matches the workspace;
+#  8. chart files/crds/ (rendered by templates/crds.yaml) equals manifests/crds/;  9. the Dockerfile matches the workspace;
 # 10. manifests/install.yaml and the chart README's values table are current;
 # 11. CRDs and RBAC on a real kube-apiserver (helm/apiserver-test.sh), when e2e/kube/ is present.
 # Ends with `helm/test.sh: N passed, N failed`. About 10 s warm without the API server, 30-45 s with
@@ -63,7 +63,7 @@ render() { "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@"; }
 echo "helm/test.sh: $("$HELM" version --short), $("$CHART_PY" -c 'import kubernetes_validate.version as v; print("kubernetes-validate", v.__version__)')"
 
 # 1. Every scenario: lint, render, validate against the 1.33 schemas, assertions.
-for scenario in default tls monitoring custom tokens; do
+for scenario in default tls certmanager monitoring custom tokens; do
   args=()
   [ "$scenario" = default ] || args=(-f "$CHART/ci/$scenario-values.yaml")
   step "$scenario: helm lint --strict" "$HELM" lint --strict "$CHART" "${args[@]}"
@@ -105,6 +105,19 @@ if [ -f "$work/default.yaml" ]; then
   sed 's|^\( *\)mountPath: /var/lib/mapsentry$|&\n\1readOnly: true|' "$work/default.yaml" >"$work/rostate.yaml"
   refused "assertions refuse a read-only agent state directory" "is a writable mount" \
     "$CHART_PY" helm/assertions.py default "$work/rostate.yaml"
+  # Issue 21: the unused host mounts are gone and stay gone; the ServiceMonitors keep the
+  # series' own namespace/pod labels; every node selector term requires the image's arch.
+  sed 's|^\( *\)- name: tmp$|\1- name: bpffs\n\1  mountPath: /sys/fs/bpf\n&|' "$work/default.yaml" >"$work/bpffs.yaml"
+  refused "assertions refuse a bpffs mount on the agent" "agent mounts nothing else: ['/sys/fs/bpf']" \
+    "$CHART_PY" helm/assertions.py default "$work/bpffs.yaml"
+  if [ -f "$work/monitoring.yaml" ]; then
+    sed '/honorLabels: true/d' "$work/monitoring.yaml" >"$work/nohonor.yaml"
+    refused "assertions refuse a ServiceMonitor without honorLabels" "(honorLabels)" \
+      "$CHART_PY" helm/assertions.py monitoring "$work/nohonor.yaml"
+  fi
+  sed '/key: kubernetes.io\/arch/,+3d' "$work/default.yaml" >"$work/noarch.yaml"
+  refused "assertions refuse pods without the arch requirement" "require kubernetes.io/arch" \
+    "$CHART_PY" helm/assertions.py default "$work/noarch.yaml"
   sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: true\n            bogusField: 1/' "$work/default.yaml" >"$work/bogus.yaml"
   refused "kubernetes-validate refuses an unknown field" "'bogusField' was unexpected" \
     "$CHART_PY" helm/validate.py "$work/bogus.yaml"
@@ -138,8 +151,15 @@ refused "schema: agent.collectorURL without a scheme" "agent.collectorURL" \
   render --set collector.enabled=false --set agent.collectorURL=collector:50051
 refused "template: a retention claim with a rolling update" "needs collector.strategy.type: Recreate" \
   render --set collector.retentionLog.existingClaim=pvc
-refused "template: serviceMonitor without metrics" "needs collector.metrics.enabled" \
-  render --set serviceMonitor.enabled=true
+refused "template: serviceMonitor with nothing to scrape" "needs something to scrape" \
+  render --set serviceMonitor.enabled=true --set agent.metrics.service.enabled=false
+refused "template: cert-manager without TLS" "tls.certManager.enabled needs tls.enabled" \
+  render --set tls.certManager.enabled=true
+refused "schema: a cert-manager issuerRef of another kind" "tls.certManager.issuerRef.kind" \
+  render --set tls.enabled=true --set tls.certManager.enabled=true --set tls.certManager.issuerRef.kind=Vault \
+  --set tls.certManager.issuerRef.name=v
+refused "schema: --set agent.priorityClass.value=2000000000 (above user classes)" "agent.priorityClass.value" \
+  render --set agent.priorityClass.value=2000000000
 
 # 4. A config change rolls the pods (checksum/config changes); an unrelated change does not.
 checksums() { grep -E '^ +checksum/config:' | awk '{print $2}' | tr '\n' ' '; }
@@ -276,18 +296,19 @@ fi
 
 # 8. The chart's CRDs are the generated ones.
 if [ -f manifests/crds/mapsentry.dev.yaml ]; then
-  echo "refresh with: cp manifests/crds/mapsentry.dev.yaml $CHART/crds/ && helm/render-manifests.sh" >"$work/out"
-  if diff -u manifests/crds/mapsentry.dev.yaml "$CHART/crds/mapsentry.dev.yaml" >>"$work/out"; then
-    pass "chart crds/ equals manifests/crds/"
+  echo "refresh with: cp manifests/crds/mapsentry.dev.yaml $CHART/files/crds/ && helm/render-manifests.sh" >"$work/out"
+  if diff -u manifests/crds/mapsentry.dev.yaml "$CHART/files/crds/mapsentry.dev.yaml" >>"$work/out"; then
+    pass "chart files/crds/ equals manifests/crds/"
   else
-    fail "chart crds/ equals manifests/crds/" "$work/out"
+    fail "chart files/crds/ equals manifests/crds/" "$work/out"
   fi
   for f in manifests/crds/*.yaml; do
-    [ -f "$CHART/crds/$(basename "$f")" ] || fail "chart crds/ lacks $(basename "$f")"
+    [ -f "$CHART/files/crds/$(basename "$f")" ] || fail "chart files/crds/ lacks $(basename "$f")"
   done
-  for f in "$CHART"/crds/*.yaml; do
-    [ -f "manifests/crds/$(basename "$f")" ] || fail "chart crds/$(basename "$f") is not in manifests/crds/"
+  for f in "$CHART"/files/crds/*.yaml; do
+    [ -f "manifests/crds/$(basename "$f")" ] || fail "chart files/crds/$(basename "$f") is not in manifests/crds/"
   done
+  [ ! -e "$CHART/crds" ] || fail "chart crds/ exists: Helm would install those CRDs once and never upgrade them"
 else
   fail "manifests/crds/mapsentry.dev.yaml is missing"
 fi

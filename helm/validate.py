@@ -18,6 +18,10 @@ import yaml
 SKIP = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "a prometheus-operator custom resource: "
     "kubernetes-validate ships only the built-in Kubernetes schemas",
+    ("cert-manager.io/v1", "Certificate"): "a cert-manager custom resource: "
+    "kubernetes-validate ships only the built-in Kubernetes schemas",
+    ("cert-manager.io/v1", "Issuer"): "a cert-manager custom resource: "
+    "kubernetes-validate ships only the built-in Kubernetes schemas",
 }
 
 

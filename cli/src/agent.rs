@@ -43,6 +43,7 @@ impl AgentArgs {
     pub fn config(self) -> node::Config {
         node::Config {
             capture: self.capture.config(0),
+            enrich: self.capture.enrich(),
             security: self.client.security(),
             collector: self.collector,
             node: self.node,

@@ -1,23 +1,15 @@
 //! Alert lines, as `run` and `tail` print them: the contract's JSON line
 //! (`{"kind":"alert","policy":..,"rule":..,"action":..,"mode":..,"namespace":..,"pod":..,
 //! "container":..,"count":N,"first_seen":..,"last_seen":..,"event":{..}}` plus `cursor` and
-//! `node`), or one text line.
+//! `node`, the same [`Line`] as the alert export writes), or one text line.
 
 use std::io::{self, Write};
 
+use mapsentry_collector::export::Line;
 use mapsentry_policy::{AlertLine, EventLine};
 use mapsentry_proto::v1::AlertRecord;
-use serde::Serialize;
 
 use crate::output::{self, Format};
-
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(flatten)]
-    alert: &'a AlertLine,
-    cursor: u64,
-    node: &'a str,
-}
 
 /// Print one alert update as it arrived from a collector (decoded once, here at the edge).
 pub fn write_record(out: &mut impl Write, format: Format, record: &AlertRecord) -> io::Result<()> {

@@ -1,10 +1,11 @@
 //! The capture flags `run` and `agent` share.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use mapsentry_agent::{
     AttachMode, CaptureConfig,
     capture::{DEFAULT_RING_BUFFER_BYTES, DEFAULT_WAKEUP_BYTES},
+    metadata::EnrichConfig,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +26,12 @@ pub struct CaptureArgs {
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+    /// Longest time an event waits for its pod (a pod the API server has not shown this node
+    /// yet: a busy API server, a watch catching up) before it goes out without; an event whose
+    /// pod is known waits at most 1 s more for its container's id. Counted when it runs out
+    /// (mapsentry_enrichment_missing_total). E.g. 10s, 30s; 0s: never wait.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::parse)]
+    pub attribution_hold: Duration,
 }
 
 fn parse_attach(s: &str) -> Result<AttachMode, String> {
@@ -32,6 +39,16 @@ fn parse_attach(s: &str) -> Result<AttachMode, String> {
 }
 
 impl CaptureArgs {
+    /// How long events wait for their pod and container.
+    pub fn enrich(&self) -> EnrichConfig {
+        let defaults = EnrichConfig::default();
+        EnrichConfig {
+            hold_for: self.attribution_hold,
+            container_hold_for: defaults.container_hold_for.min(self.attribution_hold),
+            ..defaults
+        }
+    }
+
     /// The capture these flags ask for, reporting only calls with one of the `prot_any` bits
     /// (0: all).
     pub fn config(&self, prot_any: u64) -> CaptureConfig {

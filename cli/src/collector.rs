@@ -13,6 +13,8 @@ use mapsentry_collector::{
     tls::ServerTls,
 };
 
+use crate::export_args::ExportArgs;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct PolicyArgs {
     /// Policy file or directory (its *.yaml, *.yml and *.json files), repeatable. Reloaded on
@@ -28,18 +30,21 @@ pub struct PolicyArgs {
     /// it are deferred to a later second, never dropped (0: no limit).
     #[arg(long, value_name = "N", default_value_t = AlertConfig::default().per_pod_rate)]
     alert_rate_per_pod: u32,
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 impl PolicyArgs {
-    pub fn config(&self) -> PoliciesConfig {
-        PoliciesConfig {
+    pub fn config(&self) -> anyhow::Result<PoliciesConfig> {
+        Ok(PoliciesConfig {
             files: self.policies.clone(),
             alerts: AlertConfig {
                 window: Duration::from_secs(self.alert_window),
                 per_pod_rate: self.alert_rate_per_pod,
                 ..AlertConfig::default()
             },
-        }
+            export: self.export.config()?,
+        })
     }
 }
 
@@ -220,7 +225,7 @@ impl CollectorArgs {
         Ok(app::Config {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
-            policies: self.policy.config(),
+            policies: self.policy.config()?,
             hub: self.limits.hub(),
             retention_log: self.limits.retention_log(),
             server,

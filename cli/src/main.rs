@@ -13,6 +13,8 @@ mod alert_output;
 mod capture_args;
 mod client_args;
 mod collector;
+mod duration;
+mod export_args;
 mod filter;
 mod output;
 mod policy;
@@ -59,6 +61,13 @@ enum Command {
     Tail(tail::TailArgs),
     /// Check policy files, replay recorded events against policies, print the CRDs.
     Policy(policy::PolicyArgs),
+    /// Print a shell completion script: `source <(mapsentry completions bash)`, or write it
+    /// where your shell loads completions from.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What runs on the runtime, its configuration built before the runtime starts.
@@ -78,6 +87,16 @@ fn main() -> ExitCode {
     let role = match cli.command {
         // No runtime: files in, lines out.
         Command::Policy(args) => return exit(policy::run(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "mapsentry",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
         Command::Run(args) => Role::Run(args),
         Command::Tail(args) => Role::Tail(args),
         Command::Agent(args) => Role::Agent(args.config()),
@@ -118,12 +137,32 @@ fn main() -> ExitCode {
     }))
 }
 
+/// Exit statuses a script can tell apart (README, "Exit status"): 0 done; 1 any other error;
+/// 2 the command line is wrong (clap); 3 the server refused the request as asked; 4 the server
+/// could not be reached; 5 the server refused this client (authentication, authorization,
+/// certificates).
+mod status_code {
+    pub const REFUSED: u8 = 3;
+    pub const UNREACHABLE: u8 = 4;
+    pub const UNAUTHENTICATED: u8 = 5;
+}
+
 fn exit(result: anyhow::Result<()>) -> ExitCode {
+    use mapsentry_collector::follow::{Failure, FollowError};
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(target: mapsentry_service::STATUS_TARGET, "error: {error:#}");
-            ExitCode::FAILURE
+            let failure = error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<FollowError>())
+                .map(FollowError::failure);
+            match failure {
+                Some(Failure::Refused) => ExitCode::from(status_code::REFUSED),
+                Some(Failure::Unreachable) => ExitCode::from(status_code::UNREACHABLE),
+                Some(Failure::Unauthenticated) => ExitCode::from(status_code::UNAUTHENTICATED),
+                Some(Failure::Usage) | None => ExitCode::FAILURE,
+            }
         }
     }
 }

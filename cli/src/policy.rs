@@ -26,12 +26,17 @@ pub struct PolicyArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum PolicyCommand {
-    /// Validate policy files or directories (*.yaml, *.yml); prints every problem with its file,
-    /// document and field path; exit status 1 on any problem.
+    /// Validate policy files or directories (what `--policy` reads: a directory's *.yaml,
+    /// *.yml and *.json files, recursively); prints every problem with its file, document and
+    /// field path; exit status 1 on any problem.
     Check {
         /// Files or directories (searched recursively).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// text: a line per policy and per problem; json: one object a line, `"kind"` `policy`,
+        /// `problem`, then `summary`.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: Format,
     },
     /// Replay recorded event lines (`mapsentry run --output json`) against policies and print
     /// which calls would raise alerts, be killed or be denied.
@@ -44,7 +49,7 @@ enum PolicyCommand {
         #[arg(long, value_name = "FILE.jsonl")]
         events: PathBuf,
         /// text: one line per matching call and a summary; json: alert lines, then a summary line.
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: Format,
         /// Alerts for one (pod, policy, rule) within this many seconds are one alert with a
         /// count (json output); 0 reports every match.
@@ -59,7 +64,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let result = match args.command {
-        PolicyCommand::Check { paths } => check(&paths, &mut out),
+        PolicyCommand::Check { paths, output } => check(&paths, output, &mut out),
         PolicyCommand::Test {
             policies,
             events,
@@ -85,24 +90,75 @@ struct Source {
     loaded: Loaded,
 }
 
-/// Everything found in some paths: the policies that loaded, and one line per problem.
+/// Everything found in some paths: the policies that loaded, and every problem.
 #[derive(Debug, Default)]
 struct Found {
     files: usize,
     policies: Vec<Source>,
-    problems: Vec<String>,
+    problems: Vec<Finding>,
 }
 
-/// Load every policy file under `paths`. Directories are searched recursively for *.yaml and
-/// *.yml; a file named on the command line is read whatever its name.
+/// One problem, where it is.
+#[derive(Debug, serde::Serialize)]
+struct Finding {
+    file: PathBuf,
+    /// The document of the file, from 1 (None: the file itself).
+    document: Option<usize>,
+    /// The object's kind and name, when the document says.
+    #[serde(rename = "policy_kind")]
+    kind: Option<String>,
+    name: Option<String>,
+    /// The field path (None: the document or file as a whole).
+    path: Option<String>,
+    reason: String,
+}
+
+impl Finding {
+    fn file(file: &Path, reason: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            document: None,
+            kind: None,
+            name: None,
+            path: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    /// `FILE: document N (KIND "NAME"): PATH: REASON`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(document) = self.document {
+            write!(f, ": document {document}")?;
+            match (&self.kind, &self.name) {
+                (Some(kind), Some(name)) => write!(f, " ({kind} {name:?})")?,
+                (Some(kind), None) => write!(f, " ({kind})")?,
+                _ => {}
+            }
+        }
+        if let Some(path) = &self.path {
+            write!(f, ": {path}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Load every policy file under `paths` as the collector's `--policy` does: directories are
+/// searched recursively for *.yaml, *.yml and *.json; a file named on the command line is read
+/// whatever its name.
 fn load_paths(paths: &[PathBuf]) -> Found {
     let mut found = Found::default();
     for path in paths {
         let files = match policy_files(path) {
             Ok(files) if files.is_empty() => {
-                found.problems.push(format!(
-                    "{}: no policy files (*.yaml, *.yml) in this directory",
-                    path.display()
+                found.problems.push(Finding::file(
+                    path,
+                    format!(
+                        "no policy files (*.{}) in this directory",
+                        mapsentry_policy::load::POLICY_FILE_EXTENSIONS.join(", *.")
+                    ),
                 ));
                 continue;
             }
@@ -110,7 +166,7 @@ fn load_paths(paths: &[PathBuf]) -> Found {
             Err(error) => {
                 found
                     .problems
-                    .push(format!("{}: {error:#}", path.display()));
+                    .push(Finding::file(path, format!("{error:#}")));
                 continue;
             }
         };
@@ -121,7 +177,7 @@ fn load_paths(paths: &[PathBuf]) -> Found {
                 Err(error) => {
                     found
                         .problems
-                        .push(format!("{}: cannot read: {error}", file.display()));
+                        .push(Finding::file(&file, format!("cannot read: {error}")));
                     continue;
                 }
             };
@@ -141,14 +197,19 @@ fn load_paths(paths: &[PathBuf]) -> Found {
     for source in &found.policies {
         let id = source.loaded.compiled.id.to_string();
         if let Some(earlier) = first.get(&id) {
-            found.problems.push(format!(
-                "{}: document {}: {} {id:?} is also defined in {} document {}; each policy may be defined once",
-                source.file.display(),
-                source.loaded.document,
-                source.loaded.policy.kind(),
-                earlier.file.display(),
-                earlier.loaded.document
-            ));
+            found.problems.push(Finding {
+                file: source.file.clone(),
+                document: Some(source.loaded.document),
+                kind: None,
+                name: None,
+                path: None,
+                reason: format!(
+                    "{} {id:?} is also defined in {} document {}; each policy may be defined once",
+                    source.loaded.policy.kind(),
+                    earlier.file.display(),
+                    earlier.loaded.document
+                ),
+            });
         } else {
             first.insert(id, source);
         }
@@ -156,30 +217,29 @@ fn load_paths(paths: &[PathBuf]) -> Found {
     found
 }
 
-fn problem_lines(file: &Path, error: &mapsentry_policy::LoadError) -> Vec<String> {
+fn problem_lines(file: &Path, error: &mapsentry_policy::LoadError) -> Vec<Finding> {
     match error {
-        mapsentry_policy::LoadError::Syntax { document, message } => {
-            vec![format!(
-                "{}: document {document}: not valid YAML: {message}",
-                file.display()
-            )]
-        }
+        mapsentry_policy::LoadError::Syntax { document, message } => vec![Finding {
+            document: Some(*document),
+            reason: format!("not valid YAML: {message}"),
+            ..Finding::file(file, "")
+        }],
         mapsentry_policy::LoadError::Invalid {
             document,
             kind,
             name,
             problems,
-        } => {
-            let object = match (kind, name) {
-                (Some(kind), Some(name)) => format!(" ({kind} {name:?})"),
-                (Some(kind), None) => format!(" ({kind})"),
-                _ => String::new(),
-            };
-            problems
-                .iter()
-                .map(|p| format!("{}: document {document}{object}: {p}", file.display()))
-                .collect()
-        }
+        } => problems
+            .iter()
+            .map(|p| Finding {
+                file: file.to_owned(),
+                document: Some(*document),
+                kind: kind.clone(),
+                name: name.clone(),
+                path: Some(p.path.to_string()).filter(|p| !p.is_empty()),
+                reason: p.reason.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -196,7 +256,7 @@ fn policy_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
             let path = entry.path();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            } else if mapsentry_policy::load::is_policy_file(&path) {
                 files.push(path);
             }
         }
@@ -205,29 +265,59 @@ fn policy_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn check(paths: &[PathBuf], out: &mut impl Write) -> anyhow::Result<()> {
+fn check(paths: &[PathBuf], format: Format, out: &mut impl Write) -> anyhow::Result<()> {
     let found = load_paths(paths);
-    if !found.problems.is_empty() {
-        for line in &found.problems {
-            writeln!(out, "{line}")?;
-        }
-        out.flush()?;
-        bail!("{} problem(s); policies not valid", found.problems.len());
-    }
-    for source in &found.policies {
-        writeln!(out, "{}", describe(source))?;
-    }
     let rules: usize = found
         .policies
         .iter()
         .map(|s| s.loaded.policy.rules().len())
         .sum();
-    writeln!(
-        out,
-        "ok: {} policies, {rules} rules in {} file(s)",
-        found.policies.len(),
-        found.files
-    )?;
+    match format {
+        Format::Text if !found.problems.is_empty() => {
+            for problem in &found.problems {
+                writeln!(out, "{problem}")?;
+            }
+        }
+        Format::Text => {
+            for source in &found.policies {
+                writeln!(out, "{}", describe(source))?;
+            }
+            writeln!(
+                out,
+                "ok: {} policies, {rules} rules in {} file(s)",
+                found.policies.len(),
+                found.files
+            )?;
+        }
+        Format::Json => {
+            for source in &found.policies {
+                let policy = &source.loaded.policy;
+                let line = json!({
+                    "kind": "policy", "file": source.file, "document": source.loaded.document,
+                    "policy_kind": policy.kind(), "policy": source.loaded.compiled.id.to_string(),
+                    "mode": policy.mode(), "rules": policy.rules().iter().map(|r| &r.name).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{line}")?;
+            }
+            for problem in &found.problems {
+                let mut line = serde_json::to_value(problem)?;
+                if let Some(object) = line.as_object_mut() {
+                    object.insert("kind".into(), "problem".into());
+                    object.insert("message".into(), problem.to_string().into());
+                }
+                writeln!(out, "{line}")?;
+            }
+            let summary = json!({
+                "kind": "summary", "ok": found.problems.is_empty(), "files": found.files,
+                "policies": found.policies.len(), "rules": rules, "problems": found.problems.len(),
+            });
+            writeln!(out, "{summary}")?;
+        }
+    }
+    if !found.problems.is_empty() {
+        out.flush()?;
+        bail!("{} problem(s); policies not valid", found.problems.len());
+    }
     Ok(())
 }
 
@@ -274,8 +364,8 @@ fn test(
 ) -> anyhow::Result<()> {
     let found = load_paths(policies);
     if !found.problems.is_empty() {
-        for line in &found.problems {
-            tracing::error!(target: mapsentry_service::STATUS_TARGET, "{line}");
+        for problem in &found.problems {
+            tracing::error!(target: mapsentry_service::STATUS_TARGET, "{problem}");
         }
         bail!(
             "{} problem(s) in the policies; run `mapsentry policy check` for details",

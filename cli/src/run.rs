@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures_core::Stream as _;
 use mapsentry_agent::{
     Capture,
-    metadata::{Attributor, EnrichConfig, Kubernetes},
+    metadata::{Attributor, Kubernetes},
     node::{self, event_loop, hostname, start_shipper},
 };
 use mapsentry_collector::{
@@ -47,7 +47,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Format,
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]
@@ -100,7 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Kubernetes::from_flags(Some(path.clone()), args.node.as_deref())?,
         None => Kubernetes::Off,
     };
-    let mut attributor = Attributor::start(&kubernetes, EnrichConfig::default())
+    let mut attributor = Attributor::start(&kubernetes, args.capture.enrich())
         .await
         .context("cannot start attribution")?;
     let mut capture =
@@ -112,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy_sets = publisher.subscribe();
     let alerting = Alerting::start(
         &hub,
-        &args.policy.config(),
+        &args.policy.config()?,
         args.metrics_listen.map(|addr| (addr, true)),
         publisher,
         None,
@@ -124,7 +124,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             alerting.rejected_at_start
         );
     }
-    let alert_printer = print_alerts(&hub, args.output)?;
+    // With `--alert-output -` the export prints the alert lines (as JSON, filtered).
+    let alert_printer = if args.policy.export.to_stdout() {
+        None
+    } else {
+        Some(print_alerts(&hub, args.output)?)
+    };
     let (stop_collector, collector_stopped) = oneshot::channel::<()>();
     let mut server_config = args.limits.server();
     server_config.health = alerting.health.clone();
@@ -195,7 +200,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("the embedded collector did not stop within 5 s"),
     }
     alerting.stop().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), alert_printer).await;
+    if let Some(alert_printer) = alert_printer {
+        let _ = tokio::time::timeout(Duration::from_secs(1), alert_printer).await;
+    }
     let mut out = BufWriter::new(io::stdout().lock());
 
     let totals = json!({

@@ -31,7 +31,7 @@ pub struct TailArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Format,
     /// Only events from this node (repeatable).
     #[arg(long = "node", value_name = "NODE")]
@@ -68,12 +68,36 @@ pub struct TailArgs {
     /// What to receive (repeatable; default: events).
     #[arg(long = "kind", value_enum)]
     kinds: Vec<KindArg>,
-    /// Start after this cursor (the last one seen) from retention; default: live events only.
-    #[arg(long, value_name = "CURSOR")]
-    since: Option<u64>,
+    /// Start from retention: after this cursor (a number: the last one seen), or this long ago
+    /// (a duration: `90s`, `10m`, `1h30m`; from the first retained event that recent); default:
+    /// live events only.
+    #[arg(long, value_name = "CURSOR|DURATION", value_parser = parse_since)]
+    since: Option<Since>,
     /// Print the collector's per-node counters and retention window, then exit.
     #[arg(long)]
     stats: bool,
+    /// Give up when the server cannot be reached for this long (`30s`, `2m`): at the start and
+    /// after each disconnection; exit status 4. Default: keep trying until stopped.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
+    timeout: Option<std::time::Duration>,
+}
+
+/// Where `--since` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// After this cursor.
+    Cursor(u64),
+    /// This long before now.
+    Ago(std::time::Duration),
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map(Since::Cursor).map_err(|e| format!("{e}"));
+    }
+    crate::duration::parse(text)
+        .map(Since::Ago)
+        .map_err(|e| format!("{e}; or give a cursor (a whole number)"))
 }
 
 /// Build the subscription from the command line, naming any word that is wrong.
@@ -112,10 +136,22 @@ pub fn request(args: &TailArgs) -> anyhow::Result<SubscribeRequest> {
             KindArg::Alerts => v1::Kind::Alerts as i32,
         })
         .collect();
+    let (since, since_unix_ns) = match args.since {
+        None => (None, None),
+        Some(Since::Cursor(cursor)) => (Some(cursor), None),
+        Some(Since::Ago(ago)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let at = now.saturating_sub(ago);
+            (None, Some(u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)))
+        }
+    };
     Ok(SubscribeRequest {
         filter: Some(filter),
-        since: args.since,
+        since,
         kinds,
+        since_unix_ns,
     })
 }
 
@@ -143,7 +179,8 @@ fn mask(flag: &str, lists: &[String], parse: fn(&str) -> Option<u64>) -> anyhow:
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let request = request(&args)?;
-    let mut follower = Follower::secured(&args.server, request, 16 << 20, &args.client.security())?;
+    let mut follower = Follower::secured(&args.server, request, 16 << 20, &args.client.security())?
+        .with_timeout(args.timeout);
     let mut out = BufWriter::new(io::stdout().lock());
     if args.stats {
         let stats = follower

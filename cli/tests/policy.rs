@@ -100,6 +100,80 @@ fn check_reports_every_problem_with_file_document_and_path() {
     );
 }
 
+/// `policy check DIR` reads what `--policy DIR` reads (its *.json files too), and `-o json`
+/// prints one object a line: each policy, each problem, then the summary.
+#[test]
+fn check_reads_json_files_as_the_collector_does_and_prints_json() {
+    let dir = scratch("check-json");
+    std::fs::write(
+        dir.join("wx.json"),
+        r#"{"apiVersion": "mapsentry.dev/v1alpha1", "kind": "ClusterMmapPolicy",
+            "metadata": {"name": "wx-json"},
+            "spec": {"mode": "Enforce", "rules": [{"name": "wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXEC"]}, "action": "Kill"}]}}"#,
+    )
+    .unwrap();
+    let output = mapsentry(&["policy", "check", "-o", "json", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            json!({"kind": "policy", "file": dir.join("wx.json"), "document": 1,
+                   "policy_kind": "ClusterMmapPolicy", "policy": "wx-json", "mode": "Enforce",
+                   "rules": ["wx"]}),
+            json!({"kind": "summary", "ok": true, "files": 1, "policies": 1, "rules": 1,
+                   "problems": 0}),
+        ]
+    );
+
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"{"apiVersion": "mapsentry.dev/v1alpha1", "kind": "MmapPolicy", "metadata": {"name": "bad"},
+            "spec": {"rules": [{"name": "r", "match": {"protAny": ["PROT_EXCE"]}}]}}"#,
+    )
+    .unwrap();
+    let output = mapsentry(&["policy", "check", "--output", "json", dir.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let problem = lines
+        .iter()
+        .find(|l| l["kind"] == "problem")
+        .expect("a problem line");
+    assert_eq!(problem["file"], json!(dir.join("bad.json")));
+    assert_eq!(
+        (
+            &problem["document"],
+            &problem["policy_kind"],
+            &problem["name"],
+            &problem["path"]
+        ),
+        (
+            &json!(1),
+            &json!("MmapPolicy"),
+            &json!("bad"),
+            &json!("spec.rules[0].match.protAny[0]")
+        )
+    );
+    assert!(
+        problem["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown protection \"PROT_EXCE\"; did you mean \"PROT_EXEC\"?"),
+        "{problem}"
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &json!({"kind": "summary", "ok": false, "files": 2, "policies": 1, "rules": 1, "problems": 1})
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A recording of `mapsentry run --output json --comm python3` on a real kernel while Python
 /// mapped 8 KiB `PROT_READ|PROT_WRITE|PROT_EXEC` (trimmed to 17 events).
 const RECORDING: &str = "cli/tests/fixtures/python-wx.jsonl";

@@ -153,7 +153,7 @@ async fn a_real_wx_mapping_is_exactly_one_alert_and_counted() {
 
     let body = scrape(&metrics).await;
     assert!(
-        body.contains("mapsentry_policy_violations_total{namespace=\"\",pod=\"\",policy=\"host-write-execute\",rule=\"write-and-execute\",action=\"alert\"} 1\n"),
+        body.contains("mapsentry_policy_violations_total{namespace=\"\",pod=\"\",policy=\"host-write-execute\",rule=\"write-and-execute\",action=\"alert\",mode=\"audit\"} 1\n"),
         "{body}"
     );
 

@@ -118,6 +118,27 @@ async fn tail_prints_runs_event_lines_with_cursor_and_node() {
 
     interrupt(&tail);
     assert!(tail.wait().await.unwrap().success());
+
+    // `--since` as a duration: the same lines from retention, by time (`-o` is `--output`).
+    let mut recent = Command::new(BIN)
+        .args(["tail", "--server", &observer, "-o", "json", "--since", "5m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut recent_lines = BufReader::new(recent.stdout.take().unwrap()).lines();
+    let mut replayed = Vec::new();
+    for _ in 0..tailed.len() {
+        let mut line = next_line(&mut recent_lines, "tail --since 5m").await;
+        let object = line.as_object_mut().unwrap();
+        object.remove("cursor");
+        object.remove("node");
+        replayed.push(line);
+    }
+    assert_eq!(replayed, tailed, "tail --since 5m replays what was stored");
+    interrupt(&recent);
+    assert!(recent.wait().await.unwrap().success());
     interrupt(&run);
     let totals = next_line(&mut run_lines, "run totals").await;
     assert_eq!(totals["kind"], "totals");
@@ -130,13 +151,55 @@ async fn tail_prints_runs_event_lines_with_cursor_and_node() {
     assert!(run.wait().await.unwrap().success());
 }
 
+/// `tail` with `args` against `server`: its exit status and stderr.
+async fn tail_status(server: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .args(["tail", "--server", server])
+        .args(args)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("tail returns")
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The exit statuses scripts tell apart (README, "Exit status"): 3 refused as asked, 4
+/// unreachable, 5 this client refused.
 #[tokio::test]
-async fn tail_refuses_a_cursor_outside_retention_with_a_clear_error() {
+async fn tail_exit_status_tells_refused_unreachable_and_unauthenticated_apart() {
     let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = collector.local_addr().unwrap();
     drop(collector);
-    let mut server = Command::new(BIN)
+    let server = format!("http://{addr}");
+
+    // Nothing listens: unreachable, for --stats at once and for a subscription after --timeout.
+    let (code, stderr) = tail_status(&server, &["--stats"]).await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("the collector is unreachable"), "{stderr}");
+    let started = std::time::Instant::now();
+    let (code, stderr) = tail_status(&server, &["--timeout", "2s"]).await;
+    let waited = started.elapsed();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("unreachable (gave up after 2."), "{stderr}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "gave up after {waited:?}"
+    );
+
+    let tokens = tempfile_path("tokens.jsonl");
+    std::fs::write(
+        &tokens,
+        "{\"token\": \"s3cret\", \"namespaces\": [\"*\"]}\n",
+    )
+    .unwrap();
+    let mut server_process = Command::new(BIN)
         .args(["collector", "--plaintext", "--listen", &addr.to_string()])
+        .arg("--tokens")
+        .arg(&tokens)
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -147,28 +210,36 @@ async fn tail_refuses_a_cursor_outside_retention_with_a_clear_error() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A cursor far ahead of anything stored: refused, not waited on.
-    let output = Command::new(BIN)
-        .args([
-            "tail",
-            "--server",
-            &format!("http://{addr}"),
-            "--since",
-            &u64::MAX.to_string(),
-        ])
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(20), output)
-        .await
-        .expect("tail returns")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    // No token: this client is refused.
+    let (code, stderr) = tail_status(&server, &["--stats"]).await;
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("unauthenticated"), "{stderr}");
+    // A cursor far ahead of anything stored: the request is refused, not waited on.
+    let token = tempfile_path("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = token.to_str().unwrap();
+    let (code, stderr) = tail_status(
+        &server,
+        &["--token-file", token, "--since", &u64::MAX.to_string()],
+    )
+    .await;
+    assert_eq!(code, 3, "{stderr}");
     assert!(
-        stderr.contains("refused the subscription") && stderr.contains("ahead of the newest"),
+        stderr.contains("refused the request") && stderr.contains("ahead of the newest"),
         "{stderr}"
     );
-    interrupt(&server);
-    assert!(server.wait().await.unwrap().success());
+    // And a good request with the token still works.
+    let (code, stderr) = tail_status(&server, &["--token-file", token, "--stats"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    interrupt(&server_process);
+    assert!(server_process.wait().await.unwrap().success());
+    let _ = std::fs::remove_file(&tokens);
+    let _ = std::fs::remove_file(token);
+}
+
+/// A file name of this test process under the temporary directory.
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mapsentry-tail-{}-{name}", std::process::id()))
 }
 
 async fn stats(server: &str) -> Value {

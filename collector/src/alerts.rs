@@ -217,6 +217,7 @@ impl Evaluator {
                 policy: m.policy.to_string(),
                 rule: m.rule.to_owned(),
                 action: m.action.as_str().to_owned(),
+                mode: m.mode.as_str().to_owned(),
             });
             let key = (
                 workload.map(|w| w.namespace.clone()),

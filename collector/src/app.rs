@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::{
     Health, Hub, HubConfig, PolicyPublisher, ServerConfig,
     alerts::{self, AlertConfig},
+    export::{ExportConfig, ExportError, Exporter},
     kube_events::{self, EventsConfig, EventsError},
     metrics::{self, Metrics},
     policy::{
@@ -57,6 +58,8 @@ pub struct PoliciesConfig {
     /// `--policy` files and directories.
     pub files: Vec<PathBuf>,
     pub alerts: AlertConfig,
+    /// `--alert-output`, `--alert-webhook` and their filters.
+    pub export: ExportConfig,
 }
 
 /// The collector in a cluster.
@@ -109,6 +112,8 @@ pub enum AppError {
     Events(#[from] EventsError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("serving gRPC")]
     Serve {
         #[source]
@@ -183,6 +188,8 @@ pub struct Alerting {
     pub health: Health,
     evaluation: tokio::task::JoinHandle<()>,
     metrics: Option<Server>,
+    /// The alert export (file, stdout, webhook), when asked for.
+    export: Option<Exporter>,
     /// The policy object watcher and the Events poster, in a cluster.
     kubernetes: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
 }
@@ -227,6 +234,11 @@ impl Alerting {
             .with_publisher(publisher)
             .watch(files::DEFAULT_INTERVAL);
         let counters = Arc::new(Metrics::default());
+        // Before evaluation starts, so that the export sees every alert.
+        let export = Exporter::start(hub, &config.export, counters.export())?;
+        if let Some(export) = &export {
+            status!("alerts exported: {}", export.sinks().join("; "));
+        }
         let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config.alerts);
         let kubernetes = match kubernetes {
             None => None,
@@ -277,6 +289,7 @@ impl Alerting {
             health,
             evaluation,
             metrics,
+            export,
             kubernetes,
         })
     }
@@ -288,6 +301,10 @@ impl Alerting {
             .is_err()
         {
             tracing::warn!("policy evaluation did not stop within 5 s");
+        }
+        if let Some(export) = self.export {
+            // The alerts flushed at shutdown, delivered within the sinks' grace.
+            export.stop().await;
         }
         if let Some((crds, events)) = self.kubernetes {
             crds.abort();

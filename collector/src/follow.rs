@@ -17,12 +17,47 @@ use tonic::{Code, Request, Status, Streaming, transport::Channel};
 pub enum FollowError {
     #[error("collector URL {url:?} is not valid: {reason}")]
     Url { url: String, reason: String },
-    #[error("the collector refused the subscription: {}: {}", status.code(), status.message())]
+    /// The collector answered and refused the request as asked (a bad filter, a cursor outside
+    /// retention, too many subscribers): asking again the same way will not help.
+    #[error("the collector refused the request: {}: {}", status.code(), status.message())]
     Refused { status: Status },
+    /// The collector refused this client (authentication, authorization, certificates).
     #[error("the collector refused this client: {reason}")]
     Denied { reason: String },
+    /// No answer: the collector could not be reached (within `waited`, when a timeout was set).
+    #[error("the collector is unreachable{}: {reason}", waited.map(|w| format!(" (gave up after {:.1} s)", w.as_secs_f64())).unwrap_or_default())]
+    Unreachable {
+        reason: String,
+        waited: Option<Duration>,
+    },
     #[error(transparent)]
     Client(#[from] ClientError),
+}
+
+/// What kind of failure a [`FollowError`] is, for callers that tell them apart (`tail`'s exit
+/// status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The request was refused as asked.
+    Refused,
+    /// The client was refused (authentication, authorization, certificates).
+    Unauthenticated,
+    /// The collector could not be reached.
+    Unreachable,
+    /// The client's own configuration (URL, TLS files).
+    Usage,
+}
+
+impl FollowError {
+    #[must_use]
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Refused { .. } => Failure::Refused,
+            Self::Denied { .. } => Failure::Unauthenticated,
+            Self::Unreachable { .. } => Failure::Unreachable,
+            Self::Url { .. } | Self::Client(_) => Failure::Usage,
+        }
+    }
 }
 
 /// What a follower got next.
@@ -59,6 +94,12 @@ pub struct Follower {
     delays: backon::ExponentialBackoff,
     /// Failures since the last item received.
     failures: u32,
+    /// Give up when no subscription could be made for this long (None: never).
+    timeout: Option<Duration>,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
+    /// Why the last attempt failed.
+    last_failure: String,
 }
 
 impl Follower {
@@ -99,7 +140,18 @@ impl Follower {
             backoff: reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5)),
             delays: reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5)).build(),
             failures: 0,
+            timeout: None,
+            failing_since: None,
+            last_failure: String::new(),
         })
+    }
+
+    /// Give up with [`FollowError::Unreachable`] when the collector cannot be reached for
+    /// `timeout`: at the first subscription, after each disconnection, and for [`Self::stats`].
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Change the reconnect delays (exponential from `min` to `max`).
@@ -122,11 +174,29 @@ impl Follower {
         if let Some(token) = &self.token {
             token.apply(&mut request);
         }
-        match self.client.stats(request).await {
+        let answer = match self.timeout {
+            None => self.client.stats(request).await,
+            Some(timeout) => {
+                match tokio::time::timeout(timeout, self.client.stats(request)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(FollowError::Unreachable {
+                            reason: "no answer".into(),
+                            waited: Some(timeout),
+                        });
+                    }
+                }
+            }
+        };
+        match answer {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(match client::refusal(&status) {
                 Some(reason) => FollowError::Denied { reason },
-                None => FollowError::Refused { status },
+                None if is_refusal(&status) => FollowError::Refused { status },
+                None => FollowError::Unreachable {
+                    reason: format!("{}: {}", status.code(), status.message()),
+                    waited: None,
+                },
             }),
         }
     }
@@ -135,15 +205,45 @@ impl Follower {
     /// stream is `Disconnected` and the next call resubscribes.
     pub async fn next(&mut self) -> Result<Followed, FollowError> {
         if self.stream.is_none() {
-            sleep_until(self.retry_at).await;
+            // With a timeout, the last attempt is made at its end.
+            let deadline = self
+                .timeout
+                .zip(self.failing_since)
+                .map(|(timeout, since)| since + timeout);
+            if let (Some(deadline), Some(since)) = (deadline, self.failing_since)
+                && Instant::now() >= deadline
+            {
+                return Err(FollowError::Unreachable {
+                    reason: self.last_failure.clone(),
+                    waited: Some(since.elapsed()),
+                });
+            }
+            sleep_until(deadline.map_or(self.retry_at, |d| d.min(self.retry_at))).await;
             let mut request = Request::new(SubscribeRequest {
                 since: self.last_cursor,
+                // A time resolves to a cursor once; resubscriptions resume from the cursor.
+                since_unix_ns: if self.last_cursor.is_some() {
+                    None
+                } else {
+                    self.request.since_unix_ns
+                },
                 ..self.request.clone()
             });
             if let Some(token) = &self.token {
                 token.apply(&mut request);
             }
-            match self.client.subscribe(request).await {
+            let subscribed = match self.timeout {
+                None => self.client.subscribe(request).await,
+                Some(timeout) => {
+                    let left = deadline
+                        .map_or(timeout, |d| d.saturating_duration_since(Instant::now()))
+                        .max(Duration::from_millis(100));
+                    tokio::time::timeout(left, self.client.subscribe(request))
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer")))
+                }
+            };
+            match subscribed {
                 Ok(response) => self.stream = Some(response.into_inner()),
                 Err(status) if client::refusal(&status).is_some() => {
                     return Err(FollowError::Denied {
@@ -176,6 +276,7 @@ impl Follower {
             self.failures = 0;
             self.delays = self.backoff.build();
         }
+        self.failing_since = None;
         Ok(match item {
             Some(subscribe_response::Item::Event(record)) => {
                 self.last_cursor = Some(record.cursor);
@@ -187,10 +288,13 @@ impl Follower {
                 Followed::AgentRestart(restart)
             }
             Some(subscribe_response::Item::Started(started)) => {
-                // A live subscription resumes from where it started, not from "now" again.
-                self.last_cursor = self
-                    .last_cursor
-                    .or(Some(started.next_cursor.saturating_sub(1)));
+                // A live subscription resumes from where it started, not from "now" again (one
+                // from a time resumes from that time until its first record arrives).
+                if self.request.since_unix_ns.is_none() {
+                    self.last_cursor = self
+                        .last_cursor
+                        .or(Some(started.next_cursor.saturating_sub(1)));
+                }
                 Followed::Started(started)
             }
             None => Followed::Disconnected {
@@ -203,10 +307,13 @@ impl Follower {
     fn disconnected(&mut self, status: &Status) -> Followed {
         self.stream = None;
         self.failures += 1;
+        let now = Instant::now();
+        self.failing_since.get_or_insert(now);
         let retry_in = self.delays.next().unwrap_or(Duration::ZERO);
-        self.retry_at = Instant::now() + retry_in;
+        self.retry_at = now + retry_in;
+        self.last_failure = format!("{}: {}", status.code(), status.message());
         Followed::Disconnected {
-            reason: format!("{}: {}", status.code(), status.message()),
+            reason: self.last_failure.clone(),
             retry_in,
         }
     }

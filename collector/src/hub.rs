@@ -18,6 +18,7 @@ use std::{
 
 use mapsentry_policy::AlertLine;
 use mapsentry_proto::v1::{self, LossReason};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
@@ -101,6 +102,14 @@ pub struct Hub {
     alerts: AtomicU64,
     /// Subscriptions refused because the collector served its maximum.
     refused_subscribers: AtomicU64,
+    /// Seconds from a batch's arrival to its records offered to subscribers and evaluation
+    /// (observed by ingest).
+    ingest_latency: Histogram,
+}
+
+/// Buckets of [`Hub::ingest_latency`]: 50 µs to ~1.6 s, doubling.
+fn ingest_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,6 +155,7 @@ impl Hub {
             tap_dropped: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
             refused_subscribers: AtomicU64::new(0),
+            ingest_latency: ingest_latency_histogram(),
             config,
         }
     }
@@ -186,6 +196,13 @@ impl Hub {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// Seconds from an agent batch's arrival to its records offered to subscribers and
+    /// evaluation: ingest observes it, `/metrics` exposes it.
+    #[must_use]
+    pub fn ingest_latency(&self) -> &Histogram {
+        &self.ingest_latency
     }
 
     /// Stop: live subscriptions end after draining their queues (once no [`SubscriberHold`] is
@@ -337,6 +354,17 @@ impl Hub {
             }
         }
         Stored::New { first, count }
+    }
+
+    /// The `since` cursor that starts a subscription at the first retained event at or after
+    /// `time_ns` ([`Window::first_at_or_after`]); None (live only) when no event is that new.
+    #[must_use]
+    pub fn since_time(&self, time_ns: u64) -> Option<u64> {
+        let state = self.lock();
+        let first = state.window.first_at_or_after(time_ns)?;
+        // `since` names the cursor before the first one wanted; the first of this run has none
+        // before it in the window, and subscribe starts there for any older cursor.
+        Some(first.saturating_sub(1))
     }
 
     /// Start a subscription: a `Started` item, then the retained records after `since` (if

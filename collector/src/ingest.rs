@@ -1,7 +1,7 @@
 //! `AgentService`: one bidirectional stream per agent. Hello first, then batches (validated,
 //! deduplicated, stored, then acked) and loss reports.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use mapsentry_proto::{
     convert,
@@ -145,6 +145,7 @@ impl Ingest {
     ) -> Result<Option<u64>, IngestError> {
         match message.msg {
             Some(agent_message::Msg::Batch(batch)) => {
+                let arrived = Instant::now();
                 if batch.seq == 0 {
                     return Err(IngestError::ZeroSeq);
                 }
@@ -171,6 +172,9 @@ impl Ingest {
                         reason: mapsentry_service::error::chain(&e),
                     })?;
                 if let Stored::New { first, count } = stored {
+                    self.hub
+                        .ingest_latency()
+                        .observe(arrived.elapsed().as_secs_f64());
                     tracing::trace!(seq = batch.seq, first, count, "stored");
                 }
                 Ok(Some(batch.seq))

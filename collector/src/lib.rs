@@ -6,12 +6,14 @@
 //! evaluates stored calls against the policies (`policy`: files, the policy objects in a
 //! cluster, the store, the sets published to agents) and publishes alert updates, counted in
 //! `metrics`; in a cluster `kube_events` posts an Event on the offending pod for each alert
-//! series. `app` is the role put together: [`run`] is the whole of `mapsentry collector`.
+//! series, and `export` writes alerts to a JSON lines file or stdout and POSTs them to a
+//! webhook. `app` is the role put together: [`run`] is the whole of `mapsentry collector`.
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod export;
 pub mod fanout;
 pub mod filter;
 pub mod follow;

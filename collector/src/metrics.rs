@@ -1,7 +1,9 @@
 //! Prometheus metrics of a collector (prometheus-client), served on `/metrics` with `/healthz`
 //! and `/readyz` by [`serve`] (the shared endpoint, [`mapsentry_service::http`]).
 //!
-//! `mapsentry_policy_violations_total{namespace,pod,policy,rule,action}` counts matching calls.
+//! `mapsentry_policy_violations_total{namespace,pod,policy,rule,action,mode}` counts matching
+//! calls: `action` is the rule's, `mode` whether it was carried out (`enforce`) or only reported
+//! (`audit`).
 //! Its label sets are bounded: beyond `max_series` distinct sets, calls are counted in one series
 //! whose labels are all `other`, and each such call also in
 //! `mapsentry_policy_violation_series_overflow_total`. The hub's counters (per-node stats,
@@ -23,7 +25,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{health::Health, hub::Hub};
+use crate::{export::ExportMetrics, health::Health, hub::Hub};
 
 /// Default bound on violation label sets.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
@@ -37,7 +39,10 @@ pub struct ViolationLabels {
     pub pod: String,
     pub policy: String,
     pub rule: String,
+    /// The rule's action (`alert`, `kill`, `deny`).
     pub action: String,
+    /// `enforce` (carried out) or `audit` (reported only).
+    pub mode: String,
 }
 
 impl ViolationLabels {
@@ -48,6 +53,7 @@ impl ViolationLabels {
             policy: OTHER.into(),
             rule: OTHER.into(),
             action: OTHER.into(),
+            mode: OTHER.into(),
         }
     }
 }
@@ -60,6 +66,7 @@ impl EncodeLabelSet for ViolationLabels {
             ("policy", self.policy.as_str().into()),
             ("rule", self.rule.as_str().into()),
             ("action", self.action.as_str().into()),
+            ("mode", self.mode.as_str().into()),
         ]
         .encode(encoder)
     }
@@ -81,6 +88,7 @@ pub struct Metrics {
     kube_events_suppressed: Counter,
     alerts_deferred: Counter,
     alerts_superseded: Counter,
+    export: ExportMetrics,
 }
 
 impl Default for Metrics {
@@ -136,6 +144,8 @@ impl Metrics {
             "mapsentry_policy_violation_series_overflow_total",
             "Violations counted in the `other` series because the label sets were at their bound.",
         );
+        let export = ExportMetrics::default();
+        export.register(&mut registry);
         let violations = Family::<ViolationLabels, Counter>::default();
         registry.register(
             "mapsentry_policy_violations",
@@ -155,7 +165,14 @@ impl Metrics {
             kube_events_suppressed,
             alerts_deferred,
             alerts_superseded,
+            export,
         }
+    }
+
+    /// The alert export's counters.
+    #[must_use]
+    pub fn export(&self) -> &ExportMetrics {
+        &self.export
     }
 
     /// Count one call matching a rule.
@@ -280,7 +297,18 @@ impl Metrics {
                 "Live subscribers.",
                 totals.subscribers,
             );
-        glue::encode(&[&scrape.into_registry(), &self.registry])
+        let mut latency = Registry::default();
+        latency.register(
+            "mapsentry_collector_ingest_publish_seconds",
+            "Time from an agent batch's arrival to its events offered to subscribers and evaluation (validation and the retention log write included)",
+            hub.ingest_latency().clone(),
+        );
+        glue::encode(&[
+            &scrape.into_registry(),
+            &self.registry,
+            &latency,
+            &glue::standard("collector"),
+        ])
     }
 }
 

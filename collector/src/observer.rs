@@ -148,7 +148,16 @@ impl observer_server::Observer for Observer {
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .within(scope)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
-        let subscription = self.hub.subscribe(filter, request.since)?;
+        let since = match (request.since, request.since_unix_ns) {
+            (Some(_), Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "since and since_unix_ns: give a cursor or a time, not both",
+                ));
+            }
+            (None, Some(time_ns)) => self.hub.since_time(time_ns),
+            (since, None) => since,
+        };
+        let subscription = self.hub.subscribe(filter, since)?;
         Ok(Response::new(ResponseStream(subscription, slot)))
     }
 

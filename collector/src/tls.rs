@@ -115,7 +115,7 @@ fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn pem_all<T: PemObject>(flag: &'static str, path: &Path) -> Result<Vec<T>, TlsError> {
+pub(crate) fn pem_all<T: PemObject>(flag: &'static str, path: &Path) -> Result<Vec<T>, TlsError> {
     let bytes = read(flag, path)?;
     let items = T::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()

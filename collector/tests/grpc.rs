@@ -378,6 +378,7 @@ async fn filters_narrow_the_stream_on_the_server() {
             SubscribeRequest {
                 filter: Some(filter),
                 since: Some(0),
+                since_unix_ns: None,
                 kinds: vec![],
             },
         )
@@ -529,6 +530,35 @@ async fn bad_subscriptions_get_a_clear_status_not_a_hang() {
         panic!("an event")
     };
     assert_eq!(record.cursor, 16);
+
+    // By time (`tail --since 10m`): event pid N happened at N µs and is stored under cursor N+1.
+    for (time_ns, first) in [(20_000, Some(21)), (1, Some(16)), (u64::MAX, None)] {
+        let mut stream = subscribe(
+            collector.channel().await,
+            SubscribeRequest {
+                since_unix_ns: Some(time_ns),
+                ..Default::default()
+            },
+        )
+        .await;
+        let next = tokio::time::timeout(Duration::from_millis(300), next_item(&mut stream)).await;
+        match (first, next) {
+            (Some(first), Ok(Item::Event(record))) => {
+                assert_eq!(record.cursor, first, "since_unix_ns {time_ns}");
+            }
+            (None, Err(_)) => {}
+            (first, next) => panic!("since_unix_ns {time_ns}: expected {first:?}, got {next:?}"),
+        }
+    }
+    let status = observer
+        .subscribe(SubscribeRequest {
+            since: Some(16),
+            since_unix_ns: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     collector.stop().await;
 }
 

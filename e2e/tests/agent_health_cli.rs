@@ -50,7 +50,7 @@ fn an_agent_without_its_api_server_is_live_but_not_ready_until_the_pods_are_list
     assert_eq!(http_get(endpoint, "/healthz"), (200, "ok\n".to_owned()));
     let metrics = eventually("watch errors counted", Duration::from_secs(30), || {
         let (_, body) = http_get(endpoint, "/metrics");
-        (metric(&body, "mapsentry_agent_pod_watch_errors")? > 0).then_some(body)
+        (metric(&body, "mapsentry_agent_pod_watch_errors_total")? > 0).then_some(body)
     });
     assert_eq!(
         metric(&metrics, "mapsentry_agent_pod_cache_synced"),

@@ -586,9 +586,15 @@ fn scenario(plane: &ControlPlane) {
     }
 
     // Metrics: the violations of each pod.
+    // Both rules Kill; the Audit namespace's match was only reported (mode="audit").
     let violations = |namespace: &str| {
+        let mode = if namespace == AUDIT_NS {
+            "audit"
+        } else {
+            "enforce"
+        };
         let series = format!(
-            "mapsentry_policy_violations_total{{namespace=\"{namespace}\",pod=\"{POD}\",policy=\"{namespace}/{POLICY}\",rule=\"{RULE}\",action=\"kill\"}}"
+            "mapsentry_policy_violations_total{{namespace=\"{namespace}\",pod=\"{POD}\",policy=\"{namespace}/{POLICY}\",rule=\"{RULE}\",action=\"kill\",mode=\"{mode}\"}}"
         );
         metric(&http_get(metrics_addr, "/metrics"), &series)
     };

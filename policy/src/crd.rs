@@ -51,7 +51,9 @@ pub struct MmapPolicySpec {
     /// or `Kill`. Never a silent downgrade to audit.
     #[serde(default, skip_serializing_if = "DenyFallback::is_default")]
     pub deny_fallback: DenyFallback,
-    /// The rules; each call is checked against every rule.
+    /// The rules; each call is checked against every rule. Rule names are unique (a list map
+    /// keyed by `name`: the API server refuses a second rule of the same name).
+    #[schemars(transform = rules_by_name)]
     pub rules: Vec<Rule>,
 }
 
@@ -96,7 +98,9 @@ pub struct ClusterMmapPolicySpec {
     /// or `Kill`. Never a silent downgrade to audit.
     #[serde(default, skip_serializing_if = "DenyFallback::is_default")]
     pub deny_fallback: DenyFallback,
-    /// The rules; each call is checked against every rule.
+    /// The rules; each call is checked against every rule. Rule names are unique (a list map
+    /// keyed by `name`: the API server refuses a second rule of the same name).
+    #[schemars(transform = rules_by_name)]
     pub rules: Vec<Rule>,
 }
 
@@ -199,6 +203,7 @@ impl fmt::Display for Action {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
     /// Unique within the policy; appears in alerts.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Conditions on the call; every condition given must hold (an absent one always holds).
     #[serde(rename = "match")]
@@ -218,16 +223,20 @@ pub struct Rule {
 pub struct MatchSpec {
     /// `prot` has every one of these bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = prot_names)]
     pub prot_all: Vec<String>,
     /// `prot` has at least one of these bits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = prot_names)]
     pub prot_any: Vec<String>,
     /// `flags` has every one of these (`MAP_ANONYMOUS`, `MAP_HUGETLB`, ...; a mapping type such
     /// as `MAP_SHARED` or `MAP_PRIVATE` must be the call's type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = flag_names)]
     pub flags_all: Vec<String>,
     /// `flags` has at least one of these bits, or the call's type is one of the types listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = flag_names)]
     pub flags_any: Vec<String>,
     /// Anonymous (`MAP_ANONYMOUS`) or file-backed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -301,6 +310,49 @@ impl ByteSize {
             .checked_mul(unit)
             .ok_or_else(|| format!("size {text:?} is more than 2^64 bytes"))
     }
+}
+
+/// The names a `prot` list may hold, as an enum of its items: the API server refuses any other
+/// (`PROT_EXCE`) at admission. (`PROT_NONE` is no bit, so it cannot be matched.)
+fn prot_names(schema: &mut schemars::Schema) {
+    let names = crate::names::PROT_NAMES.iter().map(|(name, _)| *name);
+    enum_items(schema, names);
+}
+
+/// The names a `flags` list may hold: the mapping types and the flag bits of mmap(2).
+fn flag_names(schema: &mut schemars::Schema) {
+    let names = crate::names::MAP_TYPES
+        .iter()
+        .chain(crate::names::MAP_FLAG_NAMES)
+        .map(|(name, _)| *name);
+    enum_items(schema, names);
+}
+
+/// The fields whose item enums [`crate::load`] leaves to [`crate::compile`], which names the bits
+/// with better help (`PROT_NONE is not a bit`, `write MAP_ANONYMOUS`).
+pub(crate) const NAMED_BIT_FIELDS: &[&str] = &["protAll", "protAny", "flagsAll", "flagsAny"];
+
+fn enum_items<'a>(schema: &mut schemars::Schema, names: impl Iterator<Item = &'a str>) {
+    let names: Vec<serde_json::Value> = names.map(Into::into).collect();
+    if let Some(items) = schema
+        .get_mut("items")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        items.insert("enum".into(), names.into());
+    }
+}
+
+/// A list of rules is a map keyed by the rule's name, so the API server refuses two rules of one
+/// name at admission (and server-side apply merges rules by name).
+fn rules_by_name(schema: &mut schemars::Schema) {
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), vec!["name"].into());
+}
+
+/// Conditions are a map keyed by their `type`, as Kubernetes conditions are.
+fn conditions_by_type(schema: &mut schemars::Schema) {
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), vec!["type"].into());
 }
 
 fn byte_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -405,6 +457,7 @@ pub struct PolicyStatus {
     /// and for `Enforce` policies `KernelEnforced` (False when some rules are only alerted on,
     /// see `refusedRules`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(transform = conditions_by_type)]
     pub conditions: Vec<StatusCondition>,
     /// Why the observed generation was rejected: one entry per problem.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

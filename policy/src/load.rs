@@ -22,6 +22,18 @@ use crate::{
     schema_check::{self, describe},
 };
 
+/// The extensions of the files a policy directory contributes (`--policy DIR`, `policy check DIR`):
+/// YAML, and JSON (which is YAML too). A file named directly is read whatever its name.
+pub const POLICY_FILE_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
+
+/// Whether a file found in a policy directory is read as policies.
+#[must_use]
+pub fn is_policy_file(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| POLICY_FILE_EXTENSIONS.contains(&e))
+}
+
 /// A document that loaded: where it was, what it says, and its compiled form.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -126,15 +138,35 @@ static MMAP_POLICY_SCHEMA: LazyLock<JSONSchemaProps> =
 static CLUSTER_MMAP_POLICY_SCHEMA: LazyLock<JSONSchemaProps> =
     LazyLock::new(|| schema_of(&ClusterMmapPolicy::crd()));
 
+/// The CRD's schema as the loader checks it: the API server's, except that the names of `prot`
+/// and `flags` bits are left to [`crate::compile`], which says more than "not in the enum".
 fn schema_of(
     crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> JSONSchemaProps {
-    crd.spec
+    let mut schema = crd
+        .spec
         .versions
         .first()
         .and_then(|v| v.schema.as_ref())
         .and_then(|s| s.open_api_v3_schema.clone())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    leave_bit_names_to_compile(&mut schema);
+    schema
+}
+
+fn leave_bit_names_to_compile(schema: &mut JSONSchemaProps) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = &mut schema.items {
+        leave_bit_names_to_compile(items);
+    }
+    for (name, property) in schema.properties.iter_mut().flatten() {
+        if crate::crd::NAMED_BIT_FIELDS.contains(&name.as_str())
+            && let Some(JSONSchemaPropsOrArray::Schema(items)) = &mut property.items
+        {
+            items.enum_ = None;
+        }
+        leave_bit_names_to_compile(property);
+    }
 }
 
 const KINDS: [&str; 2] = ["MmapPolicy", "ClusterMmapPolicy"];

@@ -202,5 +202,8 @@ impl Collector for Scrape {
     }
 }
 
+mod process;
+pub use process::{ProcessStats, standard};
+
 #[cfg(test)]
 mod tests;

@@ -71,24 +71,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Layout => {
-            match workspace_root().and_then(|root| layout::check(&root)) {
-                Ok(problems) if problems.is_empty() => {
-                    println!("xtask layout: agent and collector apart, the binary thin");
-                    ExitCode::SUCCESS
-                }
-                Ok(problems) => {
-                    for problem in problems {
-                        println!("xtask layout: {problem}");
-                    }
-                    ExitCode::FAILURE
-                }
-                Err(error) => {
-                    eprintln!("xtask layout: error: {error:#}");
-                    ExitCode::from(2)
-                }
+        Command::Layout => match workspace_root().and_then(|root| layout::check(&root)) {
+            Ok(problems) if problems.is_empty() => {
+                println!("xtask layout: agent and collector apart, the binary thin");
+                ExitCode::SUCCESS
             }
-        }
+            Ok(problems) => {
+                for problem in problems {
+                    println!("xtask layout: {problem}");
+                }
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("xtask layout: error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::BuildStatic => match workspace_root().and_then(|root| binaries::build(&root)) {
             Ok(built) => {
                 let mapsentry = built

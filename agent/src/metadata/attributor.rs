@@ -70,14 +70,23 @@ impl Kubernetes {
     }
 }
 
-/// `mapsentry_enrichment_missing_total`: events emitted without their pod (or cgroup).
+/// `mapsentry_enrichment_missing_total`: events emitted without their pod (or cgroup); and
+/// `mapsentry_enrichment_container_unknown_total`: events emitted with their pod but without
+/// their container.
 #[derive(Debug, Clone, Default)]
-pub struct MissingCounter(Arc<AtomicU64>);
+pub struct MissingCounter(Arc<[AtomicU64; 2]>);
 
 impl MissingCounter {
+    /// Events emitted without their pod (or cgroup).
     #[must_use]
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0[0].load(Ordering::Relaxed)
+    }
+
+    /// Events emitted with their pod but without their container.
+    #[must_use]
+    pub fn container_unknown(&self) -> u64 {
+        self.0[1].load(Ordering::Relaxed)
     }
 }
 
@@ -206,9 +215,9 @@ impl Attributor {
             event.attribution = Some(attribution);
             event
         }));
-        self.missing
-            .0
-            .store(self.enricher.stats().missing, Ordering::Relaxed);
+        let stats = self.enricher.stats();
+        self.missing.0[0].store(stats.missing, Ordering::Relaxed);
+        self.missing.0[1].store(stats.container_unknown, Ordering::Relaxed);
     }
 }
 

@@ -1,7 +1,13 @@
 //! Attach an [`Attribution`] to each event: cgroup id -> cgroup path -> pod UID and container id
-//! -> pod. Events whose pod (or container, or cgroup) is not known yet are held, bounded in count
-//! and time, and retried as metadata arrives; one that never resolves is emitted unresolved and
-//! counted (`mapsentry_enrichment_missing_total`). No event waits longer than the hold bound.
+//! -> pod. An event whose pod is not known yet (a pod the API server has not published to this
+//! node's watch, a watch catching up) is held, bounded in count and time ([`EnrichConfig`],
+//! 10 s by default), and retried as metadata arrives; one whose pod never comes is emitted
+//! unresolved and counted (`mapsentry_enrichment_missing_total`). Once the pod is known, its
+//! events get the pod at once, or after a short wait for the container: the kubelet reports a
+//! container's runtime id (init and ephemeral containers too) a moment after it starts, so an
+//! event of a container not yet in the pod's status waits at most `container_hold_for` and is
+//! then emitted with the pod and without the container (counted in
+//! `mapsentry_enrichment_container_unknown_total`). No event waits longer than its bound.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -13,16 +19,24 @@ use mapsentry_policy::{Attribution, K8sMeta, MmapEvent};
 
 use super::{cgroup_index::CgroupIndex, cgroup_path::CgroupOwner, pods::PodCache};
 
-/// Default longest hold of an unresolved event.
-pub const DEFAULT_HOLD_FOR: Duration = Duration::from_secs(2);
+/// Default longest hold of an event whose pod is not known.
+pub const DEFAULT_HOLD_FOR: Duration = Duration::from_secs(10);
+/// Default longest hold of an event whose pod is known but not its container.
+pub const DEFAULT_CONTAINER_HOLD_FOR: Duration = Duration::from_secs(1);
 /// Default most events held at once.
-pub const DEFAULT_HOLD_MAX: usize = 4096;
+pub const DEFAULT_HOLD_MAX: usize = 16_384;
+/// How often held events are retried while nothing else wakes the loop: a pod that arrives on a
+/// quiet node attributes its held events within this.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy)]
 pub struct EnrichConfig {
-    /// Longest time an unresolved event is held.
+    /// Longest time an event whose pod is not known is held.
     pub hold_for: Duration,
-    /// Most events held at once; past it the oldest is emitted unresolved.
+    /// Longest time an event whose pod is known, but not its container, is held (never longer
+    /// than `hold_for`).
+    pub container_hold_for: Duration,
+    /// Most events held at once; past it the oldest is emitted as it stands.
     pub hold_max: usize,
 }
 
@@ -30,6 +44,7 @@ impl Default for EnrichConfig {
     fn default() -> Self {
         Self {
             hold_for: DEFAULT_HOLD_FOR,
+            container_hold_for: DEFAULT_CONTAINER_HOLD_FOR,
             hold_max: DEFAULT_HOLD_MAX,
         }
     }
@@ -44,6 +59,9 @@ pub struct EnrichStats {
     pub held_total: u64,
     /// Events emitted with their pod (or cgroup) unresolved: `mapsentry_enrichment_missing_total`.
     pub missing: u64,
+    /// Events emitted with their pod but without their container (not in the pod's status
+    /// within the container hold): `mapsentry_enrichment_container_unknown_total`.
+    pub container_unknown: u64,
     /// Held events emitted early because the hold was full.
     pub evicted: u64,
 }
@@ -61,6 +79,8 @@ pub struct Enricher {
     pods: Option<PodCache>,
     config: EnrichConfig,
     held: VecDeque<(Instant, MmapEvent)>,
+    /// When the held events were last retried.
+    polled: Option<Instant>,
     stats: EnrichStats,
     /// cgroup id -> complete attribution, valid while the pod cache's generation is the one
     /// stored. (cgroup ids are 64-bit kernfs ids, not reused, so a path never changes under one.)
@@ -70,6 +90,9 @@ pub struct Enricher {
 /// What one attempt to attribute gave.
 enum Outcome {
     Done(Attribution),
+    /// The pod is known, its container not yet: the pod-level attribution to emit when the
+    /// container hold runs out.
+    PodOnly(Attribution),
     /// Not complete yet; what to emit if it stays so.
     Wait(Attribution),
 }
@@ -82,6 +105,7 @@ impl Enricher {
             pods,
             config,
             held: VecDeque::new(),
+            polled: None,
             stats: EnrichStats::default(),
             memo: HashMap::new(),
         }
@@ -106,7 +130,7 @@ impl Enricher {
                     .insert(cgroup_id, (generation, Arc::clone(&attribution)));
                 Some(attribution)
             }
-            Outcome::Wait(_) => None,
+            Outcome::PodOnly(_) | Outcome::Wait(_) => None,
         }
     }
 
@@ -132,25 +156,42 @@ impl Enricher {
                     let attribution = self.attribute_final(&oldest);
                     out.push((oldest, attribution));
                 }
-                self.stats.held_total += 1;
-                self.held.push_back((now, event));
+                if self.config.container_hold_for.is_zero()
+                    && let Outcome::PodOnly(pod) = self.attribute(event.cgroup_id, false)
+                {
+                    self.stats.container_unknown += 1;
+                    out.push((event, Arc::new(pod)));
+                } else {
+                    self.stats.held_total += 1;
+                    self.held.push_back((now, event));
+                }
             }
         }
         self.stats.held = self.held.len();
     }
 
-    /// Retry the held events: emit those now resolved and those held past the bound.
+    /// Retry the held events: emit those now resolved, those whose pod is known and whose
+    /// container hold ran out (with the pod), and those held past the bound.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Enriched>) {
+        self.polled = Some(now);
         let mut keep = VecDeque::with_capacity(self.held.len());
         while let Some((since, event)) = self.held.pop_front() {
-            if now.duration_since(since) >= self.config.hold_for {
+            let waited = now.duration_since(since);
+            if waited >= self.config.hold_for {
                 let attribution = self.attribute_final(&event);
                 out.push((event, attribution));
                 continue;
             }
-            match self.attribution(event.cgroup_id) {
-                Some(attribution) => out.push((event, attribution)),
-                None => keep.push_back((since, event)),
+            if let Some(attribution) = self.attribution(event.cgroup_id) {
+                out.push((event, attribution));
+                continue;
+            }
+            match self.attribute(event.cgroup_id, false) {
+                Outcome::PodOnly(pod) if waited >= self.config.container_hold_for => {
+                    self.stats.container_unknown += 1;
+                    out.push((event, Arc::new(pod)));
+                }
+                _ => keep.push_back((since, event)),
             }
         }
         self.held = keep;
@@ -166,12 +207,15 @@ impl Enricher {
         self.stats.held = 0;
     }
 
-    /// When the oldest held event's bound runs out, if any is held.
+    /// When the held events must be looked at again, if any is held: the oldest one's bound, or
+    /// a retry (every [`RETRY_INTERVAL`]: a pod, or a container's id, may have arrived; the
+    /// container hold is checked then too).
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.held
-            .front()
-            .map(|(since, _)| *since + self.config.hold_for)
+        let (since, _) = self.held.front()?;
+        let bound = *since + self.config.hold_for;
+        let retry = self.polled.map_or(*since, |at| at.max(*since)) + RETRY_INTERVAL;
+        Some(bound.min(retry))
     }
 
     #[must_use]
@@ -183,6 +227,10 @@ impl Enricher {
     fn attribute_final(&mut self, event: &MmapEvent) -> Arc<Attribution> {
         let attribution = match self.attribute(event.cgroup_id, true) {
             Outcome::Done(a) | Outcome::Wait(a) => a,
+            Outcome::PodOnly(a) => {
+                self.stats.container_unknown += 1;
+                a
+            }
         };
         if !attribution.resolved() {
             self.stats.missing += 1;
@@ -227,7 +275,7 @@ impl Enricher {
         match pods.lookup(pod_uid, container_id) {
             // The kubelet reports a container's id a moment after it starts: wait for it.
             Some(hit) if hit.container.is_none() && container_id.is_some() => {
-                Outcome::Wait(Attribution::Pod(hit.to_meta(container_id)))
+                Outcome::PodOnly(Attribution::Pod(hit.to_meta(container_id)))
             }
             Some(hit) => Outcome::Done(Attribution::Pod(hit.to_meta(container_id))),
             None => Outcome::Wait(unresolved()),

@@ -48,6 +48,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub security: ClientSecurity,
     pub capture: CaptureConfig,
+    /// How long events wait for their pod and container.
+    pub enrich: EnrichConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let kubernetes = Kubernetes::from_flags(config.kubeconfig.clone(), config.node.as_deref())
         .map_err(|source| NodeError::Attribution { source })?;
-    let mut attributor = Attributor::start(&kubernetes, EnrichConfig::default())
+    let mut attributor = Attributor::start(&kubernetes, config.enrich)
         .await
         .map_err(|source| NodeError::Attribution { source })?;
     let mut capture =

@@ -225,6 +225,11 @@ impl AgentStatus {
                 self.missing.get().map_or(0, MissingCounter::get),
             )
             .counter(
+                "mapsentry_enrichment_container_unknown_total",
+                "Events emitted with their pod but without their container (not in the pod's status within 1 s).",
+                self.missing.get().map_or(0, MissingCounter::container_unknown),
+            )
+            .counter(
                 "mapsentry_agent_kernel_seen_total",
                 "mmap-family calls that entered the kernel while attached (the agent's own excluded).",
                 s.kernel.seen,
@@ -326,9 +331,9 @@ impl AgentStatus {
                     "Deleted pods kept for late events.",
                     stats.tombstones as u64,
                 )
-                .gauge(
-                    "mapsentry_agent_pod_watch_errors",
-                    "Pod watch or list errors so far (the API server away, ...).",
+                .counter(
+                    "mapsentry_agent_pod_watch_errors_total",
+                    "Pod watch or list errors (the API server away, ...).",
                     stats.errors,
                 );
         }
@@ -391,7 +396,7 @@ impl AgentStatus {
                 )],
             );
         }
-        metrics::encode(&[&scrape.into_registry()])
+        metrics::encode(&[&scrape.into_registry(), &metrics::standard("agent")])
     }
 }
 

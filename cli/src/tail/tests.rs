@@ -204,3 +204,28 @@ fn an_agent_restart_is_a_line_with_its_gap() {
         "no start time, no gap length: {line}"
     );
 }
+
+#[test]
+fn since_is_a_cursor_or_a_duration_ago() {
+    let request = parse(&["--since", "42"]).unwrap();
+    assert_eq!((request.since, request.since_unix_ns), (Some(42), None));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let request = parse(&["--since", "10m", "-o", "json"]).unwrap();
+    let at = request.since_unix_ns.expect("a time");
+    assert_eq!(request.since, None);
+    let ago = before.saturating_sub(at);
+    assert!(
+        (599_000_000_000..=601_000_000_000).contains(&ago),
+        "10 minutes ago: {ago} ns"
+    );
+    let error = parse(&["--since", "yesterday"]).unwrap_err().to_string();
+    assert!(
+        error.contains("not a duration") && error.contains("cursor"),
+        "{error}"
+    );
+    let error = parse(&["--timeout", "5"]).unwrap_err().to_string();
+    assert!(error.contains("not a duration"), "{error}");
+}

@@ -96,7 +96,7 @@ async fn a_storm_of_wx_calls_is_one_alert_and_counted_per_call() {
     ));
     let (_, body) = get(addr, "/metrics").await;
     assert!(body.contains(
-        "mapsentry_policy_violations_total{namespace=\"\",pod=\"\",policy=\"wx\",rule=\"write-and-execute\",action=\"alert\"} 100\n"
+        "mapsentry_policy_violations_total{namespace=\"\",pod=\"\",policy=\"wx\",rule=\"write-and-execute\",action=\"alert\",mode=\"audit\"} 100\n"
     ), "{body}");
     assert!(
         body.contains("mapsentry_policy_evaluated_total 101\n"),
@@ -128,10 +128,11 @@ async fn an_enforced_call_alerts_with_the_kernels_action() {
     std::fs::write(dir.join("wx.yaml"), enforce).expect("write policy");
     let (files, _) = PolicyFiles::open(vec![dir.clone()]).expect("open");
     let hub = Hub::new(HubConfig::default());
+    let metrics = Arc::new(Metrics::default());
     let _task = start(
         &hub,
         files.watch(Duration::from_mins(1)),
-        Arc::new(Metrics::default()),
+        Arc::clone(&metrics),
         AlertConfig::default(),
     );
     let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
@@ -147,6 +148,14 @@ async fn an_enforced_call_alerts_with_the_kernels_action() {
     assert_eq!(
         (alert.action.as_str(), alert.mode.as_str()),
         ("deny", "enforce")
+    );
+    // Counted with the mode the call was judged in (an Audit match counts mode="audit").
+    let body = metrics.render(&hub);
+    assert!(
+        body.contains(
+            "mapsentry_policy_violations_total{namespace=\"\",pod=\"\",policy=\"wx\",rule=\"write-and-execute\",action=\"deny\",mode=\"enforce\"} 1\n"
+        ),
+        "{body}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -65,3 +65,45 @@ fn versions_fail_the_precondition_other_mistakes_are_invalid_arguments() {
         tonic::Code::InvalidArgument
     );
 }
+
+/// A stored batch is timed from its arrival to its records offered to subscribers; a duplicate
+/// (nothing offered) and a refused batch are not.
+#[tokio::test]
+async fn stored_batches_are_timed_into_the_ingest_latency_histogram() {
+    let hub = Hub::new(crate::HubConfig::default());
+    let ingest = Ingest::new(Arc::clone(&hub), 100);
+    let agent = AgentInfo {
+        node: "node-a".into(),
+        boot_id: "boot".into(),
+        ..AgentInfo::default()
+    };
+    let batch = |seq: u64, events: Vec<v1::Event>| AgentMessage {
+        msg: Some(Msg::Batch(EventBatch { seq, events })),
+    };
+    let event = v1::Event::from(crate::testing::event(None, None, "mmap_call"));
+    let count = || {
+        let body = crate::metrics::Metrics::default().render(&hub);
+        body.lines()
+            .find_map(|l| l.strip_prefix("mapsentry_collector_ingest_publish_seconds_count "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(
+        count().as_deref(),
+        Some("0"),
+        "the histogram is exposed before any batch"
+    );
+    for message in [
+        batch(1, vec![event.clone()]),
+        batch(1, vec![event.clone()]),
+        batch(2, vec![v1::Event::default()]),
+    ] {
+        let _ = ingest.handle(&agent, message).await;
+    }
+    assert_eq!(count().as_deref(), Some("1"), "one stored batch timed");
+    let body = crate::metrics::Metrics::default().render(&hub);
+    assert!(
+        body.contains("# TYPE mapsentry_collector_ingest_publish_seconds histogram")
+            && body.contains("mapsentry_collector_ingest_publish_seconds_bucket{le=\"+Inf\"} 1"),
+        "{body}"
+    );
+}

@@ -10,6 +10,7 @@ fn labels(pod: &str) -> ViolationLabels {
         policy: "wx".into(),
         rule: "write-and-execute".into(),
         action: "alert".into(),
+        mode: "audit".into(),
     }
 }
 
@@ -53,14 +54,14 @@ async fn scraped_over_http_with_bounded_series() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     let series = |pod: &str| {
         format!(
-            "mapsentry_policy_violations_total{{namespace=\"web\",pod=\"{pod}\",policy=\"wx\",rule=\"write-and-execute\",action=\"alert\"}}"
+            "mapsentry_policy_violations_total{{namespace=\"web\",pod=\"{pod}\",policy=\"wx\",rule=\"write-and-execute\",action=\"alert\",mode=\"audit\"}}"
         )
     };
     assert!(body.contains(&format!("{} 3\n", series("a"))), "{body}");
     assert!(body.contains(&format!("{} 1\n", series("b"))), "{body}");
     assert!(!body.contains(&series("c")), "{body}");
     assert!(body.contains(
-        "mapsentry_policy_violations_total{namespace=\"other\",pod=\"other\",policy=\"other\",rule=\"other\",action=\"other\"} 2\n"
+        "mapsentry_policy_violations_total{namespace=\"other\",pod=\"other\",policy=\"other\",rule=\"other\",action=\"other\",mode=\"other\"} 2\n"
     ), "{body}");
     assert!(
         body.contains("mapsentry_policy_violation_series_overflow_total 2\n"),

@@ -217,11 +217,7 @@ fn collect_dir(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
     for path in paths {
         if path.is_dir() {
             collect_dir(&path, out);
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        {
+        } else if mapsentry_policy::load::is_policy_file(&path) {
             read_into(&path, out);
         }
     }

@@ -142,6 +142,15 @@ impl Window {
         self.instance_first = self.oldest();
     }
 
+    /// The cursor of the first record (in store order) whose event time is at or after
+    /// `time_ns`, if one is; agents' clocks and batches make store order only nearly time
+    /// order, so this is a binary search that takes it as sorted.
+    #[must_use]
+    pub fn first_at_or_after(&self, time_ns: u64) -> Option<u64> {
+        let index = self.records.partition_point(|r| r.event.time_ns < time_ns);
+        self.records.get(index).map(|r| r.cursor)
+    }
+
     /// Up to `max` records from cursor `from` on (at least [`Window::oldest`]) that pass `keep`;
     /// returns the cursor after the last one looked at.
     pub fn read(

@@ -144,3 +144,44 @@ fn sizes_are_bytes_or_quantities() {
     let spec: MatchSpec = serde_yaml_ng::from_str("minLength: 4096").unwrap();
     assert_eq!(spec.min_length, Some(ByteSize::Bytes(4096)));
 }
+
+/// What the API server checks at admission (issue 21): the names of bits are enums, rules are a
+/// list map keyed by name, conditions one keyed by type.
+#[test]
+fn crds_refuse_unknown_bit_names_and_duplicate_rules_at_admission() {
+    let crd = serde_json::to_value(MmapPolicy::crd()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let rules = &spec["properties"]["rules"];
+    assert_eq!(rules["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        rules["x-kubernetes-list-map-keys"],
+        serde_json::json!(["name"])
+    );
+    let rule = &rules["items"]["properties"];
+    assert_eq!(rule["name"]["minLength"], 1);
+    let matches = &rule["match"]["properties"];
+    for field in ["protAll", "protAny"] {
+        let names = matches[field]["items"]["enum"].as_array().unwrap();
+        assert!(names.contains(&"PROT_EXEC".into()), "{field}: {names:?}");
+        assert!(!names.contains(&"PROT_EXCE".into()) && !names.contains(&"PROT_NONE".into()));
+    }
+    for field in ["flagsAll", "flagsAny"] {
+        let names = matches[field]["items"]["enum"].as_array().unwrap();
+        assert!(
+            names.contains(&"MAP_PRIVATE".into()) && names.contains(&"MAP_HUGETLB".into()),
+            "{field}: {names:?}"
+        );
+        assert!(!names.contains(&"MAP_ANON".into()));
+    }
+    assert_eq!(
+        matches["syscalls"]["items"]["enum"],
+        serde_json::json!(["mmap", "mmap2", "old_mmap", "mprotect"])
+    );
+    let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
+}

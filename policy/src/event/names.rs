@@ -15,7 +15,7 @@ pub const PROT_NAMES: &[(&str, u64)] = &[
 
 /// The mapping type, the low four bits of `flags`: one value, not a set of bits.
 const MAP_TYPE_MASK: u64 = 0x0f;
-const MAP_TYPES: &[(&str, u64)] = &[
+pub const MAP_TYPES: &[(&str, u64)] = &[
     ("MAP_SHARED", 0x01),
     ("MAP_PRIVATE", 0x02),
     ("MAP_SHARED_VALIDATE", 0x03),

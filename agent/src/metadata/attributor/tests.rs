@@ -48,6 +48,7 @@ async fn without_kubernetes_host_processes_resolve_and_pods_are_counted_missing(
     let hold = EnrichConfig {
         hold_for: Duration::from_millis(200),
         hold_max: 16,
+        ..EnrichConfig::default()
     };
     let mut stage = Attributor::with_index(index, &Kubernetes::Off, hold)
         .await

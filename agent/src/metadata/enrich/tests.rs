@@ -95,6 +95,7 @@ fn fixture(name: &str, config: EnrichConfig) -> Fixture {
 fn short_hold() -> EnrichConfig {
     EnrichConfig {
         hold_for: Duration::from_millis(100),
+        container_hold_for: Duration::from_millis(50),
         hold_max: 16,
     }
 }
@@ -162,6 +163,69 @@ fn an_event_is_held_until_its_pod_and_container_arrive() {
     assert_eq!((stats.held, stats.held_total, stats.missing), (0, 1, 0));
 }
 
+/// A pod whose container never shows up in its status (an init or ephemeral container the
+/// kubelet has not reported yet): after the container hold its events go out with the pod.
+#[test]
+fn once_the_pod_is_known_an_event_waits_only_the_container_hold() {
+    let mut f = fixture("enrich-pod-only", short_hold());
+    f.cache.apply(pod_info(None));
+    let start = Instant::now();
+    let mut out = Vec::new();
+    f.enricher.push(event(f.pod_cgroup), start, &mut out);
+    assert!(out.is_empty(), "held for its container first");
+    f.enricher.poll(start + Duration::from_millis(49), &mut out);
+    assert!(out.is_empty());
+    f.enricher.poll(start + Duration::from_millis(50), &mut out);
+    let [(_, attribution)] = out.as_slice() else {
+        panic!("emitted with its pod at the container hold, before the pod hold: {out:?}")
+    };
+    let Attribution::Pod(meta) = attribution.as_ref() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (
+            meta.namespace.as_deref(),
+            meta.pod.as_deref(),
+            meta.container.as_deref()
+        ),
+        (Some("shop"), Some("web"), None)
+    );
+    assert_eq!(
+        meta.container_id,
+        Some(id(7)),
+        "the id from the cgroup stays"
+    );
+    let stats = f.enricher.stats();
+    assert_eq!(
+        (stats.held, stats.container_unknown, stats.missing),
+        (0, 1, 0)
+    );
+}
+
+/// A pod the API server shows this node late (5 s after its first calls, inside the 10 s
+/// default hold): every held call gets it.
+#[test]
+fn a_pod_known_5_s_late_is_attributed_to_every_held_call() {
+    let mut f = fixture("enrich-5s", EnrichConfig::default());
+    let start = Instant::now();
+    let mut out = Vec::new();
+    for ms in [0, 1000, 2000, 4900] {
+        f.enricher.push(
+            event(f.pod_cgroup),
+            start + Duration::from_millis(ms),
+            &mut out,
+        );
+        f.enricher.poll(start + Duration::from_millis(ms), &mut out);
+    }
+    assert!(out.is_empty(), "{out:?}");
+    f.cache.apply(pod_info(Some(id(7))));
+    f.enricher.poll(start + Duration::from_secs(5), &mut out);
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(out.iter().all(|(_, a)| matches!(a.as_ref(),
+        Attribution::Pod(meta) if meta.pod.as_deref() == Some("web") && meta.container.as_deref() == Some("app"))), "{out:?}");
+    assert_eq!(f.enricher.stats().missing, 0);
+}
+
 #[test]
 fn an_event_whose_pod_never_arrives_is_emitted_unresolved_and_counted() {
     let mut f = fixture("enrich-never", short_hold());
@@ -200,6 +264,7 @@ fn the_hold_is_bounded_in_count() {
         "enrich-bound",
         EnrichConfig {
             hold_for: Duration::from_hours(1),
+            container_hold_for: Duration::from_hours(1),
             hold_max: 2,
         },
     );

@@ -105,11 +105,41 @@ async fn policy_objects_are_applied_rejected_fixed_and_removed_with_their_status
     let set = evaluation.borrow_and_update().clone().expect("a set");
     assert_eq!(set.policies().len(), 1, "the evaluation has it");
 
-    // 2. Edited to an invalid version: rejected with every error and its field path; the
-    // previous version stays in force.
+    // 2a. What the CRD schema can say is refused at admission, before the collector sees it: an
+    // unknown bit name, two rules of one name.
+    for (what, spec) in [
+        (
+            "PROT_EXCE",
+            json!({"rules": [
+                {"name": "wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXCE"]}}
+            ]}),
+        ),
+        (
+            "a second rule named wx",
+            json!({"rules": [
+                {"name": "wx", "match": {"protAll": ["PROT_EXEC"]}},
+                {"name": "wx", "match": {"protAny": ["PROT_WRITE"]}}
+            ]}),
+        ),
+    ] {
+        let mut refused = shop.get("no-wx").await.expect("get");
+        refused.data["spec"] = spec;
+        let error = shop
+            .replace("no-wx", &PostParams::default(), &refused)
+            .await
+            .expect_err(what);
+        let kube::Error::Api(status) = &error else {
+            panic!("{what}: {error}")
+        };
+        assert_eq!(status.code, 422, "{what}: {status:?}");
+        assert!(status.message.contains("spec.rules"), "{what}: {status:?}");
+    }
+
+    // 2b. Edited to a version only mapsentry's own validation refuses: rejected with every error
+    // and its field path; the previous version stays in force.
     let mut bad = shop.get("no-wx").await.expect("get");
     bad.data["spec"] = json!({"mode": "Audit", "rules": [
-        {"name": "write-and-execute", "match": {"protAll": ["PROT_WRITE", "PROT_EXCE"], "flagsAny": ["MAP_HUGE"]}, "action": "Alert"}
+        {"name": "write-and-execute", "match": {"protAll": ["PROT_WRITE", "PROT_EXEC"], "minLength": "8Gb", "file": {"pathGlobs": ["/tmp/[x"]}}, "action": "Alert"}
     ]});
     shop.replace("no-wx", &PostParams::default(), &bad)
         .await
@@ -125,14 +155,12 @@ async fn policy_objects_are_applied_rejected_fixed_and_removed_with_their_status
     assert_eq!(
         paths,
         [
-            "spec.rules[0].match.protAll[1]",
-            "spec.rules[0].match.flagsAny[0]"
+            "spec.rules[0].match.file.pathGlobs[0]",
+            "spec.rules[0].match.minLength"
         ]
     );
     assert!(
-        status.errors[0]
-            .reason
-            .contains("unknown protection \"PROT_EXCE\""),
+        status.errors[1].reason.contains("invalid size \"8Gb\""),
         "{status:?}"
     );
     let accepted = status.condition(ACCEPTED).expect("Accepted condition");
