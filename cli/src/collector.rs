@@ -9,7 +9,7 @@ use mapsentry_collector::{
     app::{self, KubernetesConfig, PoliciesConfig},
     auth::Tokens,
     kube_events::EventsConfig,
-    retention::LogConfig,
+    retention::{LogConfig, SyncPolicy},
     tls::ServerTls,
 };
 
@@ -172,9 +172,16 @@ pub struct CollectorLimits {
     /// memory only.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Bytes the retention log may hold on disk; the oldest segments go beyond it.
+    /// Bytes the retention log may hold on disk (plus one segment, an eighth of it); the oldest
+    /// segments are deleted beyond it.
     #[arg(long, default_value_t = 1 << 30)]
     data_max_bytes: u64,
+    /// When the retention log is forced to disk: always (each batch before it is acked; survives
+    /// a machine crash, costs a disk sync per batch), interval (once a second; a machine crash
+    /// loses at most the last second of acked batches), never (left to the kernel). A collector
+    /// crash loses nothing acked in any mode.
+    #[arg(long, value_name = "POLICY", default_value_t = SyncPolicy::default())]
+    data_sync: SyncPolicy,
 }
 
 /// A count of at least 1.
@@ -197,8 +204,8 @@ impl CollectorLimits {
     /// The retention log asked for, if any.
     pub fn retention_log(&self) -> Option<LogConfig> {
         self.data_dir.as_ref().map(|dir| LogConfig {
-            max_bytes: self.data_max_bytes,
-            ..LogConfig::new(dir)
+            sync: self.data_sync,
+            ..LogConfig::with_max_bytes(dir, self.data_max_bytes)
         })
     }
 

@@ -25,7 +25,7 @@ use crate::{
     fanout::FanOut,
     filter::RecordFilter,
     nodes::{Nodes, Totals},
-    retention::{Batch, Durable, Log, LogConfig, LogError, Window},
+    retention::{Batch, Durable, Log, LogConfig, LogError, Recovery, Window},
 };
 pub use crate::{
     fanout::{Item, Items, PublishedAlert, Subscription},
@@ -101,6 +101,10 @@ pub struct Hub {
     alerts: AtomicU64,
     /// Subscriptions refused because the collector served its maximum.
     refused_subscribers: AtomicU64,
+    /// Batches the durable store failed to store (each refused to its agent, which resends it).
+    store_failures: AtomicU64,
+    /// What reading the retention log back found (empty without one).
+    recovery: Recovery,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,6 +150,8 @@ impl Hub {
             tap_dropped: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
             refused_subscribers: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            recovery: Recovery::default(),
             config,
         }
     }
@@ -158,7 +164,9 @@ impl Hub {
         let first = batches
             .first()
             .map_or_else(first_cursor_now, |b| b.first_cursor);
-        let hub = Self::build(config, first, Some(Box::new(log)));
+        let recovery = log.recovery().clone();
+        let mut hub = Self::build(config, first, Some(Box::new(log)));
+        hub.recovery = recovery;
         let mut state = hub.lock();
         let mut replayed = 0u64;
         for batch in batches {
@@ -290,13 +298,17 @@ impl Hub {
             }
             state.window.next_cursor()
         };
-        durable.append(&Batch {
-            node: &agent.node,
-            boot_id: &agent.boot_id,
-            seq,
-            first_cursor,
-            events: &events,
-        })?;
+        durable
+            .append(&Batch {
+                node: &agent.node,
+                boot_id: &agent.boot_id,
+                seq,
+                first_cursor,
+                events: &events,
+            })
+            .inspect_err(|_| {
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+            })?;
         Ok(self.commit(self.lock(), agent, seq, events))
     }
 
@@ -469,6 +481,18 @@ impl Hub {
     #[must_use]
     pub fn refused_subscribers(&self) -> u64 {
         self.refused_subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Batches the durable store failed to store.
+    #[must_use]
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Relaxed)
+    }
+
+    /// What reading the retention log back found (empty without one).
+    #[must_use]
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
     }
 
     /// Alerts published so far.

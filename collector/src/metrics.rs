@@ -233,6 +233,19 @@ impl Metrics {
     #[must_use]
     pub fn render(&self, hub: &Hub) -> String {
         let totals = hub.totals();
+        let recovery = hub.recovery();
+        let by_cause = |value: fn(&crate::retention::Dropped) -> u64| {
+            recovery
+                .dropped
+                .iter()
+                .map(move |(cause, dropped)| {
+                    (
+                        glue::Labels(vec![("cause", cause.as_str().into())]),
+                        value(dropped),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
         let mut scrape = Scrape::default();
         scrape
             .counter(
@@ -269,6 +282,26 @@ impl Metrics {
                 "mapsentry_policy_evaluation_dropped_total",
                 "Stored calls not evaluated because the evaluation queue was full.",
                 hub.evaluation_dropped(),
+            )
+            .counter(
+                "mapsentry_collector_store_failures_total",
+                "Agent batches the retention log failed to store (refused with UNAVAILABLE; the agent resends them).",
+                hub.store_failures(),
+            )
+            .counter(
+                "mapsentry_collector_retention_log_recovered_batches_total",
+                "Batches read back from the retention log at start.",
+                recovery.batches,
+            )
+            .counters(
+                "mapsentry_collector_retention_log_dropped_batches_total",
+                "Batches of the retention log skipped at start because their records were damaged, by cause.",
+                by_cause(|d| d.batches),
+            )
+            .counters(
+                "mapsentry_collector_retention_log_dropped_events_total",
+                "Events of those batches, where the cursors of the batches around them tell, by cause.",
+                by_cause(|d| d.events),
             )
             .gauge(
                 "mapsentry_collector_retained_events",
