@@ -152,9 +152,31 @@ pub struct CollectorLimits {
     /// Events kept for subscribers that resume by cursor.
     #[arg(long, default_value_t = HubConfig::default().retention_events)]
     retention_events: usize,
+    /// Bytes the events kept for resuming subscribers may take (each counted as its encoded size
+    /// plus 512 bytes); the oldest are evicted beyond it or beyond --retention-events.
+    #[arg(long, value_name = "BYTES", default_value_t = HubConfig::default().retention_bytes)]
+    retention_bytes: usize,
     /// Events queued per subscriber before it gets loss notices.
     #[arg(long, default_value_t = HubConfig::default().subscriber_queue)]
     subscriber_queue: usize,
+    /// Bytes queued per subscriber before it gets loss notices (counted like --retention-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = HubConfig::default().subscriber_queue_bytes)]
+    subscriber_queue_bytes: usize,
+    /// Nodes whose agents the collector tracks (dedup state, counters); a node away 24 h is
+    /// forgotten, and beyond the maximum the one away the longest (a new node is refused with
+    /// RESOURCE_EXHAUSTED when every tracked node's agent is connected).
+    #[arg(long, value_name = "N", default_value_t = HubConfig::default().max_nodes,
+          value_parser = at_least_one)]
+    max_nodes: usize,
+    /// Batches each agent stream may send, in bytes a second (bursts of two largest messages);
+    /// a faster agent is held back, nothing is dropped (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().agent_ingest_bytes_per_second)]
+    agent_ingest_bytes_per_second: u64,
+    /// Connections open at once (agents, subscribers, probes of gRPC health); beyond, new ones
+    /// wait in the kernel's backlog. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_connections,
+          value_parser = at_least_one)]
+    max_connections: usize,
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -197,7 +219,10 @@ impl CollectorLimits {
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             retention_events: self.retention_events,
+            retention_bytes: self.retention_bytes,
             subscriber_queue: self.subscriber_queue,
+            subscriber_queue_bytes: self.subscriber_queue_bytes,
+            max_nodes: self.max_nodes,
         }
     }
 
@@ -214,6 +239,8 @@ impl CollectorLimits {
             max_message_bytes: self.max_message_bytes,
             max_batch_events: self.max_batch_events,
             max_subscribers: self.max_subscribers,
+            max_connections: self.max_connections,
+            agent_ingest_bytes_per_second: self.agent_ingest_bytes_per_second,
             ..ServerConfig::default()
         }
     }

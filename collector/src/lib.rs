@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod budgets;
 pub mod fanout;
 pub mod filter;
 pub mod follow;

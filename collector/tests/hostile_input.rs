@@ -1,12 +1,13 @@
 //! Hostile input to the collector's request handling, as a stable-toolchain fuzz loop (proptest):
 //! arbitrary bytes through the same decode -> validate -> convert path the gRPC handlers run
-//! (`AgentMessage` -> Hello / batch events -> `MmapEvent`; `SubscribeRequest` -> `RecordFilter`,
+//! (`AgentMessage` -> Hello / batch events / loss report, their field limits -> `MmapEvent`; `SubscribeRequest` -> `RecordFilter`,
 //! scoped, matched against decoded events), and arbitrary tokens files. Nothing may panic; bad
 //! input is an error. `fuzz/` holds the same targets for cargo-fuzz (longer, coverage-guided runs).
 //! PROPTEST_CASES raises the case count (default 256 here).
 
 use mapsentry_collector::{
     auth::{Scope, Tokens},
+    budgets,
     filter::RecordFilter,
 };
 use mapsentry_policy::MmapEvent;
@@ -19,10 +20,20 @@ fn agent_message(bytes: &[u8]) {
     let Ok(message) = AgentMessage::decode(bytes) else {
         return;
     };
-    if let Some(Msg::Batch(batch)) = &message.msg {
-        for event in &batch.events {
-            let _ = MmapEvent::try_from(event);
+    match &message.msg {
+        Some(Msg::Batch(batch)) => {
+            for event in &batch.events {
+                let _ = budgets::check_event(event);
+                let _ = MmapEvent::try_from(event);
+            }
         }
+        Some(Msg::Hello(hello)) => {
+            let _ = budgets::check_hello(hello);
+        }
+        Some(Msg::Loss(report)) => {
+            let _ = budgets::check_loss_report(report);
+        }
+        None => {}
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Record {
     pub cursor: u64,
     pub node: Arc<str>,
     pub event: v1::Event,
+    /// What keeping it costs ([`crate::budgets::record_bytes`]).
+    pub bytes: usize,
 }
 
 impl Record {
@@ -54,23 +56,29 @@ pub trait Durable: Send + std::fmt::Debug {
     fn append(&mut self, batch: &Batch<'_>) -> Result<(), LogError>;
 }
 
-/// The newest records, at most `capacity`, with contiguous cursors.
+/// The newest records, at most `capacity` of them and `max_bytes` of what they cost
+/// ([`Record::bytes`]), with contiguous cursors.
 #[derive(Debug)]
 pub struct Window {
     records: VecDeque<Arc<Record>>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
     next_cursor: u64,
     /// The first cursor of this collector run (everything older came from an earlier run).
     instance_first: u64,
 }
 
 impl Window {
-    /// An empty window whose first record gets cursor `first`.
+    /// An empty window of at most `capacity` records and `max_bytes`, whose first record gets
+    /// cursor `first`.
     #[must_use]
-    pub fn new(capacity: usize, first: u64) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize, first: u64) -> Self {
         Self {
             records: VecDeque::with_capacity(capacity.min(1 << 16)),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             next_cursor: first,
             instance_first: first,
         }
@@ -98,6 +106,12 @@ impl Window {
         self.records.len()
     }
 
+    /// What the records held cost ([`Record::bytes`]).
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
@@ -113,17 +127,26 @@ impl Window {
         }
     }
 
-    /// Keep `event` from `node` under the next cursor, evicting the oldest beyond capacity.
+    /// Keep `event` from `node` under the next cursor, evicting the oldest beyond capacity (in
+    /// records and in bytes; the newest record stays even alone beyond the bytes).
     pub fn push(&mut self, node: &Arc<str>, event: v1::Event) -> Arc<Record> {
+        let bytes = crate::budgets::record_bytes(&event);
         let record = Arc::new(Record {
             cursor: self.next_cursor,
             node: Arc::clone(node),
             event,
+            bytes,
         });
         self.next_cursor += 1;
-        if self.records.len() == self.capacity {
-            self.records.pop_front();
+        while self.records.len() >= self.capacity
+            || (!self.records.is_empty() && self.bytes + bytes > self.max_bytes)
+        {
+            let Some(oldest) = self.records.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.bytes;
         }
+        self.bytes += bytes;
         self.records.push_back(Arc::clone(&record));
         record
     }
@@ -133,6 +156,7 @@ impl Window {
     pub fn continue_at(&mut self, first: u64) {
         if first != self.next_cursor {
             self.records.clear();
+            self.bytes = 0;
             self.next_cursor = first;
         }
     }

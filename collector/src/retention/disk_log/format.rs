@@ -42,6 +42,9 @@ pub enum DropCause {
     Torn,
     /// A format-1 segment's bytes from its first undecodable record on.
     Legacy,
+    /// A whole batch whose node name or boot id is beyond today's limits
+    /// ([`crate::budgets::HELLO_LIMITS`]): stored by an older collector, not read back.
+    Limits,
 }
 
 impl DropCause {
@@ -54,6 +57,7 @@ impl DropCause {
             Self::Decode => "decode",
             Self::Torn => "torn",
             Self::Legacy => "legacy",
+            Self::Limits => "limits",
         }
     }
 }
