@@ -9,6 +9,7 @@ use mapsentry_collector::{
     app::{self, KubernetesConfig, PoliciesConfig},
     auth::Tokens,
     kube_events::EventsConfig,
+    metrics::WorkloadLabels,
     retention::{LogConfig, SyncPolicy},
     tls::ServerTls,
 };
@@ -28,6 +29,11 @@ pub struct PolicyArgs {
     /// it are deferred to a later second, never dropped (0: no limit).
     #[arg(long, value_name = "N", default_value_t = AlertConfig::default().per_pod_rate)]
     alert_rate_per_pod: u32,
+    /// Workload labels of mapsentry_policy_violations_total: pod (namespace and pod), namespace,
+    /// or none. /metrics takes no token, so where other tenants can reach it, keep their
+    /// namespaces and pods out of it.
+    #[arg(long, value_name = "LABELS", default_value_t = WorkloadLabels::default())]
+    metrics_workload_labels: WorkloadLabels,
 }
 
 impl PolicyArgs {
@@ -39,6 +45,7 @@ impl PolicyArgs {
                 per_pod_rate: self.alert_rate_per_pod,
                 ..AlertConfig::default()
             },
+            workload_labels: self.metrics_workload_labels,
         }
     }
 }

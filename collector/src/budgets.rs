@@ -126,7 +126,10 @@ pub fn check_loss_report(report: &v1::LossReport) -> Result<(), LimitError> {
     Ok(())
 }
 
-fn labels(field: &str, labels: &std::collections::HashMap<String, String>) -> Result<(), LimitError> {
+fn labels(
+    field: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), LimitError> {
     use event_limits::{LABEL_KEY, LABEL_VALUE, LABELS};
     many(field, labels.len(), LABELS)?;
     for (key, value) in labels {
@@ -197,6 +200,10 @@ pub struct IngestBudget {
     at: Instant,
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "byte counts and rates far below 2^52; a rate needs no more precision"
+)]
 impl IngestBudget {
     /// `bytes_per_second` (0: no limit), bursts of `burst` bytes, starting full at `now`.
     #[must_use]

@@ -210,8 +210,11 @@ impl Hub {
             "retention log read back"
         );
         if let Some(limits) = recovery.dropped.get(&DropCause::Limits) {
-            tracing::warn!(batches = limits.batches, events = limits.events,
-                "retention log: batches with node names or boot ids beyond the limits were not read back");
+            tracing::warn!(
+                batches = limits.batches,
+                events = limits.events,
+                "retention log: batches with node names or boot ids beyond the limits were not read back"
+            );
         }
         hub.recovery = recovery;
         Ok(Arc::new(hub))
@@ -421,8 +424,7 @@ impl Hub {
             let hub = Arc::clone(self);
             let queued = Arc::clone(&bytes);
             tokio::spawn(
-                async move { hub.catch_up(id, filter, start, tx, queued).await }
-                    .in_current_span(),
+                async move { hub.catch_up(id, filter, start, tx, queued).await }.in_current_span(),
             );
         }
         Ok(Subscription::new(rx, bytes, Arc::clone(self), id))
@@ -568,7 +570,11 @@ impl Hub {
     pub fn stats_within(&self, nodes: bool, max_bytes: usize) -> v1::StatsResponse {
         use prost::Message as _;
         let state = self.lock();
-        let all = if nodes { state.nodes.stats() } else { Vec::new() };
+        let all = if nodes {
+            state.nodes.stats()
+        } else {
+            Vec::new()
+        };
         let mut response = v1::StatsResponse {
             nodes: Vec::new(),
             oldest_cursor: state.window.started().oldest_cursor,

@@ -259,7 +259,10 @@ impl Ingest {
                 }
             };
             if let (Some(budget), Ok(Some(message))) = (budget.as_mut(), &message) {
-                let wait = budget.take(prost::Message::encoded_len(message), std::time::Instant::now());
+                let wait = budget.take(
+                    prost::Message::encoded_len(message),
+                    std::time::Instant::now(),
+                );
                 if !wait.is_zero() {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}

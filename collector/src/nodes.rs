@@ -22,7 +22,7 @@ pub const MAX_RANGES: usize = 64;
 /// Agent processes (boot ids) whose stored seqs are kept per node.
 pub const BOOTS_PER_NODE: usize = 4;
 /// A node with no agent connected for this long is forgotten.
-pub const NODE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const NODE_TTL: Duration = Duration::from_hours(24);
 /// Nodes kept by default (Kubernetes supports clusters of up to 5,000 nodes).
 pub const DEFAULT_MAX_NODES: usize = 5000;
 
@@ -65,7 +65,9 @@ impl StoredSeqs {
     /// Record `seq` as stored (merging ranges); beyond [`MAX_RANGES`] the lowest other range is
     /// forgotten.
     pub fn insert(&mut self, seq: u64) {
-        let index = self.ranges.partition_point(|&(_, end)| end.saturating_add(1) < seq);
+        let index = self
+            .ranges
+            .partition_point(|&(_, end)| end.saturating_add(1) < seq);
         match self.ranges.get_mut(index) {
             Some(range) if range.0 <= seq && seq <= range.1 => return,
             Some(range) if range.1.saturating_add(1) == seq => range.1 = seq,
@@ -168,7 +170,8 @@ impl Node {
         if self.boots.len() == BOOTS_PER_NODE {
             self.boots.pop_front();
         }
-        self.boots.push_back((boot_id.to_owned(), StoredSeqs::default()));
+        self.boots
+            .push_back((boot_id.to_owned(), StoredSeqs::default()));
         &mut self.boots.back_mut().expect("just pushed").1
     }
 }
@@ -185,8 +188,8 @@ pub struct NodesFull {
 /// Every node the collector has heard of.
 #[derive(Debug)]
 pub struct Nodes {
-    nodes: BTreeMap<String, Node>,
-    max_nodes: usize,
+    by_name: BTreeMap<String, Node>,
+    max: usize,
     /// Batches stored whose seq was below what was known of their agent process.
     uncertain: u64,
     /// Nodes forgotten (away for [`NODE_TTL`], or making room).
@@ -215,8 +218,8 @@ impl Nodes {
     #[must_use]
     pub fn new(max_nodes: usize) -> Self {
         Self {
-            nodes: BTreeMap::new(),
-            max_nodes: max_nodes.max(1),
+            by_name: BTreeMap::new(),
+            max: max_nodes.max(1),
             uncertain: 0,
             forgotten: 0,
         }
@@ -224,7 +227,7 @@ impl Nodes {
 
     /// What `agent`'s batch `seq` is; a duplicate is counted.
     pub fn seen(&mut self, agent: &AgentInfo, seq: u64) -> Seen {
-        let Some(node) = self.nodes.get_mut(&agent.node) else {
+        let Some(node) = self.by_name.get_mut(&agent.node) else {
             return Seen::New;
         };
         let Some(seqs) = node.seqs(&agent.boot_id) else {
@@ -249,7 +252,7 @@ impl Nodes {
         }
         let now = Instant::now();
         let node = self
-            .nodes
+            .by_name
             .entry(agent.node.clone())
             .or_insert_with(|| Node::new(now));
         node.seqs_mut(&agent.boot_id).insert(seq);
@@ -264,7 +267,7 @@ impl Nodes {
     pub fn replayed(&mut self, node: &str, boot_id: &str, seq: u64, events: &[v1::Event]) {
         let now = Instant::now();
         let known = self
-            .nodes
+            .by_name
             .entry(node.to_owned())
             .or_insert_with(|| Node::new(now));
         known.seqs_mut(boot_id).insert(seq);
@@ -283,7 +286,7 @@ impl Nodes {
     /// Every batch was read back: seqs below the lowest one read back of each agent process
     /// may have been in segments deleted since.
     pub fn read_back(&mut self) {
-        for node in self.nodes.values_mut() {
+        for node in self.by_name.values_mut() {
             for (_, seqs) in &mut node.boots {
                 seqs.read_back();
             }
@@ -305,24 +308,22 @@ impl Nodes {
         now: Instant,
     ) -> Result<Option<v1::AgentRestart>, NodesFull> {
         self.expire(now);
-        if !self.nodes.contains_key(&info.node) && self.nodes.len() >= self.max_nodes {
+        if !self.by_name.contains_key(&info.node) && self.by_name.len() >= self.max {
             let away_longest = self
-                .nodes
+                .by_name
                 .iter()
                 .filter(|(_, n)| n.connections == 0)
                 .min_by_key(|(_, n)| n.last_seen)
                 .map(|(name, _)| name.clone());
             let Some(name) = away_longest else {
-                return Err(NodesFull {
-                    max: self.max_nodes,
-                });
+                return Err(NodesFull { max: self.max });
             };
             tracing::info!(node = %name, "forgetting the node away the longest to make room");
-            self.nodes.remove(&name);
+            self.by_name.remove(&name);
             self.forgotten += 1;
         }
         let node = self
-            .nodes
+            .by_name
             .entry(info.node.clone())
             .or_insert_with(|| Node::new(now));
         let mut notice = None;
@@ -349,19 +350,19 @@ impl Nodes {
 
     /// Forget the nodes whose agent has been away for [`NODE_TTL`].
     fn expire(&mut self, now: Instant) {
-        let before = self.nodes.len();
-        self.nodes.retain(|name, node| {
+        let before = self.by_name.len();
+        self.by_name.retain(|name, node| {
             let keep = node.connections > 0 || now.saturating_duration_since(node.last_seen) < NODE_TTL;
             if !keep {
                 tracing::info!(node = %name, "forgetting a node whose agent has been away for 24 h");
             }
             keep
         });
-        self.forgotten += (before - self.nodes.len()) as u64;
+        self.forgotten += (before - self.by_name.len()) as u64;
     }
 
     pub fn disconnected(&mut self, node: &str) {
-        if let Some(node) = self.nodes.get_mut(node) {
+        if let Some(node) = self.by_name.get_mut(node) {
             node.connections = node.connections.saturating_sub(1);
             node.last_seen = Instant::now();
         }
@@ -369,7 +370,7 @@ impl Nodes {
 
     /// Keep the latest cumulative counters an agent reported.
     pub fn report(&mut self, agent: &AgentInfo, report: v1::LossReport) {
-        if let Some(node) = self.nodes.get_mut(&agent.node)
+        if let Some(node) = self.by_name.get_mut(&agent.node)
             && node.info.boot_id == agent.boot_id
         {
             node.report = report;
@@ -379,7 +380,7 @@ impl Nodes {
     /// Per-node counters.
     #[must_use]
     pub fn stats(&self) -> Vec<NodeStats> {
-        self.nodes
+        self.by_name
             .iter()
             .map(|(name, node)| NodeStats {
                 node: name.clone(),
@@ -400,9 +401,9 @@ impl Nodes {
     /// Sums over the nodes.
     #[must_use]
     pub fn totals(&self) -> Totals {
-        self.nodes.values().fold(
+        self.by_name.values().fold(
             Totals {
-                nodes: self.nodes.len() as u64,
+                nodes: self.by_name.len() as u64,
                 uncertain_batches: self.uncertain,
                 forgotten_nodes: self.forgotten,
                 ..Totals::default()

@@ -10,10 +10,10 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use futures_core::Stream;
 use mapsentry_proto::v1::{
     self, agent_service_server::AgentServiceServer, observer_server::ObserverServer,
 };
-use futures_core::Stream;
 use mapsentry_service::listen::{Acceptor, Conn};
 use tokio::{net::TcpListener, sync::watch};
 

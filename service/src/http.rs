@@ -161,8 +161,12 @@ impl Server {
             .map_err(|source| HttpError::LocalAddr { source })?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(
-            serve(Acceptor::new(listener, MAX_CONNECTIONS, "metrics"), router(probes), stopped)
-                .instrument(tracing::info_span!("http", %addr)),
+            serve(
+                Acceptor::new(listener, MAX_CONNECTIONS, "metrics"),
+                router(probes),
+                stopped,
+            )
+            .instrument(tracing::info_span!("http", %addr)),
         );
         Ok(Self { addr, stop, task })
     }
@@ -225,14 +229,13 @@ async fn serve_connection(
         () = tokio::time::sleep(CONNECTION_MAX) => None,
         _ = stopped.wait_for(|stop| *stop) => None,
     };
-    let served = match ended {
-        Some(served) => served,
-        None => {
-            connection.as_mut().graceful_shutdown();
-            match tokio::time::timeout(STOP_GRACE, connection).await {
-                Ok(served) => served,
-                Err(_) => return,
-            }
+    let served = if let Some(served) = ended {
+        served
+    } else {
+        connection.as_mut().graceful_shutdown();
+        match tokio::time::timeout(STOP_GRACE, connection).await {
+            Ok(served) => served,
+            Err(_) => return,
         }
     };
     if let Err(error) = served {

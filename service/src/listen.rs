@@ -39,7 +39,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// TCP keepalive of every accepted connection.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_IDLE: Duration = Duration::from_mins(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 
@@ -63,7 +63,9 @@ impl Acceptor {
     pub fn new(listener: TcpListener, max_connections: usize, what: &'static str) -> Self {
         Self {
             listener,
-            slots: Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS))),
+            slots: Arc::new(Semaphore::new(
+                max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             what,
             backoff: BACKOFF_MIN,
             failures: 0,
@@ -79,6 +81,9 @@ impl Acceptor {
 
     /// The next connection, with its slot (freed when the permit is dropped). Waits for a free
     /// slot first; failed accepts are logged and retried after a backoff.
+    ///
+    /// # Panics
+    /// Never: the semaphore of the slots is never closed.
     pub async fn accept(&mut self) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
         let permit = Arc::clone(&self.slots)
             .acquire_owned()
@@ -88,8 +93,11 @@ impl Acceptor {
             match self.listener.accept().await {
                 Ok((tcp, peer)) => {
                     if self.failures > 0 {
-                        tracing::warn!(server = self.what, failures = self.failures,
-                            "accepting connections again after failed accepts");
+                        tracing::warn!(
+                            server = self.what,
+                            failures = self.failures,
+                            "accepting connections again after failed accepts"
+                        );
                         self.failures = 0;
                         self.unlogged = 0;
                         self.backoff = BACKOFF_MIN;

@@ -44,13 +44,23 @@ fn each_field_beyond_its_limit_is_named_with_its_size_and_limit() {
         path: "/".repeat(5000),
         ..FileInfo::default()
     });
-    assert!(check_event(&event).unwrap_err().to_string().starts_with("file.path is 5000 bytes"));
+    assert!(
+        check_event(&event)
+            .unwrap_err()
+            .to_string()
+            .starts_with("file.path is 5000 bytes")
+    );
     event.file = None;
     event.attribution = Some(Attribution::Host(HostAttribution {
         cgroup: "/system.slice".into(),
         unit: Some("u".repeat(300)),
     }));
-    assert!(check_event(&event).unwrap_err().to_string().starts_with("host.unit is 300 bytes"));
+    assert!(
+        check_event(&event)
+            .unwrap_err()
+            .to_string()
+            .starts_with("host.unit is 300 bytes")
+    );
     let labels: HashMap<String, String> = (0..300).map(|i| (format!("k{i}"), "v".into())).collect();
     let too_many = pod_event(PodAttribution {
         labels,
@@ -81,7 +91,10 @@ fn an_event_of_allowed_fields_is_still_bounded_in_total() {
     });
     assert!(matches!(
         check_event(&event),
-        Err(LimitError::TooLong { max: MAX_EVENT_BYTES, .. })
+        Err(LimitError::TooLong {
+            max: MAX_EVENT_BYTES,
+            ..
+        })
     ));
 }
 
@@ -116,7 +129,11 @@ fn the_ingest_budget_paces_a_stream_over_its_rate() {
     let at = |ms: u64| start + Duration::from_millis(ms);
     assert!(IngestBudget::new(0, 1, start).is_none(), "0 is no limit");
     let mut budget = IngestBudget::new(1000, 1000, start).unwrap();
-    assert_eq!(budget.take(1000, at(0)), Duration::ZERO, "a burst of one second");
+    assert_eq!(
+        budget.take(1000, at(0)),
+        Duration::ZERO,
+        "a burst of one second"
+    );
     assert_eq!(budget.take(500, at(0)), Duration::from_millis(500));
     assert_eq!(budget.take(0, at(500)), Duration::ZERO, "paid back");
     assert_eq!(

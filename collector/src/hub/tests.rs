@@ -364,7 +364,11 @@ async fn a_new_boot_id_is_announced_as_a_capture_gap_even_across_a_collector_res
             .unwrap();
         assert!(matches!(next(&mut n1).await, R::Started(_)));
         assert!(matches!(next(&mut n2).await, R::Started(_)));
-        assert_eq!(hub.agent_connected(&first), Ok(None), "a first boot is no gap");
+        assert_eq!(
+            hub.agent_connected(&first),
+            Ok(None),
+            "a first boot is no gap"
+        );
         hub.agent_report(
             &first,
             v1::LossReport {
@@ -373,15 +377,16 @@ async fn a_new_boot_id_is_announced_as_a_capture_gap_even_across_a_collector_res
             },
         );
         hub.store_batch(&first, 1, timed(0..3, 1_000)).unwrap();
-        assert_eq!(hub.agent_connected(&first), Ok(None), "a reconnect is no gap");
+        assert_eq!(
+            hub.agent_connected(&first),
+            Ok(None),
+            "a reconnect is no gap"
+        );
         let second = AgentInfo {
             started_unix_ns: 5_000,
             ..agent("n1", "boot-2")
         };
-        let notice = hub
-            .agent_connected(&second)
-            .unwrap()
-            .expect("a restart");
+        let notice = hub.agent_connected(&second).unwrap().expect("a restart");
         assert_eq!(
             notice,
             v1::AgentRestart {
@@ -432,7 +437,9 @@ async fn out_of_order_batches_are_each_stored_once_and_acked() {
     let a = agent("n", "b");
     let mut stored = Vec::new();
     for seq in [1, 1, 5, 3, 2, 7, 8] {
-        let outcome = hub.store_batch(&a, seq, events(seq as u32..seq as u32 + 1)).unwrap();
+        let outcome = hub
+            .store_batch(&a, seq, events(seq as u32..seq as u32 + 1))
+            .unwrap();
         stored.push(matches!(outcome, Stored::New { .. }));
     }
     assert_eq!(stored, [true, false, true, true, true, true, true]);
@@ -442,7 +449,10 @@ async fn out_of_order_batches_are_each_stored_once_and_acked() {
 
 #[tokio::test]
 async fn the_window_evicts_by_bytes_as_well_as_by_events() {
-    let newest_ten: usize = events(15..25).iter().map(crate::budgets::record_bytes).sum();
+    let newest_ten: usize = events(15..25)
+        .iter()
+        .map(crate::budgets::record_bytes)
+        .sum();
     let hub = Hub::with_first_cursor(
         HubConfig {
             retention_events: 1000,
@@ -477,7 +487,8 @@ async fn a_subscriber_queue_full_in_bytes_costs_an_exact_loss_notice() {
         panic!("a loss notice after the queued records")
     };
     assert_eq!(loss.count, 7);
-    hub.store_batch(&agent("n", "b"), 2, events(10..11)).unwrap();
+    hub.store_batch(&agent("n", "b"), 2, events(10..11))
+        .unwrap();
     assert_eq!(pids_until(&mut slow, 1).await, vec![10], "room again");
 }
 
@@ -512,7 +523,8 @@ async fn batches_stored_with_names_beyond_the_limits_are_not_read_back() {
     {
         // As an older collector without the limits wrote them.
         let (mut log, _) = Log::open(LogConfig::new(&dir)).unwrap();
-        log.append(&"n".repeat(300), "b", 1, 1, &events(0..3)).unwrap();
+        log.append(&"n".repeat(300), "b", 1, 1, &events(0..3))
+            .unwrap();
         log.append("n", "b", 1, 4, &events(3..5)).unwrap();
     }
     let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();

@@ -23,9 +23,9 @@ fn ship(nodes: &mut Nodes, agent: &AgentInfo, seqs: &[u64]) -> Vec<Seen> {
 
 #[test]
 fn out_of_order_seqs_are_each_new_once_and_only_true_repeats_are_duplicates() {
+    use Seen::{Duplicate, New};
     let mut nodes = Nodes::default();
     let a = agent("n", "b");
-    use Seen::{Duplicate, New};
     assert_eq!(
         ship(&mut nodes, &a, &[1, 1, 5, 3, 2, 7, 8]),
         [New, Duplicate, New, New, New, New, New]
@@ -34,7 +34,7 @@ fn out_of_order_seqs_are_each_new_once_and_only_true_repeats_are_duplicates() {
         ship(&mut nodes, &a, &[4, 5, 6, 8, 9]),
         [New, Duplicate, New, Duplicate, New]
     );
-    let seqs = nodes.nodes["n"].seqs("b").unwrap().ranges().to_vec();
+    let seqs = nodes.by_name["n"].seqs("b").unwrap().ranges().to_vec();
     assert_eq!(seqs, [(1, 9)], "the ranges merged");
     assert_eq!(nodes.totals().duplicate_batches, 3);
     // Another boot of the node has its own seqs.
@@ -48,7 +48,10 @@ fn ranges_are_bounded_and_a_forgotten_seq_is_uncertain_never_a_duplicate() {
         seqs.insert(seq);
     }
     assert_eq!(seqs.ranges().len(), MAX_RANGES);
-    assert!(!seqs.contains(1) && seqs.uncertain(1), "forgotten: it may have been stored");
+    assert!(
+        !seqs.contains(1) && seqs.uncertain(1),
+        "forgotten: it may have been stored"
+    );
     assert!(!seqs.contains(2) && seqs.uncertain(2));
     let newest = 2 * (MAX_RANGES as u64 + 10) - 1;
     assert!(seqs.contains(newest) && !seqs.uncertain(newest + 2));
@@ -57,7 +60,10 @@ fn ranges_are_bounded_and_a_forgotten_seq_is_uncertain_never_a_duplicate() {
     for seq in (1..=2 * (MAX_RANGES as u64 + 10)).step_by(2) {
         ship(&mut nodes, &a, &[seq]);
     }
-    assert_eq!(ship(&mut nodes, &a, &[1, 1]), [Seen::Uncertain, Seen::Duplicate]);
+    assert_eq!(
+        ship(&mut nodes, &a, &[1, 1]),
+        [Seen::Uncertain, Seen::Duplicate]
+    );
     assert_eq!(nodes.totals().uncertain_batches, 1);
 }
 
@@ -113,6 +119,6 @@ fn boots_kept_per_node_are_bounded() {
         nodes.connected(&a).unwrap();
         ship(&mut nodes, &a, &[1]);
     }
-    assert_eq!(nodes.nodes["n"].boots.len(), BOOTS_PER_NODE);
+    assert_eq!(nodes.by_name["n"].boots.len(), BOOTS_PER_NODE);
     assert_eq!(nodes.totals().agent_restarts, 9);
 }

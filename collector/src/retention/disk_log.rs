@@ -43,8 +43,8 @@ use std::{
 
 use mapsentry_proto::v1;
 
-pub use self::format::{DropCause, Dropped, Recovery};
 use self::format::{Damage, Format, SEGMENT_MAGIC, encode_record, read_segment};
+pub use self::format::{DropCause, Dropped, Recovery};
 use super::{Batch, Durable};
 
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,10 @@ impl Log {
             }
         }
         if legacy > 0 {
-            tracing::info!(segments = legacy, "retention log: read segments of the previous format (no checksums); new records go to new segments");
+            tracing::info!(
+                segments = legacy,
+                "retention log: read segments of the previous format (no checksums); new records go to new segments"
+            );
         }
         let syncer = match config.sync {
             SyncPolicy::Interval(every) => Some(Syncer::start(every, current.as_ref())),
@@ -385,12 +388,11 @@ impl Log {
             self.cut_back = None;
             return Ok(());
         };
-        file.set_len(offset)
-            .map_err(|source| LogError::CutBack {
-                path: segment.path.clone(),
-                offset,
-                source,
-            })?;
+        file.set_len(offset).map_err(|source| LogError::CutBack {
+            path: segment.path.clone(),
+            offset,
+            source,
+        })?;
         tracing::info!(segment = %segment.path.display(), offset, "retention log: a failed append was cut back");
         self.cut_back = None;
         Ok(())

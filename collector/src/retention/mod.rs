@@ -14,7 +14,9 @@ use std::{collections::VecDeque, sync::Arc};
 
 use mapsentry_proto::v1;
 
-pub use disk_log::{DropCause, Dropped, Log, LogConfig, LogError, LoggedBatch, Recovery, SyncPolicy};
+pub use disk_log::{
+    DropCause, Dropped, Log, LogConfig, LogError, LoggedBatch, Recovery, SyncPolicy,
+};
 
 /// One stored event: its cursor, the node that sent it, the event.
 #[derive(Debug)]

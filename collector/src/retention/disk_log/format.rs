@@ -96,6 +96,9 @@ pub enum Format {
 }
 
 /// Encode `batch` as one record into `out` (cleared first).
+///
+/// # Panics
+/// If `body` is 4 GiB or more (batches are bounded by the largest gRPC message).
 pub fn encode_record(body: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(body.len()).expect("a batch record is below 4 GiB");
     let len = len.to_le_bytes();
@@ -111,11 +114,13 @@ pub fn encode_record(body: &[u8], out: &mut Vec<u8>) {
 /// The record at the start of `data`: its batch and length, or why it is not one.
 fn record_at(data: &[u8]) -> Result<(LoggedBatch, usize), DropCause> {
     if data.len() < RECORD_HEADER {
-        return Err(if RECORD_MAGIC.starts_with(data) || data.starts_with(&RECORD_MAGIC) {
-            DropCause::Torn
-        } else {
-            DropCause::Header
-        });
+        return Err(
+            if RECORD_MAGIC.starts_with(data) || data.starts_with(&RECORD_MAGIC) {
+                DropCause::Torn
+            } else {
+                DropCause::Header
+            },
+        );
     }
     if data[..4] != RECORD_MAGIC {
         return Err(DropCause::Header);
@@ -161,10 +166,10 @@ pub fn read_segment(data: &[u8], out: &mut Vec<LoggedBatch>) -> SegmentRead {
     if data.is_empty() {
         return SegmentRead::default();
     }
-    if !data.starts_with(SEGMENT_MAGIC) {
-        if let Some(read) = read_legacy(data, out) {
-            return read;
-        }
+    if !data.starts_with(SEGMENT_MAGIC)
+        && let Some(read) = read_legacy(data, out)
+    {
+        return read;
     }
     let mut read = SegmentRead::default();
     let mut at = if data.starts_with(SEGMENT_MAGIC) {

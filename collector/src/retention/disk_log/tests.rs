@@ -102,7 +102,11 @@ fn an_unfinished_last_record_is_cut_off_and_counted_as_torn() {
     let (mut log, replayed) = Log::open(config(&dir)).unwrap();
     assert_eq!(seqs(&replayed), vec![1]);
     let torn = log.recovery().dropped[&DropCause::Torn];
-    assert_eq!((torn.batches, torn.events), (1, 0), "never acked: no events known");
+    assert_eq!(
+        (torn.batches, torn.events),
+        (1, 0),
+        "never acked: no events known"
+    );
     log.append("n", "b", 2, 2, &[event(2)]).unwrap();
     drop(log);
     let (log, replayed) = Log::open(config(&dir)).unwrap();
@@ -215,7 +219,11 @@ fn segments_of_the_previous_format_are_read_and_never_appended_to() {
     assert_eq!(log.recovery().legacy_segments, 1);
     log.append("n", "b", 4, 14, &[event(4)]).unwrap();
     drop(log);
-    assert_eq!(fs::read(&legacy).unwrap(), old, "the old segment is untouched");
+    assert_eq!(
+        fs::read(&legacy).unwrap(),
+        old,
+        "the old segment is untouched"
+    );
     assert_eq!(seqs(&Log::open(config(&dir)).unwrap().1), vec![1, 2, 3, 4]);
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -280,7 +288,15 @@ fn max_bytes_holds_within_one_segment_whatever_the_sync_policy() {
 #[test]
 fn sync_policies_parse_by_name() {
     assert_eq!("always".parse(), Ok(SyncPolicy::Always));
-    assert_eq!("interval".parse(), Ok(SyncPolicy::Interval(SyncPolicy::INTERVAL)));
+    assert_eq!(
+        "interval".parse(),
+        Ok(SyncPolicy::Interval(SyncPolicy::INTERVAL))
+    );
     assert_eq!("never".parse(), Ok(SyncPolicy::Never));
-    assert!("sometimes".parse::<SyncPolicy>().unwrap_err().contains("always, interval or never"));
+    assert!(
+        "sometimes"
+            .parse::<SyncPolicy>()
+            .unwrap_err()
+            .contains("always, interval or never")
+    );
 }
