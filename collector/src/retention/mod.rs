@@ -153,14 +153,15 @@ impl Window {
         record
     }
 
-    /// Read back: continue at `first` (a jump means older batches were deleted, so the window
-    /// starts over there).
+    /// Read back: continue at `first`. A jump forward (a batch skipped as damaged, or segments
+    /// deleted) keeps what is held: records are found by cursor, so the window may have gaps,
+    /// and a damaged batch costs only its own cursors. A jump back starts the window over.
     pub fn continue_at(&mut self, first: u64) {
-        if first != self.next_cursor {
+        if first < self.next_cursor {
             self.records.clear();
             self.bytes = 0;
-            self.next_cursor = first;
         }
+        self.next_cursor = first;
     }
 
     /// After reading back: this run's records start after what was read.
@@ -177,10 +178,10 @@ impl Window {
         keep: impl Fn(&Record) -> bool,
         out: &mut Vec<Arc<Record>>,
     ) -> u64 {
-        let oldest = self.oldest();
-        let start = (from.max(oldest) - oldest) as usize;
+        // Cursors ascend, with gaps where read-back skipped a damaged batch.
+        let start = self.records.partition_point(|r| r.cursor < from);
         let end = (start + max).min(self.records.len());
         out.extend(self.records.range(start..end).filter(|r| keep(r)).cloned());
-        oldest + end as u64
+        self.records.get(end).map_or(self.next_cursor, |r| r.cursor)
     }
 }
