@@ -133,7 +133,7 @@ impl Ingest {
     }
 }
 
-fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
+pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
     let hello = match message.and_then(|m| m.msg) {
         Some(agent_message::Msg::Hello(hello)) => hello,
         Some(agent_message::Msg::Batch(_)) => {
@@ -174,7 +174,7 @@ fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
 
 impl Ingest {
     /// Handle one message after Hello; returns the ack to send, if any.
-    async fn handle(
+    pub(crate) async fn handle(
         &self,
         agent: &AgentInfo,
         message: AgentMessage,

@@ -151,10 +151,10 @@ fi
 
 for b in "${KUBE_BINARIES[@]}" "${CRI_BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || fail "no $b in $BIN after the build"; done
 "$BIN/kube-apiserver" --version >&2
-"$BIN/etcd" --version | head -1 >&2
+"$BIN/etcd" --version | sed -n 1p >&2
 "$BIN/containerd" --version >&2
-"$BIN/coredns" -version | head -1 >&2
-"$BIN/runc" --version | head -1 >&2
+"$BIN/coredns" -version | sed -n 1p >&2
+"$BIN/runc" --version | sed -n 1p >&2
 rm -rf "$GOCACHE"
 touch "$CACHE/.complete"
 log "built $KEY in $((SECONDS - started)) s"
