@@ -9,7 +9,8 @@ use mapsentry_collector::{
     app::{self, KubernetesConfig, PoliciesConfig},
     auth::Tokens,
     kube_events::EventsConfig,
-    retention::LogConfig,
+    metrics::WorkloadLabels,
+    retention::{LogConfig, SyncPolicy},
     tls::ServerTls,
 };
 
@@ -32,6 +33,11 @@ pub struct PolicyArgs {
     alert_rate_per_pod: u32,
     #[command(flatten)]
     pub export: ExportArgs,
+    /// Workload labels of mapsentry_policy_violations_total: pod (namespace and pod), namespace,
+    /// or none. /metrics takes no token, so where other tenants can reach it, keep their
+    /// namespaces and pods out of it.
+    #[arg(long, value_name = "LABELS", default_value_t = WorkloadLabels::default())]
+    metrics_workload_labels: WorkloadLabels,
 }
 
 impl PolicyArgs {
@@ -44,6 +50,7 @@ impl PolicyArgs {
                 ..AlertConfig::default()
             },
             export: self.export.config()?,
+            workload_labels: self.metrics_workload_labels,
         })
     }
 }
@@ -157,9 +164,31 @@ pub struct CollectorLimits {
     /// Events kept for subscribers that resume by cursor.
     #[arg(long, default_value_t = HubConfig::default().retention_events)]
     retention_events: usize,
+    /// Bytes the events kept for resuming subscribers may take (each counted as its encoded size
+    /// plus 512 bytes); the oldest are evicted beyond it or beyond --retention-events.
+    #[arg(long, value_name = "BYTES", default_value_t = HubConfig::default().retention_bytes)]
+    retention_bytes: usize,
     /// Events queued per subscriber before it gets loss notices.
     #[arg(long, default_value_t = HubConfig::default().subscriber_queue)]
     subscriber_queue: usize,
+    /// Bytes queued per subscriber before it gets loss notices (counted like --retention-bytes).
+    #[arg(long, value_name = "BYTES", default_value_t = HubConfig::default().subscriber_queue_bytes)]
+    subscriber_queue_bytes: usize,
+    /// Nodes whose agents the collector tracks (dedup state, counters); a node away 24 h is
+    /// forgotten, and beyond the maximum the one away the longest (a new node is refused with
+    /// RESOURCE_EXHAUSTED when every tracked node's agent is connected).
+    #[arg(long, value_name = "N", default_value_t = HubConfig::default().max_nodes,
+          value_parser = at_least_one)]
+    max_nodes: usize,
+    /// Batches each agent stream may send, in bytes a second (bursts of two largest messages);
+    /// a faster agent is held back, nothing is dropped (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = ServerConfig::default().agent_ingest_bytes_per_second)]
+    agent_ingest_bytes_per_second: u64,
+    /// Connections open at once (agents, subscribers, probes of gRPC health); beyond, new ones
+    /// wait in the kernel's backlog. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_connections,
+          value_parser = at_least_one)]
+    max_connections: usize,
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, default_value_t = ServerConfig::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -177,9 +206,16 @@ pub struct CollectorLimits {
     /// memory only.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Bytes the retention log may hold on disk; the oldest segments go beyond it.
+    /// Bytes the retention log may hold on disk (plus one segment, an eighth of it); the oldest
+    /// segments are deleted beyond it.
     #[arg(long, default_value_t = 1 << 30)]
     data_max_bytes: u64,
+    /// When the retention log is forced to disk: always (each batch before it is acked; survives
+    /// a machine crash, costs a disk sync per batch), interval (once a second; a machine crash
+    /// loses at most the last second of acked batches), never (left to the kernel). A collector
+    /// crash loses nothing acked in any mode.
+    #[arg(long, value_name = "POLICY", default_value_t = SyncPolicy::default())]
+    data_sync: SyncPolicy,
 }
 
 /// A count of at least 1.
@@ -195,15 +231,18 @@ impl CollectorLimits {
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             retention_events: self.retention_events,
+            retention_bytes: self.retention_bytes,
             subscriber_queue: self.subscriber_queue,
+            subscriber_queue_bytes: self.subscriber_queue_bytes,
+            max_nodes: self.max_nodes,
         }
     }
 
     /// The retention log asked for, if any.
     pub fn retention_log(&self) -> Option<LogConfig> {
         self.data_dir.as_ref().map(|dir| LogConfig {
-            max_bytes: self.data_max_bytes,
-            ..LogConfig::new(dir)
+            sync: self.data_sync,
+            ..LogConfig::with_max_bytes(dir, self.data_max_bytes)
         })
     }
 
@@ -212,6 +251,8 @@ impl CollectorLimits {
             max_message_bytes: self.max_message_bytes,
             max_batch_events: self.max_batch_events,
             max_subscribers: self.max_subscribers,
+            max_connections: self.max_connections,
+            agent_ingest_bytes_per_second: self.agent_ingest_bytes_per_second,
             ..ServerConfig::default()
         }
     }

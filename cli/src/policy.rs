@@ -181,7 +181,18 @@ fn load_paths(paths: &[PathBuf]) -> Found {
                     continue;
                 }
             };
-            let outcome = load_str(&text);
+            let outcome = match mapsentry_policy::limits::check(
+                &text,
+                mapsentry_policy::limits::TextLimits::DEFAULT,
+            ) {
+                Ok(()) => load_str(&text),
+                Err(error) => {
+                    found
+                        .problems
+                        .push(format!("{}: {error}; refused unread", file.display()));
+                    continue;
+                }
+            };
             for error in &outcome.errors {
                 found.problems.extend(problem_lines(&file, error));
             }

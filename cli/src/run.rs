@@ -118,10 +118,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None,
     )
     .await?;
-    if alerting.rejected_at_start > 0 {
+    let rejected = alerting.rejected_at_start().await;
+    if rejected > 0 {
         anyhow::bail!(
-            "--policy: {} document(s) rejected (see above); nothing is enforced or alerted until they are fixed",
-            alerting.rejected_at_start
+            "--policy: {rejected} document(s) rejected (see above); nothing is enforced or alerted until they are fixed"
         );
     }
     // With `--alert-output -` the export prints the alert lines (as JSON, filtered).

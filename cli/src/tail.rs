@@ -344,6 +344,7 @@ fn write_stats(out: &mut impl Write, format: Format, stats: &v1::StatsResponse) 
     let line = json!({
         "kind": "stats", "nodes": nodes, "oldest_cursor": stats.oldest_cursor, "next_cursor": stats.next_cursor,
         "retained": stats.retained, "subscribers": stats.subscribers, "subscriber_losses": stats.subscriber_losses,
+        "nodes_omitted": stats.nodes_omitted,
     });
     match format {
         Format::Json => writeln!(out, "{line}"),
@@ -374,6 +375,13 @@ fn write_stats(out: &mut impl Write, format: Format, stats: &v1::StatsResponse) 
                     n.acked,
                     n.dropped,
                     n.duplicate_batches
+                )?;
+            }
+            if stats.nodes_omitted > 0 {
+                writeln!(
+                    out,
+                    "{} nodes not shown (beyond one message, or this token reads only some namespaces)",
+                    stats.nodes_omitted
                 )?;
             }
             Ok(())

@@ -463,3 +463,30 @@ fn crds_prints_the_committed_manifest() {
         "refresh: cargo run -p mapsentry-cli -- policy crds > manifests/crds/mapsentry.dev.yaml"
     );
 }
+
+#[test]
+fn check_refuses_a_file_beyond_the_limits_unread_with_the_limit_named() {
+    let dir = scratch("limits");
+    let file = dir.join("nested.yaml");
+    let depth = 60_000;
+    std::fs::write(
+        &file,
+        format!("a: {}1{}\n", "{a: ".repeat(depth), "}".repeat(depth)),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let output = mapsentry(&["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        stdout(&output),
+        format!(
+            "{}: nesting depth 65 at line 1 is more than the limit of 64; refused unread\n",
+            file.display()
+        )
+    );
+}

@@ -345,6 +345,7 @@ async fn ingest_round(
         HubConfig {
             retention_events: 1 << 20,
             subscriber_queue: 4096,
+            ..HubConfig::default()
         },
         setup.threads,
         data_dir.clone(),
@@ -439,6 +440,7 @@ async fn fan_out(rate: u64, seconds: u64, subscribers: usize) {
         HubConfig {
             retention_events: 1 << 20,
             subscriber_queue: 16_384,
+            ..HubConfig::default()
         },
         threads,
     );

@@ -65,14 +65,17 @@ impl Default for AlertConfig {
 /// The policies in force, as published by a policy source; None means none.
 pub type Policies = watch::Receiver<Option<Arc<PolicySet>>>;
 
-/// Start evaluating everything `hub` stores from now on against `policies`. The task ends
-/// when the hub closes, after reporting what the aggregation still holds (alerts pending in the
-/// dedup window) to the subscribers, whose streams the hub keeps open until then.
+/// Start evaluating everything `hub` stores from now on against `policies`, once `loaded`
+/// resolves (the policies were read for the first time: calls stored meanwhile wait in the
+/// bounded queue). The task ends when the hub closes, after reporting what the aggregation still
+/// holds (alerts pending in the dedup window) to the subscribers, whose streams the hub keeps
+/// open until then.
 pub fn start(
     hub: &Arc<Hub>,
     policies: Policies,
     metrics: Arc<Metrics>,
     config: AlertConfig,
+    loaded: impl Future<Output = usize> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
     hub.set_tap(tx);
@@ -93,7 +96,9 @@ pub fn start(
     };
     tokio::spawn(
         async move {
-            evaluator.run(rx, policies, config.flush_interval).await;
+            evaluator
+                .run(rx, policies, config.flush_interval, loaded)
+                .await;
             drop(hold);
         }
         .instrument(tracing::info_span!("alerts")),
@@ -127,8 +132,13 @@ impl Evaluator {
         mut rx: mpsc::Receiver<Vec<Arc<Record>>>,
         mut policies: Policies,
         flush_interval: Duration,
+        loaded: impl Future<Output = usize>,
     ) {
         let mut closed = self.hub.closed_watch();
+        tokio::select! {
+            _ = loaded => {}
+            _ = closed.wait_for(|c| *c) => {}
+        }
         let mut flush = tokio::time::interval(flush_interval);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut set = policies.borrow_and_update().clone();

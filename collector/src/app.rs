@@ -7,7 +7,6 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use mapsentry_policy::PolicyStore;
 use mapsentry_service::{
     http::{self, HttpError, Probes, Server},
     kube::KubeClientError,
@@ -23,7 +22,7 @@ use crate::{
     metrics::{self, Metrics},
     policy::{
         crds,
-        files::{self, PolicyFiles, PolicyFilesError},
+        files::{self, FirstRead, PolicyFiles, PolicyFilesError},
         store::SharedPolicies,
     },
     retention::{LogConfig, LogError},
@@ -60,6 +59,8 @@ pub struct PoliciesConfig {
     pub alerts: AlertConfig,
     /// `--alert-output`, `--alert-webhook` and their filters.
     pub export: ExportConfig,
+    /// The workload labels of the violation metrics.
+    pub workload_labels: metrics::WorkloadLabels,
 }
 
 /// The collector in a cluster.
@@ -182,8 +183,8 @@ pub fn open_hub(config: HubConfig, log: Option<LogConfig>) -> Result<Arc<Hub>> {
 /// The running policies, evaluation and metrics endpoint; stop them with [`Alerting::stop`].
 #[derive(Debug)]
 pub struct Alerting {
-    /// Documents of the policy files rejected at start (each already reported).
-    pub rejected_at_start: usize,
+    /// The first read of the policy files.
+    first_read: FirstRead,
     /// Ready once the initial policy load is done.
     pub health: Health,
     evaluation: tokio::task::JoinHandle<()>,
@@ -214,32 +215,23 @@ impl Alerting {
             // policies would withdraw those rules on every node after a collector restart.
             shared.hold_publishing(crds::SOURCES);
         }
-        let (files, scan) = PolicyFiles::open_into(config.files.clone(), shared.clone())?;
-        let ids = shared.read(PolicyStore::ids);
-        if !config.files.is_empty() {
-            status!(
-                "{} policies in force{}",
-                ids.len(),
-                if scan.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} documents rejected, see the log)", scan.errors.len())
-                }
-            );
-            for error in &scan.errors {
-                tracing::error!(target: mapsentry_service::STATUS_TARGET, "policy rejected: {error}");
-            }
-        }
-        let policies = files
-            .with_publisher(publisher)
-            .watch(files::DEFAULT_INTERVAL);
-        let counters = Arc::new(Metrics::default());
+        // Read on a thread of their own: a slow or hostile file holds up neither the start nor
+        // serving; ready (and evaluating) once they were read.
+        let (first_read, policies) = PolicyFiles::new(config.files.clone(), shared.clone())?
+            .start(Some(publisher), files::DEFAULT_INTERVAL);
+        let counters = Arc::new(Metrics::default().with_workload_labels(config.workload_labels));
         // Before evaluation starts, so that the export sees every alert.
         let export = Exporter::start(hub, &config.export, counters.export())?;
         if let Some(export) = &export {
             status!("alerts exported: {}", export.sinks().join("; "));
         }
-        let evaluation = alerts::start(hub, policies, Arc::clone(&counters), config.alerts);
+        let evaluation = alerts::start(
+            hub,
+            policies,
+            Arc::clone(&counters),
+            config.alerts,
+            first_read.clone().done(),
+        );
         let kubernetes = match kubernetes {
             None => None,
             Some(plan) => {
@@ -258,14 +250,12 @@ impl Alerting {
         };
         // Ready once the policy store is synced: every file read once (the reloads running)
         // and, in a cluster, both kinds of policy objects listed.
-        if kubernetes.is_some() {
+        {
             let health = health.clone();
             tokio::spawn(async move {
                 shared.synced().await;
                 health.set_ready();
             });
-        } else {
-            health.set_ready();
         }
         let listener = match metrics_listen {
             None => None,
@@ -285,13 +275,19 @@ impl Alerting {
             }
         };
         Ok(Self {
-            rejected_at_start: scan.errors.len(),
+            first_read,
             health,
             evaluation,
             metrics,
             export,
             kubernetes,
         })
+    }
+
+    /// Documents of the policy files rejected at start (each already reported), once they were
+    /// read.
+    pub async fn rejected_at_start(&self) -> usize {
+        self.first_read.clone().done().await
     }
 
     /// After the hub closed: let evaluation report what it holds, stop the metrics server.

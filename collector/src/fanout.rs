@@ -1,14 +1,17 @@
 //! Fan-out: every live subscriber has a bounded queue that the collector fills without waiting
-//! ([`FanOut::offer`]); when it is full the records it misses are counted and the subscriber gets
-//! one loss notice with that exact count at the place of the gap, as soon as its queue has room
-//! again. Items are model values (records, alerts, notices) until a subscriber's stream encodes
+//! ([`FanOut::offer`]), bounded in items and in bytes ([`QueueBytes`]); when it is full the
+//! records it misses are counted and the subscriber gets one loss notice with that exact count at
+//! the place of the gap, as soon as its queue has room again. Items are model values (records, alerts, notices) until a subscriber's stream encodes
 //! them for the wire ([`Item::into_response`]); in-process subscribers (the Kubernetes Events
 //! poster, `mapsentry run`'s alert printer) read them as they are ([`Subscription::items`]).
 
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -17,7 +20,7 @@ use mapsentry_proto::{
     convert,
     v1::{self, LossReason, SubscribeResponse, subscribe_response},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::{filter::RecordFilter, hub::Hub, retention::Record};
 
@@ -40,7 +43,21 @@ pub enum Item {
     Started(v1::Started),
 }
 
+/// What a queued alert or restart notice counts against a subscriber's bytes (they are not
+/// measured one by one: an alert holds one event of at most [`crate::budgets::MAX_EVENT_BYTES`]).
+const NOTICE_BYTES: usize = 2 << 10;
+
 impl Item {
+    /// What the item counts against its subscriber's queue bytes.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Record(record) => record.bytes,
+            Self::Alert(_) | Self::Restart(_) => NOTICE_BYTES,
+            Self::Loss { .. } | Self::Started(_) => 0,
+        }
+    }
+
     /// The item as the observer sends it.
     #[must_use]
     pub fn into_response(self) -> SubscribeResponse {
@@ -62,10 +79,65 @@ impl Item {
     }
 }
 
+/// The bytes queued for one subscriber, at most `max` (an item that fits nothing else queued
+/// is always let in, so no record is too large to deliver).
+#[derive(Debug)]
+pub struct QueueBytes {
+    used: AtomicUsize,
+    max: usize,
+    room: Notify,
+}
+
+impl QueueBytes {
+    #[must_use]
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+            room: Notify::new(),
+        })
+    }
+
+    /// Take `bytes` if they fit now.
+    pub fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used == 0 || used + bytes <= self.max).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    /// Take `bytes`, waiting for room.
+    pub async fn take(&self, bytes: usize) {
+        loop {
+            let room = self.room.notified();
+            if self.try_take(bytes) {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Give back `bytes` (an item left the queue).
+    pub fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Bytes queued now.
+    #[must_use]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 #[derive(Debug)]
 struct Live {
     filter: Arc<RecordFilter>,
     tx: mpsc::Sender<Item>,
+    bytes: Arc<QueueBytes>,
     /// Matching records that did not fit the queue since the last loss notice.
     missed: u64,
 }
@@ -88,12 +160,19 @@ impl FanOut {
     }
 
     /// Subscriber `id` joins the live fan-out.
-    pub fn join(&mut self, id: u64, filter: Arc<RecordFilter>, tx: mpsc::Sender<Item>) {
+    pub fn join(
+        &mut self,
+        id: u64,
+        filter: Arc<RecordFilter>,
+        tx: mpsc::Sender<Item>,
+        bytes: Arc<QueueBytes>,
+    ) {
         self.live.insert(
             id,
             Live {
                 filter,
                 tx,
+                bytes,
                 missed: 0,
             },
         );
@@ -169,27 +248,32 @@ impl FanOut {
 /// Queue `item` for `sub` (after the loss notice it is owed), or count it as missed. False when
 /// the subscriber is gone.
 fn offer(sub: &mut Live, losses: &mut u64, item: Item) -> bool {
+    // The item must fit the queue's bytes before the loss notice it follows goes in.
+    let bytes = item.bytes();
+    if !sub.bytes.try_take(bytes) {
+        sub.missed += 1;
+        *losses += 1;
+        return !sub.tx.is_closed();
+    }
+    let missed = |sub: &mut Live, losses: &mut u64| {
+        sub.bytes.give_back(bytes);
+        sub.missed += 1;
+        *losses += 1;
+        true
+    };
     if sub.missed > 0 {
         match sub.tx.try_send(Item::Loss {
             count: sub.missed,
             reason: LossReason::SubscriberBehind,
         }) {
             Ok(()) => sub.missed = 0,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                sub.missed += 1;
-                *losses += 1;
-                return true;
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => return missed(sub, losses),
             Err(mpsc::error::TrySendError::Closed(_)) => return false,
         }
     }
     match sub.tx.try_send(item) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            sub.missed += 1;
-            *losses += 1;
-            true
-        }
+        Err(mpsc::error::TrySendError::Full(_)) => missed(sub, losses),
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
@@ -199,13 +283,19 @@ fn offer(sub: &mut Live, losses: &mut u64, item: Item) -> bool {
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::Receiver<Item>,
+    bytes: Arc<QueueBytes>,
     hub: Arc<Hub>,
     id: u64,
 }
 
 impl Subscription {
-    pub(crate) fn new(rx: mpsc::Receiver<Item>, hub: Arc<Hub>, id: u64) -> Self {
-        Self { rx, hub, id }
+    pub(crate) fn new(
+        rx: mpsc::Receiver<Item>,
+        bytes: Arc<QueueBytes>,
+        hub: Arc<Hub>,
+        id: u64,
+    ) -> Self {
+        Self { rx, bytes, hub, id }
     }
 
     /// The same subscription as model values, for subscribers in this process.
@@ -216,7 +306,12 @@ impl Subscription {
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         match self.rx.poll_recv(cx) {
-            Poll::Ready(item) => Poll::Ready(item),
+            Poll::Ready(item) => {
+                if let Some(item) = &item {
+                    self.bytes.give_back(item.bytes());
+                }
+                Poll::Ready(item)
+            }
             // Pending also comes from tokio's cooperative budget with records still queued.
             Poll::Pending => match self.hub.take_missed(self.id, &self.rx) {
                 0 => Poll::Pending,

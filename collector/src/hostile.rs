@@ -3,8 +3,8 @@
 //! targets in `fuzz/` drive, so both reach the code a peer reaches over gRPC.
 //!
 //! - [`Handlers::agent_stream`]: an `AgentService.Connect` stream's messages through the ingest
-//!   handler's own steps: `hello_of`, then per message `handle` (batch limits,
-//!   `convert::validate` of every event, `Hub::store` -> `store_batch`, acks, loss reports).
+//!   handler's own steps: `hello_of` (with Hello's field limits), then per message `handle`
+//!   (batch limits, `convert::validate` and the field limits of every event, `Hub::store` -> `store_batch`, acks, loss reports).
 //! - [`Handlers::subscribe`]: an `Observer.Subscribe` call through the handler itself: the bearer
 //!   token in the `authorization` metadata (`Auth::subscriber`), the filter's validation and its
 //!   namespace scope, the cursor (`Hub::subscribe`), then every response the subscription offers
@@ -87,6 +87,7 @@ impl Handlers {
             HubConfig {
                 retention_events: RETENTION,
                 subscriber_queue: RETENTION * 2,
+                ..HubConfig::default()
             },
             1,
         );

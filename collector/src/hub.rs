@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::{
-    fanout::FanOut,
+    fanout::{FanOut, QueueBytes},
     filter::RecordFilter,
-    nodes::{Nodes, Totals},
-    retention::{Batch, Durable, Log, LogConfig, LogError, Window},
+    nodes::{Nodes, NodesFull, Seen, Totals},
+    retention::{Batch, DropCause, Durable, Log, LogConfig, LogError, Recovery, Window},
 };
 pub use crate::{
     fanout::{Item, Items, PublishedAlert, Subscription},
@@ -41,15 +41,25 @@ const CATCH_UP_CHUNK: usize = 1024;
 pub struct HubConfig {
     /// Records kept for resuming subscribers; the oldest are evicted beyond it.
     pub retention_events: usize,
+    /// What the kept records may cost ([`crate::budgets::record_bytes`]); the oldest are evicted
+    /// beyond it.
+    pub retention_bytes: usize,
     /// Records queued per subscriber before it counts as behind.
     pub subscriber_queue: usize,
+    /// Bytes queued per subscriber before it counts as behind.
+    pub subscriber_queue_bytes: usize,
+    /// Nodes tracked (their agents' dedup state and counters) at most.
+    pub max_nodes: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
             retention_events: 1 << 20,
+            retention_bytes: 512 << 20,
             subscriber_queue: 4096,
+            subscriber_queue_bytes: 16 << 20,
+            max_nodes: crate::nodes::DEFAULT_MAX_NODES,
         }
     }
 }
@@ -102,6 +112,10 @@ pub struct Hub {
     alerts: AtomicU64,
     /// Subscriptions refused because the collector served its maximum.
     refused_subscribers: AtomicU64,
+    /// Batches the durable store failed to store (each refused to its agent, which resends it).
+    store_failures: AtomicU64,
+    /// What reading the retention log back found (empty without one).
+    recovery: Recovery,
     /// Seconds from a batch's arrival to its records offered to subscribers and evaluation
     /// (observed by ingest).
     ingest_latency: Histogram,
@@ -139,11 +153,12 @@ impl Hub {
         let config = HubConfig {
             retention_events: config.retention_events.max(1),
             subscriber_queue: config.subscriber_queue.max(2),
+            ..config
         };
         Self {
             state: Mutex::new(State {
-                window: Window::new(config.retention_events, first),
-                nodes: Nodes::default(),
+                window: Window::new(config.retention_events, config.retention_bytes, first),
+                nodes: Nodes::new(config.max_nodes),
                 fanout: FanOut::default(),
                 closed: false,
                 next_alert_cursor: first,
@@ -156,6 +171,8 @@ impl Hub {
             alerts: AtomicU64::new(0),
             refused_subscribers: AtomicU64::new(0),
             ingest_latency: ingest_latency_histogram(),
+            store_failures: AtomicU64::new(0),
+            recovery: Recovery::default(),
             config,
         }
     }
@@ -168,21 +185,33 @@ impl Hub {
         let first = batches
             .first()
             .map_or_else(first_cursor_now, |b| b.first_cursor);
-        let hub = Self::build(config, first, Some(Box::new(log)));
-        let mut state = hub.lock();
+        let mut recovery = log.recovery().clone();
+        let mut hub = Self::build(config, first, Some(Box::new(log)));
+        let state = hub.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         let mut replayed = 0u64;
+        let mut node: Arc<str> = "".into();
         for batch in batches {
+            // Batches an older collector accepted with names beyond today's limits stay out.
+            if crate::budgets::check_stored(&batch.node, &batch.boot_id).is_err() {
+                let dropped = recovery.dropped.entry(DropCause::Limits).or_default();
+                dropped.batches += 1;
+                dropped.events += batch.events.len() as u64;
+                continue;
+            }
             state
                 .nodes
                 .replayed(&batch.node, &batch.boot_id, batch.seq, &batch.events);
             // Cursors are contiguous in the window; a jump means older segments were deleted.
             state.window.continue_at(batch.first_cursor);
-            let node: Arc<str> = batch.node.as_str().into();
+            if *node != *batch.node {
+                node = batch.node.as_str().into();
+            }
             for event in batch.events {
                 state.window.push(&node, event);
                 replayed += 1;
             }
         }
+        state.nodes.read_back();
         state.window.start_instance();
         tracing::info!(
             replayed,
@@ -190,7 +219,14 @@ impl Hub {
             next_cursor = state.window.next_cursor(),
             "retention log read back"
         );
-        drop(state);
+        if let Some(limits) = recovery.dropped.get(&DropCause::Limits) {
+            tracing::warn!(
+                batches = limits.batches,
+                events = limits.events,
+                "retention log: batches with node names or boot ids beyond the limits were not read back"
+            );
+        }
+        hub.recovery = recovery;
         Ok(Arc::new(hub))
     }
 
@@ -242,15 +278,17 @@ impl Hub {
     /// An agent stream began. When the node's agent has a new boot id, the previous process is
     /// gone and the node's capture had a gap: every live subscriber whose node filter passes
     /// gets an [`v1::AgentRestart`] notice, and the node's `agent_restarts` grows. Returns the
-    /// notice, if this was a restart.
-    pub fn agent_connected(&self, info: &AgentInfo) -> Option<v1::AgentRestart> {
+    /// notice, if this was a restart; a new node beyond the most nodes tracked is refused.
+    pub fn agent_connected(&self, info: &AgentInfo) -> Result<Option<v1::AgentRestart>, NodesFull> {
         let mut state = self.lock();
-        let notice = state.nodes.connected(info)?;
+        let Some(notice) = state.nodes.connected(info)? else {
+            return Ok(None);
+        };
         tracing::warn!(node = %notice.node, previous_boot_id = %notice.previous_boot_id,
             boot_id = %notice.boot_id, previous_captured = notice.previous_captured,
             previous_acked = notice.previous_acked, "the agent restarted: its capture had a gap");
         state.fanout.restart(&Arc::new(notice.clone()));
-        Some(notice)
+        Ok(Some(notice))
     }
 
     pub fn agent_disconnected(&self, node: &str) {
@@ -293,28 +331,34 @@ impl Hub {
     ) -> Result<Stored, LogError> {
         let Some(durable) = &self.durable else {
             let mut state = self.lock();
-            if state.nodes.duplicate(agent, seq) {
+            let seen = state.nodes.seen(agent, seq);
+            if seen == Seen::Duplicate {
                 return Ok(Stored::Duplicate);
             }
-            return Ok(self.commit(state, agent, seq, events));
+            return Ok(self.commit(state, agent, seq, events, seen));
         };
         // One writer at a time: the cursors read here are the ones the batch gets.
         let mut durable = lock(durable);
-        let first_cursor = {
+        let (first_cursor, seen) = {
             let mut state = self.lock();
-            if state.nodes.duplicate(agent, seq) {
+            let seen = state.nodes.seen(agent, seq);
+            if seen == Seen::Duplicate {
                 return Ok(Stored::Duplicate);
             }
-            state.window.next_cursor()
+            (state.window.next_cursor(), seen)
         };
-        durable.append(&Batch {
-            node: &agent.node,
-            boot_id: &agent.boot_id,
-            seq,
-            first_cursor,
-            events: &events,
-        })?;
-        Ok(self.commit(self.lock(), agent, seq, events))
+        durable
+            .append(&Batch {
+                node: &agent.node,
+                boot_id: &agent.boot_id,
+                seq,
+                first_cursor,
+                events: &events,
+            })
+            .inspect_err(|_| {
+                self.store_failures.fetch_add(1, Ordering::Relaxed);
+            })?;
+        Ok(self.commit(self.lock(), agent, seq, events, seen))
     }
 
     /// Keep a batch that is new (and durable, with a log): count it, put its records in the
@@ -325,9 +369,12 @@ impl Hub {
         agent: &AgentInfo,
         seq: u64,
         events: Vec<v1::Event>,
+        seen: Seen,
     ) -> Stored {
         let state_ref = &mut *state;
-        state_ref.nodes.stored(agent, seq, &events);
+        state_ref
+            .nodes
+            .stored(agent, seq, &events, seen == Seen::Uncertain);
         let first = state_ref.window.next_cursor();
         let count = events.len() as u64;
         let node: Arc<str> = agent.node.as_str().into();
@@ -393,20 +440,22 @@ impl Hub {
             });
         }
         let (tx, rx) = mpsc::channel(self.config.subscriber_queue);
+        let bytes = QueueBytes::new(self.config.subscriber_queue_bytes);
         let id = state.fanout.next_id();
         let filter = Arc::new(filter);
         tx.try_send(Item::Started(state.window.started()))
             .map_err(|_| SubscribeError::Closed)?;
         if start == next {
-            state.fanout.join(id, filter, tx);
+            state.fanout.join(id, filter, tx, Arc::clone(&bytes));
         } else {
             drop(state);
             let hub = Arc::clone(self);
+            let queued = Arc::clone(&bytes);
             tokio::spawn(
-                async move { hub.catch_up(id, filter, start, tx).await }.in_current_span(),
+                async move { hub.catch_up(id, filter, start, tx, queued).await }.in_current_span(),
             );
         }
-        Ok(Subscription::new(rx, Arc::clone(self), id))
+        Ok(Subscription::new(rx, bytes, Arc::clone(self), id))
     }
 
     /// Copy retained records from `pos` on to `tx` (waiting for the client as needed), then join
@@ -417,6 +466,7 @@ impl Hub {
         filter: Arc<RecordFilter>,
         mut pos: u64,
         tx: mpsc::Sender<Item>,
+        bytes: Arc<QueueBytes>,
     ) {
         let mut chunk = Vec::with_capacity(CATCH_UP_CHUNK);
         loop {
@@ -432,7 +482,7 @@ impl Hub {
                     pos = oldest;
                 }
                 if gap == 0 && pos == state.window.next_cursor() {
-                    state.fanout.join(id, filter, tx);
+                    state.fanout.join(id, filter, tx, bytes);
                     return;
                 }
                 pos = state.window.read(
@@ -454,6 +504,10 @@ impl Hub {
                 return;
             }
             for record in chunk.drain(..) {
+                tokio::select! {
+                    () = bytes.take(record.bytes) => {}
+                    () = tx.closed() => return,
+                }
                 if tx.send(Item::Record(record)).await.is_err() {
                     return;
                 }
@@ -499,6 +553,18 @@ impl Hub {
         self.refused_subscribers.load(Ordering::Relaxed)
     }
 
+    /// Batches the durable store failed to store.
+    #[must_use]
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Relaxed)
+    }
+
+    /// What reading the retention log back found (empty without one).
+    #[must_use]
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
     /// Alerts published so far.
     #[must_use]
     pub fn alerts_published(&self) -> u64 {
@@ -523,15 +589,50 @@ impl Hub {
     /// Per-node counters and the retention window.
     #[must_use]
     pub fn stats(&self) -> v1::StatsResponse {
+        self.stats_within(true, usize::MAX)
+    }
+
+    /// Per-node counters (with `nodes`; else they are all omitted) and the retention window, in
+    /// at most `max_bytes` encoded: the nodes beyond are left out and counted.
+    #[must_use]
+    pub fn stats_within(&self, nodes: bool, max_bytes: usize) -> v1::StatsResponse {
+        use prost::Message as _;
         let state = self.lock();
-        v1::StatsResponse {
-            nodes: state.nodes.stats(),
+        let all = if nodes {
+            state.nodes.stats()
+        } else {
+            Vec::new()
+        };
+        let mut response = v1::StatsResponse {
+            nodes: Vec::new(),
             oldest_cursor: state.window.started().oldest_cursor,
             next_cursor: state.window.next_cursor(),
             retained: state.window.len() as u64,
             subscribers: u32::try_from(state.fanout.len()).unwrap_or(u32::MAX),
             subscriber_losses: state.fanout.losses(),
+            nodes_omitted: if nodes {
+                0
+            } else {
+                u32::try_from(state.nodes.totals().nodes).unwrap_or(u32::MAX)
+            },
+        };
+        drop(state);
+        // Room for the omitted count itself.
+        let mut room = max_bytes.saturating_sub(response.encoded_len() + 8);
+        let count = all.len();
+        for node in all {
+            let bytes = prost::encoding::message::encoded_len(1, &node);
+            if bytes > room {
+                break;
+            }
+            room -= bytes;
+            response.nodes.push(node);
         }
+        let omitted = count - response.nodes.len();
+        if omitted > 0 {
+            response.nodes_omitted = u32::try_from(omitted).unwrap_or(u32::MAX);
+        }
+        response
     }
 
     /// Sums over the nodes, the retention window and the subscribers, for the metrics.

@@ -1,7 +1,11 @@
-//! `AgentService`: one bidirectional stream per agent. Hello first, then batches (validated,
-//! deduplicated, stored, then acked) and loss reports.
+//! `AgentService`: one bidirectional stream per agent. Hello first (within [`HELLO_DEADLINE`]),
+//! then batches (validated, within the field limits of [`crate::budgets`], paced by the agent's
+//! ingest budget, deduplicated, stored, then acked) and loss reports.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use mapsentry_proto::{
     convert,
@@ -15,10 +19,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use crate::hub::{AgentInfo, Hub, Stored};
+use crate::{
+    budgets::{self, IngestBudget, LimitError},
+    hub::{AgentInfo, Hub, Stored},
+    nodes::NodesFull,
+};
 
 /// Acks queued per agent stream before ingest waits for the agent to read them.
 const ACK_QUEUE: usize = 256;
+/// How long a new agent stream may take to send its Hello.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngestError {
@@ -32,6 +42,21 @@ pub enum IngestError {
     Version { version: i32 },
     #[error("Hello.{field} is empty")]
     EmptyHelloField { field: &'static str },
+    #[error("no Hello within {} s of opening the stream", HELLO_DEADLINE.as_secs())]
+    HelloDeadline,
+    #[error("{0}")]
+    Hello(#[source] LimitError),
+    #[error(transparent)]
+    NodesFull(#[from] NodesFull),
+    #[error("LossReport: {0}")]
+    Loss(#[source] LimitError),
+    #[error("EventBatch seq {seq}, event {index}: {source}")]
+    EventLimit {
+        seq: u64,
+        index: usize,
+        #[source]
+        source: LimitError,
+    },
     #[error("a second Hello on the same stream")]
     SecondHello,
     #[error("an AgentMessage without content")]
@@ -56,6 +81,8 @@ impl From<IngestError> for Status {
         match error {
             IngestError::Version { .. } => Status::failed_precondition(error.to_string()),
             IngestError::Store { .. } => Status::unavailable(error.to_string()),
+            IngestError::HelloDeadline => Status::deadline_exceeded(error.to_string()),
+            IngestError::NodesFull(_) => Status::resource_exhausted(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         }
     }
@@ -69,6 +96,8 @@ pub struct Ingest {
     /// The enforce-mode policy set pushed to every agent, if the collector publishes one.
     policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
     auth: Arc<crate::auth::Auth>,
+    /// Each stream's ingest rate, bytes a second (0: no limit), and its burst.
+    budget: (u64, u64),
 }
 
 impl Ingest {
@@ -79,7 +108,16 @@ impl Ingest {
             max_batch_events,
             policy_sets: None,
             auth: Arc::default(),
+            budget: (0, 0),
         }
+    }
+
+    /// Pace each agent stream to `bytes_per_second` of batches (bursts of `burst` bytes, at
+    /// least one second's worth; 0: no limit).
+    #[must_use]
+    pub fn with_budget(mut self, bytes_per_second: u64, burst: u64) -> Self {
+        self.budget = (bytes_per_second, burst);
+        self
     }
 
     /// Push the sets published on `sets` to every agent: the current one on connect, then each
@@ -127,6 +165,7 @@ pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, Inges
             return Err(IngestError::EmptyHelloField { field });
         }
     }
+    budgets::check_hello(&hello).map_err(IngestError::Hello)?;
     Ok(AgentInfo {
         node: hello.node,
         boot_id: hello.boot_id,
@@ -162,6 +201,11 @@ impl Ingest {
                         index,
                         source,
                     })?;
+                    budgets::check_event(event).map_err(|source| IngestError::EventLimit {
+                        seq: batch.seq,
+                        index,
+                        source,
+                    })?;
                 }
                 let stored = self
                     .hub
@@ -180,6 +224,7 @@ impl Ingest {
                 Ok(Some(batch.seq))
             }
             Some(agent_message::Msg::Loss(report)) => {
+                budgets::check_loss_report(&report).map_err(IngestError::Loss)?;
                 self.hub.agent_report(agent, report);
                 Ok(None)
             }
@@ -195,6 +240,7 @@ impl Ingest {
         tx: mpsc::Sender<Result<CollectorMessage, Status>>,
     ) {
         let mut closed = self.hub.closed_watch();
+        let mut budget = IngestBudget::new(self.budget.0, self.budget.1, std::time::Instant::now());
         let mut policy_sets = self.policy_sets.clone();
         if let Some(sets) = &mut policy_sets {
             sets.mark_changed();
@@ -219,6 +265,18 @@ impl Ingest {
                     continue;
                 }
             };
+            if let (Some(budget), Ok(Some(message))) = (budget.as_mut(), &message) {
+                let wait = budget.take(
+                    prost::Message::encoded_len(message),
+                    std::time::Instant::now(),
+                );
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = closed.wait_for(|c| *c) => break,
+                    }
+                }
+            }
             let outcome = match message {
                 Ok(Some(message)) => self.handle(&agent, message).await.map_err(Status::from),
                 Ok(None) => break,
@@ -256,11 +314,16 @@ impl AgentService for Ingest {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         self.auth.agent(&request)?;
         let mut inbound = request.into_inner();
-        let agent = hello_of(inbound.message().await?)?;
+        let first = tokio::time::timeout(HELLO_DEADLINE, inbound.message())
+            .await
+            .map_err(|_| IngestError::HelloDeadline)??;
+        let agent = hello_of(first)?;
         tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,
             mode = %agent.attach_mode, "agent connected");
         // A restart (new boot id) is announced to subscribers by the hub.
-        let _restart = self.hub.agent_connected(&agent);
+        self.hub
+            .agent_connected(&agent)
+            .map_err(IngestError::from)?;
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let span = tracing::info_span!("agent", node = %agent.node);
         tokio::spawn(

@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod budgets;
 pub mod export;
 pub mod fanout;
 pub mod filter;

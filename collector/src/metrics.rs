@@ -8,6 +8,11 @@
 //! whose labels are all `other`, and each such call also in
 //! `mapsentry_policy_violation_series_overflow_total`. The hub's counters (per-node stats,
 //! retention, subscribers) are read at scrape time.
+//!
+//! `/metrics` takes no token: it is meant for the cluster's own scraper (its own listener,
+//! `--metrics-listen`). The hub's counters are totals (no node, namespace or pod); only the
+//! violations name workloads, and [`WorkloadLabels`] keeps them to the namespace or to none for
+//! a collector whose metrics endpoint other tenants can reach.
 
 use std::{
     future::Future,
@@ -31,6 +36,56 @@ use crate::{export::ExportMetrics, health::Health, hub::Hub};
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
 /// The label value of the overflow series.
 pub const OTHER: &str = "other";
+
+/// Which workload labels the violation series carry (`--metrics-workload-labels`): the
+/// namespace and the pod (the default), the namespace only, or none (both labels empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WorkloadLabels {
+    #[default]
+    Pod,
+    Namespace,
+    None,
+}
+
+impl std::str::FromStr for WorkloadLabels {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "pod" => Ok(Self::Pod),
+            "namespace" => Ok(Self::Namespace),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "{other:?} is not a choice of workload labels: pod, namespace or none"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pod => "pod",
+            Self::Namespace => "namespace",
+            Self::None => "none",
+        })
+    }
+}
+
+impl WorkloadLabels {
+    /// `labels` with what this leaves out emptied.
+    fn apply(self, mut labels: ViolationLabels) -> ViolationLabels {
+        match self {
+            Self::Pod => {}
+            Self::Namespace => labels.pod.clear(),
+            Self::None => {
+                labels.namespace.clear();
+                labels.pod.clear();
+            }
+        }
+        labels
+    }
+}
 
 /// The labels of one violation series.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,6 +132,7 @@ impl EncodeLabelSet for ViolationLabels {
 pub struct Metrics {
     registry: Registry,
     max_series: usize,
+    workload_labels: WorkloadLabels,
     violations: Family<ViolationLabels, Counter>,
     /// Label sets in `violations` (the overflow series not counted); guards their creation.
     series: Mutex<usize>,
@@ -155,6 +211,7 @@ impl Metrics {
         Self {
             registry,
             max_series,
+            workload_labels: WorkloadLabels::default(),
             violations,
             series: Mutex::new(0),
             overflow,
@@ -175,12 +232,16 @@ impl Metrics {
         &self.export
     }
 
+    /// Label the violations with `labels` of their workloads.
+    #[must_use]
+    pub fn with_workload_labels(mut self, labels: WorkloadLabels) -> Self {
+        self.workload_labels = labels;
+        self
+    }
+
     /// Count one call matching a rule.
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "callers build the labels for this one call; the family looks them up by reference"
-    )]
     pub fn violation(&self, labels: ViolationLabels) {
+        let labels = self.workload_labels.apply(labels);
         if let Some(counter) = self.violations.get(&labels) {
             counter.inc();
             return;
@@ -250,6 +311,19 @@ impl Metrics {
     #[must_use]
     pub fn render(&self, hub: &Hub) -> String {
         let totals = hub.totals();
+        let recovery = hub.recovery();
+        let by_cause = |value: fn(&crate::retention::Dropped) -> u64| {
+            recovery
+                .dropped
+                .iter()
+                .map(move |(cause, dropped)| {
+                    (
+                        glue::Labels(vec![("cause", cause.as_str().into())]),
+                        value(dropped),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
         let mut scrape = Scrape::default();
         scrape
             .counter(
@@ -286,6 +360,26 @@ impl Metrics {
                 "mapsentry_policy_evaluation_dropped_total",
                 "Stored calls not evaluated because the evaluation queue was full.",
                 hub.evaluation_dropped(),
+            )
+            .counter(
+                "mapsentry_collector_store_failures_total",
+                "Agent batches the retention log failed to store (refused with UNAVAILABLE; the agent resends them).",
+                hub.store_failures(),
+            )
+            .counter(
+                "mapsentry_collector_retention_log_recovered_batches_total",
+                "Batches read back from the retention log at start.",
+                recovery.batches,
+            )
+            .counters(
+                "mapsentry_collector_retention_log_dropped_batches_total",
+                "Batches of the retention log skipped at start because their records were damaged, by cause.",
+                by_cause(|d| d.batches),
+            )
+            .counters(
+                "mapsentry_collector_retention_log_dropped_events_total",
+                "Events of those batches, where the cursors of the batches around them tell, by cause.",
+                by_cause(|d| d.events),
             )
             .gauge(
                 "mapsentry_collector_retained_events",

@@ -15,7 +15,7 @@ use mapsentry_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::Auth,
+    auth::{Auth, Scope},
     filter::RecordFilter,
     hub::{Hub, SubscribeError, Subscription},
 };
@@ -88,6 +88,8 @@ pub struct Observer {
     hub: Arc<Hub>,
     auth: Arc<Auth>,
     slots: Arc<Slots>,
+    /// The largest `Stats` answer (the encoding limit of the server).
+    max_stats_bytes: usize,
 }
 
 impl Observer {
@@ -97,7 +99,15 @@ impl Observer {
             hub,
             auth: Arc::default(),
             slots: Arc::new(Slots::new(usize::MAX)),
+            max_stats_bytes: 4 << 20,
         }
+    }
+
+    /// Answer `Stats` in at most `bytes` (nodes beyond are counted as omitted).
+    #[must_use]
+    pub fn with_max_stats_bytes(mut self, bytes: usize) -> Self {
+        self.max_stats_bytes = bytes;
+        self
     }
 
     /// Serve at most `slots.max` subscriptions at once; beyond, `RESOURCE_EXHAUSTED`.
@@ -165,7 +175,10 @@ impl observer_server::Observer for Observer {
         &self,
         request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
-        self.auth.subscriber(&request)?;
-        Ok(Response::new(self.hub.stats()))
+        let scope = self.auth.subscriber(&request)?;
+        Ok(Response::new(
+            self.hub
+                .stats_within(scope == Scope::All, self.max_stats_bytes),
+        ))
     }
 }

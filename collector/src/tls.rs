@@ -11,16 +11,25 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use mapsentry_service::listen::{Acceptor, Conn};
+
 use futures_core::Stream;
 use rustls::{
     RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
+
+/// The longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection must have sent the HTTP/2 client preface within this of being accepted.
+pub const FIRST_BYTES_DEADLINE: Duration = Duration::from_secs(10);
+/// The HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+pub const HTTP2_PREFACE_BYTES: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -181,37 +190,35 @@ fn stamps(tls: &ServerTls) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-/// Accept on `listener` and hand over connections that completed the TLS handshake. Handshakes
-/// run concurrently (at most 10 s each); failed ones are logged (with the peer and reason) and
-/// dropped. Ends when the receiver is dropped.
+/// Accept from `acceptor` and hand over connections that completed the TLS handshake. Handshakes
+/// run concurrently (at most [`HANDSHAKE_TIMEOUT`] each); failed ones are logged (with the peer
+/// and reason) and dropped. A connection must then send the HTTP/2 preface within what is left
+/// of [`FIRST_BYTES_DEADLINE`]. Ends when the receiver is dropped.
 pub fn incoming(
-    listener: TcpListener,
+    mut acceptor: Acceptor,
     tls: Arc<Reloading>,
-) -> impl Stream<Item = Result<TlsStream<tokio::net::TcpStream>, io::Error>> {
+) -> impl Stream<Item = Result<Conn<TlsStream<tokio::net::TcpStream>>, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(
         async move {
             loop {
-                let (tcp, peer) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                let (tcp, peer, slot) = tokio::select! {
+                    accepted = acceptor.accept() => accepted,
                     () = tx.closed() => return,
                 };
-                let acceptor = TlsAcceptor::from(tls.current());
+                let tls_acceptor = TlsAcceptor::from(tls.current());
                 let tx = tx.clone();
                 tokio::spawn(
                     async move {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                        let started = tokio::time::Instant::now();
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls_acceptor.accept(tcp))
                             .await
                         {
                             Ok(Ok(stream)) => {
-                                let _ = tx.send(Ok(stream)).await;
+                                let left = FIRST_BYTES_DEADLINE.saturating_sub(started.elapsed());
+                                let conn = Conn::new(stream, slot)
+                                    .with_first_bytes(HTTP2_PREFACE_BYTES, left);
+                                let _ = tx.send(Ok(conn)).await;
                             }
                             Ok(Err(error)) => {
                                 tracing::warn!(%peer, %error, "TLS handshake refused");

@@ -221,6 +221,7 @@ async fn a_stalled_subscriber_gets_the_exact_loss_count_while_another_gets_every
         HubConfig {
             retention_events: 100_000,
             subscriber_queue: 4096,
+            ..HubConfig::default()
         },
         ServerConfig::default(),
     )
@@ -471,6 +472,7 @@ async fn bad_subscriptions_get_a_clear_status_not_a_hang() {
         HubConfig {
             retention_events: 10,
             subscriber_queue: 64,
+            ..HubConfig::default()
         },
         ServerConfig::default(),
     )

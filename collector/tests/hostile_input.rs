@@ -1,6 +1,6 @@
 //! Hostile input to the collector's real request handlers, as a stable-toolchain fuzz loop
 //! (proptest), through `mapsentry_collector::hostile`: arbitrary bytes as an agent stream (Hello,
-//! batch limits, `convert::validate`, `Hub::store_batch`, acks) and as a `Subscribe` call (the
+//! batch and field limits, `convert::validate`, `Hub::store_batch`, acks) and as a `Subscribe` call (the
 //! bearer token, the filter's validation and scope, the cursor, catch-up and matching of what the
 //! stream stored); arbitrary tokens files. Nothing may panic; bad input is an error. `fuzz/` holds
 //! the same targets for cargo-fuzz (coverage-guided, from the seed corpus this file checks).

@@ -11,6 +11,7 @@ pub mod enforce;
 pub mod evaluate;
 pub mod event;
 pub mod field_path;
+pub mod limits;
 pub mod load;
 pub mod policy;
 mod schema_check;

@@ -19,7 +19,8 @@ use crate::{
     compile::CompiledPolicy,
     evaluate::{EvaluateError, PolicySet},
     field_path::Problem,
-    load::{LoadError, load_str, load_value},
+    limits::{self, TextLimitError, TextLimits},
+    load::{LoadError, LoadOutcome, load_str, load_value},
     policy::{DEFAULT_NAMESPACE, Policy, PolicyId},
 };
 
@@ -55,6 +56,13 @@ pub enum StoreError {
         source_name: String,
         error: LoadError,
     },
+    /// The text is beyond a limit ([`crate::limits`]): nothing of it was read, and what the
+    /// source defined before stays in force.
+    #[error("{source_name}: {error}; refused unread, its previous version (if any) stays in force")]
+    Limits {
+        source_name: String,
+        error: TextLimitError,
+    },
     /// The policy is already defined by another source.
     #[error(
         "{source_name}: policy {id} is already defined by {other}; each policy may be defined once"
@@ -72,9 +80,23 @@ impl PolicyStore {
         Self::default()
     }
 
-    /// Replace what `source` defines with the documents of `text`; see the module docs.
+    /// Replace what `source` defines with the documents of `text`; see the module docs. A text
+    /// beyond the default [`TextLimits`] changes nothing.
     pub fn reload_text(&mut self, source: &str, text: &str) -> (Reload, Vec<StoreError>) {
-        let outcome = load_str(text);
+        match load_within(source, text, TextLimits::DEFAULT) {
+            Ok(outcome) => self.reload_loaded(source, text, outcome),
+            Err(error) => (Reload::default(), vec![error]),
+        }
+    }
+
+    /// [`Self::reload_text`] with `text` already loaded ([`load_within`]), so that the slow part
+    /// can run without holding the store.
+    pub fn reload_loaded(
+        &mut self,
+        source: &str,
+        text: &str,
+        outcome: LoadOutcome,
+    ) -> (Reload, Vec<StoreError>) {
         let mut reload = Reload::default();
         let mut errors = Vec::new();
         let mut defined = Vec::new();
@@ -222,6 +244,19 @@ impl PolicyStore {
         }
         ids
     }
+}
+
+/// Check `text` of `source` against `limits`, then load it.
+pub fn load_within(
+    source: &str,
+    text: &str,
+    limits: TextLimits,
+) -> Result<LoadOutcome, StoreError> {
+    limits::check(text, limits).map_err(|error| StoreError::Limits {
+        source_name: source.to_owned(),
+        error,
+    })?;
+    Ok(load_str(text))
 }
 
 fn object_source(id: &PolicyId, kind: &str) -> String {

@@ -1,5 +1,5 @@
-//! Hostile policy YAML, as a stable-toolchain fuzz loop (proptest): the loader (`load_str`) on
-//! arbitrary text and on YAML-shaped text returns policies or problems, never panics. `fuzz/`
+//! Hostile policy YAML, as a stable-toolchain fuzz loop (proptest): the limits pre-scan and the
+//! loader (`load_str`) on arbitrary text and on YAML-shaped text returns policies or problems, never panics. `fuzz/`
 //! holds the same target for cargo-fuzz. PROPTEST_CASES raises the case count.
 
 use proptest::prelude::*;
@@ -7,6 +7,7 @@ use proptest::prelude::*;
 proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = mapsentry_policy::limits::check(&text, mapsentry_policy::limits::TextLimits::DEFAULT);
         let _ = mapsentry_policy::load::load_str(&text);
     }
 

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod http;
 pub mod kube;
+pub mod listen;
 pub mod metrics;
 
 /// The tracing target of status lines: what a role is doing, as an operator reads it on start,

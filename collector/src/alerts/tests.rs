@@ -50,6 +50,7 @@ async fn a_storm_of_wx_calls_is_one_alert_and_counted_per_call() {
         files.watch(Duration::from_mins(1)),
         Arc::clone(&metrics),
         AlertConfig::default(),
+        async { 0 },
     );
     let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
     let mut sub = hub.subscribe(filter, None).expect("subscribe");
@@ -134,6 +135,7 @@ async fn an_enforced_call_alerts_with_the_kernels_action() {
         files.watch(Duration::from_mins(1)),
         Arc::clone(&metrics),
         AlertConfig::default(),
+        async { 0 },
     );
     let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
     let mut sub = hub.subscribe(filter, None).expect("subscribe");
@@ -173,6 +175,7 @@ async fn alerts_pending_in_the_window_are_reported_at_shutdown() {
         files.watch(Duration::from_mins(1)),
         Arc::new(Metrics::default()),
         AlertConfig::default(),
+        async { 0 },
     );
     let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
     let mut sub = hub.subscribe(filter, None).expect("subscribe");
@@ -225,6 +228,7 @@ async fn alert_updates_over_a_pods_rate_are_deferred_not_dropped() {
             flush_interval: Duration::from_millis(100),
             ..AlertConfig::default()
         },
+        async { 0 },
     );
     let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
     let mut sub = hub.subscribe(filter, None).expect("subscribe");

@@ -36,6 +36,7 @@ fn config(retention: usize, queue: usize) -> HubConfig {
     HubConfig {
         retention_events: retention,
         subscriber_queue: queue,
+        ..HubConfig::default()
     }
 }
 
@@ -363,7 +364,11 @@ async fn a_new_boot_id_is_announced_as_a_capture_gap_even_across_a_collector_res
             .unwrap();
         assert!(matches!(next(&mut n1).await, R::Started(_)));
         assert!(matches!(next(&mut n2).await, R::Started(_)));
-        assert_eq!(hub.agent_connected(&first), None, "a first boot is no gap");
+        assert_eq!(
+            hub.agent_connected(&first),
+            Ok(None),
+            "a first boot is no gap"
+        );
         hub.agent_report(
             &first,
             v1::LossReport {
@@ -372,12 +377,16 @@ async fn a_new_boot_id_is_announced_as_a_capture_gap_even_across_a_collector_res
             },
         );
         hub.store_batch(&first, 1, timed(0..3, 1_000)).unwrap();
-        assert_eq!(hub.agent_connected(&first), None, "a reconnect is no gap");
+        assert_eq!(
+            hub.agent_connected(&first),
+            Ok(None),
+            "a reconnect is no gap"
+        );
         let second = AgentInfo {
             started_unix_ns: 5_000,
             ..agent("n1", "boot-2")
         };
-        let notice = hub.agent_connected(&second).expect("a restart");
+        let notice = hub.agent_connected(&second).unwrap().expect("a restart");
         assert_eq!(
             notice,
             v1::AgentRestart {
@@ -412,11 +421,117 @@ async fn a_new_boot_id_is_announced_as_a_capture_gap_even_across_a_collector_res
     let third = agent("n1", "boot-3");
     let notice = hub
         .agent_connected(&third)
+        .unwrap()
         .expect("a restart seen from the log");
     assert_eq!(notice.previous_boot_id, "boot-2");
     assert_eq!(
         (notice.previous_last_event_ns, notice.previous_acked),
         (6_000, 1)
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn out_of_order_batches_are_each_stored_once_and_acked() {
+    let hub = Hub::with_first_cursor(config(1000, 16), 1);
+    let a = agent("n", "b");
+    let mut stored = Vec::new();
+    for seq in [1, 1, 5, 3, 2, 7, 8] {
+        let outcome = hub
+            .store_batch(&a, seq, events(seq as u32..seq as u32 + 1))
+            .unwrap();
+        stored.push(matches!(outcome, Stored::New { .. }));
+    }
+    assert_eq!(stored, [true, false, true, true, true, true, true]);
+    assert_eq!(hub.stats().retained, 6, "every new seq stored");
+    assert_eq!(hub.stats().nodes[0].duplicate_batches, 1);
+}
+
+#[tokio::test]
+async fn the_window_evicts_by_bytes_as_well_as_by_events() {
+    let newest_ten: usize = events(15..25)
+        .iter()
+        .map(crate::budgets::record_bytes)
+        .sum();
+    let hub = Hub::with_first_cursor(
+        HubConfig {
+            retention_events: 1000,
+            retention_bytes: newest_ten,
+            ..HubConfig::default()
+        },
+        1,
+    );
+    hub.store_batch(&agent("n", "b"), 1, events(0..25)).unwrap();
+    let stats = hub.stats();
+    assert_eq!((stats.retained, stats.oldest_cursor), (10, 16));
+}
+
+#[tokio::test]
+async fn a_subscriber_queue_full_in_bytes_costs_an_exact_loss_notice() {
+    let first_three: usize = events(0..3).iter().map(crate::budgets::record_bytes).sum();
+    let hub = Hub::with_first_cursor(
+        HubConfig {
+            subscriber_queue: 1000,
+            subscriber_queue_bytes: first_three,
+            ..HubConfig::default()
+        },
+        1,
+    );
+    let mut slow = hub
+        .subscribe(RecordFilter::new(None, &[]).unwrap(), None)
+        .unwrap();
+    hub.store_batch(&agent("n", "b"), 1, events(0..10)).unwrap();
+    assert!(matches!(next(&mut slow).await, R::Started(_)));
+    assert_eq!(pids_until(&mut slow, 3).await, vec![0, 1, 2]);
+    let R::Loss(loss) = next(&mut slow).await else {
+        panic!("a loss notice after the queued records")
+    };
+    assert_eq!(loss.count, 7);
+    hub.store_batch(&agent("n", "b"), 2, events(10..11))
+        .unwrap();
+    assert_eq!(pids_until(&mut slow, 1).await, vec![10], "room again");
+}
+
+#[tokio::test]
+async fn stats_fit_the_message_limit_and_leave_nodes_out_of_namespace_scopes() {
+    let hub = Hub::with_first_cursor(config(1000, 16), 1);
+    for i in 0..100 {
+        let node = AgentInfo {
+            kernel: "k".repeat(200),
+            ..agent(&format!("node-{i:03}"), "b")
+        };
+        hub.agent_connected(&node).unwrap();
+    }
+    let all = hub.stats_within(true, usize::MAX);
+    assert_eq!((all.nodes.len(), all.nodes_omitted), (100, 0));
+    let limited = hub.stats_within(true, 5000);
+    assert!(prost::Message::encoded_len(&limited) <= 5000);
+    assert!(!limited.nodes.is_empty() && limited.nodes.len() < 100);
+    assert_eq!(
+        limited.nodes.len() + limited.nodes_omitted as usize,
+        100,
+        "every node shown or counted"
+    );
+    let scoped = hub.stats_within(false, usize::MAX);
+    assert_eq!((scoped.nodes.len(), scoped.nodes_omitted), (0, 100));
+}
+
+#[tokio::test]
+async fn batches_stored_with_names_beyond_the_limits_are_not_read_back() {
+    let dir = std::env::temp_dir().join(format!("mapsentry-hub-limits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        // As an older collector without the limits wrote them.
+        let (mut log, _) = Log::open(LogConfig::new(&dir)).unwrap();
+        log.append(&"n".repeat(300), "b", 1, 1, &events(0..3))
+            .unwrap();
+        log.append("n", "b", 1, 4, &events(3..5)).unwrap();
+    }
+    let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();
+    let limits = hub.recovery().dropped[&DropCause::Limits];
+    assert_eq!((limits.batches, limits.events), (1, 3));
+    let stats = hub.stats();
+    assert_eq!(stats.retained, 2);
+    assert_eq!(stats.nodes.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

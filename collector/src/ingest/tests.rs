@@ -107,3 +107,33 @@ async fn stored_batches_are_timed_into_the_ingest_latency_histogram() {
         "{body}"
     );
 }
+
+#[test]
+fn hello_strings_beyond_their_limits_are_refused_by_name() {
+    let error = hello_of(Some(hello(1, &"n".repeat(7 << 20), "b"))).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "Hello.node is {} bytes, more than the limit of 253",
+            7 << 20
+        )
+    );
+    assert_eq!(Status::from(error).code(), tonic::Code::InvalidArgument);
+    assert!(hello_of(Some(hello(1, "n", &"b".repeat(65)))).is_err());
+}
+
+#[test]
+fn a_late_hello_and_a_full_node_table_have_their_own_codes() {
+    assert_eq!(
+        Status::from(IngestError::HelloDeadline).code(),
+        tonic::Code::DeadlineExceeded
+    );
+    assert_eq!(
+        Status::from(IngestError::NodesFull(NodesFull { max: 3 })).code(),
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(
+        IngestError::HelloDeadline.to_string(),
+        "no Hello within 10 s of opening the stream"
+    );
+}

@@ -59,6 +59,7 @@ async fn setup(name: &str, policy: &str, per_pod_per_minute: u32) -> Setup {
         files.watch(Duration::from_mins(1)),
         Arc::clone(&metrics),
         AlertConfig::default(),
+        async { 0 },
     );
     let events = super::start(
         server.collector().await,

@@ -89,6 +89,25 @@ fn label_values_are_escaped() {
     assert!(body.contains("pod=\"a\\\"b\\\\c\\nd\""), "{body}");
 }
 
+#[test]
+fn workload_labels_can_be_kept_to_the_namespace_or_to_none() {
+    let hub = Hub::new(HubConfig::default());
+    let namespace = Metrics::new(10).with_workload_labels(WorkloadLabels::Namespace);
+    namespace.violation(labels("a"));
+    namespace.violation(labels("b"));
+    let body = namespace.render(&hub);
+    assert!(
+        body.contains(r#"mapsentry_policy_violations_total{namespace="web",pod="",policy="wx",rule="write-and-execute",action="alert"} 2"#),
+        "{body}"
+    );
+    let none = Metrics::new(10).with_workload_labels(WorkloadLabels::None);
+    none.violation(labels("a"));
+    let body = none.render(&hub);
+    assert!(!body.contains("web"), "{body}");
+    assert_eq!("namespace".parse(), Ok(WorkloadLabels::Namespace));
+    assert!("pods".parse::<WorkloadLabels>().is_err());
+}
+
 #[tokio::test]
 async fn readyz_follows_the_health_and_healthz_answers_while_serving() {
     let health = Health::not_ready("policies not loaded yet");

@@ -7,17 +7,27 @@
 //! version that does not validate is rejected, its errors are logged, and the previous good
 //! version stays. A deleted file's policies are removed. The store may be shared with other
 //! sources ([`SharedPolicies`]: in a cluster, the policy objects).
+//!
+//! Reading and parsing happen on a thread of their own ([`PolicyFiles::start`]), never on the
+//! runtime's workers, and outside the store's lock, so a slow or hostile file never stops
+//! serving; and each file is held to [`TextLimits`] (size, documents, nesting depth) before it is
+//! parsed: a file beyond one is refused unread, with the file and the limit named, and the
+//! previous version stays in force. At most the size limit (plus one byte) of a file is read.
 
 use std::{
     collections::BTreeMap,
+    io::Read as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
-use mapsentry_policy::{PolicySet, store::StoreError};
+use mapsentry_policy::{
+    PolicySet, Reload,
+    limits::TextLimits,
+    store::{StoreError, load_within},
+};
 use tokio::sync::watch;
-use tracing::Instrument as _;
 
 use crate::{PolicyPublisher, policy::store::SharedPolicies};
 
@@ -61,23 +71,29 @@ impl PolicyFiles {
         Self::open_into(roots, SharedPolicies::new())
     }
 
-    /// [`Self::open`] into a store shared with other sources.
-    pub fn open_into(
-        roots: Vec<PathBuf>,
-        policies: SharedPolicies,
-    ) -> Result<(Self, Scan), PolicyFilesError> {
+    /// The files of `roots` (each must exist), into a store shared with other sources, not read
+    /// yet ([`Self::start`] reads them).
+    pub fn new(roots: Vec<PathBuf>, policies: SharedPolicies) -> Result<Self, PolicyFilesError> {
         for root in &roots {
             std::fs::metadata(root).map_err(|source| PolicyFilesError::Read {
                 path: root.clone(),
                 source,
             })?;
         }
-        let mut files = Self {
+        Ok(Self {
             roots,
             policies,
             loaded: BTreeMap::new(),
             pending: BTreeMap::new(),
-        };
+        })
+    }
+
+    /// [`Self::open`] into a store shared with other sources.
+    pub fn open_into(
+        roots: Vec<PathBuf>,
+        policies: SharedPolicies,
+    ) -> Result<(Self, Scan), PolicyFilesError> {
+        let mut files = Self::new(roots, policies)?;
         let scan = files.scan_with(false);
         Ok((files, scan))
     }
@@ -119,11 +135,15 @@ impl PolicyFiles {
             }
             self.pending.remove(&path);
             let source = path.display().to_string();
-            let (reload, errors) = self.policies.update(|store| {
-                let (reload, errors) = store.reload_text(&source, &text);
-                let changed = !reload.accepted.is_empty() || !reload.removed.is_empty();
-                ((reload, errors), changed)
-            });
+            // The slow part, outside the store's lock.
+            let (reload, errors) = match load_within(&source, &text, TextLimits::DEFAULT) {
+                Ok(outcome) => self.policies.update(|store| {
+                    let (reload, errors) = store.reload_loaded(&source, &text, outcome);
+                    let changed = !reload.accepted.is_empty() || !reload.removed.is_empty();
+                    ((reload, errors), changed)
+                }),
+                Err(error) => (Reload::default(), vec![error]),
+            };
             for error in &errors {
                 tracing::error!(%error, "policy rejected; the previous good version (if any) stays in force");
             }
@@ -180,27 +200,98 @@ impl PolicyFiles {
         self
     }
 
-    /// Scan every `interval` from now on; each change of the shared store's policies is
-    /// published on the returned watch. The task ends when every receiver is gone.
-    /// None stands for no policies.
-    pub fn watch(mut self, interval: Duration) -> watch::Receiver<Option<Arc<PolicySet>>> {
+    /// Scan every `interval` from now on, on a thread of its own; each change of the shared
+    /// store's policies is published on the returned watch. The thread ends when every receiver
+    /// is gone. None stands for no policies.
+    #[must_use]
+    pub fn watch(self, interval: Duration) -> watch::Receiver<Option<Arc<PolicySet>>> {
         let rx = self.policies.subscribe();
-        tokio::spawn(
-            async move {
-                let mut ticks = tokio::time::interval(interval);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let policies = self.policies.clone();
+        self.spawn(interval, None);
+        rx
+    }
+
+    /// Read the files for the first time and then scan every `interval`, all on a thread of its
+    /// own (a start never waits for the files, and a slow file never holds up the runtime). The
+    /// store's agents' set is held back until the first read is done ([`SharedPolicies`]'s
+    /// `hold_publishing`), then `publisher` gets it. Returns the policies in force as they change
+    /// and, once the first read is done, how many documents it rejected (each logged).
+    #[must_use]
+    pub fn start(
+        self,
+        publisher: Option<PolicyPublisher>,
+        interval: Duration,
+    ) -> (FirstRead, watch::Receiver<Option<Arc<PolicySet>>>) {
+        let rx = self.policies.subscribe();
+        let (first_read, done) = watch::channel(None);
+        self.policies.hold_publishing(1);
+        self.spawn(interval, Some((publisher, first_read)));
+        (FirstRead(done), rx)
+    }
+
+    fn spawn(
+        mut self,
+        interval: Duration,
+        first: Option<(Option<PolicyPublisher>, watch::Sender<Option<usize>>)>,
+    ) {
+        let span = tracing::info_span!("policy_files");
+        let thread = std::thread::Builder::new()
+            .name("policy-files".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                if let Some((publisher, first_read)) = first {
+                    let first_scan = self.scan_with(false);
+                    self.report_first(&first_scan);
+                    if let Some(publisher) = publisher {
+                        self.policies.set_publisher(publisher);
+                    }
+                    self.policies.source_synced();
+                    first_read.send_replace(Some(first_scan.errors.len()));
+                }
                 loop {
-                    tokio::select! {
-                        _ = ticks.tick() => {}
-                        () = policies.closed() => return,
+                    std::thread::sleep(interval);
+                    if self.policies.is_closed() {
+                        return;
                     }
                     self.scan();
                 }
+            });
+        if let Err(error) = thread {
+            tracing::error!(%error, "cannot start the policy files thread: the --policy files are not read");
+        }
+    }
+
+    fn report_first(&self, scan: &Scan) {
+        if self.roots.is_empty() {
+            return;
+        }
+        let policies = self.policies.read(|store| store.ids().len());
+        mapsentry_service::status!(
+            "{policies} policies in force{}",
+            if scan.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} documents rejected, see the log)", scan.errors.len())
             }
-            .instrument(tracing::info_span!("policy_files")),
         );
-        rx
+        for error in &scan.errors {
+            tracing::error!(target: mapsentry_service::STATUS_TARGET, "policy rejected: {error}");
+        }
+    }
+}
+
+/// The first read of the files by [`PolicyFiles::start`].
+#[derive(Debug, Clone)]
+pub struct FirstRead(watch::Receiver<Option<usize>>);
+
+impl FirstRead {
+    /// Resolves once the files were read for the first time, with the number of documents
+    /// rejected then (each already logged).
+    pub async fn done(mut self) -> usize {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(rejected) => rejected.unwrap_or(0),
+            // The thread never ran (logged): nothing was read, nothing rejected.
+            Err(_) => 0,
+        }
     }
 }
 
@@ -223,11 +314,27 @@ fn collect_dir(dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
     }
 }
 
+/// Read `path` into `out`: at most one byte beyond the size limit (a larger file is refused by
+/// its length, never read whole).
 fn read_into(path: &Path, out: &mut BTreeMap<PathBuf, String>) {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            out.insert(path.to_owned(), text);
+    let limit = TextLimits::DEFAULT.max_bytes as u64 + 1;
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|file| file.take(limit).read_to_end(&mut bytes));
+    match read {
+        Ok(_) if bytes.len() as u64 >= limit => {
+            out.insert(
+                path.to_owned(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            );
         }
+        Ok(_) => match String::from_utf8(bytes) {
+            Ok(text) => {
+                out.insert(path.to_owned(), text);
+            }
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot read policy file: not UTF-8");
+            }
+        },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => tracing::warn!(file = %path.display(), %error, "cannot read policy file"),
     }

@@ -132,6 +132,12 @@ impl SharedPolicies {
         self.inner.tx.closed().await;
     }
 
+    /// Whether nobody follows the policies any more.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.inner.tx.is_closed()
+    }
+
     /// The policies in force, ready to evaluate. (The store refuses a second definition of a
     /// policy, so this is None only if that rule were broken; the error is logged.)
     #[must_use]

@@ -3,22 +3,48 @@
 //! restarted gets back its retained records under the same cursors and its deduplication state,
 //! and resent batches are not stored twice.
 //!
-//! A segment is a sequence of length-delimited `LoggedBatch` protobuf messages, named after the
-//! first cursor it holds (`00000000000000000042.seg`). Segments rotate at `segment_bytes`; the
-//! oldest are deleted while the total exceeds `max_bytes`. A batch is written with one `write`, so
-//! a killed process leaves at most a torn last record, which the next open cuts off. Writes reach
-//! the page cache, not the disk: the log survives the collector process, not the machine.
+//! A segment is named after the first cursor it holds (`00000000000000000042.seg`) and is a
+//! header followed by records, each a `LoggedBatch` with its length and a CRC32C ([`format`]).
+//! Reading back checks every record and skips a damaged one, resynchronizing at the next whole
+//! record, so one flipped byte costs one batch, and what was skipped is reported by cause
+//! ([`Recovery`]: logged, and in the metrics). Nothing valid is ever cut from a file: only an
+//! unfinished last record of the newest segment (a write the process did not complete, never
+//! acked) is removed.
+//!
+//! A failed append (a full disk, an I/O error) leaves the log as if it never happened: the
+//! segment is cut back to where the record began before the error is returned, and if even that
+//! fails, every later append retries the cut first and fails until it succeeds, so nothing is
+//! acked after a partial record.
+//!
+//! Durability against the machine going down is [`SyncPolicy`]: `always` syncs each record
+//! before it is acked, `interval` once a second from a thread of its own, `never` leaves it to
+//! the kernel (the log then survives the collector process, not the machine).
+//!
+//! The log holds at most `max_bytes` on disk plus one segment: segments are `segment_bytes` long
+//! (an eighth of `max_bytes`, between 4 KiB and 64 MiB), and after each append the oldest
+//! segments are deleted while the total exceeds `max_bytes`.
+
+pub mod format;
 
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
-    io::{self, Read as _, Write as _},
+    io::{self, Write as _},
     path::{Path, PathBuf},
+    str::FromStr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
 };
 
 use mapsentry_proto::v1;
-use prost::Message as _;
 
+use self::format::{Damage, Format, SEGMENT_MAGIC, encode_record, read_segment};
+pub use self::format::{DropCause, Dropped, Recovery};
 use super::{Batch, Durable};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +53,16 @@ pub enum LogError {
     Io {
         path: PathBuf,
         action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "retention log {}: a failed append could not be cut back to byte {offset}; nothing is stored until it can",
+        path.display()
+    )]
+    CutBack {
+        path: PathBuf,
+        offset: u64,
         #[source]
         source: io::Error,
     },
@@ -43,20 +79,84 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> LogE
     }
 }
 
+/// When appended records are forced to the disk (`--data-sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `fdatasync` after every record, before it is acked: an acked batch survives the machine
+    /// going down; every batch waits for the disk.
+    Always,
+    /// `fdatasync` of the newest segment every interval, from a thread of its own: at most one
+    /// interval of acked batches can be lost when the machine (not the process) goes down.
+    Interval(Duration),
+    /// Never: the kernel writes the page cache back when it chooses (typically within 30 s).
+    Never,
+}
+
+impl SyncPolicy {
+    /// The interval of `interval`.
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        Self::Interval(Self::INTERVAL)
+    }
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(Self::Always),
+            "interval" => Ok(Self::Interval(Self::INTERVAL)),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "{other:?} is not a sync policy: always, interval or never"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::Interval(_) => "interval",
+            Self::Never => "never",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub dir: PathBuf,
+    /// A segment is closed once it holds this many bytes.
     pub segment_bytes: u64,
+    /// The oldest segments are deleted while the log holds more.
     pub max_bytes: u64,
+    pub sync: SyncPolicy,
 }
 
+/// Smallest and largest segment sizes derived from `max_bytes`.
+const MIN_SEGMENT: u64 = 4 << 10;
+const MAX_SEGMENT: u64 = 64 << 20;
+
 impl LogConfig {
+    /// A log in `dir` of at most 1 GiB.
     #[must_use]
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with_max_bytes(dir, 1 << 30)
+    }
+
+    /// A log in `dir` of at most `max_bytes` (plus one segment, an eighth of it).
+    #[must_use]
+    pub fn with_max_bytes(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
         Self {
             dir: dir.into(),
-            segment_bytes: 64 << 20,
-            max_bytes: 1 << 30,
+            segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT, MAX_SEGMENT),
+            max_bytes,
+            sync: SyncPolicy::default(),
         }
     }
 }
@@ -86,13 +186,21 @@ struct Segment {
 pub struct Log {
     config: LogConfig,
     segments: VecDeque<Segment>,
+    /// The newest segment, open for appending (None: the next append starts a segment).
     current: Option<File>,
     total_bytes: u64,
+    body: Vec<u8>,
     buffer: Vec<u8>,
+    /// A failed append whose partial record could not be cut off: where the newest segment
+    /// must be cut back to before anything else is written.
+    cut_back: Option<u64>,
+    recovery: Recovery,
+    syncer: Option<Syncer>,
 }
 
 impl Log {
-    /// Open (creating) the directory and read back every batch it holds, oldest first.
+    /// Open (creating) the directory and read back every batch it holds, oldest first. Damaged
+    /// records are skipped and reported ([`Log::recovery`], and a warning per damaged place).
     pub fn open(config: LogConfig) -> Result<(Self, Vec<LoggedBatch>)> {
         fs::create_dir_all(&config.dir).map_err(io_error(&config.dir, "creating the directory"))?;
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(&config.dir)
@@ -111,20 +219,82 @@ impl Log {
         names.sort();
         let mut batches = Vec::new();
         let mut segments = VecDeque::new();
-        let mut total_bytes = 0;
-        for (_, path) in names {
-            let bytes = read_segment(&path, &mut batches)?;
-            total_bytes += bytes;
+        let mut damage: Vec<Damage> = Vec::new();
+        let mut legacy = 0;
+        let mut last_format = None;
+        let count = names.len();
+        for (index, (_, path)) in names.into_iter().enumerate() {
+            let data = fs::read(&path).map_err(io_error(&path, "reading"))?;
+            if data.is_empty() {
+                // A segment created but never written (the process ended in between).
+                fs::remove_file(&path).map_err(io_error(&path, "removing an empty segment"))?;
+                continue;
+            }
+            let mut read = read_segment(&data, &mut batches);
+            let mut bytes = data.len() as u64;
+            for place in &read.damage {
+                tracing::warn!(segment = %path.display(), cause = place.cause.as_str(),
+                    offset = place.offset, bytes = place.bytes, batches = place.batches,
+                    "retention log: skipping damaged bytes");
+            }
+            // An unfinished last record of the newest segment was never acked: cut it off so
+            // the next record follows the last whole one.
+            if index + 1 == count
+                && read.format == Format::V2
+                && let Some(torn) = read
+                    .damage
+                    .last()
+                    .filter(|d| d.cause == DropCause::Torn && d.offset + d.bytes == bytes)
+            {
+                let keep = torn.offset;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(keep))
+                    .map_err(io_error(&path, "cutting off an unfinished last record"))?;
+                bytes = keep;
+                read.good_end = keep;
+            }
+            if read.format == Format::Legacy {
+                legacy += 1;
+            }
+            last_format = Some(read.format);
+            damage.append(&mut read.damage);
             segments.push_back(Segment { path, bytes });
         }
-        let current = match segments.back() {
-            Some(last) => Some(
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        // Append to the newest segment only if it is of this format and its header is whole.
+        let current = match (segments.back(), last_format) {
+            (Some(last), Some(Format::V2)) if starts_with_header(&last.path) => Some(
                 OpenOptions::new()
                     .append(true)
                     .open(&last.path)
                     .map_err(io_error(&last.path, "opening for append"))?,
             ),
-            None => None,
+            _ => None,
+        };
+        let recovery = Recovery::tally(&batches, &damage, legacy);
+        if !recovery.dropped.is_empty() {
+            for (cause, dropped) in &recovery.dropped {
+                tracing::warn!(
+                    dir = %config.dir.display(),
+                    cause = cause.as_str(),
+                    batches = dropped.batches,
+                    events = dropped.events,
+                    bytes = dropped.bytes,
+                    "retention log: batches dropped when reading back"
+                );
+            }
+        }
+        if legacy > 0 {
+            tracing::info!(
+                segments = legacy,
+                "retention log: read segments of the previous format (no checksums); new records go to new segments"
+            );
+        }
+        let syncer = match config.sync {
+            SyncPolicy::Interval(every) => Some(Syncer::start(every, current.as_ref())),
+            SyncPolicy::Always | SyncPolicy::Never => None,
         };
         Ok((
             Self {
@@ -132,13 +302,24 @@ impl Log {
                 segments,
                 current,
                 total_bytes,
+                body: Vec::new(),
                 buffer: Vec::new(),
+                cut_back: None,
+                recovery,
+                syncer,
             },
             batches,
         ))
     }
 
-    /// Append one batch (one `write`), rotating and trimming segments as configured.
+    /// What reading back found: batches read, and those dropped by cause.
+    #[must_use]
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Append one batch as one record (one `write`), syncing as configured, then delete the
+    /// oldest segments beyond `max_bytes`. On error nothing of the batch stays in the log.
     pub fn append(
         &mut self,
         node: &str,
@@ -147,6 +328,7 @@ impl Log {
         first_cursor: u64,
         events: &[v1::Event],
     ) -> Result<()> {
+        self.finish_cut_back()?;
         if self.current.is_none()
             || self
                 .segments
@@ -155,51 +337,143 @@ impl Log {
         {
             self.rotate(first_cursor)?;
         }
-        let mut body = Vec::new();
-        prost::encoding::string::encode(1, &node.to_owned(), &mut body);
-        prost::encoding::string::encode(2, &boot_id.to_owned(), &mut body);
-        prost::encoding::uint64::encode(3, &seq, &mut body);
-        prost::encoding::uint64::encode(4, &first_cursor, &mut body);
+        self.body.clear();
+        prost::encoding::string::encode(1, &node.to_owned(), &mut self.body);
+        prost::encoding::string::encode(2, &boot_id.to_owned(), &mut self.body);
+        prost::encoding::uint64::encode(3, &seq, &mut self.body);
+        prost::encoding::uint64::encode(4, &first_cursor, &mut self.body);
         for event in events {
-            prost::encoding::message::encode(5, event, &mut body);
+            prost::encoding::message::encode(5, event, &mut self.body);
         }
-        self.buffer.clear();
-        prost::encoding::encode_varint(body.len() as u64, &mut self.buffer);
-        self.buffer.extend_from_slice(&body);
+        encode_record(&self.body, &mut self.buffer);
         let (Some(file), Some(segment)) = (self.current.as_mut(), self.segments.back_mut()) else {
             unreachable!("rotate opened a segment")
         };
-        file.write_all(&self.buffer)
-            .map_err(io_error(&segment.path, "appending"))?;
+        let good = segment.bytes;
+        let written = file
+            .write_all(&self.buffer)
+            .map_err(io_error(&segment.path, "appending"))
+            .and_then(|()| match self.config.sync {
+                SyncPolicy::Always => file
+                    .sync_data()
+                    .map_err(io_error(&segment.path, "syncing to disk")),
+                SyncPolicy::Interval(_) | SyncPolicy::Never => Ok(()),
+            });
+        if let Err(error) = written {
+            // As if the append never happened: cut the partial record off now, or before the
+            // next append.
+            let path = segment.path.clone();
+            if let Err(source) = file.set_len(good) {
+                tracing::error!(segment = %path.display(), offset = good, %source,
+                    "retention log: cannot cut a failed append back; nothing is stored until it can be");
+                self.cut_back = Some(good);
+            }
+            return Err(error);
+        }
         segment.bytes += self.buffer.len() as u64;
         self.total_bytes += self.buffer.len() as u64;
+        if let Some(syncer) = &self.syncer {
+            syncer.dirty();
+        }
+        self.trim();
         Ok(())
     }
 
+    /// Cut the newest segment back after a failed append whose cut failed.
+    fn finish_cut_back(&mut self) -> Result<()> {
+        let Some(offset) = self.cut_back else {
+            return Ok(());
+        };
+        let (Some(file), Some(segment)) = (self.current.as_ref(), self.segments.back()) else {
+            self.cut_back = None;
+            return Ok(());
+        };
+        file.set_len(offset).map_err(|source| LogError::CutBack {
+            path: segment.path.clone(),
+            offset,
+            source,
+        })?;
+        tracing::info!(segment = %segment.path.display(), offset, "retention log: a failed append was cut back");
+        self.cut_back = None;
+        Ok(())
+    }
+
+    /// Start a segment whose first batch gets `first_cursor`.
     fn rotate(&mut self, first_cursor: u64) -> Result<()> {
+        // The finished segment reaches the disk before the log moves on.
+        if let Some(previous) = self.current.take()
+            && self.config.sync != SyncPolicy::Never
+            && let Err(error) = previous.sync_data()
+        {
+            tracing::warn!(%error, "retention log: syncing a finished segment failed");
+        }
         let path = self.config.dir.join(format!("{first_cursor:020}.seg"));
-        let file = OpenOptions::new()
-            .create(true)
+        let mut file = OpenOptions::new()
+            .create_new(true)
             .append(true)
             .open(&path)
             .map_err(io_error(&path, "creating a segment"))?;
+        if let Err(error) = file
+            .write_all(SEGMENT_MAGIC)
+            .map_err(io_error(&path, "writing a segment header"))
+        {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(error);
+        }
+        if self.config.sync != SyncPolicy::Never {
+            sync_dir(&self.config.dir);
+        }
+        if let Some(syncer) = &self.syncer {
+            syncer.follow(&file);
+        }
         self.current = Some(file);
-        self.segments.push_back(Segment { path, bytes: 0 });
+        self.segments.push_back(Segment {
+            path,
+            bytes: SEGMENT_MAGIC.len() as u64,
+        });
+        self.total_bytes += SEGMENT_MAGIC.len() as u64;
+        Ok(())
+    }
+
+    /// Delete the oldest segments while the log holds more than `max_bytes` (the newest stays).
+    fn trim(&mut self) {
+        let mut deleted = false;
         while self.total_bytes > self.config.max_bytes && self.segments.len() > 1 {
             let Some(oldest) = self.segments.pop_front() else {
                 break;
             };
-            fs::remove_file(&oldest.path)
-                .map_err(io_error(&oldest.path, "deleting an old segment"))?;
+            if let Err(error) = fs::remove_file(&oldest.path) {
+                tracing::warn!(segment = %oldest.path.display(), %error,
+                    "retention log: cannot delete an old segment; it no longer counts against --data-max-bytes");
+            }
             self.total_bytes -= oldest.bytes;
+            deleted = true;
         }
-        Ok(())
+        if deleted && self.config.sync != SyncPolicy::Never {
+            sync_dir(&self.config.dir);
+        }
     }
 
     /// Bytes held on disk.
     #[must_use]
     pub fn bytes(&self) -> u64 {
         self.total_bytes
+    }
+}
+
+fn starts_with_header(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; SEGMENT_MAGIC.len()];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == SEGMENT_MAGIC)
+}
+
+/// Make the directory's entries (created and deleted segments) durable.
+fn sync_dir(dir: &Path) {
+    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), %error, "retention log: syncing the directory failed");
     }
 }
 
@@ -216,40 +490,86 @@ impl Durable for Log {
     }
 }
 
-/// Read every whole batch of a segment; a torn last record is cut off. Returns the bytes kept.
-fn read_segment(path: &Path, out: &mut Vec<LoggedBatch>) -> Result<u64> {
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io_error(path, "reading"))?;
-    let mut rest = data.as_slice();
-    let mut kept = 0;
-    while !rest.is_empty() {
-        let mut cursor = rest;
-        let Ok(len) = prost::encoding::decode_varint(&mut cursor) else {
-            break;
-        };
-        let Ok(len) = usize::try_from(len) else { break };
-        if cursor.len() < len {
-            break;
+/// Syncs the newest segment every interval when something was appended since the last sync.
+#[derive(Debug)]
+struct Syncer {
+    shared: Arc<SyncShared>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct SyncShared {
+    /// A handle on the newest segment.
+    file: Mutex<Option<File>>,
+    dirty: AtomicBool,
+}
+
+impl SyncShared {
+    fn sync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
         }
-        let Ok(batch) = LoggedBatch::decode(&cursor[..len]) else {
-            break;
+        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = file.as_ref()
+            && let Err(error) = file.sync_data()
+        {
+            tracing::warn!(%error, "retention log: the periodic sync failed");
+        }
+    }
+}
+
+impl Syncer {
+    fn start(every: Duration, current: Option<&File>) -> Self {
+        let shared = Arc::new(SyncShared::default());
+        let syncer_shared = Arc::clone(&shared);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("retention-sync".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    syncer_shared.sync();
+                }
+                syncer_shared.sync();
+            })
+            .map_err(|error| tracing::warn!(%error, "retention log: no sync thread; --data-sync interval syncs nothing"))
+            .ok();
+        let syncer = Self {
+            shared,
+            stop: Some(stop),
+            thread,
         };
-        out.push(batch);
-        let used = rest.len() - cursor.len() + len;
-        kept += used;
-        rest = &rest[used..];
+        if let Some(file) = current {
+            syncer.follow(file);
+        }
+        syncer
     }
-    if kept < data.len() {
-        tracing::warn!(path = %path.display(), torn = data.len() - kept, "cutting off a torn record");
-        OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.set_len(kept as u64))
-            .map_err(io_error(path, "cutting off a torn record"))?;
+
+    /// Sync `file` (the new newest segment) from now on.
+    fn follow(&self, file: &File) {
+        let handle = file
+            .try_clone()
+            .map_err(|error| tracing::warn!(%error, "retention log: the sync thread cannot follow the new segment"))
+            .ok();
+        *self
+            .shared
+            .file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = handle;
     }
-    Ok(kept as u64)
+
+    fn dirty(&self) {
+        self.shared.dirty.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[cfg(test)]

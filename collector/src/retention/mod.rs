@@ -14,7 +14,9 @@ use std::{collections::VecDeque, sync::Arc};
 
 use mapsentry_proto::v1;
 
-pub use disk_log::{Log, LogConfig, LogError, LoggedBatch};
+pub use disk_log::{
+    DropCause, Dropped, Log, LogConfig, LogError, LoggedBatch, Recovery, SyncPolicy,
+};
 
 /// One stored event: its cursor, the node that sent it, the event.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct Record {
     pub cursor: u64,
     pub node: Arc<str>,
     pub event: v1::Event,
+    /// What keeping it costs ([`crate::budgets::record_bytes`]).
+    pub bytes: usize,
 }
 
 impl Record {
@@ -54,23 +58,29 @@ pub trait Durable: Send + std::fmt::Debug {
     fn append(&mut self, batch: &Batch<'_>) -> Result<(), LogError>;
 }
 
-/// The newest records, at most `capacity`, with contiguous cursors.
+/// The newest records, at most `capacity` of them and `max_bytes` of what they cost
+/// ([`Record::bytes`]), with contiguous cursors.
 #[derive(Debug)]
 pub struct Window {
     records: VecDeque<Arc<Record>>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
     next_cursor: u64,
     /// The first cursor of this collector run (everything older came from an earlier run).
     instance_first: u64,
 }
 
 impl Window {
-    /// An empty window whose first record gets cursor `first`.
+    /// An empty window of at most `capacity` records and `max_bytes`, whose first record gets
+    /// cursor `first`.
     #[must_use]
-    pub fn new(capacity: usize, first: u64) -> Self {
+    pub fn new(capacity: usize, max_bytes: usize, first: u64) -> Self {
         Self {
             records: VecDeque::with_capacity(capacity.min(1 << 16)),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             next_cursor: first,
             instance_first: first,
         }
@@ -98,6 +108,12 @@ impl Window {
         self.records.len()
     }
 
+    /// What the records held cost ([`Record::bytes`]).
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
@@ -113,28 +129,39 @@ impl Window {
         }
     }
 
-    /// Keep `event` from `node` under the next cursor, evicting the oldest beyond capacity.
+    /// Keep `event` from `node` under the next cursor, evicting the oldest beyond capacity (in
+    /// records and in bytes; the newest record stays even alone beyond the bytes).
     pub fn push(&mut self, node: &Arc<str>, event: v1::Event) -> Arc<Record> {
+        let bytes = crate::budgets::record_bytes(&event);
         let record = Arc::new(Record {
             cursor: self.next_cursor,
             node: Arc::clone(node),
             event,
+            bytes,
         });
         self.next_cursor += 1;
-        if self.records.len() == self.capacity {
-            self.records.pop_front();
+        while self.records.len() >= self.capacity
+            || (!self.records.is_empty() && self.bytes + bytes > self.max_bytes)
+        {
+            let Some(oldest) = self.records.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.bytes;
         }
+        self.bytes += bytes;
         self.records.push_back(Arc::clone(&record));
         record
     }
 
-    /// Read back: continue at `first` (a jump means older batches were deleted, so the window
-    /// starts over there).
+    /// Read back: continue at `first`. A jump forward (a batch skipped as damaged, or segments
+    /// deleted) keeps what is held: records are found by cursor, so the window may have gaps,
+    /// and a damaged batch costs only its own cursors. A jump back starts the window over.
     pub fn continue_at(&mut self, first: u64) {
-        if first != self.next_cursor {
+        if first < self.next_cursor {
             self.records.clear();
-            self.next_cursor = first;
+            self.bytes = 0;
         }
+        self.next_cursor = first;
     }
 
     /// After reading back: this run's records start after what was read.
@@ -160,10 +187,10 @@ impl Window {
         keep: impl Fn(&Record) -> bool,
         out: &mut Vec<Arc<Record>>,
     ) -> u64 {
-        let oldest = self.oldest();
-        let start = (from.max(oldest) - oldest) as usize;
+        // Cursors ascend, with gaps where read-back skipped a damaged batch.
+        let start = self.records.partition_point(|r| r.cursor < from);
         let end = (start + max).min(self.records.len());
         out.extend(self.records.range(start..end).filter(|r| keep(r)).cloned());
-        oldest + end as u64
+        self.records.get(end).map_or(self.next_cursor, |r| r.cursor)
     }
 }

@@ -136,3 +136,22 @@ fn files_and_objects_share_the_store_and_each_policy_has_one_source() {
     assert!(store.remove_object("MmapPolicy", &id("q")));
     assert_eq!(store.ids(), [id("p")]);
 }
+
+#[test]
+fn a_text_beyond_the_limits_is_refused_unread_and_the_previous_version_stays() {
+    let mut store = PolicyStore::new();
+    store.reload_text("a.yaml", &policy("p", "PROT_EXEC"));
+    let nested = format!(
+        "{}\nx: {}1{}\n",
+        policy("p", "PROT_WRITE"),
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let (reload, errors) = store.reload_text("a.yaml", &nested);
+    assert_eq!(reload, Reload::default());
+    assert_eq!(
+        errors[0].to_string(),
+        "a.yaml: nesting depth 65 at line 6 is more than the limit of 64; refused unread, its previous version (if any) stays in force"
+    );
+    assert_eq!(prot_any(&store, "p"), ["PROT_EXEC"]);
+}

@@ -103,3 +103,41 @@ async fn a_taken_default_address_is_skipped_and_a_taken_flag_address_is_an_error
         format!("--metrics-listen {addr}: cannot bind")
     );
 }
+
+#[tokio::test]
+async fn a_client_sending_its_headers_slowly_is_cut_off_and_others_are_served_meanwhile() {
+    let probes = Arc::new(Fixed::default());
+    let listener = bind("127.0.0.1:0".parse().unwrap(), true)
+        .await
+        .unwrap()
+        .expect("bound");
+    let server = Server::start(listener, Arc::clone(&probes) as Arc<dyn Probes>).unwrap();
+    let addr = server.addr();
+    let slow = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let start = std::time::Instant::now();
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n" {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if start.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        start.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fast = tokio::time::timeout(Duration::from_secs(1), get_all(addr, &["/healthz"]))
+        .await
+        .expect("served while the slow client trickles");
+    assert!(fast.starts_with("HTTP/1.1 200 OK"), "{fast}");
+    let took = slow.await.unwrap();
+    assert!(
+        took >= HEADER_TIMEOUT && took < HEADER_TIMEOUT + Duration::from_secs(3),
+        "the slow client was cut off after {took:?}"
+    );
+    server.stop().await;
+}

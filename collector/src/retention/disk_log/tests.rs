@@ -1,3 +1,5 @@
+use prost::Message as _;
+
 use super::*;
 
 fn event(pid: u32) -> v1::Event {
@@ -18,15 +20,51 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+fn config(dir: &Path) -> LogConfig {
+    LogConfig {
+        sync: SyncPolicy::Never,
+        ..LogConfig::new(dir)
+    }
+}
+
+fn seqs(batches: &[LoggedBatch]) -> Vec<u64> {
+    batches.iter().map(|b| b.seq).collect()
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments.remove(0)
+}
+
+/// Ten batches `seq` 1..=10 of `seq` events each, cursors contiguous from 100; returns the
+/// segment and the byte offset where each record starts.
+fn ten_batches(dir: &Path) -> (PathBuf, Vec<u64>) {
+    let (mut log, _) = Log::open(config(dir)).unwrap();
+    let mut cursor = 100;
+    let mut offsets = Vec::new();
+    for seq in 1..=10u64 {
+        offsets.push(log.bytes().max(SEGMENT_MAGIC.len() as u64));
+        let events: Vec<_> = (0..seq as u32).map(event).collect();
+        log.append("n", "b", seq, cursor, &events).unwrap();
+        cursor += seq;
+    }
+    drop(log);
+    (only_segment(dir), offsets)
+}
+
 #[test]
 fn batches_come_back_in_order_after_reopening() {
     let dir = temp_dir("reopen");
-    let (mut log, replayed) = Log::open(LogConfig::new(&dir)).unwrap();
+    let (mut log, replayed) = Log::open(config(&dir)).unwrap();
     assert!(replayed.is_empty());
     log.append("n", "b", 1, 10, &[event(1), event(2)]).unwrap();
     log.append("n", "b", 2, 12, &[event(3)]).unwrap();
     drop(log);
-    let (mut log, replayed) = Log::open(LogConfig::new(&dir)).unwrap();
+    let (mut log, replayed) = Log::open(config(&dir)).unwrap();
     let seen: Vec<_> = replayed
         .iter()
         .map(|b| (b.seq, b.first_cursor, b.events.len()))
@@ -37,35 +75,156 @@ fn batches_come_back_in_order_after_reopening() {
         (replayed[1].node.as_str(), replayed[1].boot_id.as_str()),
         ("n", "b")
     );
+    assert_eq!(
+        log.recovery(),
+        &Recovery {
+            batches: 2,
+            events: 3,
+            ..Recovery::default()
+        }
+    );
     log.append("n", "b", 3, 13, &[event(4)]).unwrap();
     drop(log);
-    assert_eq!(Log::open(LogConfig::new(&dir)).unwrap().1.len(), 3);
+    assert_eq!(Log::open(config(&dir)).unwrap().1.len(), 3);
     fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn a_torn_last_record_is_cut_off() {
+fn an_unfinished_last_record_is_cut_off_and_counted_as_torn() {
     let dir = temp_dir("torn");
-    let (mut log, _) = Log::open(LogConfig::new(&dir)).unwrap();
+    let (mut log, _) = Log::open(config(&dir)).unwrap();
     log.append("n", "b", 1, 1, &[event(1)]).unwrap();
     log.append("n", "b", 2, 2, &[event(2)]).unwrap();
     drop(log);
-    let segment = fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let segment = only_segment(&dir);
     let whole = fs::read(&segment).unwrap();
     fs::write(&segment, &whole[..whole.len() - 3]).unwrap();
-    let (mut log, replayed) = Log::open(LogConfig::new(&dir)).unwrap();
-    assert_eq!(replayed.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![1]);
+    let (mut log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1]);
+    let torn = log.recovery().dropped[&DropCause::Torn];
+    assert_eq!(
+        (torn.batches, torn.events),
+        (1, 0),
+        "never acked: no events known"
+    );
     log.append("n", "b", 2, 2, &[event(2)]).unwrap();
     drop(log);
+    let (log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2]);
+    assert!(log.recovery().dropped.is_empty(), "the torn bytes are gone");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_costs_its_batch_only_and_nothing_is_cut_from_the_file() {
+    let dir = temp_dir("flip");
+    let (segment, offsets) = ten_batches(&dir);
+    let mut data = fs::read(&segment).unwrap();
+    let size = data.len();
+    // A byte inside the body of batch 4 (an event field): served silently before checksums.
+    let at = offsets[3] as usize + 40;
+    data[at] ^= 0x01;
+    fs::write(&segment, &data).unwrap();
+    let (log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2, 3, 5, 6, 7, 8, 9, 10]);
+    let dropped = log.recovery().dropped[&DropCause::Checksum];
+    assert_eq!((dropped.batches, dropped.events), (1, 4));
+    assert_eq!(log.recovery().dropped_events(), 4);
+    assert_eq!(fs::metadata(&segment).unwrap().len() as usize, size);
+    // Appends continue after the last record; the damage is still skipped.
+    drop(log);
+    let (mut log, _) = Log::open(config(&dir)).unwrap();
+    log.append("n", "b", 11, 155, &[event(11)]).unwrap();
+    drop(log);
+    let (_, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_damaged_length_or_magic_resynchronizes_at_the_next_record() {
+    for (what, offset_in_record) in [("length", 5), ("magic", 1), ("checksum", 9)] {
+        let dir = temp_dir(&format!("resync-{what}"));
+        let (segment, offsets) = ten_batches(&dir);
+        let mut data = fs::read(&segment).unwrap();
+        data[offsets[6] as usize + offset_in_record] ^= 0x80;
+        fs::write(&segment, &data).unwrap();
+        let (log, replayed) = Log::open(config(&dir)).unwrap();
+        assert_eq!(
+            seqs(&replayed),
+            vec![1, 2, 3, 4, 5, 6, 8, 9, 10],
+            "a damaged {what}"
+        );
+        assert_eq!(log.recovery().dropped_batches(), 1, "{what}");
+        assert_eq!(log.recovery().dropped_events(), 7, "{what}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn garbage_between_records_is_skipped_and_counted() {
+    let dir = temp_dir("garbage");
+    let (segment, offsets) = ten_batches(&dir);
+    let data = fs::read(&segment).unwrap();
+    let at = offsets[2] as usize;
+    let mut spliced = data[..at].to_vec();
+    spliced.extend_from_slice(&[0xAB; 100]);
+    spliced.extend_from_slice(&data[at..]);
+    fs::write(&segment, &spliced).unwrap();
+    let (log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), (1..=10).collect::<Vec<_>>());
+    let header = log.recovery().dropped[&DropCause::Header];
+    assert_eq!((header.bytes, header.events), (100, 0));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_damaged_segment_header_keeps_the_records_after_it() {
+    let dir = temp_dir("header");
+    let (segment, _) = ten_batches(&dir);
+    let mut data = fs::read(&segment).unwrap();
+    data[2] ^= 0xFF;
+    fs::write(&segment, &data).unwrap();
+    let (mut log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), (1..=10).collect::<Vec<_>>());
+    assert_eq!(log.recovery().dropped[&DropCause::Header].bytes, 8);
+    // Nothing is appended to a segment without its header: a new one starts.
+    log.append("n", "b", 11, 155, &[event(11)]).unwrap();
+    drop(log);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+    assert_eq!(seqs(&Log::open(config(&dir)).unwrap().1).len(), 11);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn segments_of_the_previous_format_are_read_and_never_appended_to() {
+    let dir = temp_dir("legacy");
+    fs::create_dir_all(&dir).unwrap();
+    let mut old = Vec::new();
+    for seq in 1..=3u64 {
+        LoggedBatch {
+            node: "n".into(),
+            boot_id: "b".into(),
+            seq,
+            first_cursor: 10 + seq,
+            events: vec![event(seq as u32)],
+        }
+        .encode_length_delimited(&mut old)
+        .unwrap();
+    }
+    let legacy = dir.join(format!("{:020}.seg", 11));
+    fs::write(&legacy, &old).unwrap();
+    let (mut log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2, 3]);
+    assert_eq!(log.recovery().legacy_segments, 1);
+    log.append("n", "b", 4, 14, &[event(4)]).unwrap();
+    drop(log);
     assert_eq!(
-        Log::open(LogConfig::new(&dir))
-            .unwrap()
-            .1
-            .iter()
-            .map(|b| b.seq)
-            .collect::<Vec<_>>(),
-        vec![1, 2]
+        fs::read(&legacy).unwrap(),
+        old,
+        "the old segment is untouched"
     );
+    assert_eq!(seqs(&Log::open(config(&dir)).unwrap().1), vec![1, 2, 3, 4]);
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -76,18 +235,19 @@ fn segments_rotate_and_the_oldest_go_beyond_the_byte_bound() {
         dir: dir.clone(),
         segment_bytes: 100,
         max_bytes: 300,
+        sync: SyncPolicy::Never,
     };
     let (mut log, _) = Log::open(config.clone()).unwrap();
     for seq in 1..=40 {
         log.append("n", "b", seq, seq, &[event(seq as u32)])
             .unwrap();
     }
-    assert!(log.bytes() <= 300 + 100, "{} bytes", log.bytes());
+    assert!(log.bytes() <= 300, "{} bytes", log.bytes());
     drop(log);
     let segments = fs::read_dir(&dir).unwrap().count();
     assert!(segments > 1 && segments <= 5, "{segments} segments");
     let replayed = Log::open(config).unwrap().1;
-    let seqs: Vec<u64> = replayed.iter().map(|b| b.seq).collect();
+    let seqs = seqs(&replayed);
     assert_eq!(seqs.last(), Some(&40));
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
@@ -95,4 +255,48 @@ fn segments_rotate_and_the_oldest_go_beyond_the_byte_bound() {
     );
     assert!(seqs[0] > 1, "the oldest were deleted");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn max_bytes_holds_within_one_segment_whatever_the_sync_policy() {
+    for sync in [SyncPolicy::Always, SyncPolicy::default(), SyncPolicy::Never] {
+        let dir = temp_dir(&format!("max-{sync}"));
+        let config = LogConfig {
+            sync,
+            ..LogConfig::with_max_bytes(&dir, 200_000)
+        };
+        assert_eq!(config.segment_bytes, 25_000);
+        let (mut log, _) = Log::open(config.clone()).unwrap();
+        let events: Vec<_> = (0..50).map(event).collect();
+        for seq in 1..=400u64 {
+            log.append("n", "b", seq, seq * 50, &events).unwrap();
+        }
+        drop(log);
+        let on_disk: u64 = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(
+            on_disk <= config.max_bytes + config.segment_bytes,
+            "{sync}: {on_disk} bytes on disk"
+        );
+        assert!(on_disk > config.max_bytes / 2, "{sync}: {on_disk}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn sync_policies_parse_by_name() {
+    assert_eq!("always".parse(), Ok(SyncPolicy::Always));
+    assert_eq!(
+        "interval".parse(),
+        Ok(SyncPolicy::Interval(SyncPolicy::INTERVAL))
+    );
+    assert_eq!("never".parse(), Ok(SyncPolicy::Never));
+    assert!(
+        "sometimes"
+            .parse::<SyncPolicy>()
+            .unwrap_err()
+            .contains("always, interval or never")
+    );
 }
