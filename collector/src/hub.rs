@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 use crate::{
     fanout::FanOut,
     filter::RecordFilter,
+    jetstream::{Backbone, publish::Published, subscribe::Since},
     nodes::{Nodes, Totals},
     retention::{Batch, Durable, Log, LogConfig, LogError, Window},
 };
@@ -61,6 +62,21 @@ pub enum SubscribeError {
     Ahead { since: u64, next: u64 },
     #[error("the collector is shutting down")]
     Closed,
+    #[error("alert cursor {since} is ahead of the newest stored alert (the next alert cursor is {next})")]
+    AlertsAhead { since: u64, next: u64 },
+    #[error("alerts_since: this collector keeps no alerts (alerts are live only without --jetstream); subscribe without it")]
+    AlertsNotKept,
+    #[error("the event store is unavailable: {reason}")]
+    Unavailable { reason: String },
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Backbone(#[from] crate::jetstream::publish::PublishError),
 }
 
 /// What became of one agent batch.
@@ -101,6 +117,9 @@ pub struct Hub {
     alerts: AtomicU64,
     /// Subscriptions refused because the collector served its maximum.
     refused_subscribers: AtomicU64,
+    /// With `--jetstream`: where batches are stored and subscriptions read (the window, the
+    /// retention log and the local fan-out of records and alerts are then unused).
+    backbone: Option<Arc<Backbone>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,8 +165,23 @@ impl Hub {
             tap_dropped: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
             refused_subscribers: AtomicU64::new(0),
+            backbone: None,
             config,
         }
+    }
+
+    /// A hub whose batches go to the JetStream `backbone`, and whose subscriptions read it.
+    #[must_use]
+    pub fn with_backbone(config: HubConfig, backbone: Arc<Backbone>) -> Arc<Self> {
+        let mut hub = Self::build(config, 1, None);
+        hub.backbone = Some(backbone);
+        Arc::new(hub)
+    }
+
+    /// The JetStream backbone, with `--jetstream`.
+    #[must_use]
+    pub fn backbone(&self) -> Option<&Arc<Backbone>> {
+        self.backbone.as_ref()
     }
 
     /// A hub that writes every batch to the retention log in `log.dir` before acking it, after
@@ -229,6 +263,10 @@ impl Hub {
     pub fn agent_connected(&self, info: &AgentInfo) -> Option<v1::AgentRestart> {
         let mut state = self.lock();
         let notice = state.nodes.connected(info)?;
+        if self.backbone.is_some() {
+            // Announced to every replica's subscribers through the stream, in its order.
+            return Some(notice);
+        }
         tracing::warn!(node = %notice.node, previous_boot_id = %notice.previous_boot_id,
             boot_id = %notice.boot_id, previous_captured = notice.previous_captured,
             previous_acked = notice.previous_acked, "the agent restarted: its capture had a gap");
@@ -252,16 +290,80 @@ impl Hub {
         agent: &AgentInfo,
         seq: u64,
         events: Vec<v1::Event>,
-    ) -> Result<Stored, LogError> {
+    ) -> Result<Stored, StoreError> {
+        if let Some(backbone) = &self.backbone {
+            return self.publish(backbone, agent, seq, events).await;
+        }
         if self.durable.is_none() {
-            return self.store_batch(agent, seq, events);
+            return Ok(self.store_batch(agent, seq, events)?);
         }
         let hub = Arc::clone(self);
         let agent = agent.clone();
         match tokio::task::spawn_blocking(move || hub.store_batch(&agent, seq, events)).await {
-            Ok(stored) => stored,
+            Ok(stored) => Ok(stored?),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
+    }
+
+    /// [`Hub::store`] on the backbone: the per-node dedup state answers for what this replica
+    /// stored itself; the node's chain in the stream for the rest ([`crate::jetstream::publish`]).
+    async fn publish(
+        &self,
+        backbone: &Backbone,
+        agent: &AgentInfo,
+        seq: u64,
+        events: Vec<v1::Event>,
+    ) -> Result<Stored, StoreError> {
+        let captured = {
+            let mut state = self.lock();
+            if state.nodes.duplicate(agent, seq) {
+                return Ok(Stored::Duplicate);
+            }
+            state.nodes.captured(&agent.node)
+        };
+        let published = backbone.publish_batch(agent, seq, &events, captured).await?;
+        let mut state = self.lock();
+        Ok(match published {
+            Published::New { first, count } => {
+                state.nodes.stored(agent, seq, &events);
+                Stored::New { first, count }
+            }
+            Published::Duplicate => {
+                // Stored before, by another replica: this one's dedup state learns it, and
+                // counts the duplicate as it counts its own.
+                state.nodes.replayed(&agent.node, &agent.boot_id, seq, &[]);
+                let _ = state.nodes.duplicate(agent, seq);
+                Stored::Duplicate
+            }
+        })
+    }
+
+    /// Start a subscription resuming events after `since.events` and alerts after
+    /// `since.alerts`: from the backbone with `--jetstream`, else as [`Hub::subscribe`] (which
+    /// keeps no alerts to resume).
+    pub async fn subscribe_from(
+        self: &Arc<Self>,
+        filter: RecordFilter,
+        since: Since,
+    ) -> Result<Subscription, SubscribeError> {
+        let Some(backbone) = &self.backbone else {
+            if since.alerts.is_some() {
+                return Err(SubscribeError::AlertsNotKept);
+            }
+            return self.subscribe(filter, since.events);
+        };
+        let (tx, rx) = mpsc::channel(self.config.subscriber_queue);
+        let id = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(SubscribeError::Closed);
+            }
+            state.fanout.next_id()
+        };
+        backbone
+            .subscribe(Arc::new(filter), since, tx, self.closed_watch())
+            .await?;
+        Ok(Subscription::new(rx, Arc::clone(self), id))
     }
 
     /// Store one agent batch (already validated) unless (node, boot id, seq) was stored before,
@@ -496,6 +598,22 @@ impl Hub {
     #[must_use]
     pub fn stats(&self) -> v1::StatsResponse {
         let state = self.lock();
+        if let Some(backbone) = &self.backbone {
+            // The stream's cursors; `retained` counts its messages (batches), not events.
+            let (events, _) = backbone.cached_states();
+            return v1::StatsResponse {
+                nodes: state.nodes.stats(),
+                oldest_cursor: if events.messages > 0 {
+                    crate::jetstream::wire::Cursor::new(events.first, 0).encode()
+                } else {
+                    0
+                },
+                next_cursor: crate::jetstream::wire::Cursor::new(events.last + 1, 0).encode(),
+                retained: events.messages,
+                subscribers: u32::try_from(backbone.subscribers()).unwrap_or(u32::MAX),
+                subscriber_losses: 0,
+            };
+        }
         v1::StatsResponse {
             nodes: state.nodes.stats(),
             oldest_cursor: state.window.started().oldest_cursor,

@@ -18,6 +18,7 @@ pub mod follow;
 pub mod health;
 pub mod hub;
 pub mod ingest;
+pub mod jetstream;
 pub mod kube_events;
 #[cfg(test)]
 mod kube_testing;

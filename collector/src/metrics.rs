@@ -81,6 +81,8 @@ pub struct Metrics {
     kube_events_suppressed: Counter,
     alerts_deferred: Counter,
     alerts_superseded: Counter,
+    /// The backbone's metrics, with `--jetstream`.
+    jetstream: std::sync::OnceLock<Arc<crate::jetstream::metrics::JetStreamMetrics>>,
 }
 
 impl Default for Metrics {
@@ -155,7 +157,13 @@ impl Metrics {
             kube_events_suppressed,
             alerts_deferred,
             alerts_superseded,
+            jetstream: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serve the backbone's metrics with these.
+    pub fn add_jetstream(&self, metrics: Arc<crate::jetstream::metrics::JetStreamMetrics>) {
+        let _ = self.jetstream.set(metrics);
     }
 
     /// Count one call matching a rule.
@@ -280,7 +288,11 @@ impl Metrics {
                 "Live subscribers.",
                 totals.subscribers,
             );
-        glue::encode(&[&scrape.into_registry(), &self.registry])
+        let scraped = scrape.into_registry();
+        match self.jetstream.get() {
+            Some(jetstream) => glue::encode(&[&scraped, &self.registry, jetstream.registry()]),
+            None => glue::encode(&[&scraped, &self.registry]),
+        }
     }
 }
 
