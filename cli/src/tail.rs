@@ -71,6 +71,10 @@ pub struct TailArgs {
     /// Start after this cursor (the last one seen) from retention; default: live events only.
     #[arg(long, value_name = "CURSOR")]
     since: Option<u64>,
+    /// Resume alerts after this alert cursor (the last one seen): collectors on JetStream keep
+    /// alerts; others refuse it. Default: live alerts only.
+    #[arg(long, value_name = "CURSOR")]
+    alerts_since: Option<u64>,
     /// Print the collector's per-node counters and retention window, then exit.
     #[arg(long)]
     stats: bool,
@@ -116,6 +120,7 @@ pub fn request(args: &TailArgs) -> anyhow::Result<SubscribeRequest> {
         filter: Some(filter),
         since: args.since,
         kinds,
+        alerts_since: args.alerts_since,
     })
 }
 
@@ -229,6 +234,7 @@ fn loss_reason(reason: i32) -> &'static str {
     match LossReason::try_from(reason) {
         Ok(LossReason::SubscriberBehind) => "subscriber_behind",
         Ok(LossReason::Retention) => "retention",
+        Ok(LossReason::AlertRetention) => "alert_retention",
         Ok(LossReason::Unspecified) | Err(_) => "unknown",
     }
 }

@@ -379,6 +379,7 @@ async fn filters_narrow_the_stream_on_the_server() {
                 filter: Some(filter),
                 since: Some(0),
                 kinds: vec![],
+                alerts_since: None,
             },
         )
         .await;
