@@ -79,7 +79,8 @@ pub struct JetStreamArgs {
           conflicts_with_all = ["jetstream_user", "jetstream_token_file"])]
     jetstream_creds: Option<PathBuf>,
     /// NATS user name (with --jetstream-password-file).
-    #[arg(long, value_name = "USER", requires_all = ["jetstream", "jetstream_password_file"])]
+    #[arg(long, value_name = "USER", env = "MAPSENTRY_JETSTREAM_USER",
+          requires_all = ["jetstream", "jetstream_password_file"])]
     jetstream_user: Option<String>,
     /// File holding the NATS password of --jetstream-user.
     #[arg(long, value_name = "FILE", requires = "jetstream_user")]

@@ -536,10 +536,6 @@ async fn connect_options(
         }))
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
-#[cfg(test)]
-mod tests;
 
 /// Resolves once `stop` is true (or its sender is gone).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {

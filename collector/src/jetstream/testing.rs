@@ -1,1 +1,0 @@
-//! A real nats-server for the tests.
