@@ -98,7 +98,7 @@ impl Ingest {
     }
 }
 
-fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
+pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
     let hello = match message.and_then(|m| m.msg) {
         Some(agent_message::Msg::Hello(hello)) => hello,
         Some(agent_message::Msg::Batch(_)) => {
@@ -138,7 +138,7 @@ fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
 
 impl Ingest {
     /// Handle one message after Hello; returns the ack to send, if any.
-    async fn handle(
+    pub(crate) async fn handle(
         &self,
         agent: &AgentInfo,
         message: AgentMessage,

@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod filter;
 pub mod follow;
 pub mod health;
+pub mod hostile;
 pub mod hub;
 pub mod ingest;
 pub mod jetstream;
