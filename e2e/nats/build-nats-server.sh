@@ -11,7 +11,7 @@ NATS_SERVER_VERSION=v2.15.3
 # Usage: e2e/nats/build-nats-server.sh [CACHE_ROOT]   (default $MAPSENTRY_NATS_CACHE or
 #        /var/cache/mapsentry/nats). Prints the binary's path, last, on stdout:
 #        CACHE_ROOT/nats-server-$NATS_SERVER_VERSION/nats-server
-# Cold (empty module and build caches) on 2 cores: about 2 minutes of CPU (e2e/nats/README.md);
+# Cold (empty module and build caches): ~1 CPU-min, ~3 min wall on 2 busy cores (191 s measured);
 # instant after. Compiles under `nice -n 10`; the Go build cache is removed after a success.
 set -euo pipefail
 
