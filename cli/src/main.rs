@@ -69,7 +69,7 @@ enum Role {
     Tail(tail::TailArgs),
     Agent(mapsentry_agent::node::Config),
     /// A worker per core: the collector serves many agent streams and subscribers at once.
-    Collector(mapsentry_collector::Config),
+    Collector(Box<mapsentry_collector::Config>),
 }
 
 fn main() -> ExitCode {
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => Role::Tail(args),
         Command::Agent(args) => Role::Agent(args.config()),
         Command::Collector(args) => match args.config() {
-            Ok(config) => Role::Collector(config),
+            Ok(config) => Role::Collector(Box::new(config)),
             Err(error) => return exit(Err(error)),
         },
     };
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             }
             Role::Collector(config) => {
                 let shutdown = signals::requested()?;
-                Ok(mapsentry_collector::run(config, shutdown).await?)
+                Ok(mapsentry_collector::run(*config, shutdown).await?)
             }
         }
     }))

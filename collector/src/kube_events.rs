@@ -459,12 +459,11 @@ impl Poster {
     }
 
     fn event_name(&self, pod: &str, now: Instant) -> String {
-        match &self.name_suffix {
-            Some(suffix) => format!("{pod}.{suffix}"),
-            None => {
-                let _ = now;
-                format!("{pod}.{:x}", Timestamp::now().as_nanosecond())
-            }
+        let _ = now;
+        if let Some(suffix) = &self.name_suffix {
+            format!("{pod}.{suffix}")
+        } else {
+            format!("{pod}.{:x}", Timestamp::now().as_nanosecond())
         }
     }
 

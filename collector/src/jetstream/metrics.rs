@@ -38,8 +38,7 @@ impl Default for JetStreamMetrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let publish_seconds = Histogram::new(
-            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
-                .into_iter(),
+            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
         );
         registry.register(
             "mapsentry_jetstream_publish_seconds",

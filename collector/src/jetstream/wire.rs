@@ -12,6 +12,8 @@
 //! - Event cursors: `(stream sequence << 10) | index in the message` ([`Cursor`]); alert cursors
 //!   are the alert stream's sequence itself.
 
+use std::fmt::Write as _;
+
 use mapsentry_proto::v1;
 use prost::Message as _;
 
@@ -192,7 +194,7 @@ pub fn node_token(node: &str) -> String {
         if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
             token.push(char::from(byte));
         } else {
-            token.push_str(&format!("%{byte:02X}"));
+            let _ = write!(token, "%{byte:02X}");
         }
     }
     if token.is_empty() {
