@@ -15,6 +15,9 @@ use std::{
 };
 
 /// The nats-server binary (built once per machine).
+///
+/// # Panics
+/// When the build script fails (it says why: no Go, no network to the module proxy).
 #[must_use]
 pub fn nats_server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -46,6 +49,9 @@ pub fn nats_server_bin() -> PathBuf {
 
 /// A free loopback port (the kernel's choice; free when this returns, which a concurrent
 /// program may change: servers are restarted on new ports when they lose one).
+///
+/// # Panics
+/// When loopback cannot be bound.
 #[must_use]
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -87,6 +93,9 @@ impl Nats {
 
     /// One server with JetStream on client port `port` (which the caller chose, e.g. one a
     /// collector was already told to use).
+    ///
+    /// # Panics
+    /// When the port is taken, or the server does not start within 20 s.
     #[must_use]
     pub fn single_on(dir: &Path, port: u16) -> Self {
         let mut nats = Self {
@@ -174,11 +183,11 @@ impl Nats {
         let mut text = String::new();
         let _ = writeln!(text, "server_name: {}", server.name);
         let _ = writeln!(text, "listen: 127.0.0.1:{}", server.client_port);
-        let _ = writeln!(text, "log_file: {:?}", server.log);
+        let _ = writeln!(text, "log_file: \"{}\"", server.log.display());
         let _ = writeln!(
             text,
-            "jetstream {{ store_dir: {:?}, max_memory_store: 256MB, max_file_store: 4GB }}",
-            server.dir
+            "jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB }}",
+            server.dir.display()
         );
         if self.clustered {
             let routes: Vec<String> = self
@@ -220,13 +229,25 @@ impl Nats {
         }
     }
 
-    /// Start server `i` again (same ports, same store). Panics if its port was taken meanwhile.
+    /// Start server `i` again (same ports, same store).
+    ///
+    /// # Panics
+    /// When its port was taken meanwhile, or it does not start within 20 s.
     pub fn restart(&mut self, i: usize) {
         assert!(
             self.launch(i),
             "nats-server {} could not get its port back",
             self.servers[i].name
         );
+    }
+
+    /// The process ids of the running servers (for their CPU time).
+    #[must_use]
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// Server `i`'s log so far.

@@ -91,6 +91,13 @@ impl JetStreamConfig {
     }
 }
 
+/// The seed servers of a `--jetstream` URL: `nats://a:4222,nats://b:4222` is three servers
+/// (async-nats reads a string as one URL), white space around each ignored.
+#[must_use]
+pub fn server_urls(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
 /// This process's replica id: the pod (or host) name and the pid.
 #[must_use]
 pub fn default_replica_id() -> String {
@@ -206,7 +213,7 @@ impl Backbone {
         });
         let options = connect_options(&config, state.clone()).await?;
         let client = options
-            .connect(config.url.as_str())
+            .connect(server_urls(&config.url))
             .await
             .map_err(|source| JetStreamError::Connect {
                 url: config.url.clone(),
@@ -541,3 +548,6 @@ async fn connect_options(
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
+
+#[cfg(test)]
+mod tests;
