@@ -9,7 +9,10 @@
 //! - NATS unreachable at start and mid-flow: clear errors, not ready, nothing acked that was not
 //!   stored, recovery without a restart;
 //! - a storm of W+X calls from one pod moved between two replicas is one alert series whose
-//!   counts add up, and alerts resume from a cursor.
+//!   counts add up, and alerts resume from a cursor;
+//! - the same storm under two replicas with a real kube-apiserver is one Kubernetes Event series
+//!   with the storm's count, written by the holder of the Lease and carried on by the other
+//!   after the holder crashed.
 #![expect(clippy::float_cmp, reason = "metric counters are whole numbers, exact in f64")]
 
 use std::{
@@ -22,10 +25,14 @@ use std::{
 use mapsentry_collector::{
     Config, HubConfig, ServerConfig,
     alerts::AlertConfig,
-    app::PoliciesConfig,
+    app::{KubernetesConfig, LeaseConfig, PoliciesConfig},
+    kube_events::EventsConfig,
     jetstream::{JetStreamConfig, wire::Cursor},
 };
-use mapsentry_e2e::nats::{Nats, free_port};
+use mapsentry_e2e::{
+    kube_harness::{ApiServer, ChartTools, Kubectl, documents_of_kinds},
+    nats::{Nats, free_port},
+};
 use mapsentry_proto::v1::{
     self, AgentMessage, CollectorMessage, Event, EventBatch, FileInfo, Hello, Kind, MmapArgs,
     PodAttribution, StatsRequest, SubscribeRequest, SubscribeResponse, agent_message::Msg,
@@ -48,6 +55,15 @@ struct Replica {
 
 impl Replica {
     fn start(jetstream: JetStreamConfig, policies: Vec<PathBuf>) -> Self {
+        Self::start_with(jetstream, policies, None)
+    }
+
+    /// With `kubernetes`: the policy objects, and the Events written by the Lease's holder.
+    fn start_with(
+        jetstream: JetStreamConfig,
+        policies: Vec<PathBuf>,
+        kubernetes: Option<KubernetesConfig>,
+    ) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = Config {
@@ -64,7 +80,7 @@ impl Replica {
             hub: HubConfig::default(),
             retention_log: None,
             server: ServerConfig::default(),
-            kubernetes: None,
+            kubernetes,
             jetstream: Some(jetstream),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -707,5 +723,116 @@ async fn a_storm_moved_between_replicas_is_one_alert_series_and_alerts_resume_fr
         }
     }
     assert_eq!(again, counts[1..], "the updates after the cursor, each once");
+    b.stop().await;
+}
+
+/// The `MmapPolicyViolation` Events (events.k8s.io/v1) of `namespace`.
+fn violation_events(admin: &Kubectl, namespace: &str) -> Vec<serde_json::Value> {
+    let events = admin.json(&["get", "events.events.k8s.io", "-n", namespace]);
+    events["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["reason"] == "MmapPolicyViolation")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_lease_takeover() {
+    let dir = tmp();
+    let nats = Nats::single(dir.path());
+    // A real kube-apiserver with the chart's CRDs (the replicas watch policy objects too).
+    let (server, admin) = tokio::task::block_in_place(|| {
+        let tools = ChartTools::ensure();
+        let server = ApiServer::start("jetstream-events");
+        let admin = Kubectl::new(&tools.kubectl, &server.admin_kubeconfig());
+        let rendered = tools.render_chart("mapsentry", "mapsentry", &[]);
+        admin.apply(&documents_of_kinds(&rendered, &["CustomResourceDefinition"]));
+        admin.run(
+            &[
+                "wait",
+                "--for=condition=established",
+                "--timeout=30s",
+                "crd/mmappolicies.mapsentry.dev",
+                "crd/clustermmappolicies.mapsentry.dev",
+            ],
+            None,
+        );
+        for namespace in ["shop", "mapsentry"] {
+            admin.run(&["create", "namespace", namespace], None);
+        }
+        (server, admin)
+    });
+    let kubernetes = KubernetesConfig {
+        kubeconfig: Some(server.admin_kubeconfig()),
+        events: EventsConfig::default(),
+        lease: LeaseConfig {
+            namespace: Some("mapsentry".into()),
+            name: "mapsentry-collector".into(),
+        },
+    };
+    let policy = dir.path().join("wx.yaml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies/write-execute.yaml"),
+        &policy,
+    )
+    .unwrap();
+    let a = Replica::start_with(jetstream(&nats), vec![policy.clone()], Some(kubernetes.clone()));
+    a.wait_ready(Duration::from_secs(30)).await;
+    // A leads: it started first, and holds the Lease before B exists.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.metric("mapsentry_kube_leader").await < 1.0 {
+        assert!(Instant::now() < deadline, "A did not take the Lease within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = Replica::start_with(jetstream(&nats), vec![policy.clone()], Some(kubernetes));
+    b.wait_ready(Duration::from_secs(30)).await;
+
+    // 300 W+X calls through A, 200 through B; then A (the Events' writer) crashes.
+    let mut agent = Agent::open(a.channel().await, "node-a", "boot-1").await;
+    for seq in 1..=30u64 {
+        agent
+            .ship(seq, (0..10).map(|i| event((seq * 100 + i) as u32, true)).collect())
+            .await;
+    }
+    drop(agent);
+    let mut agent = Agent::open(b.channel().await, "node-a", "boot-1").await;
+    for seq in 31..=50u64 {
+        agent
+            .ship(seq, (0..10).map(|i| event((seq * 100 + i) as u32, true)).collect())
+            .await;
+    }
+    // A has written the series' Event before it goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::task::block_in_place(|| violation_events(&admin, "shop")).is_empty() {
+        assert!(Instant::now() < deadline, "no Event within 30 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    a.crash();
+    // B takes the Lease over and carries the series on: one Event whose count is every call.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let events = loop {
+        let events = tokio::task::block_in_place(|| violation_events(&admin, "shop"));
+        assert!(events.len() <= 1, "one Event series, not two: {events:#?}");
+        if events.first().is_some_and(|e| e["series"]["count"] == 500) {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the series did not reach 500 within 90 s: {events:#?}; api server: {}",
+            server.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let event = &events[0];
+    assert_eq!(event["regarding"]["name"], "web", "{event}");
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert!(b.metric("mapsentry_kube_leader").await >= 1.0, "B writes the Events now");
+    // Nothing more comes: still one Event, still 500.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = tokio::task::block_in_place(|| violation_events(&admin, "shop"));
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["series"]["count"], 500, "{events:#?}");
     b.stop().await;
 }
