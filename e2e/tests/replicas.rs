@@ -316,6 +316,7 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
     let mut received_1 = Received::default();
     let mut received_2 = Received::default();
     follow(&tail_1, &mut received_1, Duration::from_mins(2), complete);
+    let tail_1_at = started.elapsed();
     follow(&tail_2, &mut received_2, Duration::from_mins(1), complete);
     let delivered_all_at = started.elapsed();
     // Nothing more comes: every call once.
@@ -349,9 +350,17 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
         "agent 1 reconnected (to B): {agent_1_log}"
     );
     let duplicates = metric(ports_b.metrics, "mapsentry_collector_duplicate_batches_total");
+    // What the failover looked like, for the figures: the agent's and the tail's own words.
+    for (name, log) in [("agent-1", &agent_1_log), ("tail-1", &tail_1.err.everything())] {
+        for line in log.lines().filter(|l| l.contains("collector") || l.contains("resum") || l.contains("WARN")) {
+            println!("{name}: {line}");
+        }
+    }
     println!(
         "FIGURES replicas: {CALLS} calls x 2 nodes; collector A killed at {killed_collector_at:?}, nats-server 0 at {killed_nats_at:?}; \
-         flow took {flow_took:?}, every call at both tails after {delivered_all_at:?}; B counted {duplicates} resent batches already stored"
+         flow took {flow_took:?}, every call at tail-1 (resumed on B) after {tail_1_at:?}, at both tails after {delivered_all_at:?}; \
+         B counted {duplicates} resent batches already stored; agent 1 connected {} times",
+        agent_1_log.matches("connected to the collector").count()
     );
 
     // Everything stops hard (the agents cleanly), and starts again.
