@@ -76,6 +76,8 @@ struct Server {
 pub struct Nats {
     servers: Vec<Server>,
     clustered: bool,
+    /// Lines added to every server's configuration (e.g. `authorization { token: ... }`).
+    extra: String,
 }
 
 impl Nats {
@@ -83,6 +85,19 @@ impl Nats {
     #[must_use]
     pub fn single(dir: &Path) -> Self {
         Self::start(dir, 1)
+    }
+
+    /// One server with JetStream whose configuration also has `extra` (authorization, TLS).
+    ///
+    /// # Panics
+    /// When the server does not start within 20 s.
+    #[must_use]
+    pub fn single_with(dir: &Path, extra: &str) -> Self {
+        let mut nats = Self::start(dir, 1);
+        extra.clone_into(&mut nats.extra);
+        nats.kill9(0);
+        nats.restart(0);
+        nats
     }
 
     /// `n` servers in one JetStream cluster, storing under `dir`.
@@ -108,6 +123,7 @@ impl Nats {
                 log: dir.join("n0.log"),
             }],
             clustered: false,
+            extra: String::new(),
         };
         assert!(nats.launch(0), "port {port} was taken");
         nats
@@ -127,6 +143,7 @@ impl Nats {
                         })
                     .collect(),
                 clustered: n > 1,
+                extra: String::new(),
             };
             let started = (0..n).all(|i| nats.launch(i));
             if started {
@@ -184,6 +201,7 @@ impl Nats {
         let _ = writeln!(text, "server_name: {}", server.name);
         let _ = writeln!(text, "listen: 127.0.0.1:{}", server.client_port);
         let _ = writeln!(text, "log_file: \"{}\"", server.log.display());
+        let _ = writeln!(text, "{}", self.extra);
         let _ = writeln!(
             text,
             "jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB }}",

@@ -27,7 +27,7 @@ use mapsentry_collector::{
     alerts::AlertConfig,
     app::{KubernetesConfig, LeaseConfig, PoliciesConfig},
     kube_events::EventsConfig,
-    jetstream::{JetStreamConfig, wire::Cursor},
+    jetstream::{JetStreamConfig, NatsAuth, wire::Cursor},
 };
 use mapsentry_e2e::{
     kube_harness::{ApiServer, ChartTools, Kubectl, documents_of_kinds},
@@ -835,4 +835,38 @@ async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_leas
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["series"]["count"], 500, "{events:#?}");
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_authenticates_to_nats_and_a_wrong_token_keeps_it_unready() {
+    let dir = tmp();
+    let nats = Nats::single_with(dir.path(), "authorization { token: \"s3cret-token\" }");
+    let with = |token: &str| JetStreamConfig {
+        auth: NatsAuth::Token(token.into()),
+        ..jetstream(&nats)
+    };
+    let good = Replica::start(with("s3cret-token"), vec![]);
+    let bad = Replica::start(with("wrong"), vec![]);
+    good.wait_ready(Duration::from_secs(20)).await;
+    let mut agent = Agent::open(good.channel().await, "node-a", "boot-1").await;
+    agent.ship(1, vec![event(1, false)]).await;
+    let (_, mut sub) = subscribe(
+        good.channel().await,
+        SubscribeRequest {
+            since: Some(0),
+            ..SubscribeRequest::default()
+        },
+    )
+    .await;
+    let (got, _) = events(&mut sub, 1).await;
+    assert_eq!(got[0].event.as_ref().unwrap().pid, 1);
+    // The wrong token: not ready (it says NATS), and nothing acked.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reason = bad.ready().await.expect_err("not ready with a wrong token");
+    assert!(reason.contains("NATS"), "{reason}");
+    let mut agent = Agent::open(bad.channel().await, "node-b", "boot-1").await;
+    let refused = agent.try_ship(1, vec![event(2, false)]).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    good.stop().await;
+    drop(bad);
 }
