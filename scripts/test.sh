@@ -12,7 +12,7 @@ scripts/setup.sh
 e2e/kube/build-kube.sh >/dev/null
 # The JetStream tests' nats-server (e2e/nats/build-nats-server.sh): v2.15.3 from its Go module,
 # cached in /var/cache/mapsentry/nats (cold: ~1 CPU-min, ~3 min wall on 2 busy cores; then
-# instant). e2e/tests/jetstream.rs and replicas.rs fail, saying so, without it.
+# instant). e2e/tests/jetstream.rs (~35 s) and replicas.rs (~1-2 min) fail, saying so, without it.
 e2e/nats/build-nats-server.sh >/dev/null
 cargo build --locked --workspace --bins --tests
 # The real node's images (e2e/tests/real_node.rs): static release builds of mapsentry and
