@@ -5,7 +5,8 @@
     assertions.py --args RENDERED.yaml agent|collector   (print that container's args)
     assertions.py --caps RENDERED.yaml   (the agent's added capabilities this machine can grant)
 
-SCENARIO is default, tls, certmanager, monitoring, custom or tokens (the values files under helm/mapsentry/ci/).
+SCENARIO is default, tls, certmanager, monitoring, custom, tokens or jetstream (the values files
+under helm/mapsentry/ci/).
 Checks the agent's privileges (exact capabilities, host mounts, hostPID, NODE_NAME), the
 collector's non-root context, least-privilege RBAC (exact rules), that references resolve
 (ServiceAccounts, ConfigMaps, Secrets, Service ports, selectors), and each scenario's own
@@ -27,6 +28,13 @@ COLLECTOR_RULES = {
     *{("mapsentry.dev", r, v) for r in ("mmappolicies/status", "clustermmappolicies/status") for v in ("update", "patch")},
     *{(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")},
 }
+# With jetstream.url: the collector replicas' Lease, in the release namespace: create (which cannot
+# be limited to a name), get and update of that one Lease.
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["mapsentry-collector"],
+     "verbs": ["get", "update"]},
+]
 AGENT_MOUNTS = {  # mountPath -> read-only
     "/sys/fs/cgroup": True,
     "/sys/kernel/btf": True,
@@ -263,6 +271,13 @@ def scenario_checks(c, ds, dep, svc):
         c.check(collector["readinessProbe"].get("grpc") == {"port": 50051, "service": "mapsentry.v1.AgentService"},
                 "collector readiness: gRPC health of the agent service (NOT_SERVING while draining)")
     data = next((v for v in cpod["volumes"] if v["name"] == "data"), None)
+    leases = c.find("Role", "-lease")
+    if c.scenario == "jetstream":
+        jetstream_checks(c, dep, collector, cpod, data, leases)
+        return
+    c.check(not leases and not c.find("RoleBinding"), f"{c.scenario}: no Lease Role without JetStream")
+    c.check(dep["spec"]["replicas"] == 1, f"{c.scenario}: one collector without JetStream")
+    c.check(not any(a.startswith("--jetstream") for a in collector["args"]), f"{c.scenario}: no --jetstream")
     c.check(any(m["mountPath"] == "/var/lib/mapsentry" and m["name"] == "data" and not m.get("readOnly")
                 for m in collector["volumeMounts"]) and data is not None,
             "collector retention log volume mounted read-write at /var/lib/mapsentry")
@@ -414,6 +429,44 @@ def scenario_checks(c, ds, dep, svc):
                     if d["kind"] != "CustomResourceDefinition"), "commonLabels on every resource")
         c.check(all(d["metadata"]["name"].startswith("sentry") for d in c.docs
                     if d["kind"] != "CustomResourceDefinition"), "fullnameOverride names every resource")
+
+
+def jetstream_checks(c, dep, collector, cpod, data, leases):
+    """Replicas on JetStream: stateless, the values as flags, credentials and TLS from Secrets,
+    the Lease's exact Role bound to the collector's ServiceAccount."""
+    args = collector["args"]
+    c.check(dep["spec"]["replicas"] == 3, "three collector replicas")
+    c.check(data is None and arg_value(args, "--data-dir") is None, "replicas keep no retention log")
+    for flag, value in (("--jetstream", "nats://nats.nats.svc:4222"), ("--jetstream-replicas", "3"),
+                        ("--jetstream-max-bytes", "53687091200"), ("--jetstream-max-age", "172800"),
+                        ("--jetstream-alerts-max-bytes", "1073741824"), ("--jetstream-alerts-max-age", "604800"),
+                        ("--jetstream-duplicate-window", "120"), ("--jetstream-partitions", "16"),
+                        ("--lease-seconds", "15"), ("--lease-name", "mapsentry-collector"),
+                        ("--jetstream-creds", "/etc/mapsentry/nats/collector.creds"),
+                        ("--jetstream-ca", "/etc/mapsentry/nats-tls/ca.crt")):
+        c.check(arg_value(args, flag) == value, f"{flag}={value}")
+    secrets = {v["name"]: v["secret"]["secretName"] for v in cpod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: m["name"] for m in collector["volumeMounts"] if m.get("readOnly")}
+    c.check(secrets.get(mounts.get("/etc/mapsentry/nats")) == "mapsentry-nats", "NATS creds from their Secret, read-only")
+    c.check(secrets.get(mounts.get("/etc/mapsentry/nats-tls")) == "mapsentry-nats-tls", "NATS CA from its Secret, read-only")
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in collector.get("env", [])}
+    c.check(env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace",
+            "the replica knows its pod name (its lease identity) and namespace (its Lease's)")
+    role = leases[0] if len(leases) == 1 else None
+    c.check(role is not None, "one Lease Role")
+    if role:
+        c.check(role["metadata"]["namespace"] == dep["metadata"]["namespace"], "the Lease Role is in the release namespace")
+        c.check(role["rules"] == LEASE_RULES, f"Lease Role rules are exactly {LEASE_RULES}: {role['rules']}")
+        binding = c.one("RoleBinding", "-lease")
+        if binding:
+            c.check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                           "name": role["metadata"]["name"]}, "RoleBinding binds the Lease Role")
+            c.check(binding["subjects"] == [{"kind": "ServiceAccount", "name": cpod["serviceAccountName"],
+                                             "namespace": dep["metadata"]["namespace"]}],
+                    "RoleBinding binds the collector's ServiceAccount only")
+    pdb = c.one("PodDisruptionBudget")
+    if pdb:
+        c.check(pdb["spec"].get("minAvailable") == 2, "PDB keeps two of three replicas")
 
 
 def print_args(path, component):

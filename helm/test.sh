@@ -63,7 +63,7 @@ render() { "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "$@"; }
 echo "helm/test.sh: $("$HELM" version --short), $("$CHART_PY" -c 'import kubernetes_validate.version as v; print("kubernetes-validate", v.__version__)')"
 
 # 1. Every scenario: lint, render, validate against the 1.33 schemas, assertions.
-for scenario in default tls certmanager monitoring custom tokens; do
+for scenario in default tls certmanager monitoring custom tokens jetstream; do
   args=()
   [ "$scenario" = default ] || args=(-f "$CHART/ci/$scenario-values.yaml")
   step "$scenario: helm lint --strict" "$HELM" lint --strict "$CHART" "${args[@]}"
@@ -123,6 +123,12 @@ if [ -f "$work/default.yaml" ]; then
     "$CHART_PY" helm/validate.py "$work/bogus.yaml"
 fi
 
+if [ -f "$work/jetstream.yaml" ]; then
+  sed 's/verbs: \[get, update\]/verbs: [get, update, delete]/' "$work/jetstream.yaml" >"$work/widelease.yaml"
+  refused "assertions refuse a wider Lease Role" "Lease Role rules are exactly" \
+    "$CHART_PY" helm/assertions.py jetstream "$work/widelease.yaml"
+fi
+
 # 3. values.schema.json refuses wrong types and values; the templates refuse broken combinations.
 refused "schema: --set agent.sysAdmin=yes (string for bool)" "agent.sysAdmin: Invalid type. Expected: boolean" \
   render --set agent.sysAdmin=yes
@@ -132,8 +138,11 @@ refused "schema: --set-json agent.tolerations={} (object for list)" "agent.toler
   render --set-json 'agent.tolerations={}'
 refused "schema: --set agent.ringBufferBytes=big" "agent.ringBufferBytes" render --set agent.ringBufferBytes=big
 refused "schema: --set agent.attach=uprobe (not a mode)" "agent.attach" render --set agent.attach=uprobe
-refused "schema: --set collector.replicas=2 (one hub)" "collector.replicas: Must be less than or equal to 1" \
+refused "template: collector.replicas=2 without JetStream (one hub)" "collector.replicas > 1 needs jetstream.url" \
   render --set collector.replicas=2
+refused "schema: jetstream.url without a scheme" "jetstream.url" render --set jetstream.url=nats.nats.svc:4222
+refused "schema: --set jetstream.credentials.type=password (not a type)" "jetstream.credentials.type" \
+  render --set jetstream.url=nats://n:4222 --set jetstream.credentials.type=password
 refused "schema: --set agentt.enabled=true (unknown key)" "Additional property agentt is not allowed" \
   render --set agentt.enabled=true
 refused "schema: tls.enabled without a server secret" "tls.server.secretName" render --set tls.enabled=true
@@ -222,7 +231,7 @@ bin="${MAPSENTRY_BIN:-target/debug/mapsentry}"
 if [ ! -x "$bin" ]; then
   echo "skip the binary accepts the chart's arguments: no $bin (scripts/test.sh builds it before calling this)"
 else
-  for scenario in default tls monitoring custom tokens; do
+  for scenario in default tls certmanager monitoring custom tokens jetstream; do
     [ -f "$work/$scenario.yaml" ] || continue
     for component in agent collector; do
       mapfile -t args < <("$CHART_PY" helm/assertions.py --args "$work/$scenario.yaml" "$component")

@@ -10,6 +10,10 @@ scripts/setup.sh
 # runc 1.5 from their Go modules, cached in /var/cache/mapsentry/kube (cold: 18 CPU-min, ~10 min;
 # then instant). Used by every test that needs a kube-apiserver, and by real_node's node.
 e2e/kube/build-kube.sh >/dev/null
+# The JetStream tests' nats-server (e2e/nats/build-nats-server.sh): v2.15.3 from its Go module,
+# cached in /var/cache/mapsentry/nats (cold: ~1 CPU-min, ~3 min wall on 2 busy cores; then
+# instant). e2e/tests/jetstream.rs (~35 s) and replicas.rs (~1-2 min) fail, saying so, without it.
+e2e/nats/build-nats-server.sh >/dev/null
 cargo build --locked --workspace --bins --tests
 # The real node's images (e2e/tests/real_node.rs): static release builds of mapsentry and
 # mmap_call, made by `cargo xtask build-static`, the build `cargo xtask vm-test` reuses below

@@ -79,7 +79,10 @@ fn fuzz_seeds_are_current_and_decode() {
             std::fs::write(&path, &bytes).unwrap();
         }
         let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e}; MAPSENTRY_WRITE_FUZZ_SEEDS=1 writes it", path.display())
+            panic!(
+                "{}: {e}; MAPSENTRY_WRITE_FUZZ_SEEDS=1 writes it",
+                path.display()
+            )
         });
         assert!(
             committed == bytes,

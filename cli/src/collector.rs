@@ -3,11 +3,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use mapsentry_collector::{
     HubConfig, ServerConfig,
     alerts::AlertConfig,
-    app::{self, KubernetesConfig, PoliciesConfig},
+    app::{self, KubernetesConfig, LeaseConfig, PoliciesConfig},
     auth::Tokens,
+    jetstream::{JetStreamConfig, NatsAuth, NatsTls},
     kube_events::EventsConfig,
     metrics::WorkloadLabels,
     retention::{LogConfig, SyncPolicy},
@@ -72,6 +74,127 @@ pub struct CollectorArgs {
     security: SecurityArgs,
     #[command(flatten)]
     kubernetes: KubernetesArgs,
+    #[command(flatten)]
+    jetstream: JetStreamArgs,
+}
+
+/// Collector replicas on NATS JetStream.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JetStreamArgs {
+    /// Keep events and alerts in NATS JetStream at URL (nats://HOST:PORT, several
+    /// comma-separated; tls:// requires TLS): this collector becomes one of any number of
+    /// stateless replicas. Without it, the collector keeps its own window and --data-dir log.
+    #[arg(long, value_name = "URL", env = "MAPSENTRY_JETSTREAM")]
+    jetstream: Option<String>,
+    /// NATS credentials file (user JWT and NKey seed, as nsc writes them).
+    #[arg(long, value_name = "FILE", requires = "jetstream",
+          conflicts_with_all = ["jetstream_user", "jetstream_token_file"])]
+    jetstream_creds: Option<PathBuf>,
+    /// NATS user name (with --jetstream-password-file).
+    #[arg(long, value_name = "USER", env = "MAPSENTRY_JETSTREAM_USER",
+          requires_all = ["jetstream", "jetstream_password_file"])]
+    jetstream_user: Option<String>,
+    /// File holding the NATS password of --jetstream-user.
+    #[arg(long, value_name = "FILE", requires = "jetstream_user")]
+    jetstream_password_file: Option<PathBuf>,
+    /// File holding a NATS authentication token.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "jetstream",
+        conflicts_with = "jetstream_user"
+    )]
+    jetstream_token_file: Option<PathBuf>,
+    /// PEM CA to verify the NATS servers with (TLS is then required).
+    #[arg(long, value_name = "FILE", requires = "jetstream")]
+    jetstream_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with NATS (with --jetstream-key).
+    #[arg(long, value_name = "FILE", requires_all = ["jetstream", "jetstream_key"])]
+    jetstream_cert: Option<PathBuf>,
+    /// PEM private key of --jetstream-cert.
+    #[arg(long, value_name = "FILE", requires = "jetstream_cert")]
+    jetstream_key: Option<PathBuf>,
+    /// Replicas of the streams and buckets this collector creates (3 on a three-server cluster).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    jetstream_replicas: u8,
+    /// Bytes the events stream keeps; the oldest messages go beyond it (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = JetStreamConfig::new("").events_max_bytes)]
+    jetstream_max_bytes: i64,
+    /// Seconds the events stream keeps an event (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = JetStreamConfig::new("").events_max_age.as_secs())]
+    jetstream_max_age: u64,
+    /// Bytes the alerts stream keeps (0: no limit).
+    #[arg(long, value_name = "BYTES", default_value_t = JetStreamConfig::new("").alerts_max_bytes)]
+    jetstream_alerts_max_bytes: i64,
+    /// Seconds the alerts stream keeps an alert update (0: no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = JetStreamConfig::new("").alerts_max_age.as_secs())]
+    jetstream_alerts_max_age: u64,
+    /// JetStream's duplicate window in seconds: a batch id seen within it is not stored again
+    /// (docs/design-notes.md says why 120 s).
+    #[arg(long, value_name = "SECONDS", default_value_t = JetStreamConfig::new("").duplicate_window.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    jetstream_duplicate_window: u64,
+    /// Evaluation partitions of a new events stream (nodes are spread over them; each is
+    /// evaluated by one replica at a time). An existing stream keeps its number.
+    #[arg(long, value_name = "N", default_value_t = JetStreamConfig::new("").partitions,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    jetstream_partitions: u32,
+    /// Seconds after which a replica's leases (partitions, the ledger, the Kubernetes Lease)
+    /// are taken over when it stops renewing them.
+    #[arg(long, value_name = "SECONDS", default_value_t = JetStreamConfig::new("").lease_ttl.as_secs(),
+          value_parser = clap::value_parser!(u64).range(3..))]
+    lease_seconds: u64,
+    /// Namespace of the Kubernetes Lease [default: $POD_NAMESPACE, else the service account's].
+    #[arg(long, value_name = "NS", requires = "jetstream")]
+    lease_namespace: Option<String>,
+    /// Name of the Kubernetes Lease whose holder writes the Events and policy status.
+    #[arg(long, value_name = "NAME", default_value = "mapsentry-collector")]
+    lease_name: String,
+}
+
+impl JetStreamArgs {
+    /// The backbone's configuration; credential files are read now.
+    fn config(&self) -> anyhow::Result<Option<JetStreamConfig>> {
+        let Some(url) = &self.jetstream else {
+            return Ok(None);
+        };
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_owned())
+                .with_context(|| format!("{flag} {}", path.display()))
+        };
+        let auth = if let Some(creds) = &self.jetstream_creds {
+            NatsAuth::Creds(creds.clone())
+        } else if let (Some(user), Some(password)) =
+            (&self.jetstream_user, &self.jetstream_password_file)
+        {
+            NatsAuth::UserPassword {
+                user: user.clone(),
+                password: read("--jetstream-password-file", password)?,
+            }
+        } else if let Some(token) = &self.jetstream_token_file {
+            NatsAuth::Token(read("--jetstream-token-file", token)?)
+        } else {
+            NatsAuth::None
+        };
+        Ok(Some(JetStreamConfig {
+            auth,
+            tls: NatsTls {
+                ca: self.jetstream_ca.clone(),
+                cert: self.jetstream_cert.clone(),
+                key: self.jetstream_key.clone(),
+            },
+            replicas: usize::from(self.jetstream_replicas),
+            events_max_bytes: self.jetstream_max_bytes,
+            events_max_age: Duration::from_secs(self.jetstream_max_age),
+            alerts_max_bytes: self.jetstream_alerts_max_bytes,
+            alerts_max_age: Duration::from_secs(self.jetstream_alerts_max_age),
+            duplicate_window: Duration::from_secs(self.jetstream_duplicate_window),
+            partitions: self.jetstream_partitions,
+            lease_ttl: Duration::from_secs(self.lease_seconds),
+            ..JetStreamConfig::new(url.clone())
+        }))
+    }
 }
 
 /// The collector in a cluster.
@@ -93,13 +216,14 @@ pub struct KubernetesArgs {
 }
 
 impl KubernetesArgs {
-    fn config(&self) -> Option<KubernetesConfig> {
+    fn config(&self, lease: LeaseConfig) -> Option<KubernetesConfig> {
         (self.kubernetes || self.kubeconfig.is_some()).then(|| KubernetesConfig {
             kubeconfig: self.kubeconfig.clone(),
             events: EventsConfig {
                 per_pod_per_minute: self.kube_events_per_minute,
                 ..EventsConfig::default()
             },
+            lease,
         })
     }
 }
@@ -263,14 +387,19 @@ impl CollectorArgs {
     pub fn config(self) -> anyhow::Result<app::Config> {
         let mut server = self.limits.server();
         self.security.apply(&mut server)?;
+        let lease = LeaseConfig {
+            namespace: self.jetstream.lease_namespace.clone(),
+            name: self.jetstream.lease_name.clone(),
+        };
         Ok(app::Config {
+            jetstream: self.jetstream.config()?,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
             policies: self.policy.config()?,
             hub: self.limits.hub(),
             retention_log: self.limits.retention_log(),
             server,
-            kubernetes: self.kubernetes.config(),
+            kubernetes: self.kubernetes.config(lease),
         })
     }
 }

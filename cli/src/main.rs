@@ -52,11 +52,11 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Capture on this host and print every mmap/mmap2 call (the standalone default).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Capture on this node and stream every call to a collector.
     Agent(agent::AgentArgs),
     /// Take agent streams, keep recent events, serve subscribers over gRPC.
-    Collector(collector::CollectorArgs),
+    Collector(Box<collector::CollectorArgs>),
     /// Follow a collector's (or `run`'s) events, filtered, resuming after reconnects.
     Tail(tail::TailArgs),
     /// Check policy files, replay recorded events against policies, print the CRDs.
@@ -74,11 +74,11 @@ enum Command {
 #[derive(Debug)]
 enum Role {
     /// One thread: `run`, `tail` and the agent work one stream at a time.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     Tail(tail::TailArgs),
     Agent(mapsentry_agent::node::Config),
     /// A worker per core: the collector serves many agent streams and subscribers at once.
-    Collector(mapsentry_collector::Config),
+    Collector(Box<mapsentry_collector::Config>),
 }
 
 fn main() -> ExitCode {
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => Role::Tail(args),
         Command::Agent(args) => Role::Agent(args.config()),
         Command::Collector(args) => match args.config() {
-            Ok(config) => Role::Collector(config),
+            Ok(config) => Role::Collector(Box::new(config)),
             Err(error) => return exit(Err(error)),
         },
     };
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     };
     exit(runtime.block_on(async {
         match role {
-            Role::Run(args) => run::run(args).await,
+            Role::Run(args) => run::run(*args).await,
             Role::Tail(args) => tail::run(args).await,
             Role::Agent(config) => {
                 let shutdown = signals::requested()?;
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             }
             Role::Collector(config) => {
                 let shutdown = signals::requested()?;
-                Ok(mapsentry_collector::run(config, shutdown).await?)
+                Ok(mapsentry_collector::run(*config, shutdown).await?)
             }
         }
     }))

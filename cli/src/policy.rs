@@ -189,7 +189,7 @@ fn load_paths(paths: &[PathBuf]) -> Found {
                 Err(error) => {
                     found
                         .problems
-                        .push(format!("{}: {error}; refused unread", file.display()));
+                        .push(Finding::file(&file, format!("{error}; refused unread")));
                     continue;
                 }
             };

@@ -73,6 +73,10 @@ pub struct TailArgs {
     /// live events only.
     #[arg(long, value_name = "CURSOR|DURATION", value_parser = parse_since)]
     since: Option<Since>,
+    /// Resume alerts after this alert cursor (the last one seen): collectors on JetStream keep
+    /// alerts; others refuse it. Default: live alerts only.
+    #[arg(long, value_name = "CURSOR")]
+    alerts_since: Option<u64>,
     /// Print the collector's per-node counters and retention window, then exit.
     #[arg(long)]
     stats: bool,
@@ -152,6 +156,7 @@ pub fn request(args: &TailArgs) -> anyhow::Result<SubscribeRequest> {
         since,
         kinds,
         since_unix_ns,
+        alerts_since: args.alerts_since,
     })
 }
 
@@ -266,6 +271,7 @@ fn loss_reason(reason: i32) -> &'static str {
     match LossReason::try_from(reason) {
         Ok(LossReason::SubscriberBehind) => "subscriber_behind",
         Ok(LossReason::Retention) => "retention",
+        Ok(LossReason::AlertRetention) => "alert_retention",
         Ok(LossReason::Unspecified) | Err(_) => "unknown",
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     Health, Hub, HubConfig, PolicyPublisher, ServerConfig,
     alerts::{self, AlertConfig},
     export::{ExportConfig, ExportError, Exporter},
+    jetstream::{self, Backbone, JetStreamConfig, JetStreamError, kube_lease},
     kube_events::{self, EventsConfig, EventsError},
     metrics::{self, Metrics},
     policy::{
@@ -49,6 +50,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// In a cluster: the policy objects and Events.
     pub kubernetes: Option<KubernetesConfig>,
+    /// With `--jetstream`: events and alerts in NATS JetStream, this collector one of its
+    /// replicas (the retention log is then not used).
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 /// Where policies come from and how their alerts are aggregated.
@@ -70,12 +74,50 @@ pub struct KubernetesConfig {
     /// `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
     pub events: EventsConfig,
+    /// With `--jetstream`: the Lease that makes one replica the writer of Events and status.
+    pub lease: LeaseConfig,
+}
+
+/// Where the replicas' Kubernetes Lease is.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// The collector's namespace (None: `$POD_NAMESPACE`, else the service account's, else
+    /// `default`).
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            name: "mapsentry-collector".into(),
+        }
+    }
+}
+
+impl LeaseConfig {
+    /// The namespace of the Lease.
+    #[must_use]
+    pub fn namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|n| n.trim().to_owned())
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into())
+    }
 }
 
 /// A Kubernetes client and what to do with it.
 pub struct KubernetesPlan {
     pub client: kube::Client,
     pub events: EventsConfig,
+    pub lease: LeaseConfig,
 }
 
 impl std::fmt::Debug for KubernetesPlan {
@@ -115,6 +157,8 @@ pub enum AppError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    JetStream(#[from] JetStreamError),
     #[error("serving gRPC")]
     Serve {
         #[source]
@@ -138,7 +182,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         .local_addr()
         .map_err(|source| AppError::LocalAddr { source })?;
     status!("collector serving on {addr}");
-    let hub = open_hub(config.hub, config.retention_log)?;
+    let hub = match config.jetstream {
+        Some(jetstream) => {
+            if config.retention_log.is_some() {
+                tracing::warn!(
+                    "--data-dir is not used with --jetstream: events and alerts live in JetStream"
+                );
+            }
+            status!(
+                "collector replica {} on the JetStream backbone at {}",
+                jetstream.replica_id,
+                jetstream.url
+            );
+            Hub::with_backbone(config.hub, Backbone::connect(jetstream).await?)
+        }
+        None => open_hub(config.hub, config.retention_log)?,
+    };
     let metrics_listen = (
         config.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN),
         config.metrics_listen.is_some(),
@@ -150,6 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         Some(kubernetes) => Some(KubernetesPlan {
             client: mapsentry_service::kube::client(kubernetes.kubeconfig.as_deref()).await?,
             events: kubernetes.events,
+            lease: kubernetes.lease,
         }),
     };
     let alerting = Alerting::start(
@@ -193,6 +253,8 @@ pub struct Alerting {
     export: Option<Exporter>,
     /// The policy object watcher and the Events poster, in a cluster.
     kubernetes: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
+    /// How long evaluation may take to stop.
+    stop_timeout: Duration,
 }
 
 impl Alerting {
@@ -209,6 +271,10 @@ impl Alerting {
         kubernetes: Option<KubernetesPlan>,
     ) -> Result<Self> {
         let health = Health::not_ready("the initial policy load is not done");
+        let backbone = hub.backbone().cloned();
+        if let Some(backbone) = &backbone {
+            backbone.follow_readiness(health.clone());
+        }
         let shared = SharedPolicies::new();
         if kubernetes.is_some() {
             // Agents get no set before the objects are listed: one without their Enforce
@@ -224,6 +290,23 @@ impl Alerting {
         let export = Exporter::start(hub, &config.export, counters.export())?;
         if let Some(export) = &export {
             status!("alerts exported: {}", export.sinks().join("; "));
+        }
+        if let Some(backbone) = backbone {
+            counters.add_jetstream(Arc::clone(&backbone.metrics));
+            return Self::start_replica(
+                hub,
+                backbone,
+                policies,
+                shared,
+                first_read,
+                export,
+                health,
+                counters,
+                config.alerts,
+                metrics_listen,
+                kubernetes,
+            )
+            .await;
         }
         let evaluation = alerts::start(
             hub,
@@ -248,32 +331,8 @@ impl Alerting {
                 Some((crds, events))
             }
         };
-        // Ready once the policy store is synced: every file read once (the reloads running)
-        // and, in a cluster, both kinds of policy objects listed.
-        {
-            let health = health.clone();
-            tokio::spawn(async move {
-                shared.synced().await;
-                health.set_ready();
-            });
-        }
-        let listener = match metrics_listen {
-            None => None,
-            Some((addr, required)) => http::bind(addr, required).await?,
-        };
-        let metrics = match listener {
-            None => None,
-            Some(listener) => {
-                let endpoint: Arc<dyn Probes> = Arc::new(metrics::Endpoint {
-                    metrics: counters,
-                    hub: Arc::clone(hub),
-                    health: health.clone(),
-                });
-                let server = Server::start(listener, endpoint)?;
-                status!("metrics on http://{}/metrics", server.addr());
-                Some(server)
-            }
-        };
+        ready_when_synced(&health, &shared);
+        let metrics = serve_metrics(metrics_listen, counters, hub, &health).await?;
         Ok(Self {
             first_read,
             health,
@@ -281,6 +340,97 @@ impl Alerting {
             metrics,
             export,
             kubernetes,
+            stop_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// [`Alerting::start`] for a replica on the JetStream backbone: this replica evaluates its
+    /// share of the partitions and keeps the ledger when it holds that lease; in a cluster, the
+    /// holder of the Kubernetes Lease writes the Events and the policy objects' status.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts Alerting::start has built"
+    )]
+    async fn start_replica(
+        hub: &Arc<Hub>,
+        backbone: Arc<Backbone>,
+        policies: alerts::Policies,
+        shared: SharedPolicies,
+        first_read: FirstRead,
+        export: Option<Exporter>,
+        health: Health,
+        counters: Arc<Metrics>,
+        alerts: AlertConfig,
+        metrics_listen: Option<(SocketAddr, bool)>,
+        kubernetes: Option<KubernetesPlan>,
+    ) -> Result<Self> {
+        let stop = hub.closed_watch();
+        // Evaluation starts once the policy files were read (they are read on a thread of their
+        // own), so that the first batches are judged by them.
+        let evaluation = {
+            let (backbone, counters, stop) =
+                (Arc::clone(&backbone), Arc::clone(&counters), stop.clone());
+            let read = first_read.clone().done();
+            tokio::spawn(async move {
+                read.await;
+                let _ =
+                    jetstream::evaluate::start(backbone, policies, counters, alerts, stop).await;
+            })
+        };
+        let ledger = Arc::clone(&backbone);
+        let ledger_stop = stop.clone();
+        tokio::spawn(async move { ledger.keep_ledger(ledger_stop).await });
+        let kubernetes = match kubernetes {
+            None => None,
+            Some(plan) => {
+                let lease = kube_lease::KubeLeaseConfig::new(
+                    plan.lease.namespace(),
+                    plan.lease.name.clone(),
+                    backbone.config.replica_id.clone(),
+                )
+                .with_duration(backbone.config.lease_ttl);
+                status!(
+                    "Kubernetes Lease {}/{}: its holder writes the Events and policy status",
+                    lease.namespace,
+                    lease.name
+                );
+                let elector = kube_lease::start(plan.client.clone(), lease, stop.clone());
+                let events = jetstream::events::start(
+                    Arc::clone(&backbone),
+                    plan.client.clone(),
+                    &elector,
+                    Arc::clone(&counters),
+                    plan.events,
+                    stop.clone(),
+                );
+                let (leading_tx, leading) = tokio::sync::watch::channel(false);
+                let mut leadership = elector.leadership.clone();
+                tokio::spawn(async move {
+                    loop {
+                        leading_tx.send_replace(leadership.borrow_and_update().leading);
+                        if leadership.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let crds = crds::start_gated(plan.client, shared.clone(), Some(leading));
+                status!(
+                    "watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
+                );
+                Some((crds, events))
+            }
+        };
+        ready_when_synced(&health, &shared);
+        let metrics = serve_metrics(metrics_listen, counters, hub, &health).await?;
+        Ok(Self {
+            first_read,
+            health,
+            evaluation,
+            metrics,
+            export,
+            kubernetes,
+            // Each partition publishes what it aggregated before its lease goes.
+            stop_timeout: Duration::from_secs(20),
         })
     }
 
@@ -292,11 +442,11 @@ impl Alerting {
 
     /// After the hub closed: let evaluation report what it holds, stop the metrics server.
     pub async fn stop(self) {
-        if tokio::time::timeout(Duration::from_secs(5), self.evaluation)
+        if tokio::time::timeout(self.stop_timeout, self.evaluation)
             .await
             .is_err()
         {
-            tracing::warn!("policy evaluation did not stop within 5 s");
+            tracing::warn!(timeout = ?self.stop_timeout, "policy evaluation did not stop in time");
         }
         if let Some(export) = self.export {
             // The alerts flushed at shutdown, delivered within the sinks' grace.
@@ -316,4 +466,39 @@ impl Alerting {
             server.stop().await;
         }
     }
+}
+
+/// Ready once the policy store is synced: every file read once (the reloads running) and, in a
+/// cluster, both kinds of policy objects listed.
+fn ready_when_synced(health: &Health, shared: &SharedPolicies) {
+    let health = health.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        shared.synced().await;
+        health.set_ready();
+    });
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listen`, if given.
+async fn serve_metrics(
+    listen: Option<(SocketAddr, bool)>,
+    counters: Arc<Metrics>,
+    hub: &Arc<Hub>,
+    health: &Health,
+) -> Result<Option<Server>> {
+    let listener = match listen {
+        None => None,
+        Some((addr, required)) => http::bind(addr, required).await?,
+    };
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let endpoint: Arc<dyn Probes> = Arc::new(metrics::Endpoint {
+        metrics: counters,
+        hub: Arc::clone(hub),
+        health: health.clone(),
+    });
+    let server = Server::start(listener, endpoint)?;
+    status!("metrics on http://{}/metrics", server.addr());
+    Ok(Some(server))
 }

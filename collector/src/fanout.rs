@@ -121,7 +121,12 @@ impl QueueBytes {
     /// Give back `bytes` (an item left the queue).
     pub fn give_back(&self, bytes: usize) {
         if bytes > 0 {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            // Saturating: items that never took bytes (a backbone subscription's) give none back.
+            let _ = self
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_sub(bytes))
+                });
             self.room.notify_waiters();
         }
     }

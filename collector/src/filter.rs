@@ -126,6 +126,12 @@ impl RecordFilter {
         self.nodes.is_empty() || self.nodes.iter().any(|n| n == node)
     }
 
+    /// Whether this subscriber asked for events at all.
+    #[must_use]
+    pub fn wants_events(&self) -> bool {
+        self.events
+    }
+
     /// Whether this subscriber asked for alerts at all.
     #[must_use]
     pub fn wants_alerts(&self) -> bool {

@@ -1,6 +1,8 @@
 //! A subscriber client that reconnects and resumes by itself: after a broken stream or a
 //! collector restart it subscribes again with `since` set to the last cursor it received, so
-//! every record arrives once (loss notices say what did not).
+//! every record arrives once (loss notices say what did not). A collector that keeps alerts
+//! (`--jetstream`; its `Started` says `alerts_next_cursor`) resumes them the same way, with
+//! `alerts_since`.
 
 use std::time::Duration;
 
@@ -69,7 +71,7 @@ impl FollowError {
 pub enum Followed {
     Started(Started),
     Record(EventRecord),
-    /// An alert update (alerts have their own cursors and are not resumed).
+    /// An alert update (alerts have their own cursors, resumed where the collector keeps them).
     Alert(mapsentry_proto::v1::AlertRecord),
     Loss(LossNotice),
     /// A node's agent restarted: a gap in that node's capture.
@@ -87,6 +89,8 @@ pub struct Follower {
     token: Option<BearerToken>,
     request: SubscribeRequest,
     last_cursor: Option<u64>,
+    /// The last alert cursor, once the collector said it keeps alerts.
+    last_alert_cursor: Option<u64>,
     stream: Option<Streaming<mapsentry_proto::v1::SubscribeResponse>>,
     retry_at: Instant,
     backoff: backon::ExponentialBuilder,
@@ -134,6 +138,7 @@ impl Follower {
             client,
             token,
             last_cursor: request.since,
+            last_alert_cursor: request.alerts_since,
             request,
             stream: None,
             retry_at: Instant::now(),
@@ -166,6 +171,12 @@ impl Follower {
     #[must_use]
     pub fn last_cursor(&self) -> Option<u64> {
         self.last_cursor
+    }
+
+    /// The cursor of the last alert received, where the collector keeps alerts.
+    #[must_use]
+    pub fn last_alert_cursor(&self) -> Option<u64> {
+        self.last_alert_cursor
     }
 
     /// The collector's counters.
@@ -227,6 +238,7 @@ impl Follower {
                 } else {
                     self.request.since_unix_ns
                 },
+                alerts_since: self.last_alert_cursor,
                 ..self.request.clone()
             });
             if let Some(token) = &self.token {
@@ -282,7 +294,12 @@ impl Follower {
                 self.last_cursor = Some(record.cursor);
                 Followed::Record(record)
             }
-            Some(subscribe_response::Item::Alert(alert)) => Followed::Alert(alert),
+            Some(subscribe_response::Item::Alert(alert)) => {
+                if self.last_alert_cursor.is_some() {
+                    self.last_alert_cursor = Some(alert.cursor);
+                }
+                Followed::Alert(alert)
+            }
             Some(subscribe_response::Item::Loss(loss)) => Followed::Loss(loss),
             Some(subscribe_response::Item::AgentRestart(restart)) => {
                 Followed::AgentRestart(restart)
@@ -295,6 +312,11 @@ impl Follower {
                         .last_cursor
                         .or(Some(started.next_cursor.saturating_sub(1)));
                 }
+                // Alerts resume only where the collector keeps them.
+                self.last_alert_cursor = match started.alerts_next_cursor {
+                    Some(next) => self.last_alert_cursor.or(Some(next.saturating_sub(1))),
+                    None => None,
+                };
                 Followed::Started(started)
             }
             None => Followed::Disconnected {

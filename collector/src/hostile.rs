@@ -95,9 +95,8 @@ impl Handlers {
             tokens: Some(Tokens::parse("hostile::TOKENS", TOKENS).expect("TOKENS parse")),
             client_certs: false,
         });
-        let ingest = Arc::new(
-            Ingest::new(Arc::clone(&hub), MAX_BATCH_EVENTS).with_auth(Arc::clone(&auth)),
-        );
+        let ingest =
+            Arc::new(Ingest::new(Arc::clone(&hub), MAX_BATCH_EVENTS).with_auth(Arc::clone(&auth)));
         let observer = Observer::new(Arc::clone(&hub)).with_auth(auth);
         Self {
             runtime,

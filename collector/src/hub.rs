@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 use crate::{
     fanout::{FanOut, QueueBytes},
     filter::RecordFilter,
+    jetstream::{Backbone, publish::Published, subscribe::Since},
     nodes::{Nodes, NodesFull, Seen, Totals},
     retention::{Batch, DropCause, Durable, Log, LogConfig, LogError, Recovery, Window},
 };
@@ -72,6 +73,25 @@ pub enum SubscribeError {
     Ahead { since: u64, next: u64 },
     #[error("the collector is shutting down")]
     Closed,
+    #[error(
+        "alert cursor {since} is ahead of the newest stored alert (the next alert cursor is {next})"
+    )]
+    AlertsAhead { since: u64, next: u64 },
+    #[error(
+        "alerts_since: this collector keeps no alerts (alerts are live only without --jetstream); subscribe without it"
+    )]
+    AlertsNotKept,
+    #[error("the event store is unavailable: {reason}")]
+    Unavailable { reason: String },
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Backbone(#[from] crate::jetstream::publish::PublishError),
 }
 
 /// What became of one agent batch.
@@ -112,6 +132,9 @@ pub struct Hub {
     alerts: AtomicU64,
     /// Subscriptions refused because the collector served its maximum.
     refused_subscribers: AtomicU64,
+    /// With `--jetstream`: where batches are stored and subscriptions read (the window, the
+    /// retention log and the local fan-out of records and alerts are then unused).
+    backbone: Option<Arc<Backbone>>,
     /// Batches the durable store failed to store (each refused to its agent, which resends it).
     store_failures: AtomicU64,
     /// What reading the retention log back found (empty without one).
@@ -173,8 +196,23 @@ impl Hub {
             ingest_latency: ingest_latency_histogram(),
             store_failures: AtomicU64::new(0),
             recovery: Recovery::default(),
+            backbone: None,
             config,
         }
+    }
+
+    /// A hub whose batches go to the JetStream `backbone`, and whose subscriptions read it.
+    #[must_use]
+    pub fn with_backbone(config: HubConfig, backbone: Arc<Backbone>) -> Arc<Self> {
+        let mut hub = Self::build(config, 1, None);
+        hub.backbone = Some(backbone);
+        Arc::new(hub)
+    }
+
+    /// The JetStream backbone, with `--jetstream`.
+    #[must_use]
+    pub fn backbone(&self) -> Option<&Arc<Backbone>> {
+        self.backbone.as_ref()
     }
 
     /// A hub that writes every batch to the retention log in `log.dir` before acking it, after
@@ -284,6 +322,10 @@ impl Hub {
         let Some(notice) = state.nodes.connected(info)? else {
             return Ok(None);
         };
+        if self.backbone.is_some() {
+            // Announced to every replica's subscribers through the stream, in its order.
+            return Ok(Some(notice));
+        }
         tracing::warn!(node = %notice.node, previous_boot_id = %notice.previous_boot_id,
             boot_id = %notice.boot_id, previous_captured = notice.previous_captured,
             previous_acked = notice.previous_acked, "the agent restarted: its capture had a gap");
@@ -307,16 +349,90 @@ impl Hub {
         agent: &AgentInfo,
         seq: u64,
         events: Vec<v1::Event>,
-    ) -> Result<Stored, LogError> {
+    ) -> Result<Stored, StoreError> {
+        if let Some(backbone) = &self.backbone {
+            return self.publish(backbone, agent, seq, events).await;
+        }
         if self.durable.is_none() {
-            return self.store_batch(agent, seq, events);
+            return Ok(self.store_batch(agent, seq, events)?);
         }
         let hub = Arc::clone(self);
         let agent = agent.clone();
         match tokio::task::spawn_blocking(move || hub.store_batch(&agent, seq, events)).await {
-            Ok(stored) => stored,
+            Ok(stored) => Ok(stored?),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
+    }
+
+    /// [`Hub::store`] on the backbone: the per-node dedup state answers for what this replica
+    /// stored itself; the node's chain in the stream for the rest ([`crate::jetstream::publish`]).
+    async fn publish(
+        &self,
+        backbone: &Backbone,
+        agent: &AgentInfo,
+        seq: u64,
+        events: Vec<v1::Event>,
+    ) -> Result<Stored, StoreError> {
+        let (captured, uncertain) = {
+            let mut state = self.lock();
+            let uncertain = match state.nodes.seen(agent, seq) {
+                Seen::Duplicate => return Ok(Stored::Duplicate),
+                Seen::Uncertain => true,
+                Seen::New => false,
+            };
+            (state.nodes.captured(&agent.node), uncertain)
+        };
+        let published = backbone
+            .publish_batch(agent, seq, &events, captured)
+            .await?;
+        let mut state = self.lock();
+        Ok(match published {
+            Published::New { first, count } => {
+                state.nodes.stored(agent, seq, &events, uncertain);
+                Stored::New { first, count }
+            }
+            Published::Duplicate => {
+                // Stored before, by another replica: this one's dedup state learns it, and
+                // counts the duplicate as it counts its own.
+                state.nodes.replayed(&agent.node, &agent.boot_id, seq, &[]);
+                let _ = state.nodes.seen(agent, seq);
+                Stored::Duplicate
+            }
+        })
+    }
+
+    /// Start a subscription resuming events after `since.events` and alerts after
+    /// `since.alerts`: from the backbone with `--jetstream`, else as [`Hub::subscribe`] (which
+    /// keeps no alerts to resume).
+    pub async fn subscribe_from(
+        self: &Arc<Self>,
+        filter: RecordFilter,
+        since: Since,
+    ) -> Result<Subscription, SubscribeError> {
+        let Some(backbone) = &self.backbone else {
+            if since.alerts.is_some() {
+                return Err(SubscribeError::AlertsNotKept);
+            }
+            return self.subscribe(filter, since.events);
+        };
+        let (tx, rx) = mpsc::channel(self.config.subscriber_queue);
+        let id = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(SubscribeError::Closed);
+            }
+            state.fanout.next_id()
+        };
+        backbone
+            .subscribe(Arc::new(filter), since, tx, self.closed_watch())
+            .await?;
+        // Bounded by the channel's count; the backbone's records carry no byte cost.
+        Ok(Subscription::new(
+            rx,
+            QueueBytes::new(usize::MAX),
+            Arc::clone(self),
+            id,
+        ))
     }
 
     /// Store one agent batch (already validated) unless (node, boot id, seq) was stored before,
@@ -603,18 +719,37 @@ impl Hub {
         } else {
             Vec::new()
         };
-        let mut response = v1::StatsResponse {
-            nodes: Vec::new(),
-            oldest_cursor: state.window.started().oldest_cursor,
-            next_cursor: state.window.next_cursor(),
-            retained: state.window.len() as u64,
-            subscribers: u32::try_from(state.fanout.len()).unwrap_or(u32::MAX),
-            subscriber_losses: state.fanout.losses(),
-            nodes_omitted: if nodes {
-                0
-            } else {
-                u32::try_from(state.nodes.totals().nodes).unwrap_or(u32::MAX)
-            },
+        let nodes_omitted = if nodes {
+            0
+        } else {
+            u32::try_from(state.nodes.totals().nodes).unwrap_or(u32::MAX)
+        };
+        let mut response = if let Some(backbone) = &self.backbone {
+            // The stream's cursors; `retained` counts its messages (batches), not events.
+            let (events, _) = backbone.cached_states();
+            v1::StatsResponse {
+                nodes: Vec::new(),
+                oldest_cursor: if events.messages > 0 {
+                    crate::jetstream::wire::Cursor::new(events.first, 0).encode()
+                } else {
+                    0
+                },
+                next_cursor: crate::jetstream::wire::Cursor::new(events.last + 1, 0).encode(),
+                retained: events.messages,
+                subscribers: u32::try_from(backbone.subscribers()).unwrap_or(u32::MAX),
+                subscriber_losses: 0,
+                nodes_omitted,
+            }
+        } else {
+            v1::StatsResponse {
+                nodes: Vec::new(),
+                oldest_cursor: state.window.started().oldest_cursor,
+                next_cursor: state.window.next_cursor(),
+                retained: state.window.len() as u64,
+                subscribers: u32::try_from(state.fanout.len()).unwrap_or(u32::MAX),
+                subscriber_losses: state.fanout.losses(),
+                nodes_omitted,
+            }
         };
         drop(state);
         // Room for the omitted count itself.

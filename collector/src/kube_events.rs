@@ -274,6 +274,15 @@ impl Planner {
         }
     }
 
+    /// Every series with an Event owes its count again (see [`Poster::rewrite_all`]).
+    pub fn unwritten(&mut self) {
+        for series in self.series.values_mut() {
+            if series.name.is_some() {
+                series.written = 0;
+            }
+        }
+    }
+
     fn forget_idle(&mut self, now: Instant) {
         let ttl = self.series_ttl;
         self.series
@@ -356,12 +365,7 @@ pub fn start(
         .subscribe(filter, None)
         .map_err(|source| EventsError::Subscribe { source })?
         .items();
-    let mut poster = Poster {
-        client,
-        planner: Planner::new(config.per_pod_per_minute, config.series_ttl),
-        config,
-        metrics,
-    };
+    let mut poster = Poster::new(client, config, metrics);
     Ok(tokio::spawn(
         async move {
             let mut flush = tokio::time::interval(FLUSH_INTERVAL);
@@ -386,29 +390,80 @@ pub fn start(
     ))
 }
 
-struct Poster {
+/// Writes the planner's Events.
+pub(crate) struct Poster {
     client: Client,
     config: EventsConfig,
     planner: Planner,
     metrics: Arc<Metrics>,
+    /// When set, the name of the next Event created is `POD.SUFFIX` rather than `POD.TIME`: the
+    /// same whichever replica writes it (the JetStream path sets it to the alert's cursor).
+    pub(crate) name_suffix: Option<String>,
 }
 
 impl Poster {
+    pub(crate) fn new(client: Client, config: EventsConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            planner: Planner::new(config.per_pod_per_minute, config.series_ttl),
+            config,
+            metrics,
+            name_suffix: None,
+        }
+    }
+
     async fn alert(&mut self, alert: &AlertLine) {
+        self.alert_at(alert, Instant::now()).await;
+    }
+
+    /// Count `alert`, seen at `now`, and write what it calls for.
+    pub(crate) async fn alert_at(&mut self, alert: &AlertLine, now: Instant) {
         let before = self.planner.suppressed;
-        let write = self.planner.alert(alert, Instant::now());
+        let write = self.planner.alert(alert, now);
         self.count_suppressed(before);
         if let Some((key, write)) = write {
             self.write(&key, write).await;
         }
     }
 
+    /// Count `alert` as the previous writer did, writing nothing: its Events exist (named as
+    /// [`Poster::name_suffix`] says, for the ones it created).
+    pub(crate) fn replayed(&mut self, alert: &AlertLine, now: Instant) {
+        if let Some((key, write)) = self.planner.alert(alert, now) {
+            let (name, count) = match write {
+                Write::Create { pod, count, .. } => (self.event_name(&pod, now), count),
+                Write::Patch { name, count, .. } => (name, count),
+            };
+            self.planner.written(&key, Some(name), count, now);
+        }
+    }
+
+    /// After a replay: write every known series' count once more (the previous writer may
+    /// have stopped before writing the last ones; a write sets the count, so it is idempotent).
+    pub(crate) fn rewrite_all(&mut self) {
+        self.planner.unwritten();
+    }
+
     async fn flush(&mut self) {
+        self.flush_at(Instant::now()).await;
+    }
+
+    /// Write what the series still owe, within the budgets.
+    pub(crate) async fn flush_at(&mut self, now: Instant) {
         let before = self.planner.suppressed;
-        let writes = self.planner.pending(Instant::now());
+        let writes = self.planner.pending(now);
         self.count_suppressed(before);
         for (key, write) in writes {
             self.write(&key, write).await;
+        }
+    }
+
+    fn event_name(&self, pod: &str, now: Instant) -> String {
+        let _ = now;
+        if let Some(suffix) = &self.name_suffix {
+            format!("{pod}.{suffix}")
+        } else {
+            format!("{pod}.{:x}", Timestamp::now().as_nanosecond())
         }
     }
 
@@ -430,7 +485,7 @@ impl Poster {
                 note,
                 count,
             } => {
-                let name = format!("{pod}.{:x}", now.as_nanosecond());
+                let name = self.event_name(pod, Instant::now());
                 let event = Event {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
@@ -459,10 +514,26 @@ impl Poster {
                     ..Event::default()
                 };
                 let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
-                let result =
+                let mut result =
                     tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &event))
                         .await
-                        .map(|r| r.map(|_| name));
+                        .map(|r| r.map(|_| name.clone()));
+                if let Ok(Err(kube::Error::Api(status))) = &result
+                    && status.code == 409
+                {
+                    // Created by the previous writer (a name that does not depend on who
+                    // writes): bring its count up to date instead.
+                    result = tokio::time::timeout(
+                        WRITE_TIMEOUT,
+                        api.patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&series_patch(*count, now)),
+                        ),
+                    )
+                    .await
+                    .map(|r| r.map(|_| name));
+                }
                 (namespace.clone(), result, *count)
             }
             Write::Patch {
@@ -470,14 +541,14 @@ impl Poster {
                 name,
                 count,
             } => {
-                let patch = serde_json::json!({"series": {
-                    "count": i32::try_from(*count).unwrap_or(i32::MAX),
-                    "lastObservedTime": MicroTime(now),
-                }});
                 let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
                 let result = tokio::time::timeout(
                     WRITE_TIMEOUT,
-                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+                    api.patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&series_patch(*count, now)),
+                    ),
                 )
                 .await
                 .map(|r| r.map(|_| name.clone()));
@@ -504,6 +575,14 @@ impl Poster {
             }
         }
     }
+}
+
+/// The merge patch that sets an Event's series count.
+fn series_patch(count: u64, now: Timestamp) -> serde_json::Value {
+    serde_json::json!({"series": {
+        "count": i32::try_from(count).unwrap_or(i32::MAX),
+        "lastObservedTime": MicroTime(now),
+    }})
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod health;
 pub mod hostile;
 pub mod hub;
 pub mod ingest;
+pub mod jetstream;
 pub mod kube_events;
 #[cfg(test)]
 mod kube_testing;

@@ -145,6 +145,8 @@ pub struct Metrics {
     alerts_deferred: Counter,
     alerts_superseded: Counter,
     export: ExportMetrics,
+    /// The backbone's metrics, with `--jetstream`.
+    jetstream: std::sync::OnceLock<Arc<crate::jetstream::metrics::JetStreamMetrics>>,
 }
 
 impl Default for Metrics {
@@ -223,6 +225,7 @@ impl Metrics {
             alerts_deferred,
             alerts_superseded,
             export,
+            jetstream: std::sync::OnceLock::new(),
         }
     }
 
@@ -237,6 +240,11 @@ impl Metrics {
     pub fn with_workload_labels(mut self, labels: WorkloadLabels) -> Self {
         self.workload_labels = labels;
         self
+    }
+
+    /// Serve the backbone's metrics with these.
+    pub fn add_jetstream(&self, metrics: Arc<crate::jetstream::metrics::JetStreamMetrics>) {
+        let _ = self.jetstream.set(metrics);
     }
 
     /// Count one call matching a rule.
@@ -397,12 +405,13 @@ impl Metrics {
             "Time from an agent batch's arrival to its events offered to subscribers and evaluation (validation and the retention log write included)",
             hub.ingest_latency().clone(),
         );
-        glue::encode(&[
-            &scrape.into_registry(),
-            &self.registry,
-            &latency,
-            &glue::standard("collector"),
-        ])
+        let scraped = scrape.into_registry();
+        let standard = glue::standard("collector");
+        let mut registries = vec![&scraped, &self.registry, &latency, &standard];
+        if let Some(jetstream) = self.jetstream.get() {
+            registries.push(jetstream.registry());
+        }
+        glue::encode(&registries)
     }
 }
 

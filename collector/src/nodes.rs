@@ -377,6 +377,12 @@ impl Nodes {
         }
     }
 
+    /// What `node`'s agent last reported it captured (0 before any report).
+    #[must_use]
+    pub fn captured(&self, node: &str) -> u64 {
+        self.by_name.get(node).map_or(0, |n| n.report.captured)
+    }
+
     /// Per-node counters.
     #[must_use]
     pub fn stats(&self) -> Vec<NodeStats> {

@@ -23,10 +23,13 @@ use crate::{
 impl From<SubscribeError> for Status {
     fn from(error: SubscribeError) -> Self {
         match error {
-            SubscribeError::TooOld { .. } | SubscribeError::Ahead { .. } => {
-                Status::out_of_range(error.to_string())
+            SubscribeError::TooOld { .. }
+            | SubscribeError::Ahead { .. }
+            | SubscribeError::AlertsAhead { .. } => Status::out_of_range(error.to_string()),
+            SubscribeError::AlertsNotKept => Status::failed_precondition(error.to_string()),
+            SubscribeError::Closed | SubscribeError::Unavailable { .. } => {
+                Status::unavailable(error.to_string())
             }
-            SubscribeError::Closed => Status::unavailable(error.to_string()),
         }
     }
 }
@@ -167,7 +170,11 @@ impl observer_server::Observer for Observer {
             (None, Some(time_ns)) => self.hub.since_time(time_ns),
             (since, None) => since,
         };
-        let subscription = self.hub.subscribe(filter, since)?;
+        let since = crate::jetstream::subscribe::Since {
+            events: since,
+            alerts: request.alerts_since,
+        };
+        let subscription = self.hub.subscribe_from(filter, since).await?;
         Ok(Response::new(ResponseStream(subscription, slot)))
     }
 

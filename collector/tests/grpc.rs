@@ -381,6 +381,7 @@ async fn filters_narrow_the_stream_on_the_server() {
                 since: Some(0),
                 since_unix_ns: None,
                 kinds: vec![],
+                alerts_since: None,
             },
         )
         .await;

@@ -186,6 +186,8 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         }),
         since: Some(0),
         kinds: vec![Kind::Events.into(), Kind::Alerts.into()],
+        alerts_since: None,
+        since_unix_ns: None,
     };
     vec![
         ("grpc_agent_message", "stream", agent_stream()),

@@ -113,6 +113,21 @@ pub struct AlertKey {
     pub rule: String,
 }
 
+/// The last update of an alert, to carry it on ([`Aggregator::restore`]).
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub action: Action,
+    pub mode: Mode,
+    pub container: Option<String>,
+    /// The first matching call.
+    pub sample: MmapEvent,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub count: u64,
+    /// When the update was made (ns, the calls' clock).
+    pub last_report: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     action: Action,
@@ -236,6 +251,36 @@ impl Aggregator {
             self.entries.insert(key, entry);
         }
         Some(alert)
+    }
+
+    /// Carry on an alert reported elsewhere (by another collector replica, before it gave the
+    /// partition up): `key` continues from `reported`, its last update, as if this aggregator
+    /// had made it at `last_report`. Nothing changes if the key is tracked already, or if the
+    /// alert is over (no match for a window since its last one, as of `now`: the next match
+    /// starts a new alert at 1). Returns whether it was restored.
+    pub fn restore(&mut self, key: AlertKey, reported: Reported, now: u64) -> bool {
+        if self.window_ns == 0
+            || self.entries.contains_key(&key)
+            || self.entries.len() >= self.max_keys
+            || now.saturating_sub(reported.last_seen) >= self.window_ns
+        {
+            return false;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                action: reported.action,
+                mode: reported.mode,
+                container: reported.container,
+                sample: reported.sample,
+                first_seen: reported.first_seen,
+                last_seen: reported.last_seen,
+                count: reported.count,
+                reported: reported.count,
+                last_report: reported.last_report,
+            },
+        );
+        true
     }
 
     /// Updates for keys whose window is over with matches unreported; forgets keys idle for a

@@ -95,7 +95,14 @@ fn the_handlers_own_refusals_end_the_stream() {
     ]));
     assert!(outcome.acked.is_empty());
     assert!(
-        matches!(outcome.refused, Some(IngestError::Event { seq: 1, index: 1, .. })),
+        matches!(
+            outcome.refused,
+            Some(IngestError::Event {
+                seq: 1,
+                index: 1,
+                ..
+            })
+        ),
         "{:?}",
         outcome.refused
     );
@@ -117,9 +124,13 @@ fn subscribe_checks_the_token_then_reads_back_what_was_stored() {
     let stream = frames([&hello("node-a")[..], &batch(1, vec![anonymous_mmap()])]);
     assert_eq!(handlers.agent_stream(&stream).acked, vec![1]);
 
-    let refused = handlers.subscribe(&subscribe_call("", Some(0))).unwrap_err();
+    let refused = handlers
+        .subscribe(&subscribe_call("", Some(0)))
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
-    let refused = handlers.subscribe(&subscribe_call("Bearer nope", Some(0))).unwrap_err();
+    let refused = handlers
+        .subscribe(&subscribe_call("Bearer nope", Some(0)))
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 
     let all = handlers

@@ -115,12 +115,34 @@ pub fn start(client: Client, policies: SharedPolicies) -> tokio::task::JoinHandl
     start_with_stats(client, policies, stats_tx)
 }
 
+/// [`start`], writing status only while `leading` says so (collector replicas: the holder of
+/// the Kubernetes Lease writes, the others only read). Statuses left unwritten are written by
+/// the retry tick once this replica leads, those not already as they should be.
+#[must_use]
+pub fn start_gated(
+    client: Client,
+    policies: SharedPolicies,
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
+) -> tokio::task::JoinHandle<()> {
+    let (stats_tx, _) = tokio::sync::watch::channel(CrdStats::default());
+    spawn(client, policies, stats_tx, leading)
+}
+
 /// [`start`], reporting progress on `stats`.
 #[must_use]
 pub fn start_with_stats(
     client: Client,
     policies: SharedPolicies,
     stats: tokio::sync::watch::Sender<CrdStats>,
+) -> tokio::task::JoinHandle<()> {
+    spawn(client, policies, stats, None)
+}
+
+fn spawn(
+    client: Client,
+    policies: SharedPolicies,
+    stats: tokio::sync::watch::Sender<CrdStats>,
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> tokio::task::JoinHandle<()> {
     let mut watcher = CrdWatcher {
         client,
@@ -129,6 +151,7 @@ pub fn start_with_stats(
         listing: BTreeMap::new(),
         synced: BTreeSet::new(),
         stats,
+        leading,
     };
     tokio::spawn(async move { watcher.run().await }.instrument(tracing::info_span!("policy_crds")))
 }
@@ -142,6 +165,8 @@ struct CrdWatcher {
     /// Kinds whose first list is complete (each reported once to the store).
     synced: BTreeSet<Kind>,
     stats: tokio::sync::watch::Sender<CrdStats>,
+    /// Write status only while this is true (None: always).
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl CrdWatcher {
@@ -358,6 +383,10 @@ impl CrdWatcher {
     }
 
     async fn write_status(&mut self, key: &Key) {
+        if self.leading.as_ref().is_some_and(|l| !*l.borrow()) {
+            // Another replica writes; this one writes what is left once it leads.
+            return;
+        }
         let Some(seen) = self.seen.get(key) else {
             return;
         };

@@ -126,6 +126,7 @@ impl Window {
             oldest_cursor: self.records.front().map_or(0, |r| r.cursor),
             next_cursor: self.next_cursor,
             instance_first_cursor: self.instance_first,
+            ..v1::Started::default()
         }
     }
 

@@ -271,3 +271,51 @@ fn the_alert_line_has_the_contract_fields() {
         "{json}"
     );
 }
+
+#[test]
+fn a_restored_alert_carries_its_count_on_and_an_expired_one_starts_over() {
+    let (id, _) = ids();
+    let m = Match {
+        policy: &id,
+        rule: "wx",
+        action: Action::Kill,
+        mode: Mode::Enforce,
+    };
+    let key = AlertKey {
+        namespace: Some("shop".into()),
+        pod: Some("a".into()),
+        policy: id.clone(),
+        rule: "wx".into(),
+    };
+    let reported = Reported {
+        action: Action::Kill,
+        mode: Mode::Enforce,
+        container: Some("web".into()),
+        sample: call(T0),
+        first_seen: T0,
+        last_seen: T0 + SECOND,
+        count: 41,
+        last_report: T0 + SECOND,
+    };
+    // Another replica reported 41; this one carries on: the next match counts, within the
+    // window it is not reported, and the window's end reports the cumulative 42.
+    let mut aggregator = Aggregator::new(10 * SECOND, 100);
+    assert!(aggregator.restore(key.clone(), reported.clone(), T0 + 2 * SECOND));
+    assert_eq!(
+        aggregator.record(&m, &call(T0 + 2 * SECOND), &pod("a")),
+        None
+    );
+    let update = aggregator.flush(T0 + 12 * SECOND);
+    assert_eq!(update.len(), 1);
+    assert_eq!(update[0].count, 42);
+    assert_eq!(update[0].first_seen, rfc3339(T0));
+    // A tracked key is not overwritten.
+    assert!(!aggregator.restore(key.clone(), reported.clone(), T0 + 13 * SECOND));
+    // An alert whose last match is a window old is over: the next match starts at 1.
+    let mut fresh = Aggregator::new(10 * SECOND, 100);
+    assert!(!fresh.restore(key, reported, T0 + 20 * SECOND));
+    let first = fresh
+        .record(&m, &call(T0 + 20 * SECOND), &pod("a"))
+        .expect("a new alert is reported at once");
+    assert_eq!(first.count, 1);
+}
