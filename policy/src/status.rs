@@ -1,6 +1,6 @@
 //! What the collector writes to a policy object's status: whether the observed generation is in
 //! force or why it was rejected (every problem with its field path), and for an `Enforce` policy
-//! which rules the kernel will not enforce and why ([`crate::enforce::kernel_plan`], on nodes
+//! which rules the kernel will not enforce and why ([`crate::enforce::kernel_set_plan`] of the policy alone, on nodes
 //! with and without BPF LSM).
 //!
 //! Conditions carry no time here (this crate has no clock); the writer stamps
@@ -8,7 +8,7 @@
 
 use crate::{
     crd::{Mode, NodeScope, PolicyStatus, RuleNote, StatusCondition, StatusError},
-    enforce::kernel_plan,
+    enforce::kernel_set_plan,
     path::Problem,
     policy::Policy,
 };
@@ -41,8 +41,8 @@ impl PolicyStatus {
     #[must_use]
     pub fn accepted_policy(policy: &Policy) -> Self {
         let generation = policy.generation();
-        let everywhere = kernel_plan(policy, true);
-        let without_lsm = kernel_plan(policy, false);
+        let everywhere = kernel_set_plan([policy], true);
+        let without_lsm = kernel_set_plan([policy], false);
         let mut refused_rules: Vec<RuleNote> = everywhere
             .refused
             .iter()

@@ -35,7 +35,7 @@ fn an_enforce_policy_lists_refused_rules_with_their_reasons_and_nodes() {
     let p = policy(
         "Enforce",
         "",
-        "    - {name: kill-wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}\n    - {name: jit, match: {protAll: [PROT_EXEC], mapping: Anonymous}, except: {comm: [java]}, action: Kill}\n    - {name: deny-huge, match: {flagsAny: [MAP_HUGETLB]}, action: Deny}\n    - {name: watch, match: {protAny: [PROT_EXEC]}, action: Alert}\n",
+        "    - {name: kill-wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}\n    - {name: jit, match: {protAll: [PROT_EXEC], mapping: Anonymous}, except: {executableGlobs: ['/opt/*/bin/*']}, action: Kill}\n    - {name: deny-huge, match: {flagsAny: [MAP_HUGETLB]}, action: Deny}\n    - {name: watch, match: {protAny: [PROT_EXEC]}, action: Alert}\n",
     );
     let status = PolicyStatus::accepted_policy(&p);
     assert!(status.accepted);
@@ -52,7 +52,9 @@ fn an_enforce_policy_lists_refused_rules_with_their_reasons_and_nodes() {
         ]
     );
     assert!(
-        status.refused_rules[0].reason.contains("except.comm"),
+        status.refused_rules[0]
+            .reason
+            .contains("except.executableGlobs[0]: glob \"/opt/*/bin/*\""),
         "{status:?}"
     );
     assert!(
