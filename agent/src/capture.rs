@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
 };
 use mapsentry_policy::MmapEvent;
 
 use crate::{
-    enforce::RuleTable,
+    enforce::{RuleMaps, RuleTable},
     events::{RecordReader, wire},
     probe::{self, AttachError, AttachMode, Attached, kernel},
 };
@@ -61,6 +61,8 @@ pub enum Error {
     Attach(#[from] AttachError),
     #[error("the capture object has no usable map {name}: {reason}")]
     Map { name: &'static str, reason: String },
+    #[error("attaching exec tracking (needed by rules on executables) failed: {reason}")]
+    ExecTracking { reason: String },
     #[error("cannot watch the ring buffer: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -122,8 +124,8 @@ impl Capture {
             .override_global("filter_prot_any", &config.prot_any, true)
             .override_global("wakeup_bytes", &config.wakeup_bytes, true)
             .map_max_entries("events", bytes)
-            // `pending` is task storage, which aya creates but has no typed handle for: the
-            // agent never touches it, only the programs do.
+            // `pending` and `exe_classes` are task storage, which aya creates but has no typed
+            // handle for: the agent never touches them, only the programs do.
             .allow_unsupported_maps()
             .load(mapsentry_ebpf::CAPTURE)
             .map_err(|e| Error::Load {
@@ -131,6 +133,9 @@ impl Capture {
             })?;
 
         let mut attached = probe::attach(&mut ebpf, config.attach, &btf)?;
+        let exec_tracking = probe::attach_exec_tracking(&mut ebpf, &btf)
+            .map_err(|reason| Error::ExecTracking { reason })?;
+        tracing::debug!(%exec_tracking, "exec tracking attached");
         attached.deny_unavailable = probe::attach_deny(&mut ebpf, &btf).err();
         if let Some(reason) = &attached.deny_unavailable {
             tracing::info!(%reason, "Deny rules unavailable: enforcement can only kill");
@@ -143,8 +148,14 @@ impl Capture {
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
         let rules = RuleTable::new(
-            take_map(&mut ebpf, "enforce", HashMap::try_from)?,
-            take_map(&mut ebpf, "enforce_sets", Array::try_from)?,
+            RuleMaps {
+                enforce: take_map(&mut ebpf, "enforce", HashMap::try_from)?,
+                state: take_map(&mut ebpf, "enforce_state", Array::try_from)?,
+                comm: take_map(&mut ebpf, "comm_classes", HashMap::try_from)?,
+                prefixes: take_map(&mut ebpf, "path_prefixes", LpmTrie::try_from)?,
+                suffixes: take_map(&mut ebpf, "path_suffixes", LpmTrie::try_from)?,
+                patterns: take_map(&mut ebpf, "path_patterns", Array::try_from)?,
+            },
             attached.deny_unavailable.clone(),
         );
         Ok(Self {

@@ -102,8 +102,15 @@ struct vm_area_struct {
 	struct file *vm_file;
 };
 
+struct mm_struct {
+	struct file *exe_file;
+};
+
+struct linux_binprm;
+
 struct task_struct {
 	struct thread_info thread_info;
+	struct mm_struct *mm;
 	pid_t pid;
 	pid_t tgid;
 	struct task_struct *real_parent;

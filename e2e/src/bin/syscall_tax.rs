@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use mapsentry_agent::{
     AttachMode, Capture, CaptureConfig,
-    enforce::{EVERY_PROCESS, KernelAction, KernelRule, MappingKind},
+    enforce::{EVERY_PROCESS, KernelAction, KernelRule},
 };
 
 const ROUNDS: usize = 11;
@@ -188,11 +188,8 @@ fn never_matching_rules() -> Vec<KernelRule> {
             action: KernelAction::Kill,
             prot_all: 0x8,
             prot_any: 0,
-            flags_all: 0,
-            flags_any: 0,
             min_length: 1 << 50,
-            syscalls: Vec::new(),
-            mapping: MappingKind::Any,
+            ..KernelRule::default()
         })
         .collect()
 }
