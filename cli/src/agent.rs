@@ -102,8 +102,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let (sets_tx, sets_rx) = watch::channel(None);
-    let mut enforcing =
-        Enforcing::new(enforcer, Some(sets_rx)).with_pods(attributor.pods().cloned());
+    let mut enforcing = Enforcing::new(enforcer, Some(sets_rx))
+        .with_pods(attributor.pods().cloned())
+        .under(args.capture.enforce_under.as_deref());
     enforcing.apply(&mut capture);
     let shipper = start_shipper(
         &args.collector,

@@ -25,6 +25,11 @@ pub struct CaptureArgs {
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+    /// Write enforce-mode rules only for the cgroups under CGROUP, a path in the cgroup v2
+    /// hierarchy (`/kubepods.slice`); processes elsewhere are never judged. Default: every
+    /// cgroup.
+    #[arg(long, value_name = "CGROUP")]
+    pub enforce_under: Option<String>,
 }
 
 fn parse_attach(s: &str) -> Result<AttachMode, String> {

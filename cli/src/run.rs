@@ -140,6 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             policy_sets,
             &mut capture,
             attributor.pods().cloned(),
+            args.capture.enforce_under.as_deref(),
         )?)
     };
     let shipper = start_shipper(

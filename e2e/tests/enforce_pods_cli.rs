@@ -4,6 +4,8 @@
 //! the agent's). The `MmapPolicy` of namespace `shop` with `podSelector: app=web` and a Kill
 //! rule for W+X mappings kills the process in shop's pod at its W+X mmap (after its allowed RW
 //! mmap succeeded); the same calls in namespace `other`'s pod, and in a host cgroup, are untouched.
+//! `--enforce-under` confines the rules to the test's cgroup tree: pod cgroups of this machine
+//! that the test's API server does not know would otherwise fail closed.
 
 mod common;
 
@@ -17,6 +19,7 @@ use common::{
     },
     mmap_call,
 };
+use mapsentry_e2e::cgroup::cgroup2_root;
 use serde_json::json;
 
 const PRIVATE_ANON: u64 = 0x22;
@@ -60,13 +63,13 @@ fn run_in(cgroup: &Path) -> (bool, u32) {
     }
 }
 
-/// `cgroups=N` of a tracing `enforcement` line.
-fn enforced_cgroups(line: &str) -> Option<u64> {
+/// `field=N` of a tracing `enforcement` line.
+fn enforcement_field(line: &str, field: &str) -> Option<u64> {
     if !line.contains("enforcement") {
         return None;
     }
     line.split_whitespace()
-        .find_map(|w| w.strip_prefix("cgroups=")?.parse().ok())
+        .find_map(|w| w.strip_prefix(&format!("{field}="))?.parse().ok())
 }
 
 #[test]
@@ -107,6 +110,11 @@ fn a_namespaced_kill_policy_kills_in_the_selected_pod_only() {
     let shop_cgroup = tree.mkdir(&Layout::Systemd.path(&shop_uid, &container_id(11)));
     let other_cgroup = tree.mkdir(&Layout::Cgroupfs.path(&other_uid, &container_id(12)));
     let host_cgroup = tree.mkdir("host.scope");
+    let top = tree.mkdir("");
+    let under = format!(
+        "/{}",
+        top.strip_prefix(cgroup2_root().unwrap()).unwrap().display()
+    );
 
     let policy = std::env::temp_dir().join(format!(
         "mapsentry-e2e-enforce-pods-{}.yaml",
@@ -128,13 +136,19 @@ fn a_namespaced_kill_policy_kills_in_the_selected_pod_only() {
         kubeconfig.to_str().unwrap(),
         "--node",
         NODE,
+        "--enforce-under",
+        &under,
     ]);
-    // The pod cache syncs after the start; the rescan (every second) then resolves shop's pod
-    // cgroup and its container's cgroup, and nothing of namespace `other`.
+    // The pod cache syncs after the start (until then, the four pod cgroups fail closed); the
+    // rescan (every second) then resolves shop's pod cgroup and its container's cgroup, and
+    // nothing of namespace `other`.
     let cgroups = run.stderr_until(
         "the policy resolved to shop's pod cgroups",
         Duration::from_secs(30),
-        |line| enforced_cgroups(line).filter(|n| *n > 0),
+        |line| {
+            let unresolved = enforcement_field(line, "unresolved")?;
+            enforcement_field(line, "cgroups").filter(|_| unresolved == 0)
+        },
     );
     assert_eq!(cgroups, 2, "shop/web-0's pod and container cgroups");
 

@@ -66,7 +66,7 @@ pub enum PoliciesError {
 pub type Result<T, E = PoliciesError> = std::result::Result<T, E>;
 
 /// Counters for health and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnforceStats {
     /// Version of the set in force (0: none).
     pub version: u64,
@@ -86,6 +86,8 @@ pub struct EnforceStats {
     pub persist_failures: u64,
     /// Whether the set in force is in the state directory (true without one).
     pub persisted: bool,
+    /// Why the set in force could not be persisted, if it could not.
+    pub persist_error: Option<String>,
 }
 
 /// A cgroup and who is in it, as far as scopes care.
@@ -124,7 +126,6 @@ pub struct Enforcer {
     /// What the kernel holds, per cgroup id, and the class generation the sets refer to.
     applied: HashMap<u64, Vec<KernelRule>>,
     applied_generation: u32,
-    persist_error: Option<String>,
     stats: EnforceStats,
 }
 
@@ -158,7 +159,6 @@ impl Enforcer {
             refused: Vec::new(),
             applied: HashMap::new(),
             applied_generation: 0,
-            persist_error: None,
             stats: EnforceStats {
                 persisted: true,
                 ..EnforceStats::default()
@@ -251,13 +251,13 @@ impl Enforcer {
         if persist {
             match self.persist(version, &policies_json) {
                 Ok(persisted) => {
-                    self.persist_error = None;
                     self.stats.persisted = persisted;
+                    self.stats.persist_error = None;
                 }
                 Err(error) => {
                     tracing::error!(%error, version,
                         "the policy set cannot be persisted; it is enforced all the same, but an agent restart before the collector is reachable would start without it");
-                    self.persist_error = Some(error.to_string());
+                    self.stats.persist_error = Some(error.to_string());
                     self.stats.persisted = false;
                     self.stats.persist_failures += 1;
                 }
@@ -338,12 +338,12 @@ impl Enforcer {
     /// Why the set in force could not be persisted, if it could not.
     #[must_use]
     pub fn persist_error(&self) -> Option<&str> {
-        self.persist_error.as_deref()
+        self.stats.persist_error.as_deref()
     }
 
     #[must_use]
     pub fn stats(&self) -> EnforceStats {
-        self.stats
+        self.stats.clone()
     }
 
     /// The kernel rules of each cgroup of `cgroups` under the set in force (cgroups without
@@ -541,17 +541,19 @@ fn kernel_rule(spec: &KernelRuleSpec, plan: &KernelSetPlan) -> KernelRule {
     }
 }
 
-/// Every cgroup under the cgroup v2 hierarchy at `root`, by id, with its owner as its path says
-/// (pods resolved through `pod`: `None` when the pod is not known).
+/// Every cgroup under `under` (a directory of the cgroup v2 hierarchy at `root`, or `root`
+/// itself), by id, with its owner as its path in the hierarchy says (pods resolved through `pod`:
+/// `None` when the pod is not known).
 pub fn scan_cgroups(
     root: &Path,
+    under: &Path,
     pod: &dyn Fn(&crate::metadata::cgroup_path::CgroupOwner) -> Option<PodContext>,
 ) -> Vec<(u64, CgroupScope)> {
     use std::os::unix::fs::MetadataExt as _;
 
     use crate::metadata::cgroup_path::{CgroupOwner, parse};
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
+    let mut stack = vec![under.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&dir) else {
             continue;
