@@ -13,6 +13,10 @@ packages=(
   qemu-system-x86     # cargo xtask vm-test: the kernel matrix in software-emulated VMs
   busybox-static      # the VMs' userland (/bin/busybox in the initramfs)
   binutils            # strip, for a small initramfs
+  dpkg-dev make       # e2e/kube: unpacking Debian packages and building the test API server
+  openssl             # e2e/kube: the test API server's certificates and keys
+  iproute2            # e2e tests: network namespaces and addresses
+  bpftrace            # the benchmarks' peer, and the tests' independent probe of the kernel
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -155,8 +155,9 @@ async fn bpf_captured_calls_reach_a_subscriber_once_with_exact_fields() {
         ..CaptureConfig::default()
     })
     .expect("capture starts (needs root and BPF)");
+    let mode = capture.attached().mode.as_str();
     let mut config = shipper_config(addr);
-    config.attach_mode = capture.attached().mode.as_str().into();
+    config.attach_mode = mode.into();
     let shipper = Shipper::start(config).unwrap();
     {
         use tokio::io::AsyncWriteExt as _;
@@ -218,7 +219,8 @@ async fn bpf_captured_calls_reach_a_subscriber_once_with_exact_fields() {
     let node = &hub.stats().nodes[0];
     assert_eq!(
         (node.acked, node.attach_mode.as_str()),
-        (captured.len() as u64, "tracepoint")
+        (captured.len() as u64, mode),
+        "the collector records the mode the agent attached in"
     );
     assert_eq!(
         (node.captured, node.shipped),

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod daemon;
+pub mod kernel_modes;
 pub mod kube_harness;
 
 /// Address hint a concurrency-test thread passes on its `i`th call: unique per (thread, call),

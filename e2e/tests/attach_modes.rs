@@ -2,14 +2,28 @@
 //! on a named kernel function, is reported available or unavailable as the kernel decides.
 //!
 //! `$MAPSENTRY_TEST_PROBE_OK` and `$MAPSENTRY_TEST_PROBE_REFUSED` list what this kernel must
-//! accept and refuse, comma-separated, each `mode` or `mode@function`. Unset, they describe the
-//! build machines (6.18: tracepoint only; no kprobes, fentry refused); `cargo xtask vm-test`
+//! accept and refuse, comma-separated, each `mode` or `mode@function`; `cargo xtask vm-test`
 //! sets them per kernel (e.g. on 6.1, fentry on do_mmap is refused: more than six arguments).
+//! Unset, they come from what bpftrace can attach on the running kernel
+//! (`mapsentry_e2e::kernel_modes`).
 
 use mapsentry_agent::{AttachMode, probe};
+use mapsentry_e2e::kernel_modes::kernel_modes;
 
-fn list(var: &str, default: &str) -> Vec<(AttachMode, Option<String>)> {
-    let text = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+/// The concrete modes the running kernel allows (`true`) or refuses (`false`), as bpftrace
+/// finds them, comma-separated.
+fn by_kernel(allowed: bool) -> String {
+    let modes = kernel_modes();
+    let names: Vec<&str> = AttachMode::CONCRETE
+        .into_iter()
+        .filter(|&mode| modes.allows(mode) == allowed)
+        .map(AttachMode::as_str)
+        .collect();
+    names.join(",")
+}
+
+fn list(var: &str, allowed: bool) -> Vec<(AttachMode, Option<String>)> {
+    let text = std::env::var(var).unwrap_or_else(|_| by_kernel(allowed));
     text.split(',')
         .filter(|item| !item.is_empty())
         .map(|item| {
@@ -30,7 +44,7 @@ fn name(mode: AttachMode, function: Option<&str>) -> String {
 #[test]
 fn the_probe_accepts_what_this_kernel_can_attach() {
     let btf = probe::kernel::load_btf(None).expect("kernel BTF");
-    for (mode, function) in list("MAPSENTRY_TEST_PROBE_OK", "tracepoint") {
+    for (mode, function) in list("MAPSENTRY_TEST_PROBE_OK", true) {
         let what = name(mode, function.as_deref());
         let hook = probe::probe_mode(mode, function.as_deref(), &btf)
             .unwrap_or_else(|e| panic!("{what} must be available here: {e}"));
@@ -50,7 +64,7 @@ fn the_probe_accepts_what_this_kernel_can_attach() {
 #[test]
 fn the_probe_reports_what_this_kernel_refuses_with_the_reason() {
     let btf = probe::kernel::load_btf(None).expect("kernel BTF");
-    for (mode, function) in list("MAPSENTRY_TEST_PROBE_REFUSED", "fentry,kprobe") {
+    for (mode, function) in list("MAPSENTRY_TEST_PROBE_REFUSED", false) {
         let what = name(mode, function.as_deref());
         match probe::probe_mode(mode, function.as_deref(), &btf) {
             Ok(hook) => panic!("{what} must be refused here, but attached to {hook}"),

@@ -10,6 +10,8 @@ use std::{
 };
 
 use common::{Helper, forward_lines, mapsentry_bin, mmap_call};
+use mapsentry_agent::AttachMode;
+use mapsentry_e2e::kernel_modes::kernel_modes;
 use serde_json::{Value, json};
 
 /// `mapsentry run` with its stdout and stderr lines arriving on channels.
@@ -77,15 +79,21 @@ fn json_lines_follow_the_contract_and_sigterm_prints_totals() {
     let first = run.read_until("the attached line", |_| true);
     let attached: Value = serde_json::from_str(&first[0]).expect("JSON");
     assert_eq!(attached["kind"], "attached");
-    assert_eq!(attached["mode"], "tracepoint");
-    assert_eq!(
-        attached["target"], "tp_btf sys_enter/sys_exit",
-        "BTF tracepoints where the kernel allows them"
-    );
-    assert!(
-        attached["rejected"]["fentry"].is_string() && attached["rejected"]["kprobe"].is_string(),
-        "{attached}"
-    );
+    // `auto` takes the cheapest mode this kernel allows and says why it passed over cheaper ones.
+    let mode = kernel_modes().cheapest();
+    assert_eq!(attached["mode"], mode.as_str(), "{attached}");
+    if mode == AttachMode::Tracepoint {
+        assert_eq!(
+            attached["target"], "tp_btf sys_enter/sys_exit",
+            "BTF tracepoints where the kernel allows them"
+        );
+    }
+    for cheaper in AttachMode::CONCRETE.into_iter().take_while(|&m| m != mode) {
+        assert!(
+            attached["rejected"][cheaper.as_str()].is_string(),
+            "why {cheaper} was passed over: {attached}"
+        );
+    }
 
     let report = helper.go();
     let results = report["results"].as_array().expect("results").clone();
@@ -186,19 +194,27 @@ fn run_to_end(command: &mut Command) -> (Option<i32>, String) {
 
 #[test]
 fn what_cannot_work_is_a_clear_error() {
-    let cases: [(&str, &[&str], i32, &str); 7] = [
-        (
-            "kprobe forced",
-            &["--attach", "kprobe"],
-            1,
-            "attach mode kprobe is not available on this kernel: this kernel has no kprobes",
-        ),
-        (
-            "fentry forced",
-            &["--attach", "fentry"],
-            1,
-            "attach mode fentry is not available on this kernel: loading ms_fentry_enter",
-        ),
+    // A mode forced on a kernel that refuses it (as bpftrace finds it) is an error naming it.
+    let refused: Vec<(String, [String; 2], String)> = [AttachMode::Kprobe, AttachMode::Fentry]
+        .into_iter()
+        .filter(|&mode| !kernel_modes().allows(mode))
+        .map(|mode| {
+            (
+                format!("{mode} forced"),
+                ["--attach".to_owned(), mode.to_string()],
+                format!("attach mode {mode} is not available on this kernel: "),
+            )
+        })
+        .collect();
+    for (name, args, want_message) in &refused {
+        let (code, stderr) = run_to_end(Command::new(mapsentry_bin()).arg("run").args(args));
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(want_message.as_str()),
+            "{name}: expected {want_message:?} in {stderr:?}"
+        );
+    }
+    let cases: [(&str, &[&str], i32, &str); 5] = [
         (
             "no BTF",
             &["--btf", "/nonexistent/vmlinux"],

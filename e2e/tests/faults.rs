@@ -17,7 +17,9 @@ use std::{
 
 use common::{Helper, mmap_call, recursion_misses};
 use mapsentry_e2e::{cgroup::TestCgroup, unmark};
-use procs::{TempDir, agent, collector, dropped, free_port, json_lines, stats, tail};
+use procs::{
+    TempDir, agent, collector, dropped, json_lines, port_of, start_collector, stats, tail,
+};
 use serde_json::{Value, json};
 
 /// Each (thread, call) marker among `events` and how often it came.
@@ -62,9 +64,9 @@ fn a_collector_killed_and_restarted_under_a_steady_flow_loses_nothing_unaccounte
     let dir = TempDir::new("collector-kill");
     let data = dir.join("data");
     let data = data.to_str().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut running = Some(collector(port, &["--data-dir", data]));
+    let (first, url) = start_collector(&["--data-dir", data]);
+    let port = port_of(&url);
+    let mut running = Some(first);
     let subscriber = tail(&url, &[]);
     // A steady flow: two threads, one 4 KiB mapping a millisecond or so each, ~3 s.
     let spec = json!({"threads": THREADS, "per_thread": PER_THREAD, "pace_us": 1000});
@@ -223,13 +225,11 @@ fn an_agent_killed_and_restarted_enforces_its_persisted_set_first_and_the_gap_is
     persist_kill_set(&state);
     let cgroup = TestCgroup::create(&format!("mapsentry-test-fault-victim-{tag}"))
         .expect("creating a cgroup (needs root and cgroup v2)");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
     // The collector holds the same policy, as in a deployment: it pushes it to every agent that
     // connects (an empty set from a collector without it would rightly withdraw the rule).
     let policy = dir.join("fault-huge-wx.json");
     std::fs::write(&policy, kill_policy().to_string()).expect("writing the policy file");
-    let server = collector(port, &["--policy", policy.to_str().expect("UTF-8 path")]);
+    let (server, url) = start_collector(&["--policy", policy.to_str().expect("UTF-8 path")]);
     let subscriber = tail(&url, &[]);
     let spec = json!({"threads": 1, "per_thread": PER_THREAD, "pace_us": 2000});
     let helper = Helper::spawn(mmap_call(), &[&spec.to_string()]);
@@ -436,12 +436,8 @@ fn a_stuck_subscriber_and_a_churning_one_leave_collector_memory_bounded_and_othe
     };
     const PER_THREAD: u64 = 25_000;
     let dir = TempDir::new("subscribers");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let server = collector(
-        port,
-        &["--retention-events", "20000", "--subscriber-queue", "1024"],
-    );
+    let (server, url) =
+        start_collector(&["--retention-events", "20000", "--subscriber-queue", "1024"]);
     let server_pid = server.pid();
     let whole = tail(&url, &[]);
     // Subscribed, and never read: its stdout pipe fills, then its gRPC stream, then its queue.

@@ -9,17 +9,12 @@ mod procs;
 use std::{process::Command, time::Duration};
 
 use common::mapsentry_bin;
-use procs::{collector, eventually, free_port, metrics, stats, tail};
+use procs::{eventually, metrics, metrics_address, start_collector, stats, tail};
 
 #[test]
 fn subscribers_beyond_the_maximum_are_refused_with_resource_exhausted() {
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://127.0.0.1:{port}");
-    let _server = collector(
-        port,
-        &["--max-subscribers", "2", "--metrics-listen", &metrics_addr],
-    );
+    let (server, url) = start_collector(&["--max-subscribers", "2"]);
+    let metrics_addr = metrics_address(&server);
     let subscribers = || stats(&url)["subscribers"].as_u64().unwrap();
     let first = tail(&url, &[]);
     let _second = tail(&url, &[]);

@@ -1,7 +1,6 @@
-//! The static binaries the VM runs: the e2e test executables and their helper programs, built
-//! with glibc linked in (`+crt-static`) so the initramfs needs no shared libraries. (The
-//! `mapsentry` binary is not among them: only `cli_run` runs it, and that suite stays on the
-//! host.)
+//! The static binaries the VM runs: the e2e test executables, their helper programs and the
+//! `mapsentry` binary (`cli_run` runs it), built with glibc linked in (`+crt-static`) so the
+//! initramfs needs no shared libraries.
 
 use std::{
     collections::BTreeMap,
@@ -23,14 +22,18 @@ const RUSTFLAGS: &str = "-C target-feature=+crt-static";
 pub struct Built {
     /// Test executables by test target name (`capture`, `concurrency`, ...).
     pub tests: BTreeMap<String, PathBuf>,
-    /// Programs the tests start: `mmap_call` and the 32-bit `mmap2-call`.
+    /// Programs the tests start: `mmap_call`, the 32-bit `mmap2-call` and `mapsentry`.
     pub helpers: Vec<PathBuf>,
 }
 
 /// Release builds: what the agent ships as, and several times faster than debug builds under
 /// software emulation (which more than pays for the longer compile).
 pub fn build(root: &Path) -> anyhow::Result<Built> {
-    let tests = cargo(
+    // One invocation, so both packages share one feature resolution (a second `cargo build` of
+    // the binary alone rebuilt most dependencies with other features). The `mapsentry` binary
+    // lands beside the test executables, where `e2e/tests/common::mapsentry_bin` looks for it
+    // (the cli's integration tests need it, so cargo builds it).
+    let messages = cargo(
         root,
         &[
             "test",
@@ -41,9 +44,11 @@ pub fn build(root: &Path) -> anyhow::Result<Built> {
             TARGET,
             "-p",
             "mapsentry-e2e",
+            "-p",
+            "mapsentry-cli",
         ],
     )?;
-    collect(tests.iter())
+    collect(messages.iter())
 }
 
 /// Run cargo with JSON messages; returns the messages.
@@ -83,7 +88,10 @@ fn collect<'a>(messages: impl Iterator<Item = &'a Value>) -> anyhow::Result<Buil
                 let name = message["target"]["name"].as_str().unwrap_or_default();
                 let kinds = &message["target"]["kind"];
                 let is_test = message["profile"]["test"].as_bool() == Some(true);
-                if kinds == &serde_json::json!(["test"]) {
+                let e2e = message["package_id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains("mapsentry-e2e"));
+                if kinds == &serde_json::json!(["test"]) && e2e {
                     tests.insert(name.to_owned(), PathBuf::from(executable));
                 } else if kinds == &serde_json::json!(["bin"]) && !is_test {
                     helpers.push(PathBuf::from(executable));
@@ -100,7 +108,7 @@ fn collect<'a>(messages: impl Iterator<Item = &'a Value>) -> anyhow::Result<Buil
             _ => {}
         }
     }
-    for name in ["mmap_call", "mmap2-call"] {
+    for name in ["mmap_call", "mmap2-call", "mapsentry"] {
         if !helpers.iter().any(|h| h.file_name() == Some(name.as_ref())) {
             bail!("cargo built no {name}: cannot run the e2e tests without it");
         }

@@ -89,11 +89,20 @@ run() {{
     for run in &plan.runs {
         let mut env = String::new();
         for (key, value) in &run.env {
-            let _ = write!(env, "{key}='{value}' ");
+            let _ = write!(env, "{key}={} ", shell_quote(value));
+        }
+        let mut skip = String::new();
+        for (test, why) in &run.skip {
+            let _ = writeln!(
+                script,
+                "echo {}",
+                shell_quote(&format!("not run in the VM: {}::{test}: {why}", run.suite))
+            );
+            let _ = write!(skip, " --skip {test}");
         }
         let _ = writeln!(
             script,
-            "run {} {} env {env}{} --test-threads=1 --show-output",
+            "run {} {} env {env}{} --test-threads=1 --show-output{skip}",
             run.suite,
             run.label,
             run.binary.display()
@@ -102,13 +111,20 @@ run() {{
     for skip in &plan.skipped {
         let _ = writeln!(
             script,
-            "echo 'not run in the VM: {}: {}'",
-            skip.suite,
-            skip.reason.replace('\'', "")
+            "echo {}",
+            shell_quote(&format!(
+                "not run in the VM: {}: {}",
+                skip.suite, skip.reason
+            ))
         );
     }
     let _ = writeln!(script, "echo \"{DONE} nonce={nonce}\"\npoweroff -f");
     script
+}
+
+/// `text` as one single-quoted shell word (a `'` inside becomes `'\''`).
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 fn read_static(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -27,8 +27,6 @@ pub struct Kernel {
     sources: &'static [(&'static str, &'static str)],
     /// Modes whose programs must load, attach and pass the capture tests here.
     pub modes: &'static [Mode],
-    /// What `auto` must choose: the cheapest of `modes`.
-    pub auto_picks: Mode,
     /// What the feature probe must accept and refuse (`mode` or `mode@function`, comma-separated).
     pub probe_ok: &'static str,
     pub probe_refused: &'static str,
@@ -43,7 +41,6 @@ pub const KERNELS: [Kernel; 2] = [
             (SECURITY, "bookworm-security"),
         ],
         modes: &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint],
-        auto_picks: Mode::Fentry,
         // x86 BPF trampolines take at most six arguments before 6.6: do_mmap has nine.
         probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,kprobe@do_mmap",
         probe_refused: "fentry@do_mmap",
@@ -52,13 +49,20 @@ pub const KERNELS: [Kernel; 2] = [
         name: "6.12",
         sources: &[(ARCHIVE, "bookworm-backports")],
         modes: &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint],
-        auto_picks: Mode::Fentry,
         probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,fentry@do_mmap,kprobe@do_mmap",
         probe_refused: "",
     },
 ];
 
 impl Kernel {
+    /// What `auto` must choose here: the cheapest of `modes`.
+    pub fn auto_picks(self) -> Mode {
+        Mode::CONCRETE
+            .into_iter()
+            .find(|mode| self.modes.contains(mode))
+            .unwrap_or(Mode::Tracepoint)
+    }
+
     pub fn named(name: &str) -> anyhow::Result<Self> {
         KERNELS
             .into_iter()

@@ -73,8 +73,19 @@ async fn without_a_collector_events_are_buffered_within_bounds_and_every_one_is_
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = shipper.stats();
+    // Wait for the condition (every event counted, as buffered or dropped), not for a time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let stats = shipper.stats();
+        if stats.buffered_events + stats.dropped.values().sum::<u64>() == 200 {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every event accounted for within 20 s: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(!stats.connected);
     assert_eq!(stats.captured, 200);
     assert_eq!(stats.buffered_events, 50, "{stats:?}");

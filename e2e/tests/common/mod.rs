@@ -92,15 +92,15 @@ pub fn requested_mode() -> AttachMode {
 }
 
 /// The mode the capture must end up in: the requested one; for `auto`,
-/// `$MAPSENTRY_TEST_AUTO_PICKS`, else `tracepoint`, the only mode the build machines' kernel
-/// (6.18, no kprobes, fentry refused) allows.
+/// `$MAPSENTRY_TEST_AUTO_PICKS` (set by `cargo xtask vm-test`), else the cheapest mode the
+/// running kernel allows, as bpftrace finds it (`mapsentry_e2e::kernel_modes`).
 pub fn expected_mode() -> AttachMode {
     match requested_mode() {
         AttachMode::Auto => match std::env::var("MAPSENTRY_TEST_AUTO_PICKS") {
             Ok(name) => name
                 .parse()
                 .unwrap_or_else(|e| panic!("MAPSENTRY_TEST_AUTO_PICKS: {e}")),
-            Err(_) => AttachMode::Tracepoint,
+            Err(_) => mapsentry_e2e::kernel_modes::kernel_modes().cheapest(),
         },
         mode => mode,
     }
@@ -132,9 +132,15 @@ pub fn capture(config: &CaptureConfig) -> Capture {
 /// Every event in the ring buffer now, from process `pid`. Call after the helper has exited:
 /// its records were written before each of its calls returned.
 pub fn drain_pid(capture: &mut Capture, pid: u32) -> Vec<MmapEvent> {
+    let mut all = drain_all(capture);
+    all.retain(|e| e.pid == pid);
+    all
+}
+
+/// Every record waiting in the ring buffer, of any process.
+pub fn drain_all(capture: &mut Capture) -> Vec<MmapEvent> {
     let mut all = Vec::new();
     while capture.drain(&mut all) > 0 {}
-    all.retain(|e| e.pid == pid);
     all
 }
 

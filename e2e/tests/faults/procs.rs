@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read},
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -134,10 +133,15 @@ impl Proc {
 
     /// Wait for a stderr line containing `needle`; returns it.
     pub fn wait_err(&self, needle: &str) -> String {
+        self.wait_err_any(&[needle])
+    }
+
+    /// The first stderr line containing any of `needles` (waits at most 30 s).
+    pub fn wait_err_any(&self, needles: &[&str]) -> String {
         let lines = self.err.until(
-            &format!("{}: {needle:?}", self.name),
+            &format!("{}: {needles:?}", self.name),
             Duration::from_secs(30),
-            |l| l.contains(needle),
+            |l| needles.iter().any(|n| l.contains(n)),
         );
         lines.last().cloned().unwrap_or_default()
     }
@@ -208,12 +212,14 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A loopback port nobody listens on now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// The collector's metrics address (`host:port`), from the line saying where it serves them.
+pub fn metrics_address(collector: &Proc) -> String {
+    let line = collector.wait_err("metrics on http://");
+    line.split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+        .to_owned()
 }
 
 /// A fresh directory for one test, removed when dropped.
@@ -245,15 +251,52 @@ impl Drop for TempDir {
 
 /// `mapsentry collector` on 127.0.0.1:`port` (plaintext loopback), ready to serve.
 pub fn collector(port: u16, extra: &[&str]) -> Proc {
+    collector_started(port, extra).0
+}
+
+/// `collector`, and the line saying where it serves.
+fn collector_started(port: u16, extra: &[&str]) -> (Proc, String) {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["collector", "--plaintext", "--listen", &listen];
     if !extra.contains(&"--metrics-listen") {
         args.extend(["--metrics-listen", "127.0.0.1:0"]);
     }
     args.extend_from_slice(extra);
-    let proc = Proc::start("collector", &args);
-    proc.wait_err("collector serving on");
-    proc
+    // A restart on a port the kernel gave the previous run: another process may have taken it
+    // meanwhile; try again for a while rather than fail on a race.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let proc = Proc::start("collector", &args);
+        let line = proc.wait_err_any(&["collector serving on", "cannot bind"]);
+        if !line.contains("cannot bind") {
+            return (proc, line);
+        }
+        assert!(
+            port != 0 && Instant::now() < deadline,
+            "the collector cannot bind {listen}: {line}"
+        );
+        let _ = proc.terminate();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A collector on a port the kernel picks; returns it and its gRPC URL.
+pub fn start_collector(extra: &[&str]) -> (Proc, String) {
+    let (proc, line) = collector_started(0, extra);
+    let address = line
+        .split("collector serving on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (proc, format!("http://{address}"))
+}
+
+/// The port of a `http://127.0.0.1:PORT` URL.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
 }
 
 /// `mapsentry agent` shipping to `url` as `node`; returns it and its boot id once it captures.

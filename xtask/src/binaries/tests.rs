@@ -6,7 +6,11 @@ fn messages(dir: &Path) -> Vec<Value> {
     let exe = |name: &str| dir.join(name).display().to_string();
     vec![
         json!({"reason": "compiler-artifact", "target": {"name": "capture", "kind": ["test"]},
+               "package_id": "path+file:///w/e2e#mapsentry-e2e@0.1.0",
                "profile": {"test": true}, "executable": exe("capture-1")}),
+        json!({"reason": "compiler-artifact", "target": {"name": "pipeline", "kind": ["test"]},
+               "package_id": "path+file:///w/cli#mapsentry-cli@0.1.0",
+               "profile": {"test": true}, "executable": exe("pipeline-1")}),
         json!({"reason": "compiler-artifact", "target": {"name": "mmap_call", "kind": ["bin"]},
                "profile": {"test": true}, "executable": exe("mmap_call-unit")}),
         json!({"reason": "compiler-artifact", "target": {"name": "mmap_call", "kind": ["bin"]},
@@ -15,6 +19,8 @@ fn messages(dir: &Path) -> Vec<Value> {
                "profile": {"test": false}, "executable": null}),
         json!({"reason": "build-script-executed",
                "package_id": "path+file:///w/e2e#mapsentry-e2e@0.1.0", "out_dir": exe("out")}),
+        json!({"reason": "compiler-artifact", "target": {"name": "mapsentry", "kind": ["bin"]},
+               "profile": {"test": false}, "executable": exe("mapsentry")}),
         json!({"reason": "build-finished", "success": true}),
     ]
 }
@@ -23,7 +29,14 @@ fn messages(dir: &Path) -> Vec<Value> {
 fn test_executables_and_helpers_are_picked_from_cargos_messages() {
     let dir = std::env::temp_dir().join(format!("xtask-binaries-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("out")).unwrap();
-    for file in ["capture-1", "mmap_call", "mmap_call-unit", "out/mmap2-call"] {
+    for file in [
+        "capture-1",
+        "pipeline-1",
+        "mmap_call",
+        "mmap_call-unit",
+        "mapsentry",
+        "out/mmap2-call",
+    ] {
         std::fs::write(dir.join(file), b"").unwrap();
     }
     let built = collect(messages(&dir).iter()).unwrap();
@@ -33,7 +46,11 @@ fn test_executables_and_helpers_are_picked_from_cargos_messages() {
     );
     assert_eq!(
         built.helpers,
-        [dir.join("mmap_call"), dir.join("out/mmap2-call")]
+        [
+            dir.join("mmap_call"),
+            dir.join("out/mmap2-call"),
+            dir.join("mapsentry")
+        ]
     );
 
     std::fs::remove_file(dir.join("out/mmap2-call")).unwrap();

@@ -9,6 +9,7 @@ fn plan() -> Plan {
         label: "kprobe".to_owned(),
         env: Vec::new(),
         binary: PathBuf::from("/t"),
+        skip: Vec::new(),
     };
     Plan {
         runs: vec![run("capture"), run("concurrency")],

@@ -72,6 +72,7 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
                 label: "kprobe".into(),
                 env: vec![("MAPSENTRY_TEST_ATTACH", "kprobe".into())],
                 binary: "/w/capture-1".into(),
+                skip: Vec::new(),
             },
             Run {
                 suite: "attach_modes".into(),
@@ -81,6 +82,7 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
                     ("MAPSENTRY_TEST_PROBE_REFUSED", String::new()),
                 ],
                 binary: "/w/attach_modes-2".into(),
+                skip: vec![("a_test", "busybox's setpriv")],
             },
         ],
         skipped: vec![Skip {
@@ -91,13 +93,27 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
     };
     let script = init_script(&plan, "n0nce");
     assert!(script.starts_with("#!/bin/sh\n"));
+    // The shell parses it (a quote in a reason once made /init a syntax error).
+    let check = std::process::Command::new("sh")
+        .args(["-n", "-c", &script])
+        .output()
+        .expect("sh -n");
+    assert!(
+        check.status.success(),
+        "{}\n{script}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(script.contains(
         "\nrun capture kprobe env MAPSENTRY_TEST_ATTACH='kprobe' /w/capture-1 --test-threads=1 --show-output\n"
     ));
     assert!(script.contains(
         "\nrun attach_modes probe env MAPSENTRY_TEST_PROBE_OK='fentry,kprobe@do_mmap' \
-         MAPSENTRY_TEST_PROBE_REFUSED='' /w/attach_modes-2 --test-threads=1 --show-output\n"
+         MAPSENTRY_TEST_PROBE_REFUSED='' /w/attach_modes-2 --test-threads=1 --show-output \
+         --skip a_test\n"
     ));
+    assert!(
+        script.contains(r"echo 'not run in the VM: attach_modes::a_test: busybox'\''s setpriv'")
+    );
     assert!(script.contains(
         "echo \"MAPSENTRY-VM-RESULT nonce=n0nce suite=$suite mode=$mode rc=$rc start=$start end=$end\""
     ));

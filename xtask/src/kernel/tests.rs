@@ -26,12 +26,12 @@ fn kernels_are_known_by_name_and_unknown_ones_are_named_in_the_error() {
 }
 
 #[test]
-fn auto_is_expected_to_pick_the_cheapest_supported_mode() {
-    for kernel in KERNELS {
-        let cheapest = Mode::CONCRETE
-            .into_iter()
-            .find(|m| kernel.modes.contains(m))
-            .unwrap();
-        assert_eq!(kernel.auto_picks, cheapest, "{}", kernel.name);
-    }
+fn auto_is_expected_to_pick_the_cheapest_mode_the_kernel_has() {
+    let mut kernel = KERNELS[0];
+    kernel.modes = &[Mode::Tracepoint, Mode::Kprobe];
+    assert_eq!(kernel.auto_picks(), Mode::Kprobe);
+    kernel.modes = &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint];
+    assert_eq!(kernel.auto_picks(), Mode::Fentry);
+    kernel.modes = &[Mode::Tracepoint];
+    assert_eq!(kernel.auto_picks(), Mode::Tracepoint);
 }

@@ -51,6 +51,7 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
             ("enforce_policies", "tracepoint"),
             ("capture", "auto"),
             ("attach_modes", "probe"),
+            ("cli_run", "auto"),
         ]
     );
     assert!(plan.requires_bpf_lsm);
@@ -85,10 +86,23 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
     );
     assert_eq!(plan.runs[13].binary, PathBuf::from("/t/attach_modes"));
 
+    assert_eq!(
+        plan.runs[11].env,
+        [
+            ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
+            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
+        ]
+    );
+    assert!(
+        plan.runs[11].skip[0].1.contains("setpriv"),
+        "{:?}",
+        plan.runs[11]
+    );
+
     let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.suite.as_str()).collect();
-    assert_eq!(skipped, ["cli_run", "new_one", "wire_layout"]);
-    assert!(plan.skipped[0].reason.contains("setpriv"));
-    assert!(plan.skipped[1].reason.contains("not in the VM plan"));
+    assert_eq!(skipped, ["new_one", "wire_layout"]);
+    assert!(plan.skipped[0].reason.contains("not in the VM plan"));
+    assert!(plan.skipped[1].reason.contains("BTF"));
 }
 
 #[test]
