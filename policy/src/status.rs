@@ -98,9 +98,9 @@ impl PolicyStatus {
         let not_persisted: Vec<String> = nodes
             .iter()
             .filter_map(|n| {
-                n.persist_error.as_ref().map(|e| {
-                    format!("node {} (set version {}): {e}", n.node, n.version)
-                })
+                n.persist_error
+                    .as_ref()
+                    .map(|e| format!("node {} (set version {}): {e}", n.node, n.version))
             })
             .collect();
         let fallback_rules: Vec<RuleNote> = without_lsm

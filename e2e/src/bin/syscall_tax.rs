@@ -243,7 +243,10 @@ impl Rules {
             .set_policies(1, vec![policy.to_string()])
             .expect("the bench policy is valid");
         assert!(enforcer.refused().is_empty(), "{:?}", enforcer.refused());
-        enforcer.apply(capture.rules(), &[(cgroup.id().unwrap(), CgroupScope::Host)]);
+        enforcer.apply(
+            capture.rules(),
+            &[(cgroup.id().unwrap(), CgroupScope::Host)],
+        );
         assert_eq!(enforcer.stats().cgroups, 1, "{:?}", enforcer.stats());
     }
 }

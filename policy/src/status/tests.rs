@@ -126,7 +126,9 @@ fn node_reports_add_set_refusals_and_say_where_a_set_is_not_persisted() {
     let persisted_nowhere = NodeReport {
         node: "n1".into(),
         version: 9,
-        persist_error: Some("/var/lib/mapsentry/policy-set.json.tmp: Read-only file system (os error 30)".into()),
+        persist_error: Some(
+            "/var/lib/mapsentry/policy-set.json.tmp: Read-only file system (os error 30)".into(),
+        ),
         refused: Vec::new(),
     };
     let status = PolicyStatus::accepted_policy_on(&p, &[persisted_nowhere.clone()]);
@@ -137,7 +139,8 @@ fn node_reports_add_set_refusals_and_say_where_a_set_is_not_persisted() {
         "enforced, but the node would lose it at a restart"
     );
     assert!(
-        kernel.message.contains("node n1 (set version 9)") && kernel.message.contains("Read-only file system"),
+        kernel.message.contains("node n1 (set version 9)")
+            && kernel.message.contains("Read-only file system"),
         "{kernel:?}"
     );
 
@@ -152,7 +155,10 @@ fn node_reports_add_set_refusals_and_say_where_a_set_is_not_persisted() {
                 reason: "the kernel holds at most 32 Enforce rules per policy set".into(),
             },
             Refusal {
-                policy: crate::policy::PolicyId { namespace: None, name: "other".into() },
+                policy: crate::policy::PolicyId {
+                    namespace: None,
+                    name: "other".into(),
+                },
                 rule: "x".into(),
                 reason: "not this policy's".into(),
             },
@@ -160,10 +166,20 @@ fn node_reports_add_set_refusals_and_say_where_a_set_is_not_persisted() {
     };
     let status = PolicyStatus::accepted_policy_on(&p, &[persisted_nowhere, bounded]);
     assert_eq!(status.refused_rules.len(), 1, "{status:?}");
-    assert!(status.refused_rules[0].reason.contains("reported by node n2"));
+    assert!(
+        status.refused_rules[0]
+            .reason
+            .contains("reported by node n2")
+    );
     let kernel = status.condition(KERNEL_ENFORCED).expect("KernelEnforced");
-    assert_eq!((kernel.status.as_str(), kernel.reason.as_str()), ("False", "RulesRefused"));
-    assert!(kernel.message.contains("not persisted on node n1"), "{kernel:?}");
+    assert_eq!(
+        (kernel.status.as_str(), kernel.reason.as_str()),
+        ("False", "RulesRefused")
+    );
+    assert!(
+        kernel.message.contains("not persisted on node n1"),
+        "{kernel:?}"
+    );
     assert_eq!(
         PolicyStatus::accepted_policy_on(&p, &[]),
         PolicyStatus::accepted_policy(&p)

@@ -87,16 +87,16 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
     assert_eq!(plan.runs[13].binary, PathBuf::from("/t/attach_modes"));
 
     assert_eq!(
-        plan.runs[11].env,
+        plan.runs[14].env,
         [
             ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
             ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
         ]
     );
     assert!(
-        plan.runs[11].skip[0].1.contains("setpriv"),
+        plan.runs[14].skip[0].1.contains("setpriv"),
         "{:?}",
-        plan.runs[11]
+        plan.runs[14]
     );
 
     let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.suite.as_str()).collect();
