@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod kernel_modes;
 pub mod kube_harness;
+pub mod mount;
 
 /// Address hint a concurrency-test thread passes on its `i`th call: unique per (thread, call),
 /// so a captured record tells which thread and call it belongs to.

@@ -6,14 +6,14 @@
 
 mod common;
 
-use std::{os::unix::process::ExitStatusExt as _, path::PathBuf, process::Command, time::Duration};
+use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
 use common::{
     Helper,
     apiserver::{Running, eventually, http_get, metric},
     mmap_call,
 };
-use mapsentry_e2e::cgroup::TestCgroup;
+use mapsentry_e2e::{cgroup::TestCgroup, mount::ReadOnlyDir};
 use serde_json::json;
 
 const POLICY: &str = "apiVersion: mapsentry.dev/v1alpha1
@@ -26,36 +26,12 @@ spec:
     - {name: wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}
 ";
 
-/// A read-only tmpfs for the test's state directory.
-struct ReadOnlyDir(PathBuf);
-
-impl ReadOnlyDir {
-    fn mount(tag: u32) -> Self {
-        let dir = std::env::temp_dir().join(format!("mapsentry-e2e-ro-agent-state-{tag}"));
-        std::fs::create_dir_all(&dir).expect("creating the mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting a read-only tmpfs (needs root)");
-        Self(dir)
-    }
-}
-
-impl Drop for ReadOnlyDir {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
     let tag = std::process::id();
     let cgroup = TestCgroup::create(&format!("mapsentry-test-persist-{tag}"))
         .expect("creating a cgroup (needs root and cgroup v2)");
-    let state = ReadOnlyDir::mount(tag);
+    let state = ReadOnlyDir::mount(&format!("mapsentry-e2e-ro-agent-state-{tag}"));
     let policy = std::env::temp_dir().join(format!("mapsentry-e2e-persist-{tag}.yaml"));
     std::fs::write(&policy, POLICY).expect("writing the policy");
 
@@ -78,7 +54,7 @@ fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
         "--metrics-listen",
         "127.0.0.1:0",
         "--state-dir",
-        state.0.to_str().unwrap(),
+        state.path().to_str().unwrap(),
         "--enforce-under",
         &under,
     ]);
@@ -99,7 +75,7 @@ fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
     });
     assert!(
         body.starts_with("ready;")
-            && body.contains(&state.0.display().to_string())
+            && body.contains(&state.path().display().to_string())
             && body.contains("Read-only file system"),
         "{body}"
     );

@@ -12,7 +12,6 @@ mod common;
 use std::{
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use common::{Helper, capture, drain_pid, mmap_call};
@@ -20,7 +19,7 @@ use mapsentry_agent::{
     Capture, CaptureConfig,
     enforce::policies::{CgroupScope, Enforcer},
 };
-use mapsentry_e2e::cgroup::TestCgroup;
+use mapsentry_e2e::{cgroup::TestCgroup, mount::ReadOnlyDir};
 use mapsentry_policy::{EnforceAction, PolicyId, Syscall, enforce::rule_id, load_str};
 use serde_json::{Value, json};
 
@@ -356,46 +355,20 @@ async fn one_policy_judges_comm_executables_memfds_paths_and_flips_in_the_kernel
     );
 }
 
-/// A read-only file system under the state directory (as under the chart's
-/// readOnlyRootFilesystem), mounted for the test.
-struct ReadOnlyDir(PathBuf);
-
-impl ReadOnlyDir {
-    fn mount() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("mapsentry-e2e-ro-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mounting a read-only tmpfs (needs root)");
-        Self(dir)
-    }
-}
-
-impl Drop for ReadOnlyDir {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn a_set_that_cannot_be_persisted_is_enforced_and_says_why() {
     let cgroup = TestCgroup::create(&format!("mapsentry-test-ro-state-{}", std::process::id()))
         .expect("creating a cgroup");
-    let state = ReadOnlyDir::mount();
+    let state = ReadOnlyDir::mount(&format!("mapsentry-e2e-ro-state-{}", std::process::id()));
     let yaml = format!(
         "apiVersion: mapsentry.dev/v1alpha1\nkind: ClusterMmapPolicy\nmetadata: {{name: {POLICY}}}\nspec:\n  hostProcesses: true\n  mode: Enforce\n  rules:\n    - {{name: wx, match: {{protAll: [PROT_WRITE, PROT_EXEC]}}, action: Kill}}\n"
     );
-    let (_capture, enforcer) = enforcing(&yaml, &cgroup, Some(state.0.clone()));
+    let (_capture, enforcer) = enforcing(&yaml, &cgroup, Some(state.path().to_owned()));
     let stats = enforcer.stats();
     assert!(!stats.persisted && stats.persist_failures == 1, "{stats:?}");
     let why = enforcer.persist_error().expect("the persist error is kept");
     assert!(
-        why.contains(&state.0.display().to_string()) && why.contains("Read-only file system"),
+        why.contains(&state.path().display().to_string()) && why.contains("Read-only file system"),
         "{why}"
     );
     let wx = run_in(
