@@ -54,6 +54,8 @@ pub struct Alerting {
 pub struct KubernetesPlan {
     pub client: kube::Client,
     pub events: EventsConfig,
+    /// The agents' enforcement reports, folded into the policies' status.
+    pub node_reports: Option<mapsentry_collector::NodeReports>,
 }
 
 impl std::fmt::Debug for KubernetesPlan {
@@ -119,7 +121,8 @@ impl PolicyArgs {
                     Arc::clone(&counters),
                     plan.events,
                 )?;
-                let crds = policy_crds::start(plan.client, shared.clone());
+                let crds =
+                    policy_crds::start_with_reports(plan.client, shared.clone(), plan.node_reports);
                 eprintln!(
                     "mapsentry: watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
                 );

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use mapsentry_collector::{
-    Hub, HubConfig, PolicyPublisher, ServerConfig, auth::Tokens, kube_client,
+    Hub, HubConfig, NodeReports, PolicyPublisher, ServerConfig, auth::Tokens, kube_client,
     kube_events::EventsConfig, log::LogConfig, serve, tls::ServerTls,
 };
 use tokio::net::TcpListener;
@@ -67,6 +67,7 @@ impl KubernetesArgs {
                 per_pod_per_minute: self.kube_events_per_minute,
                 ..EventsConfig::default()
             },
+            node_reports: None,
         }))
     }
 }
@@ -215,7 +216,13 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
     };
     let publisher = PolicyPublisher::new();
     server.policy_sets = Some(publisher.subscribe());
-    let kubernetes = args.kubernetes.plan().await?;
+    let mut kubernetes = args.kubernetes.plan().await?;
+    if let Some(plan) = &mut kubernetes {
+        // The agents' enforcement reports reach the policies' status.
+        let reports = NodeReports::default();
+        server.node_reports = Some(reports.clone());
+        plan.node_reports = Some(reports);
+    }
     let alerting = args
         .policy
         .start(&hub, Some(metrics_listen), publisher, kubernetes)

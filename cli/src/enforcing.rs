@@ -137,6 +137,25 @@ impl Enforcing {
     pub fn stats(&self) -> EnforceStats {
         self.enforcer.stats()
     }
+
+    /// What the collector hears of this node's enforcement (the agent stream's report).
+    pub fn report(&self) -> v1::EnforcementReport {
+        let stats = self.enforcer.stats();
+        v1::EnforcementReport {
+            policy_set_version: stats.version,
+            persist_error: stats.persist_error.unwrap_or_default(),
+            refused: self
+                .enforcer
+                .refused()
+                .iter()
+                .map(|r| v1::RefusedRule {
+                    policy: r.policy.to_string(),
+                    rule: r.rule.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The next work of `enforcing`, or never without one.

@@ -68,6 +68,8 @@ pub struct Ingest {
     max_batch_events: usize,
     /// The enforce-mode policy set pushed to every agent, if the collector publishes one.
     policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    /// Where the agents' enforcement reports go.
+    node_reports: Option<crate::NodeReports>,
     auth: Arc<crate::auth::Auth>,
 }
 
@@ -78,6 +80,7 @@ impl Ingest {
             hub,
             max_batch_events,
             policy_sets: None,
+            node_reports: None,
             auth: Arc::default(),
         }
     }
@@ -87,6 +90,13 @@ impl Ingest {
     #[must_use]
     pub fn with_policy_sets(mut self, sets: watch::Receiver<Option<v1::PolicySet>>) -> Self {
         self.policy_sets = Some(sets);
+        self
+    }
+
+    /// Keep each agent's enforcement report in `reports`.
+    #[must_use]
+    pub fn with_node_reports(mut self, reports: crate::NodeReports) -> Self {
+        self.node_reports = Some(reports);
         self
     }
 
@@ -106,6 +116,11 @@ fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
         }
         Some(agent_message::Msg::Loss(_)) => {
             return Err(IngestError::NoHello { got: "LossReport" });
+        }
+        Some(agent_message::Msg::Enforcement(_)) => {
+            return Err(IngestError::NoHello {
+                got: "EnforcementReport",
+            });
         }
         None => {
             return Err(IngestError::NoHello {
@@ -172,6 +187,15 @@ impl Ingest {
             }
             Some(agent_message::Msg::Loss(report)) => {
                 self.hub.agent_report(agent, report);
+                Ok(None)
+            }
+            Some(agent_message::Msg::Enforcement(report)) => {
+                tracing::debug!(node = %agent.node, version = report.policy_set_version,
+                    persist_error = %report.persist_error, refused = report.refused.len(),
+                    "enforcement report");
+                if let Some(reports) = &self.node_reports {
+                    reports.set(&agent.node, &report);
+                }
                 Ok(None)
             }
             Some(agent_message::Msg::Hello(_)) => Err(IngestError::SecondHello),

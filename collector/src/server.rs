@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_subscribers: usize,
     /// Enforce-mode policy sets to push to every agent ([`crate::PolicyPublisher::subscribe`]).
     pub policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    /// Where the agents' enforcement reports go (for the policies' status); `None`: nowhere.
+    pub node_reports: Option<crate::NodeReports>,
     /// TLS (and with a client CA, mutual TLS); `None` serves plaintext.
     pub tls: Option<ServerTls>,
     /// Tokens and client-certificate rules for subscribers and agents.
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             max_batch_events: 16_384,
             max_subscribers: 1024,
             policy_sets: None,
+            node_reports: None,
             tls: None,
             auth: Auth::default(),
             health: Health::ready(),
@@ -92,6 +95,9 @@ pub async fn serve(
         Ingest::new(Arc::clone(&hub), config.max_batch_events).with_auth(Arc::clone(&auth));
     if let Some(sets) = &config.policy_sets {
         ingest = ingest.with_policy_sets(sets.clone());
+    }
+    if let Some(reports) = &config.node_reports {
+        ingest = ingest.with_node_reports(reports.clone());
     }
     let ingest = AgentServiceServer::new(ingest)
         .max_decoding_message_size(config.max_message_bytes)

@@ -1,8 +1,10 @@
 //! Persisting never blocks enforcing: `mapsentry agent` whose `--state-dir` is on a read-only
 //! file system (as under a chart with `readOnlyRootFilesystem` and nothing mounted there) still
 //! enforces the set the collector pushes, and says why it could not persist it: in its log, its
-//! `/readyz` body and its metrics. Real collector and agent binaries, real BPF, a real read-only
-//! mount; the rules are confined to one test cgroup (`--enforce-under`).
+//! `/readyz` body, its metrics, and, through its report on the agent stream, the policy's
+//! `KernelEnforced` condition the collector writes. Real kube-apiserver with the CRDs, real
+//! collector and agent binaries, real BPF, a real read-only mount; the rules are confined to one
+//! test cgroup (`--enforce-under`).
 
 mod common;
 
@@ -10,31 +12,90 @@ use std::{os::unix::process::ExitStatusExt as _, time::Duration};
 
 use common::{
     Helper,
-    apiserver::{Running, eventually, http_get, metric},
+    apiserver::{ApiServer, Running, eventually, http_get, metric},
     mmap_call,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, CustomResourceExt as _,
+    api::{ApiResource, DynamicObject, PostParams},
+};
 use mapsentry_e2e::{cgroup::TestCgroup, mount::ReadOnlyDir};
-use serde_json::json;
+use mapsentry_policy::{ClusterMmapPolicy, MmapPolicy};
+use serde_json::{Value, json};
 
-const POLICY: &str = "apiVersion: mapsentry.dev/v1alpha1
-kind: ClusterMmapPolicy
-metadata: {name: persist-wx}
-spec:
-  hostProcesses: true
-  mode: Enforce
-  rules:
-    - {name: wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}
-";
+const NODE: &str = "e2e-persist";
+
+fn policy() -> Value {
+    json!({
+        "apiVersion": "mapsentry.dev/v1alpha1", "kind": "ClusterMmapPolicy",
+        "metadata": {"name": "persist-wx"},
+        "spec": {"hostProcesses": true, "mode": "Enforce", "rules": [
+            {"name": "wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXEC"]}, "action": "Kill"}]},
+    })
+}
+
+fn cluster_policies() -> ApiResource {
+    ApiResource {
+        group: "mapsentry.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "mapsentry.dev/v1alpha1".into(),
+        kind: "ClusterMmapPolicy".into(),
+        plural: "clustermmappolicies".into(),
+    }
+}
+
+/// The CRDs, established, and the policy object.
+async fn install(server: &ApiServer) -> Api<DynamicObject> {
+    let admin = server.admin().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for crd in [MmapPolicy::crd(), ClusterMmapPolicy::crd()] {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .unwrap_or_else(|e| panic!("creating CRD {name}: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let established = crds.get(&name).await.ok().is_some_and(|c| {
+                c.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} not established"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let policies: Api<DynamicObject> = Api::all_with(admin, &cluster_policies());
+    let object: DynamicObject = serde_json::from_value(policy()).expect("policy object");
+    policies
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("creating the policy");
+    policies
+}
 
 #[test]
 fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
     let tag = std::process::id();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = ApiServer::start("enforce-persist");
+    let policies = runtime.block_on(install(&server));
     let cgroup = TestCgroup::create(&format!("mapsentry-test-persist-{tag}"))
         .expect("creating a cgroup (needs root and cgroup v2)");
     let state = ReadOnlyDir::mount(&format!("mapsentry-e2e-ro-agent-state-{tag}"));
-    let policy = std::env::temp_dir().join(format!("mapsentry-e2e-persist-{tag}.yaml"));
-    std::fs::write(&policy, POLICY).expect("writing the policy");
 
+    let admin_kubeconfig = server.state.join("kubeconfig");
     let mut collector = Running::start(&[
         "collector",
         "--plaintext",
@@ -42,8 +103,8 @@ fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0",
-        "--policy",
-        policy.to_str().unwrap(),
+        "--kubeconfig",
+        admin_kubeconfig.to_str().unwrap(),
     ]);
     let grpc = collector.printed_addr("collector serving on ");
     let under = format!("/mapsentry-test-persist-{tag}");
@@ -51,6 +112,8 @@ fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
         "agent",
         "--collector",
         &format!("http://{grpc}"),
+        "--node",
+        NODE,
         "--metrics-listen",
         "127.0.0.1:0",
         "--state-dir",
@@ -107,7 +170,35 @@ fn an_agent_that_cannot_persist_still_enforces_and_says_why() {
         "the pushed set is enforced although it was not persisted: {report:?}"
     );
 
+    // The collector writes it into the policy's status: enforced, not persisted, where and why.
+    let kernel = runtime.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let object = policies.get("persist-wx").await.expect("the policy object");
+            let kernel = object.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "KernelEnforced" && c["reason"] == "NotPersisted")
+                .cloned();
+            if let Some(kernel) = kernel {
+                return kernel;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no NotPersisted condition: {}",
+                object.data["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let message = kernel["message"].as_str().unwrap_or_default();
+    assert_eq!(kernel["status"], "True", "enforced all the same: {kernel}");
+    assert!(
+        message.contains(&format!("node {NODE}")) && message.contains("Read-only file system"),
+        "{kernel}"
+    );
+
     agent.stop();
     collector.stop();
-    let _ = std::fs::remove_file(&policy);
 }
