@@ -13,7 +13,10 @@ pub struct ReadOnlyDir {
 }
 
 impl ReadOnlyDir {
-    /// Mount it at `<temp dir>/<name>`; panics with the reason when it cannot (needs root).
+    /// Mount it at `<temp dir>/<name>`.
+    ///
+    /// # Panics
+    /// When it cannot (needs root), with the reason.
     #[must_use]
     pub fn mount(name: &str) -> Self {
         let path = std::env::temp_dir().join(name);

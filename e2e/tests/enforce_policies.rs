@@ -278,12 +278,12 @@ async fn one_policy_judges_comm_executables_memfds_paths_and_flips_in_the_kernel
     let mut spec = flip();
     spec["exec"] = json!(exes.other.to_str().unwrap());
     spec["then"] = flip();
-    let execs = run_in(&cgroup, &exes.trusted, &spec);
+    let after_exec = run_in(&cgroup, &exes.trusted, &spec);
     assert!(
-        execs.killed(),
-        "the flip after exec is judged by the new executable: {execs:?}"
+        after_exec.killed(),
+        "the flip after exec is judged by the new executable: {after_exec:?}"
     );
-    let events = drain_pid(&mut capture, execs.pid());
+    let events = drain_pid(&mut capture, after_exec.pid());
     let flips: Vec<_> = events
         .iter()
         .filter(|e| e.syscall == Syscall::Mprotect && e.args.prot == PROT_RX)
@@ -364,8 +364,11 @@ async fn a_set_that_cannot_be_persisted_is_enforced_and_says_why() {
         "apiVersion: mapsentry.dev/v1alpha1\nkind: ClusterMmapPolicy\nmetadata: {{name: {POLICY}}}\nspec:\n  hostProcesses: true\n  mode: Enforce\n  rules:\n    - {{name: wx, match: {{protAll: [PROT_WRITE, PROT_EXEC]}}, action: Kill}}\n"
     );
     let (_capture, enforcer) = enforcing(&yaml, &cgroup, Some(state.path().to_owned()));
-    let stats = enforcer.stats();
-    assert!(!stats.persisted && stats.persist_failures == 1, "{stats:?}");
+    let counts = enforcer.stats();
+    assert!(
+        !counts.persisted && counts.persist_failures == 1,
+        "{counts:?}"
+    );
     let why = enforcer.persist_error().expect("the persist error is kept");
     assert!(
         why.contains(&state.path().display().to_string()) && why.contains("Read-only file system"),

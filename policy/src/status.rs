@@ -6,6 +6,8 @@
 //! Conditions carry no time here (this crate has no clock); the writer stamps
 //! `lastTransitionTime` ([`PolicyStatus::stamp`]).
 
+use std::fmt::Write as _;
+
 use crate::{
     crd::{Mode, NodeScope, PolicyStatus, RuleNote, StatusCondition, StatusError},
     enforce::{Refusal, kernel_set_plan},
@@ -134,10 +136,11 @@ impl PolicyStatus {
                 )
             };
             if !not_persisted.is_empty() {
-                message.push_str(&format!(
+                let _ = write!(
+                    message,
                     "; enforced but not persisted on {}: an agent restart there before the collector is reachable starts without the set",
                     not_persisted.join("; ")
-                ));
+                );
             }
             let reason = match (refused_rules.is_empty(), not_persisted.is_empty()) {
                 (false, _) => "RulesRefused",

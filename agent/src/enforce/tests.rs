@@ -17,7 +17,7 @@ fn kernel_classes(entries: &TableEntries, path: &str) -> u64 {
     let bytes = path.as_bytes();
     let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
     let candidates = longest(false, bytes) & longest(true, &reversed);
-    let slashes = bytes.iter().filter(|b| **b == b'/').count();
+    let slashes = path.matches('/').count();
     let mut classes = 0;
     for (bit, p) in entries.patterns.iter().enumerate() {
         if (candidates >> bit) & 1 == 0 {

@@ -200,7 +200,7 @@ fn tokens(glob: &str) -> Result<Vec<Token>, String> {
                 {
                     return Err("it has a wildcard inside `{...}`".into());
                 }
-                if group.iter().any(|c| *c == ('/', true)) {
+                if group.contains(&('/', true)) {
                     return Err("it escapes a `/`".into());
                 }
                 let options: Vec<String> = group

@@ -145,11 +145,21 @@ fn a_glob_the_kernel_cannot_judge_is_refused_with_the_glob_named() {
     }
 }
 
+/// One YAML list item per `i`, as `rules:` takes them.
+fn rule_lines(range: impl Iterator<Item = usize>, rule: impl Fn(usize) -> String) -> String {
+    range.fold(String::new(), |mut out, i| {
+        out.push_str("    - ");
+        out.push_str(&rule(i));
+        out.push('\n');
+        out
+    })
+}
+
 #[test]
 fn a_set_beyond_the_kernels_bounds_refuses_the_rules_past_them_in_order() {
-    let rules: String = (0..RULES_MAX + 2)
-        .map(|i| format!("    - {{name: r{i}, match: {{protAny: [PROT_EXEC], minLength: {i}}}, action: Kill}}\n"))
-        .collect();
+    let rules = rule_lines(0..RULES_MAX + 2, |i| {
+        format!("{{name: r{i}, match: {{protAny: [PROT_EXEC], minLength: {i}}}, action: Kill}}")
+    });
     let plan = kernel_set_plan([&cluster("Enforce", "", &rules)], true);
     assert_eq!(plan.rules.len(), RULES_MAX);
     assert_eq!(
@@ -200,12 +210,12 @@ fn a_set_beyond_the_kernels_bounds_refuses_the_rules_past_them_in_order() {
         1
     );
 
-    let rules: String = (0..COMM_CLASSES_MAX + 1)
-        .map(|i| format!("    - {{name: r{i}, match: {{comm: [c{i}]}}, action: Kill}}\n"))
-        .collect();
+    let rules = rule_lines(0..=COMM_CLASSES_MAX, |i| {
+        format!("{{name: r{i}, match: {{comm: [c{i}]}}, action: Kill}}")
+    });
     let plan = kernel_set_plan([&cluster("Enforce", "", &rules)], true);
     assert_eq!(plan.rules.len(), RULES_MAX, "the rule bound comes first");
-    let names: Vec<String> = (0..COMM_NAMES_MAX + 1).map(|i| format!("n{i}")).collect();
+    let names: Vec<String> = (0..=COMM_NAMES_MAX).map(|i| format!("n{i}")).collect();
     let rules = format!(
         "    - {{name: many, match: {{comm: [{}]}}, action: Kill}}\n",
         names.join(", ")

@@ -131,7 +131,7 @@ fn node_reports_add_set_refusals_and_say_where_a_set_is_not_persisted() {
         ),
         refused: Vec::new(),
     };
-    let status = PolicyStatus::accepted_policy_on(&p, &[persisted_nowhere.clone()]);
+    let status = PolicyStatus::accepted_policy_on(&p, std::slice::from_ref(&persisted_nowhere));
     let kernel = status.condition(KERNEL_ENFORCED).expect("KernelEnforced");
     assert_eq!(
         (kernel.status.as_str(), kernel.reason.as_str()),
