@@ -124,7 +124,7 @@ impl Capture {
             .override_global("filter_prot_any", &config.prot_any, true)
             .override_global("wakeup_bytes", &config.wakeup_bytes, true)
             .map_max_entries("events", bytes)
-            // `pending` and `exe_classes` are task storage, which aya creates but has no typed
+            // `pending` and `task_facts` are task storage, which aya creates but has no typed
             // handle for: the agent never touches them, only the programs do.
             .allow_unsupported_maps()
             .load(mapsentry_ebpf::CAPTURE)

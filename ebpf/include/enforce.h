@@ -10,7 +10,8 @@
  * A set is judged in two passes. The first checks every rule's conditions on the call's own
  * arguments (prot, flags and mapping type, length, syscall, anonymous or file); most calls stop
  * there. For the rules left, the facts they read are looked up once: the caller's comm classes
- * (`comm_classes`), its executable's path classes (`exe_classes`, see maps.h), the call's file
+ * (`comm_classes`, cached per thread) and its executable's path classes (`task_facts`, see
+ * maps.h), the call's file
  * (the descriptor's for mmap, the mapping's for mprotect): its kinds and path classes. The
  * second pass takes the first of those rules whose remaining conditions hold, in the agent's
  * order (Deny rules first).
@@ -158,54 +159,57 @@ __noinline int ms_rule_facts_match(const struct ms_rule *rule, const struct ms_f
 	return !excepted;
 }
 
-/* The comm classes of the caller under table `table`. */
-static __always_inline __u64 ms_comm_classes(__u32 table)
+/* The path classes of `task`'s executable under generation `gen`, from its mm->exe_file, into
+ * `facts`. */
+static __always_inline void ms_compute_exe(struct task_struct *task, __u32 gen,
+					   struct ms_task_facts *facts)
 {
-	char comm[MS_COMM_LEN] = {};
-	struct ms_comm_classes *found;
-
-	bpf_get_current_comm(comm, sizeof(comm));
-	found = bpf_map_lookup_elem(&comm_classes, comm);
-	return found ? found->classes[table & 1] : 0;
-}
-
-/* The path classes of `task`'s executable under generation `gen` into `exe`, from its
- * mm->exe_file. */
-static __always_inline void ms_compute_exe(struct task_struct *task, __u32 gen, struct ms_exe *exe)
-{
-	struct ms_file_facts facts = {};
+	struct ms_file_facts file_facts = {};
 	struct file *file = BPF_CORE_READ(task, mm, exe_file);
 
 	if (!file) {
-		exe->classes = 0;
-		exe->unknown = 1;
+		facts->exe = 0;
+		facts->exe_unknown = 1;
 	} else {
-		ms_file_facts((__u64)file, gen & 1, MS_NEED_PATH, &facts);
-		exe->classes = facts.classes;
-		exe->unknown = facts.path_unknown;
+		ms_file_facts((__u64)file, gen & 1, MS_NEED_PATH, &file_facts);
+		facts->exe = file_facts.classes;
+		facts->exe_unknown = file_facts.path_unknown;
 	}
-	exe->generation = gen;
+	facts->exe_generation = gen;
 }
 
-/* The caller's executable classes under generation `gen`: kept per thread (see maps.h), computed
- * here when the thread has none for `gen`. */
-static __always_inline void ms_exe_facts(struct ms_facts *f, __u32 gen)
+/* The caller's comm (with MS_NEED_COMM in `needs`) and executable (MS_NEED_EXE) classes under
+ * generation `gen`, from the thread's cache (see maps.h), looked up or computed when it has none
+ * for `gen`. Without a cache entry (no memory), the same, uncached. */
+static __always_inline void ms_caller_facts(struct ms_facts *f, __u8 needs, __u32 gen)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct ms_exe fresh = {};
-	struct ms_exe *exe;
+	struct ms_task_facts scratch = {};
+	struct ms_task_facts *cache;
+	struct ms_comm_classes *found;
+	__u64 name[2] = {};
 
-	exe = bpf_task_storage_get(&exe_classes, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (exe && exe->generation == gen) {
-		f->exe = exe->classes;
-		f->exe_unknown = exe->unknown;
-		return;
+	cache = bpf_task_storage_get(&task_facts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!cache)
+		cache = &scratch;
+	if (needs & MS_NEED_COMM) {
+		bpf_get_current_comm(name, sizeof(name));
+		if (cache->comm_generation != gen || cache->comm_name[0] != name[0] ||
+		    cache->comm_name[1] != name[1]) {
+			found = bpf_map_lookup_elem(&comm_classes, name);
+			cache->comm = found ? found->classes[gen & 1] : 0;
+			cache->comm_name[0] = name[0];
+			cache->comm_name[1] = name[1];
+			cache->comm_generation = gen;
+		}
+		f->comm = cache->comm;
 	}
-	ms_compute_exe(task, gen, &fresh);
-	if (exe)
-		*exe = fresh;
-	f->exe = fresh.classes;
-	f->exe_unknown = fresh.unknown;
+	if (needs & MS_NEED_EXE) {
+		if (cache->exe_generation != gen)
+			ms_compute_exe(task, gen, cache);
+		f->exe = cache->exe;
+		f->exe_unknown = cache->exe_unknown;
+	}
 }
 
 /* The file of the call: the descriptor's for mmap, the mapping's for mprotect; 0 when none. */
@@ -265,10 +269,8 @@ __noinline int ms_enforce_set(__u64 key, struct ms_pending *p)
 	if (!candidates)
 		return 0;
 	generation = set->generation;
-	if (needs & MS_NEED_COMM)
-		facts.comm = ms_comm_classes(generation);
-	if (needs & MS_NEED_EXE)
-		ms_exe_facts(&facts, generation);
+	if (needs & (MS_NEED_COMM | MS_NEED_EXE))
+		ms_caller_facts(&facts, needs, generation);
 	if (needs & MS_NEED_FILE) {
 		__u64 file = ms_call_file(p);
 
@@ -311,31 +313,31 @@ static __always_inline int ms_on_exec(void)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct ms_enforce_state *state;
-	struct ms_exe *exe;
+	struct ms_task_facts *facts;
 	__u32 key = 0;
 
 	state = bpf_map_lookup_elem(&enforce_state, &key);
 	if (!state || !(state->flags & MS_STATE_EXE)) {
-		exe = bpf_task_storage_get(&exe_classes, task, 0, 0);
-		if (exe)
-			exe->generation = 0;
+		facts = bpf_task_storage_get(&task_facts, task, 0, 0);
+		if (facts)
+			facts->exe_generation = 0;
 		return 0;
 	}
-	exe = bpf_task_storage_get(&exe_classes, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (exe)
-		ms_compute_exe(task, state->generation, exe);
+	facts = bpf_task_storage_get(&task_facts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (facts)
+		ms_compute_exe(task, state->generation, facts);
 	return 0;
 }
 
 /* sched_process_fork: a new thread or process runs the same executable as its parent. */
 static __always_inline int ms_on_fork(struct task_struct *parent, struct task_struct *child)
 {
-	struct ms_exe *from, *to;
+	struct ms_task_facts *from, *to;
 
-	from = bpf_task_storage_get(&exe_classes, parent, 0, 0);
-	if (!from || !from->generation)
+	from = bpf_task_storage_get(&task_facts, parent, 0, 0);
+	if (!from || !from->exe_generation)
 		return 0;
-	to = bpf_task_storage_get(&exe_classes, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	to = bpf_task_storage_get(&task_facts, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (to)
 		*to = *from;
 	return 0;

@@ -81,22 +81,30 @@ struct {
 	__type(value, struct ms_pattern);
 } path_patterns SEC(".maps");
 
-/* Per thread: the path classes of its executable under a class generation. Computed when
- * the thread execs (sched_process_exec), copied to new threads and processes
- * (sched_process_fork), and otherwise (threads that predate the agent, or a newer generation)
- * from the task's own mm->exe_file at its first judged call. Freed with the thread. */
-struct ms_exe {
-	__u64 classes;
-	__u32 generation; /* 0: not computed */
-	__u32 unknown; /* the path could not be read whole: every class is unknown */
+/* Per thread, what the second pass of enforcement reads of the caller, under a class generation:
+ * - the path classes of its executable: computed when the thread execs (sched_process_exec),
+ *   copied to new threads and processes (sched_process_fork), and otherwise (threads that
+ *   predate the agent, or a newer generation) from the task's own mm->exe_file at its first
+ *   judged call;
+ * - the comm classes of its command name, with the name they were looked up for (a thread's
+ *   name seldom changes: one compare instead of a hash lookup per judged call).
+ * Freed with the thread. */
+struct ms_task_facts {
+	__u64 exe;               /* path classes of the executable */
+	__u32 exe_generation;    /* 0: not computed */
+	__u32 exe_unknown;       /* the path could not be read whole: every class is unknown */
+	__u64 comm_name[2];      /* the name (NUL-padded) comm_classes were looked up for */
+	__u64 comm;              /* its comm classes */
+	__u32 comm_generation;   /* 0: not looked up */
+	__u32 pad;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct ms_exe);
-} exe_classes SEC(".maps");
+	__type(value, struct ms_task_facts);
+} task_facts SEC(".maps");
 
 /* The mapping call each thread is inside, parked between its entry and exit: task storage,
  * created at a thread's first reported call and freed with the thread. It replaced an LRU hash

@@ -37,9 +37,21 @@ use mapsentry_agent::{
 use mapsentry_e2e::cgroup::TestCgroup;
 use serde_json::json;
 
+/// Rounds and loop lengths for the VMs (software emulation); `--rounds N` and `--scale K`
+/// (loops K times longer) for quicker machines, where one round is over too soon to be steady.
 const ROUNDS: usize = 11;
 const GETPPID_ITERATIONS: u32 = 300_000;
 const MMAP_ITERATIONS: u32 = 20_000;
+
+/// `--NAME N` among `args`, or `default`.
+fn flag(args: &[String], name: &str, default: u32) -> u32 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| {
+            v.parse().unwrap_or_else(|e| panic!("{name} {v}: {e}"))
+        })
+}
 
 fn getppid() {
     // SAFETY: getppid has no arguments and cannot fail.
@@ -146,7 +158,9 @@ fn main() {
     }
     let mut getppid_ns = vec![Vec::new(); variants.len()];
     let mut mmap_ns = vec![Vec::new(); variants.len()];
-    for round in 0..ROUNDS {
+    let rounds = flag(&args, "--rounds", ROUNDS as u32) as usize;
+    let scale = flag(&args, "--scale", 1);
+    for round in 0..rounds {
         for k in 0..variants.len() {
             let index = (round + k) % variants.len();
             let capture = variants[index].map(|(mode, rules)| {
@@ -154,8 +168,8 @@ fn main() {
                 rules.apply(&mut capture, &cgroup);
                 capture
             });
-            getppid_ns[index].push(in_child("getppid", GETPPID_ITERATIONS, &cgroup));
-            mmap_ns[index].push(in_child("mmap", MMAP_ITERATIONS, &cgroup));
+            getppid_ns[index].push(in_child("getppid", GETPPID_ITERATIONS * scale, &cgroup));
+            mmap_ns[index].push(in_child("mmap", MMAP_ITERATIONS * scale, &cgroup));
             drop(capture);
         }
     }
