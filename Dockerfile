@@ -2,7 +2,8 @@
 # The single mapsentry image: `mapsentry agent`, `mapsentry collector`, `mapsentry tail`, ...
 #   docker build -t mapsentry:0.1.0 .
 # The chart runs the agent as root with BPF capabilities (it overrides the user below) and the
-# collector as the non-root user 65532.
+# collector as the non-root user 65532. e2e/kube/build-images.sh makes the same runtime layout for
+# the test node (no Docker there), with the binary linked statically; helm/test.sh checks both.
 
 # --- build: Rust, and clang + libbpf headers for the BPF programs that ebpf/build.rs compiles and
 # embeds in the binary (gcc-multilib and bpftool are for the tests only, not needed here).

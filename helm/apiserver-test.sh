@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The chart against a real kube-apiserver (1.20.2 + etcd on loopback, e2e/kube/start-apiserver.sh):
+# The chart against a real kube-apiserver (+ etcd on loopback, e2e/kube/start-apiserver.sh, the
+# versions e2e/kube/build-kube.sh pins):
 #  - the chart's CRDs are accepted and established; every example policy (examples/policies/) is
 #    accepted; invalid policies are refused by the CRD schema, naming the field;
 #  - the chart's ServiceAccounts, ClusterRoles and bindings grant each component what it needs and
@@ -66,7 +67,7 @@ for f in "${examples[@]}"; do
 done
 
 # 3. Invalid policies are refused, naming the field.
-refuse() { # NAME EXPECTED-FIELD YAML; the API server of 1.20 names list items without [index]
+refuse() { # NAME EXPECTED-FIELD YAML; list items are matched with or without [index] (servers differ)
   local pattern
   pattern="$(printf '%s' "$2" | sed -e 's/\./\\./g' -e 's/\[0\]/(\\[0\\])?/g')"
   if printf '%s\n' "$3" | k create --validate=false -n policy-test -f - >"$state/out" 2>&1; then

@@ -34,6 +34,7 @@ AGENT_MOUNTS = {  # mountPath -> read-only
     "/sys/kernel/tracing": True,
     "/sys/fs/bpf": False,
     "/host/proc": True,
+    "/var/lib/mapsentry": False,
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
 
@@ -120,7 +121,7 @@ def common(c):
     c.check(sc.get("readOnlyRootFilesystem") is True, "agent root filesystem is read-only")
     c.check(sc["capabilities"]["drop"] == ["ALL"], "agent drops all capabilities first")
     caps = set(sc["capabilities"]["add"])
-    want = {"BPF", "PERFMON", "SYS_RESOURCE"} | ({"SYS_ADMIN"} if c.scenario == "custom" else set())
+    want = {"BPF", "PERFMON"} | ({"SYS_ADMIN", "SYS_RESOURCE"} if c.scenario == "custom" else set())
     c.check(caps == want, f"agent capabilities are exactly {sorted(want)}: {sorted(caps)}")
     if "SYS_ADMIN" in caps:
         c.check("allowPrivilegeEscalation" not in sc,
@@ -136,6 +137,17 @@ def common(c):
     hostpaths = [v for v in pod["volumes"] if "hostPath" in v]
     c.check(all(v["hostPath"].get("type") in ("Directory", "DirectoryOrCreate") for v in hostpaths),
             "agent host paths are typed directories")
+    # The state directory: where --state-dir points, writable, and on the node (a hostPath that
+    # outlives the pod), so a pushed Enforce set is persisted and re-applied after a restart.
+    state_dir = arg_value(agent["args"], "--state-dir")
+    state_mount = next((m for m in agent["volumeMounts"] if m["mountPath"] == state_dir), None)
+    state_volume = next((v for v in pod["volumes"] if state_mount and v["name"] == state_mount["name"]), None)
+    c.check(state_mount is not None and not state_mount.get("readOnly", False),
+            f"agent --state-dir {state_dir} is a writable mount: {state_mount}")
+    want_state = "/var/lib/mapsentry-custom" if c.scenario == "custom" else "/var/lib/mapsentry"
+    c.check(state_volume is not None and state_volume.get("hostPath", {}).get("type") == "DirectoryOrCreate"
+            and state_volume["hostPath"].get("path") == want_state,
+            f"agent state directory is the node's {want_state} (hostPath, DirectoryOrCreate): {state_volume}")
     c.check(pod.get("tolerations"), "agent has tolerations")
     c.check(pod.get("priorityClassName"), "agent has a priority class")
     c.check(not any(p.get("hostPort") for p in agent.get("ports", [])), "agent opens no host port")

@@ -100,6 +100,11 @@ if [ -f "$work/default.yaml" ]; then
   sed '/- PERFMON/d' "$work/default.yaml" >"$work/nocap.yaml"
   refused "assertions refuse a missing PERFMON" "agent capabilities are exactly" \
     "$CHART_PY" helm/assertions.py default "$work/nocap.yaml"
+  # The chart before issue 15: a read-only root and no writable state directory refused every
+  # pushed Enforce set ("policy set refused").
+  sed 's|^\( *\)mountPath: /var/lib/mapsentry$|&\n\1readOnly: true|' "$work/default.yaml" >"$work/rostate.yaml"
+  refused "assertions refuse a read-only agent state directory" "is a writable mount" \
+    "$CHART_PY" helm/assertions.py default "$work/rostate.yaml"
   sed 's/readOnlyRootFilesystem: true/readOnlyRootFilesystem: true\n            bogusField: 1/' "$work/default.yaml" >"$work/bogus.yaml"
   refused "kubernetes-validate refuses an unknown field" "'bogusField' was unexpected" \
     "$CHART_PY" helm/validate.py "$work/bogus.yaml"
@@ -127,6 +132,8 @@ refused "schema: --set auth.tokens.key= (empty key)" "auth.tokens.key" \
   render --set auth.tokens.secretName=t --set auth.tokens.key=
 refused "template: agents without a collector to stream to" "needs agent.collectorURL" \
   render --set collector.enabled=false
+refused "schema: --set agent.hostPaths.state= (the agent needs a state directory)" "agent.hostPaths.state" \
+  render --set agent.hostPaths.state=
 refused "schema: agent.collectorURL without a scheme" "agent.collectorURL" \
   render --set collector.enabled=false --set agent.collectorURL=collector:50051
 refused "template: a retention claim with a rolling update" "needs collector.strategy.type: Recreate" \
@@ -297,8 +304,12 @@ dockerfile_checks() {
   grep -q 'target/release/mapsentry /out/mapsentry' Dockerfile || { echo "does not install target/release/mapsentry"; return 1; }
   grep -q 'clang llvm libbpf-dev linux-libc-dev' Dockerfile || { echo "lacks the BPF build packages"; return 1; }
   grep -q '^ENTRYPOINT \["/usr/local/bin/mapsentry"\]' Dockerfile || { echo "entrypoint is not mapsentry"; return 1; }
+  # The test node's image (e2e/kube/build-images.sh) is laid out as the runtime stage.
+  grep -q '^USER 65532:65532' Dockerfile || { echo "user is not 65532:65532"; return 1; }
+  grep -q '"Entrypoint":\["/usr/local/bin/mapsentry"\],"Cmd":\["--help"\],"User":"65532:65532"' e2e/kube/build-images.sh \
+    || { echo "e2e/kube/build-images.sh's mapsentry image differs from the Dockerfile's runtime stage"; return 1; }
 }
-step "Dockerfile: rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml), -p mapsentry-cli, BPF build packages, entrypoint" dockerfile_checks
+step "Dockerfile: rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml), -p mapsentry-cli, BPF build packages, entrypoint, user; the test node's image alike" dockerfile_checks
 
 # 10. Generated files are current.
 echo "refresh with: helm/render-manifests.sh" >"$work/out"

@@ -13,10 +13,13 @@ packages=(
   qemu-system-x86     # cargo xtask vm-test: the kernel matrix in software-emulated VMs
   busybox-static      # the VMs' userland (/bin/busybox in the initramfs)
   binutils            # strip, for a small initramfs
-  dpkg-dev make       # e2e/kube: unpacking Debian packages and building the test API server
-  openssl             # e2e/kube: the test API server's certificates and keys
-  iproute2            # e2e tests: network namespaces and addresses
   bpftrace            # the benchmarks' peer, and the tests' independent probe of the kernel
+  # e2e/kube: the test cluster (real_node) and the kube-apiserver of the Kubernetes tests
+  containernetworking-plugins iptables iproute2  # the node's bridge network, kube-proxy
+  nftables                                       # stop-node.sh removes the tables it brought
+  libseccomp-dev pkg-config                      # runc, built with seccomp (build-kube.sh)
+  openssl curl                                   # certificates, readiness checks
+  dpkg-dev make                                  # unpacking Debian packages (etcd) and builds
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -38,3 +41,9 @@ if ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
+# e2e/kube/build-kube.sh builds Kubernetes 1.37 from its Go module: Go 1.26 or newer.
+go_version="$(go env GOVERSION 2>/dev/null || true)"
+case "$go_version" in
+  go1.2[6-9]* | go1.[3-9][0-9]* | go[2-9]*) ;;
+  *) echo "setup.sh: Go 1.26 or newer is needed to build the test cluster (found: ${go_version:-none})" >&2; exit 1 ;;
+esac

@@ -5,7 +5,7 @@
 
 use std::io::{self, Write};
 
-use mapsentry_policy::{Action, AlertLine, EventLine, MmapEvent, Mode};
+use mapsentry_policy::{AlertLine, EventLine};
 use mapsentry_proto::v1::AlertRecord;
 use serde::Serialize;
 
@@ -19,50 +19,33 @@ struct Line<'a> {
     node: &'a str,
 }
 
-/// The alert line of `record`, or why it has none.
-pub fn alert_line(record: &AlertRecord) -> Result<AlertLine, String> {
-    let action = [Action::Alert, Action::Kill, Action::Deny]
-        .into_iter()
-        .find(|a| a.as_str() == record.action)
-        .ok_or_else(|| format!("unknown action {:?}", record.action))?;
-    let mode = [Mode::Audit, Mode::Enforce]
-        .into_iter()
-        .find(|m| m.as_str() == record.mode)
-        .ok_or_else(|| format!("unknown mode {:?}", record.mode))?;
-    let wire = record.event.as_ref().ok_or("no event")?;
-    let event = MmapEvent::try_from(wire).map_err(|e| e.to_string())?;
-    Ok(AlertLine {
-        policy: record.policy.clone(),
-        rule: record.rule.clone(),
-        action,
-        mode,
-        namespace: record.namespace.clone(),
-        pod: record.pod.clone(),
-        container: record.container.clone(),
-        count: record.count,
-        first_seen: record.first_seen.clone(),
-        last_seen: record.last_seen.clone(),
-        event: EventLine::from(event),
-    })
+/// Print one alert update as it arrived from a collector (decoded once, here at the edge).
+pub fn write_record(out: &mut impl Write, format: Format, record: &AlertRecord) -> io::Result<()> {
+    match AlertLine::try_from(record) {
+        Ok(alert) => write_alert(out, format, &alert, record.cursor, &record.node),
+        Err(error) => {
+            tracing::warn!(target: mapsentry_service::STATUS_TARGET, "skipping alert {}: {error}", record.cursor);
+            Ok(())
+        }
+    }
 }
 
-/// Print one alert update.
-pub fn write_alert(out: &mut impl Write, format: Format, record: &AlertRecord) -> io::Result<()> {
-    let alert = match alert_line(record) {
-        Ok(alert) => alert,
-        Err(error) => {
-            eprintln!("mapsentry: skipping alert {}: {error}", record.cursor);
-            return Ok(());
-        }
-    };
+/// Print one alert update (`node`'s, published under `cursor`).
+pub fn write_alert(
+    out: &mut impl Write,
+    format: Format,
+    alert: &AlertLine,
+    cursor: u64,
+    node: &str,
+) -> io::Result<()> {
     match format {
         Format::Json => {
             serde_json::to_writer(
                 &mut *out,
                 &Line {
-                    alert: &alert,
-                    cursor: record.cursor,
-                    node: &record.node,
+                    alert,
+                    cursor,
+                    node,
                 },
             )?;
             out.write_all(b"\n")

@@ -50,9 +50,3 @@ impl CaptureArgs {
         }
     }
 }
-
-/// This host's name: what `agent` and `run` call the node when not told.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "localhost".to_owned(), |s| s.trim().to_owned())
-}

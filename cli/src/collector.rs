@@ -1,22 +1,47 @@
-//! `mapsentry collector --listen ADDR`: take agent streams, keep recent events, serve
-//! subscribers (with gRPC health and reflection), until Ctrl-C or SIGTERM.
+//! `mapsentry collector --listen ADDR`: the flags of the collector role
+//! ([`mapsentry_collector::run`]), and those `run` shares with it.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Context;
 use mapsentry_collector::{
-    Hub, HubConfig, NodeReports, PolicyPublisher, ServerConfig, auth::Tokens, kube_client,
-    kube_events::EventsConfig, log::LogConfig, serve, tls::ServerTls,
+    HubConfig, ServerConfig,
+    alerts::AlertConfig,
+    app::{self, KubernetesConfig, PoliciesConfig},
+    auth::Tokens,
+    kube_events::EventsConfig,
+    retention::LogConfig,
+    tls::ServerTls,
 };
-use tokio::net::TcpListener;
 
-use crate::{
-    alerting::{KubernetesPlan, PolicyArgs},
-    signals,
-};
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy file or directory (its *.yaml, *.yml and *.json files), repeatable. Reloaded on
+    /// change; a new version that does not validate is rejected (its errors logged) and the
+    /// previous good one stays in force.
+    #[arg(long = "policy", value_name = "PATH")]
+    pub policies: Vec<PathBuf>,
+    /// Dedup window of alerts, in seconds: further matches of one (pod, policy, rule) within it
+    /// are counted into the next update rather than reported one by one.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    alert_window: u64,
+    /// Alert updates published per pod (per node for host processes) per second; updates over
+    /// it are deferred to a later second, never dropped (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = AlertConfig::default().per_pod_rate)]
+    alert_rate_per_pod: u32,
+}
 
-/// The collector's default Prometheus listener (the chart's `collector.metrics.port`).
-pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
+impl PolicyArgs {
+    pub fn config(&self) -> PoliciesConfig {
+        PoliciesConfig {
+            files: self.policies.clone(),
+            alerts: AlertConfig {
+                window: Duration::from_secs(self.alert_window),
+                per_pod_rate: self.alert_rate_per_pod,
+                ..AlertConfig::default()
+            },
+        }
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectorArgs {
@@ -56,19 +81,14 @@ pub struct KubernetesArgs {
 }
 
 impl KubernetesArgs {
-    async fn plan(&self) -> anyhow::Result<Option<KubernetesPlan>> {
-        if !self.kubernetes && self.kubeconfig.is_none() {
-            return Ok(None);
-        }
-        let client = kube_client::client(self.kubeconfig.as_deref()).await?;
-        Ok(Some(KubernetesPlan {
-            client,
+    fn config(&self) -> Option<KubernetesConfig> {
+        (self.kubernetes || self.kubeconfig.is_some()).then(|| KubernetesConfig {
+            kubeconfig: self.kubeconfig.clone(),
             events: EventsConfig {
                 per_pod_per_minute: self.kube_events_per_minute,
                 ..EventsConfig::default()
             },
-            node_reports: None,
-        }))
+        })
     }
 }
 
@@ -174,18 +194,12 @@ impl CollectorLimits {
         }
     }
 
-    /// The hub, reading back the retention log when there is one.
-    pub fn open_hub(&self) -> anyhow::Result<Arc<Hub>> {
-        match &self.data_dir {
-            None => Ok(Hub::new(self.hub())),
-            Some(dir) => {
-                let log = LogConfig {
-                    max_bytes: self.data_max_bytes,
-                    ..LogConfig::new(dir)
-                };
-                Hub::open(self.hub(), log).with_context(|| format!("--data-dir {}", dir.display()))
-            }
-        }
+    /// The retention log asked for, if any.
+    pub fn retention_log(&self) -> Option<LogConfig> {
+        self.data_dir.as_ref().map(|dir| LogConfig {
+            max_bytes: self.data_max_bytes,
+            ..LogConfig::new(dir)
+        })
     }
 
     pub fn server(&self) -> ServerConfig {
@@ -198,40 +212,19 @@ impl CollectorLimits {
     }
 }
 
-pub async fn run(args: CollectorArgs) -> anyhow::Result<()> {
-    let shutdown = signals::requested()?;
-    let mut server = args.limits.server();
-    args.security.apply(&mut server)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
-    eprintln!(
-        "mapsentry: collector serving on {}",
-        listener.local_addr().context("reading the bound address")?
-    );
-    let hub = args.limits.open_hub()?;
-    let metrics_listen = match args.metrics_listen {
-        Some(addr) => (addr, true),
-        None => (DEFAULT_METRICS_LISTEN.parse()?, false),
-    };
-    let publisher = PolicyPublisher::new();
-    server.policy_sets = Some(publisher.subscribe());
-    let mut kubernetes = args.kubernetes.plan().await?;
-    if let Some(plan) = &mut kubernetes {
-        // The agents' enforcement reports reach the policies' status.
-        let reports = NodeReports::default();
-        server.node_reports = Some(reports.clone());
-        plan.node_reports = Some(reports);
+impl CollectorArgs {
+    /// The collector's configuration; the TLS and token files are read (and checked) now.
+    pub fn config(self) -> anyhow::Result<app::Config> {
+        let mut server = self.limits.server();
+        self.security.apply(&mut server)?;
+        Ok(app::Config {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            policies: self.policy.config(),
+            hub: self.limits.hub(),
+            retention_log: self.limits.retention_log(),
+            server,
+            kubernetes: self.kubernetes.config(),
+        })
     }
-    let alerting = args
-        .policy
-        .start(&hub, Some(metrics_listen), publisher, kubernetes)
-        .await?;
-    server.health = alerting.health.clone();
-    serve(hub, &server, listener, shutdown)
-        .await
-        .context("serving gRPC")?;
-    alerting.stop().await;
-    eprintln!("mapsentry: collector stopped");
-    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use mapsentry_policy::{MmapEvent, Syscall, event_json, names};
+use mapsentry_policy::{MmapEvent, Syscall, event::json as event_json, names};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -275,7 +275,7 @@ fn test(
     let found = load_paths(policies);
     if !found.problems.is_empty() {
         for line in &found.problems {
-            eprintln!("{line}");
+            tracing::error!(target: mapsentry_service::STATUS_TARGET, "{line}");
         }
         bail!(
             "{} problem(s) in the policies; run `mapsentry policy check` for details",

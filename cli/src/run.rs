@@ -15,24 +15,30 @@ use futures_core::Stream as _;
 use mapsentry_agent::{
     Capture,
     metadata::{Attributor, EnrichConfig, Kubernetes},
+    node::{self, event_loop, hostname, start_shipper},
 };
-use mapsentry_collector::{Hub, PolicyPublisher, filter::RecordFilter, serve};
+use mapsentry_collector::{
+    Hub, PolicyPublisher,
+    app::{self, Alerting},
+    filter::RecordFilter,
+    hub::Item,
+    serve,
+};
 use mapsentry_policy::MmapEvent;
 use mapsentry_proto::v1;
 use serde_json::json;
 use tokio::{net::TcpListener, sync::oneshot};
 use tracing::Instrument as _;
 
+use mapsentry_service::status;
+
 use crate::{
-    agent::start_shipper,
     alert_output,
-    alerting::PolicyArgs,
-    capture_args::{CaptureArgs, hostname},
-    collector::CollectorLimits,
+    capture_args::CaptureArgs,
+    collector::{CollectorLimits, PolicyArgs},
     filter::EventFilter,
     output::{self, Format},
-    pump::pump,
-    signals::Shutdown,
+    signals,
 };
 
 /// Where `run` serves the observer API when `--listen` is not given.
@@ -85,7 +91,7 @@ struct Tally {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let filter = EventFilter::from_args(&args.comms, &args.syscalls, &args.prot_any)?;
-    let mut shutdown = Shutdown::install()?;
+    let shutdown = signals::requested()?;
     let listener = bind(args.listen).await?;
     let observer = listener
         .local_addr()
@@ -101,18 +107,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Capture::start(&args.capture.config(filter.prot_any)).context("cannot start capturing")?;
 
     // The embedded collector: the same gRPC services as `mapsentry collector`.
-    let hub = args.limits.open_hub()?;
+    let hub = app::open_hub(args.limits.hub(), args.limits.retention_log())?;
     let publisher = PolicyPublisher::new();
     let policy_sets = publisher.subscribe();
-    let alerting = args
-        .policy
-        .start(
-            &hub,
-            args.metrics_listen.map(|addr| (addr, true)),
-            publisher,
-            None,
-        )
-        .await?;
+    let alerting = Alerting::start(
+        &hub,
+        &args.policy.config(),
+        args.metrics_listen.map(|addr| (addr, true)),
+        publisher,
+        None,
+    )
+    .await?;
     if alerting.rejected_at_start > 0 {
         anyhow::bail!(
             "--policy: {} document(s) rejected (see above); nothing is enforced or alerted until they are fixed",
@@ -136,12 +141,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut enforcing = if args.policy.policies.is_empty() {
         None
     } else {
-        Some(crate::enforcing::local(
-            policy_sets,
-            &mut capture,
-            attributor.pods().cloned(),
-            args.capture.enforce_under.as_deref(),
-        )?)
+        Some(
+            node::enforcing::local(
+                policy_sets,
+                &mut capture,
+                attributor.pods().cloned(),
+                args.capture.enforce_under.as_deref(),
+            )
+            .context("--policy: compiling the enforce-mode rules")?,
+        )
     };
     let shipper = start_shipper(
         &format!("http://{observer}"),
@@ -162,11 +170,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     let mut reader_gone = false;
     let mut lines = Vec::with_capacity(1 << 16);
-    let counters = pump(
+    let counters = event_loop(
         &mut capture,
         &mut attributor,
         &shipper,
-        &mut shutdown,
+        std::pin::pin!(shutdown),
         enforcing.as_mut(),
         None,
         |batch| {
@@ -209,8 +217,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.output == Format::Json && !reader_gone {
         let _ = writeln!(out, "{totals}").and_then(|()| out.flush());
     }
-    eprintln!(
-        "mapsentry: detached; seen {}, emitted {}, filtered {}, dropped {} (ring buffer full), malformed {}; \
+    status!(
+        "detached; seen {}, emitted {}, filtered {}, dropped {} (ring buffer full), malformed {}; \
          collector stored {} of {} captured",
         counters.seen,
         tally.emitted,
@@ -227,21 +235,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn print_alerts(hub: &Arc<Hub>, format: Format) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let filter = RecordFilter::new(None, &[v1::Kind::Alerts as i32])
         .context("building the alert subscription")?;
-    let mut subscription = hub
+    let mut alerts = hub
         .subscribe(filter, None)
-        .context("subscribing to alerts")?;
+        .context("subscribing to alerts")?
+        .items();
     Ok(tokio::spawn(
         async move {
-            while let Some(response) =
-                std::future::poll_fn(|cx| Pin::new(&mut subscription).poll_next(cx)).await
+            while let Some(item) =
+                std::future::poll_fn(|cx| Pin::new(&mut alerts).poll_next(cx)).await
             {
-                let Some(v1::subscribe_response::Item::Alert(alert)) = response.item else {
+                let Item::Alert(published) = item else {
                     continue;
                 };
                 let mut out = io::stdout().lock();
-                if alert_output::write_alert(&mut out, format, &alert)
-                    .and_then(|()| out.flush())
-                    .is_err()
+                if alert_output::write_alert(
+                    &mut out,
+                    format,
+                    &published.alert,
+                    published.cursor,
+                    &published.node,
+                )
+                .and_then(|()| out.flush())
+                .is_err()
                 {
                     return;
                 }
@@ -301,9 +316,10 @@ fn announce(
         writeln!(out, "{line}")?;
         out.flush()?;
     }
-    eprintln!(
-        "mapsentry: capturing mmap and mmap2 in {} mode ({}); observer API on http://{observer}",
-        attached.mode, attached.target
+    status!(
+        "capturing mmap and mmap2 in {} mode ({}); observer API on http://{observer}",
+        attached.mode,
+        attached.target
     );
     Ok(())
 }
@@ -328,11 +344,11 @@ fn print(
 
 /// Write `lines` to stdout. Returns false when stdout is closed (the reader went away), which
 /// ends the run without an error.
-fn write_lines(lines: &[u8]) -> anyhow::Result<bool> {
+fn write_lines(lines: &[u8]) -> io::Result<bool> {
     let mut out = io::stdout().lock();
     match out.write_all(lines).and_then(|()| out.flush()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        Err(e) => Err(e),
     }
 }

@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, Write};
 
 use anyhow::{Context, bail};
 use mapsentry_collector::follow::{Followed, Follower};
-use mapsentry_policy::{EventLine, MmapEvent, Syscall, names};
+use mapsentry_policy::{EventLine, MmapEvent, Syscall, names, selector};
 use mapsentry_proto::v1::{self, EventRecord, LossReason, SubscribeRequest};
 use serde_json::json;
 
@@ -42,9 +42,10 @@ pub struct TailArgs {
     /// Only events from this pod (repeatable).
     #[arg(long = "pod", value_name = "POD")]
     pods: Vec<String>,
-    /// Only events from pods with these labels: `key=value`, `key!=value`, `key`, `!key`
-    /// (repeatable, comma-separated; all must hold, as a Kubernetes label selector).
-    #[arg(long = "label", value_name = "SELECTOR", value_delimiter = ',')]
+    /// Only events from pods with these labels, a Kubernetes label selector: `key=value`,
+    /// `key!=value`, `key in (a,b)`, `key notin (a,b)`, `key`, `!key` (repeatable,
+    /// comma-separated; all must hold).
+    #[arg(long = "label", value_name = "SELECTOR")]
     labels: Vec<String>,
     /// Only processes with this command name (repeatable).
     #[arg(long = "comm", value_name = "COMM")]
@@ -89,7 +90,12 @@ pub fn request(args: &TailArgs) -> anyhow::Result<SubscribeRequest> {
     let filter = v1::Filter {
         namespaces: args.namespaces.clone(),
         pods: args.pods.clone(),
-        labels: args.labels.clone(),
+        labels: args
+            .labels
+            .iter()
+            .flat_map(|text| selector::text::split_requirements(text))
+            .map(str::to_owned)
+            .collect(),
         nodes: args.nodes.clone(),
         comms: args.comms.clone(),
         syscalls,
@@ -156,7 +162,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         let written = match next {
             Ok(Followed::Record(record)) => write_record(&mut out, args.output, &record),
             Ok(Followed::Alert(alert)) => {
-                crate::alert_output::write_alert(&mut out, args.output, &alert)
+                crate::alert_output::write_record(&mut out, args.output, &alert)
             }
             Ok(Followed::Loss(loss)) => write_loss(&mut out, args.output, &loss),
             Ok(Followed::AgentRestart(restart)) => write_restart(&mut out, args.output, &restart),
@@ -168,8 +174,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                 let after = follower
                     .last_cursor()
                     .map_or_else(|| "live".to_owned(), |c| format!("after cursor {c}"));
-                eprintln!(
-                    "mapsentry: {} unreachable ({reason}); resuming {after} in {retry_in:?}",
+                tracing::warn!(
+                    target: mapsentry_service::STATUS_TARGET,
+                    "{} unreachable ({reason}); resuming {after} in {retry_in:?}",
                     args.server
                 );
                 Ok(())
@@ -193,7 +200,7 @@ pub fn write_record(out: &mut impl Write, format: Format, record: &EventRecord) 
     let event = match MmapEvent::try_from(wire) {
         Ok(event) => event,
         Err(error) => {
-            eprintln!("mapsentry: skipping record {}: {error}", record.cursor);
+            tracing::warn!(target: mapsentry_service::STATUS_TARGET, "skipping record {}: {error}", record.cursor);
             return Ok(());
         }
     };

@@ -1,4 +1,4 @@
-//! `mapsentry collector --kubeconfig` as its own process against a real kube-apiserver 1.20
+//! `mapsentry collector --kubeconfig` as its own process against a real kube-apiserver
 //! (e2e/kube/start-apiserver.sh): a ClusterMmapPolicy applied through the API is accepted (its
 //! status written by the collector) and in force: W+X calls of a pod, shipped by a real agent
 //! shipper over gRPC, become one Kubernetes Event on the pod (reason MmapPolicyViolation) whose
@@ -132,7 +132,7 @@ async fn the_collector_binary_takes_policies_from_the_api_and_posts_events_on_po
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&state);
-    run(&mut Command::new(repo("e2e/kube/build-apiserver.sh")));
+    run(&mut Command::new(repo("e2e/kube/build-kube.sh")));
     run(Command::new(repo("e2e/kube/start-apiserver.sh")).arg(&state));
     let server = ApiServer(state.clone());
     let kubeconfig = server.0.join("kubeconfig");

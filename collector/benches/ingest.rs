@@ -1,15 +1,20 @@
 //! Collector throughput on loopback gRPC (run: `cargo bench -p mapsentry-collector --bench ingest`).
 //!
 //! 1. Ingest: agents stream batches of 1000 events (up to 32 unacked per stream) into a
-//!    collector whose runtime has ONE worker thread: events/s on one core.
+//!    collector, side by side in one run: on a current-thread runtime (what `mapsentry
+//!    collector` ran on before) and on a multi-threaded one with a worker per core (what it runs
+//!    on now), each with retention in memory and with the retention log on disk (`--data-dir`,
+//!    written from blocking threads). Rounds alternate between the four; the medians are
+//!    reported, in wall clock and per CPU-second of the collector's own threads (its runtime's
+//!    workers and blocking threads, read from /proc/self/task/*/schedstat).
 //! 2. Fan-out: one agent paced at a target rate, 10 subscribers each reading every event
 //!    (counted from the raw bytes, so the figure is the collector's, not the readers' decoding);
 //!    reports the achieved rate, deliveries and losses.
 //!
-//! Settings through the environment: `BENCH_EVENTS` (ingest total, default 2,000,000),
-//! `BENCH_AGENTS` (default 1), `BENCH_RATE` (fan-out events/s, default 100,000),
-//! `BENCH_SECONDS` (fan-out duration, default 5), `BENCH_FANOUT_THREADS` (collector worker
-//! threads in the fan-out part, default 2).
+//! Settings through the environment: `BENCH_EVENTS` (ingest total per round, default
+//! 2,000,000), `BENCH_AGENTS` (default 2), `BENCH_ROUNDS` (default 3), `BENCH_RATE` (fan-out
+//! events/s, default 100,000), `BENCH_SECONDS` (fan-out duration, default 5),
+//! `BENCH_FANOUT_THREADS` (collector worker threads in the fan-out part, default 2).
 
 #![expect(
     clippy::cast_precision_loss,
@@ -17,15 +22,15 @@
 )]
 
 use std::{
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use mapsentry_collector::{Hub, HubConfig, ServerConfig, serve};
+use mapsentry_collector::{Hub, HubConfig, ServerConfig, retention::LogConfig, serve};
 use mapsentry_proto::v1::{
-    self, AgentMessage, EventBatch, Hello, MmapArgs, SubscribeRequest, SubscribeResponse,
-    agent_message::Msg, agent_service_client::AgentServiceClient, collector_message,
-    subscribe_response::Item,
+    self, AgentMessage, Hello, MmapArgs, SubscribeRequest, SubscribeResponse, agent_message::Msg,
+    collector_message, subscribe_response::Item,
 };
 use prost::Message as _;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -72,38 +77,105 @@ fn batch_events() -> Vec<v1::Event> {
         .collect()
 }
 
+/// A collector on its own runtime, on 127.0.0.1; it stops when the returned sender is dropped.
+struct Collector {
+    url: String,
+    hub: Arc<Hub>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+    /// The name of every thread of its runtime.
+    name: String,
+}
+
+impl Collector {
+    /// `threads` worker threads (0: a current-thread runtime), retention in memory or in a log
+    /// under `data_dir`; its threads are named `name`.
+    fn start(hub: HubConfig, threads: usize, data_dir: Option<PathBuf>, name: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let hub = match data_dir {
+            None => Hub::with_first_cursor(hub, 1),
+            Some(dir) => Hub::open(hub, LogConfig::new(dir)).unwrap(),
+        };
+        let serving = Arc::clone(&hub);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread_name = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut builder = if threads == 0 {
+                    tokio::runtime::Builder::new_current_thread()
+                } else {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(threads);
+                    builder
+                };
+                let runtime = builder
+                    .thread_name(thread_name)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    tx.send(listener.local_addr().unwrap()).unwrap();
+                    serve(serving, &ServerConfig::default(), listener, async {
+                        drop(stopped.await);
+                    })
+                    .await
+                    .unwrap();
+                });
+            })
+            .unwrap();
+        Self {
+            url: format!("http://{}", rx.recv().unwrap()),
+            hub,
+            stop,
+            thread,
+            name: name.to_owned(),
+        }
+    }
+
+    /// CPU time so far of the threads named like this collector's.
+    fn cpu(&self) -> Duration {
+        thread_cpu(&self.name)
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        self.thread.join().unwrap();
+    }
+}
+
+/// CPU time of this process's live threads named `name` (schedstat: nanoseconds on a CPU).
+fn thread_cpu(name: &str) -> Duration {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(total)
+}
+
 /// A collector on its own runtime with `threads` worker threads (1: current-thread), on 127.0.0.1.
 fn start_collector(hub: HubConfig, threads: usize) -> (String, Arc<Hub>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let hub = Hub::with_first_cursor(hub, 1);
-    let serving = Arc::clone(&hub);
-    std::thread::spawn(move || {
-        let runtime = if threads == 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .enable_all()
-                .build()
-                .unwrap()
-        };
-        runtime.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(
-                serving,
-                &ServerConfig::default(),
-                listener,
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
-        });
-    });
-    (format!("http://{}", rx.recv().unwrap()), hub)
+    let collector = Collector::start(
+        hub,
+        if threads == 1 { 0 } else { threads },
+        None,
+        "fanout-col",
+    );
+    let (url, hub) = (collector.url.clone(), Arc::clone(&collector.hub));
+    // The fan-out part's collector runs until the process ends.
+    std::mem::forget(collector);
+    (url, hub)
 }
 
 async fn channel(url: &str) -> Channel {
@@ -114,27 +186,51 @@ async fn channel(url: &str) -> Channel {
         .unwrap()
 }
 
+/// `AgentMessage { batch: EventBatch { seq, events } }` as bytes, around `events` already
+/// encoded as field 2 entries: the agent side costs next to nothing, so the figures are the
+/// collector's (a real agent encodes each batch once too, `agent/src/shipper/encoded.rs`).
+fn batch_message(seq: u64, events: &[u8]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, uint64};
+    let mut batch = Vec::with_capacity(events.len() + 16);
+    uint64::encode(1, &seq, &mut batch);
+    batch.extend_from_slice(events);
+    let mut message = Vec::with_capacity(batch.len() + 8);
+    encode_key(2, WireType::LengthDelimited, &mut message);
+    encode_varint(batch.len() as u64, &mut message);
+    message.extend_from_slice(&batch);
+    message
+}
+
 /// Stream `batches` batches (optionally paced to `rate` events/s), keeping up to WINDOW unacked.
 async fn agent(url: String, node: String, batches: u64, rate: Option<u64>) {
-    let (out, rx) = mpsc::channel(WINDOW + 2);
+    let (out, rx) = mpsc::channel::<Vec<u8>>(WINDOW + 2);
     let hello = Hello {
         version: 1,
         node: node.clone(),
         boot_id: node,
         ..Default::default()
     };
-    out.send(AgentMessage {
-        msg: Some(Msg::Hello(hello)),
-    })
+    out.send(
+        AgentMessage {
+            msg: Some(Msg::Hello(hello)),
+        }
+        .encode_to_vec(),
+    )
     .await
     .unwrap();
-    let mut acks = AgentServiceClient::new(channel(&url).await)
-        .max_encoding_message_size(64 << 20)
-        .connect(ReceiverStream::new(rx))
+    let mut grpc = tonic::client::Grpc::new(channel(&url).await);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/mapsentry.v1.AgentService/Connect");
+    let mut acks = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec)
         .await
         .unwrap()
         .into_inner();
-    let events = batch_events();
+    let mut events = Vec::new();
+    for event in batch_events() {
+        prost::encoding::message::encode(2, &event, &mut events);
+    }
     let start = Instant::now();
     let (mut sent, mut acked) = (0u64, 0u64);
     while acked < batches {
@@ -145,19 +241,18 @@ async fn agent(url: String, node: String, batches: u64, rate: Option<u64>) {
                 tokio::time::sleep_until(due.into()).await;
             }
             sent += 1;
-            let message = AgentMessage {
-                msg: Some(Msg::Batch(EventBatch {
-                    seq: sent,
-                    events: events.clone(),
-                })),
-            };
-            out.send(message).await.unwrap();
+            out.send(batch_message(sent, &events)).await.unwrap();
             continue;
         }
-        match acks.message().await.unwrap() {
-            Some(v1::CollectorMessage {
+        let bytes = acks
+            .message()
+            .await
+            .unwrap()
+            .expect("the collector answers");
+        match v1::CollectorMessage::decode(bytes.as_slice()).unwrap() {
+            v1::CollectorMessage {
                 msg: Some(collector_message::Msg::Ack(ack)),
-            }) => acked = ack.seq,
+            } => acked = ack.seq,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -221,30 +316,121 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-async fn ingest(total: u64, agents: u64) {
-    let (url, hub) = start_collector(
+/// One way to run the collector in the ingest comparison.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    label: &'static str,
+    /// Worker threads (0: current-thread).
+    threads: usize,
+    log: bool,
+}
+
+/// One ingest round: (events, wall clock, collector CPU).
+async fn ingest_round(
+    setup: Setup,
+    round: usize,
+    total: u64,
+    agents: u64,
+) -> (u64, Duration, Duration) {
+    let data_dir = setup.log.then(|| {
+        let dir = std::env::temp_dir().join(format!(
+            "mapsentry-bench-ingest-{}-{round}-{}",
+            std::process::id(),
+            setup.threads
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    });
+    let collector = Collector::start(
         HubConfig {
             retention_events: 1 << 20,
             subscriber_queue: 4096,
         },
-        1,
+        setup.threads,
+        data_dir.clone(),
+        &format!("ingest-{round}-{}", setup.threads),
     );
     let per_agent = total / BATCH as u64 / agents;
+    let cpu0 = collector.cpu();
     let start = Instant::now();
     let tasks: Vec<_> = (0..agents)
-        .map(|i| tokio::spawn(agent(url.clone(), format!("node-{i}"), per_agent, None)))
+        .map(|i| {
+            tokio::spawn(agent(
+                collector.url.clone(),
+                format!("node-{i}"),
+                per_agent,
+                None,
+            ))
+        })
         .collect();
     for task in tasks {
         task.await.unwrap();
     }
     let elapsed = start.elapsed();
-    let stored: u64 = hub.stats().nodes.iter().map(|n| n.acked).sum();
+    let cpu = collector.cpu().saturating_sub(cpu0);
+    let stored: u64 = collector.hub.stats().nodes.iter().map(|n| n.acked).sum();
     assert_eq!(stored, per_agent * agents * BATCH as u64);
+    collector.stop();
+    if let Some(dir) = data_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    (stored, elapsed, cpu)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The four setups side by side, rounds interleaved; medians.
+async fn ingest(total: u64, agents: u64, rounds: usize) {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let setups = [
+        Setup {
+            label: "current-thread (before), in memory",
+            threads: 0,
+            log: false,
+        },
+        Setup {
+            label: "multi-thread (now), in memory",
+            threads: cores,
+            log: false,
+        },
+        Setup {
+            label: "current-thread (before), retention log",
+            threads: 0,
+            log: true,
+        },
+        Setup {
+            label: "multi-thread (now), retention log",
+            threads: cores,
+            log: true,
+        },
+    ];
+    let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); setups.len()];
+    for round in 0..rounds {
+        for (i, setup) in setups.iter().enumerate() {
+            let (events, wall, cpu) = ingest_round(*setup, round, total, agents).await;
+            let (rates, per_cpu, cpu_share) = &mut results[i];
+            rates.push(events as f64 / wall.as_secs_f64());
+            per_cpu.push(events as f64 / cpu.as_secs_f64());
+            cpu_share.push(cpu.as_secs_f64() / wall.as_secs_f64());
+        }
+    }
     println!(
-        "ingest: {agents} agent(s), {stored} events in {:.2} s = {:.0} events/s (collector on 1 core, batches of {BATCH})",
-        elapsed.as_secs_f64(),
-        stored as f64 / elapsed.as_secs_f64()
+        "ingest: {agents} agent(s), {total} events per round in batches of {BATCH}, {rounds} rounds, {cores} cores; medians"
     );
+    println!("| collector | wall clock | per collector CPU-second | collector CPU (cores busy) |");
+    println!("|---|---:|---:|---:|");
+    for (setup, (rates, per_cpu, cpu_share)) in setups.iter().zip(results) {
+        println!(
+            "| {} | {:.0}k events/s | {:.2}M events | {:.2} |",
+            setup.label,
+            median(rates) / 1e3,
+            median(per_cpu) / 1e6,
+            median(cpu_share)
+        );
+    }
 }
 
 async fn fan_out(rate: u64, seconds: u64, subscribers: usize) {
@@ -314,7 +500,12 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         if only.as_deref().is_none_or(|o| o == "ingest") {
-            ingest(env("BENCH_EVENTS", 2_000_000), env("BENCH_AGENTS", 1)).await;
+            ingest(
+                env("BENCH_EVENTS", 2_000_000),
+                env("BENCH_AGENTS", 2),
+                env("BENCH_ROUNDS", 3) as usize,
+            )
+            .await;
         }
         if only.as_deref().is_none_or(|o| o == "fan-out") {
             fan_out(env("BENCH_RATE", 100_000), env("BENCH_SECONDS", 5), 10).await;

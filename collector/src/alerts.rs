@@ -22,11 +22,9 @@ use mapsentry_policy::{
     Action, Aggregator, AlertLine, CallerScope, EnforceAction, Match, MmapEvent, Mode, PolicySet,
     alert::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW_NS},
 };
-use mapsentry_proto::v1;
+use mapsentry_policy::{eval_context, time::now_ns};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
-
-use mapsentry_policy::eval_context;
 
 use crate::{
     hub::{Hub, Record},
@@ -116,8 +114,8 @@ struct Evaluator {
     nodes: HashMap<AlertKey, Arc<str>>,
     /// Alert updates per (node, namespace, pod).
     limiter: PerKeyLimiter<PodKey>,
-    /// The newest deferred update of each alert, waiting for its pod's tokens.
-    deferred: HashMap<AlertKey, v1::AlertRecord>,
+    /// The newest deferred update of each alert (and its node), waiting for its pod's tokens.
+    deferred: HashMap<AlertKey, (Arc<str>, AlertLine)>,
 }
 
 /// (node, namespace, pod) that alert updates are rate limited by.
@@ -167,8 +165,8 @@ impl Evaluator {
             self.publish(line);
         }
         // Stopping: what is still deferred goes out now rather than never.
-        for (_, alert) in self.deferred.drain() {
-            self.hub.publish_alert(alert);
+        for (_, (node, alert)) in self.deferred.drain() {
+            self.hub.publish_alert(&node, alert);
         }
     }
 
@@ -248,20 +246,14 @@ impl Evaluator {
         let node = self
             .nodes
             .get(&key)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let alert = to_wire(line, node);
-        let pod = (
-            alert.node.clone(),
-            alert.namespace.clone(),
-            alert.pod.clone(),
-        );
+            .map_or_else(|| Arc::from(""), Arc::clone);
+        let pod = (node.to_string(), line.namespace.clone(), line.pod.clone());
         if !self.deferred.contains_key(&key) && self.limiter.allow(&pod, now_ns()) {
-            self.hub.publish_alert(alert);
+            self.hub.publish_alert(&node, line);
             return;
         }
         self.metrics.alert_deferred();
-        if self.deferred.insert(key, alert).is_some() {
+        if self.deferred.insert(key, (node, line)).is_some() {
             self.metrics.alert_superseded();
         }
     }
@@ -270,48 +262,16 @@ impl Evaluator {
     fn publish_deferred(&mut self, now: u64) {
         let limiter = &mut self.limiter;
         let hub = &self.hub;
-        self.deferred.retain(|_, alert| {
-            let pod = (
-                alert.node.clone(),
-                alert.namespace.clone(),
-                alert.pod.clone(),
-            );
+        self.deferred.retain(|_, (node, alert)| {
+            let pod = (node.to_string(), alert.namespace.clone(), alert.pod.clone());
             if limiter.allow(&pod, now) {
-                hub.publish_alert(alert.clone());
+                hub.publish_alert(node, alert.clone());
                 false
             } else {
                 true
             }
         });
     }
-}
-
-/// An alert line as the observer sends it.
-#[must_use]
-pub fn to_wire(line: AlertLine, node: String) -> v1::AlertRecord {
-    let mapsentry_policy::EventLine::Event { event, .. } = line.event;
-    let event = Some(v1::Event::from(event));
-    v1::AlertRecord {
-        cursor: 0,
-        node,
-        policy: line.policy,
-        rule: line.rule,
-        action: line.action.as_str().to_owned(),
-        mode: line.mode.as_str().to_owned(),
-        namespace: line.namespace,
-        pod: line.pod,
-        container: line.container,
-        count: line.count,
-        first_seen: line.first_seen,
-        last_seen: line.last_seen,
-        event,
-    }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

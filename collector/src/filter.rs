@@ -1,5 +1,6 @@
 //! Server-side subscription filters, checked once from the request and then matched per record.
 
+use mapsentry_policy::{AlertLine, EventLine, selector::Selector};
 use mapsentry_proto::v1::{self, Event, Kind};
 
 use crate::auth::Scope;
@@ -13,7 +14,7 @@ pub enum FilterError {
     #[error("kinds: {value} is not a known kind (expected KIND_EVENTS or KIND_ALERTS)")]
     Kind { value: i32 },
     #[error(
-        "filter.labels: {term:?} is not a label selector term (expected key=value, key!=value, key or !key)"
+        "filter.labels: {term:?} is not a label selector (requirements such as key=value, key!=value, key in (a,b), key notin (a,b), key or !key, comma-separated)"
     )]
     Label { term: String },
     #[error("filter.namespaces: {namespace:?} is outside the namespaces this client may read")]
@@ -32,64 +33,12 @@ pub struct RecordFilter {
     prot_all: u64,
     flags_any: u64,
     flags_all: u64,
-    labels: Vec<LabelTerm>,
+    /// Each entry a label selector; all must hold.
+    labels: Vec<Selector>,
     events: bool,
     alerts: bool,
     /// The namespaces the subscriber may read at all (from its credentials).
     scope: Scope,
-}
-
-/// One term of a label selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum LabelTerm {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    Absent(String),
-}
-
-impl LabelTerm {
-    fn parse(term: &str) -> Result<Self, FilterError> {
-        let bad = || FilterError::Label {
-            term: term.to_owned(),
-        };
-        let valid_key = |k: &str| {
-            !k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-        };
-        let valid_value = |v: &str| {
-            v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
-        let term_trim = term.trim();
-        let parsed = if let Some((k, v)) = term_trim.split_once("!=") {
-            Self::NotEquals(k.trim().to_owned(), v.trim().to_owned())
-        } else if let Some((k, v)) = term_trim
-            .split_once("==")
-            .or_else(|| term_trim.split_once('='))
-        {
-            Self::Equals(k.trim().to_owned(), v.trim().to_owned())
-        } else if let Some(k) = term_trim.strip_prefix('!') {
-            Self::Absent(k.trim().to_owned())
-        } else {
-            Self::Exists(term_trim.to_owned())
-        };
-        let ok = match &parsed {
-            Self::Equals(k, v) | Self::NotEquals(k, v) => valid_key(k) && valid_value(v),
-            Self::Exists(k) | Self::Absent(k) => valid_key(k),
-        };
-        if ok { Ok(parsed) } else { Err(bad()) }
-    }
-
-    fn holds(&self, labels: &std::collections::HashMap<String, String>) -> bool {
-        match self {
-            Self::Equals(k, v) => labels.get(k) == Some(v),
-            Self::NotEquals(k, v) => labels.get(k) != Some(v),
-            Self::Exists(k) => labels.contains_key(k),
-            Self::Absent(k) => !labels.contains_key(k),
-        }
-    }
 }
 
 impl RecordFilter {
@@ -117,7 +66,9 @@ impl RecordFilter {
         let labels = filter
             .labels
             .iter()
-            .map(|term| LabelTerm::parse(term))
+            .map(|term| {
+                Selector::parse(term).map_err(|_| FilterError::Label { term: term.clone() })
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             labels,
@@ -185,19 +136,23 @@ impl RecordFilter {
     /// filters (the latter against the alert's sample call). Bit and syscall filters are for
     /// events and do not narrow alerts.
     #[must_use]
-    pub fn matches_alert(&self, node: &str, alert: &v1::AlertRecord) -> bool {
+    pub fn matches_alert(&self, node: &str, alert: &AlertLine) -> bool {
+        let EventLine::Event { event, .. } = &alert.event;
         self.alerts
             && self.scope.allows(alert.namespace.as_deref())
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
             && any_of(&self.namespaces, alert.namespace.as_ref())
             && any_of(&self.pods, alert.pod.as_ref())
-            && any_of(&self.comms, alert.event.as_ref().map(|e| &e.comm))
+            && any_of(&self.comms, Some(&event.comm))
     }
 
     fn labels_match(&self, event: &Event) -> bool {
         self.labels.is_empty()
-            || attribution::labels(event)
-                .is_some_and(|labels| self.labels.iter().all(|term| term.holds(labels)))
+            || attribution::labels(event).is_some_and(|labels| {
+                self.labels.iter().all(|selector| {
+                    selector.matches_lookup(|key| labels.get(key).map(String::as_str))
+                })
+            })
     }
 }
 

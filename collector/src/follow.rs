@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use backon::BackoffBuilder as _;
 use mapsentry_proto::client::{self, BearerToken, ClientError, ClientSecurity};
 use mapsentry_proto::v1::{
     EventRecord, LossNotice, Started, StatsRequest, StatsResponse, SubscribeRequest,
@@ -52,10 +53,12 @@ pub struct Follower {
     request: SubscribeRequest,
     last_cursor: Option<u64>,
     stream: Option<Streaming<mapsentry_proto::v1::SubscribeResponse>>,
-    attempt: u32,
     retry_at: Instant,
-    backoff_min: Duration,
-    backoff_max: Duration,
+    backoff: backon::ExponentialBuilder,
+    /// Delays of the current run of failures (backon; a new run after a record arrives).
+    delays: backon::ExponentialBackoff,
+    /// Failures since the last item received.
+    failures: u32,
 }
 
 impl Follower {
@@ -92,18 +95,18 @@ impl Follower {
             last_cursor: request.since,
             request,
             stream: None,
-            attempt: 0,
             retry_at: Instant::now(),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            backoff: reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5)),
+            delays: reconnect_backoff(Duration::from_millis(100), Duration::from_secs(5)).build(),
+            failures: 0,
         })
     }
 
     /// Change the reconnect delays (exponential from `min` to `max`).
     #[must_use]
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max;
+        self.backoff = reconnect_backoff(min, max);
+        self.delays = self.backoff.build();
         self
     }
 
@@ -169,7 +172,10 @@ impl Follower {
             Err(status) if is_refusal(&status) => return Err(FollowError::Refused { status }),
             Err(status) => return Ok(self.disconnected(&status)),
         };
-        self.attempt = 0;
+        if self.failures > 0 {
+            self.failures = 0;
+            self.delays = self.backoff.build();
+        }
         Ok(match item {
             Some(subscribe_response::Item::Event(record)) => {
                 self.last_cursor = Some(record.cursor);
@@ -196,17 +202,22 @@ impl Follower {
 
     fn disconnected(&mut self, status: &Status) -> Followed {
         self.stream = None;
-        self.attempt += 1;
-        let retry_in = self
-            .backoff_min
-            .saturating_mul(1 << (self.attempt - 1).min(16))
-            .min(self.backoff_max);
+        self.failures += 1;
+        let retry_in = self.delays.next().unwrap_or(Duration::ZERO);
         self.retry_at = Instant::now() + retry_in;
         Followed::Disconnected {
             reason: format!("{}: {}", status.code(), status.message()),
             retry_in,
         }
     }
+}
+
+/// Reconnect delays: `min`, doubling up to `max`, without end.
+fn reconnect_backoff(min: Duration, max: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .without_max_times()
 }
 
 fn is_refusal(status: &Status) -> bool {

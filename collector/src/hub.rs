@@ -1,35 +1,39 @@
-//! The collector's core: a bounded retention ring of event records with cursors, deduplication of
-//! agent batches by (node, boot id, seq), per-node counters, and fan-out to subscribers.
+//! The collector's core, shared by ingest, the observer and evaluation: agent batches are
+//! deduplicated ([`crate::nodes`]), made durable when there is a retention log
+//! ([`crate::retention::Durable`]), kept in the retention [`Window`] under contiguous cursors,
+//! and fanned out to live subscribers ([`crate::fanout`]) and to policy evaluation (the tap).
 //!
-//! Ingest never waits for a subscriber: each live subscriber has a bounded queue that ingest fills
-//! with `try_send`; when it is full the records it misses are counted and the subscriber gets one
-//! loss notice with that exact count at the place of the gap, as soon as its queue has room again.
-//! A subscription that resumes from a cursor first catches up from the ring in its own task (which
-//! may wait for its client), then joins the live fan-out.
+//! Ingest never waits for a subscriber, nor for the disk on an async thread: [`Hub::store`]
+//! writes the retention log from a blocking thread, outside the lock that subscribers and stats
+//! take. A subscription that resumes from a cursor first catches up from the window in its own
+//! task (which may wait for its client), then joins the live fan-out.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use mapsentry_proto::v1::{
-    self, AlertRecord, EventRecord, LossReason, NodeStats, SubscribeResponse, subscribe_response,
-};
+use mapsentry_policy::AlertLine;
+use mapsentry_proto::v1::{self, LossReason};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::{
+    fanout::FanOut,
     filter::RecordFilter,
-    log::{Log, LogConfig, LogError},
+    nodes::{Nodes, Totals},
+    retention::{Batch, Durable, Log, LogConfig, LogError, Window},
+};
+pub use crate::{
+    fanout::{Item, Items, PublishedAlert, Subscription},
+    nodes::AgentInfo,
+    retention::Record,
 };
 
-/// How many records a catch-up task copies out of the ring per lock.
+/// How many records a catch-up task copies out of the window per lock.
 const CATCH_UP_CHUNK: usize = 1024;
 
 #[derive(Debug, Clone, Copy)]
@@ -68,100 +72,12 @@ pub enum Stored {
     Duplicate,
 }
 
-/// Hello of an agent stream, as the hub keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AgentInfo {
-    pub node: String,
-    pub boot_id: String,
-    pub kernel: String,
-    pub attach_mode: String,
-    /// When the agent process started capturing, ns since the Unix epoch (0: not said).
-    pub started_unix_ns: u64,
-}
-
-/// One stored event: its cursor, the node that sent it, the event.
-#[derive(Debug)]
-pub struct Record {
-    pub cursor: u64,
-    pub node: Arc<str>,
-    pub event: v1::Event,
-}
-
-impl Record {
-    fn matches(&self, filter: &RecordFilter) -> bool {
-        filter.matches(&self.node, &self.event)
-    }
-
-    fn to_wire(&self) -> EventRecord {
-        EventRecord {
-            cursor: self.cursor,
-            node: self.node.to_string(),
-            event: Some(self.event.clone()),
-        }
-    }
-}
-
-/// One queued item of a subscriber.
-#[derive(Debug, Clone)]
-enum Item {
-    Record(Arc<Record>),
-    Alert(Arc<AlertRecord>),
-    Restart(Arc<v1::AgentRestart>),
-    Loss { count: u64, reason: LossReason },
-    Started(v1::Started),
-}
-
-impl Item {
-    fn into_response(self) -> SubscribeResponse {
-        let item = match self {
-            Self::Record(record) => subscribe_response::Item::Event(record.to_wire()),
-            Self::Alert(alert) => subscribe_response::Item::Alert((*alert).clone()),
-            Self::Restart(restart) => subscribe_response::Item::AgentRestart((*restart).clone()),
-            Self::Loss { count, reason } => subscribe_response::Item::Loss(v1::LossNotice {
-                count,
-                reason: reason.into(),
-            }),
-            Self::Started(started) => subscribe_response::Item::Started(started),
-        };
-        SubscribeResponse { item: Some(item) }
-    }
-}
-
-#[derive(Debug)]
-struct Live {
-    filter: Arc<RecordFilter>,
-    tx: mpsc::Sender<Item>,
-    /// Matching records that did not fit the queue since the last loss notice.
-    missed: u64,
-}
-
-#[derive(Debug, Default)]
-struct Node {
-    info: AgentInfo,
-    connections: u32,
-    report: v1::LossReport,
-    acked: u64,
-    duplicate_batches: u64,
-    /// Time of the newest event stored from this boot.
-    last_event_ns: u64,
-    /// Boot id changes seen (kept across them).
-    restarts: u64,
-}
-
 #[derive(Debug)]
 struct State {
-    ring: VecDeque<Arc<Record>>,
-    next_cursor: u64,
-    instance_first: u64,
-    /// Highest stored seq per (node, boot id).
-    seqs: HashMap<(String, String), u64>,
-    nodes: BTreeMap<String, Node>,
-    live: HashMap<u64, Live>,
-    next_subscriber: u64,
-    subscriber_losses: u64,
+    window: Window,
+    nodes: Nodes,
+    fanout: FanOut,
     closed: bool,
-    /// Where batches are written before they are acked, if on disk.
-    log: Option<Log>,
     /// The cursor the next alert gets.
     next_alert_cursor: u64,
     /// Where stored records go for policy evaluation, if anywhere.
@@ -170,25 +86,14 @@ struct State {
     holds: usize,
 }
 
-impl State {
-    fn oldest(&self) -> u64 {
-        self.ring.front().map_or(self.next_cursor, |r| r.cursor)
-    }
-
-    fn started(&self) -> v1::Started {
-        v1::Started {
-            oldest_cursor: self.ring.front().map_or(0, |r| r.cursor),
-            next_cursor: self.next_cursor,
-            instance_first_cursor: self.instance_first,
-        }
-    }
-}
-
 /// Shared by the ingest and observer services of one collector.
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
     state: Mutex<State>,
+    /// Where batches are made durable, if anywhere. Its lock is taken before the state's and
+    /// held across the write, so batches are written in cursor order.
+    durable: Option<Mutex<Box<dyn Durable>>>,
     closed: watch::Sender<bool>,
     /// Records not evaluated because the evaluation queue was full.
     tap_dropped: AtomicU64,
@@ -198,6 +103,12 @@ pub struct Hub {
     refused_subscribers: AtomicU64,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent state behind (every update is completed
+    // before anything that can panic), so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Hub {
     /// A hub whose cursors start at the current time in microseconds since the Unix epoch, so
     /// that cursors keep growing across collector restarts as long as fewer than a million
@@ -205,42 +116,38 @@ impl Hub {
     /// "ahead" refusal), and stay below 2^53, exact as JSON numbers, until the year 2255.
     #[must_use]
     pub fn new(config: HubConfig) -> Arc<Self> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
-        Self::with_first_cursor(config, now.max(1))
+        Arc::new(Self::build(config, first_cursor_now(), None))
     }
 
     /// A hub whose first record gets cursor `first` (at least 1).
     #[must_use]
     pub fn with_first_cursor(config: HubConfig, first: u64) -> Arc<Self> {
+        Arc::new(Self::build(config, first, None))
+    }
+
+    fn build(config: HubConfig, first: u64, durable: Option<Box<dyn Durable>>) -> Self {
         let first = first.max(1);
         let config = HubConfig {
             retention_events: config.retention_events.max(1),
             subscriber_queue: config.subscriber_queue.max(2),
         };
-        Arc::new(Self {
+        Self {
             state: Mutex::new(State {
-                ring: VecDeque::with_capacity(config.retention_events.min(1 << 16)),
-                next_cursor: first,
-                instance_first: first,
-                seqs: HashMap::new(),
-                nodes: BTreeMap::new(),
-                live: HashMap::new(),
-                next_subscriber: 0,
-                subscriber_losses: 0,
+                window: Window::new(config.retention_events, first),
+                nodes: Nodes::default(),
+                fanout: FanOut::default(),
                 closed: false,
-                log: None,
                 next_alert_cursor: first,
                 tap: None,
                 holds: 0,
             }),
+            durable: durable.map(Mutex::new),
             closed: watch::Sender::new(false),
             tap_dropped: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
             refused_subscribers: AtomicU64::new(0),
             config,
-        })
+        }
     }
 
     /// A hub that writes every batch to the retention log in `log.dir` before acking it, after
@@ -248,70 +155,37 @@ impl Hub {
     /// stored before are recognized when agents resend them.
     pub fn open(config: HubConfig, log: LogConfig) -> Result<Arc<Self>, LogError> {
         let (log, batches) = Log::open(log)?;
-        let hub = match batches.first() {
-            Some(first) => Self::with_first_cursor(config, first.first_cursor),
-            None => Self::new(config),
-        };
+        let first = batches
+            .first()
+            .map_or_else(first_cursor_now, |b| b.first_cursor);
+        let hub = Self::build(config, first, Some(Box::new(log)));
         let mut state = hub.lock();
-        let state_ref = &mut *state;
         let mut replayed = 0u64;
         for batch in batches {
-            let key = (batch.node.clone(), batch.boot_id.clone());
-            let highest = state_ref.seqs.entry(key).or_insert(0);
-            *highest = (*highest).max(batch.seq);
-            if batch.first_cursor != state_ref.next_cursor {
-                // Cursors are contiguous in the ring; a jump means older segments were deleted.
-                state_ref.ring.clear();
-                state_ref.next_cursor = batch.first_cursor;
-            }
-            let known = state_ref.nodes.entry(batch.node.clone()).or_default();
-            if known.info.boot_id != batch.boot_id {
-                *known = Node::default();
-                known.info.node.clone_from(&batch.node);
-                known.info.boot_id.clone_from(&batch.boot_id);
-            }
-            known.acked += batch.events.len() as u64;
-            known.last_event_ns = batch
-                .events
-                .iter()
-                .map(|e| e.time_ns)
-                .fold(known.last_event_ns, u64::max);
+            state
+                .nodes
+                .replayed(&batch.node, &batch.boot_id, batch.seq, &batch.events);
+            // Cursors are contiguous in the window; a jump means older segments were deleted.
+            state.window.continue_at(batch.first_cursor);
             let node: Arc<str> = batch.node.as_str().into();
             for event in batch.events {
-                let record = Arc::new(Record {
-                    cursor: state_ref.next_cursor,
-                    node: Arc::clone(&node),
-                    event,
-                });
-                state_ref.next_cursor += 1;
-                if state_ref.ring.len() == hub.config.retention_events {
-                    state_ref.ring.pop_front();
-                }
-                state_ref.ring.push_back(record);
+                state.window.push(&node, event);
                 replayed += 1;
             }
         }
-        state_ref.instance_first = state_ref
-            .ring
-            .front()
-            .map_or(state_ref.next_cursor, |r| r.cursor);
-        state_ref.log = Some(log);
+        state.window.start_instance();
         tracing::info!(
             replayed,
-            retained = state_ref.ring.len(),
-            next_cursor = state_ref.next_cursor,
+            retained = state.window.len(),
+            next_cursor = state.window.next_cursor(),
             "retention log read back"
         );
         drop(state);
-        Ok(hub)
+        Ok(Arc::new(hub))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent state behind (every update is
-        // completed before anything that can panic), so a poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Stop: live subscriptions end after draining their queues (once no [`SubscriberHold`] is
@@ -320,7 +194,7 @@ impl Hub {
         let mut state = self.lock();
         state.closed = true;
         if state.holds == 0 {
-            state.live.clear();
+            state.fanout.clear();
         }
         drop(state);
         self.closed.send_replace(true);
@@ -353,115 +227,106 @@ impl Hub {
     /// gets an [`v1::AgentRestart`] notice, and the node's `agent_restarts` grows. Returns the
     /// notice, if this was a restart.
     pub fn agent_connected(&self, info: &AgentInfo) -> Option<v1::AgentRestart> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let node = state.nodes.entry(info.node.clone()).or_default();
-        let mut notice = None;
-        if node.info.boot_id != info.boot_id {
-            if !node.info.boot_id.is_empty() {
-                notice = Some(v1::AgentRestart {
-                    node: info.node.clone(),
-                    previous_boot_id: node.info.boot_id.clone(),
-                    boot_id: info.boot_id.clone(),
-                    previous_last_event_ns: node.last_event_ns,
-                    started_unix_ns: info.started_unix_ns,
-                    previous_captured: node.report.captured,
-                    previous_acked: node.acked,
-                });
-            }
-            // A new agent process: its counters start over.
-            let restarts = node.restarts + u64::from(notice.is_some());
-            *node = Node {
-                restarts,
-                ..Node::default()
-            };
-        }
-        node.info = info.clone();
-        node.connections += 1;
-        if let Some(notice) = &notice {
-            tracing::warn!(node = %notice.node, previous_boot_id = %notice.previous_boot_id,
-                boot_id = %notice.boot_id, previous_captured = notice.previous_captured,
-                previous_acked = notice.previous_acked, "the agent restarted: its capture had a gap");
-            let notice = Arc::new(notice.clone());
-            let losses = &mut state.subscriber_losses;
-            state.live.retain(|_, sub| {
-                if !sub.filter.matches_node(&notice.node) {
-                    return !sub.tx.is_closed();
-                }
-                offer(sub, losses, Item::Restart(Arc::clone(&notice)))
-            });
-        }
-        notice
+        let mut state = self.lock();
+        let notice = state.nodes.connected(info)?;
+        tracing::warn!(node = %notice.node, previous_boot_id = %notice.previous_boot_id,
+            boot_id = %notice.boot_id, previous_captured = notice.previous_captured,
+            previous_acked = notice.previous_acked, "the agent restarted: its capture had a gap");
+        state.fanout.restart(&Arc::new(notice.clone()));
+        Some(notice)
     }
 
     pub fn agent_disconnected(&self, node: &str) {
-        if let Some(node) = self.lock().nodes.get_mut(node) {
-            node.connections = node.connections.saturating_sub(1);
-        }
+        self.lock().nodes.disconnected(node);
     }
 
     /// Keep the latest cumulative counters an agent reported.
     pub fn agent_report(&self, agent: &AgentInfo, report: v1::LossReport) {
-        let mut state = self.lock();
-        if let Some(node) = state.nodes.get_mut(&agent.node)
-            && node.info.boot_id == agent.boot_id
-        {
-            node.report = report;
+        self.lock().nodes.report(agent, report);
+    }
+
+    /// [`Hub::store_batch`] for async callers: with a retention log, the write happens on a
+    /// blocking thread, never on the runtime's workers.
+    pub async fn store(
+        self: &Arc<Self>,
+        agent: &AgentInfo,
+        seq: u64,
+        events: Vec<v1::Event>,
+    ) -> Result<Stored, LogError> {
+        if self.durable.is_none() {
+            return self.store_batch(agent, seq, events);
+        }
+        let hub = Arc::clone(self);
+        let agent = agent.clone();
+        match tokio::task::spawn_blocking(move || hub.store_batch(&agent, seq, events)).await {
+            Ok(stored) => stored,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }
 
     /// Store one agent batch (already validated) unless (node, boot id, seq) was stored before,
     /// and hand its records to live subscribers. With a retention log, the batch is written
-    /// there first; a failed write stores nothing.
+    /// there first (here, on the calling thread: async callers use [`Hub::store`]); a failed
+    /// write stores nothing.
     pub fn store_batch(
         &self,
         agent: &AgentInfo,
         seq: u64,
         events: Vec<v1::Event>,
     ) -> Result<Stored, LogError> {
-        let mut state_guard = self.lock();
-        let state = &mut *state_guard;
-        let key = (agent.node.clone(), agent.boot_id.clone());
-        if seq <= state.seqs.get(&key).copied().unwrap_or(0) {
-            state
-                .nodes
-                .entry(agent.node.clone())
-                .or_default()
-                .duplicate_batches += 1;
-            return Ok(Stored::Duplicate);
-        }
-        if let Some(log) = &mut state.log {
-            log.append(&agent.node, &agent.boot_id, seq, state.next_cursor, &events)?;
-        }
-        let node = state.nodes.entry(agent.node.clone()).or_default();
-        state.seqs.insert(key, seq);
-        node.acked += events.len() as u64;
-        node.last_event_ns = events
-            .iter()
-            .map(|e| e.time_ns)
-            .fold(node.last_event_ns, u64::max);
-        let first = state.next_cursor;
-        let count = events.len() as u64;
-        let node_name: Arc<str> = agent.node.as_str().into();
-        let mut tapped = state.tap.as_ref().map(|_| Vec::with_capacity(events.len()));
-        for event in events {
-            let record = Arc::new(Record {
-                cursor: state.next_cursor,
-                node: Arc::clone(&node_name),
-                event,
-            });
-            state.next_cursor += 1;
-            if state.ring.len() == self.config.retention_events {
-                state.ring.pop_front();
+        let Some(durable) = &self.durable else {
+            let mut state = self.lock();
+            if state.nodes.duplicate(agent, seq) {
+                return Ok(Stored::Duplicate);
             }
-            state.ring.push_back(Arc::clone(&record));
-            fan_out(&mut state.live, &mut state.subscriber_losses, &record);
+            return Ok(self.commit(state, agent, seq, events));
+        };
+        // One writer at a time: the cursors read here are the ones the batch gets.
+        let mut durable = lock(durable);
+        let first_cursor = {
+            let mut state = self.lock();
+            if state.nodes.duplicate(agent, seq) {
+                return Ok(Stored::Duplicate);
+            }
+            state.window.next_cursor()
+        };
+        durable.append(&Batch {
+            node: &agent.node,
+            boot_id: &agent.boot_id,
+            seq,
+            first_cursor,
+            events: &events,
+        })?;
+        Ok(self.commit(self.lock(), agent, seq, events))
+    }
+
+    /// Keep a batch that is new (and durable, with a log): count it, put its records in the
+    /// window, offer them to subscribers and to evaluation.
+    fn commit(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        agent: &AgentInfo,
+        seq: u64,
+        events: Vec<v1::Event>,
+    ) -> Stored {
+        let state_ref = &mut *state;
+        state_ref.nodes.stored(agent, seq, &events);
+        let first = state_ref.window.next_cursor();
+        let count = events.len() as u64;
+        let node: Arc<str> = agent.node.as_str().into();
+        let mut tapped = state_ref
+            .tap
+            .as_ref()
+            .map(|_| Vec::with_capacity(events.len()));
+        for event in events {
+            let record = state_ref.window.push(&node, event);
+            state_ref.fanout.record(&record);
             if let Some(tapped) = &mut tapped {
                 tapped.push(record);
             }
         }
-        let tap = state.tap.clone();
-        drop(state_guard);
+        let tap = state_ref.tap.clone();
+        drop(state);
         // Evaluation happens in its own task; ingest never waits for it.
         if let (Some(tap), Some(tapped)) = (tap, tapped)
             && !tapped.is_empty()
@@ -471,7 +336,7 @@ impl Hub {
                 self.tap_dropped.fetch_add(n, Ordering::Relaxed);
             }
         }
-        Ok(Stored::New { first, count })
+        Stored::New { first, count }
     }
 
     /// Start a subscription: a `Started` item, then the retained records after `since` (if
@@ -485,34 +350,27 @@ impl Hub {
         if state.closed {
             return Err(SubscribeError::Closed);
         }
-        let next = state.next_cursor;
+        let next = state.window.next_cursor();
         let start = match since {
             None => next,
             Some(since) if since >= next => return Err(SubscribeError::Ahead { since, next }),
             // A cursor of an earlier collector run: everything this run stored is newer.
-            Some(since) => (since + 1).max(state.instance_first),
+            Some(since) => (since + 1).max(state.window.instance_first()),
         };
-        if start < state.oldest() {
+        let oldest = state.window.oldest();
+        if start < oldest {
             return Err(SubscribeError::TooOld {
                 since: since.unwrap_or(0),
-                oldest: state.oldest(),
+                oldest,
             });
         }
         let (tx, rx) = mpsc::channel(self.config.subscriber_queue);
-        let id = state.next_subscriber;
-        state.next_subscriber += 1;
+        let id = state.fanout.next_id();
         let filter = Arc::new(filter);
-        tx.try_send(Item::Started(state.started()))
+        tx.try_send(Item::Started(state.window.started()))
             .map_err(|_| SubscribeError::Closed)?;
         if start == next {
-            state.live.insert(
-                id,
-                Live {
-                    filter,
-                    tx,
-                    missed: 0,
-                },
-            );
+            state.fanout.join(id, filter, tx);
         } else {
             drop(state);
             let hub = Arc::clone(self);
@@ -520,15 +378,11 @@ impl Hub {
                 async move { hub.catch_up(id, filter, start, tx).await }.in_current_span(),
             );
         }
-        Ok(Subscription {
-            rx,
-            hub: Arc::clone(self),
-            id,
-        })
+        Ok(Subscription::new(rx, Arc::clone(self), id))
     }
 
     /// Copy retained records from `pos` on to `tx` (waiting for the client as needed), then join
-    /// the live fan-out at the head of the ring.
+    /// the live fan-out at the head of the window.
     async fn catch_up(
         &self,
         id: u64,
@@ -544,32 +398,21 @@ impl Hub {
                 if state.closed {
                     return;
                 }
-                let oldest = state.oldest();
+                let oldest = state.window.oldest();
                 if pos < oldest {
                     gap = oldest - pos;
                     pos = oldest;
                 }
-                if gap == 0 && pos == state.next_cursor {
-                    state.live.insert(
-                        id,
-                        Live {
-                            filter,
-                            tx,
-                            missed: 0,
-                        },
-                    );
+                if gap == 0 && pos == state.window.next_cursor() {
+                    state.fanout.join(id, filter, tx);
                     return;
                 }
-                let from = (pos - oldest) as usize;
-                let to = (from + CATCH_UP_CHUNK).min(state.ring.len());
-                chunk.extend(
-                    state
-                        .ring
-                        .range(from..to)
-                        .filter(|r| r.matches(&filter))
-                        .cloned(),
+                pos = state.window.read(
+                    pos,
+                    CATCH_UP_CHUNK,
+                    |r| filter.matches(&r.node, &r.event),
+                    &mut chunk,
                 );
-                pos = oldest + to as u64;
             }
             if gap > 0
                 && tx
@@ -591,20 +434,18 @@ impl Hub {
     }
 
     /// The loss notice a subscriber is owed, taken only when its queue is empty: the records
-    /// still queued came before the gap. (Checked under the lock, as ingest only queues under it.)
-    fn take_missed(&self, id: u64, rx: &mpsc::Receiver<Item>) -> u64 {
+    /// still queued came before the gap. (Checked under the lock, as the fan-out only queues
+    /// under it.)
+    pub(crate) fn take_missed(&self, id: u64, rx: &mpsc::Receiver<Item>) -> u64 {
         let mut state = self.lock();
         if !rx.is_empty() {
             return 0;
         }
-        state
-            .live
-            .get_mut(&id)
-            .map_or(0, |live| std::mem::take(&mut live.missed))
+        state.fanout.take_missed(id)
     }
 
-    fn unsubscribe(&self, id: u64) {
-        self.lock().live.remove(&id);
+    pub(crate) fn unsubscribe(&self, id: u64) {
+        self.lock().fanout.leave(id);
     }
 
     /// Hand every record stored from now on, in batches, to `tap` (policy evaluation). A full
@@ -636,93 +477,62 @@ impl Hub {
         self.alerts.load(Ordering::Relaxed)
     }
 
-    /// Give `alert` the next alert cursor and offer it to the live subscribers that asked for
-    /// alerts and whose filter it passes. Returns its cursor.
-    pub fn publish_alert(&self, mut alert: AlertRecord) -> u64 {
+    /// Give `alert` (raised by a call on `node`) the next alert cursor and offer it to the live
+    /// subscribers that asked for alerts and whose filter it passes. Returns its cursor.
+    pub fn publish_alert(&self, node: &Arc<str>, alert: AlertLine) -> u64 {
         let mut state = self.lock();
-        let state = &mut *state;
-        alert.cursor = state.next_alert_cursor;
+        let cursor = state.next_alert_cursor;
         state.next_alert_cursor += 1;
-        let alert = Arc::new(alert);
-        let losses = &mut state.subscriber_losses;
-        state.live.retain(|_, sub| {
-            if !sub.filter.matches_alert(&alert.node, &alert) {
-                return !sub.tx.is_closed();
-            }
-            offer(sub, losses, Item::Alert(Arc::clone(&alert)))
-        });
+        state.fanout.alert(&Arc::new(PublishedAlert {
+            cursor,
+            node: Arc::clone(node),
+            alert,
+        }));
         self.alerts.fetch_add(1, Ordering::Relaxed);
-        alert.cursor
+        cursor
     }
 
     /// Per-node counters and the retention window.
     #[must_use]
     pub fn stats(&self) -> v1::StatsResponse {
         let state = self.lock();
-        let nodes = state
-            .nodes
-            .iter()
-            .map(|(name, node)| NodeStats {
-                node: name.clone(),
-                boot_id: node.info.boot_id.clone(),
-                kernel: node.info.kernel.clone(),
-                attach_mode: node.info.attach_mode.clone(),
-                connected: node.connections > 0,
-                captured: node.report.captured,
-                shipped: node.report.shipped,
-                acked: node.acked,
-                dropped: node.report.dropped.clone(),
-                duplicate_batches: node.duplicate_batches,
-                agent_restarts: node.restarts,
-            })
-            .collect();
         v1::StatsResponse {
-            nodes,
-            oldest_cursor: state.ring.front().map_or(0, |r| r.cursor),
-            next_cursor: state.next_cursor,
-            retained: state.ring.len() as u64,
-            subscribers: u32::try_from(state.live.len()).unwrap_or(u32::MAX),
-            subscriber_losses: state.subscriber_losses,
+            nodes: state.nodes.stats(),
+            oldest_cursor: state.window.started().oldest_cursor,
+            next_cursor: state.window.next_cursor(),
+            retained: state.window.len() as u64,
+            subscribers: u32::try_from(state.fanout.len()).unwrap_or(u32::MAX),
+            subscriber_losses: state.fanout.losses(),
+        }
+    }
+
+    /// Sums over the nodes, the retention window and the subscribers, for the metrics.
+    #[must_use]
+    pub fn totals(&self) -> HubTotals {
+        let state = self.lock();
+        HubTotals {
+            nodes: state.nodes.totals(),
+            retained: state.window.len() as u64,
+            subscribers: state.fanout.len() as u64,
+            subscriber_losses: state.fanout.losses(),
         }
     }
 }
 
-/// Offer one record to every live subscriber whose filter it passes, without waiting.
-fn fan_out(live: &mut HashMap<u64, Live>, losses: &mut u64, record: &Arc<Record>) {
-    live.retain(|_, sub| {
-        if !record.matches(&sub.filter) {
-            return !sub.tx.is_closed();
-        }
-        offer(sub, losses, Item::Record(Arc::clone(record)))
-    });
+/// What the metrics read of a hub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubTotals {
+    pub nodes: Totals,
+    pub retained: u64,
+    pub subscribers: u64,
+    pub subscriber_losses: u64,
 }
 
-/// Queue `item` for `sub` (after the loss notice it is owed), or count it as missed. False when
-/// the subscriber is gone.
-fn offer(sub: &mut Live, losses: &mut u64, item: Item) -> bool {
-    if sub.missed > 0 {
-        match sub.tx.try_send(Item::Loss {
-            count: sub.missed,
-            reason: LossReason::SubscriberBehind,
-        }) {
-            Ok(()) => sub.missed = 0,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                sub.missed += 1;
-                *losses += 1;
-                return true;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        }
-    }
-    match sub.tx.try_send(item) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            sub.missed += 1;
-            *losses += 1;
-            true
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
+fn first_cursor_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
 }
 
 /// Keeps a closing hub's live subscriptions open while it lives ([`Hub::hold_subscribers`]).
@@ -736,47 +546,8 @@ impl Drop for SubscriberHold {
         let mut state = self.hub.lock();
         state.holds = state.holds.saturating_sub(1);
         if state.holds == 0 && state.closed {
-            state.live.clear();
+            state.fanout.clear();
         }
-    }
-}
-
-/// The stream of one subscriber: its queue, then the loss notice it is owed when the queue runs
-/// empty. Dropping it ends the subscription.
-#[derive(Debug)]
-pub struct Subscription {
-    rx: mpsc::Receiver<Item>,
-    hub: Arc<Hub>,
-    id: u64,
-}
-
-impl futures_core::Stream for Subscription {
-    type Item = SubscribeResponse;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<SubscribeResponse>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(item) => Poll::Ready(item.map(Item::into_response)),
-            // Pending also comes from tokio's cooperative budget with records still queued.
-            Poll::Pending => match self.hub.take_missed(self.id, &self.rx) {
-                0 => Poll::Pending,
-                count => Poll::Ready(Some(
-                    Item::Loss {
-                        count,
-                        reason: LossReason::SubscriberBehind,
-                    }
-                    .into_response(),
-                )),
-            },
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.hub.unsubscribe(self.id);
     }
 }
 

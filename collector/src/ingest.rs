@@ -108,7 +108,7 @@ impl Ingest {
     }
 }
 
-fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
+pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
     let hello = match message.and_then(|m| m.msg) {
         Some(agent_message::Msg::Hello(hello)) => hello,
         Some(agent_message::Msg::Batch(_)) => {
@@ -153,7 +153,11 @@ fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
 
 impl Ingest {
     /// Handle one message after Hello; returns the ack to send, if any.
-    fn handle(&self, agent: &AgentInfo, message: AgentMessage) -> Result<Option<u64>, IngestError> {
+    pub(crate) async fn handle(
+        &self,
+        agent: &AgentInfo,
+        message: AgentMessage,
+    ) -> Result<Option<u64>, IngestError> {
         match message.msg {
             Some(agent_message::Msg::Batch(batch)) => {
                 if batch.seq == 0 {
@@ -175,10 +179,11 @@ impl Ingest {
                 }
                 let stored = self
                     .hub
-                    .store_batch(agent, batch.seq, batch.events)
+                    .store(agent, batch.seq, batch.events)
+                    .await
                     .map_err(|e| IngestError::Store {
                         seq: batch.seq,
-                        reason: chain(&e),
+                        reason: mapsentry_service::error::chain(&e),
                     })?;
                 if let Stored::New { first, count } = stored {
                     tracing::trace!(seq = batch.seq, first, count, "stored");
@@ -235,7 +240,7 @@ impl Ingest {
                 }
             };
             let outcome = match message {
-                Ok(Some(message)) => self.handle(&agent, message).map_err(Status::from),
+                Ok(Some(message)) => self.handle(&agent, message).await.map_err(Status::from),
                 Ok(None) => break,
                 Err(status) => Err(status),
             };
@@ -302,17 +307,6 @@ async fn next_policy_set(
             return Some(set);
         }
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

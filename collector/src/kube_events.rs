@@ -33,13 +33,13 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
-use mapsentry_policy::{Attribution, MmapEvent, names};
-use mapsentry_proto::v1::{self, AlertRecord, Kind as RecordKind, subscribe_response::Item};
+use mapsentry_policy::{Action, AlertLine, Attribution, EventLine, names};
+use mapsentry_proto::v1::Kind as RecordKind;
 use tracing::Instrument as _;
 
 use crate::{
     filter::RecordFilter,
-    hub::{Hub, SubscribeError},
+    hub::{Hub, Item, SubscribeError},
     metrics::Metrics,
 };
 
@@ -159,7 +159,7 @@ impl Planner {
 
     /// Count `alert`; the write to make now, if any (None for host processes and when over the
     /// pod's rate limit).
-    pub fn alert(&mut self, alert: &AlertRecord, now: Instant) -> Option<(SeriesKey, Write)> {
+    pub fn alert(&mut self, alert: &AlertLine, now: Instant) -> Option<(SeriesKey, Write)> {
         let (Some(namespace), Some(pod)) = (alert.namespace.clone(), alert.pod.clone()) else {
             return None;
         };
@@ -199,7 +199,7 @@ impl Planner {
         series.last_seen = now;
         if series.name.is_none() {
             series.note = note(alert);
-            series.action = action_name(&alert.action);
+            series.action = action_name(alert.action);
             series.pod_uid = pod_uid(alert);
         }
         self.next_write(&key, now)
@@ -286,17 +286,17 @@ impl Planner {
     }
 }
 
-fn action_name(action: &str) -> String {
+fn action_name(action: Action) -> String {
     match action {
-        "kill" => "Kill",
-        "deny" => "Deny",
-        _ => "Alert",
+        Action::Kill => "Kill",
+        Action::Deny => "Deny",
+        Action::Alert => "Alert",
     }
     .to_owned()
 }
 
-fn pod_uid(alert: &AlertRecord) -> Option<String> {
-    let event = MmapEvent::try_from(alert.event.as_ref()?).ok()?;
+fn pod_uid(alert: &AlertLine) -> Option<String> {
+    let EventLine::Event { event, .. } = &alert.event;
     match event.attribution.as_deref() {
         Some(Attribution::Pod(meta)) => meta.pod_uid.clone(),
         _ => None,
@@ -304,32 +304,30 @@ fn pod_uid(alert: &AlertRecord) -> Option<String> {
 }
 
 /// The Event's note: policy, rule, action, comm, prot (at most 1 kB).
-fn note(alert: &AlertRecord) -> String {
-    let event = alert
-        .event
-        .as_ref()
-        .and_then(|e| MmapEvent::try_from(e).ok());
+fn note(alert: &AlertLine) -> String {
+    let EventLine::Event { event, .. } = &alert.event;
     let mut text = format!(
         "policy {} rule {} action {} ({} mode)",
-        alert.policy, alert.rule, alert.action, alert.mode
+        alert.policy,
+        alert.rule,
+        alert.action.as_str(),
+        alert.mode.as_str()
     );
     if let Some(container) = &alert.container {
         let _ = write!(text, " container={container}");
     }
-    if let Some(e) = event {
-        let _ = write!(
-            text,
-            ": {} comm={} pid={} prot={} flags={} length={}",
-            e.syscall.as_str(),
-            e.comm,
-            e.pid,
-            names::prot_names(e.args.prot),
-            names::flags_names(e.args.flags),
-            e.args.length
-        );
-        if let Some(file) = &e.file {
-            let _ = write!(text, " file={}", file.path);
-        }
+    let _ = write!(
+        text,
+        ": {} comm={} pid={} prot={} flags={} length={}",
+        event.syscall.as_str(),
+        event.comm,
+        event.pid,
+        names::prot_names(event.args.prot),
+        names::flags_names(event.args.flags),
+        event.args.length
+    );
+    if let Some(file) = &event.file {
+        let _ = write!(text, " file={}", file.path);
     }
     if text.len() > 1000 {
         let mut end = 1000;
@@ -356,7 +354,8 @@ pub fn start(
     })?;
     let mut subscription = hub
         .subscribe(filter, None)
-        .map_err(|source| EventsError::Subscribe { source })?;
+        .map_err(|source| EventsError::Subscribe { source })?
+        .items();
     let mut poster = Poster {
         client,
         planner: Planner::new(config.per_pod_per_minute, config.series_ttl),
@@ -369,11 +368,11 @@ pub fn start(
             flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    response = subscription.next() => {
-                        let Some(response) = response else { break };
-                        match response.item {
-                            Some(Item::Alert(alert)) => poster.alert(&alert).await,
-                            Some(Item::Loss(loss)) => tracing::warn!(count = loss.count, "alerts missed by the Kubernetes Events poster (queue full)"),
+                    item = subscription.next() => {
+                        let Some(item) = item else { break };
+                        match item {
+                            Item::Alert(published) => poster.alert(&published.alert).await,
+                            Item::Loss { count, .. } => tracing::warn!(count, "alerts missed by the Kubernetes Events poster (queue full)"),
                             _ => {}
                         }
                     }
@@ -395,7 +394,7 @@ struct Poster {
 }
 
 impl Poster {
-    async fn alert(&mut self, alert: &v1::AlertRecord) {
+    async fn alert(&mut self, alert: &AlertLine) {
         let before = self.planner.suppressed;
         let write = self.planner.alert(alert, Instant::now());
         self.count_suppressed(before);

@@ -1,5 +1,6 @@
-//! A real kube-apiserver 1.20 + etcd 3.4 on loopback for the collector's Kubernetes tests
-//! (built once per machine by e2e/kube/build-apiserver.sh, started per test by
+//! A real kube-apiserver and etcd on loopback (the versions e2e/kube/build-kube.sh pins) for the
+//! collector's Kubernetes tests
+//! (built once per machine by e2e/kube/build-kube.sh, started per test by
 //! e2e/kube/start-apiserver.sh in its own state directory), with the policy CRDs of
 //! manifests/crds/mapsentry.dev.yaml applied and the collector's identity bound to the chart's
 //! ClusterRole (helm/mapsentry/templates/collector-rbac.yaml), used by impersonation.
@@ -54,7 +55,7 @@ impl ApiServer {
             let _once = BUILD
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            run(&mut Command::new(repo("e2e/kube/build-apiserver.sh")));
+            run(&mut Command::new(repo("e2e/kube/build-kube.sh")));
         }
         let state = std::env::temp_dir().join(format!(
             "mapsentry-collector-kube-{}-{name}",
@@ -93,7 +94,7 @@ impl ApiServer {
 
     /// The admin's client.
     pub async fn admin(&self) -> Client {
-        crate::kube_client::client(Some(&self.kubeconfig()))
+        mapsentry_service::kube::client(Some(&self.kubeconfig()))
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }

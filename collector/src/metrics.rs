@@ -1,25 +1,29 @@
-//! Prometheus metrics of a collector, in the text exposition format, served over HTTP on
-//! `/metrics` by [`serve`].
+//! Prometheus metrics of a collector (prometheus-client), served on `/metrics` with `/healthz`
+//! and `/readyz` by [`serve`] (the shared endpoint, [`mapsentry_service::http`]).
 //!
 //! `mapsentry_policy_violations_total{namespace,pod,policy,rule,action}` counts matching calls.
 //! Its label sets are bounded: beyond `max_series` distinct sets, calls are counted in one series
 //! whose labels are all `other`, and each such call also in
-//! `mapsentry_policy_violation_series_overflow_total`.
+//! `mapsentry_policy_violation_series_overflow_total`. The hub's counters (per-node stats,
+//! retention, subscribers) are read at scrape time.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
+use mapsentry_service::{
+    http::{self, Probes, Reply},
+    metrics::{self as glue, LabelValue, Scrape},
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use tokio::net::TcpListener;
 
-use crate::{
-    health::Health,
-    http::{self, Reply},
-    hub::Hub,
-};
+use crate::{health::Health, hub::Hub};
 
 /// Default bound on violation label sets.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
@@ -27,7 +31,7 @@ pub const DEFAULT_MAX_SERIES: usize = 10_000;
 pub const OTHER: &str = "other";
 
 /// The labels of one violation series.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ViolationLabels {
     pub namespace: String,
     pub pod: String,
@@ -48,24 +52,35 @@ impl ViolationLabels {
     }
 }
 
-#[derive(Debug, Default)]
-struct Violations {
-    series: BTreeMap<ViolationLabels, u64>,
-    overflow: u64,
+impl EncodeLabelSet for ViolationLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        [
+            ("namespace", LabelValue::from(self.namespace.as_str())),
+            ("pod", self.pod.as_str().into()),
+            ("policy", self.policy.as_str().into()),
+            ("rule", self.rule.as_str().into()),
+            ("action", self.action.as_str().into()),
+        ]
+        .encode(encoder)
+    }
 }
 
 /// The collector's counters that are not kept by the hub.
 #[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     max_series: usize,
-    violations: Mutex<Violations>,
-    evaluated: std::sync::atomic::AtomicU64,
-    undecodable: std::sync::atomic::AtomicU64,
-    kube_events_written: std::sync::atomic::AtomicU64,
-    kube_events_failed: std::sync::atomic::AtomicU64,
-    kube_events_suppressed: std::sync::atomic::AtomicU64,
-    alerts_deferred: std::sync::atomic::AtomicU64,
-    alerts_superseded: std::sync::atomic::AtomicU64,
+    violations: Family<ViolationLabels, Counter>,
+    /// Label sets in `violations` (the overflow series not counted); guards their creation.
+    series: Mutex<usize>,
+    overflow: Counter,
+    evaluated: Counter,
+    undecodable: Counter,
+    kube_events_written: Counter,
+    kube_events_failed: Counter,
+    kube_events_suppressed: Counter,
+    alerts_deferred: Counter,
+    alerts_superseded: Counter,
 }
 
 impl Default for Metrics {
@@ -78,239 +93,227 @@ impl Metrics {
     /// `max_series` distinct violation label sets at most (the overflow series not counted).
     #[must_use]
     pub fn new(max_series: usize) -> Self {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            // prometheus-client adds the `_total` suffix and the help text's final period.
+            registry.register(
+                name.strip_suffix("_total").unwrap_or(name),
+                help.strip_suffix('.').unwrap_or(help),
+                counter.clone(),
+            );
+            counter
+        };
+        let alerts_deferred = counter(
+            "mapsentry_policy_alert_updates_deferred_total",
+            "Alert updates held back by the per-pod rate limit (published later).",
+        );
+        let alerts_superseded = counter(
+            "mapsentry_policy_alert_updates_superseded_total",
+            "Deferred alert updates replaced by a newer update of the same alert.",
+        );
+        let evaluated = counter(
+            "mapsentry_policy_evaluated_total",
+            "Calls evaluated against the policies.",
+        );
+        let undecodable = counter(
+            "mapsentry_policy_undecodable_total",
+            "Stored records that could not be decoded for evaluation.",
+        );
+        let kube_events_written = counter(
+            "mapsentry_kube_events_written_total",
+            "Kubernetes Events written for alerts (created, or their series updated).",
+        );
+        let kube_events_failed = counter(
+            "mapsentry_kube_events_failed_total",
+            "Kubernetes Event writes refused by the API server or timed out.",
+        );
+        let kube_events_suppressed = counter(
+            "mapsentry_kube_events_suppressed_total",
+            "Kubernetes Event writes left out by the per-pod rate limit (the series count catches up at the next write).",
+        );
+        let overflow = counter(
+            "mapsentry_policy_violation_series_overflow_total",
+            "Violations counted in the `other` series because the label sets were at their bound.",
+        );
+        let violations = Family::<ViolationLabels, Counter>::default();
+        registry.register(
+            "mapsentry_policy_violations",
+            "Calls matching a policy rule",
+            violations.clone(),
+        );
         Self {
+            registry,
             max_series,
-            violations: Mutex::default(),
-            evaluated: 0.into(),
-            undecodable: 0.into(),
-            kube_events_written: 0.into(),
-            kube_events_failed: 0.into(),
-            kube_events_suppressed: 0.into(),
-            alerts_deferred: 0.into(),
-            alerts_superseded: 0.into(),
+            violations,
+            series: Mutex::new(0),
+            overflow,
+            evaluated,
+            undecodable,
+            kube_events_written,
+            kube_events_failed,
+            kube_events_suppressed,
+            alerts_deferred,
+            alerts_superseded,
         }
     }
 
     /// Count one call matching a rule.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers build the labels for this one call; the family looks them up by reference"
+    )]
     pub fn violation(&self, labels: ViolationLabels) {
-        let mut v = self
-            .violations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let limit = self.max_series;
-        let len = v.series.len();
-        if let Some(count) = v.series.get_mut(&labels) {
-            *count += 1;
-        } else if len < limit {
-            v.series.insert(labels, 1);
+        if let Some(counter) = self.violations.get(&labels) {
+            counter.inc();
+            return;
+        }
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.violations.get(&labels).is_some() || *series < self.max_series {
+            if self.violations.get(&labels).is_none() {
+                *series += 1;
+            }
+            self.violations.get_or_create(&labels).inc();
         } else {
-            v.overflow += 1;
-            *v.series.entry(ViolationLabels::other()).or_default() += 1;
+            self.overflow.inc();
+            self.violations
+                .get_or_create(&ViolationLabels::other())
+                .inc();
         }
     }
 
     /// Count calls evaluated against the policies.
     pub fn evaluated(&self, calls: u64) {
-        self.evaluated
-            .fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
+        self.evaluated.inc_by(calls);
     }
 
     /// Count an alert update held back by its pod's rate limit.
     pub fn alert_deferred(&self) {
-        self.alerts_deferred
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.alerts_deferred.inc();
     }
 
     /// Count a deferred alert update replaced by a newer one of the same alert.
     pub fn alert_superseded(&self) {
-        self.alerts_superseded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.alerts_superseded.inc();
     }
 
     /// Alert updates held back by the per-pod rate limit, and those superseded while waiting.
     #[must_use]
     pub fn alerts_rate_limited(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.alerts_deferred.load(Relaxed),
-            self.alerts_superseded.load(Relaxed),
-        )
+        (self.alerts_deferred.get(), self.alerts_superseded.get())
     }
 
     /// Count a stored record that could not be decoded for evaluation.
     pub fn undecodable(&self) {
-        self.undecodable
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.undecodable.inc();
     }
 
     /// Count a Kubernetes Event written (created, or its series updated).
     pub fn kube_event_written(&self) {
-        self.kube_events_written
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.kube_events_written.inc();
     }
 
     /// Count a Kubernetes Event write the API server refused or that timed out.
     pub fn kube_event_failed(&self) {
-        self.kube_events_failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.kube_events_failed.inc();
     }
 
     /// Count Kubernetes Event writes left out by the per-pod rate limit.
     pub fn kube_events_suppressed(&self, writes: u64) {
-        self.kube_events_suppressed
-            .fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        self.kube_events_suppressed.inc_by(writes);
     }
 
     /// Kubernetes Event writes left out by the per-pod rate limit so far.
     #[must_use]
     pub fn kube_events_suppressed_total(&self) -> u64 {
-        self.kube_events_suppressed
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.kube_events_suppressed.get()
     }
 
-    /// The text exposition of these counters and `hub`'s.
+    /// The exposition of these counters and `hub`'s.
     #[must_use]
     pub fn render(&self, hub: &Hub) -> String {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut out = String::new();
-        let stats = hub.stats();
-        let acked: u64 = stats.nodes.iter().map(|n| n.acked).sum();
-        let duplicates: u64 = stats.nodes.iter().map(|n| n.duplicate_batches).sum();
-        let restarts: u64 = stats.nodes.iter().map(|n| n.agent_restarts).sum();
-        let counters: &[(&str, &str, u64)] = &[
-            (
+        let totals = hub.totals();
+        let mut scrape = Scrape::default();
+        scrape
+            .counter(
                 "mapsentry_collector_events_stored_total",
                 "Events stored and acked, summed over agents.",
-                acked,
-            ),
-            (
+                totals.nodes.acked,
+            )
+            .counter(
                 "mapsentry_collector_duplicate_batches_total",
                 "Resent agent batches already stored.",
-                duplicates,
-            ),
-            (
+                totals.nodes.duplicate_batches,
+            )
+            .counter(
                 "mapsentry_collector_agent_restarts_total",
                 "Agent processes replaced by a new boot id (each one a capture gap on its node).",
-                restarts,
-            ),
-            (
+                totals.nodes.agent_restarts,
+            )
+            .counter(
                 "mapsentry_collector_subscribers_refused_total",
                 "Subscriptions refused with RESOURCE_EXHAUSTED at --max-subscribers.",
                 hub.refused_subscribers(),
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_collector_subscriber_losses_total",
                 "Records skipped for slow subscribers.",
-                stats.subscriber_losses,
-            ),
-            (
+                totals.subscriber_losses,
+            )
+            .counter(
                 "mapsentry_collector_alerts_published_total",
                 "Alert updates offered to subscribers.",
                 hub.alerts_published(),
-            ),
-            (
-                "mapsentry_policy_alert_updates_deferred_total",
-                "Alert updates held back by the per-pod rate limit (published later).",
-                self.alerts_deferred.load(Relaxed),
-            ),
-            (
-                "mapsentry_policy_alert_updates_superseded_total",
-                "Deferred alert updates replaced by a newer update of the same alert.",
-                self.alerts_superseded.load(Relaxed),
-            ),
-            (
-                "mapsentry_policy_evaluated_total",
-                "Calls evaluated against the policies.",
-                self.evaluated.load(Relaxed),
-            ),
-            (
+            )
+            .counter(
                 "mapsentry_policy_evaluation_dropped_total",
                 "Stored calls not evaluated because the evaluation queue was full.",
                 hub.evaluation_dropped(),
-            ),
-            (
-                "mapsentry_policy_undecodable_total",
-                "Stored records that could not be decoded for evaluation.",
-                self.undecodable.load(Relaxed),
-            ),
-            (
-                "mapsentry_kube_events_written_total",
-                "Kubernetes Events written for alerts (created, or their series updated).",
-                self.kube_events_written.load(Relaxed),
-            ),
-            (
-                "mapsentry_kube_events_failed_total",
-                "Kubernetes Event writes refused by the API server or timed out.",
-                self.kube_events_failed.load(Relaxed),
-            ),
-            (
-                "mapsentry_kube_events_suppressed_total",
-                "Kubernetes Event writes left out by the per-pod rate limit (the series count catches up at the next write).",
-                self.kube_events_suppressed.load(Relaxed),
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            )
+            .gauge(
+                "mapsentry_collector_retained_events",
+                "Events in the retention window.",
+                totals.retained,
+            )
+            .gauge(
+                "mapsentry_collector_subscribers",
+                "Live subscribers.",
+                totals.subscribers,
             );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mapsentry_collector_retained_events Events in the retention window.\n\
-             # TYPE mapsentry_collector_retained_events gauge\nmapsentry_collector_retained_events {}",
-            stats.retained
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mapsentry_collector_subscribers Live subscribers.\n\
-             # TYPE mapsentry_collector_subscribers gauge\nmapsentry_collector_subscribers {}",
-            stats.subscribers
-        );
-        let violations = self
-            .violations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let _ = writeln!(
-            out,
-            "# HELP mapsentry_policy_violations_total Calls matching a policy rule.\n\
-             # TYPE mapsentry_policy_violations_total counter"
-        );
-        for (l, count) in &violations.series {
-            let _ = writeln!(
-                out,
-                "mapsentry_policy_violations_total{{namespace=\"{}\",pod=\"{}\",policy=\"{}\",rule=\"{}\",action=\"{}\"}} {count}",
-                escape(&l.namespace),
-                escape(&l.pod),
-                escape(&l.policy),
-                escape(&l.rule),
-                escape(&l.action)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mapsentry_policy_violation_series_overflow_total Violations counted in the \
-             `other` series because the label sets were at their bound.\n\
-             # TYPE mapsentry_policy_violation_series_overflow_total counter\n\
-             mapsentry_policy_violation_series_overflow_total {}",
-            violations.overflow
-        );
-        out
+        glue::encode(&[&scrape.into_registry(), &self.registry])
     }
 }
 
-/// A label value with `\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// What the collector's endpoint answers: its metrics, liveness (the process answers), and the
+/// readiness of `health`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub metrics: Arc<Metrics>,
+    pub hub: Arc<Hub>,
+    pub health: Health,
+}
+
+impl Probes for Endpoint {
+    fn metrics(&self) -> String {
+        self.metrics.render(&self.hub)
+    }
+
+    fn liveness(&self) -> Reply {
+        Reply::ok("ok\n")
+    }
+
+    fn readiness(&self) -> Reply {
+        match self.health.readiness() {
+            Ok(()) => Reply::ok("ready\n"),
+            Err(reason) => Reply::unavailable(format!("not ready: {reason}\n")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("accepting a metrics connection failed")]
-    Accept {
+    #[error("serving metrics failed")]
+    Serve {
         #[source]
         source: std::io::Error,
     },
@@ -322,7 +325,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     hub: Arc<Hub>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
     serve_with_health(metrics, hub, Health::ready(), listener, shutdown).await
 }
@@ -335,20 +338,17 @@ pub async fn serve_with_health(
     hub: Arc<Hub>,
     health: Health,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
-    let handler: http::Handler = Arc::new(move |method, path| match (method, path) {
-        ("GET", "/metrics") => Reply::ok(metrics.render(&hub)),
-        ("GET", "/healthz") => Reply::ok("ok\n"),
-        ("GET", "/readyz") => match health.readiness() {
-            Ok(()) => Reply::ok("ready\n"),
-            Err(reason) => Reply::unavailable(format!("not ready: {reason}\n")),
-        },
-        _ => Reply::not_found("not found: try GET /metrics, /healthz or /readyz\n"),
+    let endpoint: Arc<dyn Probes> = Arc::new(Endpoint {
+        metrics,
+        hub,
+        health,
     });
-    http::serve(listener, handler, shutdown)
+    axum::serve(listener, http::router(endpoint))
+        .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|http::HttpError::Accept { source }| MetricsError::Accept { source })
+        .map_err(|source| MetricsError::Serve { source })
 }
 
 #[cfg(test)]

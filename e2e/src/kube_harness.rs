@@ -182,7 +182,7 @@ impl ApiServer {
     /// When it cannot be built or does not become ready.
     #[must_use]
     pub fn start(name: &str) -> Self {
-        output(&mut Command::new(kube_script("build-apiserver.sh")), None);
+        output(&mut Command::new(kube_script("build-kube.sh")), None);
         let state =
             std::env::temp_dir().join(format!("mapsentry-kube-{name}-{}", std::process::id()));
         let server = Self { state };
@@ -553,6 +553,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
         Err(e) => panic!("{e}"),
     }
 }
+
+pub mod node;
 
 #[cfg(test)]
 mod tests;

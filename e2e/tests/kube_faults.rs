@@ -1,5 +1,5 @@
 //! Faults of the Kubernetes side, through the real binaries: `mapsentry agent --kubeconfig`
-//! against a real kube-apiserver 1.20 + etcd 3.4 on loopback (e2e/kube/start-apiserver.sh),
+//! against a real kube-apiserver + etcd on loopback (e2e/kube/start-apiserver.sh),
 //! processes in real cgroups laid out as the kubelet's systemd driver makes them, real BPF.
 //!
 //! - The API server down for 30 s: events of an existing pod are attributed from the cache all

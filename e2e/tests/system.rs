@@ -1,4 +1,4 @@
-//! The whole system on one host, every component real: the kube-apiserver (1.20, `e2e/kube/`)
+//! The whole system on one host, every component real: the kube-apiserver (`e2e/kube/`)
 //! with the Helm chart's CRDs, ServiceAccounts and RBAC applied (rendered offline with
 //! `helm template`), the `mapsentry collector` and `mapsentry agent` binaries authenticating as
 //! the chart's ServiceAccounts (tokens from the TokenRequest API, so the real RBAC authorizer
@@ -17,7 +17,7 @@
 //! answer from the API server in either component's log fails the test.
 //!
 //! Needs root, cgroup v2, BPF (tracepoint mode is enough), the cached kube-apiserver
-//! (`e2e/kube/build-apiserver.sh`), helm and kubectl from `helm/tools.sh`, and the `mapsentry`
+//! (`e2e/kube/build-kube.sh`), helm and kubectl from `helm/tools.sh`, and the `mapsentry`
 //! binary (`cargo build --workspace --bins`).
 
 mod common;

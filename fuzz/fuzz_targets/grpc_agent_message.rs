@@ -1,16 +1,8 @@
-//! The ingest handler's path: decode an AgentMessage, convert every batch event.
+//! An agent stream through the ingest handler's own steps (`mapsentry_collector::hostile`):
+//! length-delimited AgentMessages, Hello first, then batch limits, `convert::validate`,
+//! `Hub::store_batch`, acks and loss reports, on a fresh in-memory collector.
 #![no_main]
 
-use mapsentry_proto::v1::{AgentMessage, agent_message::Msg};
-use prost::Message as _;
-
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
-    if let Ok(AgentMessage {
-        msg: Some(Msg::Batch(batch)),
-    }) = AgentMessage::decode(bytes)
-    {
-        for event in &batch.events {
-            let _ = mapsentry_policy::MmapEvent::try_from(event);
-        }
-    }
+    let _ = mapsentry_collector::hostile::Handlers::new().agent_stream(bytes);
 });

@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     EventLine, MmapEvent,
+    context::EvalContext,
     crd::{Action, Mode},
-    evaluate::{EvalContext, Match},
+    evaluate::Match,
     policy::PolicyId,
 };
 
@@ -301,13 +302,7 @@ fn line(key: &AlertKey, entry: &Entry) -> AlertLine {
 }
 
 fn rfc3339(time_ns: u64) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ns))
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_default()
+    crate::time::rfc3339(time_ns, crate::time::Precision::Micros)
 }
 
 #[cfg(test)]

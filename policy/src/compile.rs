@@ -21,10 +21,10 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::{
     MmapEvent, Syscall,
+    context::EvalContext,
     crd::{Action, ByteSize, ExceptSpec, FileMatch, MappingKind, MatchSpec, Mode, Rule},
-    evaluate::EvalContext,
+    field_path::{FieldPath, Problem, closest},
     names,
-    path::{FieldPath, Problem, closest},
     policy::{Policy, PolicyId},
     selector::Selector,
 };

@@ -1,12 +1,35 @@
-//! The policy view of an event's attribution: [`eval_context`] builds the [`EvalContext`] that
+//! The policy view of who made a call: the [`EvalContext`] (and its [`PodContext`]) that
 //! `podSelector`, `namespaceSelector`, `except.containers`, `except.images` and `hostProcesses`
-//! are judged on.
+//! are judged on, and [`eval_context`], which builds it from an event's attribution. Compiling
+//! and evaluating both read it; neither owns it.
 
 use crate::{
-    evaluate::{EvalContext, PodContext},
-    event::MmapEvent,
-    k8s::Attribution,
+    event::{MmapEvent, attribution::Attribution},
+    selector::Labels,
 };
+
+/// Who made a call, as far as policies care. `MmapEvent` carries the process; this carries its
+/// place in the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvalContext {
+    /// The caller's executable path, when known.
+    pub executable: Option<String>,
+    /// The pod and container of the caller; None for a process outside any pod (a host process).
+    pub workload: Option<PodContext>,
+}
+
+/// The pod side of a caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodContext {
+    pub namespace: String,
+    pub pod: String,
+    /// Container name as in the pod spec.
+    pub container: Option<String>,
+    pub image: Option<String>,
+    pub pod_labels: Labels,
+    /// Labels of the pod's namespace (`kubernetes.io/metadata.name` is assumed when absent).
+    pub namespace_labels: Labels,
+}
 
 /// Who made `event`, as policies see it:
 ///

@@ -20,33 +20,10 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     MmapEvent,
     compile::{CombinedGlobs, CompiledPolicy, Memo, MemoSlots, Prefilter},
+    context::EvalContext,
     crd::{Action, Mode},
     policy::PolicyId,
-    selector::Labels,
 };
-
-/// Who made a call, as far as policies care. `MmapEvent` carries the process; this carries its
-/// place in the cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EvalContext {
-    /// The caller's executable path, when known.
-    pub executable: Option<String>,
-    /// The pod and container of the caller; None for a process outside any pod (a host process).
-    pub workload: Option<PodContext>,
-}
-
-/// The pod side of a caller.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodContext {
-    pub namespace: String,
-    pub pod: String,
-    /// Container name as in the pod spec.
-    pub container: Option<String>,
-    pub image: Option<String>,
-    pub pod_labels: Labels,
-    /// Labels of the pod's namespace (`kubernetes.io/metadata.name` is assumed when absent).
-    pub namespace_labels: Labels,
-}
 
 /// One rule of one policy that matched a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,34 +4,32 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
-pub mod attribution_line;
 pub mod compile;
 pub mod context;
 pub mod crd;
 pub mod enforce;
 pub mod evaluate;
 pub mod event;
-pub mod event_json;
-pub mod k8s;
+pub mod field_path;
 pub mod load;
-pub mod names;
-pub mod path;
 pub mod policy;
 mod schema_check;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod time;
 
 pub use alert::{Aggregator, AlertLine};
 pub use compile::{CompiledPolicy, compile};
-pub use context::eval_context;
+pub use context::{EvalContext, PodContext, eval_context};
 pub use crd::{Action, ClusterMmapPolicy, MmapPolicy, Mode};
-pub use evaluate::{CallerScope, EvalContext, Match, PodContext, PolicySet, strongest};
+pub use evaluate::{CallerScope, Match, PolicySet, strongest};
 pub use event::{
     EnforceAction, Enforcement, EventLine, FileInfo, MmapArgs, MmapEvent, Syscall, TargetMapping,
+    attribution::{Attribution, K8sMeta, Workload},
+    names,
 };
-pub use k8s::{Attribution, K8sMeta, Workload};
+pub use field_path::{FieldPath, Problem};
 pub use load::{LoadError, LoadOutcome, Loaded, load_str};
-pub use path::{FieldPath, Problem};
 pub use policy::{Policy, PolicyId};
 pub use store::{PolicyStore, Reload};

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::{
     compile::{CompiledPolicy, compile},
     crd::{API_VERSION, ClusterMmapPolicy, MmapPolicy},
-    path::{FieldPath, Problem, closest},
+    field_path::{FieldPath, Problem, closest},
     policy::Policy,
     schema_check::{self, describe},
 };

@@ -10,7 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use serde_json::Value;
 
-use crate::path::{FieldPath, Problem, closest};
+use crate::field_path::{FieldPath, Problem, closest};
 
 /// What [`check`] found: the problems, and the paths of the values it removed so that the rest of
 /// the document can still be read (and checked for meaning).

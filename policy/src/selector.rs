@@ -1,11 +1,14 @@
 //! Compiled Kubernetes label selectors (`matchLabels` + `matchExpressions`, all must hold), with the
-//! API server's checks of keys, values and operators.
+//! API server's checks of keys, values and operators; from the objects' YAML or from the text
+//! form (`app=web,env in (prod),!canary`, [`text`]).
+
+pub mod text;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::path::{FieldPath, Problem};
+use crate::field_path::{FieldPath, Problem};
 
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use crate::{
     crd::{Mode, NodeScope, PolicyStatus, RuleNote, StatusCondition, StatusError},
     enforce::{Refusal, kernel_set_plan},
-    path::Problem,
+    field_path::Problem,
     policy::Policy,
 };
 

@@ -18,8 +18,8 @@ use serde_json::Value;
 use crate::{
     compile::CompiledPolicy,
     evaluate::{EvaluateError, PolicySet},
+    field_path::Problem,
     load::{LoadError, load_str, load_value},
-    path::Problem,
     policy::{DEFAULT_NAMESPACE, Policy, PolicyId},
 };
 
@@ -141,7 +141,7 @@ impl PolicyStore {
         let source = object_source(&id, policy.kind());
         if let Some(other) = self.entries.get(&id).filter(|e| e.source != source) {
             return Err(vec![Problem::new(
-                &crate::path::FieldPath::root()
+                &crate::field_path::FieldPath::root()
                     .field("metadata")
                     .field("name"),
                 format!(

@@ -1,5 +1,6 @@
 //! `MmapEvent` <-> `v1::Event`. Every field maps one to one; the wire form is checked on the way
 //! in, so a malformed event from the network becomes an error naming the field, never a panic.
+//! Alert updates <-> `v1::AlertRecord` in [`alert`].
 
 use std::sync::Arc;
 
@@ -9,6 +10,10 @@ use mapsentry_policy::{
 };
 
 use crate::v1;
+
+pub mod alert;
+
+pub use alert::{AlertError, alert_record};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {

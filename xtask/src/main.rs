@@ -3,12 +3,16 @@
 //! `cargo xtask vm-test --kernel 6.1|6.12` runs the real-kernel tests on a stock Debian kernel in
 //! qemu (software emulation): static test binaries, the kernel fetched once into a cache, a
 //! busybox initramfs, one boot, the results read back from the serial console.
+//!
+//! `cargo xtask layout` checks the workspace's layout rules (the agent and collector crates
+//! apart, the binary thin); its tests run the same check in every `cargo test`.
 #![forbid(unsafe_code)]
 
 mod binaries;
 mod console;
 mod initramfs;
 mod kernel;
+mod layout;
 mod plan;
 mod qemu;
 
@@ -31,6 +35,13 @@ enum Command {
     /// Measure each attach mode's tax on unrelated syscalls (and on filtered mmaps) on a stock
     /// kernel, in a qemu VM: ratios inside one boot (e2e/src/bin/syscall_tax.rs).
     VmBench(VmTestArgs),
+    /// Check the layout rules: agent and collector crates never depend on each other, and the
+    /// binary holds no module of a role's library.
+    Layout,
+    /// Build the static release binaries the VMs and the test cluster's images run (the e2e tests,
+    /// their helpers and `mapsentry`, in one cargo invocation) and print the directory that holds
+    /// `mapsentry` and `mmap_call`.
+    BuildStatic,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +68,44 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(error) => {
                 eprintln!("xtask vm-test: error: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Layout => {
+            match workspace_root().and_then(|root| layout::check(&root)) {
+                Ok(problems) if problems.is_empty() => {
+                    println!("xtask layout: agent and collector apart, the binary thin");
+                    ExitCode::SUCCESS
+                }
+                Ok(problems) => {
+                    for problem in problems {
+                        println!("xtask layout: {problem}");
+                    }
+                    ExitCode::FAILURE
+                }
+                Err(error) => {
+                    eprintln!("xtask layout: error: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::BuildStatic => match workspace_root().and_then(|root| binaries::build(&root)) {
+            Ok(built) => {
+                let mapsentry = built
+                    .helpers
+                    .iter()
+                    .find(|h| h.file_name() == Some("mapsentry".as_ref()))
+                    .and_then(|h| h.parent());
+                match mapsentry {
+                    Some(dir) => {
+                        println!("{}", dir.display());
+                        ExitCode::SUCCESS
+                    }
+                    None => ExitCode::FAILURE,
+                }
+            }
+            Err(error) => {
+                eprintln!("xtask build-static: error: {error:#}");
                 ExitCode::from(2)
             }
         },

@@ -7,10 +7,12 @@
 //! (with its subtree) when its `IN_CREATE` arrives, a removed one dropped on `IN_DELETE`. A lookup
 //! that misses may trigger a rescan ([`CgroupIndex::resolve`]), at most one per
 //! `min_rescan_interval`, which covers a lost inotify queue or a watch limit reached; there is
-//! never a rescan per event.
+//! never a rescan per event. Removed cgroups are remembered for a while
+//! ([`CgroupIndex::recently_removed`], bounded in count and age): a container that ran for a few
+//! milliseconds is gone before the kubelet reports it, and its events still need its path.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     ffi::OsStr,
     io,
     os::unix::fs::MetadataExt,
@@ -36,6 +38,10 @@ pub const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified
 
 /// Default bound on rescans triggered by lookup misses.
 pub const DEFAULT_MIN_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a removed cgroup is remembered.
+pub const REMOVED_KEPT_FOR: Duration = Duration::from_secs(30);
+/// Most removed cgroups remembered at once; past it the oldest are forgotten.
+pub const REMOVED_KEPT_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,6 +113,9 @@ struct Shared {
 struct Entries {
     by_id: HashMap<u64, Arc<Cgroup>>,
     by_path: HashMap<String, u64>,
+    /// Cgroups removed lately, by id, and their removal order (when, id), oldest first.
+    removed: HashMap<u64, Arc<Cgroup>>,
+    removal_order: VecDeque<(Instant, u64)>,
 }
 
 impl Entries {
@@ -116,15 +125,34 @@ impl Entries {
             self.by_id.remove(&old_id);
         }
         self.remove_id(cgroup.id);
+        self.removed.remove(&cgroup.id);
         self.by_path.insert(cgroup.path.clone(), cgroup.id);
         self.by_id.insert(cgroup.id, Arc::new(cgroup));
     }
 
     fn remove_id(&mut self, id: u64) {
-        if let Some(old) = self.by_id.remove(&id)
-            && self.by_path.get(&old.path) == Some(&id)
-        {
-            self.by_path.remove(&old.path);
+        if let Some(old) = self.by_id.remove(&id) {
+            if self.by_path.get(&old.path) == Some(&id) {
+                self.by_path.remove(&old.path);
+            }
+            self.remember_removed(old);
+        }
+    }
+
+    fn remember_removed(&mut self, cgroup: Arc<Cgroup>) {
+        let now = Instant::now();
+        self.removal_order.push_back((now, cgroup.id));
+        self.removed.insert(cgroup.id, cgroup);
+        while let Some(&(at, id)) = self.removal_order.front() {
+            if now.duration_since(at) <= REMOVED_KEPT_FOR && self.removed.len() <= REMOVED_KEPT_MAX
+            {
+                break;
+            }
+            self.removal_order.pop_front();
+            // An id removed twice: only its latest removal forgets it.
+            if !self.removal_order.iter().any(|&(_, other)| other == id) {
+                self.removed.remove(&id);
+            }
         }
     }
 
@@ -142,8 +170,10 @@ impl Entries {
             .cloned()
             .collect();
         for p in &gone {
-            if let Some(id) = self.by_path.remove(p) {
-                self.by_id.remove(&id);
+            if let Some(id) = self.by_path.remove(p)
+                && let Some(old) = self.by_id.remove(&id)
+            {
+                self.remember_removed(old);
             }
         }
         gone.len() as u64
@@ -193,6 +223,19 @@ impl CgroupIndex {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .by_id
+            .get(&id)
+            .cloned()
+    }
+
+    /// The cgroup with this id if it was removed within [`REMOVED_KEPT_FOR`] (and is not one of
+    /// more than [`REMOVED_KEPT_MAX`] removed since). No I/O.
+    #[must_use]
+    pub fn recently_removed(&self, id: u64) -> Option<Arc<Cgroup>> {
+        self.shared
+            .entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .removed
             .get(&id)
             .cloned()
     }

@@ -192,12 +192,14 @@ impl Enricher {
 
     fn attribute(&self, cgroup_id: u64, last_try: bool) -> Outcome {
         // The cgroup may be new and its inotify event not handled yet: a miss may rescan
-        // (rate-limited) on the last try only.
+        // (rate-limited) on the last try only. It may also be gone already (a container that
+        // ran for milliseconds): the index remembers removed cgroups for a while.
         let cgroup = if last_try {
             self.cgroups.resolve(cgroup_id)
         } else {
             self.cgroups.get(cgroup_id)
-        };
+        }
+        .or_else(|| self.cgroups.recently_removed(cgroup_id));
         let Some(cgroup) = cgroup else {
             return Outcome::Wait(Attribution::Unknown { cgroup_id });
         };

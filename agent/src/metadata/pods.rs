@@ -36,17 +36,8 @@ pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_mins(5);
 pub enum Error {
     #[error("the node name is empty: pass --node or set NODE_NAME")]
     NoNode,
-    #[error("cannot read the kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: std::path::PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("cannot make a Kubernetes client: {source}")]
-    Client {
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Client(#[from] mapsentry_service::kube::KubeClientError),
 }
 
 /// The node this agent watches: `--node` if given, else the `NODE_NAME` environment variable
@@ -64,30 +55,14 @@ fn choose_node(flag: Option<&str>, env: Option<&str>) -> Result<String> {
 }
 
 /// A client from the standard resolution: in-cluster service account, else `KUBECONFIG`, else
-/// `~/.kube/config`.
+/// `~/.kube/config` ([`mapsentry_service::kube::client`]).
 pub async fn default_client() -> Result<Client> {
-    Client::try_default()
-        .await
-        .map_err(|source| Error::Client { source })
+    Ok(mapsentry_service::kube::client(None).await?)
 }
 
 /// A client from this kubeconfig file (its current context).
 pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client> {
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-            path: path.to_owned(),
-            source,
-        })?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(|source| Error::Kubeconfig {
-        path: path.to_owned(),
-        source,
-    })?;
-    Client::try_from(config).map_err(|source| Error::Client { source })
+    Ok(mapsentry_service::kube::client(Some(path)).await?)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

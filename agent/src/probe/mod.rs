@@ -390,19 +390,7 @@ fn brief(text: &str) -> String {
 }
 
 /// An error and its sources, `: `-separated (aya keeps the errno in the source).
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
-}
+pub(crate) use mapsentry_service::error::chain;
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,11 @@
-//! Reconnect delays: exponential from `min` to `max`, with jitter so a fleet of agents does not
-//! reconnect in lockstep after a collector restart.
+//! Reconnect delays, from backon: exponential from `min` to `max`, with jitter so a fleet of
+//! agents does not reconnect in lockstep after a collector restart. Each delay is a random point
+//! in the upper half of `min * 2^(n-1)` (capped at `max`): backon adds up to 100% jitter, so it
+//! is given half of both bounds.
 
-use std::{
-    hash::{BuildHasher, RandomState},
-    time::Duration,
-};
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -13,23 +14,16 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The delay before attempt `attempt` (1 = after the first failure): a random point in the
-    /// upper half of `min * 2^(attempt-1)`, capped at `max`.
+    /// The delays after one failure, two, ...: endless; start a new sequence after a success.
     #[must_use]
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let full = self
-            .min
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
-            .min(self.max);
-        full / 2 + full.mul_f64(random_unit() / 2.0)
+    pub fn delays(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.min / 2)
+            .with_max_delay(self.max / 2)
+            .with_jitter()
+            .without_max_times()
+            .build()
     }
-}
-
-/// A random number in [0, 1) from the standard library's randomly keyed hasher.
-fn random_unit() -> f64 {
-    // 32 random bits convert to f64 exactly.
-    let bits = (RandomState::new().hash_one(std::time::Instant::now()) >> 32) as u32;
-    f64::from(bits) / f64::from(u32::MAX) / (1.0 + f64::EPSILON)
 }
 
 #[cfg(test)]

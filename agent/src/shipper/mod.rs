@@ -365,7 +365,7 @@ async fn connect(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(chain(&e)))?;
+        .map_err(|e| tonic::Status::unavailable(mapsentry_service::error::chain(&e)))?;
     let (out, rx) = mpsc::channel(OUTBOUND_QUEUE);
     out.send(Encoded::from(AgentMessage {
         msg: Some(Msg::Hello(hello)),
@@ -408,6 +408,7 @@ impl Task {
         let mut inbound: Option<Streaming<CollectorMessage>> = None;
         let mut connecting: Option<Connecting> = None;
         let mut attempt = 0u32;
+        let mut delays = self.config.backoff.delays();
         let mut retry_at = Instant::now();
         let mut next_send = 1u64;
         let mut batch_deadline = far;
@@ -466,6 +467,7 @@ impl Task {
                             *lock(&self.counters.refused) = None;
                             self.counters.connects.fetch_add(1, Relaxed);
                             attempt = 0;
+                            delays = self.config.backoff.delays();
                             next_send = buffer.first_seq();
                             report_at = Instant::now();
                             enforcement_sent = 0;
@@ -474,7 +476,7 @@ impl Task {
                         }
                         Err(status) => {
                             attempt += 1;
-                            let delay = self.config.backoff.delay(attempt);
+                            let delay = delays.next().unwrap_or(self.config.backoff.max);
                             if let Some(reason) = client::refusal(&status) {
                                 tracing::error!(attempt, ?delay, %reason, "the collector refuses this agent");
                                 *lock(&self.counters.refused) = Some(reason);
@@ -535,7 +537,8 @@ impl Task {
                             inbound = None;
                             self.counters.connected.store(false, Relaxed);
                             attempt += 1;
-                            retry_at = Instant::now() + self.config.backoff.delay(attempt);
+                            retry_at = Instant::now()
+                                + delays.next().unwrap_or(self.config.backoff.max);
                         }
                     }
                 }
@@ -571,17 +574,6 @@ impl Task {
             );
         }
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

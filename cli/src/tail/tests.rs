@@ -26,6 +26,8 @@ fn flags_become_the_server_side_filter() {
         "app=web,tier!=db",
         "--label",
         "!canary",
+        "--label",
+        "env in (prod,staging),track notin (beta)",
         "--comm",
         "java",
         "--syscall",
@@ -54,7 +56,16 @@ fn flags_become_the_server_side_filter() {
             vec!["java".to_owned()]
         )
     );
-    assert_eq!(filter.labels, ["app=web", "tier!=db", "!canary"]);
+    assert_eq!(
+        filter.labels,
+        [
+            "app=web",
+            "tier!=db",
+            "!canary",
+            "env in (prod,staging)",
+            "track notin (beta)"
+        ]
+    );
     assert_eq!(filter.syscalls, vec![v1::Syscall::Mmap2 as i32]);
     assert_eq!(
         (

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use mapsentry_proto::v1::{Kind, subscribe_response::Item};
+use mapsentry_proto::v1::{self, Kind, subscribe_response::Item};
 use tokio_stream::StreamExt as _;
 
 use super::*;
@@ -9,7 +9,7 @@ use crate::{
     filter::RecordFilter,
     hub::AgentInfo,
     metrics::tests::get,
-    policy_files::{
+    policy::files::{
         PolicyFiles,
         tests::{GOOD_V1, temp_dir, wx_event},
     },

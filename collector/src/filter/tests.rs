@@ -219,16 +219,8 @@ fn unknown_syscalls_and_kinds_are_named() {
     );
 }
 
-fn alert(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> v1::AlertRecord {
-    v1::AlertRecord {
-        namespace: namespace.map(Into::into),
-        pod: pod.map(Into::into),
-        event: Some(Event {
-            comm: comm.into(),
-            ..Event::default()
-        }),
-        ..v1::AlertRecord::default()
-    }
+fn alert(namespace: Option<&str>, pod: Option<&str>, comm: &str) -> mapsentry_policy::AlertLine {
+    crate::testing::alert_line(namespace, pod, comm, "wx", 1)
 }
 
 fn attributed(attribution: Option<mapsentry_proto::v1::event::Attribution>) -> Event {
@@ -315,6 +307,13 @@ fn attribution_filters_select_pods() {
         ),
         ("label exists", labels(&["tier"]), &[0]),
         ("label absent", labels(&["!tier"]), &[1, 2, 4]),
+        ("label in a set", labels(&["app in (db,cache)"]), &[1]),
+        ("label not in a set", labels(&["app notin (web)"]), &[1, 4]),
+        (
+            "one entry, two requirements",
+            labels(&["app=web,!tier"]),
+            &[2],
+        ),
     ];
     for (name, filter, want) in cases {
         let compiled = RecordFilter::new(Some(filter), &[]).expect(name);

@@ -4,7 +4,7 @@ use mapsentry_proto::v1::{Event, MmapArgs, Syscall, subscribe_response::Item as 
 use tokio_stream::StreamExt as _;
 
 use super::*;
-use crate::log::LogConfig;
+use crate::retention::LogConfig;
 
 fn agent(node: &str, boot: &str) -> AgentInfo {
     AgentInfo {

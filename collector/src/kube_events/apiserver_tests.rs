@@ -6,6 +6,7 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use mapsentry_policy::{Attribution, K8sMeta};
+use mapsentry_proto::v1;
 use serde_json::json;
 
 use super::*;
@@ -14,7 +15,7 @@ use crate::{
     alerts::{self, AlertConfig},
     hub::AgentInfo,
     kube_testing::{ApiServer, eventually},
-    policy_files::{
+    policy::files::{
         PolicyFiles,
         tests::{GOOD_V1, temp_dir, wx_event},
     },
@@ -114,11 +115,7 @@ async fn pod_events(server: &ApiServer) -> Vec<Event> {
         .collect()
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+use mapsentry_policy::time::now_ns;
 
 /// A storm of W+X calls in a pod is one Event on the pod whose series counts every call: the
 /// first alert creates it at once, and the matches still in the dedup window when the collector

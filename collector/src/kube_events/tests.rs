@@ -1,20 +1,16 @@
 use std::time::{Duration, Instant};
 
-use mapsentry_proto::v1::AlertRecord;
+use mapsentry_policy::Mode;
 
 use super::*;
 
-fn alert(pod: Option<&str>, rule: &str, count: u64) -> AlertRecord {
-    AlertRecord {
+fn alert(pod: Option<&str>, rule: &str, count: u64) -> AlertLine {
+    AlertLine {
         policy: "shop/no-wx".into(),
-        rule: rule.into(),
-        action: "kill".into(),
-        mode: "enforce".into(),
-        namespace: pod.map(|_| "shop".into()),
-        pod: pod.map(Into::into),
+        action: Action::Kill,
+        mode: Mode::Enforce,
         container: Some("app".into()),
-        count,
-        ..AlertRecord::default()
+        ..crate::testing::alert_line(pod.map(|_| "shop"), pod, "app", rule, count)
     }
 }
 

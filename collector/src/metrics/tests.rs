@@ -17,7 +17,9 @@ fn labels(pod: &str) -> ViolationLabels {
 pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("send");
     let mut response = String::new();
@@ -77,7 +79,13 @@ async fn scraped_over_http_with_bounded_series() {
 
 #[test]
 fn label_values_are_escaped() {
-    assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    let metrics = Metrics::new(10);
+    metrics.violation(ViolationLabels {
+        pod: "a\"b\\c\nd".into(),
+        ..labels("x")
+    });
+    let body = metrics.render(&Hub::new(HubConfig::default()));
+    assert!(body.contains("pod=\"a\\\"b\\\\c\\nd\""), "{body}");
 }
 
 #[tokio::test]

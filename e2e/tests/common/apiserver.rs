@@ -58,7 +58,7 @@ impl ApiServer {
             let _once = BUILD
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            run(&mut Command::new(script("build-apiserver.sh")));
+            run(&mut Command::new(script("build-kube.sh")));
         }
         let state =
             std::env::temp_dir().join(format!("mapsentry-e2e-kube-{}-{name}", std::process::id()));
@@ -369,7 +369,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let (head, body) = response

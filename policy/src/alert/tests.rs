@@ -1,5 +1,5 @@
 use super::*;
-use crate::evaluate::PodContext;
+use crate::context::PodContext;
 
 const SECOND: u64 = 1_000_000_000;
 const T0: u64 = 1_764_236_101_000_000_000;

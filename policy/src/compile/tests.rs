@@ -1,7 +1,7 @@
 //! Table tests: one table per match and except field, each row a call and whether the rule matches.
 
 use super::*;
-use crate::{FileInfo, evaluate::PodContext, load::load_str};
+use crate::{FileInfo, context::PodContext, load::load_str};
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use proptest::{collection::vec, option, prelude::*, sample::subsequence};
 
 use super::*;
+use crate::context::PodContext;
 use crate::{
     FileInfo, MmapArgs, Syscall,
     compile::compile,

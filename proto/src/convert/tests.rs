@@ -2,7 +2,7 @@ use prost::Message;
 
 use super::*;
 
-fn file_backed() -> MmapEvent {
+pub(super) fn file_backed() -> MmapEvent {
     MmapEvent {
         time_ns: 1_764_236_000_123_456_789,
         syscall: Syscall::Mmap2,

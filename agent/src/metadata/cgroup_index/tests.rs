@@ -205,3 +205,48 @@ fn a_directory_that_is_not_cgroup2_is_refused() {
     let err = CgroupIndex::open("/tmp", Duration::ZERO).expect_err("/tmp is not cgroup2");
     assert!(err.to_string().contains("/tmp"), "{err}");
 }
+
+/// A container that ran for milliseconds: its cgroup is gone before its events are attributed.
+/// The index still knows its path for a while, whether the removal came from inotify or a rescan.
+#[tokio::test]
+async fn a_removed_cgroup_is_remembered_for_late_events() {
+    let tree = TestTree::new("removed");
+    let index = CgroupIndex::open(&tree.root, Duration::from_hours(1)).expect("opening the index");
+    let _watcher = index.watch().expect("watching the hierarchy");
+    let [(_, systemd, systemd_owner), (_, cgroupfs, cgroupfs_owner)] = kubelet_layouts();
+    let (rel, ino) = tree.mkdir(&systemd);
+    let poll = index.clone();
+    tokio::task::spawn_blocking(move || wait_for("indexing", || poll.get(ino).is_some()))
+        .await
+        .expect("poll task");
+    assert!(
+        index.recently_removed(ino).is_none(),
+        "a live cgroup is not removed"
+    );
+    std::fs::remove_dir(tree.abs(&rel)).expect("rmdir");
+    let poll = index.clone();
+    tokio::task::spawn_blocking(move || wait_for("removal", || poll.get(ino).is_none()))
+        .await
+        .expect("poll task");
+    let found = index
+        .recently_removed(ino)
+        .expect("remembered after IN_DELETE");
+    assert_eq!(
+        (found.path.as_str(), &found.owner),
+        (rel.as_str(), &systemd_owner)
+    );
+
+    let rescanned = CgroupIndex::open(&tree.root, Duration::ZERO).expect("opening the index");
+    let (rel, ino) = tree.mkdir(&cgroupfs);
+    rescanned.rescan().expect("rescan");
+    std::fs::remove_dir(tree.abs(&rel)).expect("rmdir");
+    rescanned.rescan().expect("rescan");
+    assert!(rescanned.get(ino).is_none());
+    let found = rescanned
+        .recently_removed(ino)
+        .expect("remembered after a rescan");
+    assert_eq!(
+        (found.path.as_str(), &found.owner),
+        (rel.as_str(), &cgroupfs_owner)
+    );
+}

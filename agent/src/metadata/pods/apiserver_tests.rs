@@ -1,5 +1,6 @@
-//! The pod cache and the enricher against a real kube-apiserver 1.20 + etcd 3.4 on loopback
-//! (built once per machine by e2e/kube/build-apiserver.sh, started per test by
+//! The pod cache and the enricher against a real kube-apiserver and etcd on loopback (the
+//! versions e2e/kube/build-kube.sh pins)
+//! (built once per machine by e2e/kube/build-kube.sh, started per test by
 //! e2e/kube/start-apiserver.sh). Pods are created through the API with `nodeName` set and their
 //! container statuses written through the status subresource, as a kubelet would.
 
@@ -62,7 +63,7 @@ impl ApiServer {
             let _once = BUILD
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            run(&mut Command::new(script("build-apiserver.sh")));
+            run(&mut Command::new(script("build-kube.sh")));
         }
         let state =
             std::env::temp_dir().join(format!("mapsentry-kube-{}-{name}", std::process::id()));
