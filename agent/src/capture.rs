@@ -84,6 +84,26 @@ pub struct KernelCounters {
     pub dropped: u64,
 }
 
+/// What the kernel counted of one of the capture's programs (with run-time statistics on:
+/// [`enable_run_time_stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    /// Runs, and the time spent in them, since the program was loaded while statistics were on.
+    pub runs: u64,
+    pub run_time: std::time::Duration,
+    /// Instructions the verifier processed when it loaded the program.
+    pub verified_instructions: Option<u32>,
+}
+
+/// Turn on the kernel's per-program run-time statistics (`BPF_ENABLE_STATS`) until the returned
+/// descriptor is closed; they cost a clock read per program run.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| Error::Load {
+        reason: probe::chain(&e),
+    })
+}
+
 /// Capturing mmap calls until dropped (or `detach`ed).
 pub struct Capture {
     /// The loaded object; its programs detach when it is dropped.
@@ -192,6 +212,25 @@ impl Capture {
     /// readable with `drain`.
     pub fn detach(&mut self) {
         self.ebpf = None;
+    }
+
+    /// The run-time statistics of the loaded programs (see [`enable_run_time_stats`]).
+    #[must_use]
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let Some(ebpf) = &self.ebpf else {
+            return Vec::new();
+        };
+        ebpf.programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_owned(),
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                    verified_instructions: info.verified_instruction_count(),
+                })
+            })
+            .collect()
     }
 
     /// Records read from the ring buffer so far.

@@ -178,6 +178,33 @@ static __always_inline void ms_compute_exe(struct task_struct *task, __u32 gen,
 	facts->exe_generation = gen;
 }
 
+/* The first zero byte of little-endian `w` as a bit (1 << (8 * index)), 0 when it has none:
+ * the lowest byte flagged by the zero-byte test is always a real zero (a false flag needs a
+ * borrow from a zero below it). */
+static __always_inline __u64 ms_first_zero_byte(__u64 w)
+{
+	__u64 flagged = (w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL;
+
+	return (flagged & -flagged) >> 7;
+}
+
+/* Zero every byte of a 16-byte task name after its first NUL. Kernels before 5.17 copy a new
+ * name (prctl PR_SET_NAME, exec) without clearing the old one's tail, so the raw array can hold
+ * bytes past the NUL that bpf_get_current_comm would not give. */
+static __always_inline void ms_nul_pad(__u64 name[2])
+{
+	__u64 zero = ms_first_zero_byte(name[0]);
+
+	if (zero) {
+		name[0] &= zero - 1;
+		name[1] = 0;
+	} else {
+		zero = ms_first_zero_byte(name[1]);
+		if (zero)
+			name[1] &= zero - 1;
+	}
+}
+
 /* The caller's comm (with MS_NEED_COMM in `needs`) and executable (MS_NEED_EXE) classes under
  * generation `gen`, from the thread's cache (see maps.h), looked up or computed when it has none
  * for `gen`. Without a cache entry (no memory), the same, uncached. */
@@ -187,13 +214,17 @@ static __always_inline void ms_caller_facts(struct ms_facts *f, __u8 needs, __u3
 	struct ms_task_facts scratch = {};
 	struct ms_task_facts *cache;
 	struct ms_comm_classes *found;
-	__u64 name[2] = {};
+	__u64 name[2];
 
 	cache = bpf_task_storage_get(&task_facts, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!cache)
 		cache = &scratch;
 	if (needs & MS_NEED_COMM) {
-		bpf_get_current_comm(name, sizeof(name));
+		/* The task's name, NUL-padded as bpf_get_current_comm gives it, from two loads
+		 * instead of the helper call. */
+		name[0] = *(__u64 *)&task->comm[0];
+		name[1] = *(__u64 *)&task->comm[8];
+		ms_nul_pad(name);
 		if (cache->comm_generation != gen || cache->comm_name[0] != name[0] ||
 		    cache->comm_name[1] != name[1]) {
 			found = bpf_map_lookup_elem(&comm_classes, name);
@@ -258,13 +289,17 @@ __noinline int ms_enforce_set(__u64 key, struct ms_pending *p)
 	call.may_have_file = ms_may_have_file(p);
 	count = set->count;
 	for (i = 0; i < MS_RULES_PER_SET; i++) {
+		const struct ms_rule *rule = &set->rules[i];
 		__u32 matched;
 
 		if (i >= count)
 			break;
-		matched = ms_rule_call_matches(&set->rules[i], &call) & 1;
+		/* Most rules fail on the protection: tell that without the call. */
+		if ((call.prot & rule->prot_all) != rule->prot_all)
+			continue;
+		matched = ms_rule_call_matches(rule, &call) & 1;
 		candidates |= matched << i;
-		needs |= set->rules[i].needs & (__u8)-matched;
+		needs |= rule->needs & (__u8)-matched;
 	}
 	if (!candidates)
 		return 0;
@@ -279,9 +314,16 @@ __noinline int ms_enforce_set(__u64 key, struct ms_pending *p)
 			ms_file_facts(file, generation & 1, needs, &facts.file);
 	}
 	for (i = 0; i < MS_RULES_PER_SET; i++) {
+		const struct ms_rule *rule = &set->rules[i];
+
 		if (!((candidates >> i) & 1))
 			continue;
-		if (!ms_rule_facts_match(&set->rules[i], &facts))
+		/* Most rules that reach here fail on their comm or executable class: tell that
+		 * without the call. */
+		if ((rule->comm && !ms_in(facts.comm, rule->comm)) ||
+		    (rule->exe && !facts.exe_unknown && !ms_in(facts.exe, rule->exe)))
+			continue;
+		if (!ms_rule_facts_match(rule, &facts))
 			continue;
 		p->action = set->rules[i].action;
 		p->rule_id = set->rules[i].rule_id;

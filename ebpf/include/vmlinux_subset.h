@@ -115,6 +115,7 @@ struct task_struct {
 	pid_t tgid;
 	struct task_struct *real_parent;
 	struct files_struct *files;
+	char comm[16];
 };
 
 #pragma clang attribute pop

@@ -19,6 +19,11 @@
 //! reports the process that loaded it (`self_tgid`), and loops inside it would return at that
 //! first test, before the entry logic they are meant to measure. (They did until 2026-11-27.)
 //!
+//! With the kernel's run-time statistics on, each variant also reports the entry programs' own
+//! time per mmap of the loop (`entry_ns`): exact in kprobe and fentry modes, where they run for
+//! mmap-family calls only; in tracepoint mode they run for every system call of the machine, so
+//! other processes' calls are in the figure too.
+//!
 //! Rounds rotate the order of the variants (bare, then each mode this kernel attaches). Each
 //! round's figure is divided by the same round's bare figure, so drift of the emulator's speed
 //! between rounds cancels; reported: the median of those ratios and their range. Prints one
@@ -148,6 +153,15 @@ fn main() {
     ] {
         match Capture::start(&config(mode)) {
             Ok(capture) => {
+                for program in capture.program_stats() {
+                    println!(
+                        "SYSCALL-TAX mode={mode} program={} verified_instructions={}",
+                        program.name,
+                        program
+                            .verified_instructions
+                            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+                    );
+                }
                 drop(capture);
                 for rules in [Rules::None, Rules::Plain, Rules::Classes] {
                     variants.push(Some((mode, rules)));
@@ -156,8 +170,12 @@ fn main() {
             Err(error) => println!("SYSCALL-TAX mode={mode} unavailable: {error}"),
         }
     }
+    let _stats = mapsentry_agent::capture::enable_run_time_stats()
+        .inspect_err(|e| println!("SYSCALL-TAX no run-time statistics: {e}"))
+        .ok();
     let mut getppid_ns = vec![Vec::new(); variants.len()];
     let mut mmap_ns = vec![Vec::new(); variants.len()];
+    let mut entry_ns = vec![Vec::new(); variants.len()];
     let rounds = flag(&args, "--rounds", ROUNDS as u32) as usize;
     let scale = flag(&args, "--scale", 1);
     for round in 0..rounds {
@@ -169,12 +187,18 @@ fn main() {
                 capture
             });
             getppid_ns[index].push(in_child("getppid", GETPPID_ITERATIONS * scale, &cgroup));
+            let before = capture.as_ref().map(entry_time);
             mmap_ns[index].push(in_child("mmap", MMAP_ITERATIONS * scale, &cgroup));
+            if let (Some(before), Some(capture)) = (before, &capture) {
+                // The loop's calls, its warm-up included.
+                let calls = f64::from(MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10);
+                entry_ns[index].push((entry_time(capture) - before) / calls);
+            }
             drop(capture);
         }
     }
     println!(
-        "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns, filtered | mmap ratio (median, range) |\n|---|---:|---:|---:|---:|"
+        "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns, filtered | mmap ratio (median, range) | entry programs ns per mmap |\n|---|---:|---:|---:|---:|---:|"
     );
     for (i, variant) in variants.iter().enumerate() {
         let name = match variant {
@@ -187,13 +211,28 @@ fn main() {
         let (m_ratio, m_low, m_high) = ratios(&mmap_ns[i], &mmap_ns[0]);
         let g = median(getppid_ns[i].clone());
         let m = median(mmap_ns[i].clone());
+        let e = if entry_ns[i].is_empty() {
+            0.0
+        } else {
+            median(entry_ns[i].clone())
+        };
         println!(
-            "| {name} | {g:.0} | {g_ratio:.3}x ({g_low:.2}-{g_high:.2}) | {m:.0} | {m_ratio:.3}x ({m_low:.2}-{m_high:.2}) |"
+            "| {name} | {g:.0} | {g_ratio:.3}x ({g_low:.2}-{g_high:.2}) | {m:.0} | {m_ratio:.3}x ({m_low:.2}-{m_high:.2}) | {e:.0} |"
         );
         println!(
-            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4}"
+            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4} entry_ns={e:.1}"
         );
     }
+}
+
+/// Nanoseconds the capture's entry programs ran so far (run-time statistics).
+fn entry_time(capture: &Capture) -> f64 {
+    capture
+        .program_stats()
+        .iter()
+        .filter(|p| p.name.ends_with("_enter"))
+        .map(|p| p.run_time.as_secs_f64() * 1e9)
+        .sum()
 }
 
 /// Per-round ratios of `variant` to `bare`: (median, lowest, highest).
