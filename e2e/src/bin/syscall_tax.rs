@@ -223,6 +223,23 @@ fn main() {
             "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4} entry_ns={e:.1}"
         );
     }
+    // Issue 15's figure: judging comm and executable classes against rules without them, per
+    // round (the two variants run next to each other in every round).
+    for (i, variant) in variants.iter().enumerate() {
+        let Some((mode, Rules::Classes)) = variant else {
+            continue;
+        };
+        let Some(plain) = variants
+            .iter()
+            .position(|v| *v == Some((*mode, Rules::Plain)))
+        else {
+            continue;
+        };
+        let (ratio, low, high) = ratios(&mmap_ns[i], &mmap_ns[plain]);
+        println!(
+            "SYSCALL-TAX classes-vs-plain mode={mode} mmap_ratio={ratio:.4} low={low:.4} high={high:.4}"
+        );
+    }
 }
 
 /// Nanoseconds the capture's entry programs ran so far (run-time statistics).
@@ -235,9 +252,9 @@ fn entry_time(capture: &Capture) -> f64 {
         .sum()
 }
 
-/// Per-round ratios of `variant` to `bare`: (median, lowest, highest).
-fn ratios(variant: &[f64], bare: &[f64]) -> (f64, f64, f64) {
-    let per_round: Vec<f64> = variant.iter().zip(bare).map(|(v, b)| v / b).collect();
+/// Per-round ratios of `variant` to `base`: (median, lowest, highest).
+fn ratios(variant: &[f64], base: &[f64]) -> (f64, f64, f64) {
+    let per_round: Vec<f64> = variant.iter().zip(base).map(|(v, b)| v / b).collect();
     let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
     let high = per_round.iter().copied().fold(0.0, f64::max);
     (median(per_round), low, high)
