@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
 };
 use mapsentry_policy::MmapEvent;
 
 use crate::{
-    enforce::RuleTable,
+    enforce::{RuleMaps, RuleTable},
     events::{RecordReader, wire},
     probe::{self, AttachError, AttachMode, Attached, kernel},
 };
@@ -61,6 +61,8 @@ pub enum Error {
     Attach(#[from] AttachError),
     #[error("the capture object has no usable map {name}: {reason}")]
     Map { name: &'static str, reason: String },
+    #[error("attaching exec tracking (needed by rules on executables) failed: {reason}")]
+    ExecTracking { reason: String },
     #[error("cannot watch the ring buffer: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -80,6 +82,26 @@ pub struct KernelCounters {
     pub filtered: u64,
     /// Records lost because the ring buffer was full (or, in kprobe mode, whose exit never ran).
     pub dropped: u64,
+}
+
+/// What the kernel counted of one of the capture's programs (with run-time statistics on:
+/// [`enable_run_time_stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    /// Runs, and the time spent in them, since the program was loaded while statistics were on.
+    pub runs: u64,
+    pub run_time: std::time::Duration,
+    /// Instructions the verifier processed when it loaded the program.
+    pub verified_instructions: Option<u32>,
+}
+
+/// Turn on the kernel's per-program run-time statistics (`BPF_ENABLE_STATS`) until the returned
+/// descriptor is closed; they cost a clock read per program run.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| Error::Load {
+        reason: probe::chain(&e),
+    })
 }
 
 /// Capturing mmap calls until dropped (or `detach`ed).
@@ -122,8 +144,8 @@ impl Capture {
             .override_global("filter_prot_any", &config.prot_any, true)
             .override_global("wakeup_bytes", &config.wakeup_bytes, true)
             .map_max_entries("events", bytes)
-            // `pending` is task storage, which aya creates but has no typed handle for: the
-            // agent never touches it, only the programs do.
+            // `pending` and `task_facts` are task storage, which aya creates but has no typed
+            // handle for: the agent never touches them, only the programs do.
             .allow_unsupported_maps()
             .load(mapsentry_ebpf::CAPTURE)
             .map_err(|e| Error::Load {
@@ -131,6 +153,9 @@ impl Capture {
             })?;
 
         let mut attached = probe::attach(&mut ebpf, config.attach, &btf)?;
+        let exec_tracking = probe::attach_exec_tracking(&mut ebpf, &btf)
+            .map_err(|reason| Error::ExecTracking { reason })?;
+        tracing::debug!(%exec_tracking, "exec tracking attached");
         attached.deny_unavailable = probe::attach_deny(&mut ebpf, &btf).err();
         if let Some(reason) = &attached.deny_unavailable {
             tracing::info!(%reason, "Deny rules unavailable: enforcement can only kill");
@@ -143,8 +168,14 @@ impl Capture {
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
         let rules = RuleTable::new(
-            take_map(&mut ebpf, "enforce", HashMap::try_from)?,
-            take_map(&mut ebpf, "enforce_sets", Array::try_from)?,
+            RuleMaps {
+                enforce: take_map(&mut ebpf, "enforce", HashMap::try_from)?,
+                state: take_map(&mut ebpf, "enforce_state", Array::try_from)?,
+                comm: take_map(&mut ebpf, "comm_classes", HashMap::try_from)?,
+                prefixes: take_map(&mut ebpf, "path_prefixes", LpmTrie::try_from)?,
+                suffixes: take_map(&mut ebpf, "path_suffixes", LpmTrie::try_from)?,
+                patterns: take_map(&mut ebpf, "path_patterns", Array::try_from)?,
+            },
             attached.deny_unavailable.clone(),
         );
         Ok(Self {
@@ -181,6 +212,25 @@ impl Capture {
     /// readable with `drain`.
     pub fn detach(&mut self) {
         self.ebpf = None;
+    }
+
+    /// The run-time statistics of the loaded programs (see [`enable_run_time_stats`]).
+    #[must_use]
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let Some(ebpf) = &self.ebpf else {
+            return Vec::new();
+        };
+        ebpf.programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_owned(),
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                    verified_instructions: info.verified_instruction_count(),
+                })
+            })
+            .collect()
     }
 
     /// Records read from the ring buffer so far.

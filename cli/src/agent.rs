@@ -44,6 +44,7 @@ impl AgentArgs {
         node::Config {
             capture: self.capture.config(0),
             enrich: self.capture.enrich(),
+            enforce_under: self.capture.enforce_under,
             security: self.client.security(),
             collector: self.collector,
             node: self.node,

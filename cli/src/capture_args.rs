@@ -32,6 +32,11 @@ pub struct CaptureArgs {
     /// (mapsentry_enrichment_missing_total). E.g. 10s, 30s; 0s: never wait.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::parse)]
     pub attribution_hold: Duration,
+    /// Write enforce-mode rules only for the cgroups under CGROUP, a path in the cgroup v2
+    /// hierarchy (`/kubepods.slice`); processes elsewhere are never judged. Default: every
+    /// cgroup.
+    #[arg(long, value_name = "CGROUP")]
+    pub enforce_under: Option<String>,
 }
 
 fn parse_attach(s: &str) -> Result<AttachMode, String> {

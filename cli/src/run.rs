@@ -147,8 +147,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     } else {
         Some(
-            node::enforcing::local(policy_sets, &mut capture, attributor.pods().cloned())
-                .context("--policy: compiling the enforce-mode rules")?,
+            node::enforcing::local(
+                policy_sets,
+                &mut capture,
+                attributor.pods().cloned(),
+                args.capture.enforce_under.as_deref(),
+            )
+            .context("--policy: compiling the enforce-mode rules")?,
         )
     };
     let shipper = start_shipper(

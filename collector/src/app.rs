@@ -15,7 +15,7 @@ use mapsentry_service::{
 use tokio::net::TcpListener;
 
 use crate::{
-    Health, Hub, HubConfig, PolicyPublisher, ServerConfig,
+    Health, Hub, HubConfig, NodeReports, PolicyPublisher, ServerConfig,
     alerts::{self, AlertConfig},
     export::{ExportConfig, ExportError, Exporter},
     jetstream::{self, Backbone, JetStreamConfig, JetStreamError, kube_lease},
@@ -118,6 +118,8 @@ pub struct KubernetesPlan {
     pub client: kube::Client,
     pub events: EventsConfig,
     pub lease: LeaseConfig,
+    /// The agents' enforcement reports, folded into the policies' status.
+    pub node_reports: Option<NodeReports>,
 }
 
 impl std::fmt::Debug for KubernetesPlan {
@@ -206,11 +208,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     server.policy_sets = Some(publisher.subscribe());
     let kubernetes = match config.kubernetes {
         None => None,
-        Some(kubernetes) => Some(KubernetesPlan {
-            client: mapsentry_service::kube::client(kubernetes.kubeconfig.as_deref()).await?,
-            events: kubernetes.events,
-            lease: kubernetes.lease,
-        }),
+        Some(kubernetes) => {
+            // The agents' enforcement reports reach the policies' status.
+            let reports = NodeReports::default();
+            server.node_reports = Some(reports.clone());
+            Some(KubernetesPlan {
+                client: mapsentry_service::kube::client(kubernetes.kubeconfig.as_deref()).await?,
+                events: kubernetes.events,
+                lease: kubernetes.lease,
+                node_reports: Some(reports),
+            })
+        }
     };
     let alerting = Alerting::start(
         &hub,
@@ -324,7 +332,7 @@ impl Alerting {
                     Arc::clone(&counters),
                     plan.events,
                 )?;
-                let crds = crds::start(plan.client, shared.clone());
+                let crds = crds::start_with_reports(plan.client, shared.clone(), plan.node_reports);
                 status!(
                     "watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
                 );

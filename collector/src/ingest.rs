@@ -95,6 +95,8 @@ pub struct Ingest {
     max_batch_events: usize,
     /// The enforce-mode policy set pushed to every agent, if the collector publishes one.
     policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    /// Where the agents' enforcement reports go.
+    node_reports: Option<crate::NodeReports>,
     auth: Arc<crate::auth::Auth>,
     /// Each stream's ingest rate, bytes a second (0: no limit), and its burst.
     budget: (u64, u64),
@@ -107,6 +109,7 @@ impl Ingest {
             hub,
             max_batch_events,
             policy_sets: None,
+            node_reports: None,
             auth: Arc::default(),
             budget: (0, 0),
         }
@@ -128,6 +131,13 @@ impl Ingest {
         self
     }
 
+    /// Keep each agent's enforcement report in `reports`.
+    #[must_use]
+    pub fn with_node_reports(mut self, reports: crate::NodeReports) -> Self {
+        self.node_reports = Some(reports);
+        self
+    }
+
     /// Refuse agent streams that `auth` does not admit.
     #[must_use]
     pub fn with_auth(mut self, auth: Arc<crate::auth::Auth>) -> Self {
@@ -144,6 +154,11 @@ pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, Inges
         }
         Some(agent_message::Msg::Loss(_)) => {
             return Err(IngestError::NoHello { got: "LossReport" });
+        }
+        Some(agent_message::Msg::Enforcement(_)) => {
+            return Err(IngestError::NoHello {
+                got: "EnforcementReport",
+            });
         }
         None => {
             return Err(IngestError::NoHello {
@@ -226,6 +241,15 @@ impl Ingest {
             Some(agent_message::Msg::Loss(report)) => {
                 budgets::check_loss_report(&report).map_err(IngestError::Loss)?;
                 self.hub.agent_report(agent, report);
+                Ok(None)
+            }
+            Some(agent_message::Msg::Enforcement(report)) => {
+                tracing::debug!(node = %agent.node, version = report.policy_set_version,
+                    persist_error = %report.persist_error, refused = report.refused.len(),
+                    "enforcement report");
+                if let Some(reports) = &self.node_reports {
+                    reports.set(&agent.node, &report);
+                }
                 Ok(None)
             }
             Some(agent_message::Msg::Hello(_)) => Err(IngestError::SecondHello),

@@ -41,4 +41,5 @@ pub use app::{Config, run};
 pub use health::Health;
 pub use hub::{Hub, HubConfig};
 pub use policy::publish::PolicyPublisher;
+pub use policy::reports::NodeReports;
 pub use server::{ServerConfig, serve};

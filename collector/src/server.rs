@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub agent_ingest_bytes_per_second: u64,
     /// Enforce-mode policy sets to push to every agent ([`crate::PolicyPublisher::subscribe`]).
     pub policy_sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
+    /// Where the agents' enforcement reports go (for the policies' status); `None`: nowhere.
+    pub node_reports: Option<crate::NodeReports>,
     /// TLS (and with a client CA, mutual TLS); `None` serves plaintext.
     pub tls: Option<ServerTls>,
     /// Tokens and client-certificate rules for subscribers and agents.
@@ -83,6 +85,7 @@ impl Default for ServerConfig {
             max_connections: 8192,
             agent_ingest_bytes_per_second: 64 << 20,
             policy_sets: None,
+            node_reports: None,
             tls: None,
             auth: Auth::default(),
             health: Health::ready(),
@@ -117,6 +120,9 @@ pub async fn serve(
         );
     if let Some(sets) = &config.policy_sets {
         ingest = ingest.with_policy_sets(sets.clone());
+    }
+    if let Some(reports) = &config.node_reports {
+        ingest = ingest.with_node_reports(reports.clone());
     }
     let ingest = AgentServiceServer::new(ingest)
         .max_decoding_message_size(config.max_message_bytes)

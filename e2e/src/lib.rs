@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod kernel_modes;
 pub mod kube_harness;
+pub mod mount;
 pub mod nats;
 
 /// Address hint a concurrency-test thread passes on its `i`th call: unique per (thread, call),

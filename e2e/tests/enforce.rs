@@ -1,7 +1,12 @@
 //! Real kernel, in the attach mode of `$MAPSENTRY_TEST_ATTACH` (tracepoint on the build
 //! machines; every mode in the VMs): kernel rules kill a process at a forbidden mmap or
 //! mprotect, in its cgroup only, before it can use the mapping; allowed calls before it
-//! succeed. Deny rules fail the call with EPERM where BPF LSM is active.
+//! succeed. Deny rules fail the call with EPERM where BPF LSM is active (and must, where the
+//! harness says BPF LSM runs: `MAPSENTRY_TEST_DENY=required`, set by the VM matrix).
+//!
+//! Other processes share the machine (other tests, other people's programs; JITs flip RW to RX,
+//! which is judged W+X): every rule here is scoped to a test cgroup, or, for the rules for every
+//! process (key 0), narrow enough that nothing but the helper can match it.
 
 mod common;
 
@@ -19,6 +24,16 @@ use serde_json::json;
 const PROT_WRITE: u64 = 0x2;
 const PROT_EXEC: u64 = 0x4;
 const PRIVATE_ANON: u64 = 0x22;
+/// `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE`.
+const PRIVATE_ANON_NORESERVE: u64 = 0x02 | 0x20 | 0x4000;
+/// A W+X mapping this long with `MAP_NORESERVE` is what the rules for every process judge:
+/// nothing else on a machine maps that.
+const HUGE: u64 = 3 << 30;
+
+/// Whether the run must show Deny working (the VM matrix boots with BPF LSM and says so).
+fn deny_required() -> bool {
+    std::env::var("MAPSENTRY_TEST_DENY").is_ok_and(|v| v == "required")
+}
 
 fn write_exec_kill(rule_id: u32) -> KernelRule {
     KernelRule {
@@ -26,11 +41,7 @@ fn write_exec_kill(rule_id: u32) -> KernelRule {
         action: KernelAction::Kill,
         prot_all: PROT_WRITE | PROT_EXEC,
         prot_any: 0,
-        flags_all: 0,
-        flags_any: 0,
-        min_length: 0,
-        syscalls: Vec::new(),
-        mapping: MappingKind::Any,
+        ..KernelRule::default()
     }
 }
 
@@ -113,43 +124,93 @@ async fn a_kill_rule_kills_at_the_write_exec_mmap_in_its_cgroup_only() {
     assert!(outside_wx.ret > 0);
 }
 
+/// The report filter here keeps only calls with PROT_READ: the W+X call without it (prot
+/// `PROT_WRITE|PROT_EXEC`, 6) is outside the filter, yet must be enforced, and reported.
 #[tokio::test]
-async fn rules_for_every_process_apply_and_enforcement_ignores_report_filters() {
-    let helper = Helper::spawn(mmap_call(), &[&calls()]);
-    let pid = helper.pid;
-    let mut capture = capture_for(pid);
+async fn enforcement_ignores_report_filters_and_file_rules_skip_anonymous_calls() {
+    let cgroup = TestCgroup::create(&format!("mapsentry-test-filters-{}", std::process::id()))
+        .expect("creating a cgroup");
+    let unreadable_wx = json!({"calls": [
+        {"length": 4096, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon"},
+        {"length": 8192, "prot": 6, "flags": PRIVATE_ANON, "fd": "anon"},
+        {"length": 4096, "prot": 1, "flags": PRIVATE_ANON, "fd": "anon"},
+    ]})
+    .to_string();
+    let helper = Helper::spawn(mmap_call(), &[&unreadable_wx]);
+    cgroup
+        .add(helper.pid)
+        .expect("moving the helper into the cgroup");
+    let mut capture = capture_for(helper.pid);
     let mut rule = write_exec_kill(9);
     rule.mapping = MappingKind::File;
-    capture.rules().set(EVERY_PROCESS, 1, &[rule]).unwrap();
+    capture
+        .rules()
+        .set(cgroup.id().unwrap(), 1, &[rule])
+        .unwrap();
     let report = helper.go();
-    assert_eq!(
-        report["results"][1]["prot"], 7,
-        "an anonymous W+X call does not match a File rule"
+    assert!(
+        report["results"][1]["ret"].as_i64().unwrap() > 0,
+        "an anonymous W+X call does not match a File rule: {report}"
     );
 
-    let helper = Helper::spawn(mmap_call(), &[&calls()]);
+    let helper = Helper::spawn(mmap_call(), &[&unreadable_wx]);
+    cgroup
+        .add(helper.pid)
+        .expect("moving the helper into the cgroup");
     let pid = helper.pid;
     let mut capture = capture_for(pid);
     capture
         .rules()
-        .set(EVERY_PROCESS, 1, &[write_exec_kill(9)])
+        .set(cgroup.id().unwrap(), 1, &[write_exec_kill(9)])
         .unwrap();
     let (status, _) = helper.go_until_exit();
+    assert_eq!(status.signal(), Some(9), "the W+X call is killed");
+    let events = drain_pid(&mut capture, pid);
+    let wx = events
+        .iter()
+        .find(|e| e.args.prot == 6)
+        .expect("the enforced call is reported although the report filter leaves it out");
+    assert_eq!(wx.enforced.map(|e| e.rule_id), Some(9));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.args.prot & 0x1 != 0 || e.enforced.is_some()),
+        "the filter still applies to the rest: {events:?}"
+    );
+}
+
+/// Rules for every process (key 0) judge processes in any cgroup. The rule is narrow (a W+X
+/// mapping of 3 GiB with MAP_NORESERVE) so that it can only ever match the helper.
+#[tokio::test]
+async fn rules_for_every_process_apply_in_any_cgroup() {
+    let huge = json!({"calls": [
+        {"length": 4096, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon"},
+        {"length": HUGE, "prot": 7, "flags": PRIVATE_ANON_NORESERVE, "fd": "anon"},
+    ]})
+    .to_string();
+    let helper = Helper::spawn(mmap_call(), &[&huge]);
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ..CaptureConfig::default()
+    });
+    let mut rule = write_exec_kill(21);
+    rule.min_length = HUGE;
+    rule.flags_all = PRIVATE_ANON_NORESERVE;
+    capture.rules().set(EVERY_PROCESS, 1, &[rule]).unwrap();
+    let (status, report) = helper.go_until_exit();
     assert_eq!(
         status.signal(),
         Some(9),
-        "key 0 rules apply to every process"
+        "key 0 rules apply to every process: {report:?}"
     );
     let events = drain_pid(&mut capture, pid);
     let wx = events
         .iter()
-        .find(|e| e.args.prot == 7)
-        .expect("the enforced call is reported despite the filter");
-    assert_eq!(wx.enforced.map(|e| e.rule_id), Some(9));
-    assert!(
-        events.iter().all(|e| e.args.prot & 0x1 != 0),
-        "the filter still applies to the rest"
-    );
+        .find(|e| e.args.length == HUGE)
+        .expect("the huge W+X call is reported");
+    assert_eq!(wx.enforced.map(|e| e.rule_id), Some(21));
+    capture.rules().remove(EVERY_PROCESS).unwrap();
 }
 
 /// With a rule set loaded, the entry program judges every mmap and leaves the ones no rule
@@ -158,8 +219,14 @@ async fn rules_for_every_process_apply_and_enforcement_ignores_report_filters() 
 /// the kernel's `reported` count equals the records delivered.
 #[tokio::test]
 async fn every_call_is_one_record_with_rules_loaded_removed_or_absent() {
+    let cgroup = TestCgroup::create(&format!("mapsentry-test-records-{}", std::process::id()))
+        .expect("creating a cgroup");
+    let key = cgroup.id().unwrap();
     for rules in ["loaded", "removed", "absent"] {
         let helper = Helper::spawn(mmap_call(), &[&calls()]);
+        cgroup
+            .add(helper.pid)
+            .expect("moving the helper into the cgroup");
         let pid = helper.pid;
         let mut capture = capture(&CaptureConfig {
             pid: Some(pid),
@@ -168,11 +235,11 @@ async fn every_call_is_one_record_with_rules_loaded_removed_or_absent() {
         if rules != "absent" {
             let mut never = write_exec_kill(3);
             never.min_length = 1 << 40;
-            capture.rules().set(EVERY_PROCESS, 1, &[never]).unwrap();
+            capture.rules().set(key, 1, &[never]).unwrap();
             assert_eq!(capture.rules().len(), 1);
         }
         if rules == "removed" {
-            capture.rules().remove(EVERY_PROCESS).unwrap();
+            capture.rules().remove(key).unwrap();
             assert!(capture.rules().is_empty());
         }
         let report = helper.go();
@@ -222,11 +289,11 @@ async fn more_rules_than_the_kernel_holds_is_an_error() {
         pid: Some(1),
         ..CaptureConfig::default()
     });
-    let rules: Vec<KernelRule> = (0..9).map(write_exec_kill).collect();
+    let rules: Vec<KernelRule> = (0..33).map(write_exec_kill).collect();
     let err = capture.rules().set(42, 1, &rules).unwrap_err().to_string();
     assert_eq!(
         err,
-        "cgroup 42: 9 enforcement rules, the kernel holds at most 8 per cgroup"
+        "cgroup 42: 33 enforcement rules, the kernel holds at most 32 per cgroup"
     );
     capture
         .rules()
@@ -292,9 +359,10 @@ async fn mprotect_rw_to_rx_is_write_exec_and_is_killed_but_a_downgrade_is_not() 
     );
 }
 
-/// Deny needs BPF LSM. Where the capture could attach it (the VM kernels), the W+X call fails
-/// with EPERM and the process lives; where it could not (the build machines refuse BPF LSM
-/// programs), a Deny rule is refused with the reason, never silently downgraded.
+/// Deny needs BPF LSM. Where the capture could attach it, the W+X call fails with EPERM and the
+/// process lives; where it could not (the build machines refuse BPF LSM programs), a Deny rule
+/// is refused with the reason, never silently downgraded. Where the run requires Deny (the VMs
+/// boot with BPF LSM), a refusal fails the test.
 #[tokio::test]
 async fn deny_rules_fail_the_call_with_eperm_or_are_refused_with_the_reason() {
     let cgroup = TestCgroup::create(&format!("mapsentry-test-deny-{}", std::process::id()))
@@ -312,7 +380,12 @@ async fn deny_rules_fail_the_call_with_eperm_or_are_refused_with_the_reason() {
     rule.action = KernelAction::Deny;
     let result = capture.rules().set(cgroup.id().unwrap(), 1, &[rule]);
 
-    if let Some(reason) = capture.attached().deny_unavailable.clone() {
+    let unavailable = capture.attached().deny_unavailable.clone();
+    assert!(
+        !(deny_required() && unavailable.is_some()),
+        "this kernel runs BPF LSM, so Deny must work, but the capture says: {unavailable:?}"
+    );
+    if let Some(reason) = unavailable {
         let err = result
             .expect_err("a Deny rule without BPF LSM is refused")
             .to_string();
@@ -378,7 +451,12 @@ async fn a_deny_rule_fails_an_mprotect_to_write_exec_with_eperm_or_is_refused() 
     rule.action = KernelAction::Deny;
     let result = capture.rules().set(cgroup.id().unwrap(), 1, &[rule]);
 
-    let Some(reason) = capture.attached().deny_unavailable.clone() else {
+    let unavailable = capture.attached().deny_unavailable.clone();
+    assert!(
+        !(deny_required() && unavailable.is_some()),
+        "this kernel runs BPF LSM, so Deny must work, but the capture says: {unavailable:?}"
+    );
+    let Some(reason) = unavailable else {
         result.expect("BPF LSM is active: Deny rules install");
         let report = helper.go();
         assert_eq!(

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, mem::offset_of, process::Command};
 
 use mapsentry_agent::{
-    enforce::wire::{self as rule_wire, RawRule, RawRuleSet},
+    enforce::wire::{self as rule_wire, RawEnforceState, RawPattern, RawRule, RawRuleSet},
     events::wire::{self, RawEventHeader},
 };
 
@@ -124,7 +124,25 @@ fn constants_match_the_c_header() {
         }
         .unwrap_or_else(|e| panic!("{line}: {e}"))
     };
-    let rust: [(&str, u64); 21] = [
+    let rust: [(&str, u64); 36] = [
+        (
+            "MS_PATTERNS_PER_TABLE",
+            rule_wire::PATTERNS_PER_TABLE as u64,
+        ),
+        ("MS_PATH_KEY_BYTES", rule_wire::PATH_KEY_BYTES as u64),
+        ("MS_NEED_COMM", rule_wire::NEED_COMM.into()),
+        ("MS_NEED_EXE", rule_wire::NEED_EXE.into()),
+        ("MS_NEED_FILE", rule_wire::NEED_FILE.into()),
+        ("MS_NEED_KINDS", rule_wire::NEED_KINDS.into()),
+        ("MS_NEED_PATH", rule_wire::NEED_PATH.into()),
+        ("MS_FK_MEMFD", rule_wire::FK_MEMFD.into()),
+        ("MS_FK_SHM", rule_wire::FK_SHM.into()),
+        ("MS_FK_DELETED", rule_wire::FK_DELETED.into()),
+        ("MS_MIDDLE_EXACT", rule_wire::MIDDLE_EXACT.into()),
+        ("MS_MIDDLE_COMPONENT", rule_wire::MIDDLE_COMPONENT.into()),
+        ("MS_MIDDLE_ANY", rule_wire::MIDDLE_ANY.into()),
+        ("MS_STATE_EXE", rule_wire::STATE_EXE.into()),
+        ("MS_ACTION_DENY", rule_wire::ACTION_DENY.into()),
         ("MS_SYSCALL_MPROTECT", wire::SYSCALL_MPROTECT.into()),
         ("MS_VMA_FILE", wire::VMA_FILE.into()),
         ("MS_ACTION_NONE", wire::ACTION_NONE.into()),
@@ -152,29 +170,51 @@ fn constants_match_the_c_header() {
     }
 }
 
+/// Every member of the C struct `name` at the Rust mirror's offset, and the same size.
+fn check_struct(name: &str, rust: &[(&str, usize)], rust_size: usize) {
+    let (members, size, _) = btf_layout(name);
+    assert_eq!(members.len(), rust.len(), "{name}: C members {members:?}");
+    for (member, offset) in rust {
+        assert_eq!(
+            Some(*offset),
+            members.get(*member).map(|m| m.0),
+            "{name}.{member}"
+        );
+    }
+    assert_eq!(size, rust_size, "sizeof(struct {name})");
+}
+
 #[test]
 fn rust_mirrors_match_the_btf_of_the_rule_structs() {
-    let (members, size, _) = btf_layout("ms_rule");
-    let rust = rust_offsets!(RawRule;
-        prot_all, prot_any, flags_all, flags_any, min_length, rule_id, syscalls, mapping, action,
+    check_struct(
+        "ms_rule",
+        &rust_offsets!(RawRule;
+            prot_all, prot_any, flags_all, flags_any, min_length, rule_id, syscalls, mapping,
+            action, types_all, types_any, flags_any_given, needs, comm, exe, path, not_path,
+            except_comm, except_exe, file_care, file_want, pad,
+        ),
+        size_of::<RawRule>(),
     );
-    assert_eq!(members.len(), rust.len(), "C members {members:?}");
-    for (name, offset) in rust {
-        assert_eq!(
-            Some(offset),
-            members.get(name).map(|m| m.0),
-            "ms_rule.{name}"
-        );
-    }
-    assert_eq!(size, size_of::<RawRule>(), "sizeof(struct ms_rule)");
-
-    let (members, size, _) = btf_layout("ms_rule_set");
-    for (name, offset) in rust_offsets!(RawRuleSet; count, version, rules) {
-        assert_eq!(
-            Some(offset),
-            members.get(name).map(|m| m.0),
-            "ms_rule_set.{name}"
-        );
-    }
-    assert_eq!(size, rule_wire::RULE_SET_LEN, "sizeof(struct ms_rule_set)");
+    check_struct(
+        "ms_rule_set",
+        &rust_offsets!(RawRuleSet; count, version, generation, pad, rules),
+        rule_wire::RULE_SET_LEN,
+    );
+    check_struct(
+        "ms_pattern",
+        &rust_offsets!(RawPattern; prefix_len, suffix_len, middle, slashes, pad, classes),
+        rule_wire::PATTERN_LEN,
+    );
+    check_struct(
+        "ms_enforce_state",
+        &rust_offsets!(RawEnforceState; sets, generation, flags, pad),
+        rule_wire::ENFORCE_STATE_LEN,
+    );
+    // The path trie key is written as aya's `lpm_trie::Key<[u8; PATH_KEY_BYTES]>`, a packed
+    // u32 bit count followed by the bytes.
+    check_struct(
+        "ms_path_key",
+        &[("prefixlen", 0), ("data", 4)],
+        4 + rule_wire::PATH_KEY_BYTES,
+    );
 }

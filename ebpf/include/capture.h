@@ -16,6 +16,7 @@
 #include <bpf/bpf_core_read.h>
 #include "mapsentry_event.h"
 #include "maps.h"
+#include "path.h"
 #include "enforce.h"
 
 #define X86_64_NR_MMAP 9
@@ -28,8 +29,6 @@
 #define TS_COMPAT 0x0002 /* thread_info.status: the task is in an ia32 system call */
 #define MS_MAP_ANONYMOUS 0x20
 #define MS_PAGE_SHIFT 12 /* mmap2 counts its offset in 4096-byte units on every architecture */
-#define MS_NAME_MAX 255  /* longest dentry name */
-#define MS_PATH_COMPONENTS 32
 
 /*
  * Field reads. Where the program holds BTF-typed pointers the verifier tracks (tp_btf and fentry
@@ -95,23 +94,33 @@ static __always_inline __u16 ms_syscall_of(long nr, bool btf)
 
 #define MS_VM_PROT_BITS 0x7 /* VM_READ | VM_WRITE | VM_EXEC, the same bits as PROT_* */
 
+/* What mprotect's entry reads of the mapping it changes. */
+struct ms_vma_info {
+	__u64 file; /* struct file * */
+	__u16 prot;
+};
+
 static long ms_vma_prot_cb(struct task_struct *task, struct vm_area_struct *vma, void *data)
 {
-	__u16 prot = BPF_CORE_READ(vma, vm_flags) & MS_VM_PROT_BITS;
+	struct ms_vma_info *info = data;
+	struct file *file = BPF_CORE_READ(vma, vm_file);
 
-	if (BPF_CORE_READ(vma, vm_file))
-		prot |= MS_VMA_FILE;
-	*(__u16 *)data = prot;
+	info->prot = BPF_CORE_READ(vma, vm_flags) & MS_VM_PROT_BITS;
+	if (file)
+		info->prot |= MS_VMA_FILE;
+	info->file = (__u64)file;
 	return 0;
 }
 
-/* PROT_* bits (| MS_VMA_FILE) of the caller's mapping at `addr`; 0 when there is none. */
-static __always_inline __u16 ms_vma_prot(__u64 addr)
+/* PROT_* bits (| MS_VMA_FILE) of the caller's mapping at `addr` (0 when there is none) and its
+ * file, into `p`. */
+static __always_inline void ms_vma_prot(__u64 addr, struct ms_pending *p)
 {
-	__u16 prot = 0;
+	struct ms_vma_info info = {};
 
-	bpf_find_vma(bpf_get_current_task_btf(), addr, ms_vma_prot_cb, &prot, 0);
-	return prot;
+	bpf_find_vma(bpf_get_current_task_btf(), addr, ms_vma_prot_cb, &info, 0);
+	p->prev_prot = info.prot;
+	p->vma_file = info.file;
 }
 
 /* Read the six arguments as the caller passed them, from its user registers. Each register is
@@ -136,7 +145,7 @@ static __always_inline void ms_read_args(struct pt_regs *regs, struct ms_pending
 		p->args[3] = 0;
 		p->args[4] = (__u64)-1;
 		p->args[5] = 0;
-		p->prev_prot = ms_vma_prot(p->args[0]);
+		ms_vma_prot(p->args[0], p);
 	} else if (p->syscall == MS_SYSCALL_MMAP2) {
 		/* i386 ABI: ebx, ecx, edx, esi, edi, ebp; 32-bit values */
 		p->args[0] = (__u32)MS_READ(btf, regs, bx);
@@ -235,61 +244,17 @@ static __always_inline int ms_on_enter(struct pt_regs *regs, long nr, bool btf, 
 	return 0;
 }
 
-/* Prepend "/name" for each dentry up to the root of the caller's mount namespace, crossing
- * mount points, at most MS_PATH_COMPONENTS names. The walk writes backwards into s->path,
- * which holds the path in s->path[walk_pos .. MS_PATH_MAX - 1). */
+/* The path of `file` into the record: walked (path.h), then copied. */
 static __always_inline void ms_walk_path(struct ms_scratch *s, struct file *file)
 {
 	struct ms_event *e = &s->event;
-	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	struct vfsmount *vfsmnt = BPF_CORE_READ(file, f_path.mnt);
-	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
 	__u32 pos, len;
-	int i;
 
-	s->walk_pos = MS_PATH_MAX - 1;
-	s->walk_done = 0;
-	for (i = 0; i < MS_PATH_COMPONENTS; i++) {
-		struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-		const unsigned char *name;
-
-		if (dentry == mnt_root) {
-			struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-
-			if (mnt == mnt_parent) {
-				s->walk_done = 1; /* the root of the namespace */
-				break;
-			}
-			dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-			mnt = mnt_parent;
-			vfsmnt = (void *)mnt + bpf_core_field_offset(struct mount, mnt);
-			continue;
-		}
-		len = BPF_CORE_READ(dentry, d_name.len);
-		name = BPF_CORE_READ(dentry, d_name.name);
-		pos = s->walk_pos;
-		if (len > MS_NAME_MAX || len + 1 > pos)
-			break; /* truncated: keep the tail we have */
-		pos -= len;
-		bpf_probe_read_kernel(&s->path[pos & (MS_PATH_MAX - 1)], len & MS_NAME_MAX, name);
-		pos -= 1;
-		s->path[pos & (MS_PATH_MAX - 1)] = '/';
-		s->walk_pos = pos;
-		if (dentry == parent) {
-			s->walk_done = 1; /* a pseudo file (memfd, anon inode): no parent, name only */
-			break;
-		}
-		dentry = parent;
-	}
-	pos = s->walk_pos & (MS_PATH_MAX - 1);
+	ms_walk(s, file);
 	if (!s->walk_done)
 		e->file_flags |= MS_FILE_PATH_TRUNCATED;
-	else if (pos == MS_PATH_MAX - 1) {
-		pos -= 1; /* the root directory itself */
-		s->path[pos] = '/';
-	}
-	len = (MS_PATH_MAX - 1 - pos) & (MS_PATH_MAX - 1);
+	pos = s->walk_pos & (MS_PATH_MAX - 1);
+	len = ms_walked_len(s);
 	e->path_len = len;
 	bpf_probe_read_kernel(e->path, len, &s->path[pos]);
 }
@@ -335,36 +300,6 @@ static __always_inline __u64 ms_wakeup_flag(__u32 size)
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	return avail < wakeup_bytes && avail + size >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
 								    : BPF_RB_NO_WAKEUP;
-}
-
-/* A free scratch slot of this CPU, taken (see struct ms_scratch), or NULL when all are busy. */
-static __always_inline struct ms_scratch *ms_take_scratch_slot(__u32 slot)
-{
-	struct ms_scratch *s = bpf_map_lookup_elem(&scratch, &slot);
-
-	if (s && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0)
-		return s;
-	return NULL;
-}
-
-static __always_inline struct ms_scratch *ms_take_scratch(void)
-{
-	struct ms_scratch *s;
-
-	/* Unrolled by hand: MS_SCRATCH_SLOTS tries. */
-	s = ms_take_scratch_slot(0);
-	if (!s)
-		s = ms_take_scratch_slot(1);
-	if (!s)
-		s = ms_take_scratch_slot(2);
-	if (!s)
-		s = ms_take_scratch_slot(3);
-	return s;
-}
-
-static __always_inline void ms_give_scratch(struct ms_scratch *s)
-{
-	__sync_lock_test_and_set(&s->busy, 0);
 }
 
 /* Every field of a record but the file's, from the call `p`, the current task and its

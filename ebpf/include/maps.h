@@ -23,24 +23,88 @@ struct ms_pending {
 	__u16 action;    /* enum ms_action taken at entry */
 	__u16 prev_prot; /* mprotect: the mapping's PROT_* bits before the call */
 	__u32 rule_id;
+	__u64 vma_file; /* mprotect: the file the mapping maps (struct file *), read at entry */
 };
 
-/* Enforcement rules per cgroup id, written by the agent (key 0: every process). */
+/* Enforcement rules per cgroup id, written by the agent (key 0: every process). Allocated per
+ * element: a set is 2 KiB and most cgroups of a node have none. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct ms_rule_set);
 } enforce SEC(".maps");
 
-/* How many rule sets `enforce` holds (one element), kept by the agent with them. While it is 0,
- * the tracepoint-mode entry program leaves mmap and mmap2 calls to the exit program alone. */
+/* The agent's enforcement state (one element): how many rule sets `enforce` holds (while 0,
+ * the tracepoint-mode entry program leaves mmap and mmap2 calls to the exit program alone), the
+ * newest class tables, whether any rule reads the executable. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} enforce_sets SEC(".maps");
+	__type(value, struct ms_enforce_state);
+} enforce_state SEC(".maps");
+
+/* Comm classes per command name (NUL-padded), for both class tables. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 512);
+	__type(key, char[MS_COMM_LEN]);
+	__type(value, struct ms_comm_classes);
+} comm_classes SEC(".maps");
+
+/* Path patterns: their prefixes (with the table byte in front) in one trie, their reversed
+ * suffixes in another; each entry's value: the patterns (bit per pattern of its table) whose
+ * prefix (suffix) it starts (ends) with, so one longest-prefix lookup gives every pattern whose
+ * prefix starts a path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 2 * MS_PATTERNS_PER_TABLE);
+	__type(key, struct ms_path_key);
+	__type(value, __u64);
+} path_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 2 * MS_PATTERNS_PER_TABLE);
+	__type(key, struct ms_path_key);
+	__type(value, __u64);
+} path_suffixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * MS_PATTERNS_PER_TABLE);
+	__type(key, __u32);
+	__type(value, struct ms_pattern);
+} path_patterns SEC(".maps");
+
+/* Per thread, what the second pass of enforcement reads of the caller, under a class generation:
+ * - the path classes of its executable: computed when the thread execs (sched_process_exec),
+ *   copied to new threads and processes (sched_process_fork), and otherwise (threads that
+ *   predate the agent, or a newer generation) from the task's own mm->exe_file at its first
+ *   judged call;
+ * - the comm classes of its command name, with the name they were looked up for (a thread's
+ *   name seldom changes: one compare instead of a hash lookup per judged call).
+ * Freed with the thread. */
+struct ms_task_facts {
+	__u64 exe;               /* path classes of the executable */
+	__u32 exe_generation;    /* 0: not computed */
+	__u32 exe_unknown;       /* the path could not be read whole: every class is unknown */
+	__u64 comm_name[2];      /* the name (NUL-padded) comm_classes were looked up for */
+	__u64 comm;              /* its comm classes */
+	__u32 comm_generation;   /* 0: not looked up */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ms_task_facts);
+} task_facts SEC(".maps");
 
 /* The mapping call each thread is inside, parked between its entry and exit: task storage,
  * created at a thread's first reported call and freed with the thread. It replaced an LRU hash
@@ -82,7 +146,10 @@ struct ms_scratch {
 	 * is verified once instead of once per path through the previous iterations. */
 	__u32 walk_pos;
 	__u32 walk_done;
+	__u32 walk_slashes; /* components walked: the path's '/' count */
+	__u32 pad;
 	char path[2 * MS_PATH_MAX]; /* the walk writes backwards into the first half */
+	struct ms_path_key key;     /* a path trie lookup's key */
 };
 
 struct {

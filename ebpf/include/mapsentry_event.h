@@ -57,26 +57,108 @@ enum ms_mapping {
 /* ms_event.prev_prot: the mapping mprotect changes maps a file (else it is anonymous). */
 #define MS_VMA_FILE 0x100
 
-#define MS_RULES_PER_SET 8
+/* Rules one cgroup's set holds: the bound on the Enforce rules of a policy set. */
+#define MS_RULES_PER_SET 32
 
-/* One enforcement rule: a call matches when every condition set here holds. */
+/* What a rule's conditions beyond the call's own arguments read (ms_rule.needs). */
+enum ms_need {
+	MS_NEED_COMM = 1,  /* the caller's command name (comm classes) */
+	MS_NEED_EXE = 2,   /* the caller's executable (path classes) */
+	MS_NEED_FILE = 4,  /* the call has a file (a call without one never matches) */
+	MS_NEED_KINDS = 8, /* the file's kind: memfd, shm, deleted */
+	MS_NEED_PATH = 16, /* the file's path (path classes) */
+};
+
+/* File kinds (ms_rule.file_care / file_want), as the agent's decoder names them. */
+enum ms_file_kind {
+	MS_FK_MEMFD = 1,   /* unlinked, on tmpfs or hugetlbfs, path /memfd:NAME */
+	MS_FK_SHM = 2,     /* on tmpfs under /dev/shm/ */
+	MS_FK_DELETED = 4, /* unlinked and not a memfd */
+};
+
+/* A rule's protection and flags conditions, then the rest. Classes: a rule names a class of
+ * command names (comm classes) or of paths (path classes) by its number, 1..64 (0: no
+ * condition); the kernel looks up the classes the caller's comm, its executable and the call's
+ * file belong to (see enforce.h). */
 struct ms_rule {
 	__u64 prot_all;   /* prot has all these bits */
 	__u64 prot_any;   /* prot has one of these bits (0: no condition) */
 	__u64 flags_all;  /* flags has all these bits */
-	__u64 flags_any;  /* flags has one of these bits (0: no condition) */
+	__u64 flags_any;  /* with flags_any_given: flags has one of these bits, or ... */
 	__u64 min_length; /* length at least this */
 	__u32 rule_id;    /* the agent's name for (policy, rule), echoed in the record */
 	__u16 syscalls;   /* bit (1 << enum ms_syscall) per syscall concerned (0: all) */
 	__u8 mapping;     /* enum ms_mapping */
 	__u8 action;      /* enum ms_action */
+	__u16 types_all;  /* mapping types (bit 1 << (flags & 0xf)) flagsAll allows; 0xffff: any */
+	__u16 types_any;  /* ... its mapping type is one of these */
+	__u8 flags_any_given;
+	__u8 needs;       /* enum ms_need bits */
+	__u8 comm;        /* comm class the caller's command name is in */
+	__u8 exe;         /* path class the caller's executable is in */
+	__u8 path;        /* path class the file is in */
+	__u8 not_path;    /* path class the file is not in */
+	__u8 except_comm; /* the exception holds when the comm is in this class (0: no part) */
+	__u8 except_exe;  /* ... and the executable in this one; both 0: no exception */
+	__u8 file_care;   /* enum ms_file_kind bits with a condition */
+	__u8 file_want;   /* their required values */
+	__u8 pad[2];
 };
 
 /* The rules for one cgroup (map `enforce`, key: cgroup id; key 0: every process). */
 struct ms_rule_set {
-	__u32 count; /* rules in use, at most MS_RULES_PER_SET */
+	__u32 count;   /* rules in use, at most MS_RULES_PER_SET */
 	__u32 version; /* the policy set version these rules come from */
+	__u32 generation; /* the class tables the rules' classes refer to (table: generation & 1) */
+	__u32 pad;
 	struct ms_rule rules[MS_RULES_PER_SET];
+};
+
+/* Patterns per class table; the agent keeps two tables (the sets of the previous and the
+ * current class generation), so a set switches atomically. */
+#define MS_PATTERNS_PER_TABLE 64
+/* Bytes of a path trie key: the table (generation & 1), then up to 255 bytes of path. */
+#define MS_PATH_KEY_BYTES 256
+
+/* What lies between a pattern's prefix and suffix (ms_pattern.middle). */
+enum ms_middle {
+	MS_MIDDLE_EXACT = 0,     /* nothing: the path is the prefix */
+	MS_MIDDLE_COMPONENT = 1, /* bytes without '/': the path has exactly `slashes` slashes */
+	MS_MIDDLE_ANY = 2,       /* anything */
+};
+
+/* One compiled glob pattern (map `path_patterns`, index table * 64 + bit). Its prefix and its
+ * reversed suffix are keys of the tries `path_prefixes` / `path_suffixes`. */
+struct ms_pattern {
+	__u16 prefix_len;
+	__u16 suffix_len;
+	__u8 middle;  /* enum ms_middle */
+	__u8 slashes; /* '/' in prefix and suffix */
+	__u16 pad;
+	__u64 classes; /* path classes (bit class - 1) this pattern belongs to */
+};
+
+/* Key of the path tries (BPF_MAP_TYPE_LPM_TRIE). */
+struct ms_path_key {
+	__u32 prefixlen; /* bits */
+	__u8 data[MS_PATH_KEY_BYTES];
+};
+
+/* The comm classes of one command name (map `comm_classes`, key: the name, NUL-padded to 16
+ * bytes), per table. */
+struct ms_comm_classes {
+	__u64 classes[2];
+};
+
+/* Bits of ms_enforce_state.flags. */
+#define MS_STATE_EXE 1 /* some rule reads the executable: exec tracking computes classes */
+
+/* The agent's enforcement state (map `enforce_state`, one element). */
+struct ms_enforce_state {
+	__u32 sets; /* rule sets in `enforce`; 0: the mmap entry path skips enforcement */
+	__u32 generation; /* the newest class tables */
+	__u32 flags; /* MS_STATE_* */
+	__u32 pad;
 };
 
 struct ms_event {

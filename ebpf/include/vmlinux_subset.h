@@ -102,12 +102,20 @@ struct vm_area_struct {
 	struct file *vm_file;
 };
 
+struct mm_struct {
+	struct file *exe_file;
+};
+
+struct linux_binprm;
+
 struct task_struct {
 	struct thread_info thread_info;
+	struct mm_struct *mm;
 	pid_t pid;
 	pid_t tgid;
 	struct task_struct *real_parent;
 	struct files_struct *files;
+	char comm[16];
 };
 
 #pragma clang attribute pop

@@ -125,6 +125,33 @@ int BPF_PROG(ms_fexit_mprotect_exit)
 }
 
 /*
+ * Exec tracking (enforcement: rules on the executable). The thread that execs recomputes the
+ * path classes of its new executable; a new thread or process starts with its parent's. Threads
+ * that predate the agent compute theirs at their first judged call (include/enforce.h).
+ *   begin_new_exec ... exec_binprm -> trace_sched_process_exec
+ *   kernel_clone -> trace_sched_process_fork(current, p)
+ * BTF-typed where the kernel allows it; the raw flavour (kernels whose BTF comes from --btf)
+ * has no fork hook: its children compute their classes at their first judged call.
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ms_btf_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	return ms_on_exec();
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(ms_tp_exec)
+{
+	return ms_on_exec();
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(ms_btf_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return ms_on_fork(parent, child);
+}
+
+/*
  * Deny (enforcement): BPF LSM hooks inside the mapping calls, where BPF LSM is active. They
  * refuse the call whose entry program decided Deny for it (see include/enforce.h).
  *   do_mmap_pgoff / vm_mmap_pgoff -> security_mmap_file -> bpf_lsm_mmap_file

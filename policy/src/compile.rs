@@ -104,39 +104,39 @@ pub struct CompiledRule {
 /// The `match` of a rule as masks, sets and automata.
 #[derive(Debug, Clone)]
 pub(crate) struct Conditions {
-    prot_all: u64,
+    pub(crate) prot_all: u64,
     /// 0: no `protAny`.
-    prot_any: u64,
-    flags_all: u64,
+    pub(crate) prot_any: u64,
+    pub(crate) flags_all: u64,
     /// Bit `t` set: type value `t` allowed by `flagsAll`.
-    flags_all_types: u16,
-    flags_any_given: bool,
-    flags_any: u64,
-    flags_any_types: u16,
-    mapping: Option<MappingKind>,
-    file: Option<FileConditions>,
-    min_length: u64,
+    pub(crate) flags_all_types: u16,
+    pub(crate) flags_any_given: bool,
+    pub(crate) flags_any: u64,
+    pub(crate) flags_any_types: u16,
+    pub(crate) mapping: Option<MappingKind>,
+    pub(crate) file: Option<FileConditions>,
+    pub(crate) min_length: u64,
     /// Bit per [`Syscall`]; 0: any.
-    syscalls: u8,
-    comm: Vec<String>,
-    executable: Option<Box<Globs>>,
+    pub(crate) syscalls: u8,
+    pub(crate) comm: Vec<String>,
+    pub(crate) executable: Option<Box<Globs>>,
 }
 
 #[derive(Debug, Clone)]
-struct FileConditions {
-    memfd: Option<bool>,
-    shm: Option<bool>,
-    deleted: Option<bool>,
-    path: Option<Box<Globs>>,
-    not_path: Option<Box<Globs>>,
+pub(crate) struct FileConditions {
+    pub(crate) memfd: Option<bool>,
+    pub(crate) shm: Option<bool>,
+    pub(crate) deleted: Option<bool>,
+    pub(crate) path: Option<Box<Globs>>,
+    pub(crate) not_path: Option<Box<Globs>>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Except {
-    comm: Vec<String>,
-    executable: Option<Box<Globs>>,
-    containers: Vec<String>,
-    images: Option<Box<Globs>>,
+    pub(crate) comm: Vec<String>,
+    pub(crate) executable: Option<Box<Globs>>,
+    pub(crate) containers: Vec<String>,
+    pub(crate) images: Option<Box<Globs>>,
 }
 
 /// What a glob list is matched against.
@@ -153,7 +153,7 @@ enum GlobInput {
 #[derive(Debug, Clone)]
 pub(crate) struct Globs {
     set: GlobSet,
-    patterns: Vec<String>,
+    pub(crate) patterns: Vec<String>,
     input: GlobInput,
     /// Slot in [`Memo`], for the first [`Memo::GLOB_SLOTS`] distinct lists of a set.
     slot: Option<u8>,
@@ -436,6 +436,28 @@ impl CompiledRule {
                 .except
                 .as_ref()
                 .is_some_and(|e| e.holds(event, ctx, memo))
+    }
+
+    /// The part of the rule's `except` that depends only on the caller's container (`containers`,
+    /// `images`): `None` when the rule's `except` has neither, else whether it holds for `ctx`
+    /// (a caller whose container or image is not known never holds it).
+    #[must_use]
+    pub fn workload_except(&self, ctx: &EvalContext) -> Option<bool> {
+        let except = self.except.as_ref()?;
+        if except.containers.is_empty() && except.images.is_none() {
+            return None;
+        }
+        let workload = ctx.workload.as_ref();
+        let container = workload.and_then(|w| w.container.as_deref());
+        let image = workload.and_then(|w| w.image.as_deref());
+        Some(
+            (except.containers.is_empty()
+                || container.is_some_and(|name| except.containers.iter().any(|c| c == name)))
+                && except
+                    .images
+                    .as_ref()
+                    .is_none_or(|globs| image.is_some_and(|image| globs.set.is_match(image))),
+        )
     }
 
     /// Bits of `prot` and of `flags` that the bit conditions read.

@@ -1,17 +1,32 @@
 //! What the collector writes to a policy object's status: whether the observed generation is in
 //! force or why it was rejected (every problem with its field path), and for an `Enforce` policy
-//! which rules the kernel will not enforce and why ([`crate::enforce::kernel_plan`], on nodes
+//! which rules the kernel will not enforce and why ([`crate::enforce::kernel_set_plan`] of the policy alone, on nodes
 //! with and without BPF LSM).
 //!
 //! Conditions carry no time here (this crate has no clock); the writer stamps
 //! `lastTransitionTime` ([`PolicyStatus::stamp`]).
 
+use std::fmt::Write as _;
+
 use crate::{
     crd::{Mode, NodeScope, PolicyStatus, RuleNote, StatusCondition, StatusError},
-    enforce::kernel_plan,
+    enforce::{Refusal, kernel_set_plan},
     field_path::Problem,
     policy::Policy,
 };
+
+/// What one node's agent reports about the policy set it enforces (the agent stream's
+/// `EnforcementReport`, latest wins).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    pub node: String,
+    /// The set version in force there (0: none).
+    pub version: u64,
+    /// Why the agent could not persist that set (it enforces it all the same).
+    pub persist_error: Option<String>,
+    /// Rules of the set its kernel does not enforce, and why.
+    pub refused: Vec<Refusal>,
+}
 
 /// The condition type saying whether the observed generation is in force.
 pub const ACCEPTED: &str = "Accepted";
@@ -40,9 +55,18 @@ impl PolicyStatus {
     /// The status of `policy`, validated and now in force.
     #[must_use]
     pub fn accepted_policy(policy: &Policy) -> Self {
+        Self::accepted_policy_on(policy, &[])
+    }
+
+    /// The status of `policy`, validated and now in force, with what the nodes' agents report
+    /// of the set that holds it: rules their kernels refuse beyond the policy's own (the set's
+    /// bounds), and sets they enforce but could not persist (`KernelEnforced` says so, reason
+    /// `NotPersisted` when nothing is refused).
+    #[must_use]
+    pub fn accepted_policy_on(policy: &Policy, nodes: &[NodeReport]) -> Self {
         let generation = policy.generation();
-        let everywhere = kernel_plan(policy, true);
-        let without_lsm = kernel_plan(policy, false);
+        let everywhere = kernel_set_plan([policy], true);
+        let without_lsm = kernel_set_plan([policy], false);
         let mut refused_rules: Vec<RuleNote> = everywhere
             .refused
             .iter()
@@ -61,6 +85,26 @@ impl PolicyStatus {
                 });
             }
         }
+        let id = policy.id();
+        for report in nodes {
+            for r in report.refused.iter().filter(|r| r.policy == id) {
+                if !refused_rules.iter().any(|n| n.rule == r.rule) {
+                    refused_rules.push(RuleNote {
+                        rule: r.rule.clone(),
+                        reason: format!("{} (reported by node {})", r.reason, report.node),
+                        nodes: NodeScope::All,
+                    });
+                }
+            }
+        }
+        let not_persisted: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| {
+                n.persist_error
+                    .as_ref()
+                    .map(|e| format!("node {} (set version {}): {e}", n.node, n.version))
+            })
+            .collect();
         let fallback_rules: Vec<RuleNote> = without_lsm
             .rules
             .iter()
@@ -82,7 +126,7 @@ impl PolicyStatus {
             generation,
         )];
         if policy.mode() == Mode::Enforce {
-            let message = if refused_rules.is_empty() {
+            let mut message = if refused_rules.is_empty() {
                 "every Kill/Deny rule is enforced in the kernel".to_owned()
             } else {
                 let names: Vec<&str> = refused_rules.iter().map(|r| r.rule.as_str()).collect();
@@ -91,14 +135,22 @@ impl PolicyStatus {
                     names.join(", ")
                 )
             };
+            if !not_persisted.is_empty() {
+                let _ = write!(
+                    message,
+                    "; enforced but not persisted on {}: an agent restart there before the collector is reachable starts without the set",
+                    not_persisted.join("; ")
+                );
+            }
+            let reason = match (refused_rules.is_empty(), not_persisted.is_empty()) {
+                (false, _) => "RulesRefused",
+                (true, false) => "NotPersisted",
+                (true, true) => "AllRulesEnforced",
+            };
             conditions.push(condition(
                 KERNEL_ENFORCED,
                 refused_rules.is_empty(),
-                if refused_rules.is_empty() {
-                    "AllRulesEnforced"
-                } else {
-                    "RulesRefused"
-                },
+                reason,
                 message,
                 generation,
             ));

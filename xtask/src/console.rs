@@ -79,9 +79,16 @@ impl Report {
         report
     }
 
-    /// Whether every planned run reported `rc=0` and the script finished.
+    /// Whether BPF LSM is among the VM's active LSMs.
+    pub fn bpf_lsm(&self) -> bool {
+        self.lsm.split(',').any(|lsm| lsm == "bpf")
+    }
+
+    /// Whether every planned run reported `rc=0`, the script finished, and, where the plan needs
+    /// it, the kernel ran BPF LSM.
     pub fn passed(&self, plan: &Plan) -> bool {
         self.done
+            && (!plan.requires_bpf_lsm || self.bpf_lsm())
             && plan.runs.iter().all(|run| {
                 self.result(&run.suite, &run.label)
                     .is_some_and(|r| r.rc == 0)
@@ -131,6 +138,13 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  the init script did not reach its end (crash, panic or timeout: see the console above)"
+            );
+        }
+        if plan.requires_bpf_lsm && self.booted.is_some() && !self.bpf_lsm() {
+            let _ = writeln!(
+                out,
+                "  the kernel was booted with lsm=...,bpf but its active LSMs are {:?}: Deny cannot be tested",
+                self.lsm
             );
         }
         let verdict = if self.passed(plan) {

@@ -36,9 +36,13 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Test suites run in every mode of the kernel. `enforce` among them: Kill (mmap and mprotect
-/// flips) and LSM Deny with EPERM, as the VMs boot with BPF LSM active.
-const PER_MODE: [&str; 3] = ["capture", "concurrency", "enforce"];
+/// Test suites run in every mode of the kernel. `enforce` and `enforce_policies` among them: Kill
+/// (mmap and mprotect flips, the judged rules) and LSM Deny with EPERM, which they must show
+/// (`MAPSENTRY_TEST_DENY=required`): the VMs boot with BPF LSM active, and a run whose kernel did
+/// not activate it fails ([`Plan::requires_bpf_lsm`]).
+const PER_MODE: [&str; 4] = ["capture", "concurrency", "enforce", "enforce_policies"];
+/// The suites that test Deny, and must see it work in the VMs.
+const DENY: [&str; 2] = ["enforce", "enforce_policies"];
 /// The suite run once with `auto`.
 const AUTO: &str = "capture";
 /// The feature-probe suite, run once with the kernel's expectations.
@@ -80,6 +84,9 @@ pub struct Skip {
 pub struct Plan {
     pub runs: Vec<Run>,
     pub skipped: Vec<Skip>,
+    /// The VM must report `bpf` among its active LSMs (the kernel is booted with `lsm=...,bpf`):
+    /// the Deny tests are told Deny must work, and a kernel that ignored the request fails the run.
+    pub requires_bpf_lsm: bool,
 }
 
 /// The benchmark `cargo xtask vm-bench` boots with (a helper binary, not a test suite).
@@ -103,6 +110,7 @@ impl Plan {
                 skip: Vec::new(),
             }],
             skipped: Vec::new(),
+            requires_bpf_lsm: false,
         })
     }
 
@@ -117,10 +125,14 @@ impl Plan {
         let mut runs = Vec::new();
         for &mode in kernel.modes {
             for suite in PER_MODE {
+                let mut env = vec![("MAPSENTRY_TEST_ATTACH", mode.to_string())];
+                if DENY.contains(&suite) {
+                    env.push(("MAPSENTRY_TEST_DENY", "required".to_owned()));
+                }
                 runs.push(Run {
                     suite: suite.to_owned(),
                     label: mode.to_string(),
-                    env: vec![("MAPSENTRY_TEST_ATTACH", mode.to_string())],
+                    env,
                     binary: binary(suite)?,
                     skip: Vec::new(),
                 });
@@ -172,7 +184,11 @@ impl Plan {
                     .to_owned(),
             })
             .collect();
-        Ok(Self { runs, skipped })
+        Ok(Self {
+            runs,
+            skipped,
+            requires_bpf_lsm: true,
+        })
     }
 }
 

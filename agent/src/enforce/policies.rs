@@ -6,11 +6,20 @@
 //! - an `MmapPolicy` applies to the cgroups of the pods its namespace and `podSelector` select;
 //! - a `ClusterMmapPolicy` to the pods of the namespaces its `namespaceSelector` selects, and with
 //!   `hostProcesses: true` to every host cgroup (not key 0, which would also hit pods);
-//! - a pod cgroup whose pod is not known (yet) gets no rules, counted as `unresolved`.
+//! - a pod cgroup whose pod is not known (yet) fails closed: it gets the rules of every policy
+//!   that could apply to a pod (counted as `unresolved`), until a rescan finds its pod.
 //!
-//! Rules the kernel cannot judge, and Deny rules where the kernel cannot deny and the policy's
-//! `denyFallback` is `Refuse`, are refused with the reason (log, [`EnforceStats::refused`]);
-//! they are never silently enforced differently or dropped to audit.
+//! Per cgroup, a rule whose `except` names `containers` or `images` is resolved against the
+//! cgroup's container: where they hold, the cgroup gets the rule with the rest of its exception
+//! (`comm`, `executableGlobs`, judged in the kernel), or not at all when there is no rest; where
+//! they do not hold, or the container is not known, it gets the rule without exception.
+//!
+//! Rules the kernel cannot judge, rules beyond its bounds, and Deny rules where the kernel cannot
+//! deny and the policy's `denyFallback` is `Refuse`, are refused with the reason (log,
+//! [`EnforceStats::refused`]); they are never silently enforced differently or dropped to audit.
+//!
+//! Persisting never blocks enforcing: a set that validates is applied even when it cannot be
+//! written to the state directory; the failure is logged and kept ([`Enforcer::persist_error`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,14 +28,19 @@ use std::{
 };
 
 use mapsentry_policy::{
-    CompiledPolicy, EvalContext, PodContext, Policy,
+    CompiledPolicy, EvalContext, PodContext, Policy, PolicyId,
     crd::MappingKind as PolicyMapping,
-    enforce::{KernelActionSpec, KernelRuleSpec, Refusal, kernel_plan, policy_json},
+    enforce::{
+        KernelActionSpec, KernelRuleSpec, KernelSetPlan, Refusal, kernel_set_plan, policy_json,
+    },
     load::load_value,
 };
 use serde_json::{Value, json};
 
-use super::{KernelAction, KernelRule, MappingKind, RuleTable};
+use super::{
+    ClassTables, FileRule, KernelAction, KernelRule, MappingKind, RuleTable, wire::FK_DELETED,
+    wire::FK_MEMFD, wire::FK_SHM,
+};
 
 /// File name of the persisted policy set under the state directory.
 pub const STATE_FILE: &str = "policy-set.json";
@@ -52,7 +66,7 @@ pub enum PoliciesError {
 pub type Result<T, E = PoliciesError> = std::result::Result<T, E>;
 
 /// Counters for health and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnforceStats {
     /// Version of the set in force (0: none).
     pub version: u64,
@@ -64,10 +78,16 @@ pub struct EnforceStats {
     pub deny_fell_back: u64,
     /// Cgroups with rules in the kernel.
     pub cgroups: u64,
-    /// Pod cgroups whose pod is not known, so no policy could be resolved for them.
+    /// Pod cgroups whose pod is not known: they get every rule that could apply to a pod.
     pub unresolved: u64,
-    /// Cgroups whose rules could not be written (too many rules, map errors; see the log).
+    /// Cgroups whose rules could not be written (map errors; see the log).
     pub write_errors: u64,
+    /// Sets taken that could not be persisted (each still enforced).
+    pub persist_failures: u64,
+    /// Whether the set in force is in the state directory (true without one).
+    pub persisted: bool,
+    /// Why the set in force could not be persisted, if it could not.
+    pub persist_error: Option<String>,
 }
 
 /// A cgroup and who is in it, as far as scopes care.
@@ -81,9 +101,15 @@ pub enum CgroupScope {
     UnknownPod,
 }
 
-struct Compiled {
-    compiled: CompiledPolicy,
-    rules: Vec<KernelRuleSpec>,
+/// One kernel rule of the set in force, with what resolution per cgroup needs.
+#[derive(Debug)]
+struct SetRule {
+    /// With its classes; its exception as the kernel judges it.
+    kernel: KernelRule,
+    /// Its exception names containers or images: resolved per cgroup by `rule` of `policy`.
+    workload_except: bool,
+    policy: usize,
+    rule: usize,
 }
 
 /// The enforce-mode policies in force on this node and what the kernel holds of them.
@@ -92,10 +118,14 @@ pub struct Enforcer {
     deny_available: bool,
     version: u64,
     policies_json: Vec<String>,
-    compiled: Vec<Compiled>,
+    compiled: Vec<CompiledPolicy>,
+    rules: Vec<SetRule>,
+    classes: ClassTables,
+    executables: bool,
     refused: Vec<Refusal>,
-    /// What the kernel holds, per cgroup id.
+    /// What the kernel holds, per cgroup id, and the class generation the sets refer to.
     applied: HashMap<u64, Vec<KernelRule>>,
+    applied_generation: u32,
     stats: EnforceStats,
 }
 
@@ -123,9 +153,16 @@ impl Enforcer {
             version: 0,
             policies_json: Vec::new(),
             compiled: Vec::new(),
+            rules: Vec::new(),
+            classes: ClassTables::default(),
+            executables: false,
             refused: Vec::new(),
             applied: HashMap::new(),
-            stats: EnforceStats::default(),
+            applied_generation: 0,
+            stats: EnforceStats {
+                persisted: true,
+                ..EnforceStats::default()
+            },
         }
     }
 
@@ -167,7 +204,8 @@ impl Enforcer {
     }
 
     /// Take a pushed set (each policy as JSON). A set with an invalid policy is refused whole and
-    /// the previous set stays in force. The set taken is persisted before it is applied.
+    /// the previous set stays in force. The set taken is persisted; a set that cannot be
+    /// persisted is enforced all the same (see [`Self::persist_error`]).
     pub fn set_policies(&mut self, version: u64, policies_json: Vec<String>) -> Result<()> {
         self.take(version, policies_json, true)
     }
@@ -188,8 +226,8 @@ impl Enforcer {
     }
 
     fn take(&mut self, version: u64, policies_json: Vec<String>, persist: bool) -> Result<()> {
+        let mut policies = Vec::new();
         let mut compiled = Vec::new();
-        let mut refused = Vec::new();
         for (index, text) in policies_json.iter().enumerate() {
             let value: Value = serde_json::from_str(text).map_err(|e| PoliciesError::Json {
                 version,
@@ -206,36 +244,37 @@ impl Enforcer {
                         .collect::<Vec<_>>()
                         .join("; "),
                 })?;
-            let plan = kernel_plan(&policy, self.deny_available);
-            refused.extend(plan.refused);
-            compiled.push(Compiled {
-                compiled: policy_compiled,
-                rules: plan.rules,
-            });
+            policies.push(policy);
+            compiled.push(policy_compiled);
         }
+        let plan = kernel_set_plan(&policies, self.deny_available);
         if persist {
-            self.persist(version, &policies_json)?;
+            match self.persist(version, &policies_json) {
+                Ok(persisted) => {
+                    self.stats.persisted = persisted;
+                    self.stats.persist_error = None;
+                }
+                Err(error) => {
+                    tracing::error!(%error, version,
+                        "the policy set cannot be persisted; it is enforced all the same, but an agent restart before the collector is reachable would start without it");
+                    self.stats.persist_error = Some(error.to_string());
+                    self.stats.persisted = false;
+                    self.stats.persist_failures += 1;
+                }
+            }
         }
-        for refusal in &refused {
+        for refusal in &plan.refused {
             tracing::warn!(policy = %refusal.policy, rule = %refusal.rule, reason = %refusal.reason,
                 "rule not enforced in the kernel (the collector still alerts on it)");
         }
-        self.stats.version = version;
-        self.stats.refused = refused.len() as u64;
-        self.stats.kernel_rules = compiled.iter().map(|c| c.rules.len() as u64).sum();
-        self.stats.deny_fell_back = compiled
-            .iter()
-            .flat_map(|c| &c.rules)
-            .filter(|r| r.deny_fell_back)
-            .count() as u64;
-        for rule in compiled
-            .iter()
-            .flat_map(|c| &c.rules)
-            .filter(|r| r.deny_fell_back)
-        {
+        for rule in plan.rules.iter().filter(|r| r.deny_fell_back) {
             tracing::warn!(policy = %rule.policy, rule = %rule.rule,
                 "Deny enforced as Kill on this node (no BPF LSM; denyFallback: Kill)");
         }
+        self.stats.version = version;
+        self.stats.refused = plan.refused.len() as u64;
+        self.stats.kernel_rules = plan.rules.len() as u64;
+        self.stats.deny_fell_back = plan.rules.iter().filter(|r| r.deny_fell_back).count() as u64;
         tracing::info!(
             version,
             policies = compiled.len(),
@@ -243,16 +282,27 @@ impl Enforcer {
             refused = self.stats.refused,
             "policy set taken"
         );
+        self.rules = set_rules(&plan, &policies, &compiled);
+        self.executables = self.rules.iter().any(|r| r.kernel.reads_executable());
+        self.classes = ClassTables {
+            comm: plan.comm_classes.clone(),
+            paths: plan
+                .path_classes
+                .iter()
+                .map(|c| c.patterns.clone())
+                .collect(),
+        };
         self.version = version;
         self.policies_json = policies_json;
         self.compiled = compiled;
-        self.refused = refused;
+        self.refused = plan.refused;
         Ok(())
     }
 
-    fn persist(&self, version: u64, policies_json: &[String]) -> Result<()> {
+    /// Write the set to the state directory; false when there is none.
+    fn persist(&self, version: u64, policies_json: &[String]) -> Result<bool> {
         let Some(path) = self.state_file() else {
-            return Ok(());
+            return Ok(true);
         };
         let state = |e: &dyn std::fmt::Display| PoliciesError::State {
             path: path.clone(),
@@ -269,7 +319,8 @@ impl Enforcer {
         }
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, text).map_err(|e| state(&e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| state(&e))
+        std::fs::rename(&tmp, &path).map_err(|e| state(&e))?;
+        Ok(true)
     }
 
     /// The version in force (0: none).
@@ -284,36 +335,63 @@ impl Enforcer {
         &self.refused
     }
 
+    /// Why the set in force could not be persisted, if it could not.
+    #[must_use]
+    pub fn persist_error(&self) -> Option<&str> {
+        self.stats.persist_error.as_deref()
+    }
+
     #[must_use]
     pub fn stats(&self) -> EnforceStats {
-        self.stats
+        self.stats.clone()
     }
 
     /// The kernel rules of each cgroup of `cgroups` under the set in force (cgroups without
-    /// rules are left out). At most [`super::wire::RULES_PER_SET`] are written per cgroup; Deny
-    /// rules come first.
+    /// rules are left out), Deny rules first, and how many pod cgroups had no known pod.
     #[must_use]
     pub fn resolve(&self, cgroups: &[(u64, CgroupScope)]) -> (BTreeMap<u64, Vec<KernelRule>>, u64) {
         let mut out = BTreeMap::new();
         let mut unresolved = 0;
         for (id, scope) in cgroups {
             let ctx = match scope {
-                CgroupScope::Host => EvalContext::default(),
+                CgroupScope::Host | CgroupScope::UnknownPod => EvalContext::default(),
                 CgroupScope::Pod(pod) => EvalContext {
                     executable: None,
                     workload: Some(pod.clone()),
                 },
-                CgroupScope::UnknownPod => {
-                    unresolved += 1;
-                    continue;
-                }
             };
-            let mut rules: Vec<KernelRule> = self
+            if *scope == CgroupScope::UnknownPod {
+                unresolved += 1;
+            }
+            let applies: Vec<bool> = self
                 .compiled
                 .iter()
-                .filter(|c| c.compiled.scope.applies(&ctx))
-                .flat_map(|c| c.rules.iter().map(kernel_rule))
+                .map(|c| match scope {
+                    // Fail closed: any policy could apply to a pod not known yet (every
+                    // MmapPolicy and ClusterMmapPolicy selects pods by what we do not know).
+                    CgroupScope::UnknownPod => true,
+                    _ => c.scope.applies(&ctx),
+                })
                 .collect();
+            let mut rules: Vec<KernelRule> = Vec::new();
+            for rule in &self.rules {
+                if !applies[rule.policy] {
+                    continue;
+                }
+                let mut kernel = rule.kernel.clone();
+                if rule.workload_except {
+                    let holds = self.compiled[rule.policy].rules[rule.rule].workload_except(&ctx);
+                    if holds == Some(true) {
+                        if kernel.except_comm == 0 && kernel.except_executable == 0 {
+                            continue; // the whole exception holds: the cgroup is excepted
+                        }
+                    } else {
+                        kernel.except_comm = 0;
+                        kernel.except_executable = 0;
+                    }
+                }
+                rules.push(kernel);
+            }
             if rules.is_empty() {
                 continue;
             }
@@ -324,32 +402,39 @@ impl Enforcer {
     }
 
     /// Bring the kernel's table in line with the set in force for `cgroups` (every cgroup of the
-    /// node, as the caller sees it now): new and changed sets written, vanished ones removed.
+    /// node, as the caller sees it now): the class tables, then new and changed sets written,
+    /// vanished ones removed.
     pub fn apply(&mut self, table: &mut RuleTable, cgroups: &[(u64, CgroupScope)]) {
         let (wanted, unresolved) = self.resolve(cgroups);
         let version = u32::try_from(self.version % u64::from(u32::MAX)).unwrap_or(0);
         let mut errors = 0;
+        match table.set_classes(&self.classes, self.executables) {
+            Ok(generation) if generation != self.applied_generation => {
+                // Every set must refer to the new tables.
+                self.applied.clear();
+                self.applied_generation = generation;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "writing the class tables failed; the sets in force stay");
+                self.stats.write_errors = 1;
+                return;
+            }
+        }
         for (id, rules) in &wanted {
             if self.applied.get(id) == Some(rules) {
                 continue;
             }
-            let mut written = rules.as_slice();
-            if written.len() > super::wire::RULES_PER_SET {
-                tracing::warn!(
-                    cgroup = id,
-                    rules = rules.len(),
-                    "more kernel rules than a cgroup holds; the first {} (Deny first) are enforced",
-                    super::wire::RULES_PER_SET
-                );
-                errors += 1;
-                written = &written[..super::wire::RULES_PER_SET];
-            }
-            match table.set(*id, version, written) {
+            match table.set(*id, version, rules) {
                 Ok(()) => {
                     self.applied.insert(*id, rules.clone());
                 }
                 Err(error) => {
                     tracing::warn!(%error, "writing kernel rules failed");
+                    // Its old set (if any) refers to tables that may be rewritten: remove it.
+                    if table.remove(*id).is_ok() {
+                        self.applied.remove(id);
+                    }
                     errors += 1;
                 }
             }
@@ -377,7 +462,50 @@ impl Enforcer {
     }
 }
 
-fn kernel_rule(spec: &KernelRuleSpec) -> KernelRule {
+/// The set's kernel rules with their classes, each tied to its policy and rule.
+fn set_rules(
+    plan: &KernelSetPlan,
+    policies: &[Policy],
+    compiled: &[CompiledPolicy],
+) -> Vec<SetRule> {
+    let ids: Vec<PolicyId> = policies.iter().map(Policy::id).collect();
+    plan.rules
+        .iter()
+        .filter_map(|spec| {
+            let policy = ids.iter().position(|id| *id == spec.policy)?;
+            let rule = compiled[policy]
+                .rules
+                .iter()
+                .position(|r| r.name == spec.rule)?;
+            Some(SetRule {
+                kernel: kernel_rule(spec, plan),
+                workload_except: spec.workload_except,
+                policy,
+                rule,
+            })
+        })
+        .collect()
+}
+
+fn kernel_rule(spec: &KernelRuleSpec, plan: &KernelSetPlan) -> KernelRule {
+    let kinds = |file: &mapsentry_policy::enforce::KernelFileSpec| {
+        let mut care = 0;
+        let mut want = 0;
+        for (condition, bit) in [
+            (file.memfd, FK_MEMFD),
+            (file.shm, FK_SHM),
+            (file.deleted, FK_DELETED),
+        ] {
+            if let Some(value) = condition {
+                care |= bit;
+                if value {
+                    want |= bit;
+                }
+            }
+        }
+        (care, want)
+    };
+    let except = spec.except.as_ref();
     KernelRule {
         rule_id: spec.rule_id,
         action: match spec.action {
@@ -388,6 +516,8 @@ fn kernel_rule(spec: &KernelRuleSpec) -> KernelRule {
         prot_any: spec.prot_any,
         flags_all: spec.flags_all,
         flags_any: spec.flags_any,
+        types_all: spec.types_all,
+        types_any: spec.types_any,
         min_length: spec.min_length,
         syscalls: spec.syscalls.clone(),
         mapping: match spec.mapping {
@@ -395,20 +525,35 @@ fn kernel_rule(spec: &KernelRuleSpec) -> KernelRule {
             Some(PolicyMapping::Anonymous) => MappingKind::Anonymous,
             Some(PolicyMapping::File) => MappingKind::File,
         },
+        comm: plan.comm_class(&spec.comm),
+        executable: plan.path_class(spec.executable.as_ref()),
+        file: spec.file.as_ref().map(|f| {
+            let (kinds_care, kinds_want) = kinds(f);
+            FileRule {
+                kinds_care,
+                kinds_want,
+                path: plan.path_class(f.path.as_ref()),
+                not_path: plan.path_class(f.not_path.as_ref()),
+            }
+        }),
+        except_comm: except.map_or(0, |e| plan.comm_class(&e.comm)),
+        except_executable: except.map_or(0, |e| plan.path_class(e.executable.as_ref())),
     }
 }
 
-/// Every cgroup under the cgroup v2 hierarchy at `root`, by id, with its owner as its path says
-/// (pods resolved through `pod`: `None` when the pod is not known).
+/// Every cgroup under `under` (a directory of the cgroup v2 hierarchy at `root`, or `root`
+/// itself), by id, with its owner as its path in the hierarchy says (pods resolved through `pod`:
+/// `None` when the pod is not known).
 pub fn scan_cgroups(
     root: &Path,
+    under: &Path,
     pod: &dyn Fn(&crate::metadata::cgroup_path::CgroupOwner) -> Option<PodContext>,
 ) -> Vec<(u64, CgroupScope)> {
     use std::os::unix::fs::MetadataExt as _;
 
     use crate::metadata::cgroup_path::{CgroupOwner, parse};
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
+    let mut stack = vec![under.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(meta) = std::fs::metadata(&dir) else {
             continue;

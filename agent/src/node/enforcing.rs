@@ -3,7 +3,8 @@
 //! cgroups and written to the kernel's rule table; re-resolved every second as cgroups (pods)
 //! come and go. Pod cgroups resolve through the agent's pod cache (namespace, pod labels,
 //! namespace labels, container, image) when Kubernetes is configured; without it, or while a
-//! pod is not known, they get no rules (counted as unresolved).
+//! pod is not known, they fail closed: every rule that could apply to a pod (counted as
+//! unresolved). `--enforce-under CGROUP` confines all of it to one subtree of the hierarchy.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -32,6 +33,8 @@ pub struct Enforcing {
     enforcer: Enforcer,
     sets: Option<watch::Receiver<Option<v1::PolicySet>>>,
     cgroup_root: Option<PathBuf>,
+    /// The subtree enforced (`--enforce-under`), relative to the hierarchy; empty: all of it.
+    under: PathBuf,
     pods: Option<PodCache>,
     rescan: tokio::time::Interval,
     reported: EnforceStats,
@@ -52,6 +55,7 @@ impl Enforcing {
             enforcer,
             sets,
             cgroup_root,
+            under: PathBuf::new(),
             pods: None,
             rescan,
             reported: EnforceStats::default(),
@@ -62,6 +66,14 @@ impl Enforcing {
     #[must_use]
     pub fn with_pods(mut self, pods: Option<PodCache>) -> Self {
         self.pods = pods;
+        self
+    }
+
+    /// Enforce only in the cgroups under `under` (a cgroup path such as `/kubepods.slice`; `None`
+    /// or `/`: every cgroup).
+    #[must_use]
+    pub fn under(mut self, under: Option<&str>) -> Self {
+        self.under = PathBuf::from(under.unwrap_or("/").trim_start_matches('/'));
         self
     }
 
@@ -103,7 +115,9 @@ impl Enforcing {
         };
         let pods = self.pods.as_ref();
         let cgroups: Vec<(u64, CgroupScope)> =
-            scan_cgroups(root, &|owner| pods.and_then(|p| pod_context(p, owner)));
+            scan_cgroups(root, &root.join(&self.under), &|owner| {
+                pods.and_then(|p| pod_context(p, owner))
+            });
         self.enforcer.apply(capture.rules(), &cgroups);
         let stats = self.enforcer.stats();
         if stats != self.reported {
@@ -125,6 +139,26 @@ impl Enforcing {
     pub fn stats(&self) -> EnforceStats {
         self.enforcer.stats()
     }
+
+    /// What the collector hears of this node's enforcement (the agent stream's report).
+    #[must_use]
+    pub fn report(&self) -> v1::EnforcementReport {
+        let stats = self.enforcer.stats();
+        v1::EnforcementReport {
+            policy_set_version: stats.version,
+            persist_error: stats.persist_error.unwrap_or_default(),
+            refused: self
+                .enforcer
+                .refused()
+                .iter()
+                .map(|r| v1::RefusedRule {
+                    policy: r.policy.to_string(),
+                    rule: r.rule.clone(),
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The next work of `enforcing`, or never without one.
@@ -143,6 +177,7 @@ pub fn local(
     mut sets: watch::Receiver<Option<v1::PolicySet>>,
     capture: &mut Capture,
     pods: Option<PodCache>,
+    under: Option<&str>,
 ) -> policies::Result<Enforcing> {
     let mut enforcer = Enforcer::new(None, capture.attached().deny_unavailable.as_deref());
     if let Some(set) = sets.borrow_and_update().clone() {
@@ -156,7 +191,9 @@ pub fn local(
             refusal.reason
         );
     }
-    let mut enforcing = Enforcing::new(enforcer, Some(sets)).with_pods(pods);
+    let mut enforcing = Enforcing::new(enforcer, Some(sets))
+        .with_pods(pods)
+        .under(under);
     enforcing.apply(capture);
     let stats = enforcing.stats();
     mapsentry_service::status!(

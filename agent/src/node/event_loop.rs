@@ -85,6 +85,9 @@ pub async fn event_loop(
             () = held_until(deadline) => attributor.poll(Instant::now(), &mut batch),
             _ = counters.tick() => {
                 let kernel = report_losses(capture, shipper)?;
+                if let Some(enforcing) = enforcing.as_deref() {
+                    shipper.set_enforcement(enforcing.report());
+                }
                 if let Some(status) = status {
                     let enforce = enforcing.as_deref().map(Enforcing::stats);
                     status.observe(Instant::now(), kernel, capture, shipper, enforce);

@@ -50,6 +50,9 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// How long events wait for their pod and container.
     pub enrich: EnrichConfig,
+    /// Write enforce-mode rules only for the cgroups under this cgroup v2 path (None: every
+    /// cgroup).
+    pub enforce_under: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +124,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     let (sets_tx, sets_rx) = watch::channel(None);
-    let mut enforcing =
-        Enforcing::new(enforcer, Some(sets_rx)).with_pods(attributor.pods().cloned());
+    let mut enforcing = Enforcing::new(enforcer, Some(sets_rx))
+        .with_pods(attributor.pods().cloned())
+        .under(config.enforce_under.as_deref());
     enforcing.apply(&mut capture);
     let shipper = start_shipper(
         &config.collector,

@@ -7,9 +7,11 @@
 //!   [`DRAIN_STALE`], records were read or the kernel wrote none), AND, when Kubernetes is
 //!   configured, the pod cache has completed its first list. A ready agent whose Deny rules fell
 //!   back to Kill (no BPF LSM) says so in the `/readyz` body, as `mapsentry_enforce_deny_fallback`
-//!   counts them.
+//!   counts them; one whose policy set in force could not be persisted says why (enforcing does
+//!   not wait for persisting), as `mapsentry_enforce_persist_failures_total` counts them.
 
 use std::{
+    fmt::Write as _,
     net::SocketAddr,
     sync::{
         Arc, Mutex, OnceLock, PoisonError,
@@ -194,19 +196,34 @@ impl AgentStatus {
                 "not ready: the pod cache has not completed its first list from the API server\n",
             );
         }
-        let fell_back = self
+        let enforce = self
             .snapshot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .enforce
-            .map_or(0, |e| e.deny_fell_back);
-        match self.info.get().and_then(|i| i.deny_unavailable.as_deref()) {
-            // Ready, but a downgrade is never silent: health says it too.
-            Some(reason) if fell_back > 0 => Reply::ok(format!(
-                "ready; {fell_back} Deny rule(s) enforced as Kill (denyFallback) because this kernel cannot deny: {reason}\n"
-            )),
-            _ => Reply::ok("ready\n"),
+            .clone()
+            .unwrap_or_default();
+        let mut body = "ready".to_owned();
+        // Ready, but a downgrade or a set that would not survive a restart is never silent:
+        // health says it too.
+        if let Some(reason) = self.info.get().and_then(|i| i.deny_unavailable.as_deref())
+            && enforce.deny_fell_back > 0
+        {
+            let _ = write!(
+                body,
+                "; {} Deny rule(s) enforced as Kill (denyFallback) because this kernel cannot deny: {reason}",
+                enforce.deny_fell_back
+            );
         }
+        if let Some(error) = &enforce.persist_error {
+            let _ = write!(
+                body,
+                "; the policy set in force (version {}) is enforced but could not be persisted, so an agent restart before the collector is reachable would start without it: {error}",
+                enforce.version
+            );
+        }
+        body.push('\n');
+        Reply::ok(body)
     }
 
     /// `/metrics`, in the OpenMetrics text format.
@@ -337,8 +354,18 @@ impl AgentStatus {
                     stats.errors,
                 );
         }
-        if let Some(e) = s.enforce {
+        if let Some(e) = &s.enforce {
             scrape
+                .counter(
+                    "mapsentry_enforce_persist_failures_total",
+                    "Policy sets taken (and enforced) that could not be persisted to the state directory.",
+                    e.persist_failures,
+                )
+                .gauge(
+                    "mapsentry_enforce_policy_set_persisted",
+                    "1 when the policy set in force is in the state directory (or there is none to keep), else 0.",
+                    u64::from(e.persisted),
+                )
                 .gauge(
                     "mapsentry_enforce_policy_version",
                     "Version of the enforce-mode policy set in force (0: none).",
@@ -366,7 +393,7 @@ impl AgentStatus {
                 )
                 .gauge(
                     "mapsentry_enforce_unresolved_cgroups",
-                    "Pod cgroups whose pod is not known, so no policy could be resolved for them.",
+                    "Pod cgroups whose pod is not known (yet): they get every rule that could apply to a pod (fail closed).",
                     e.unresolved,
                 )
                 .gauge(

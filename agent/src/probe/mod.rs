@@ -160,6 +160,35 @@ pub fn attach_deny(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     result
 }
 
+/// Attach exec tracking, which keeps each thread's executable classes current for rules on
+/// executables: `sched_process_exec` (BTF-typed, else raw) and, BTF-typed only,
+/// `sched_process_fork`. Returns what was attached. Without the exec hook a thread that execs
+/// would keep the classes of its old executable, so the capture does not start without it.
+pub fn attach_exec_tracking(ebpf: &mut Ebpf, btf: &Btf) -> Result<String, String> {
+    let exec = match attach_program(ebpf, "ms_btf_exec", "", btf) {
+        Ok(()) => "tp_btf",
+        Err(btf_reason) => {
+            unload_all(ebpf, &["ms_btf_exec"]);
+            attach_program(ebpf, "ms_tp_exec", "", btf).map_err(|raw_reason| {
+                unload_all(ebpf, &["ms_tp_exec"]);
+                format!("exec tracking: {btf_reason}; then {raw_reason}")
+            })?;
+            "raw_tp"
+        }
+    };
+    match attach_program(ebpf, "ms_btf_fork", "", btf) {
+        Ok(()) => Ok(format!(
+            "{exec} sched_process_exec, tp_btf sched_process_fork"
+        )),
+        Err(reason) => {
+            // Children then compute their executable's classes at their first judged call.
+            tracing::debug!(%reason, "no fork hook");
+            unload_all(ebpf, &["ms_btf_fork"]);
+            Ok(format!("{exec} sched_process_exec"))
+        }
+    }
+}
+
 /// The mode-choosing rule, apart from the kernel: try the requested mode, or for `auto` every
 /// concrete mode cheapest first, and keep the first for which `try_mode` returns its target.
 fn select(
@@ -269,7 +298,11 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Resul
         .ok_or_else(|| format!("program {name} missing from the object"))?;
     let what =
         |step: &str, e: &dyn std::error::Error| format!("{step} {name}: {}", brief(&chain(e)));
-    let tracepoint = if name.ends_with("enter") {
+    let tracepoint = if name.ends_with("_exec") {
+        "sched_process_exec"
+    } else if name.ends_with("_fork") {
+        "sched_process_fork"
+    } else if name.ends_with("enter") {
         "sys_enter"
     } else {
         "sys_exit"

@@ -176,6 +176,9 @@ struct Counters {
     resent_batches: AtomicU64,
     /// Why the collector refused the last connection (credentials), if it did.
     refused: std::sync::Mutex<Option<String>>,
+    /// The latest enforcement report and its revision (0: none yet), sent on each connection
+    /// and again when it changes.
+    enforcement: std::sync::Mutex<(u64, Option<v1::EnforcementReport>)>,
 }
 
 impl Counters {
@@ -299,6 +302,15 @@ impl Shipper {
             .map_err(|_| ShipperError::Stopped)
     }
 
+    /// What the agent enforces now (latest wins): sent to the collector on each connection and
+    /// whenever it changes.
+    pub fn set_enforcement(&self, report: v1::EnforcementReport) {
+        let mut current = lock(&self.counters.enforcement);
+        if current.1.as_ref() != Some(&report) {
+            *current = (current.0 + 1, Some(report));
+        }
+    }
+
     /// Record losses before the shipper (cumulative counts, latest wins).
     pub fn set_capture_losses(&self, ring_buffer_full: u64, malformed: u64) {
         self.counters
@@ -403,6 +415,8 @@ impl Task {
         let mut input_open = true;
         let mut flush_deadline = far;
         let mut report_at = Instant::now();
+        // The enforcement report revision this connection has.
+        let mut enforcement_sent = 0u64;
         loop {
             if !input_open && (buffer.is_empty() || Instant::now() >= flush_deadline) {
                 break;
@@ -456,6 +470,7 @@ impl Task {
                             delays = self.config.backoff.delays();
                             next_send = buffer.first_seq();
                             report_at = Instant::now();
+                            enforcement_sent = 0;
                             out = Some(new.out);
                             inbound = Some(new.inbound);
                         }
@@ -489,6 +504,13 @@ impl Task {
                     report_at = Instant::now() + self.config.report_interval;
                     if let Some(out) = &out {
                         let _ = out.try_send(Encoded::from(AgentMessage { msg: Some(Msg::Loss(self.counters.report())) }));
+                        let (revision, report) = lock(&self.counters.enforcement).clone();
+                        if revision > enforcement_sent
+                            && let Some(report) = report
+                            && out.try_send(Encoded::from(AgentMessage { msg: Some(Msg::Enforcement(report)) })).is_ok()
+                        {
+                            enforcement_sent = revision;
+                        }
                     }
                 }
                 message = next_message(inbound.as_mut()) => {

@@ -10,8 +10,11 @@
 //! - A deleted object's policy is removed; objects deleted while the watch was away are removed
 //!   when the relist completes.
 //! - For an `Enforce` policy, the status lists the rules the kernel will not enforce and why
-//!   (`status.refusedRules`, from [`mapsentry_policy::enforce::kernel_plan`] on nodes with and
-//!   without BPF LSM, Deny following `denyFallback`).
+//!   (`status.refusedRules`, from [`mapsentry_policy::enforce::kernel_set_plan`] on nodes with
+//!   and without BPF LSM, Deny following `denyFallback`), and with the agents' reports
+//!   ([`crate::NodeReports`]) the rules their kernels refuse beyond it and the nodes that enforce
+//!   the set without having persisted it (`KernelEnforced`); the statuses are rewritten when a
+//!   report changes.
 //!
 //! The watchers are [`kube::runtime::watcher`]s with the default backoff: they resume from the
 //! last resourceVersion and relist after 410 Gone. Objects are read untyped (a typed read would
@@ -40,7 +43,7 @@ use mapsentry_policy::{
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use crate::policy::store::SharedPolicies;
+use crate::{NodeReports, policy::store::SharedPolicies};
 
 /// How often failed status writes are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(3);
@@ -111,8 +114,18 @@ pub const SOURCES: usize = 2;
 /// gone. The task holds the last good policies through API outages.
 #[must_use]
 pub fn start(client: Client, policies: SharedPolicies) -> tokio::task::JoinHandle<()> {
+    start_with_reports(client, policies, None)
+}
+
+/// [`start`], folding the agents' enforcement reports into the statuses.
+#[must_use]
+pub fn start_with_reports(
+    client: Client,
+    policies: SharedPolicies,
+    reports: Option<NodeReports>,
+) -> tokio::task::JoinHandle<()> {
     let (stats_tx, _) = tokio::sync::watch::channel(CrdStats::default());
-    start_with_stats(client, policies, stats_tx)
+    spawn(client, policies, stats_tx, None, reports)
 }
 
 /// [`start`], writing status only while `leading` says so (collector replicas: the holder of
@@ -125,7 +138,7 @@ pub fn start_gated(
     leading: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> tokio::task::JoinHandle<()> {
     let (stats_tx, _) = tokio::sync::watch::channel(CrdStats::default());
-    spawn(client, policies, stats_tx, leading)
+    spawn(client, policies, stats_tx, leading, None)
 }
 
 /// [`start`], reporting progress on `stats`.
@@ -135,7 +148,7 @@ pub fn start_with_stats(
     policies: SharedPolicies,
     stats: tokio::sync::watch::Sender<CrdStats>,
 ) -> tokio::task::JoinHandle<()> {
-    spawn(client, policies, stats, None)
+    spawn(client, policies, stats, None, None)
 }
 
 fn spawn(
@@ -143,6 +156,7 @@ fn spawn(
     policies: SharedPolicies,
     stats: tokio::sync::watch::Sender<CrdStats>,
     leading: Option<tokio::sync::watch::Receiver<bool>>,
+    reports: Option<NodeReports>,
 ) -> tokio::task::JoinHandle<()> {
     let mut watcher = CrdWatcher {
         client,
@@ -152,6 +166,7 @@ fn spawn(
         synced: BTreeSet::new(),
         stats,
         leading,
+        reports,
     };
     tokio::spawn(async move { watcher.run().await }.instrument(tracing::info_span!("policy_crds")))
 }
@@ -167,9 +182,44 @@ struct CrdWatcher {
     stats: tokio::sync::watch::Sender<CrdStats>,
     /// Write status only while this is true (None: always).
     leading: Option<tokio::sync::watch::Receiver<bool>>,
+    reports: Option<NodeReports>,
 }
 
 impl CrdWatcher {
+    /// The agents' reports as the statuses take them (none without a registry).
+    fn node_reports(&self) -> Vec<mapsentry_policy::status::NodeReport> {
+        self.reports
+            .as_ref()
+            .map(NodeReports::snapshot)
+            .unwrap_or_default()
+    }
+
+    /// A node's report changed: rewrite the statuses of accepted policies it changes.
+    async fn refresh_reports(&mut self) {
+        let nodes = self.node_reports();
+        let changed: Vec<Key> = self
+            .seen
+            .iter_mut()
+            .filter_map(|(key, seen)| {
+                if !seen.status.accepted || seen.waiting.is_some() {
+                    return None;
+                }
+                let policy = self.policies.read(|store| store.get(&key.1).cloned())?;
+                let mut status = PolicyStatus::accepted_policy_on(&policy, &nodes);
+                if status.same_as(&seen.status) {
+                    return None;
+                }
+                status.stamp(Some(&seen.status), &now_rfc3339());
+                seen.status = status;
+                seen.written = false;
+                Some(key.clone())
+            })
+            .collect();
+        for key in changed {
+            self.write_status(&key).await;
+        }
+    }
+
     async fn run(&mut self) {
         let stream = |kind: Kind| {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &kind.resource());
@@ -184,8 +234,12 @@ impl CrdWatcher {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let policies = self.policies.clone();
+        let mut reports = self.reports.as_ref().map(NodeReports::subscribe);
         loop {
             tokio::select! {
+                Ok(()) = async { reports.as_mut().expect("guarded").changed().await }, if reports.is_some() => {
+                    self.refresh_reports().await;
+                }
                 event = events.next() => {
                     let Some((kind, event)) = event else { return };
                     match event {
@@ -269,6 +323,7 @@ impl CrdWatcher {
         }
         let value = policy_value(kind, object);
         let source = format!("{}/{id}", kind.as_str());
+        let nodes = self.node_reports();
         let outcome = self.policies.update(|store| {
             let in_force = |store: &mapsentry_policy::PolicyStore| {
                 (store.source_of(&id) == Some(source.as_str()))
@@ -284,7 +339,7 @@ impl CrdWatcher {
                 Ok(_) => {
                     let status = store
                         .get(&id)
-                        .map(PolicyStatus::accepted_policy)
+                        .map(|p| PolicyStatus::accepted_policy_on(p, &nodes))
                         .unwrap_or_default();
                     (Ok(status), true)
                 }

@@ -6,10 +6,14 @@
 //!
 //! Spec: `{"calls":[CALL...]}` or `{"threads":T,"per_thread":N}`.
 //! CALL: `{"addr","length","prot","flags","offset"}` numbers, `"fd"` one of `"anon"` (-1),
-//! `"bad"` (an unopened descriptor), `"file"`, `"shm"`, `"deleted"`, `"memfd:NAME"`, and
+//! `"bad"` (an unopened descriptor), `"file"` (a file under the temp dir), `"exe"` (this
+//! program's own executable, opened read-only), `"shm"`, `"deleted"`, `"memfd:NAME"`, and
 //! optional `"premap":true` (map anonymous memory first and pass its address: `MAP_FIXED` over
 //! an existing mapping), or `"mprotect":PROT` (map `length` bytes as asked, then call
 //! `mprotect(addr, length, PROT)`; the report is of the mprotect call).
+//! A spec may also say `"comm":"NAME"`: the helper renames itself (`PR_SET_NAME`) before its
+//! calls; and `"exec":PATH,"then":SPEC`: after its calls it execs PATH (a helper) with SPEC
+//! instead of reporting, and that image makes its calls at once and reports.
 //! Threads: T threads each make N anonymous 4 KiB mappings with address hint
 //! `marker(thread, i)`, then unmap them; optional `"prot"` (default 3, RW) and `"pace_us"`
 //! (sleep this long after each call: a steady flow rather than a storm).
@@ -34,10 +38,19 @@ fn main() {
     let spec: Value =
         serde_json::from_str(&std::env::args().nth(1).expect("usage: mmap-call SPEC"))
             .expect("SPEC is JSON");
-    println!("{}", json!({ "pid": std::process::id() }));
-    io::stdout().flush().expect("stdout");
-    let mut line = String::new();
-    io::stdin().lock().read_line(&mut line).expect("stdin");
+    // An image exec'd by a helper (see "exec") starts at once: its caller already said go.
+    if std::env::var_os(EXECED).is_none() {
+        println!("{}", json!({ "pid": std::process::id() }));
+        io::stdout().flush().expect("stdout");
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line).expect("stdin");
+    }
+    if let Some(comm) = spec["comm"].as_str() {
+        let name = std::ffi::CString::new(comm).expect("comm");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        let ret = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        assert_eq!(ret, 0, "prctl(PR_SET_NAME): {}", io::Error::last_os_error());
+    }
 
     let report = if let Some(calls) = spec["calls"].as_array() {
         json!({ "results": calls.iter().map(make_call).collect::<Vec<_>>() })
@@ -48,8 +61,19 @@ fn main() {
         let pace = std::time::Duration::from_micros(spec["pace_us"].as_u64().unwrap_or(0));
         json!({ "threads": run_threads(threads, per_thread, prot, pace) })
     };
+    if let Some(program) = spec["exec"].as_str() {
+        use std::os::unix::process::CommandExt as _;
+        let error = std::process::Command::new(program)
+            .arg(spec["then"].to_string())
+            .env(EXECED, "1")
+            .exec();
+        panic!("exec {program}: {error}");
+    }
     println!("{report}");
 }
+
+/// Set in the environment of an image a helper execs.
+const EXECED: &str = "MAPSENTRY_HELPER_EXECED";
 
 fn raw_mmap(addr: u64, length: u64, prot: u64, flags: u64, fd: i64, offset: u64) -> i64 {
     // SAFETY: the arguments go to the kernel as they are; a mapping we never touch is harmless,
@@ -88,6 +112,11 @@ fn open_fd(spec: &str) -> (Option<File>, Option<PathBuf>, i64) {
             let file = sized_file(&path);
             let fd = file.as_raw_fd().into();
             (Some(file), Some(path), fd)
+        }
+        "exe" => {
+            let file = File::open(std::env::current_exe().expect("own path")).expect("open exe");
+            let fd = file.as_raw_fd().into();
+            (Some(file), None, fd)
         }
         "shm" => {
             let path = PathBuf::from(format!("/dev/shm/mapsentry-shm-{}", std::process::id()));

@@ -58,33 +58,70 @@ fn audit_policies_and_alert_rules_give_the_kernel_nothing() {
 }
 
 #[test]
-fn rules_the_kernel_cannot_judge_are_refused_whole_with_the_field() {
+fn comm_executables_files_excepts_and_mapping_types_are_judged_in_the_kernel() {
+    let p = cluster(
+        "Enforce",
+        "",
+        "    - {name: jit, match: {protAny: [PROT_EXEC], mapping: Anonymous, comm: [java], executableGlobs: ['/opt/**']}, except: {comm: [jitok], executableGlobs: ['/usr/bin/*'], images: ['openjdk:*']}, action: Kill}\n    - {name: tmp, match: {protAny: [PROT_EXEC], file: {memfd: false, deleted: true, pathGlobs: ['/tmp/**'], notPathGlobs: ['/tmp/ok/{a,b}']}}, action: Kill}\n    - {name: private, match: {flagsAll: [MAP_PRIVATE], flagsAny: [MAP_SHARED, MAP_HUGETLB]}, action: Kill}\n",
+    );
+    let plan = kernel_plan(&p, true);
+    assert!(plan.refused.is_empty(), "{:?}", plan.refused);
+    let jit = &plan.rules[0];
+    assert_eq!(jit.comm, ["java"]);
+    assert_eq!(jit.executable.as_ref().unwrap().globs, ["/opt/**"]);
+    let except = jit.except.as_ref().expect("the kernel part of except");
+    assert_eq!(except.comm, ["jitok"]);
+    assert_eq!(except.executable.as_ref().unwrap().patterns.len(), 1);
+    assert!(jit.workload_except, "images are resolved per cgroup");
+
+    let tmp = plan.rules[1].file.as_ref().expect("file conditions");
+    assert_eq!(
+        (tmp.memfd, tmp.shm, tmp.deleted),
+        (Some(false), None, Some(true))
+    );
+    assert_eq!(
+        tmp.path.as_ref().unwrap().patterns[0].to_string(),
+        "/tmp/<anything>"
+    );
+    assert_eq!(
+        tmp.not_path.as_ref().unwrap().patterns.len(),
+        2,
+        "{{a,b}} expands"
+    );
+
+    let private = &plan.rules[2];
+    assert_eq!(private.types_all, 1 << 2, "MAP_PRIVATE is type 2");
+    assert!(private.flags_any_given);
+    assert_eq!(private.flags_any, 0x40000, "MAP_HUGETLB");
+    assert_eq!(
+        private.types_any,
+        (1 << 1) | (1 << 3),
+        "MAP_SHARED and MAP_SHARED_VALIDATE"
+    );
+}
+
+#[test]
+fn a_glob_the_kernel_cannot_judge_is_refused_with_the_glob_named() {
     let cases = [
         (
-            "{protAny: [PROT_EXEC], file: {memfd: true}}",
+            "{protAny: [PROT_EXEC], executableGlobs: ['/usr/*/bin/*']}",
             "",
-            "match.file",
+            "match.executableGlobs[0]: glob \"/usr/*/bin/*\"",
         ),
-        ("{protAny: [PROT_EXEC], comm: [java]}", "", "match.comm"),
         (
-            "{protAny: [PROT_EXEC], executableGlobs: ['/usr/bin/*']}",
+            "{protAny: [PROT_EXEC], file: {pathGlobs: ['/x', '/lib/lib?.so']}}",
             "",
-            "match.executableGlobs",
+            "match.file.pathGlobs[1]: glob \"/lib/lib?.so\"",
+        ),
+        (
+            "{protAny: [PROT_EXEC], file: {notPathGlobs: ['**/*.so']}}",
+            "",
+            "match.file.notPathGlobs[0]",
         ),
         (
             "{protAny: [PROT_EXEC]}",
-            ", except: {images: ['openjdk:*']}",
-            "except.images",
-        ),
-        (
-            "{protAny: [PROT_EXEC]}",
-            ", except: {containers: [jit]}",
-            "except.containers",
-        ),
-        (
-            "{flagsAll: [MAP_PRIVATE]}",
-            "",
-            "MAP_PRIVATE is a mapping type",
+            ", except: {executableGlobs: ['/opt/[a-z]*']}",
+            "except.executableGlobs[0]",
         ),
     ];
     for (m, except, field) in cases {
@@ -105,6 +142,128 @@ fn rules_the_kernel_cannot_judge_are_refused_whole_with_the_field() {
         );
         assert_eq!(plan.rules.len(), 1, "the other rule stays enforced");
         assert_eq!(plan.rules[0].rule, "ok");
+    }
+}
+
+/// One YAML list item per `i`, as `rules:` takes them.
+fn rule_lines(range: impl Iterator<Item = usize>, rule: impl Fn(usize) -> String) -> String {
+    range.fold(String::new(), |mut out, i| {
+        out.push_str("    - ");
+        out.push_str(&rule(i));
+        out.push('\n');
+        out
+    })
+}
+
+#[test]
+fn a_set_beyond_the_kernels_bounds_refuses_the_rules_past_them_in_order() {
+    let rules = rule_lines(0..RULES_MAX + 2, |i| {
+        format!("{{name: r{i}, match: {{protAny: [PROT_EXEC], minLength: {i}}}, action: Kill}}")
+    });
+    let plan = kernel_set_plan([&cluster("Enforce", "", &rules)], true);
+    assert_eq!(plan.rules.len(), RULES_MAX);
+    assert_eq!(
+        plan.refused
+            .iter()
+            .map(|r| r.rule.as_str())
+            .collect::<Vec<_>>(),
+        [format!("r{RULES_MAX}"), format!("r{}", RULES_MAX + 1)]
+    );
+    assert!(
+        plan.refused[0].reason.contains("at most 32 Enforce rules"),
+        "{:?}",
+        plan.refused
+    );
+
+    // 65 distinct patterns: the rule whose globs cross the bound is refused, later ones that fit
+    // are still taken.
+    let globs = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("'/p{i}/**'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rules = format!(
+        "    - {{name: a, match: {{file: {{pathGlobs: [{}]}}}}, action: Kill}}\n    - {{name: b, match: {{file: {{pathGlobs: [{}]}}}}, action: Kill}}\n    - {{name: c, match: {{comm: [x]}}, action: Kill}}\n",
+        globs(0, 60),
+        globs(60, 5)
+    );
+    let plan = kernel_set_plan([&cluster("Enforce", "", &rules)], true);
+    assert_eq!(
+        plan.rules
+            .iter()
+            .map(|r| r.rule.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    assert!(
+        plan.refused[0]
+            .reason
+            .contains("at most 64 distinct kernel patterns"),
+        "{:?}",
+        plan.refused
+    );
+    assert_eq!(plan.patterns().len(), 60);
+    assert_eq!(plan.comm_class(&["x".to_owned()]), 1);
+    assert_eq!(
+        plan.path_class(plan.rules[0].file.as_ref().unwrap().path.as_ref()),
+        1
+    );
+
+    let rules = rule_lines(0..=COMM_CLASSES_MAX, |i| {
+        format!("{{name: r{i}, match: {{comm: [c{i}]}}, action: Kill}}")
+    });
+    let plan = kernel_set_plan([&cluster("Enforce", "", &rules)], true);
+    assert_eq!(plan.rules.len(), RULES_MAX, "the rule bound comes first");
+    let names: Vec<String> = (0..=COMM_NAMES_MAX).map(|i| format!("n{i}")).collect();
+    let rules = format!(
+        "    - {{name: many, match: {{comm: [{}]}}, action: Kill}}\n",
+        names.join(", ")
+    );
+    let plan = kernel_set_plan([&cluster("Enforce", "", &rules)], true);
+    assert!(
+        plan.refused[0]
+            .reason
+            .contains("at most 256 distinct command names"),
+        "{:?}",
+        plan.refused
+    );
+}
+
+#[test]
+fn the_example_policies_switched_to_enforce_refuse_no_rule() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let mut policies = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("examples/policies") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("mode: Audit", "mode: Enforce");
+        let outcome = load_str(&text);
+        assert!(
+            outcome.errors.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            outcome.errors
+        );
+        policies.extend(outcome.policies.into_iter().map(|l| l.policy));
+    }
+    assert!(policies.len() >= 6, "{policies:?}");
+    for deny_available in [true, false] {
+        let plan = kernel_set_plan(&policies, deny_available);
+        assert!(plan.refused.is_empty(), "{:#?}", plan.refused);
+        let names: Vec<&str> = plan.rules.iter().map(|r| r.rule.as_str()).collect();
+        for expected in [
+            "anonymous-exec",
+            "memfd-exec",
+            "exec-from-writable-path",
+            "write-and-execute",
+        ] {
+            assert!(names.contains(&expected), "{expected} in {names:?}");
+        }
     }
 }
 

@@ -35,7 +35,7 @@ fn an_enforce_policy_lists_refused_rules_with_their_reasons_and_nodes() {
     let p = policy(
         "Enforce",
         "",
-        "    - {name: kill-wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}\n    - {name: jit, match: {protAll: [PROT_EXEC], mapping: Anonymous}, except: {comm: [java]}, action: Kill}\n    - {name: deny-huge, match: {flagsAny: [MAP_HUGETLB]}, action: Deny}\n    - {name: watch, match: {protAny: [PROT_EXEC]}, action: Alert}\n",
+        "    - {name: kill-wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}\n    - {name: jit, match: {protAll: [PROT_EXEC], mapping: Anonymous}, except: {executableGlobs: ['/opt/*/bin/*']}, action: Kill}\n    - {name: deny-huge, match: {flagsAny: [MAP_HUGETLB]}, action: Deny}\n    - {name: watch, match: {protAny: [PROT_EXEC]}, action: Alert}\n",
     );
     let status = PolicyStatus::accepted_policy(&p);
     assert!(status.accepted);
@@ -52,7 +52,9 @@ fn an_enforce_policy_lists_refused_rules_with_their_reasons_and_nodes() {
         ]
     );
     assert!(
-        status.refused_rules[0].reason.contains("except.comm"),
+        status.refused_rules[0]
+            .reason
+            .contains("except.executableGlobs[0]: glob \"/opt/*/bin/*\""),
         "{status:?}"
     );
     assert!(
@@ -112,4 +114,74 @@ fn stamps_keep_the_transition_time_while_the_status_holds() {
     assert!(c.message.contains("generation 7 stays in force"), "{c:?}");
     assert!(!rejected.same_as(&first));
     assert!(again.same_as(&PolicyStatus::accepted_policy(&p)));
+}
+
+#[test]
+fn node_reports_add_set_refusals_and_say_where_a_set_is_not_persisted() {
+    let p = policy(
+        "Enforce",
+        "",
+        "    - {name: kill-wx, match: {protAll: [PROT_WRITE, PROT_EXEC]}, action: Kill}\n",
+    );
+    let persisted_nowhere = NodeReport {
+        node: "n1".into(),
+        version: 9,
+        persist_error: Some(
+            "/var/lib/mapsentry/policy-set.json.tmp: Read-only file system (os error 30)".into(),
+        ),
+        refused: Vec::new(),
+    };
+    let status = PolicyStatus::accepted_policy_on(&p, std::slice::from_ref(&persisted_nowhere));
+    let kernel = status.condition(KERNEL_ENFORCED).expect("KernelEnforced");
+    assert_eq!(
+        (kernel.status.as_str(), kernel.reason.as_str()),
+        ("True", "NotPersisted"),
+        "enforced, but the node would lose it at a restart"
+    );
+    assert!(
+        kernel.message.contains("node n1 (set version 9)")
+            && kernel.message.contains("Read-only file system"),
+        "{kernel:?}"
+    );
+
+    let bounded = NodeReport {
+        node: "n2".into(),
+        version: 9,
+        persist_error: None,
+        refused: vec![
+            Refusal {
+                policy: p.id(),
+                rule: "kill-wx".into(),
+                reason: "the kernel holds at most 32 Enforce rules per policy set".into(),
+            },
+            Refusal {
+                policy: crate::policy::PolicyId {
+                    namespace: None,
+                    name: "other".into(),
+                },
+                rule: "x".into(),
+                reason: "not this policy's".into(),
+            },
+        ],
+    };
+    let status = PolicyStatus::accepted_policy_on(&p, &[persisted_nowhere, bounded]);
+    assert_eq!(status.refused_rules.len(), 1, "{status:?}");
+    assert!(
+        status.refused_rules[0]
+            .reason
+            .contains("reported by node n2")
+    );
+    let kernel = status.condition(KERNEL_ENFORCED).expect("KernelEnforced");
+    assert_eq!(
+        (kernel.status.as_str(), kernel.reason.as_str()),
+        ("False", "RulesRefused")
+    );
+    assert!(
+        kernel.message.contains("not persisted on node n1"),
+        "{kernel:?}"
+    );
+    assert_eq!(
+        PolicyStatus::accepted_policy_on(&p, &[]),
+        PolicyStatus::accepted_policy(&p)
+    );
 }

@@ -14,6 +14,7 @@ fn plan() -> Plan {
     Plan {
         runs: vec![run("capture"), run("concurrency")],
         skipped: Vec::new(),
+        requires_bpf_lsm: true,
     }
 }
 
@@ -104,4 +105,27 @@ fn the_summary_lists_each_run_with_its_time() {
     );
     assert!(summary.contains("VM 52.3s from qemu start"), "{summary}");
     assert!(summary.ends_with("kernel 6.1: PASSED"), "{summary}");
+}
+
+#[test]
+fn a_kernel_without_bpf_lsm_fails_a_run_that_needs_it() {
+    let without = CONSOLE.replace("lsm=lockdown,capability,bpf", "lsm=lockdown,capability");
+    let report = Report::parse(&without, "abc");
+    assert!(!report.bpf_lsm());
+    assert!(
+        !report.passed(&plan()),
+        "every suite passed, but Deny was not tested"
+    );
+    let boot = Boot {
+        console: without.clone(),
+        elapsed: Duration::from_secs(1),
+        timed_out: false,
+    };
+    let summary = report.summary(&plan(), "6.1", &boot, Duration::from_secs(1));
+    assert!(summary.contains("Deny cannot be tested"), "{summary}");
+    let bench = Plan {
+        requires_bpf_lsm: false,
+        ..plan()
+    };
+    assert!(report.passed(&bench), "the benchmark does not need it");
 }

@@ -89,6 +89,7 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
             suite: "cli_run".into(),
             reason: "needs setpriv".into(),
         }],
+        requires_bpf_lsm: true,
     };
     let script = init_script(&plan, "n0nce");
     assert!(script.starts_with("#!/bin/sh\n"));

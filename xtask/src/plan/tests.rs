@@ -22,6 +22,7 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
             "capture",
             "concurrency",
             "enforce",
+            "enforce_policies",
             "wire_layout",
             "cli_run",
             "new_one",
@@ -39,52 +40,63 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
             ("capture", "kprobe"),
             ("concurrency", "kprobe"),
             ("enforce", "kprobe"),
+            ("enforce_policies", "kprobe"),
             ("capture", "fentry"),
             ("concurrency", "fentry"),
             ("enforce", "fentry"),
+            ("enforce_policies", "fentry"),
             ("capture", "tracepoint"),
             ("concurrency", "tracepoint"),
             ("enforce", "tracepoint"),
+            ("enforce_policies", "tracepoint"),
             ("capture", "auto"),
             ("attach_modes", "probe"),
             ("cli_run", "auto"),
         ]
     );
+    assert!(plan.requires_bpf_lsm);
+    for run in plan.runs.iter().filter(|r| r.suite.starts_with("enforce")) {
+        assert!(
+            run.env
+                .contains(&("MAPSENTRY_TEST_DENY", "required".to_owned())),
+            "{run:?}"
+        );
+    }
     assert_eq!(
         plan.runs[1].env,
         [("MAPSENTRY_TEST_ATTACH", "kprobe".to_owned())]
     );
     assert_eq!(
-        plan.runs[9].env,
+        plan.runs[12].env,
         [
             ("MAPSENTRY_TEST_ATTACH", "auto".to_owned()),
             ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
         ]
     );
     assert_eq!(
-        plan.runs[8].env,
+        plan.runs[9].env,
         [("MAPSENTRY_TEST_ATTACH", "tracepoint".to_owned())]
     );
     assert_eq!(
-        plan.runs[10].env,
+        plan.runs[13].env,
         [
             ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
             ("MAPSENTRY_TEST_PROBE_REFUSED", "fentry@do_mmap".to_owned())
         ]
     );
-    assert_eq!(plan.runs[10].binary, PathBuf::from("/t/attach_modes"));
+    assert_eq!(plan.runs[13].binary, PathBuf::from("/t/attach_modes"));
 
     assert_eq!(
-        plan.runs[11].env,
+        plan.runs[14].env,
         [
             ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
             ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
         ]
     );
     assert!(
-        plan.runs[11].skip[0].1.contains("setpriv"),
+        plan.runs[14].skip[0].1.contains("setpriv"),
         "{:?}",
-        plan.runs[11]
+        plan.runs[14]
     );
 
     let skipped: Vec<&str> = plan.skipped.iter().map(|s| s.suite.as_str()).collect();

@@ -205,7 +205,7 @@ async fn policy_objects_are_applied_rejected_fixed_and_removed_with_their_status
                 None,
                 &json!({"mode": "Enforce", "rules": [
                     {"name": "kill-wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXEC"]}, "action": "Kill"},
-                    {"name": "kill-java-exec", "match": {"protAll": ["PROT_EXEC"], "comm": ["java"]}, "action": "Kill"},
+                    {"name": "kill-java-exec", "match": {"protAll": ["PROT_EXEC"], "executableGlobs": ["/usr/bin/java?"]}, "action": "Kill"},
                     {"name": "deny-hugetlb", "match": {"flagsAny": ["MAP_HUGETLB"]}, "action": "Deny"}
                 ]}),
             ),
@@ -224,7 +224,7 @@ async fn policy_objects_are_applied_rejected_fixed_and_removed_with_their_status
     assert!(
         refused[0]
             .1
-            .contains("match.comm cannot be judged by the kernel"),
+            .contains("glob \"/usr/bin/java?\" cannot be judged by the kernel"),
         "{refused:?}"
     );
     assert_eq!(refused[1].0, "deny-hugetlb");
