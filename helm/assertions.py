@@ -286,9 +286,11 @@ def scenario_checks(c, ds, dep, svc):
         c.check(data and data.get("persistentVolumeClaim") == {"claimName": "mapsentry-retention"},
                 "retention log on the given claim")
         c.check(arg_value(collector["args"], "--data-max-bytes") == "4294967296", "--data-max-bytes as given")
+        c.check(arg_value(collector["args"], "--data-sync") == "always", "--data-sync as given")
     else:
         c.check(data and data.get("emptyDir") == {"sizeLimit": "2Gi"}, "retention log on a 2Gi emptyDir")
         c.check(arg_value(collector["args"], "--data-max-bytes") == "1073741824", "--data-max-bytes 1 GiB")
+        c.check(arg_value(collector["args"], "--data-sync") == "interval", "--data-sync interval by default")
     if c.scenario == "default":
         c.check(agent["image"] == collector["image"] and agent["image"].startswith("mapsentry:"),
                 "one mapsentry image, tagged with the appVersion")
@@ -375,6 +377,8 @@ def scenario_checks(c, ds, dep, svc):
                     f"{what} keeps the series' own namespace/pod labels (honorLabels)")
             c.check(sm["metadata"]["labels"].get("release") == "prometheus", f"{what} carries its extra labels")
         c.check(arg_value(collector["args"], "--metrics-listen") == "0.0.0.0:9090", "collector serves metrics on 9090")
+        c.check(arg_value(collector["args"], "--metrics-workload-labels") == "namespace",
+                "violation series labelled by namespace only, as given")
         cports = {p["name"] for p in collector["ports"]}
         npa = c.one("NetworkPolicy", "-agent")
         npc = c.one("NetworkPolicy", "-collector")
