@@ -97,7 +97,7 @@ fn workload_labels_can_be_kept_to_the_namespace_or_to_none() {
     namespace.violation(labels("b"));
     let body = namespace.render(&hub);
     assert!(
-        body.contains(r#"mapsentry_policy_violations_total{namespace="web",pod="",policy="wx",rule="write-and-execute",action="alert"} 2"#),
+        body.contains(r#"mapsentry_policy_violations_total{namespace="web",pod="",policy="wx",rule="write-and-execute",action="alert",mode="audit"} 2"#),
         "{body}"
     );
     let none = Metrics::new(10).with_workload_labels(WorkloadLabels::None);
