@@ -100,6 +100,9 @@ type SeriesKey = (String, String, String, String);
 struct Series {
     /// The Event's name once created.
     name: Option<String>,
+    /// The name its Event is created with, fixed when the series starts (a create that fails
+    /// and is retried later keeps it, so whichever replica writes it names it the same).
+    planned: String,
     pod_uid: Option<String>,
     /// Calls counted in this Event.
     total: u64,
@@ -118,6 +121,7 @@ struct Series {
 pub enum Write {
     /// Create a new Event for the series.
     Create {
+        name: String,
         namespace: String,
         pod: String,
         pod_uid: Option<String>,
@@ -143,6 +147,9 @@ pub struct Planner {
     budgets: HashMap<(String, String), (Instant, u32)>,
     /// Writes over the rate limit.
     pub suppressed: u64,
+    /// When set, a series starting now names its Event `POD.SUFFIX` rather than `POD.TIME`:
+    /// the same whichever replica writes it (the JetStream path sets it to the alert's cursor).
+    pub name_suffix: Option<String>,
 }
 
 impl Planner {
@@ -154,6 +161,7 @@ impl Planner {
             series: HashMap::new(),
             budgets: HashMap::new(),
             suppressed: 0,
+            name_suffix: None,
         }
     }
 
@@ -170,6 +178,7 @@ impl Planner {
         let ttl = self.series_ttl;
         let series = self.series.entry(key.clone()).or_insert_with(|| Series {
             name: None,
+            planned: String::new(),
             pod_uid: None,
             total: 0,
             written: 0,
@@ -192,12 +201,19 @@ impl Planner {
         if series.name.is_some() && stale {
             // Idle too long: a new Event for what comes now.
             series.name = None;
+            series.planned.clear();
             series.total = 0;
             series.written = 0;
         }
         series.total += delta;
         series.last_seen = now;
         if series.name.is_none() {
+            if series.planned.is_empty() {
+                series.planned = match &self.name_suffix {
+                    Some(suffix) => format!("{}.{suffix}", key.1),
+                    None => format!("{}.{:x}", key.1, Timestamp::now().as_nanosecond()),
+                };
+            }
             series.note = note(alert);
             series.action = action_name(alert.action);
             series.pod_uid = pod_uid(alert);
@@ -223,6 +239,7 @@ impl Planner {
         budget.1 += 1;
         let write = match &series.name {
             None => Write::Create {
+                name: series.planned.clone(),
                 namespace: key.0.clone(),
                 pod: key.1.clone(),
                 pod_uid: series.pod_uid.clone(),
@@ -269,6 +286,7 @@ impl Planner {
                 series.last_write = Some(now);
             } else {
                 series.name = None;
+                series.planned.clear();
                 series.written = 0;
             }
         }
@@ -396,9 +414,6 @@ pub(crate) struct Poster {
     config: EventsConfig,
     planner: Planner,
     metrics: Arc<Metrics>,
-    /// When set, the name of the next Event created is `POD.SUFFIX` rather than `POD.TIME`: the
-    /// same whichever replica writes it (the JetStream path sets it to the alert's cursor).
-    pub(crate) name_suffix: Option<String>,
 }
 
 impl Poster {
@@ -408,8 +423,12 @@ impl Poster {
             planner: Planner::new(config.per_pod_per_minute, config.series_ttl),
             config,
             metrics,
-            name_suffix: None,
         }
+    }
+
+    /// Name the Events of series starting from now on `POD.SUFFIX` (see [`Planner::name_suffix`]).
+    pub(crate) fn name_series(&mut self, suffix: String) {
+        self.planner.name_suffix = Some(suffix);
     }
 
     async fn alert(&mut self, alert: &AlertLine) {
@@ -427,12 +446,13 @@ impl Poster {
     }
 
     /// Count `alert` as the previous writer did, writing nothing: its Events exist (named as
-    /// [`Poster::name_suffix`] says, for the ones it created).
+    /// [`Planner::name_suffix`] says, for the ones it created).
     pub(crate) fn replayed(&mut self, alert: &AlertLine, now: Instant) {
         if let Some((key, write)) = self.planner.alert(alert, now) {
             let (name, count) = match write {
-                Write::Create { pod, count, .. } => (self.event_name(&pod, now), count),
-                Write::Patch { name, count, .. } => (name, count),
+                Write::Create { name, count, .. } | Write::Patch { name, count, .. } => {
+                    (name, count)
+                }
             };
             self.planner.written(&key, Some(name), count, now);
         }
@@ -458,15 +478,6 @@ impl Poster {
         }
     }
 
-    fn event_name(&self, pod: &str, now: Instant) -> String {
-        let _ = now;
-        if let Some(suffix) = &self.name_suffix {
-            format!("{pod}.{suffix}")
-        } else {
-            format!("{pod}.{:x}", Timestamp::now().as_nanosecond())
-        }
-    }
-
     fn count_suppressed(&self, before: u64) {
         let n = self.planner.suppressed - before;
         if n > 0 {
@@ -478,6 +489,7 @@ impl Poster {
         let now = Timestamp::now();
         let (namespace, result, count) = match &write {
             Write::Create {
+                name,
                 namespace,
                 pod,
                 pod_uid,
@@ -485,7 +497,7 @@ impl Poster {
                 note,
                 count,
             } => {
-                let name = self.event_name(pod, Instant::now());
+                let name = name.clone();
                 let event = Event {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
@@ -522,17 +534,22 @@ impl Poster {
                     && status.code == 409
                 {
                     // Created by the previous writer (a name that does not depend on who
-                    // writes): bring its count up to date instead.
-                    result = tokio::time::timeout(
-                        WRITE_TIMEOUT,
-                        api.patch(
-                            &name,
-                            &PatchParams::default(),
-                            &Patch::Merge(&series_patch(*count, now)),
-                        ),
-                    )
-                    .await
-                    .map(|r| r.map(|_| name));
+                    // writes): bring its count up to date instead; a count of 1 is what it
+                    // says already (a series count is at least 2).
+                    result = if *count < 2 {
+                        Ok(Ok(name))
+                    } else {
+                        tokio::time::timeout(
+                            WRITE_TIMEOUT,
+                            api.patch(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(&series_patch(*count, now)),
+                            ),
+                        )
+                        .await
+                        .map(|r| r.map(|_| name))
+                    };
                 }
                 (namespace.clone(), result, *count)
             }

@@ -315,6 +315,12 @@ impl Metrics {
         self.kube_events_suppressed.get()
     }
 
+    /// Kubernetes Event writes refused or timed out so far.
+    #[must_use]
+    pub fn kube_events_failed_total(&self) -> u64 {
+        self.kube_events_failed.get()
+    }
+
     /// The exposition of these counters and `hub`'s.
     #[must_use]
     pub fn render(&self, hub: &Hub) -> String {

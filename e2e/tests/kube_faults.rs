@@ -604,7 +604,11 @@ async fn a_token_scoped_to_one_namespace_never_sees_anothers_events_or_alerts() 
         .output()
         .expect("tail --namespace team-b");
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        refused.status.code(),
+        Some(5),
+        "a client refused for what it asked exits 5 (docs/security.md): {stderr}"
+    );
     assert!(
         stderr.contains("team-b") && stderr.contains("outside the namespaces"),
         "asking for another namespace is refused with the reason: {stderr}"

@@ -27,7 +27,11 @@ fn subscribers_beyond_the_maximum_are_refused_with_resource_exhausted() {
         .output()
         .expect("a third tail");
     let stderr = String::from_utf8_lossy(&third.stderr);
-    assert_eq!(third.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        third.status.code(),
+        Some(3),
+        "a refused request exits 3 (docs/security.md): {stderr}"
+    );
     assert!(
         stderr.contains("maximum of 2 subscribers (--max-subscribers)")
             && stderr.contains("resource"),

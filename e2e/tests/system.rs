@@ -513,9 +513,9 @@ fn scenario(plane: &ControlPlane) {
         AGENT_START,
         |l| l.contains("mapsentry: agent on node"),
     );
-    // The Enforce policy reached the agent and resolved, through its pod cache, to the cgroups
-    // of e2e-enforce/wx (pod slice and container scope), not e2e-audit's.
-    let (at, line) = wait_allowed(
+    // The Enforce policy reached the agent (resolved, through its pod cache, to the cgroups of
+    // e2e-enforce/wx: pod slice and container scope, not e2e-audit's, once the agent is ready).
+    let (at, _) = wait_allowed(
         &mut agent,
         &[&collector],
         "the Enforce policy applied to the pod's cgroups",
@@ -523,7 +523,6 @@ fn scenario(plane: &ControlPlane) {
         STEP,
         |l| enforcement(l).is_some_and(|(version, cgroups)| version > 0 && cgroups > 0),
     );
-    let (_, enforced_cgroups) = enforcement(&line).unwrap();
     // Ready: programs attached, ring buffer drained, pod cache synced with the API server.
     let marker = "agent metrics on http://";
     let (_, line) = agent.wait_for(
@@ -543,6 +542,17 @@ fn scenario(plane: &ControlPlane) {
         matches!(try_http_get(agent_http, "/readyz"), Ok((200, _))).then_some(())
     });
     let ready = started.elapsed();
+    // Ready means resolved against the pod cache's first list: the last enforcement line is
+    // the policy on e2e-enforce's pod alone (pod cgroups of no known pod, say left by a crashed
+    // run, hold every rule that could apply to a pod and count here too).
+    let line = agent
+        .output(Stream::Stderr)
+        .into_iter()
+        .rev()
+        .find(|l| enforcement(l).is_some())
+        .expect("an enforcement line");
+    assert!(line.contains("awaiting_pods=false"), "{line}");
+    let (_, enforced_cgroups) = enforcement(&line).unwrap();
 
     // Audit: alerted, never stopped.
     let (killed, audit_pid) = run_in(&audit);

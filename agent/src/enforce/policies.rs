@@ -88,6 +88,9 @@ pub struct EnforceStats {
     pub persisted: bool,
     /// Why the set in force could not be persisted, if it could not.
     pub persist_error: Option<String>,
+    /// The cgroups were last resolved before the pod cache completed its first list, so every
+    /// pod cgroup holds every rule that could apply to a pod (fail closed); not ready.
+    pub awaiting_pods: bool,
 }
 
 /// A cgroup and who is in it, as far as scopes care.

@@ -297,6 +297,8 @@ pub struct PodCache {
 struct Counters {
     /// Bumped on every change a lookup could see.
     generation: AtomicU64,
+    /// The generation, for those who wait for changes ([`PodCache::changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
     lists: AtomicU64,
     gone: AtomicU64,
     errors: AtomicU64,
@@ -388,8 +390,16 @@ impl PodCache {
         self.counters.generation.load(Ordering::Acquire)
     }
 
+    /// Wakes on every change a lookup could see (and on the first completed list); changes
+    /// made while the receiver was busy are seen together, never lost.
+    #[must_use]
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.counters.changes.subscribe()
+    }
+
     fn changed(&self) {
-        self.counters.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.counters.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.counters.changes.send_replace(generation);
     }
 
     /// A pod is gone: keep it as a tombstone.
@@ -454,9 +464,10 @@ impl PodCache {
             state.tombstones.remove(&uid);
         }
         drop(state);
-        self.changed();
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        // Synced before the change is announced: who wakes on it sees the cache complete.
         self.counters.synced.store(true, Ordering::Release);
+        self.changed();
     }
 
     fn set_namespace(&self, name: String, labels: Option<BTreeMap<String, String>>) {

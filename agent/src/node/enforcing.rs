@@ -4,7 +4,10 @@
 //! come and go. Pod cgroups resolve through the agent's pod cache (namespace, pod labels,
 //! namespace labels, container, image) when Kubernetes is configured; without it, or while a
 //! pod is not known, they fail closed: every rule that could apply to a pod (counted as
-//! unresolved). `--enforce-under CGROUP` confines all of it to one subtree of the hierarchy.
+//! unresolved). Every change of the pod cache (a pod added, changed or gone, the first list
+//! completed) re-resolves at once, so a pod is judged by its own policies as soon as the agent
+//! knows it; until the first list has been resolved the agent is not ready. `--enforce-under
+//! CGROUP` confines all of it to one subtree of the hierarchy.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -26,6 +29,8 @@ pub enum Work {
     Set(v1::PolicySet),
     /// Time to re-resolve scopes.
     Rescan,
+    /// The pod cache changed: re-resolve scopes now.
+    PodsChanged,
 }
 
 #[derive(Debug)]
@@ -36,6 +41,10 @@ pub struct Enforcing {
     /// The subtree enforced (`--enforce-under`), relative to the hierarchy; empty: all of it.
     under: PathBuf,
     pods: Option<PodCache>,
+    /// Wakes on every change of `pods`.
+    pod_changes: Option<watch::Receiver<u64>>,
+    /// Whether the last resolution ran before the pod cache's first list (pods held closed).
+    awaiting_pods: bool,
     rescan: tokio::time::Interval,
     reported: EnforceStats,
 }
@@ -57,6 +66,8 @@ impl Enforcing {
             cgroup_root,
             under: PathBuf::new(),
             pods: None,
+            pod_changes: None,
+            awaiting_pods: false,
             rescan,
             reported: EnforceStats::default(),
         }
@@ -65,6 +76,7 @@ impl Enforcing {
     /// Resolve pod cgroups through `pods` (the agent's pod cache; `None`: no Kubernetes).
     #[must_use]
     pub fn with_pods(mut self, pods: Option<PodCache>) -> Self {
+        self.pod_changes = pods.as_ref().map(PodCache::changes);
         self.pods = pods;
         self
     }
@@ -79,8 +91,14 @@ impl Enforcing {
 
     /// Wait for the next thing to do.
     pub async fn next(&mut self) -> Work {
+        let Self {
+            sets,
+            pod_changes,
+            rescan,
+            ..
+        } = self;
         let set = async {
-            match &mut self.sets {
+            match sets {
                 Some(sets) => loop {
                     if sets.changed().await.is_err() {
                         return std::future::pending().await;
@@ -92,9 +110,19 @@ impl Enforcing {
                 None => std::future::pending().await,
             }
         };
+        let pods_changed = async {
+            let alive = match pod_changes {
+                Some(changes) => changes.changed().await.is_ok(),
+                None => false,
+            };
+            if !alive {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             set = set => Work::Set(set),
-            _ = self.rescan.tick() => Work::Rescan,
+            () = pods_changed => Work::PodsChanged,
+            _ = rescan.tick() => Work::Rescan,
         }
     }
 
@@ -114,12 +142,14 @@ impl Enforcing {
             return;
         };
         let pods = self.pods.as_ref();
+        // Read before the scan: a list completing during it is resolved by the next change.
+        self.awaiting_pods = pods.is_some_and(|p| !p.synced());
         let cgroups: Vec<(u64, CgroupScope)> =
             scan_cgroups(root, &root.join(&self.under), &|owner| {
                 pods.and_then(|p| pod_context(p, owner))
             });
         self.enforcer.apply(capture.rules(), &cgroups);
-        let stats = self.enforcer.stats();
+        let stats = self.stats();
         if stats != self.reported {
             tracing::info!(
                 version = stats.version,
@@ -129,6 +159,7 @@ impl Enforcing {
                 cgroups = stats.cgroups,
                 unresolved = stats.unresolved,
                 write_errors = stats.write_errors,
+                awaiting_pods = stats.awaiting_pods,
                 "enforcement"
             );
             self.reported = stats;
@@ -137,7 +168,10 @@ impl Enforcing {
 
     #[must_use]
     pub fn stats(&self) -> EnforceStats {
-        self.enforcer.stats()
+        EnforceStats {
+            awaiting_pods: self.awaiting_pods,
+            ..self.enforcer.stats()
+        }
     }
 
     /// What the collector hears of this node's enforcement (the agent stream's report).

@@ -203,6 +203,11 @@ impl AgentStatus {
             .enforce
             .clone()
             .unwrap_or_default();
+        if enforce.awaiting_pods {
+            return Reply::unavailable(
+                "not ready: the enforce-mode policies are not yet resolved against the pod cache's first list (pod cgroups hold every rule that could apply to them)\n",
+            );
+        }
         let mut body = "ready".to_owned();
         // Ready, but a downgrade or a set that would not survive a restart is never silent:
         // health says it too.

@@ -135,7 +135,7 @@ async fn run(
                     backbone.metrics.set_pending("kube-events", pending);
                     behind = pending;
                     let now = instant_of(published.unix_timestamp_nanos());
-                    poster.name_suffix = Some(format!("{sequence:x}"));
+                    poster.name_series(format!("{sequence:x}"));
                     if replaying && sequence > through {
                         replaying = false;
                         poster.rewrite_all();

@@ -234,3 +234,42 @@ async fn event_writes_are_rate_limited_per_pod_and_the_excess_is_counted() {
     );
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+/// Two writers of one series (replicas across a Lease takeover, the second without the first's
+/// progress): the second's create of a one-call Event finds it made and adopts it, no error and
+/// no second Event; its later count goes into the same Event.
+#[tokio::test]
+async fn a_series_created_by_the_previous_writer_is_adopted_even_at_one_call() {
+    let setup = setup("adopt", GOOD_V1, 10).await;
+    let line = |count| AlertLine {
+        action: mapsentry_policy::Action::Kill,
+        ..crate::testing::alert_line(Some("shop"), Some("web"), "app", "wx", count)
+    };
+    let poster = || {
+        let client = setup.server.collector();
+        let metrics = Arc::clone(&setup.metrics);
+        async move {
+            let mut poster = Poster::new(client.await, EventsConfig::default(), metrics);
+            poster.name_series("1".into());
+            poster
+        }
+    };
+    let mut before = poster().await;
+    before.alert_at(&line(1), Instant::now()).await;
+    let mut after = poster().await;
+    after.alert_at(&line(1), Instant::now()).await;
+    assert_eq!(setup.metrics.kube_events_failed_total(), 0);
+    let events = pod_events(&setup.server).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].metadata.name.as_deref(), Some("web.1"));
+    assert!(events[0].series.is_none(), "one call: {events:?}");
+
+    after.name_series("2".into());
+    after.alert_at(&line(7), Instant::now()).await;
+    assert_eq!(setup.metrics.kube_events_failed_total(), 0);
+    let events = pod_events(&setup.server).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].metadata.name.as_deref(), Some("web.1"));
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(7));
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}

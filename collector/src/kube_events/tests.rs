@@ -111,3 +111,37 @@ fn an_idle_series_starts_a_new_event() {
         .expect("write");
     assert!(matches!(write, Write::Create { count: 1, .. }), "{write:?}");
 }
+
+#[test]
+fn a_create_retried_later_keeps_the_name_its_series_started_with() {
+    let mut planner = Planner::new(10, Duration::from_mins(10));
+    let t0 = Instant::now();
+    planner.name_suffix = Some("1".into());
+    let (key, first) = planner
+        .alert(&alert(Some("web"), "wx", 1), t0)
+        .expect("a write");
+    assert!(
+        matches!(&first, Write::Create { name, .. } if name == "web.1"),
+        "{first:?}"
+    );
+    // The create failed (nothing written); the stream moved on before it is retried.
+    planner.name_suffix = Some("2".into());
+    let (_, retry) = planner
+        .alert(&alert(Some("web"), "wx", 5), t0 + Duration::from_secs(1))
+        .expect("a write");
+    assert!(
+        matches!(&retry, Write::Create { name, count: 5, .. } if name == "web.1"),
+        "the series is still web.1, whoever writes it: {retry:?}"
+    );
+    // Gone (404): the next Event of the key is a new series, named from the alert starting it.
+    planner.written(&key, Some("web.1".into()), 5, t0 + Duration::from_secs(1));
+    planner.written(&key, None, 0, t0 + Duration::from_secs(2));
+    planner.name_suffix = Some("3".into());
+    let (_, anew) = planner
+        .alert(&alert(Some("web"), "wx", 6), t0 + Duration::from_secs(3))
+        .expect("a write");
+    assert!(
+        matches!(&anew, Write::Create { name, .. } if name == "web.3"),
+        "{anew:?}"
+    );
+}

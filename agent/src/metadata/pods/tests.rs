@@ -214,3 +214,32 @@ fn a_relist_replaces_the_pods_and_buries_the_missing() {
     assert_eq!(cache.stats().lists, 1);
     assert_ne!(cache.generation(), before);
 }
+
+#[tokio::test]
+async fn changes_wake_on_every_change_and_the_first_list_is_seen_complete() {
+    let cache = PodCache::new(PodCacheConfig::new("node-a").expect("node"));
+    let mut changes = cache.changes();
+    let pod = PodInfo::from_pod(&web_pod()).expect("pod");
+    cache.apply(pod.clone());
+    tokio::time::timeout(Duration::from_secs(1), changes.changed())
+        .await
+        .expect("a pod applied wakes the receiver")
+        .expect("the cache is alive");
+    assert!(!cache.synced());
+    changes.borrow_and_update();
+    cache.start_list();
+    cache.apply(pod.clone());
+    cache.finish_list();
+    tokio::time::timeout(Duration::from_secs(1), changes.changed())
+        .await
+        .expect("the completed list wakes the receiver")
+        .expect("the cache is alive");
+    assert!(cache.synced(), "who wakes on the list sees it complete");
+    assert_eq!(*changes.borrow_and_update(), cache.generation());
+    // Several changes while the receiver was busy are one wake-up, none lost.
+    cache.delete(pod.clone());
+    cache.apply(pod);
+    changes.changed().await.expect("the cache is alive");
+    assert_eq!(*changes.borrow_and_update(), cache.generation());
+    assert!(!changes.has_changed().expect("the cache is alive"));
+}

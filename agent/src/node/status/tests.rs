@@ -201,3 +201,34 @@ fn a_deny_that_fell_back_to_kill_is_said_by_readyz() {
         "{metrics}"
     );
 }
+
+#[test]
+fn not_ready_while_enforcement_was_resolved_before_the_pods_were_known() {
+    let status = AgentStatus::default();
+    status.attached(info(), None, MissingCounter::default());
+    status.snapshot.lock().unwrap().enforce = Some(EnforceStats {
+        version: 3,
+        kernel_rules: 1,
+        unresolved: 2,
+        awaiting_pods: true,
+        ..EnforceStats::default()
+    });
+    let waiting = status.readiness(Instant::now());
+    assert_eq!(waiting.status, 503);
+    assert!(
+        waiting
+            .body
+            .contains("not yet resolved against the pod cache"),
+        "{}",
+        waiting.body
+    );
+    status
+        .snapshot
+        .lock()
+        .unwrap()
+        .enforce
+        .as_mut()
+        .unwrap()
+        .awaiting_pods = false;
+    assert_eq!(status.readiness(Instant::now()).status, 200);
+}
