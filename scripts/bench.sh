@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 command -v bpftrace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null
+# bpftrace attaches its tracepoints through tracefs, which a fresh machine may not have mounted.
+if ! mountpoint -q /sys/kernel/tracing; then
+    mount -t tracefs nodev /sys/kernel/tracing ||
+        { echo "bench.sh: bpftrace needs tracefs at /sys/kernel/tracing, and mounting it failed" >&2; exit 1; }
+fi
 cargo build --release --locked -p mapsentry-cli -p mapsentry-bench
 case "${1:-}" in
 overhead | pipeline) which="$1"; shift ;;

@@ -1,12 +1,13 @@
 //! The overhead benchmark: the same workloads under every tracer, rounds interleaved.
 
 use std::{
+    collections::VecDeque,
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail, ensure};
@@ -200,16 +201,45 @@ impl Running {
             }
             let _ = lines_tx.send(count);
         });
+        // The tracer's last words, for when it never attaches.
+        let said = Arc::new(Mutex::new(VecDeque::new()));
+        let said_by_tracer = Arc::clone(&said);
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if err_marker.is_some_and(|m| line.contains(m)) {
                     let _ = ready_err.send(());
                 }
+                let mut said = said_by_tracer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if said.len() == 20 {
+                    said.pop_front();
+                }
+                said.push_back(line);
             }
         });
-        if ready_rx.recv_timeout(Duration::from_mins(1)).is_err() {
-            let _ = child.kill();
-            bail!("the tracer did not attach within 60 s");
+        let last_words = |said: &Mutex<VecDeque<String>>| {
+            let said = said.lock().unwrap_or_else(PoisonError::into_inner);
+            said.iter().cloned().collect::<Vec<_>>().join("\n")
+        };
+        let program = command.get_program().to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while ready_rx.recv_timeout(Duration::from_millis(100)).is_err() {
+            if let Some(status) = child.try_wait().context("waiting for the tracer")? {
+                // Let the reader thread take its last lines.
+                thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "{program} exited ({status}) before attaching; it said:\n{}",
+                    last_words(&said)
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                bail!(
+                    "{program} did not attach within 60 s; it said:\n{}",
+                    last_words(&said)
+                );
+            }
         }
         Ok(Self { child, lines })
     }
@@ -284,4 +314,27 @@ fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = thread::available_parallelism().map_or(0, usize::from);
     format!("Machine: {cpu}, {cores} cores, kernel {}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracer that dies before attaching (bpftrace without tracefs, say) is reported at once,
+    /// with what it said, not after the 60 s wait.
+    #[test]
+    fn a_tracer_that_exits_before_attaching_is_reported_with_its_words() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo 'ERROR: tracefs not mounted' >&2; exit 3"]);
+        let started = Instant::now();
+        let Err(error) = Running::start(command, ReadyOn::Stdout("Attaching")) else {
+            panic!("a tracer that exits is an error");
+        };
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("exited") && message.contains("tracefs not mounted"),
+            "{message}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{message}");
+    }
 }

@@ -35,8 +35,9 @@ fn deny_required() -> bool {
     std::env::var("MAPSENTRY_TEST_DENY").is_ok_and(|v| v == "required")
 }
 
-/// The policy: memfd exec killed for everyone; exec mappings of files under /tmp denied (killed
-/// where the kernel cannot deny); anonymous exec mmaps killed except for comm `jitok`; W+X
+/// The policy: memfd exec killed for everyone; exec mappings of the helper's temporary files
+/// (`mapsentry-file-*` in the temp dir; not all of /tmp, which may hold the checkout and so the
+/// helper's own executable) denied (killed where the kernel cannot deny); anonymous exec mmaps killed except for comm `jitok`; W+X
 /// mprotect flips killed except for executables under `trusted`.
 fn policy_yaml(trusted: &Path) -> String {
     format!(
@@ -52,7 +53,7 @@ spec:
       match: {{protAny: [PROT_EXEC], file: {{memfd: true}}}}
       action: Kill
     - name: tmp-exec
-      match: {{protAny: [PROT_EXEC], mapping: File, file: {{pathGlobs: ['/tmp/**']}}}}
+      match: {{protAny: [PROT_EXEC], mapping: File, file: {{pathGlobs: ['{}/mapsentry-file-*']}}}}
       action: Deny
     - name: anon-exec
       match: {{syscalls: [mmap], protAny: [PROT_EXEC], mapping: Anonymous}}
@@ -63,6 +64,7 @@ spec:
       except: {{executableGlobs: ['{}/**']}}
       action: Kill
 ",
+        std::env::temp_dir().display(),
         trusted.display()
     )
 }
@@ -75,7 +77,7 @@ fn id() -> PolicyId {
 }
 
 /// Two copies of the helper program, same name (so the same comm), one under `trusted/`:
-/// beside the test binaries, not under /tmp (which the policy's file rule covers).
+/// beside the test binaries, not among the temporary files the policy's file rule covers.
 struct Executables {
     dir: PathBuf,
     trusted: PathBuf,
@@ -312,7 +314,7 @@ async fn one_policy_judges_comm_executables_memfds_paths_and_flips_in_the_kernel
         Some((EnforceAction::Kill, rule_id(&id(), "memfd-exec")))
     );
 
-    // An exec mapping of a file under /tmp: denied where BPF LSM runs, else killed; the same
+    // An exec mapping of a temporary file: denied where BPF LSM runs, else killed; the same
     // mapping of a file elsewhere (the helper's own executable) is allowed.
     let tmp = run_in(
         &cgroup,
@@ -323,7 +325,7 @@ async fn one_policy_judges_comm_executables_memfds_paths_and_flips_in_the_kernel
         ]}),
     );
     let decision = if deny {
-        let what = "an exec mapping outside /tmp is allowed, one under /tmp denied";
+        let what = "an exec mapping of the executable is allowed, one of a temporary file denied";
         assert!(tmp.ret(0, what) > 0, "{what}: {tmp:?}");
         assert_eq!(tmp.ret(1, what), -1, "{what} with EPERM: {tmp:?}");
         EnforceAction::Deny
@@ -338,7 +340,7 @@ async fn one_policy_judges_comm_executables_memfds_paths_and_flips_in_the_kernel
             e.args.prot == PROT_RX
                 && e.file
                     .as_ref()
-                    .is_some_and(|f| !f.path.starts_with("/tmp/"))
+                    .is_some_and(|f| !f.path.contains("mapsentry-file-"))
         })
         .expect("the exec mapping of the executable is reported");
     assert!(
@@ -348,7 +350,7 @@ async fn one_policy_judges_comm_executables_memfds_paths_and_flips_in_the_kernel
     let tmp_call = events
         .iter()
         .find(|e| e.enforced.is_some())
-        .expect("the /tmp exec mapping is reported");
+        .expect("the temporary file's exec mapping is reported");
     assert_eq!(
         tmp_call.enforced.map(|d| (d.action, d.rule_id)),
         Some((decision, rule_id(&id(), "tmp-exec")))
