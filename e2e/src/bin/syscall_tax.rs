@@ -163,7 +163,7 @@ fn main() {
                     );
                 }
                 drop(capture);
-                for rules in [Rules::None, Rules::Plain, Rules::Classes] {
+                for rules in [Rules::None, Rules::Plain, Rules::Calls, Rules::Classes] {
                     variants.push(Some((mode, rules)));
                 }
             }
@@ -205,6 +205,7 @@ fn main() {
             None => "bare".to_owned(),
             Some((mode, Rules::None)) => mode.to_string(),
             Some((mode, Rules::Plain)) => format!("{mode}+8rules"),
+            Some((mode, Rules::Calls)) => format!("{mode}+8rules-past-prot"),
             Some((mode, Rules::Classes)) => format!("{mode}+8rules-comm-exe"),
         };
         let (g_ratio, g_low, g_high) = ratios(&getppid_ns[i], &getppid_ns[0]);
@@ -239,6 +240,15 @@ fn main() {
         println!(
             "SYSCALL-TAX classes-vs-plain mode={mode} mmap_ratio={ratio:.4} low={low:.4} high={high:.4}"
         );
+        if let Some(calls) = variants
+            .iter()
+            .position(|v| *v == Some((*mode, Rules::Calls)))
+        {
+            let (ratio, low, high) = ratios(&mmap_ns[i], &mmap_ns[calls]);
+            println!(
+                "SYSCALL-TAX classes-vs-calls mode={mode} mmap_ratio={ratio:.4} low={low:.4} high={high:.4}"
+            );
+        }
     }
 }
 
@@ -266,6 +276,10 @@ enum Rules {
     None,
     /// Eight Kill rules no call can match: `PROT_SEM` required, at least 1 PiB long.
     Plain,
+    /// Eight Kill rules that pass the protection test for the loop's mmaps (`PROT_READ`,
+    /// anonymous) and fail on the call's length (at least 1 PiB): what [`Rules::Classes`] costs
+    /// short of the caller's comm and executable.
+    Calls,
     /// Eight Kill rules whose conditions on the call hold for the loop's mmaps (`PROT_READ`,
     /// anonymous), four with a command name and four with an executable glob nothing has.
     Classes,
@@ -279,6 +293,12 @@ impl Rules {
                 .map(|i| {
                     json!({"name": format!("r{i}"), "action": "Kill",
                            "match": {"protAll": ["PROT_SEM"], "minLength": "1Pi"}})
+                })
+                .collect(),
+            Self::Calls => (0..8)
+                .map(|i| {
+                    json!({"name": format!("r{i}"), "action": "Kill",
+                           "match": {"protAny": ["PROT_READ"], "mapping": "Anonymous", "minLength": "1Pi"}})
                 })
                 .collect(),
             Self::Classes => (0..8)
