@@ -67,6 +67,7 @@ impl Replica {
         policies: Vec<PathBuf>,
         kubernetes: Option<KubernetesConfig>,
     ) -> Self {
+        logs();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = Config {
@@ -181,6 +182,20 @@ impl Drop for Replica {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The replicas' logs (info and up, or `RUST_LOG`), in the output libtest shows for a failing
+/// test.
+fn logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// GET `path` on `addr` (HTTP/1.0, for `/readyz` and `/metrics`).
@@ -775,7 +790,13 @@ async fn a_storm_moved_between_replicas_is_one_alert_series_and_alerts_resume_fr
             Instant::now() < deadline,
             "the series did not reach 500: {counts:?}"
         );
-        if let Item::Alert(alert) = next_item(&mut alerts).await {
+        let item = tokio::time::timeout(Duration::from_secs(20), alerts.message())
+            .await
+            .unwrap_or_else(|_| panic!("no alert update within 20 s after {counts:?}"))
+            .expect("stream ok")
+            .expect("stream open")
+            .item;
+        if let Some(Item::Alert(alert)) = item {
             assert_eq!(
                 (alert.namespace.as_deref(), alert.pod.as_deref()),
                 (Some("shop"), Some("web"))

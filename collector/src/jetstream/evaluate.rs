@@ -270,6 +270,8 @@ fn start_partition(
         series: HashMap::new(),
         processed: start - 1,
         replay_until,
+        backlog: false,
+        newest_call: 0,
         progress: progress_tx,
     };
     let task = tokio::spawn(
@@ -319,6 +321,11 @@ struct Evaluator {
     processed: u64,
     /// Messages up to this were read by the previous holder (re-reading them is a replay).
     replay_until: u64,
+    /// Whether messages were pending after the last one read: a backlog is being read (after a
+    /// takeover, or a stall), so the aggregation is judged at [`Self::newest_call`].
+    backlog: bool,
+    /// The time of the newest call read (ns since the epoch).
+    newest_call: u64,
     progress: watch::Sender<Progress>,
 }
 
@@ -359,6 +366,7 @@ impl Evaluator {
                     let Ok(info) = message.info() else { continue };
                     let (sequence, pending) = (info.stream_sequence, info.pending);
                     self.backbone.metrics.set_pending(&format!("eval-{}", self.partition), pending);
+                    self.backlog = pending > 0;
                     if sequence <= self.processed {
                         continue;
                     }
@@ -379,7 +387,8 @@ impl Evaluator {
                 _ = flush.tick() => {
                     let now = now_ns();
                     self.publish_deferred(now).await?;
-                    for line in self.aggregator.flush(now) {
+                    let clock = aggregation_clock(self.backlog, self.newest_call, now);
+                    for line in self.aggregator.flush(clock) {
                         self.publish_line(line).await?;
                     }
                     self.forget_settled();
@@ -458,6 +467,7 @@ impl Evaluator {
                 }
             };
             self.metrics.evaluated(1);
+            self.newest_call = self.newest_call.max(event.time_ns);
             let ctx = eval_context(&event);
             if self.scopes.len() >= self.max_scopes {
                 self.scopes.clear();
@@ -544,12 +554,14 @@ impl Evaluator {
                 series.last = message.sequence;
                 if let Ok(stored) = StoredAlert::decode(message.payload.as_ref()) {
                     series.through = stored.through;
-                    if let Some(reported) = reported(&stored, message.time.unix_timestamp_nanos())
-                        && reported.mode == m.mode
-                        && reported.action == m.action
-                    {
-                        self.aggregator.restore(key.clone(), reported, now);
-                    }
+                    let reported = reported(&stored, message.time.unix_timestamp_nanos());
+                    let count = reported.as_ref().map(|r| r.count);
+                    let restored = reported.is_some_and(|reported| {
+                        reported.mode == m.mode
+                            && reported.action == m.action
+                            && self.aggregator.restore(key.clone(), reported, now)
+                    });
+                    tracing::debug!(%subject, ?count, through = stored.through, restored, "a series' last update");
                 }
             }
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {}
@@ -638,6 +650,7 @@ impl Evaluator {
         };
         match result {
             Ok(ack) => {
+                tracing::debug!(subject = %series.subject, count = line.count, through, expected = series.last, sequence = ack.sequence, duplicate = ack.duplicate, "an alert update published");
                 series.last = ack.sequence;
                 series.through = through;
                 series.unpublished = (series.latest > through).then_some(through + 1);
@@ -656,6 +669,16 @@ impl Evaluator {
             }
         }
     }
+}
+
+/// The time an evaluator's aggregation windows are judged at. Live, the wall clock. While a
+/// backlog is read (a new holder re-reading what the last one left, seconds old), the newest
+/// call read, never past the wall clock: the backlog's calls are aggregated as they were when
+/// they happened. Judged at the wall clock, a flush between two old batches would find the
+/// series idle for longer than its window, publish it and forget it, and the next old call
+/// would begin a second series at 1.
+fn aggregation_clock(backlog: bool, newest_call: u64, wall: u64) -> u64 {
+    if backlog { newest_call.min(wall) } else { wall }
 }
 
 /// The alert key of a line.
