@@ -421,7 +421,22 @@ impl Alerting {
                         }
                     }
                 });
-                let crds = crds::start_gated(plan.client, shared.clone(), Some(leading));
+                // The reports this replica's agents send, shared; every replica's, followed.
+                let cluster_reports = NodeReports::default();
+                if let Some(local) = plan.node_reports {
+                    jetstream::reports::start(
+                        Arc::clone(&backbone),
+                        local,
+                        cluster_reports.clone(),
+                        stop.clone(),
+                    );
+                }
+                let crds = crds::start_gated(
+                    plan.client,
+                    shared.clone(),
+                    Some(leading),
+                    Some(cluster_reports),
+                );
                 status!(
                     "watching MmapPolicy and ClusterMmapPolicy objects; alerts become Events on their pods"
                 );

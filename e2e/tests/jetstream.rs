@@ -331,6 +331,39 @@ impl Agent {
         }
     }
 
+    /// The next policy set the replica pushes that holds a policy named `name`.
+    async fn policy_set_with(&mut self, name: &str) -> v1::PolicySet {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), self.acks.message())
+                .await
+                .unwrap_or_else(|_| panic!("no policy set with {name} within 30 s"))
+                .expect("the agent stream")
+                .expect("the agent stream open");
+            if let Some(collector_message::Msg::PolicySet(set)) = message.msg
+                && set
+                    .policies_json
+                    .iter()
+                    .any(|json| json.contains(&format!("\"name\":\"{name}\"")))
+            {
+                return set;
+            }
+        }
+    }
+
+    /// Say which set this agent enforces and why it could not persist it.
+    async fn report(&self, version: u64, persist_error: &str) {
+        self.out
+            .send(AgentMessage {
+                msg: Some(Msg::Enforcement(v1::EnforcementReport {
+                    policy_set_version: version,
+                    persist_error: persist_error.into(),
+                    refused: vec![],
+                })),
+            })
+            .await
+            .expect("the agent stream open");
+    }
+
     async fn ship(&mut self, seq: u64, events: Vec<Event>) {
         self.try_ship(seq, events)
             .await
@@ -835,26 +868,13 @@ async fn a_storm_moved_between_replicas_is_one_alert_series_and_alerts_resume_fr
     b.stop().await;
 }
 
-/// The `MmapPolicyViolation` Events (events.k8s.io/v1) of `namespace`.
-fn violation_events(admin: &Kubectl, namespace: &str) -> Vec<serde_json::Value> {
-    let events = admin.json(&["get", "events.events.k8s.io", "-n", namespace]);
-    events["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["reason"] == "MmapPolicyViolation")
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_lease_takeover() {
-    let dir = tmp();
-    let nats = Nats::single(dir.path());
-    // A real kube-apiserver with the chart's CRDs (the replicas watch policy objects too).
+/// A real kube-apiserver with the chart's CRDs (the replicas watch policy objects too) and the
+/// namespaces `shop` and `mapsentry`; the replicas' Kubernetes configuration (the Lease
+/// `mapsentry/mapsentry-collector`).
+fn kubernetes(name: &str) -> (ApiServer, Kubectl, KubernetesConfig) {
     let (server, admin) = tokio::task::block_in_place(|| {
         let tools = ChartTools::ensure();
-        let server = ApiServer::start("jetstream-events");
+        let server = ApiServer::start(name);
         let admin = Kubectl::new(&tools.kubectl, &server.admin_kubeconfig());
         let rendered = tools.render_chart("mapsentry", "mapsentry", &[]);
         admin.apply(&documents_of_kinds(
@@ -884,6 +904,39 @@ async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_leas
             name: "mapsentry-collector".into(),
         },
     };
+    (server, admin, kubernetes)
+}
+
+/// Wait until replica `r` holds the Kubernetes Lease.
+async fn wait_leading(r: &Replica, within: Duration) {
+    let deadline = Instant::now() + within;
+    while r.metric("mapsentry_kube_leader").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "replica {} did not take the Lease within {within:?}",
+            r.grpc
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `MmapPolicyViolation` Events (events.k8s.io/v1) of `namespace`.
+fn violation_events(admin: &Kubectl, namespace: &str) -> Vec<serde_json::Value> {
+    let events = admin.json(&["get", "events.events.k8s.io", "-n", namespace]);
+    events["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["reason"] == "MmapPolicyViolation")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_lease_takeover() {
+    let dir = tmp();
+    let nats = Nats::single(dir.path());
+    let (server, admin, kubernetes) = kubernetes("jetstream-events");
     let policy = dir.path().join("wx.yaml");
     std::fs::copy(
         concat!(
@@ -900,14 +953,7 @@ async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_leas
     );
     a.wait_ready(Duration::from_secs(30)).await;
     // A leads: it started first, and holds the Lease before B exists.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while a.metric("mapsentry_kube_leader").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "A did not take the Lease within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_leading(&a, Duration::from_secs(20)).await;
     let b = Replica::start_with(jetstream(&nats), vec![policy.clone()], Some(kubernetes));
     b.wait_ready(Duration::from_secs(30)).await;
 
@@ -969,6 +1015,95 @@ async fn a_storm_under_two_replicas_is_one_kubernetes_event_series_across_a_leas
     let events = tokio::task::block_in_place(|| violation_events(&admin, "shop"));
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["series"]["count"], 500, "{events:#?}");
+    b.stop().await;
+}
+
+/// Each agent streams to one replica; the Lease's holder writes the status. Two nodes report a
+/// set they enforce but could not persist, one through each replica: the `KernelEnforced`
+/// condition names both, and after the holder crashes the other replica, now writing, has both
+/// and takes a node's new report in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforcement_reports_sent_to_either_replica_reach_the_policy_status() {
+    let dir = tmp();
+    let nats = Nats::single(dir.path());
+    let (_server, admin, kubernetes) = kubernetes("jetstream-reports");
+    let a = Replica::start_with(jetstream(&nats), vec![], Some(kubernetes.clone()));
+    a.wait_ready(Duration::from_secs(30)).await;
+    wait_leading(&a, Duration::from_secs(20)).await;
+    let b = Replica::start_with(jetstream(&nats), vec![], Some(kubernetes));
+    b.wait_ready(Duration::from_secs(30)).await;
+    tokio::task::block_in_place(|| {
+        admin.apply(
+            r#"{"apiVersion": "mapsentry.dev/v1alpha1", "kind": "MmapPolicy",
+                "metadata": {"name": "no-wx", "namespace": "shop"},
+                "spec": {"mode": "Enforce", "rules": [
+                  {"name": "wx", "match": {"protAll": ["PROT_WRITE", "PROT_EXEC"]}, "action": "Kill"}]}}"#,
+        )
+    });
+    let kernel_enforced = || {
+        let object = tokio::task::block_in_place(|| {
+            admin.json(&["get", "mmappolicies.mapsentry.dev", "-n", "shop", "no-wx"])
+        });
+        object["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "KernelEnforced")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let condition = kernel_enforced();
+            if ok(&condition) {
+                return condition;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} within 30 s; KernelEnforced: {condition}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    let mut on_a = Agent::open(a.channel().await, "node-a", "boot-1").await;
+    let mut on_b = Agent::open(b.channel().await, "node-b", "boot-1").await;
+    let set_a = on_a.policy_set_with("no-wx").await;
+    let set_b = on_b.policy_set_with("no-wx").await;
+    on_a.report(set_a.version, "Read-only file system (os error 30)")
+        .await;
+    on_b.report(set_b.version, "No space left on device (os error 28)")
+        .await;
+    let condition = wait_for("both nodes' reports in the status", &|c| {
+        let message = c["message"].as_str().unwrap_or_default();
+        message.contains("node node-a") && message.contains("node node-b")
+    });
+    assert_eq!(condition["reason"], "NotPersisted", "{condition}");
+    assert_eq!(
+        condition["status"], "True",
+        "enforced all the same: {condition}"
+    );
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Read-only file system") && message.contains("No space left on device"),
+        "{condition}"
+    );
+
+    // A (the writer) crashes; B takes the Lease over with both reports, and node-b's next one
+    // (persisted now) changes the status.
+    drop(on_a);
+    a.crash();
+    wait_leading(&b, Duration::from_secs(30)).await;
+    on_b.report(set_b.version, "").await;
+    let condition = wait_for("node-b's new report in the status", &|c| {
+        let message = c["message"].as_str().unwrap_or_default();
+        message.contains("node node-a") && !message.contains("node node-b")
+    });
+    assert_eq!(
+        condition["reason"], "NotPersisted",
+        "node-a's report stays: {condition}"
+    );
     b.stop().await;
 }
 

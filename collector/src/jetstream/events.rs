@@ -49,9 +49,9 @@ pub fn start(
     let progress = elector.progress.clone();
     tokio::spawn(
         async move {
-            run(
+            Box::pin(run(
                 backbone, client, leadership, progress, metrics, config, stop,
-            )
+            ))
             .await;
         }
         .instrument(tracing::info_span!("kube_events")),

@@ -15,6 +15,8 @@
 //!   update in the alerts stream.
 //! - [`kube_lease`] and [`events`]: the Kubernetes Events (and policy status) have one writer, the
 //!   holder of a `coordination.k8s.io/v1` Lease.
+//! - [`reports`]: the agents' enforcement reports, shared through a key-value bucket, so the
+//!   status writer knows every node's whichever replica its agent streams to.
 //! - [`metrics`]: publish latency, acks, duplicates, replays, consumer lag.
 //!
 //! `docs/design-notes.md` ("Beyond one collector") says why it is shaped this way.
@@ -26,6 +28,7 @@ pub mod lease;
 pub mod ledger;
 pub mod metrics;
 pub mod publish;
+pub mod reports;
 pub mod subscribe;
 pub mod wire;
 
@@ -202,6 +205,7 @@ pub struct Streams {
     pub alerts: stream::Stream,
     pub leases: kv::Store,
     pub ledger: kv::Store,
+    pub reports: kv::Store,
     /// Evaluation partitions (as the events stream was created with).
     pub partitions: u32,
 }
@@ -467,6 +471,18 @@ impl Backbone {
             })
             .await
             .map_err(|e| format!("bucket {}: {e}", wire::LEDGER_BUCKET))?;
+        let reports = self
+            .context
+            .create_or_update_key_value(kv::Config {
+                bucket: wire::REPORTS_BUCKET.into(),
+                description: "mapsentry: the agents' enforcement reports, by node".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..kv::Config::default()
+            })
+            .await
+            .map_err(|e| format!("bucket {}: {e}", wire::REPORTS_BUCKET))?;
         let events = self
             .context
             .get_stream(wire::EVENTS_STREAM)
@@ -482,6 +498,7 @@ impl Backbone {
             alerts,
             leases,
             ledger,
+            reports,
             partitions,
         })
     }

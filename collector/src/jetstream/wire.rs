@@ -25,6 +25,8 @@ pub const ALERTS_STREAM: &str = "MAPSENTRY_ALERTS";
 pub const LEASES_BUCKET: &str = "mapsentry-leases";
 /// The key-value bucket of the ledger (event counts per message, for exact loss counts).
 pub const LEDGER_BUCKET: &str = "mapsentry-ledger";
+/// The key-value bucket of the agents' enforcement reports, one key per node.
+pub const REPORTS_BUCKET: &str = "mapsentry-reports";
 /// Subject prefix of the events stream.
 pub const EVENTS_PREFIX: &str = "mapsentry.events";
 /// Subject prefix of the alerts stream.
@@ -133,6 +135,33 @@ pub struct StoredAlert {
     /// The evaluation partition of the series.
     #[prost(uint32, tag = "5")]
     pub partition: u32,
+}
+
+/// A node's enforcement report as kept in [`REPORTS_BUCKET`] (the key is
+/// [`report_key`]; the node's name is here in full).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredReport {
+    #[prost(string, tag = "1")]
+    pub node: String,
+    #[prost(message, optional, tag = "2")]
+    pub report: Option<v1::EnforcementReport>,
+}
+
+/// The key of `node`'s report: the name as a key token (what a key allows, the rest as `_`),
+/// then its hash, so two names that read alike as tokens keep two keys.
+#[must_use]
+pub fn report_key(node: &str) -> String {
+    let token: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{token}.{:016x}", fnv1a(&[node.as_bytes()]))
 }
 
 /// Per-message event counts of one range of the events stream ([`crate::jetstream::ledger`]).

@@ -128,17 +128,19 @@ pub fn start_with_reports(
     spawn(client, policies, stats_tx, None, reports)
 }
 
-/// [`start`], writing status only while `leading` says so (collector replicas: the holder of
-/// the Kubernetes Lease writes, the others only read). Statuses left unwritten are written by
-/// the retry tick once this replica leads, those not already as they should be.
+/// [`start_with_reports`], writing status only while `leading` says so (collector replicas: the
+/// holder of the Kubernetes Lease writes, the others only read; `reports` are every replica's
+/// agents', [`crate::jetstream::reports`]). Statuses left unwritten are written by the retry
+/// tick once this replica leads, those not already as they should be.
 #[must_use]
 pub fn start_gated(
     client: Client,
     policies: SharedPolicies,
     leading: Option<tokio::sync::watch::Receiver<bool>>,
+    reports: Option<NodeReports>,
 ) -> tokio::task::JoinHandle<()> {
     let (stats_tx, _) = tokio::sync::watch::channel(CrdStats::default());
-    spawn(client, policies, stats_tx, leading, None)
+    spawn(client, policies, stats_tx, leading, reports)
 }
 
 /// [`start`], reporting progress on `stats`.
