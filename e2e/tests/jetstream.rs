@@ -29,7 +29,7 @@ use mapsentry_collector::{
     Config, HubConfig, ServerConfig,
     alerts::AlertConfig,
     app::{KubernetesConfig, LeaseConfig, PoliciesConfig},
-    jetstream::{JetStreamConfig, NatsAuth, wire::Cursor},
+    jetstream::{JetStreamConfig, NatsAuth, NatsTls, wire::Cursor},
     kube_events::EventsConfig,
 };
 use mapsentry_e2e::{
@@ -1105,6 +1105,113 @@ async fn enforcement_reports_sent_to_either_replica_reach_the_policy_status() {
         "node-a's report stays: {condition}"
     );
     b.stop().await;
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, as PEM files
+/// in `dir`: (ca, server cert, server key, client cert, client key).
+fn certificates(dir: &std::path::Path) -> [PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut params = CertificateParams::new(Vec::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf("127.0.0.1");
+    let (client, client_key) = leaf("mapsentry-collector");
+    let files = [
+        "ca.pem",
+        "server.pem",
+        "server-key.pem",
+        "client.pem",
+        "client-key.pem",
+    ]
+    .map(|name| dir.join(name));
+    for (path, pem) in files
+        .iter()
+        .zip([ca_pem, server, server_key, client, client_key])
+    {
+        std::fs::write(path, pem).unwrap();
+    }
+    files
+}
+
+/// NATS requiring mutual TLS: a replica with the CA and a client certificate is ready and
+/// serves; one without its certificate, or without TLS at all, stays unready and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_nats_over_mutual_tls_and_without_its_certificate_stays_unready() {
+    let dir = tmp();
+    let [ca, server_cert, server_key, client_cert, client_key] = certificates(dir.path());
+    let nats = Nats::single_with(
+        dir.path(),
+        &format!(
+            "tls {{ cert_file: {server_cert:?}, key_file: {server_key:?}, ca_file: {ca:?}, verify: true, timeout: 2 }}"
+        ),
+    );
+    let good = Replica::start(
+        JetStreamConfig {
+            tls: NatsTls {
+                ca: Some(ca.clone()),
+                cert: Some(client_cert),
+                key: Some(client_key),
+            },
+            ..jetstream(&nats)
+        },
+        vec![],
+    );
+    let no_certificate = Replica::start(
+        JetStreamConfig {
+            tls: NatsTls {
+                ca: Some(ca),
+                cert: None,
+                key: None,
+            },
+            ..jetstream(&nats)
+        },
+        vec![],
+    );
+    let plain = Replica::start(jetstream(&nats), vec![]);
+    good.wait_ready(Duration::from_secs(20)).await;
+    let mut agent = Agent::open(good.channel().await, "node-a", "boot-1").await;
+    agent.ship(1, vec![event(1, false)]).await;
+    let (_, mut sub) = subscribe(
+        good.channel().await,
+        SubscribeRequest {
+            since: Some(0),
+            ..SubscribeRequest::default()
+        },
+    )
+    .await;
+    let (records, _) = events(&mut sub, 1).await;
+    assert_eq!(records[0].event.as_ref().map(|e| e.pid), Some(1));
+    // The others never get through: after a few of their attempts (2 s each at most), still
+    // unready, naming NATS, and an agent's batch is refused, not acked.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (name, replica) in [
+        ("without a certificate", &no_certificate),
+        ("without TLS", &plain),
+    ] {
+        let body = replica
+            .ready()
+            .await
+            .expect_err(&format!("a replica {name} is not ready"));
+        assert!(body.contains("NATS"), "a replica {name}: {body}");
+        let mut agent = Agent::open(replica.channel().await, "node-b", "boot-1").await;
+        let refused = agent.try_ship(1, vec![event(2, false)]).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unavailable,
+            "{name}: {refused}"
+        );
+    }
+    good.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
