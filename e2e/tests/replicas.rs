@@ -13,7 +13,10 @@
 //! - one nats-server is killed (SIGKILL): publishes wait for the stream's new leader;
 //!
 //! and every call made is received exactly once by each tail (no call missing, none twice), and
-//! once in the stream. Then everything is stopped (collector B and the NATS servers killed) and
+//! once in the stream. The calls are W+X, so each node's calls are one alert series of the
+//! example host policy, evaluated in the node's partition (node-1 and node-2 are in different
+//! ones): an alerts tail through A (resuming on B) sees each series begin at 1, only grow, and end
+//! at exactly the node's calls, across A's evaluation taken over and the NATS server's death. Then everything is stopped (collector B and the NATS servers killed) and
 //! started again: a tail resuming from a cursor of before gets exactly the calls after it, and
 //! the new agents' calls after the restart notices.
 //!
@@ -34,6 +37,7 @@ use std::{
 };
 
 use common::{Helper, mmap_call};
+use mapsentry_collector::jetstream::wire::partition_of;
 use mapsentry_e2e::{
     nats::{Nats, free_port},
     unmark,
@@ -87,6 +91,15 @@ fn collector(name: &str, ports: Ports, nats_url: &str) -> Proc {
             "67108864",
             "--lease-seconds",
             "3",
+            "--policy",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/policies/write-execute.yaml"
+            ),
+            // Longer than any stall of the flow here (a failover, a NATS server's death), so
+            // each node's calls stay one series.
+            "--alert-window",
+            "30",
         ],
     )
 }
@@ -195,6 +208,46 @@ fn tail(name: &str, proxy: SocketAddr, since: u64) -> Proc {
     )
 }
 
+/// A tail of the alerts, from the alerts stream's start.
+fn alerts_tail(name: &str, proxy: SocketAddr) -> Proc {
+    Proc::start(
+        name,
+        &[
+            "tail",
+            "--server",
+            &format!("http://{proxy}"),
+            "--output",
+            "json",
+            "--kind",
+            "alerts",
+            "--alerts-since",
+            "0",
+        ],
+    )
+}
+
+/// The updates of each node's alert series (its counts, in order) from an alerts tail's lines.
+#[derive(Debug, Default)]
+struct AlertCounts(BTreeMap<String, Vec<u64>>);
+
+impl AlertCounts {
+    fn add(&mut self, line: &str) {
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            return;
+        };
+        if value["kind"] == "alert" {
+            assert_eq!(value["policy"], "host-write-execute", "{value}");
+            let node = value["node"].as_str().expect("node").to_owned();
+            let count = value["count"].as_u64().expect("count");
+            self.0.entry(node).or_default().push(count);
+        }
+    }
+
+    fn last(&self, node: &str) -> Option<u64> {
+        self.0.get(node).and_then(|c| c.last().copied())
+    }
+}
+
 /// What a tail received: per (node, call) the cursors it came with, the restart notices, the
 /// loss notices, and its last cursor.
 #[derive(Debug, Default)]
@@ -297,7 +350,15 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
     );
     let (tail_1_proxy, tail_2_proxy) = (proxy(&runtime, via_a), proxy(&runtime, via_b));
 
-    let spec = format!(r#"{{"threads":1,"per_thread":{CALLS},"pace_us":{PACE_US}}}"#);
+    // The two nodes' series are evaluated in different partitions (so each series is one node's).
+    assert_ne!(
+        partition_of("node-1", 4),
+        partition_of("node-2", 4),
+        "the test's node names share a partition"
+    );
+    let alerts = alerts_tail("tail-alerts", tail_1_proxy);
+    // W+X calls: each one matches the host policy.
+    let spec = format!(r#"{{"threads":1,"per_thread":{CALLS},"pace_us":{PACE_US},"prot":7}}"#);
     let helper_1 = Helper::spawn(mmap_call(), &[&spec]);
     let helper_2 = Helper::spawn(mmap_call(), &[&spec]);
     let agent_1 = agent("node-1", helper_1.pid, agent_1_proxy, &dir.join("state-1"));
@@ -362,6 +423,45 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
         );
         assert_eq!(received.calls.len() as u64, 2 * CALLS);
     }
+    // Each node's calls are one alert series: begun at 1, only growing, ending at every call.
+    let mut series = AlertCounts::default();
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while series.last("node-1") != Some(CALLS) || series.last("node-2") != Some(CALLS) {
+        assert!(
+            Instant::now() < deadline,
+            "alert series not at {CALLS} calls each within 2 min: {series:?}; stderr:\n{}",
+            alerts.err.everything()
+        );
+        for line in alerts
+            .out
+            .until_quiet(Duration::from_millis(200), Duration::from_secs(1))
+        {
+            series.add(&line);
+        }
+    }
+    let alerts_at = started.elapsed();
+    for line in alerts
+        .out
+        .until_quiet(Duration::from_secs(2), Duration::from_secs(5))
+    {
+        series.add(&line);
+    }
+    for (node, counts) in &series.0 {
+        assert_eq!(
+            counts.first(),
+            Some(&1),
+            "{node}: one series, begun once: {counts:?}"
+        );
+        assert!(
+            counts.windows(2).all(|w| w[0] < w[1]),
+            "{node}: counts only grow: {counts:?}"
+        );
+        assert_eq!(counts.last(), Some(&CALLS), "{node}: {counts:?}");
+    }
+    assert_eq!(series.0.len(), 2, "{series:?}");
+    let alerts_log = alerts.err.everything();
+    alerts.terminate();
+
     // Tail 1 was on A: it resumed on B from its cursor (its log says so).
     assert!(
         tail_1.err.everything().contains("resuming after cursor"),
@@ -397,6 +497,7 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
     for (name, log) in [
         ("agent-1", &agent_1_log),
         ("tail-1", &tail_1.err.everything()),
+        ("tail-alerts", &alerts_log),
     ] {
         for line in log
             .lines()
@@ -408,8 +509,9 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
     println!(
         "FIGURES replicas: {CALLS} calls x 2 nodes; collector A killed at {killed_collector_at:?}, nats-server 0 at {killed_nats_at:?}; \
          flow took {flow_took:?}, every call at tail-1 (resumed on B) after {tail_1_at:?}, at both tails after {delivered_all_at:?}; \
-         B counted {duplicates} resent batches already stored; agent 1 connected {} times",
-        agent_1_log.matches("connected to the collector").count()
+         B counted {duplicates} resent batches already stored; agent 1 connected {} times; each node's alert series complete after {alerts_at:?}: {:?}",
+        agent_1_log.matches("connected to the collector").count(),
+        series.0
     );
 
     // Everything stops hard (the agents cleanly), and starts again.
