@@ -1214,6 +1214,121 @@ async fn a_replica_reaches_nats_over_mutual_tls_and_without_its_certificate_stay
     good.stop().await;
 }
 
+/// A NATS JWT (v2) for `subject`, of `kind` (`operator`, `account`, `user`), signed by `issuer`.
+fn nats_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &nkeys::KeyPair,
+    kind: &str,
+    mut claims: serde_json::Value,
+) -> String {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    claims["type"] = kind.into();
+    claims["version"] = 2.into();
+    let body = serde_json::json!({
+        "jti": format!("{:x}", now_ns()),
+        "iat": now_ns() / 1_000_000_000,
+        "iss": issuer.public_key(),
+        "name": kind,
+        "sub": subject.public_key(),
+        "nats": claims,
+    });
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(body.to_string());
+    let signed = format!("{header}.{payload}");
+    let signature = URL_SAFE_NO_PAD.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{signature}")
+}
+
+/// A `.creds` file (the user's JWT and seed) at `path`.
+fn creds_file(path: &std::path::Path, user_jwt: &str, user: &nkeys::KeyPair) -> PathBuf {
+    std::fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    path.to_owned()
+}
+
+/// NATS in operator mode (decentralized JWT authentication, as NGS/Synadia Cloud and operator-run
+/// clusters use): a replica with a creds file of a user of the trusted account is ready and
+/// stores; one whose user's account the server does not know stays unready; a creds file that
+/// does not exist is refused at start, naming the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_authenticates_to_nats_with_a_creds_file() {
+    let dir = tmp();
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let stranger_account = nkeys::KeyPair::new_account();
+    let operator_jwt = nats_jwt(&operator, &operator, "operator", serde_json::json!({}));
+    let unlimited = serde_json::json!({"limits": {
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+        "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1,
+        "consumer": -1}});
+    let account_jwt = nats_jwt(&operator, &account, "account", unlimited);
+    // The server's own account (JetStream needs one).
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(&operator, &system, "account", serde_json::json!({}));
+    let user = nkeys::KeyPair::new_user();
+    let user_limits = serde_json::json!({"subs": -1, "data": -1, "payload": -1});
+    let user_jwt = nats_jwt(&account, &user, "user", user_limits.clone());
+    let good = creds_file(&dir.path().join("good.creds"), &user_jwt, &user);
+    // Signed by an account the operator never issued.
+    let stranger = nkeys::KeyPair::new_user();
+    let stranger_jwt = nats_jwt(&stranger_account, &stranger, "user", user_limits);
+    let unknown = creds_file(&dir.path().join("stranger.creds"), &stranger_jwt, &stranger);
+    let nats = Nats::single_with(
+        dir.path(),
+        &format!(
+            "operator: {operator_jwt:?}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{ {}: {account_jwt:?}, {}: {system_jwt:?} }}",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    );
+    let with = |creds: PathBuf| JetStreamConfig {
+        auth: NatsAuth::Creds(creds),
+        ..jetstream(&nats)
+    };
+    let replica = Replica::start(with(good), vec![]);
+    let refused = Replica::start(with(unknown), vec![]);
+    replica.wait_ready(Duration::from_secs(20)).await;
+    let mut agent = Agent::open(replica.channel().await, "node-a", "boot-1").await;
+    agent.ship(1, vec![event(1, false)]).await;
+    let (_, mut sub) = subscribe(
+        replica.channel().await,
+        SubscribeRequest {
+            since: Some(0),
+            ..SubscribeRequest::default()
+        },
+    )
+    .await;
+    let (got, _) = events(&mut sub, 1).await;
+    assert_eq!(got[0].event.as_ref().map(|e| e.pid), Some(1));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reason = refused
+        .ready()
+        .await
+        .expect_err("not ready as a user of an unknown account");
+    assert!(reason.contains("NATS"), "{reason}");
+    // A creds file that is not there: the collector does not start, and says which file.
+    let missing = dir.path().join("missing.creds");
+    let error = mapsentry_collector::jetstream::Backbone::connect(with(missing.clone()))
+        .await
+        .expect_err("a missing creds file is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains(&missing.display().to_string()) && text.contains("creds"),
+        "{text}"
+    );
+    replica.stop().await;
+    drop(refused);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_authenticates_to_nats_and_a_wrong_token_keeps_it_unready() {
     let dir = tmp();
