@@ -493,11 +493,14 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
         ports_b.metrics,
         "mapsentry_collector_duplicate_batches_total",
     );
+    let publish_errors = metric(ports_b.metrics, "mapsentry_jetstream_publish_errors");
     // What the failover looked like, for the figures: the agent's and the tail's own words.
     for (name, log) in [
         ("agent-1", &agent_1_log),
         ("tail-1", &tail_1.err.everything()),
         ("tail-alerts", &alerts_log),
+        ("agent-2", &agent_2.err.everything()),
+        ("tail-2", &tail_2.err.everything()),
     ] {
         for line in log
             .lines()
@@ -506,10 +509,19 @@ fn replicas_lose_and_double_nothing_when_a_collector_and_a_nats_server_die_and_c
             println!("{name}: {line}");
         }
     }
+    for line in b
+        .err
+        .everything()
+        .lines()
+        .filter(|l| l.contains("WARN"))
+        .take(20)
+    {
+        println!("collector-b: {line}");
+    }
     println!(
         "FIGURES replicas: {CALLS} calls x 2 nodes; collector A killed at {killed_collector_at:?}, nats-server 0 at {killed_nats_at:?}; \
          flow took {flow_took:?}, every call at tail-1 (resumed on B) after {tail_1_at:?}, at both tails after {delivered_all_at:?}; \
-         B counted {duplicates} resent batches already stored; agent 1 connected {} times; each node's alert series complete after {alerts_at:?}: {:?}",
+         B counted {duplicates} resent batches already stored, {publish_errors} failed publishes; agent 1 connected {} times; each node's alert series complete after {alerts_at:?}: {:?}",
         agent_1_log.matches("connected to the collector").count(),
         series.0
     );
