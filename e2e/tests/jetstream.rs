@@ -414,6 +414,23 @@ async fn events(
     (records, other)
 }
 
+/// An agent's batch through `replica` is acked, and a subscriber from the stream's start gets
+/// its event.
+async fn stores_and_serves(replica: &Replica) {
+    let mut agent = Agent::open(replica.channel().await, "node-a", "boot-1").await;
+    agent.ship(1, vec![event(1, false)]).await;
+    let (_, mut sub) = subscribe(
+        replica.channel().await,
+        SubscribeRequest {
+            since: Some(0),
+            ..SubscribeRequest::default()
+        },
+    )
+    .await;
+    let (records, _) = events(&mut sub, 1).await;
+    assert_eq!(records[0].event.as_ref().map(|e| e.pid), Some(1));
+}
+
 fn tmp() -> tempfile_dir::Dir {
     tempfile_dir::Dir::new()
 }
@@ -1179,18 +1196,7 @@ async fn a_replica_reaches_nats_over_mutual_tls_and_without_its_certificate_stay
     );
     let plain = Replica::start(jetstream(&nats), vec![]);
     good.wait_ready(Duration::from_secs(20)).await;
-    let mut agent = Agent::open(good.channel().await, "node-a", "boot-1").await;
-    agent.ship(1, vec![event(1, false)]).await;
-    let (_, mut sub) = subscribe(
-        good.channel().await,
-        SubscribeRequest {
-            since: Some(0),
-            ..SubscribeRequest::default()
-        },
-    )
-    .await;
-    let (records, _) = events(&mut sub, 1).await;
-    assert_eq!(records[0].event.as_ref().map(|e| e.pid), Some(1));
+    stores_and_serves(&good).await;
     // The others never get through: after a few of their attempts (2 s each at most), still
     // unready, naming NATS, and an agent's batch is refused, not acked.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1297,18 +1303,7 @@ async fn a_replica_authenticates_to_nats_with_a_creds_file() {
     let replica = Replica::start(with(good), vec![]);
     let refused = Replica::start(with(unknown), vec![]);
     replica.wait_ready(Duration::from_secs(20)).await;
-    let mut agent = Agent::open(replica.channel().await, "node-a", "boot-1").await;
-    agent.ship(1, vec![event(1, false)]).await;
-    let (_, mut sub) = subscribe(
-        replica.channel().await,
-        SubscribeRequest {
-            since: Some(0),
-            ..SubscribeRequest::default()
-        },
-    )
-    .await;
-    let (got, _) = events(&mut sub, 1).await;
-    assert_eq!(got[0].event.as_ref().map(|e| e.pid), Some(1));
+    stores_and_serves(&replica).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reason = refused
         .ready()
@@ -1340,18 +1335,7 @@ async fn a_replica_authenticates_to_nats_and_a_wrong_token_keeps_it_unready() {
     let good = Replica::start(with("s3cret-token"), vec![]);
     let bad = Replica::start(with("wrong"), vec![]);
     good.wait_ready(Duration::from_secs(20)).await;
-    let mut agent = Agent::open(good.channel().await, "node-a", "boot-1").await;
-    agent.ship(1, vec![event(1, false)]).await;
-    let (_, mut sub) = subscribe(
-        good.channel().await,
-        SubscribeRequest {
-            since: Some(0),
-            ..SubscribeRequest::default()
-        },
-    )
-    .await;
-    let (got, _) = events(&mut sub, 1).await;
-    assert_eq!(got[0].event.as_ref().unwrap().pid, 1);
+    stores_and_serves(&good).await;
     // The wrong token: not ready (it says NATS), and nothing acked.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let reason = bad.ready().await.expect_err("not ready with a wrong token");

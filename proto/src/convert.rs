@@ -27,6 +27,17 @@ pub enum ConvertError {
     MissingArgs,
 }
 
+/// A rule the kernel refuses, as an agent reports it.
+impl From<&mapsentry_policy::enforce::Refusal> for v1::RefusedRule {
+    fn from(refusal: &mapsentry_policy::enforce::Refusal) -> Self {
+        Self {
+            policy: refusal.policy.to_string(),
+            rule: refusal.rule.clone(),
+            reason: refusal.reason.clone(),
+        }
+    }
+}
+
 impl From<Syscall> for v1::Syscall {
     fn from(syscall: Syscall) -> Self {
         match syscall {

@@ -185,11 +185,7 @@ impl Enforcing {
                 .enforcer
                 .refused()
                 .iter()
-                .map(|r| v1::RefusedRule {
-                    policy: r.policy.to_string(),
-                    rule: r.rule.clone(),
-                    reason: r.reason.clone(),
-                })
+                .map(v1::RefusedRule::from)
                 .collect(),
         }
     }

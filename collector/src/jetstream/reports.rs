@@ -141,15 +141,7 @@ fn to_wire(report: &NodeReport) -> v1::EnforcementReport {
     v1::EnforcementReport {
         policy_set_version: report.version,
         persist_error: report.persist_error.clone().unwrap_or_default(),
-        refused: report
-            .refused
-            .iter()
-            .map(|r| v1::RefusedRule {
-                policy: r.policy.to_string(),
-                rule: r.rule.clone(),
-                reason: r.reason.clone(),
-            })
-            .collect(),
+        refused: report.refused.iter().map(v1::RefusedRule::from).collect(),
     }
 }
 
