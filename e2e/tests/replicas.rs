@@ -193,37 +193,21 @@ fn agent(node: &str, pid: u32, proxy: SocketAddr, state: &Path) -> Proc {
     agent
 }
 
+/// `mapsentry tail` through `proxy`, JSON lines, with `args`.
+fn tail_with(name: &str, proxy: SocketAddr, args: &[&str]) -> Proc {
+    let server = format!("http://{proxy}");
+    let mut all = vec!["tail", "--server", &server, "--output", "json"];
+    all.extend_from_slice(args);
+    Proc::start(name, &all)
+}
+
 fn tail(name: &str, proxy: SocketAddr, since: u64) -> Proc {
-    Proc::start(
-        name,
-        &[
-            "tail",
-            "--server",
-            &format!("http://{proxy}"),
-            "--output",
-            "json",
-            "--since",
-            &since.to_string(),
-        ],
-    )
+    tail_with(name, proxy, &["--since", &since.to_string()])
 }
 
 /// A tail of the alerts, from the alerts stream's start.
 fn alerts_tail(name: &str, proxy: SocketAddr) -> Proc {
-    Proc::start(
-        name,
-        &[
-            "tail",
-            "--server",
-            &format!("http://{proxy}"),
-            "--output",
-            "json",
-            "--kind",
-            "alerts",
-            "--alerts-since",
-            "0",
-        ],
-    )
+    tail_with(name, proxy, &["--kind", "alerts", "--alerts-since", "0"])
 }
 
 /// The updates of each node's alert series (its counts, in order) from an alerts tail's lines.
