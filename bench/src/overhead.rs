@@ -90,6 +90,9 @@ struct Sample {
     mmap_ns: f64,
     getppid_ns: f64,
     lines: u64,
+    /// The tracer's CPU time (all its threads, user and system) from attaching to being
+    /// stopped, in ns.
+    tracer_cpu_ns: f64,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -143,11 +146,12 @@ fn measure(bin_dir: &Path, tracer: Tracer, args: &Args) -> anyhow::Result<Sample
     thread::sleep(Duration::from_millis(200));
     let mmap_ns = workload(bin_dir, "mmap", args.mmap_iterations)?;
     let getppid_ns = workload(bin_dir, "getppid", args.getppid_iterations)?;
-    let lines = running.map(Running::stop).transpose()?.unwrap_or(0);
+    let (lines, tracer_cpu_ns) = running.map(Running::stop).transpose()?.unwrap_or((0, 0.0));
     Ok(Sample {
         mmap_ns,
         getppid_ns,
         lines,
+        tracer_cpu_ns,
     })
 }
 
@@ -173,6 +177,8 @@ enum ReadyOn {
 struct Running {
     child: Child,
     lines: mpsc::Receiver<u64>,
+    /// Its CPU time when it had attached, in ns.
+    cpu_at_ready: f64,
 }
 
 impl Running {
@@ -241,17 +247,47 @@ impl Running {
                 );
             }
         }
-        Ok(Self { child, lines })
+        let cpu_at_ready = cpu_ns(child.id())?;
+        Ok(Self {
+            child,
+            lines,
+            cpu_at_ready,
+        })
     }
 
-    /// SIGINT, wait, and return how many lines it printed.
-    fn stop(mut self) -> anyhow::Result<u64> {
+    /// SIGINT, wait, and return how many lines it printed and the CPU time it used since it
+    /// attached (its shutdown not included).
+    fn stop(mut self) -> anyhow::Result<(u64, f64)> {
+        let cpu = cpu_ns(self.child.id())? - self.cpu_at_ready;
         Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status()?;
         self.child.wait()?;
-        Ok(self.lines.recv_timeout(Duration::from_mins(1))?)
+        Ok((self.lines.recv_timeout(Duration::from_mins(1))?, cpu))
     }
+}
+
+/// The CPU time process `pid` has used (all threads, user and system), in ns: `utime` and
+/// `stime` of /proc/PID/stat, in clock ticks of 10 ms (`USER_HZ` is 100 on Linux).
+fn cpu_ns(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_ns(&stat).with_context(|| format!("{path}: no utime and stime in {stat:?}"))
+}
+
+/// utime + stime of a /proc/PID/stat line, in ns. The fields are counted after the command
+/// name's closing parenthesis, which the name itself may contain.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "clock ticks of a benchmark's tracer stay far below 2^52"
+)]
+fn parse_cpu_ns(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 * 10_000_000.0)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -283,13 +319,26 @@ fn report(args: &Args, samples: &[Vec<Sample>]) {
         args.rounds, args.mmap_iterations, args.getppid_iterations
     );
     println!(
-        "| variant | mmap+munmap ns/iter | ratio to bare | getppid ns | ratio to bare | lines read (median) |"
+        "| variant | mmap+munmap ns/iter | ratio to bare | getppid ns | ratio to bare | lines read (median) | tracer CPU us per line (median) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in VARIANTS.iter().enumerate() {
         let lines = median(samples[i].iter().map(|x| x.lines as f64).collect());
+        // Only where the tracer printed a line per call: the per-line cost of a tracer that
+        // prints a handful is its idle cost.
+        let per_line = if lines >= 1000.0 {
+            let per_line = median(
+                samples[i]
+                    .iter()
+                    .map(|x| x.tracer_cpu_ns / x.lines.max(1) as f64 / 1000.0)
+                    .collect(),
+            );
+            format!("{per_line:.2}")
+        } else {
+            "-".to_owned()
+        };
         println!(
-            "| {name} | {:.0} | {:.2}x | {:.0} | {:.2}x | {lines:.0} |",
+            "| {name} | {:.0} | {:.2}x | {:.0} | {:.2}x | {lines:.0} | {per_line} |",
             mmap[i],
             mmap[i] / mmap[0],
             getppid[i],
@@ -319,6 +368,14 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// utime and stime are read after the command name, whatever the name holds.
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        let stat = "4242 (a) b (c) 7) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ns(stat), Some(281.0 * 10_000_000.0));
+        assert_eq!(parse_cpu_ns("4242 (x) S 1"), None);
+    }
 
     /// A tracer that dies before attaching (bpftrace without tracefs, say) is reported at once,
     /// with what it said, not after the 60 s wait.
