@@ -1,6 +1,8 @@
 //! Ships captured events to a collector over one bidirectional gRPC stream
 //! (`mapsentry.v1.AgentService/Connect`): Hello, then batches with sequence numbers (sealed by
-//! size and time) and periodic loss reports; the collector acks stored batches.
+//! size and time) and periodic loss reports; the collector acks stored batches. Protocol V2:
+//! events carry an id of their attribution, each defined once per stream right before the
+//! first batch on that stream that refers to it ([`dictionary`]).
 //!
 //! The shipper never blocks capture for long: events go into a bounded buffer (in bytes) that
 //! drops its oldest batches when full and counts them. While the collector is away it reconnects
