@@ -169,7 +169,7 @@ pub fn check_event(event: &v1::Event) -> Result<(), LimitError> {
             long("host.cgroup", &host.cgroup, PATH)?;
             optional("host.unit", host.unit.as_ref(), UNIT)?;
         }
-        Some(Attribution::Unknown(_)) | None => {}
+        Some(Attribution::Unknown(_) | Attribution::AttributionRef(_)) | None => {}
     }
     let bytes = event.encoded_len();
     if bytes > MAX_EVENT_BYTES {

@@ -4,7 +4,8 @@
 //!
 //! - [`Handlers::agent_stream`]: an `AgentService.Connect` stream's messages through the ingest
 //!   handler's own steps: `hello_of` (with Hello's field limits), then per message `handle`
-//!   (batch limits, `convert::validate` and the field limits of every event, `Hub::store` -> `store_batch`, acks, loss reports).
+//!   (attribution definitions and the expansion of references, batch limits, `convert::validate`
+//!   and the field limits of every event, `Hub::store` -> `store_batch`, acks, loss reports).
 //! - [`Handlers::subscribe`]: an `Observer.Subscribe` call through the handler itself: the bearer
 //!   token in the `authorization` metadata (`Auth::subscriber`), the filter's validation and its
 //!   namespace scope, the cursor (`Hub::subscribe`), then every response the subscription offers
@@ -121,8 +122,8 @@ impl Handlers {
             acked: Vec::new(),
             refused: None,
         };
-        let agent = match crate::ingest::hello_of(next()) {
-            Ok(agent) => agent,
+        let (agent, mut attributions) = match crate::ingest::hello_of(next()) {
+            Ok(opened) => opened,
             Err(refused) => {
                 outcome.refused = Some(refused);
                 return outcome;
@@ -131,7 +132,7 @@ impl Handlers {
         let _restart = self.hub.agent_connected(&agent);
         self.runtime.block_on(async {
             while let Some(message) = next() {
-                match self.ingest.handle(&agent, message).await {
+                match self.ingest.handle(&agent, &mut attributions, message).await {
                     Ok(Some(seq)) => outcome.acked.push(seq),
                     Ok(None) => {}
                     Err(refused) => {

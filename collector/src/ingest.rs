@@ -1,6 +1,9 @@
 //! `AgentService`: one bidirectional stream per agent. Hello first (within [`HELLO_DEADLINE`]),
-//! then batches (validated, within the field limits of [`crate::budgets`], paced by the agent's
-//! ingest budget, deduplicated, stored, then acked) and loss reports.
+//! then batches (their attribution references expanded from the stream's dictionary, validated,
+//! within the field limits of [`crate::budgets`], paced by the agent's ingest budget,
+//! deduplicated, stored, then acked), attribution definitions (protocol V2) and loss reports.
+
+mod attributions;
 
 use std::{
     sync::Arc,
@@ -19,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
+pub use self::attributions::StreamAttributions;
 use crate::{
     budgets::{self, IngestBudget, LimitError},
     hub::{AgentInfo, Hub, Stored},
@@ -34,10 +38,11 @@ pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 pub enum IngestError {
     #[error("the first message on AgentService.Connect must be Hello, got {got}")]
     NoHello { got: &'static str },
-    #[error("Hello.version is missing (this collector speaks PROTOCOL_VERSION_V1)")]
+    #[error("Hello.version is missing (this collector speaks PROTOCOL_VERSION_V1 and V2)")]
     NoVersion,
     #[error(
-        "Hello.version {version} is not supported (this collector speaks PROTOCOL_VERSION_V1 = 1)"
+        "Hello.version {version} is not supported (this collector speaks PROTOCOL_VERSION_V1 = 1 \
+         and PROTOCOL_VERSION_V2 = 2)"
     )]
     Version { version: i32 },
     #[error("Hello.{field} is empty")]
@@ -67,6 +72,27 @@ pub enum IngestError {
     TooManyEvents { seq: u64, count: usize, max: usize },
     #[error("storing EventBatch seq {seq} failed: {reason}")]
     Store { seq: u64, reason: String },
+    #[error("Attributions on a protocol V1 stream (attribution ids need PROTOCOL_VERSION_V2)")]
+    AttributionsOnV1,
+    #[error("Attributions: the definition of id {id} has no attribution")]
+    EmptyDefinition { id: u64 },
+    #[error("Attributions: id {id} is defined again with a different attribution")]
+    Redefined { id: u64 },
+    #[error(
+        "Attributions: defining id {id} would hold more than {max} attributions on this stream \
+         (release ids no batch refers to any more)"
+    )]
+    TooManyAttributions { id: u64, max: usize },
+    #[error("Attributions: the definition of id {id}: {source}")]
+    DefinitionLimit {
+        id: u64,
+        #[source]
+        source: LimitError,
+    },
+    #[error(
+        "EventBatch seq {seq}, event {index}: attribution_ref {id} is not defined on this stream"
+    )]
+    UndefinedRef { seq: u64, index: usize, id: u64 },
     #[error("EventBatch seq {seq}, event {index}: {source}")]
     Event {
         seq: u64,
@@ -146,7 +172,10 @@ impl Ingest {
     }
 }
 
-pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, IngestError> {
+/// The agent and the stream's (empty) attribution dictionary, from the stream's first message.
+pub(crate) fn hello_of(
+    message: Option<AgentMessage>,
+) -> Result<(AgentInfo, StreamAttributions), IngestError> {
     let hello = match message.and_then(|m| m.msg) {
         Some(agent_message::Msg::Hello(hello)) => hello,
         Some(agent_message::Msg::Batch(_)) => {
@@ -160,45 +189,53 @@ pub(crate) fn hello_of(message: Option<AgentMessage>) -> Result<AgentInfo, Inges
                 got: "EnforcementReport",
             });
         }
+        Some(agent_message::Msg::Attributions(_)) => {
+            return Err(IngestError::NoHello {
+                got: "Attributions",
+            });
+        }
         None => {
             return Err(IngestError::NoHello {
                 got: "an empty message",
             });
         }
     };
-    match v1::ProtocolVersion::try_from(hello.version) {
-        Ok(v1::ProtocolVersion::V1) => {}
+    let version = match v1::ProtocolVersion::try_from(hello.version) {
         Ok(v1::ProtocolVersion::Unspecified) => return Err(IngestError::NoVersion),
+        Ok(version) => version,
         Err(_) => {
             return Err(IngestError::Version {
                 version: hello.version,
             });
         }
-    }
+    };
     for (field, value) in [("node", &hello.node), ("boot_id", &hello.boot_id)] {
         if value.is_empty() {
             return Err(IngestError::EmptyHelloField { field });
         }
     }
     budgets::check_hello(&hello).map_err(IngestError::Hello)?;
-    Ok(AgentInfo {
+    let agent = AgentInfo {
         node: hello.node,
         boot_id: hello.boot_id,
         kernel: hello.kernel,
         attach_mode: hello.attach_mode,
         started_unix_ns: hello.started_unix_ns,
-    })
+    };
+    Ok((agent, StreamAttributions::new(version)))
 }
 
 impl Ingest {
-    /// Handle one message after Hello; returns the ack to send, if any.
+    /// Handle one message after Hello on a stream with dictionary `attributions`; returns the
+    /// ack to send, if any.
     pub(crate) async fn handle(
         &self,
         agent: &AgentInfo,
+        attributions: &mut StreamAttributions,
         message: AgentMessage,
     ) -> Result<Option<u64>, IngestError> {
         match message.msg {
-            Some(agent_message::Msg::Batch(batch)) => {
+            Some(agent_message::Msg::Batch(mut batch)) => {
                 let arrived = Instant::now();
                 if batch.seq == 0 {
                     return Err(IngestError::ZeroSeq);
@@ -210,6 +247,7 @@ impl Ingest {
                         max: self.max_batch_events,
                     });
                 }
+                attributions.expand(batch.seq, &mut batch.events)?;
                 for (index, event) in batch.events.iter().enumerate() {
                     convert::validate(event).map_err(|source| IngestError::Event {
                         seq: batch.seq,
@@ -252,6 +290,10 @@ impl Ingest {
                 }
                 Ok(None)
             }
+            Some(agent_message::Msg::Attributions(message)) => {
+                attributions.apply(message)?;
+                Ok(None)
+            }
             Some(agent_message::Msg::Hello(_)) => Err(IngestError::SecondHello),
             None => Err(IngestError::Empty),
         }
@@ -260,6 +302,7 @@ impl Ingest {
     async fn serve_stream(
         self,
         agent: AgentInfo,
+        mut attributions: StreamAttributions,
         mut inbound: Streaming<AgentMessage>,
         tx: mpsc::Sender<Result<CollectorMessage, Status>>,
     ) {
@@ -302,7 +345,10 @@ impl Ingest {
                 }
             }
             let outcome = match message {
-                Ok(Some(message)) => self.handle(&agent, message).await.map_err(Status::from),
+                Ok(Some(message)) => self
+                    .handle(&agent, &mut attributions, message)
+                    .await
+                    .map_err(Status::from),
                 Ok(None) => break,
                 Err(status) => Err(status),
             };
@@ -341,7 +387,7 @@ impl AgentService for Ingest {
         let first = tokio::time::timeout(HELLO_DEADLINE, inbound.message())
             .await
             .map_err(|_| IngestError::HelloDeadline)??;
-        let agent = hello_of(first)?;
+        let (agent, attributions) = hello_of(first)?;
         tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,
             mode = %agent.attach_mode, "agent connected");
         // A restart (new boot id) is announced to subscribers by the hub.
@@ -352,7 +398,7 @@ impl AgentService for Ingest {
         let span = tracing::info_span!("agent", node = %agent.node);
         tokio::spawn(
             self.clone()
-                .serve_stream(agent, inbound, tx)
+                .serve_stream(agent, attributions, inbound, tx)
                 .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))

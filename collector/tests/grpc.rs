@@ -411,10 +411,11 @@ async fn bad_agent_input_gets_a_clear_status() {
     let collector = Collector::start(HubConfig::default(), server).await;
     let refusal = |result: Result<Agent, tonic::Status>| result.err().expect("refused at Hello");
 
-    let status = refusal(Agent::open(collector.channel().await, hello("n", 2)).await);
+    // A version from the future (as V2 was to a V1 collector).
+    let status = refusal(Agent::open(collector.channel().await, hello("n", 3)).await);
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
-        status.message().contains("version 2 is not supported"),
+        status.message().contains("version 3 is not supported"),
         "{status:?}"
     );
     let status = refusal(Agent::open(collector.channel().await, hello("n", 0)).await);

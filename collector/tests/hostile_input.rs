@@ -1,6 +1,7 @@
 //! Hostile input to the collector's real request handlers, as a stable-toolchain fuzz loop
 //! (proptest), through `mapsentry_collector::hostile`: arbitrary bytes as an agent stream (Hello,
-//! batch and field limits, `convert::validate`, `Hub::store_batch`, acks) and as a `Subscribe` call (the
+//! attribution definitions and references (V2), batch and field limits, `convert::validate`,
+//! `Hub::store_batch`, acks) and as a `Subscribe` call (the
 //! bearer token, the filter's validation and scope, the cursor, catch-up and matching of what the
 //! stream stored); arbitrary tokens files. Nothing may panic; bad input is an error. `fuzz/` holds
 //! the same targets for cargo-fuzz (coverage-guided, from the seed corpus this file checks).
@@ -20,9 +21,13 @@ use proptest::prelude::*;
 use prost::Message as _;
 
 fn hello(node: &str) -> Vec<u8> {
+    hello_of_version(node, v1::ProtocolVersion::V1)
+}
+
+fn hello_of_version(node: &str, version: v1::ProtocolVersion) -> Vec<u8> {
     AgentMessage {
         msg: Some(Msg::Hello(Hello {
-            version: v1::ProtocolVersion::V1.into(),
+            version: version.into(),
             node: node.into(),
             boot_id: "7d3c5f0e-boot".into(),
             kernel: "6.18.0".into(),
@@ -136,6 +141,77 @@ fn events() -> Vec<v1::Event> {
     ]
 }
 
+fn attributions(definitions: Vec<v1::AttributionDefinition>, released: Vec<u64>) -> Vec<u8> {
+    AgentMessage {
+        msg: Some(Msg::Attributions(v1::Attributions {
+            definitions,
+            released,
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// `events` as a V2 agent sends them: each attribution defined under an id (the event's index +
+/// 1), the events referring to it. Returns the definitions and the events.
+fn by_reference(events: Vec<v1::Event>) -> (Vec<v1::AttributionDefinition>, Vec<v1::Event>) {
+    use v1::{attribution_definition::Attribution as Defined, event::Attribution as Inline};
+    let mut definitions = Vec::new();
+    let events = (1u64..)
+        .zip(events)
+        .map(|(id, mut event)| {
+            let attribution = match event.attribution.take() {
+                Some(Inline::Pod(pod)) => Defined::Pod(pod),
+                Some(Inline::Host(host)) => Defined::Host(host),
+                Some(Inline::Unknown(unknown)) => Defined::Unknown(unknown),
+                other => panic!("{other:?} is no inline attribution"),
+            };
+            definitions.push(v1::AttributionDefinition {
+                id,
+                attribution: Some(attribution),
+            });
+            event.attribution = Some(Inline::AttributionRef(id));
+            event
+        })
+        .collect();
+    (definitions, events)
+}
+
+/// A V2 agent stream: Hello, the attributions, two batches referring to them, a resend.
+fn agent_stream_v2() -> Vec<u8> {
+    let (definitions, events) = by_reference(events());
+    frames([
+        &hello_of_version("node-a", v1::ProtocolVersion::V2)[..],
+        &attributions(definitions, vec![]),
+        &batch(1, events[..2].to_vec()),
+        &batch(2, events[2..].to_vec()),
+        &batch(2, events[2..].to_vec()),
+    ])
+}
+
+/// A V2 stream whose second batch refers to an id the stream never defined.
+fn undefined_reference() -> Vec<u8> {
+    let (definitions, events) = by_reference(events());
+    frames([
+        &hello_of_version("node-a", v1::ProtocolVersion::V2)[..],
+        &attributions(definitions[..2].to_vec(), vec![]),
+        &batch(1, events[..2].to_vec()),
+        &batch(2, events[2..].to_vec()),
+    ])
+}
+
+/// A V2 stream that defines id 1 again with another attribution.
+fn redefinition() -> Vec<u8> {
+    let (mut definitions, events) = by_reference(events());
+    let first = definitions[0].clone();
+    definitions[1].id = 1;
+    frames([
+        &hello_of_version("node-a", v1::ProtocolVersion::V2)[..],
+        &attributions(vec![first], vec![]),
+        &batch(1, events[..1].to_vec()),
+        &attributions(vec![definitions[1].clone()], vec![]),
+    ])
+}
+
 /// A whole agent stream: Hello, two batches, a resend, a loss report.
 fn agent_stream() -> Vec<u8> {
     let loss = AgentMessage {
@@ -191,6 +267,13 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     };
     vec![
         ("grpc_agent_message", "stream", agent_stream()),
+        ("grpc_agent_message", "stream-v2", agent_stream_v2()),
+        (
+            "grpc_agent_message",
+            "undefined-reference",
+            undefined_reference(),
+        ),
+        ("grpc_agent_message", "redefinition", redefinition()),
         (
             "grpc_agent_message",
             "bad-event",
@@ -281,6 +364,123 @@ fn seeds_reach_storage_and_matching() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
 
+/// Events the handlers stored, read back through `Subscribe` (since the first record).
+fn stored(handlers: &Handlers) -> Vec<v1::Event> {
+    let call = subscribe_call(
+        "Bearer agent-secret",
+        &SubscribeRequest {
+            since: Some(0),
+            ..SubscribeRequest::default()
+        },
+    );
+    handlers
+        .subscribe(&call)
+        .unwrap()
+        .responses
+        .into_iter()
+        .filter_map(|r| match r.item {
+            Some(Item::Event(record)) => record.event,
+            _ => None,
+        })
+        .collect()
+}
+
+/// A V2 stream (attributions defined once, events referring to them) is stored and served as
+/// the same stream with its attributions inline (V1).
+#[test]
+fn a_v2_stream_is_stored_with_its_attributions_expanded() {
+    let v2 = Handlers::new();
+    let outcome = v2.agent_stream(&agent_stream_v2());
+    assert_eq!((outcome.acked, outcome.refused), (vec![1, 2, 2], None));
+    let v1 = Handlers::new();
+    let outcome = v1.agent_stream(&agent_stream());
+    assert_eq!(outcome.refused, None);
+    let served = stored(&v2);
+    assert_eq!(served.len(), 4);
+    assert_eq!(served, stored(&v1));
+    assert!(matches!(
+        &served[0].attribution,
+        Some(v1::event::Attribution::Pod(pod)) if pod.pod.as_deref() == Some("api-7d9f")
+    ));
+}
+
+#[test]
+fn a_batch_referring_to_an_undefined_id_ends_the_stream_and_is_not_stored() {
+    let handlers = Handlers::new();
+    let outcome = handlers.agent_stream(&undefined_reference());
+    assert_eq!(outcome.acked, vec![1]);
+    let refused = outcome.refused.expect("refused");
+    assert_eq!(
+        refused.to_string(),
+        "EventBatch seq 2, event 0: attribution_ref 3 is not defined on this stream"
+    );
+    assert_eq!(
+        stored(&handlers).len(),
+        2,
+        "batch 1 stored, nothing of batch 2"
+    );
+}
+
+#[test]
+fn an_id_defined_again_with_another_value_ends_the_stream() {
+    let outcome = Handlers::new().agent_stream(&redefinition());
+    assert_eq!(outcome.acked, vec![1]);
+    assert_eq!(
+        outcome.refused.map(|e| e.to_string()).as_deref(),
+        Some("Attributions: id 1 is defined again with a different attribution")
+    );
+}
+
+#[test]
+fn a_definition_flood_beyond_the_bound_ends_the_stream() {
+    let (definitions, events) = by_reference(events()[..1].to_vec());
+    let max = mapsentry_proto::MAX_STREAM_ATTRIBUTIONS as u64;
+    let flood: Vec<_> = (1..=max + 1)
+        .map(|id| v1::AttributionDefinition {
+            id,
+            ..definitions[0].clone()
+        })
+        .collect();
+    let handlers = Handlers::new();
+    let outcome = handlers.agent_stream(&frames([
+        &hello_of_version("node-a", v1::ProtocolVersion::V2)[..],
+        &attributions(flood, vec![]),
+        &batch(1, events),
+    ]));
+    assert!(outcome.acked.is_empty());
+    assert_eq!(
+        outcome.refused.map(|e| e.to_string()).as_deref(),
+        Some(
+            format!(
+                "Attributions: defining id {} would hold more than {max} attributions on this \
+                 stream (release ids no batch refers to any more)",
+                max + 1
+            )
+            .as_str()
+        )
+    );
+    assert!(stored(&handlers).is_empty());
+}
+
+#[test]
+fn a_v1_stream_may_neither_define_nor_refer() {
+    let (definitions, events) = by_reference(events());
+    let outcome = Handlers::new().agent_stream(&frames([
+        &hello("node-a")[..],
+        &attributions(definitions, vec![]),
+    ]));
+    assert_eq!(
+        outcome.refused.map(|e| e.to_string()).as_deref(),
+        Some("Attributions on a protocol V1 stream (attribution ids need PROTOCOL_VERSION_V2)")
+    );
+    let outcome = Handlers::new().agent_stream(&frames([&hello("node-a")[..], &batch(1, events)]));
+    let refused = outcome.refused.map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        refused.contains("`attribution_ref` (1) is only valid on an agent stream of protocol V2"),
+        "{refused}"
+    );
+}
+
 proptest! {
     #[test]
     fn agent_streams_of_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -296,12 +496,13 @@ proptest! {
 
     #[test]
     fn mutated_streams_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let mut stream = agent_stream();
-        for (index, byte) in flips {
-            let at = index.index(stream.len());
-            stream[at] ^= byte;
+        for mut stream in [agent_stream(), agent_stream_v2()] {
+            for (index, byte) in &flips {
+                let at = index.index(stream.len());
+                stream[at] ^= byte;
+            }
+            let _ = Handlers::new().agent_stream(&stream);
         }
-        let _ = Handlers::new().agent_stream(&stream);
     }
 
     #[test]

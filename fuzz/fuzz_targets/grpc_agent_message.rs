@@ -1,5 +1,6 @@
 //! An agent stream through the ingest handler's own steps (`mapsentry_collector::hostile`):
-//! length-delimited AgentMessages, Hello first, then batch limits, `convert::validate`,
+//! length-delimited AgentMessages, Hello first (V1 or V2), then attribution definitions and the
+//! expansion of references (V2), batch limits, `convert::validate`,
 //! `Hub::store_batch`, acks and loss reports, on a fresh in-memory collector.
 #![no_main]
 

@@ -25,6 +25,11 @@ pub enum ConvertError {
     EnforceAction { value: i32 },
     #[error("event field `args` is missing")]
     MissingArgs,
+    #[error(
+        "event field `attribution_ref` ({id}) is only valid on an agent stream of protocol V2, \
+         which replaces it with the attribution it defined"
+    )]
+    AttributionRef { id: u64 },
 }
 
 /// A rule the kernel refuses, as an agent reports it.
@@ -67,78 +72,127 @@ impl TryFrom<v1::Syscall> for Syscall {
 
 impl From<&MmapEvent> for v1::Event {
     fn from(event: &MmapEvent) -> Self {
-        let args = &event.args;
         Self {
-            time_ns: event.time_ns,
-            syscall: v1::Syscall::from(event.syscall).into(),
-            pid: event.pid,
-            tid: event.tid,
-            ppid: event.ppid,
-            uid: event.uid,
-            gid: event.gid,
-            comm: event.comm.clone(),
-            cgroup_id: event.cgroup_id,
-            args: Some(v1::MmapArgs {
-                addr: args.addr,
-                length: args.length,
-                prot: args.prot,
-                flags: args.flags,
-                fd: args.fd,
-                pgoffset: args.pgoffset,
-                offset: args.offset,
-            }),
-            ret: event.ret,
-            file: event.file.as_ref().map(|file| v1::FileInfo {
-                path: file.path.clone(),
-                inode: file.inode,
-                dev: file.dev,
-                memfd: file.memfd,
-                shm: file.shm,
-                deleted: file.deleted,
-                path_truncated: file.path_truncated,
-                fs_magic: file.fs_magic,
-            }),
-            args_unreadable: event.args_unreadable,
-            target_mapping: event.target_mapping.map(|t| v1::TargetMapping {
-                prev_prot: t.prev_prot,
-                file_backed: t.file_backed,
-            }),
-            enforced: event.enforced.map(|e| v1::Enforcement {
-                action: match e.action {
-                    EnforceAction::Kill => v1::EnforceAction::Kill,
-                    EnforceAction::Deny => v1::EnforceAction::Deny,
-                }
-                .into(),
-                rule_id: e.rule_id,
-            }),
             attribution: event.attribution.as_deref().map(attribution_to_wire),
+            ..capture_fields(event)
         }
     }
 }
 
-fn attribution_to_wire(attribution: &Attribution) -> v1::event::Attribution {
+/// `event` in its wire form without its attribution: what the agent stream sends with an
+/// `attribution_ref` (protocol V2) instead of the attribution itself.
+#[must_use]
+pub fn capture_fields(event: &MmapEvent) -> v1::Event {
+    let args = &event.args;
+    v1::Event {
+        time_ns: event.time_ns,
+        syscall: v1::Syscall::from(event.syscall).into(),
+        pid: event.pid,
+        tid: event.tid,
+        ppid: event.ppid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: event.comm.clone(),
+        cgroup_id: event.cgroup_id,
+        args: Some(v1::MmapArgs {
+            addr: args.addr,
+            length: args.length,
+            prot: args.prot,
+            flags: args.flags,
+            fd: args.fd,
+            pgoffset: args.pgoffset,
+            offset: args.offset,
+        }),
+        ret: event.ret,
+        file: event.file.as_ref().map(|file| v1::FileInfo {
+            path: file.path.clone(),
+            inode: file.inode,
+            dev: file.dev,
+            memfd: file.memfd,
+            shm: file.shm,
+            deleted: file.deleted,
+            path_truncated: file.path_truncated,
+            fs_magic: file.fs_magic,
+        }),
+        args_unreadable: event.args_unreadable,
+        target_mapping: event.target_mapping.map(|t| v1::TargetMapping {
+            prev_prot: t.prev_prot,
+            file_backed: t.file_backed,
+        }),
+        enforced: event.enforced.map(|e| v1::Enforcement {
+            action: match e.action {
+                EnforceAction::Kill => v1::EnforceAction::Kill,
+                EnforceAction::Deny => v1::EnforceAction::Deny,
+            }
+            .into(),
+            rule_id: e.rule_id,
+        }),
+        attribution: None,
+    }
+}
+
+/// `attribution` as an event carries it inline.
+#[must_use]
+pub fn attribution_to_wire(attribution: &Attribution) -> v1::event::Attribution {
     use v1::event::Attribution as Wire;
     match attribution {
-        Attribution::Pod(meta) => Wire::Pod(v1::PodAttribution {
-            namespace: meta.namespace.clone(),
-            pod: meta.pod.clone(),
-            container: meta.container.clone(),
-            pod_uid: meta.pod_uid.clone(),
-            container_id: meta.container_id.clone(),
-            image: meta.image.clone(),
-            labels: meta.labels.clone().into_iter().collect(),
-            namespace_labels: meta.namespace_labels.clone().into_iter().collect(),
-            workload: meta.workload.as_ref().map(|w| v1::Workload {
-                kind: w.kind.clone(),
-                name: w.name.clone(),
-            }),
-            resolved: meta.resolved,
-        }),
+        Attribution::Pod(meta) => Wire::Pod(pod_to_wire(meta)),
         Attribution::Host { cgroup, unit } => Wire::Host(v1::HostAttribution {
             cgroup: cgroup.clone(),
             unit: unit.clone(),
         }),
         Attribution::Unknown { .. } => Wire::Unknown(v1::UnknownCgroup {}),
+    }
+}
+
+fn pod_to_wire(meta: &K8sMeta) -> v1::PodAttribution {
+    v1::PodAttribution {
+        namespace: meta.namespace.clone(),
+        pod: meta.pod.clone(),
+        container: meta.container.clone(),
+        pod_uid: meta.pod_uid.clone(),
+        container_id: meta.container_id.clone(),
+        image: meta.image.clone(),
+        labels: meta.labels.clone().into_iter().collect(),
+        namespace_labels: meta.namespace_labels.clone().into_iter().collect(),
+        workload: meta.workload.as_ref().map(|w| v1::Workload {
+            kind: w.kind.clone(),
+            name: w.name.clone(),
+        }),
+        resolved: meta.resolved,
+    }
+}
+
+/// What an event on the agent stream carries for a definition's attribution: the definition's
+/// value inline, as a V1 event carries it.
+#[must_use]
+pub fn defined_attribution(
+    defined: &v1::attribution_definition::Attribution,
+) -> v1::event::Attribution {
+    use v1::attribution_definition::Attribution as Defined;
+    use v1::event::Attribution as Wire;
+    match defined {
+        Defined::Pod(pod) => Wire::Pod(pod.clone()),
+        Defined::Host(host) => Wire::Host(host.clone()),
+        Defined::Unknown(unknown) => Wire::Unknown(*unknown),
+    }
+}
+
+/// `attribution` defined under `id`, as the agent stream (V2) sends it.
+#[must_use]
+pub fn definition(id: u64, attribution: &Attribution) -> v1::AttributionDefinition {
+    use v1::attribution_definition::Attribution as Defined;
+    let attribution = match attribution {
+        Attribution::Pod(meta) => Defined::Pod(pod_to_wire(meta)),
+        Attribution::Host { cgroup, unit } => Defined::Host(v1::HostAttribution {
+            cgroup: cgroup.clone(),
+            unit: unit.clone(),
+        }),
+        Attribution::Unknown { .. } => Defined::Unknown(v1::UnknownCgroup {}),
+    };
+    v1::AttributionDefinition {
+        id,
+        attribution: Some(attribution),
     }
 }
 
@@ -164,7 +218,10 @@ fn attribution_from_wire(wire: &v1::event::Attribution, cgroup_id: u64) -> Attri
             cgroup: host.cgroup.clone(),
             unit: host.unit.clone(),
         },
-        Wire::Unknown(v1::UnknownCgroup {}) => Attribution::Unknown { cgroup_id },
+        // A reference is refused before (`TryFrom<&v1::Event>`).
+        Wire::Unknown(v1::UnknownCgroup {}) | Wire::AttributionRef(_) => {
+            Attribution::Unknown { cgroup_id }
+        }
     }
 }
 
@@ -184,6 +241,9 @@ impl TryFrom<&v1::Event> for MmapEvent {
             })
             .and_then(Syscall::try_from)?;
         let args = event.args.as_ref().ok_or(ConvertError::MissingArgs)?;
+        if let Some(v1::event::Attribution::AttributionRef(id)) = event.attribution {
+            return Err(ConvertError::AttributionRef { id });
+        }
         Ok(Self {
             time_ns: event.time_ns,
             syscall,
@@ -259,10 +319,15 @@ pub fn validate(event: &v1::Event) -> Result<(), ConvertError> {
             value: event.syscall,
         }),
         Ok(_) if event.args.is_none() => Err(ConvertError::MissingArgs),
-        Ok(_) => match event.enforced {
-            Some(enforced) => enforcement(enforced).map(drop),
-            None => Ok(()),
-        },
+        Ok(_) => {
+            if let Some(v1::event::Attribution::AttributionRef(id)) = event.attribution {
+                return Err(ConvertError::AttributionRef { id });
+            }
+            match event.enforced {
+                Some(enforced) => enforcement(enforced).map(drop),
+                None => Ok(()),
+            }
+        }
     }
 }
 

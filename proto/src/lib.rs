@@ -21,3 +21,7 @@ pub mod v1 {
 }
 
 pub use convert::ConvertError;
+
+/// Attributions defined and not released on one agent stream (protocol V2) at most: the agent
+/// keeps its dictionary within it, the collector refuses a stream that goes beyond it.
+pub const MAX_STREAM_ATTRIBUTIONS: usize = 16_384;

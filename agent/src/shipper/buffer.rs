@@ -1,13 +1,15 @@
 //! The shipper's bounded buffer: the batch being filled and the sealed batches not yet acked, in
 //! sequence order, within a byte budget. Beyond the budget the oldest batches are dropped and
-//! counted.
+//! counted. Events refer to their attribution by id ([`Dictionary`]); each batch keeps the
+//! entries it refers to until it is acked or dropped.
 
 use std::collections::VecDeque;
 
-use mapsentry_proto::v1;
+use mapsentry_policy::MmapEvent;
+use mapsentry_proto::{convert, v1};
 use prost::Message as _;
 
-use super::encoded::Encoded;
+use super::{dictionary::Dictionary, encoded::Encoded};
 
 /// One sealed batch, kept until the collector acks its seq.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,12 +24,15 @@ pub struct Batch {
     pub bytes: usize,
     /// Sent at least once (to any collector connection).
     pub sent: bool,
+    /// The attribution ids its events refer to.
+    pub refs: Vec<u64>,
 }
 
 impl Batch {
-    /// Batch `seq` of `events`, encoded as the message that sends it.
+    /// Batch `seq` of `events`, referring to the attributions `refs`, encoded as the message
+    /// that sends it.
     #[must_use]
-    pub fn seal(seq: u64, events: Vec<v1::Event>, bytes: usize) -> Self {
+    pub fn seal(seq: u64, events: Vec<v1::Event>, bytes: usize, refs: Vec<u64>) -> Self {
         let count = events.len();
         let message = Encoded::from(v1::AgentMessage {
             msg: Some(v1::agent_message::Msg::Batch(v1::EventBatch {
@@ -41,6 +46,7 @@ impl Batch {
             message,
             bytes,
             sent: false,
+            refs,
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct Buffer {
     sealed: VecDeque<Batch>,
     open: Vec<v1::Event>,
     open_bytes: usize,
+    /// The attribution ids the open batch refers to.
+    open_refs: Vec<u64>,
+    dictionary: Dictionary,
     sealed_bytes: usize,
     next_seq: u64,
     /// Events dropped because the buffer was full.
@@ -79,14 +88,45 @@ impl Buffer {
             sealed: VecDeque::new(),
             open: Vec::new(),
             open_bytes: 0,
+            open_refs: Vec::new(),
+            dictionary: Dictionary::default(),
             sealed_bytes: 0,
             next_seq: 1,
             dropped: 0,
         }
     }
 
-    /// Add one event to the open batch, sealing it when it is full by count or size.
-    pub fn push(&mut self, event: v1::Event) {
+    /// A buffer whose attribution dictionary holds at most `attributions` entries.
+    #[must_use]
+    pub fn with_dictionary(limits: Limits, attributions: usize) -> Self {
+        Self {
+            dictionary: Dictionary::new(attributions),
+            ..Self::new(limits)
+        }
+    }
+
+    /// Add one event to the open batch (its attribution by id, or inline when the dictionary is
+    /// full), sealing it when it is full by count or size.
+    pub fn push(&mut self, event: &MmapEvent) {
+        let mut wire = convert::capture_fields(event);
+        wire.attribution = event.attribution.as_ref().map(|attribution| {
+            match self
+                .dictionary
+                .refer(attribution, event.cgroup_id, self.next_seq)
+            {
+                Some((id, first)) => {
+                    if first {
+                        self.open_refs.push(id);
+                    }
+                    v1::event::Attribution::AttributionRef(id)
+                }
+                None => convert::attribution_to_wire(attribution),
+            }
+        });
+        self.push_wire(wire);
+    }
+
+    fn push_wire(&mut self, event: v1::Event) {
         let bytes = event.encoded_len() + 4;
         if !self.open.is_empty() && self.open_bytes + bytes > self.limits.batch_max_bytes {
             self.seal();
@@ -110,6 +150,7 @@ impl Buffer {
             self.next_seq,
             std::mem::take(&mut self.open),
             self.open_bytes,
+            std::mem::take(&mut self.open_refs),
         );
         self.next_seq += 1;
         self.sealed_bytes += batch.bytes;
@@ -124,6 +165,7 @@ impl Buffer {
             };
             self.sealed_bytes -= oldest.bytes;
             self.dropped += oldest.count as u64;
+            self.dictionary.release(&oldest.refs);
         }
     }
 
@@ -156,9 +198,29 @@ impl Buffer {
             if let Some(batch) = self.sealed.pop_front() {
                 self.sealed_bytes -= batch.bytes;
                 events += batch.count as u64;
+                self.dictionary.release(&batch.refs);
             }
         }
         events
+    }
+
+    /// A new collector stream: no attribution is defined on it yet.
+    pub fn new_stream(&mut self) {
+        self.dictionary.new_stream();
+    }
+
+    /// What must be sent on the current stream before the sealed batch `seq`: the definitions of
+    /// the attributions it refers to that were not sent on this stream yet (marked sent now).
+    pub fn definitions(&mut self, seq: u64) -> Option<v1::Attributions> {
+        let index = usize::try_from(seq.checked_sub(self.first_seq())?).ok()?;
+        let batch = self.sealed.get(index)?;
+        self.dictionary.definitions(&batch.refs)
+    }
+
+    /// Attribution entries held, and how many of them buffered batches refer to.
+    #[must_use]
+    pub fn attributions(&self) -> (usize, usize) {
+        self.dictionary.held()
     }
 
     /// Events held (open and sealed) and their bytes.

@@ -1,6 +1,8 @@
 //! Ships captured events to a collector over one bidirectional gRPC stream
 //! (`mapsentry.v1.AgentService/Connect`): Hello, then batches with sequence numbers (sealed by
-//! size and time) and periodic loss reports; the collector acks stored batches.
+//! size and time) and periodic loss reports; the collector acks stored batches. Protocol V2:
+//! events carry an id of their attribution, each defined once per stream right before the
+//! first batch on that stream that refers to it ([`dictionary`]).
 //!
 //! The shipper never blocks capture for long: events go into a bounded buffer (in bytes) that
 //! drops its oldest batches when full and counts them. While the collector is away it reconnects
@@ -9,6 +11,7 @@
 
 pub mod backoff;
 pub mod buffer;
+pub mod dictionary;
 pub mod encoded;
 
 use std::{
@@ -244,7 +247,7 @@ impl Shipper {
         let (input, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());
         let hello = v1::Hello {
-            version: v1::ProtocolVersion::V1.into(),
+            version: v1::ProtocolVersion::V2.into(),
             node: config.node.clone(),
             boot_id: boot_id.clone(),
             kernel: config.kernel.clone(),
@@ -441,7 +444,7 @@ impl Task {
                             batch_deadline = Instant::now() + self.config.batch_max_delay;
                         }
                         for event in &events {
-                            buffer.push(event.into());
+                            buffer.push(event);
                         }
                         if !buffer.has_open() {
                             batch_deadline = far;
@@ -469,6 +472,7 @@ impl Task {
                             attempt = 0;
                             delays = self.config.backoff.delays();
                             next_send = buffer.first_seq();
+                            buffer.new_stream();
                             report_at = Instant::now();
                             enforcement_sent = 0;
                             out = Some(new.out);
@@ -489,7 +493,11 @@ impl Task {
                 }
                 permit = reserve(out.clone()), if unsent => {
                     let Some(permit) = permit else { continue };
-                    if let Some(batch) = buffer.get_mut(next_send) {
+                    // The attributions the batch refers to that this stream has not had yet go
+                    // first; the batch itself with the next permit.
+                    if let Some(definitions) = buffer.definitions(next_send) {
+                        permit.send(Encoded::from(AgentMessage { msg: Some(Msg::Attributions(definitions)) }));
+                    } else if let Some(batch) = buffer.get_mut(next_send) {
                         if batch.sent {
                             self.counters.resent_batches.fetch_add(1, Relaxed);
                         } else {

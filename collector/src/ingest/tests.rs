@@ -15,7 +15,8 @@ fn hello(version: i32, node: &str, boot_id: &str) -> AgentMessage {
 
 #[test]
 fn hello_is_checked_field_by_field() {
-    assert_eq!(hello_of(Some(hello(1, "n", "b"))).unwrap().node, "n");
+    assert_eq!(hello_of(Some(hello(1, "n", "b"))).unwrap().0.node, "n");
+    assert_eq!(hello_of(Some(hello(2, "n", "b"))).unwrap().0.node, "n");
     assert_eq!(
         hello_of(Some(hello(0, "n", "b"))),
         Err(IngestError::NoVersion)
@@ -97,7 +98,13 @@ async fn stored_batches_are_timed_into_the_ingest_latency_histogram() {
         batch(1, vec![event.clone()]),
         batch(2, vec![v1::Event::default()]),
     ] {
-        let _ = ingest.handle(&agent, message).await;
+        let _ = ingest
+            .handle(
+                &agent,
+                &mut StreamAttributions::new(v1::ProtocolVersion::V1),
+                message,
+            )
+            .await;
     }
     assert_eq!(count().as_deref(), Some("1"), "one stored batch timed");
     let body = crate::metrics::Metrics::default().render(&hub);

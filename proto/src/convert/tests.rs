@@ -204,6 +204,52 @@ fn attribution_round_trips_in_fields_100_and_up() {
     assert_eq!(back.attribution, None);
 }
 
+/// A definition of the agent stream (V2) carries exactly the attribution an event carries inline,
+/// and an event with a reference left in it converts to nothing.
+#[test]
+fn a_definition_is_the_inline_attribution_and_a_reference_does_not_convert() {
+    let host = Attribution::Host {
+        cgroup: "/system.slice/sshd.service".into(),
+        unit: Some("sshd.service".into()),
+    };
+    let pod = Attribution::Pod(K8sMeta {
+        pod: Some("web-0".into()),
+        labels: [("app".to_owned(), "web".to_owned())].into(),
+        ..K8sMeta::default()
+    });
+    for attribution in [pod, host, Attribution::Unknown { cgroup_id: 7 }] {
+        let definition = definition(9, &attribution);
+        assert_eq!(definition.id, 9);
+        assert_eq!(
+            defined_attribution(definition.attribution.as_ref().unwrap()),
+            attribution_to_wire(&attribution)
+        );
+    }
+    let event = MmapEvent {
+        attribution: Some(Arc::new(Attribution::Unknown { cgroup_id: 1 })),
+        ..file_backed()
+    };
+    assert_eq!(
+        v1::Event {
+            attribution: None,
+            ..v1::Event::from(&event)
+        },
+        capture_fields(&event)
+    );
+    let referring = v1::Event {
+        attribution: Some(v1::event::Attribution::AttributionRef(4)),
+        ..capture_fields(&event)
+    };
+    assert_eq!(
+        validate(&referring),
+        Err(ConvertError::AttributionRef { id: 4 })
+    );
+    assert_eq!(
+        MmapEvent::try_from(&referring),
+        Err(ConvertError::AttributionRef { id: 4 })
+    );
+}
+
 #[test]
 fn attribution_uses_the_reserved_field_numbers() {
     use prost::encoding::{WireType, decode_key};

@@ -1,0 +1,157 @@
+use mapsentry_proto::v1::{self, AttributionDefinition, Attributions, attribution_definition};
+
+use super::*;
+
+fn pod(name: &str) -> attribution_definition::Attribution {
+    attribution_definition::Attribution::Pod(v1::PodAttribution {
+        namespace: Some("team-a".into()),
+        pod: Some(name.into()),
+        labels: [("app".to_owned(), name.to_owned())].into(),
+        resolved: true,
+        ..v1::PodAttribution::default()
+    })
+}
+
+fn define(definitions: &[(u64, &str)], released: &[u64]) -> Attributions {
+    Attributions {
+        definitions: definitions
+            .iter()
+            .map(|(id, name)| AttributionDefinition {
+                id: *id,
+                attribution: Some(pod(name)),
+            })
+            .collect(),
+        released: released.to_vec(),
+    }
+}
+
+fn referring(id: u64) -> v1::Event {
+    v1::Event {
+        attribution: Some(Attribution::AttributionRef(id)),
+        ..v1::Event::default()
+    }
+}
+
+fn v2() -> StreamAttributions {
+    StreamAttributions::new(v1::ProtocolVersion::V2)
+}
+
+#[test]
+fn references_expand_to_the_attribution_defined_on_the_stream() {
+    let mut stream = v2();
+    stream.apply(define(&[(1, "web"), (2, "db")], &[])).unwrap();
+    let mut events = vec![referring(2), referring(1), v1::Event::default()];
+    stream.expand(5, &mut events).unwrap();
+    let expected = |name| Some(convert::defined_attribution(&pod(name)));
+    assert_eq!(events[0].attribution, expected("db"));
+    assert_eq!(events[1].attribution, expected("web"));
+    assert_eq!(events[2].attribution, None, "no attribution stays none");
+}
+
+#[test]
+fn an_undefined_reference_is_refused_naming_the_batch_event_and_id() {
+    let mut stream = v2();
+    stream.apply(define(&[(1, "web")], &[])).unwrap();
+    let mut events = vec![referring(1), referring(9)];
+    let error = stream.expand(3, &mut events).unwrap_err();
+    assert_eq!(
+        error,
+        IngestError::UndefinedRef {
+            seq: 3,
+            index: 1,
+            id: 9
+        }
+    );
+    assert_eq!(
+        error.to_string(),
+        "EventBatch seq 3, event 1: attribution_ref 9 is not defined on this stream"
+    );
+}
+
+#[test]
+fn a_definition_may_repeat_its_value_but_not_change_it() {
+    let mut stream = v2();
+    stream.apply(define(&[(1, "web")], &[])).unwrap();
+    stream.apply(define(&[(1, "web")], &[])).unwrap();
+    assert_eq!(
+        stream.apply(define(&[(1, "db")], &[])),
+        Err(IngestError::Redefined { id: 1 })
+    );
+}
+
+#[test]
+fn definitions_beyond_the_bound_are_refused_and_releases_make_room() {
+    let mut stream = v2();
+    stream.max = 2;
+    stream.apply(define(&[(1, "a"), (2, "b")], &[])).unwrap();
+    assert_eq!(
+        stream.apply(define(&[(3, "c")], &[])),
+        Err(IngestError::TooManyAttributions { id: 3, max: 2 })
+    );
+    stream.apply(define(&[(3, "c")], &[1])).unwrap();
+    let mut events = vec![referring(1)];
+    assert!(
+        matches!(
+            stream.expand(1, &mut events),
+            Err(IngestError::UndefinedRef { id: 1, .. })
+        ),
+        "a released id is gone"
+    );
+}
+
+#[test]
+fn the_default_bound_is_the_protocol_constant() {
+    let mut stream = v2();
+    let flood: Vec<(u64, &str)> = (1..=MAX_STREAM_ATTRIBUTIONS as u64 + 1)
+        .map(|id| (id, "x"))
+        .collect();
+    let error = stream.apply(define(&flood, &[])).unwrap_err();
+    assert_eq!(
+        error,
+        IngestError::TooManyAttributions {
+            id: MAX_STREAM_ATTRIBUTIONS as u64 + 1,
+            max: MAX_STREAM_ATTRIBUTIONS
+        }
+    );
+}
+
+#[test]
+fn a_definition_without_attribution_or_beyond_the_field_limits_is_refused() {
+    let mut stream = v2();
+    let empty = Attributions {
+        definitions: vec![AttributionDefinition {
+            id: 4,
+            attribution: None,
+        }],
+        released: vec![],
+    };
+    assert_eq!(
+        stream.apply(empty),
+        Err(IngestError::EmptyDefinition { id: 4 })
+    );
+    let long = define(&[(5, &"p".repeat(300))], &[]);
+    let error = stream.apply(long).unwrap_err();
+    assert!(
+        matches!(error, IngestError::DefinitionLimit { id: 5, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_v1_stream_may_not_define_and_keeps_references_for_validation_to_refuse() {
+    let mut stream = StreamAttributions::new(v1::ProtocolVersion::V1);
+    assert_eq!(
+        stream.apply(define(&[(1, "web")], &[])),
+        Err(IngestError::AttributionsOnV1)
+    );
+    let mut events = vec![v1::Event {
+        syscall: v1::Syscall::Mmap.into(),
+        args: Some(v1::MmapArgs::default()),
+        ..referring(1)
+    }];
+    stream.expand(1, &mut events).unwrap();
+    assert_eq!(
+        convert::validate(&events[0]),
+        Err(convert::ConvertError::AttributionRef { id: 1 })
+    );
+}
