@@ -1,7 +1,7 @@
-//! The agent stream with messages encoded once. A sealed batch is encoded into its protobuf bytes
-//! when it is sealed and kept that way until the collector acks it: every send (and resend after
-//! a reconnect) hands tonic the same bytes, instead of a copy of the batch's events that tonic
-//! then encodes. The `pipeline_stages` bench measured that copy, its encoding and freeing both
+//! The agent stream with messages encoded once. A sealed batch is its protobuf bytes (its events
+//! encoded as they were pushed, `buffer.rs`), kept until the collector acks it: every send (and
+//! resend after a reconnect) hands tonic the same bytes, instead of a copy of the batch's events
+//! that tonic then encodes. The `pipeline_stages` bench measured that copy, its encoding and freeing both
 //! copies at ~90% of the agent's per-event CPU.
 
 use mapsentry_proto::v1::{AgentMessage, CollectorMessage};
@@ -22,6 +22,11 @@ use tonic::{
 pub struct Encoded(Bytes);
 
 impl Encoded {
+    /// `bytes`, which the caller encoded as an `AgentMessage` by hand (the buffer's batches).
+    pub(crate) fn from_bytes(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
     /// The encoded message.
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {

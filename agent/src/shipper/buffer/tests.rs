@@ -14,6 +14,11 @@ fn event(pid: u32) -> v1::Event {
     }
 }
 
+/// What one event adds to a batch: its `EventBatch.events` field, encoded.
+fn field_len(event: &v1::Event) -> usize {
+    prost::encoding::message::encoded_len(2, event)
+}
+
 fn limits(events: usize, batch_bytes: usize, buffer_bytes: usize) -> Limits {
     Limits {
         batch_max_events: events,
@@ -25,7 +30,7 @@ fn limits(events: usize, batch_bytes: usize, buffer_bytes: usize) -> Limits {
 #[test]
 fn batches_seal_by_count_with_consecutive_seqs() {
     let mut buffer = Buffer::new(limits(3, 1 << 20, 1 << 20));
-    (0..7).for_each(|pid| buffer.push_wire(event(pid)));
+    (0..7).for_each(|pid| buffer.push_wire(&event(pid)));
     assert_eq!(buffer.get_mut(1).unwrap().count, 3);
     assert_eq!(buffer.get_mut(2).unwrap().count, 3);
     assert!(
@@ -39,18 +44,52 @@ fn batches_seal_by_count_with_consecutive_seqs() {
 
 #[test]
 fn batches_seal_by_size() {
-    let size = event(1).encoded_len() + 4;
+    let size = field_len(&event(1));
     let mut buffer = Buffer::new(limits(1000, size * 2, 1 << 20));
-    (0..5).for_each(|pid| buffer.push_wire(event(pid)));
+    (0..5).for_each(|pid| buffer.push_wire(&event(pid)));
     assert_eq!(buffer.get_mut(1).unwrap().count, 2);
     assert_eq!(buffer.get_mut(2).unwrap().count, 2);
     assert!(buffer.has_open());
 }
 
 #[test]
+fn a_sealed_batch_is_the_message_prost_encodes() {
+    // Small and large seqs (one- and multi-byte varints), and a batch over 127 bytes (its
+    // length a two-byte varint), split by size.
+    let long = |pid| v1::Event {
+        comm: "c".repeat(60),
+        ..event(pid)
+    };
+    let size = field_len(&long(1));
+    let mut buffer = Buffer::new(limits(1000, size * 3, 1 << 20));
+    buffer.next_seq = 300;
+    (0..7).for_each(|pid| buffer.push_wire(&long(pid)));
+    buffer.seal();
+    let mut pid = 0;
+    for seq in [300, 301, 302] {
+        let batch = buffer.get_mut(seq).unwrap();
+        let events: Vec<_> = (pid..pid + batch.count as u32).map(long).collect();
+        pid += batch.count as u32;
+        let expected = v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Batch(v1::EventBatch {
+                seq,
+                events,
+            })),
+        };
+        assert_eq!(
+            batch.message.as_bytes(),
+            expected.encode_to_vec().as_slice(),
+            "batch {seq}"
+        );
+    }
+    assert_eq!(pid, 7);
+    assert!(buffer.get_mut(300).unwrap().message.len() > 127);
+}
+
+#[test]
 fn acks_release_batches_up_to_the_seq() {
     let mut buffer = Buffer::new(limits(2, 1 << 20, 1 << 20));
-    (0..6).for_each(|pid| buffer.push_wire(event(pid)));
+    (0..6).for_each(|pid| buffer.push_wire(&event(pid)));
     assert_eq!(buffer.ack(2), 4);
     assert_eq!(buffer.first_seq(), 3);
     assert_eq!(buffer.ack(2), 0, "a repeated ack releases nothing");
@@ -61,10 +100,10 @@ fn acks_release_batches_up_to_the_seq() {
 
 #[test]
 fn over_budget_the_oldest_batches_go_and_are_counted() {
-    let size = event(1).encoded_len() + 4;
+    let size = field_len(&event(1));
     // Two events per batch, room for three batches.
     let mut buffer = Buffer::new(limits(2, 1 << 20, size * 6));
-    (0..10).for_each(|pid| buffer.push_wire(event(pid)));
+    (0..10).for_each(|pid| buffer.push_wire(&event(pid)));
     assert_eq!(buffer.dropped, 4, "batches 1 and 2 dropped");
     assert_eq!(buffer.first_seq(), 3);
     assert_eq!(
