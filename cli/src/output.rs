@@ -12,13 +12,30 @@ pub enum Format {
     Json,
 }
 
-/// Append `event`'s line, newline included, to `out`.
-pub fn write_event(out: &mut Vec<u8>, format: Format, event: &MmapEvent) {
-    match format {
-        Format::Json => event_json::write_event_line(out, event),
-        Format::Text => out.extend_from_slice(text_line(event).as_bytes()),
+/// Writes a stream of event lines in one format.
+#[derive(Debug)]
+pub struct EventWriter {
+    format: Format,
+    json: event_json::LineWriter,
+}
+
+impl EventWriter {
+    #[must_use]
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            json: event_json::LineWriter::default(),
+        }
     }
-    out.push(b'\n');
+
+    /// Append `event`'s line, newline included, to `out`.
+    pub fn write(&mut self, out: &mut Vec<u8>, event: &MmapEvent) {
+        match self.format {
+            Format::Json => self.json.write(out, event),
+            Format::Text => out.extend_from_slice(text_line(event).as_bytes()),
+        }
+        out.push(b'\n');
+    }
 }
 
 /// `09:35:01.123456 mmap cat[1234/1234] addr=0x0 len=4096 prot=PROT_READ flags=MAP_PRIVATE fd=3 off=0x0 = 0x7f.. file=/etc/passwd`

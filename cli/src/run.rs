@@ -175,6 +175,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     let mut reader_gone = false;
     let mut lines = Vec::with_capacity(1 << 16);
+    let mut writer = output::EventWriter::new(args.output);
     let counters = event_loop(
         &mut capture,
         &mut attributor,
@@ -187,7 +188,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             // (alert lines are printed between batches by their own task), in as few write
             // calls as the reader's pipe allows.
             lines.clear();
-            print(&mut lines, args.output, &filter, batch, &mut tally);
+            print(&mut lines, &mut writer, &filter, batch, &mut tally);
             let open = write_lines(&lines)?;
             reader_gone |= !open;
             Ok(open)
@@ -334,7 +335,7 @@ fn announce(
 /// Format the events of `batch` that pass `filter` into `lines`.
 fn print(
     lines: &mut Vec<u8>,
-    format: Format,
+    writer: &mut output::EventWriter,
     filter: &EventFilter,
     batch: &[MmapEvent],
     tally: &mut Tally,
@@ -342,7 +343,7 @@ fn print(
     for event in batch {
         if filter.matches(event) || event.enforced.is_some() {
             tally.emitted += 1;
-            output::write_event(lines, format, event);
+            writer.write(lines, event);
         } else {
             tally.filtered += 1;
         }

@@ -152,7 +152,7 @@ fn json_lines_are_runs_lines_plus_cursor_and_node() {
     let mut tailed = Vec::new();
     write_record(&mut tailed, Format::Json, &record).unwrap();
     let mut ran = Vec::new();
-    output::write_event(&mut ran, Format::Json, &event);
+    output::EventWriter::new(Format::Json).write(&mut ran, &event);
     let mut tailed: serde_json::Value = serde_json::from_slice(&tailed).unwrap();
     let ran: serde_json::Value = serde_json::from_slice(&ran).unwrap();
     let object = tailed.as_object_mut().unwrap();

@@ -148,6 +148,28 @@ fn lines_are_appended() {
     );
 }
 
+#[test]
+fn one_writer_renders_a_stream_as_single_lines_do() {
+    // Repeated and changing seconds, prot and flags values (more values than the memo has
+    // slots), times at the edges of a second and a failed call.
+    let mut writer = LineWriter::default();
+    let base = corpus().remove(0);
+    let mut out = Vec::new();
+    let mut expected = String::new();
+    for i in 0u64..200 {
+        let mut event = base.clone();
+        event.time_ns = 1_764_000_000_000_000_000 + (i / 3) * 999_999_999 + (i % 3) * 1000;
+        event.args.prot = i % 11;
+        event.args.flags = 0x22 | ((i % 13) << 8) | ((i % 5) << 26);
+        if i % 7 == 0 {
+            event.ret = -9;
+        }
+        writer.write(&mut out, &event);
+        expected.push_str(&serde_line(&event));
+    }
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+}
+
 proptest! {
     #[test]
     fn any_strings_and_numbers_are_written_as_serde_writes_them(
