@@ -3,7 +3,7 @@
 use std::{
     collections::VecDeque,
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
@@ -23,14 +23,20 @@ pub struct Args {
     /// getppid iterations per measurement.
     #[arg(long, default_value_t = 2_000_000)]
     getppid_iterations: u32,
+    /// A `mapsentry` binary of another commit (a release build): adds the variant "every event
+    /// streamed" under it, so that a change's cost or gain is measured side by side in one run.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
 }
 
 /// What traces the workload during a measurement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Tracer {
     None,
     /// `mapsentry run` with these extra arguments, its JSON lines read by the benchmark.
     Mapsentry(&'static [&'static str]),
+    /// `mapsentry run` of the `--baseline` binary, every event streamed.
+    Baseline(PathBuf),
     /// bpftrace with this program, its output read by the benchmark.
     Bpftrace(&'static str),
 }
@@ -108,11 +114,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     std::fs::write(ENFORCE_POLICY_PATH, ENFORCE_POLICY)
         .with_context(|| format!("writing {ENFORCE_POLICY_PATH}"))?;
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); VARIANTS.len()];
+    let mut variants: Vec<(String, Tracer)> = VARIANTS
+        .iter()
+        .map(|(name, tracer)| ((*name).to_owned(), tracer.clone()))
+        .collect();
+    if let Some(baseline) = &args.baseline {
+        ensure!(
+            baseline.is_file(),
+            "--baseline {}: no such file",
+            baseline.display()
+        );
+        variants.push((
+            format!(
+                "mapsentry of the baseline ({}), every event streamed",
+                baseline.display()
+            ),
+            Tracer::Baseline(baseline.clone()),
+        ));
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
     for round in 0..args.rounds {
-        for k in 0..VARIANTS.len() {
-            let index = (round + k) % VARIANTS.len();
-            let (name, tracer) = VARIANTS[index];
+        for k in 0..variants.len() {
+            let index = (round + k) % variants.len();
+            let (name, tracer) = &variants[index];
             let sample = measure(&bin_dir, tracer, args)
                 .with_context(|| format!("round {round}: {name}"))?;
             eprintln!(
@@ -122,21 +146,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             samples[index].push(sample);
         }
     }
-    report(args, &samples);
+    report(args, &variants, &samples);
     Ok(())
 }
 
-fn measure(bin_dir: &Path, tracer: Tracer, args: &Args) -> anyhow::Result<Sample> {
+fn measure(bin_dir: &Path, tracer: &Tracer, args: &Args) -> anyhow::Result<Sample> {
+    let mapsentry = |binary: PathBuf, extra: &[&str]| {
+        let mut command = Command::new(binary);
+        command.args(["run", "--output", "json"]).args(extra);
+        Running::start(command, ReadyOn::Stderr("mapsentry: capturing"))
+    };
     let running = match tracer {
         Tracer::None => None,
-        Tracer::Mapsentry(extra) => {
-            let mut command = Command::new(bin_dir.join("mapsentry"));
-            command.args(["run", "--output", "json"]).args(extra);
-            Some(Running::start(
-                command,
-                ReadyOn::Stderr("mapsentry: capturing"),
-            )?)
-        }
+        Tracer::Mapsentry(extra) => Some(mapsentry(bin_dir.join("mapsentry"), extra)?),
+        Tracer::Baseline(binary) => Some(mapsentry(binary.clone(), &[])?),
         Tracer::Bpftrace(program) => {
             let mut command = Command::new("bpftrace");
             command.args(["-e", program]);
@@ -304,7 +327,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     clippy::cast_precision_loss,
     reason = "line counts stay far below 2^52"
 )]
-fn report(args: &Args, samples: &[Vec<Sample>]) {
+fn report(args: &Args, variants: &[(String, Tracer)], samples: &[Vec<Sample>]) {
     let mmap: Vec<f64> = samples
         .iter()
         .map(|s| median(s.iter().map(|x| x.mmap_ns).collect()))
@@ -322,21 +345,22 @@ fn report(args: &Args, samples: &[Vec<Sample>]) {
         "| variant | mmap+munmap ns/iter | ratio to bare | getppid ns | ratio to bare | lines read (median) | tracer CPU us per line (median) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (i, (name, _)) in VARIANTS.iter().enumerate() {
+    // Only where the tracer printed a line per call: the per-line cost of a tracer that prints
+    // a handful is its idle cost.
+    let per_line = |i: usize| {
         let lines = median(samples[i].iter().map(|x| x.lines as f64).collect());
-        // Only where the tracer printed a line per call: the per-line cost of a tracer that
-        // prints a handful is its idle cost.
-        let per_line = if lines >= 1000.0 {
-            let per_line = median(
+        (lines >= 1000.0).then(|| {
+            median(
                 samples[i]
                     .iter()
                     .map(|x| x.tracer_cpu_ns / x.lines.max(1) as f64 / 1000.0)
                     .collect(),
-            );
-            format!("{per_line:.2}")
-        } else {
-            "-".to_owned()
-        };
+            )
+        })
+    };
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let lines = median(samples[i].iter().map(|x| x.lines as f64).collect());
+        let per_line = per_line(i).map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
         println!(
             "| {name} | {:.0} | {:.2}x | {:.0} | {:.2}x | {lines:.0} | {per_line} |",
             mmap[i],
@@ -349,6 +373,14 @@ fn report(args: &Args, samples: &[Vec<Sample>]) {
         "\nAn Enforce policy (8 kernel rules per cgroup, and the embedded collector evaluating it for every event) versus capture alone on the mmap loop: {:+.1}%. The kernel lookups alone: `syscall_tax` (BENCHMARKS.md).",
         (mmap[2] / mmap[1] - 1.0) * 100.0
     );
+    if args.baseline.is_some()
+        && let (Some(now), Some(before)) = (per_line(1), per_line(variants.len() - 1))
+    {
+        println!(
+            "`mapsentry run`'s CPU per streamed line: {now:.2} us with this build, {before:.2} us with the baseline ({:.2}x).",
+            now / before
+        );
+    }
 }
 
 fn machine() -> String {
