@@ -6,7 +6,10 @@
 //!    on now), each with retention in memory and with the retention log on disk (`--data-dir`,
 //!    written from blocking threads). Rounds alternate between the four; the medians are
 //!    reported, in wall clock and per CPU-second of the collector's own threads (its runtime's
-//!    workers and blocking threads, read from /proc/self/task/*/schedstat).
+//!    workers and blocking threads, read from /proc/self/task/*/schedstat). The agents speak
+//!    protocol V2 as `mapsentry agent` does: 16 pod attributions defined once per stream, every
+//!    event referring to one of them, so the collector expands a pod's attribution into each
+//!    event as it does for a real node.
 //! 2. Fan-out: one agent paced at a target rate, 10 subscribers each reading every event
 //!    (counted from the raw bytes, so the figure is the collector's, not the readers' decoding);
 //!    reports the achieved rate, deliveries and losses.
@@ -39,6 +42,8 @@ use tonic::transport::Channel;
 
 const BATCH: usize = 1000;
 const WINDOW: usize = 32;
+/// Pods the events of each agent come from.
+const PODS: u64 = 16;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -72,9 +77,50 @@ fn batch_events() -> Vec<v1::Event> {
                 fs_magic: 0xef53,
                 ..Default::default()
             }),
+            attribution: Some(v1::event::Attribution::AttributionRef(
+                1 + u64::from(i) % PODS,
+            )),
             ..Default::default()
         })
         .collect()
+}
+
+/// The definitions of the pods the events refer to: what a node's agent sends once per stream.
+fn pod_definitions() -> v1::Attributions {
+    let definitions = (1..=PODS)
+        .map(|id| v1::AttributionDefinition {
+            id,
+            attribution: Some(v1::attribution_definition::Attribution::Pod(
+                v1::PodAttribution {
+                    namespace: Some("shop".into()),
+                    pod: Some(format!("web-7d9f8c6b5-{id:05}")),
+                    container: Some("web".into()),
+                    pod_uid: Some(format!("2b1c9a6e-3f4d-4e5a-9b8c-{id:012}")),
+                    container_id: Some(format!("{id:064x}")),
+                    image: Some("registry.example.com/shop/web:1.42.0".into()),
+                    labels: [
+                        ("app".to_owned(), "web".to_owned()),
+                        ("pod-template-hash".to_owned(), "7d9f8c6b5".to_owned()),
+                    ]
+                    .into(),
+                    namespace_labels: [(
+                        "kubernetes.io/metadata.name".to_owned(),
+                        "shop".to_owned(),
+                    )]
+                    .into(),
+                    workload: Some(v1::Workload {
+                        kind: "Deployment".into(),
+                        name: "web".into(),
+                    }),
+                    resolved: true,
+                },
+            )),
+        })
+        .collect();
+    v1::Attributions {
+        definitions,
+        released: Vec::new(),
+    }
 }
 
 /// A collector on its own runtime, on 127.0.0.1; it stops when the returned sender is dropped.
@@ -205,19 +251,16 @@ fn batch_message(seq: u64, events: &[u8]) -> Vec<u8> {
 async fn agent(url: String, node: String, batches: u64, rate: Option<u64>) {
     let (out, rx) = mpsc::channel::<Vec<u8>>(WINDOW + 2);
     let hello = Hello {
-        version: 1,
+        version: v1::ProtocolVersion::V2.into(),
         node: node.clone(),
         boot_id: node,
         ..Default::default()
     };
-    out.send(
-        AgentMessage {
-            msg: Some(Msg::Hello(hello)),
-        }
-        .encode_to_vec(),
-    )
-    .await
-    .unwrap();
+    for msg in [Msg::Hello(hello), Msg::Attributions(pod_definitions())] {
+        out.send(AgentMessage { msg: Some(msg) }.encode_to_vec())
+            .await
+            .unwrap();
+    }
     let mut grpc = tonic::client::Grpc::new(channel(&url).await);
     grpc.ready().await.unwrap();
     let path =
