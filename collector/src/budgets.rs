@@ -132,9 +132,15 @@ fn labels(
 ) -> Result<(), LimitError> {
     use event_limits::{LABEL_KEY, LABEL_VALUE, LABELS};
     many(field, labels.len(), LABELS)?;
+    // The field names are formatted only for an error: this runs for every label of every
+    // event ingested.
     for (key, value) in labels {
-        long(format!("{field} key"), key, LABEL_KEY)?;
-        long(format!("{field}[{key:?}]"), value, LABEL_VALUE)?;
+        if key.len() > LABEL_KEY {
+            long(format!("{field} key"), key, LABEL_KEY)?;
+        }
+        if value.len() > LABEL_VALUE {
+            long(format!("{field}[{key:?}]"), value, LABEL_VALUE)?;
+        }
     }
     Ok(())
 }
