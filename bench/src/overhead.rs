@@ -345,11 +345,14 @@ fn report(args: &Args, variants: &[(String, Tracer)], samples: &[Vec<Sample>]) {
         "| variant | mmap+munmap ns/iter | ratio to bare | getppid ns | ratio to bare | lines read (median) | tracer CPU us per line (median) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
+    let lines: Vec<f64> = samples
+        .iter()
+        .map(|s| median(s.iter().map(|x| x.lines as f64).collect()))
+        .collect();
     // Only where the tracer printed a line per call: the per-line cost of a tracer that prints
     // a handful is its idle cost.
     let per_line = |i: usize| {
-        let lines = median(samples[i].iter().map(|x| x.lines as f64).collect());
-        (lines >= 1000.0).then(|| {
+        (lines[i] >= 1000.0).then(|| {
             median(
                 samples[i]
                     .iter()
@@ -359,14 +362,14 @@ fn report(args: &Args, variants: &[(String, Tracer)], samples: &[Vec<Sample>]) {
         })
     };
     for (i, (name, _)) in variants.iter().enumerate() {
-        let lines = median(samples[i].iter().map(|x| x.lines as f64).collect());
         let per_line = per_line(i).map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"));
         println!(
-            "| {name} | {:.0} | {:.2}x | {:.0} | {:.2}x | {lines:.0} | {per_line} |",
+            "| {name} | {:.0} | {:.2}x | {:.0} | {:.2}x | {:.0} | {per_line} |",
             mmap[i],
             mmap[i] / mmap[0],
             getppid[i],
-            getppid[i] / getppid[0]
+            getppid[i] / getppid[0],
+            lines[i]
         );
     }
     println!(

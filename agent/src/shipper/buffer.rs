@@ -44,10 +44,11 @@ const BATCH_SEQ: u32 = 1;
 const BATCH_EVENTS: u32 = 2;
 
 impl Batch {
-    /// Batch `seq` of `count` events, `events` being their encoded `EventBatch.events` fields,
-    /// referring to the attributions `refs`: the `AgentMessage` that sends it.
+    /// Batch `seq` of `count` events, `events` being their encoded `EventBatch.events` fields
+    /// (what the batch counts against the budget), referring to the attributions `refs`: the
+    /// `AgentMessage` that sends it.
     #[must_use]
-    pub fn seal(seq: u64, count: usize, events: &[u8], bytes: usize, refs: Vec<u64>) -> Self {
+    pub fn seal(seq: u64, count: usize, events: &[u8], refs: Vec<u64>) -> Self {
         let body = key_len(BATCH_SEQ) + encoded_len_varint(seq) + events.len();
         let mut message = Vec::with_capacity(
             key_len(AGENT_MESSAGE_BATCH) + encoded_len_varint(body as u64) + body,
@@ -61,7 +62,7 @@ impl Batch {
             seq,
             count,
             message: Encoded::from_bytes(Bytes::from(message)),
-            bytes,
+            bytes: events.len(),
             sent: false,
             refs,
         }
@@ -174,7 +175,6 @@ impl Buffer {
             self.next_seq,
             self.open_count,
             &self.open,
-            self.open.len(),
             std::mem::take(&mut self.open_refs),
         );
         self.open.clear();

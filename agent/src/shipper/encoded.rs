@@ -1,8 +1,8 @@
 //! The agent stream with messages encoded once. A sealed batch is its protobuf bytes (its events
 //! encoded as they were pushed, `buffer.rs`), kept until the collector acks it: every send (and
 //! resend after a reconnect) hands tonic the same bytes, instead of a copy of the batch's events
-//! that tonic then encodes. The `pipeline_stages` bench measured that copy, its encoding and freeing both
-//! copies at ~90% of the agent's per-event CPU.
+//! that tonic then encodes. The `pipeline_stages` bench measured that copy, its encoding and
+//! freeing both copies at ~90% of the agent's per-event CPU.
 
 use mapsentry_proto::v1::{AgentMessage, CollectorMessage};
 use prost::{

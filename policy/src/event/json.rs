@@ -42,11 +42,7 @@ impl LineWriter {
         string(out, self.prot.names(event.args.prot, names::prot_names));
         out.extend_from_slice(b",\"flags_names\":");
         string(out, self.flags.names(event.args.flags, names::flags_names));
-        if let Some(error) = event
-            .failed()
-            .then(|| names::errno_name(event.ret))
-            .flatten()
-        {
+        if let Some(error) = event.error_name() {
             out.extend_from_slice(b",\"error\":");
             string(out, error);
         }

@@ -196,6 +196,12 @@ impl MmapEvent {
         (-4095..0).contains(&self.ret)
     }
 
+    /// The name of the error a failed call returned (`EBADF`), when it is a known errno.
+    #[must_use]
+    pub fn error_name(&self) -> Option<&'static str> {
+        self.failed().then(|| names::errno_name(self.ret)).flatten()
+    }
+
     /// The protection policies judge: `prot` as passed, except that an `mprotect` granting
     /// execute to a writable mapping, or write to an executable one, counts as
     /// `PROT_WRITE|PROT_EXEC` (the kernel rules judge it the same way, `ebpf/include/enforce.h`).
@@ -276,11 +282,7 @@ impl Derived {
             time: event.time_rfc3339(),
             prot_names: names::prot_names(event.args.prot),
             flags_names: names::flags_names(event.args.flags),
-            error: event
-                .failed()
-                .then(|| names::errno_name(event.ret))
-                .flatten()
-                .map(str::to_owned),
+            error: event.error_name().map(str::to_owned),
         }
     }
 }
