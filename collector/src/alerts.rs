@@ -19,10 +19,11 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use mapsentry_policy::{
-    Action, Aggregator, AlertLine, CallerScope, EnforceAction, Match, MmapEvent, Mode, PolicySet,
+    Action, Aggregator, AlertLine, CallerScope, EnforceAction, Match, Mode, PolicySet,
     alert::{DEFAULT_MAX_KEYS, DEFAULT_WINDOW_NS},
 };
 use mapsentry_policy::{eval_context, time::now_ns};
+use mapsentry_proto::convert;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
@@ -192,7 +193,7 @@ impl Evaluator {
     }
 
     fn evaluate<'a>(&mut self, set: &'a PolicySet, record: &Record, matches: &mut Vec<Match<'a>>) {
-        let event = match MmapEvent::try_from(&record.event) {
+        let event = match convert::event_attributed(&record.event, record.attribution()) {
             Ok(event) => event,
             Err(error) => {
                 tracing::debug!(cursor = record.cursor, %error, "record not evaluated");

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use mapsentry_proto::v1::{self, event::Attribution};
 use prost::Message as _;
 
+use crate::retention::Attributed;
+
 /// Largest encoded event accepted.
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
 /// Memory an event costs the collector beyond its encoded size (the decoded message, its
@@ -149,15 +151,26 @@ fn optional(field: &str, value: Option<&String>, max: usize) -> Result<(), Limit
     value.map_or(Ok(()), |value| long(field, value, max))
 }
 
-/// Check the strings of an event and its encoded size.
+/// Check the strings of an event (its attribution's too) and its encoded size.
 pub fn check_event(event: &v1::Event) -> Result<(), LimitError> {
-    use event_limits::{COMM, CONTAINER_ID, IMAGE, NAME, NAMESPACE, PATH, UID, UNIT};
-    long("comm", &event.comm, COMM)?;
-    if let Some(file) = &event.file {
-        long("file.path", &file.path, PATH)?;
+    if let Some(attribution) = &event.attribution {
+        check_attribution(attribution)?;
     }
-    match &event.attribution {
-        Some(Attribution::Pod(pod)) => {
+    check_call(event, event.encoded_len())
+}
+
+/// Check the strings of an event held apart from its attribution, and the encoded size of the
+/// whole. The attribution's strings are checked on their own ([`check_attribution`]): once per
+/// definition on a V2 stream, not once per event that names it.
+pub fn check_attributed(event: &Attributed) -> Result<(), LimitError> {
+    check_call(&event.event, event.encoded_len())
+}
+
+/// Check the strings of an attribution.
+pub fn check_attribution(attribution: &Attribution) -> Result<(), LimitError> {
+    use event_limits::{CONTAINER_ID, IMAGE, NAME, NAMESPACE, PATH, UID, UNIT};
+    match attribution {
+        Attribution::Pod(pod) => {
             optional("pod.namespace", pod.namespace.as_ref(), NAMESPACE)?;
             optional("pod.pod", pod.pod.as_ref(), NAME)?;
             optional("pod.container", pod.container.as_ref(), NAME)?;
@@ -171,13 +184,22 @@ pub fn check_event(event: &v1::Event) -> Result<(), LimitError> {
                 long("pod.workload.name", &workload.name, NAME)?;
             }
         }
-        Some(Attribution::Host(host)) => {
+        Attribution::Host(host) => {
             long("host.cgroup", &host.cgroup, PATH)?;
             optional("host.unit", host.unit.as_ref(), UNIT)?;
         }
-        Some(Attribution::Unknown(_) | Attribution::AttributionRef(_)) | None => {}
+        Attribution::Unknown(_) | Attribution::AttributionRef(_) => {}
     }
-    let bytes = event.encoded_len();
+    Ok(())
+}
+
+/// The event's own strings, and its encoded size `bytes`.
+fn check_call(event: &v1::Event, bytes: usize) -> Result<(), LimitError> {
+    use event_limits::{COMM, PATH};
+    long("comm", &event.comm, COMM)?;
+    if let Some(file) = &event.file {
+        long("file.path", &file.path, PATH)?;
+    }
     if bytes > MAX_EVENT_BYTES {
         return Err(LimitError::TooLong {
             field: "the event".into(),
@@ -189,9 +211,9 @@ pub fn check_event(event: &v1::Event) -> Result<(), LimitError> {
 }
 
 /// What keeping `event` costs, as the retention window and subscriber queues count it: its
-/// encoded size plus [`RECORD_OVERHEAD`].
+/// encoded size (its attribution's included, though events share it) plus [`RECORD_OVERHEAD`].
 #[must_use]
-pub fn record_bytes(event: &v1::Event) -> usize {
+pub fn record_bytes(event: &Attributed) -> usize {
     event.encoded_len() + RECORD_OVERHEAD
 }
 

@@ -217,7 +217,7 @@ impl FanOut {
     /// Offer one record to every live subscriber whose filter it passes, without waiting.
     pub fn record(&mut self, record: &Arc<Record>) {
         self.offer(
-            |filter| filter.matches(&record.node, &record.event),
+            |filter| filter.matches(&record.node, &record.event, record.attribution()),
             || Item::Record(Arc::clone(record)),
         );
     }

@@ -1,7 +1,7 @@
 //! Server-side subscription filters, checked once from the request and then matched per record.
 
 use mapsentry_policy::{AlertLine, EventLine, selector::Selector};
-use mapsentry_proto::v1::{self, Event, Kind};
+use mapsentry_proto::v1::{self, Event, Kind, PodAttribution, event::Attribution};
 
 use crate::auth::Scope;
 
@@ -98,18 +98,22 @@ impl RecordFilter {
         Ok(self)
     }
 
-    /// Whether `event` from `node` passes.
+    /// Whether `event` from `node`, attributed to `attribution`, passes (the collector holds an
+    /// event's attribution apart from it: [`crate::retention::Record`]).
     #[must_use]
-    pub fn matches(&self, node: &str, event: &Event) -> bool {
+    pub fn matches(&self, node: &str, event: &Event, attribution: Option<&Attribution>) -> bool {
         let (prot, flags) = event.args.as_ref().map_or((0, 0), |a| (a.prot, a.flags));
+        let pod = match attribution {
+            Some(Attribution::Pod(pod)) => Some(pod),
+            _ => None,
+        };
+        let namespace = pod.and_then(|pod| pod.namespace.as_ref());
         self.events
-            && self
-                .scope
-                .allows(attribution::namespace(event).map(String::as_str))
+            && self.scope.allows(namespace.map(String::as_str))
             && (self.nodes.is_empty() || self.nodes.iter().any(|n| n == node))
-            && any_of(&self.namespaces, attribution::namespace(event))
-            && any_of(&self.pods, attribution::pod(event))
-            && self.labels_match(event)
+            && any_of(&self.namespaces, namespace)
+            && any_of(&self.pods, pod.and_then(|pod| pod.pod.as_ref()))
+            && self.labels_match(pod)
             && any_of(&self.comms, Some(&event.comm))
             && (self.syscalls.is_empty() || self.syscalls.contains(&event.syscall))
             && (self.prot_any == 0 || prot & self.prot_any != 0)
@@ -152,9 +156,9 @@ impl RecordFilter {
             && any_of(&self.comms, Some(&event.comm))
     }
 
-    fn labels_match(&self, event: &Event) -> bool {
+    fn labels_match(&self, pod: Option<&PodAttribution>) -> bool {
         self.labels.is_empty()
-            || attribution::labels(event).is_some_and(|labels| {
+            || pod.map(|pod| &pod.labels).is_some_and(|labels| {
                 self.labels.iter().all(|selector| {
                     selector.matches_lookup(|key| labels.get(key).map(String::as_str))
                 })
@@ -164,33 +168,6 @@ impl RecordFilter {
 
 fn any_of(wanted: &[String], value: Option<&String>) -> bool {
     wanted.is_empty() || value.is_some_and(|v| wanted.contains(v))
-}
-
-/// Where the filters read an event's Kubernetes attribution (`mapsentry.v1.Event` fields
-/// 100..199): only pod events have a namespace, pod and labels.
-mod attribution {
-    use std::collections::HashMap;
-
-    use mapsentry_proto::v1::{Event, PodAttribution, event::Attribution};
-
-    fn pod_of(event: &Event) -> Option<&PodAttribution> {
-        match &event.attribution {
-            Some(Attribution::Pod(pod)) => Some(pod),
-            _ => None,
-        }
-    }
-
-    pub(super) fn namespace(event: &Event) -> Option<&String> {
-        pod_of(event)?.namespace.as_ref()
-    }
-
-    pub(super) fn pod(event: &Event) -> Option<&String> {
-        pod_of(event)?.pod.as_ref()
-    }
-
-    pub(super) fn labels(event: &Event) -> Option<&HashMap<String, String>> {
-        pod_of(event).map(|pod| &pod.labels)
-    }
 }
 
 #[cfg(test)]

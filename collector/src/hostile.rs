@@ -4,7 +4,7 @@
 //!
 //! - [`Handlers::agent_stream`]: an `AgentService.Connect` stream's messages through the ingest
 //!   handler's own steps: `hello_of` (with Hello's field limits), then per message `handle`
-//!   (attribution definitions and the expansion of references, batch limits, `convert::validate`
+//!   (attribution definitions and the resolution of references, batch limits, `convert::validate`
 //!   and the field limits of every event, `Hub::store` -> `store_batch`, acks, loss reports).
 //! - [`Handlers::subscribe`]: an `Observer.Subscribe` call through the handler itself: the bearer
 //!   token in the `authorization` metadata (`Auth::subscriber`), the filter's validation and its

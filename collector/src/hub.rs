@@ -32,7 +32,7 @@ use crate::{
 pub use crate::{
     fanout::{Item, Items, PublishedAlert, Subscription},
     nodes::AgentInfo,
-    retention::Record,
+    retention::{Attributed, Record},
 };
 
 /// How many records a catch-up task copies out of the window per lock.
@@ -245,7 +245,7 @@ impl Hub {
                 node = batch.node.as_str().into();
             }
             for event in batch.events {
-                state.window.push(&node, event);
+                state.window.push(&node, Attributed::from(event));
                 replayed += 1;
             }
         }
@@ -348,7 +348,7 @@ impl Hub {
         self: &Arc<Self>,
         agent: &AgentInfo,
         seq: u64,
-        events: Vec<v1::Event>,
+        events: Vec<Attributed>,
     ) -> Result<Stored, StoreError> {
         if let Some(backbone) = &self.backbone {
             return self.publish(backbone, agent, seq, events).await;
@@ -371,7 +371,7 @@ impl Hub {
         backbone: &Backbone,
         agent: &AgentInfo,
         seq: u64,
-        events: Vec<v1::Event>,
+        events: Vec<Attributed>,
     ) -> Result<Stored, StoreError> {
         let (captured, uncertain) = {
             let mut state = self.lock();
@@ -382,13 +382,23 @@ impl Hub {
             };
             (state.nodes.captured(&agent.node), uncertain)
         };
+        // The backbone's messages carry each event whole.
+        let events: Vec<v1::Event> = events
+            .into_iter()
+            .map(|e| v1::Event {
+                attribution: e.attribution.map(|a| a.get().clone()),
+                ..e.event
+            })
+            .collect();
         let published = backbone
             .publish_batch(agent, seq, &events, captured)
             .await?;
         let mut state = self.lock();
         Ok(match published {
             Published::New { first, count } => {
-                state.nodes.stored(agent, seq, &events, uncertain);
+                state
+                    .nodes
+                    .stored(agent, seq, events.iter().map(|e| e.time_ns), uncertain);
                 Stored::New { first, count }
             }
             Published::Duplicate => {
@@ -443,7 +453,7 @@ impl Hub {
         &self,
         agent: &AgentInfo,
         seq: u64,
-        events: Vec<v1::Event>,
+        events: Vec<Attributed>,
     ) -> Result<Stored, LogError> {
         let Some(durable) = &self.durable else {
             let mut state = self.lock();
@@ -484,13 +494,16 @@ impl Hub {
         mut state: MutexGuard<'_, State>,
         agent: &AgentInfo,
         seq: u64,
-        events: Vec<v1::Event>,
+        events: Vec<Attributed>,
         seen: Seen,
     ) -> Stored {
         let state_ref = &mut *state;
-        state_ref
-            .nodes
-            .stored(agent, seq, &events, seen == Seen::Uncertain);
+        state_ref.nodes.stored(
+            agent,
+            seq,
+            events.iter().map(|e| e.event.time_ns),
+            seen == Seen::Uncertain,
+        );
         let first = state_ref.window.next_cursor();
         let count = events.len() as u64;
         let node: Arc<str> = agent.node.as_str().into();
@@ -604,7 +617,7 @@ impl Hub {
                 pos = state.window.read(
                     pos,
                     CATCH_UP_CHUNK,
-                    |r| filter.matches(&r.node, &r.event),
+                    |r| filter.matches(&r.node, &r.event, r.attribution()),
                     &mut chunk,
                 );
             }

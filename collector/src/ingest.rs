@@ -1,5 +1,5 @@
 //! `AgentService`: one bidirectional stream per agent. Hello first (within [`HELLO_DEADLINE`]),
-//! then batches (their attribution references expanded from the stream's dictionary, validated,
+//! then batches (their attribution references resolved from the stream's dictionary, validated,
 //! within the field limits of [`crate::budgets`], paced by the agent's ingest budget,
 //! deduplicated, stored, then acked), attribution definitions (protocol V2) and loss reports.
 
@@ -235,7 +235,7 @@ impl Ingest {
         message: AgentMessage,
     ) -> Result<Option<u64>, IngestError> {
         match message.msg {
-            Some(agent_message::Msg::Batch(mut batch)) => {
+            Some(agent_message::Msg::Batch(batch)) => {
                 let arrived = Instant::now();
                 if batch.seq == 0 {
                     return Err(IngestError::ZeroSeq);
@@ -247,14 +247,14 @@ impl Ingest {
                         max: self.max_batch_events,
                     });
                 }
-                attributions.expand(batch.seq, &mut batch.events)?;
-                for (index, event) in batch.events.iter().enumerate() {
-                    convert::validate(event).map_err(|source| IngestError::Event {
+                let events = attributions.resolve(batch.seq, batch.events)?;
+                for (index, event) in events.iter().enumerate() {
+                    convert::validate(&event.event).map_err(|source| IngestError::Event {
                         seq: batch.seq,
                         index,
                         source,
                     })?;
-                    budgets::check_event(event).map_err(|source| IngestError::EventLimit {
+                    budgets::check_attributed(event).map_err(|source| IngestError::EventLimit {
                         seq: batch.seq,
                         index,
                         source,
@@ -262,7 +262,7 @@ impl Ingest {
                 }
                 let stored = self
                     .hub
-                    .store(agent, batch.seq, batch.events)
+                    .store(agent, batch.seq, events)
                     .await
                     .map_err(|e| IngestError::Store {
                         seq: batch.seq,

@@ -243,8 +243,15 @@ impl Nodes {
         }
     }
 
-    /// `agent`'s batch `seq` of `events` was stored (`uncertain`: [`Seen::Uncertain`]).
-    pub fn stored(&mut self, agent: &AgentInfo, seq: u64, events: &[v1::Event], uncertain: bool) {
+    /// `agent`'s batch `seq`, of events at `times` (ns), was stored (`uncertain`:
+    /// [`Seen::Uncertain`]).
+    pub fn stored(
+        &mut self,
+        agent: &AgentInfo,
+        seq: u64,
+        times: impl ExactSizeIterator<Item = u64>,
+        uncertain: bool,
+    ) {
         if uncertain {
             self.uncertain += 1;
             tracing::warn!(node = %agent.node, boot_id = %agent.boot_id, seq,
@@ -256,11 +263,8 @@ impl Nodes {
             .entry(agent.node.clone())
             .or_insert_with(|| Node::new(now));
         node.seqs_mut(&agent.boot_id).insert(seq);
-        node.acked += events.len() as u64;
-        node.last_event_ns = events
-            .iter()
-            .map(|e| e.time_ns)
-            .fold(node.last_event_ns, u64::max);
+        node.acked += times.len() as u64;
+        node.last_event_ns = times.fold(node.last_event_ns, u64::max);
     }
 
     /// A batch read back from the retention log: its node's latest boot and dedup state.

@@ -40,3 +40,10 @@ pub fn alert_line(
         event: EventLine::from(event(namespace, pod, comm)),
     }
 }
+
+/// Whole events as ingest hands them to the hub, each attribution held apart.
+pub fn attributed(
+    events: impl IntoIterator<Item = mapsentry_proto::v1::Event>,
+) -> Vec<crate::retention::Attributed> {
+    events.into_iter().map(Into::into).collect()
+}

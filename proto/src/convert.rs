@@ -235,57 +235,63 @@ impl TryFrom<&v1::Event> for MmapEvent {
     type Error = ConvertError;
 
     fn try_from(event: &v1::Event) -> Result<Self, ConvertError> {
-        let syscall = v1::Syscall::try_from(event.syscall)
-            .map_err(|_| ConvertError::Syscall {
-                value: event.syscall,
-            })
-            .and_then(Syscall::try_from)?;
-        let args = event.args.as_ref().ok_or(ConvertError::MissingArgs)?;
-        if let Some(v1::event::Attribution::AttributionRef(id)) = event.attribution {
-            return Err(ConvertError::AttributionRef { id });
-        }
-        Ok(Self {
-            time_ns: event.time_ns,
-            syscall,
-            pid: event.pid,
-            tid: event.tid,
-            ppid: event.ppid,
-            uid: event.uid,
-            gid: event.gid,
-            comm: event.comm.clone(),
-            cgroup_id: event.cgroup_id,
-            args: MmapArgs {
-                addr: args.addr,
-                length: args.length,
-                prot: args.prot,
-                flags: args.flags,
-                fd: args.fd,
-                pgoffset: args.pgoffset,
-                offset: args.offset,
-            },
-            ret: event.ret,
-            file: event.file.as_ref().map(|file| FileInfo {
-                path: file.path.clone(),
-                inode: file.inode,
-                dev: file.dev,
-                memfd: file.memfd,
-                shm: file.shm,
-                deleted: file.deleted,
-                path_truncated: file.path_truncated,
-                fs_magic: file.fs_magic,
-            }),
-            args_unreadable: event.args_unreadable,
-            target_mapping: event.target_mapping.map(|t| TargetMapping {
-                prev_prot: t.prev_prot,
-                file_backed: t.file_backed,
-            }),
-            enforced: event.enforced.map(enforcement).transpose()?,
-            attribution: event
-                .attribution
-                .as_ref()
-                .map(|a| Arc::new(attribution_from_wire(a, event.cgroup_id))),
-        })
+        event_attributed(event, event.attribution.as_ref())
     }
+}
+
+/// `event` with `attribution` (whatever `event.attribution` holds is not read): for holders that
+/// keep an event's attribution apart from it, shared by the events that name it.
+pub fn event_attributed(
+    event: &v1::Event,
+    attribution: Option<&v1::event::Attribution>,
+) -> Result<MmapEvent, ConvertError> {
+    let syscall = v1::Syscall::try_from(event.syscall)
+        .map_err(|_| ConvertError::Syscall {
+            value: event.syscall,
+        })
+        .and_then(Syscall::try_from)?;
+    let args = event.args.as_ref().ok_or(ConvertError::MissingArgs)?;
+    if let Some(v1::event::Attribution::AttributionRef(id)) = attribution {
+        return Err(ConvertError::AttributionRef { id: *id });
+    }
+    Ok(MmapEvent {
+        time_ns: event.time_ns,
+        syscall,
+        pid: event.pid,
+        tid: event.tid,
+        ppid: event.ppid,
+        uid: event.uid,
+        gid: event.gid,
+        comm: event.comm.clone(),
+        cgroup_id: event.cgroup_id,
+        args: MmapArgs {
+            addr: args.addr,
+            length: args.length,
+            prot: args.prot,
+            flags: args.flags,
+            fd: args.fd,
+            pgoffset: args.pgoffset,
+            offset: args.offset,
+        },
+        ret: event.ret,
+        file: event.file.as_ref().map(|file| FileInfo {
+            path: file.path.clone(),
+            inode: file.inode,
+            dev: file.dev,
+            memfd: file.memfd,
+            shm: file.shm,
+            deleted: file.deleted,
+            path_truncated: file.path_truncated,
+            fs_magic: file.fs_magic,
+        }),
+        args_unreadable: event.args_unreadable,
+        target_mapping: event.target_mapping.map(|t| TargetMapping {
+            prev_prot: t.prev_prot,
+            file_backed: t.file_backed,
+        }),
+        enforced: event.enforced.map(enforcement).transpose()?,
+        attribution: attribution.map(|a| Arc::new(attribution_from_wire(a, event.cgroup_id))),
+    })
 }
 
 fn enforcement(enforced: v1::Enforcement) -> Result<Enforcement, ConvertError> {

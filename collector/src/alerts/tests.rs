@@ -13,6 +13,7 @@ use crate::{
         PolicyFiles,
         tests::{GOOD_V1, temp_dir, wx_event},
     },
+    testing::attributed,
 };
 
 fn agent() -> AgentInfo {
@@ -65,8 +66,10 @@ async fn a_storm_of_wx_calls_is_one_alert_and_counted_per_call() {
     };
     let mut first = batch(0..50);
     first.push(v1::Event::from(harmless));
-    hub.store_batch(&agent(), 1, first).expect("store");
-    hub.store_batch(&agent(), 2, batch(50..100)).expect("store");
+    hub.store_batch(&agent(), 1, attributed(first))
+        .expect("store");
+    hub.store_batch(&agent(), 2, attributed(batch(50..100)))
+        .expect("store");
 
     let alert = next_alert(&mut sub).await.expect("one alert");
     assert_eq!(alert.policy, "wx");
@@ -144,7 +147,7 @@ async fn an_enforced_call_alerts_with_the_kernels_action() {
         action: EnforceAction::Deny,
         rule_id: 1,
     });
-    hub.store_batch(&agent(), 1, vec![v1::Event::from(event)])
+    hub.store_batch(&agent(), 1, attributed([v1::Event::from(event)]))
         .expect("store");
     let alert = next_alert(&mut sub).await.expect("an alert");
     assert_eq!(
@@ -181,7 +184,8 @@ async fn alerts_pending_in_the_window_are_reported_at_shutdown() {
     let mut sub = hub.subscribe(filter, None).expect("subscribe");
     let t0 = now_ns();
     let batch: Vec<v1::Event> = (0..30).map(|t| v1::Event::from(wx_event(t0 + t))).collect();
-    hub.store_batch(&agent(), 1, batch).expect("store");
+    hub.store_batch(&agent(), 1, attributed(batch))
+        .expect("store");
     assert_eq!(next_alert(&mut sub).await.map(|a| a.count), Some(1));
     assert_eq!(
         next_alert(&mut sub).await,
@@ -233,8 +237,12 @@ async fn alert_updates_over_a_pods_rate_are_deferred_not_dropped() {
     let filter = RecordFilter::new(None, &[Kind::Alerts as i32]).expect("filter");
     let mut sub = hub.subscribe(filter, None).expect("subscribe");
     let started = std::time::Instant::now();
-    hub.store_batch(&agent(), 1, vec![v1::Event::from(wx_event(now_ns()))])
-        .expect("store");
+    hub.store_batch(
+        &agent(),
+        1,
+        attributed([v1::Event::from(wx_event(now_ns()))]),
+    )
+    .expect("store");
     let mut policies = std::collections::BTreeSet::new();
     let mut times = Vec::new();
     while policies.len() < 25 {

@@ -183,7 +183,10 @@ fn each_filter_field_narrows_the_stream() {
         let compiled =
             RecordFilter::new(Some(filter), kinds).unwrap_or_else(|e| panic!("{name}: {e}"));
         let passed: Vec<usize> = (0..records.len())
-            .filter(|&i| compiled.matches(&records[i].node, records[i].event.as_ref().unwrap()))
+            .filter(|&i| {
+                let event = records[i].event.as_ref().unwrap();
+                compiled.matches(&records[i].node, event, event.attribution.as_ref())
+            })
             .collect();
         assert_eq!(passed, *expected, "case {name:?}");
     }
@@ -318,7 +321,7 @@ fn attribution_filters_select_pods() {
     for (name, filter, want) in cases {
         let compiled = RecordFilter::new(Some(filter), &[]).expect(name);
         let got: Vec<usize> = (0..events.len())
-            .filter(|&i| compiled.matches("n1", &events[i]))
+            .filter(|&i| compiled.matches("n1", &events[i], events[i].attribution.as_ref()))
             .collect();
         assert_eq!(&got, want, "{name}");
     }
@@ -334,7 +337,7 @@ fn alerts_only_when_asked_and_narrowed_by_node_namespace_pod_and_comm() {
     assert!(alerts_only.matches_alert("n1", &alert(None, None, "app")));
     let event = record("n1", "app", Syscall::Mmap, 0x7, 0x22);
     assert!(
-        !alerts_only.matches("n1", event.event.as_ref().unwrap()),
+        !alerts_only.matches("n1", event.event.as_ref().unwrap(), None),
         "an alerts-only subscriber gets no events"
     );
 
@@ -402,9 +405,9 @@ fn a_scoped_filter_refuses_other_namespaces_and_unattributed_events() {
     let scoped = RecordFilter::new(None, &[]).unwrap().within(scope).unwrap();
     let unscoped = RecordFilter::new(None, &[]).unwrap();
     let event = v1::Event::default();
-    assert!(unscoped.matches("n", &event));
+    assert!(unscoped.matches("n", &event, event.attribution.as_ref()));
     // Events carry no namespace until the attribution fields land: none is in namespace a.
-    assert!(!scoped.matches("n", &event));
+    assert!(!scoped.matches("n", &event, event.attribution.as_ref()));
 }
 
 #[test]

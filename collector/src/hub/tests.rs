@@ -1,6 +1,8 @@
 use std::{pin::pin, time::Duration};
 
-use mapsentry_proto::v1::{Event, MmapArgs, Syscall, subscribe_response::Item as R};
+use mapsentry_proto::v1::{
+    Event, MmapArgs, Syscall, event::Attribution, subscribe_response::Item as R,
+};
 use tokio_stream::StreamExt as _;
 
 use super::*;
@@ -14,20 +16,38 @@ fn agent(node: &str, boot: &str) -> AgentInfo {
     }
 }
 
-fn events(pids: std::ops::Range<u32>) -> Vec<Event> {
-    pids.map(|pid| Event {
-        pid,
-        syscall: Syscall::Mmap.into(),
-        comm: if pid % 2 == 0 {
-            "even".into()
+/// Events `pids`, as ingest hands them over; the even ones from a pod (one attribution shared by
+/// them all, as a V2 stream's definition is), the odd ones from the host.
+fn events(pids: std::ops::Range<u32>) -> Vec<Attributed> {
+    let pod = crate::retention::SharedAttribution::new(Attribution::Pod(v1::PodAttribution {
+        namespace: Some("shop".into()),
+        pod: Some("web-1".into()),
+        ..v1::PodAttribution::default()
+    }));
+    let host = Attribution::Host(v1::HostAttribution {
+        cgroup: "/system.slice/sshd.service".into(),
+        unit: None,
+    });
+    pids.map(|pid| Attributed {
+        attribution: Some(if pid % 2 == 0 {
+            pod.clone()
         } else {
-            "odd".into()
-        },
-        args: Some(MmapArgs {
-            fd: -1,
-            ..MmapArgs::default()
+            crate::retention::SharedAttribution::new(host.clone())
         }),
-        ..Event::default()
+        event: Event {
+            pid,
+            syscall: Syscall::Mmap.into(),
+            comm: if pid % 2 == 0 {
+                "even".into()
+            } else {
+                "odd".into()
+            },
+            args: Some(MmapArgs {
+                fd: -1,
+                ..MmapArgs::default()
+            }),
+            ..Event::default()
+        },
     })
     .collect()
 }
@@ -321,10 +341,10 @@ fn new_cursors_start_from_the_clock_and_stay_exact_in_json() {
     assert!(next >= before && next < 1 << 53, "{next}");
 }
 
-fn timed(pids: std::ops::Range<u32>, time_ns: u64) -> Vec<Event> {
+fn timed(pids: std::ops::Range<u32>, time_ns: u64) -> Vec<Attributed> {
     let mut out = events(pids);
     for event in &mut out {
-        event.time_ns = time_ns;
+        event.event.time_ns = time_ns;
     }
     out
 }

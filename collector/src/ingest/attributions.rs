@@ -1,7 +1,9 @@
 //! The attribution dictionary of one agent stream (protocol V2): the definitions the agent sent
-//! on this stream (`Attributions`), and the expansion of the events' `attribution_ref` into the
-//! attribution itself, at ingest, before anything is stored, evaluated or published. Everything
-//! after ingest sees events as a V1 agent sends them.
+//! on this stream (`Attributions`), each checked once and held once, and the resolution of the
+//! events' `attribution_ref` into the definition, at ingest, before anything is stored,
+//! evaluated or published. Every event that names a definition shares it
+//! ([`SharedAttribution`]); subscribers, the retention log and the backbone see each event
+//! whole, as a V1 agent sends it.
 
 use std::collections::HashMap;
 
@@ -11,12 +13,15 @@ use mapsentry_proto::{
 };
 
 use super::IngestError;
-use crate::budgets;
+use crate::{
+    budgets,
+    retention::{Attributed, SharedAttribution},
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamAttributions {
     /// `None` on a V1 stream, which may not define attributions nor refer to them.
-    defined: Option<HashMap<u64, Attribution>>,
+    defined: Option<HashMap<u64, SharedAttribution>>,
     max: usize,
 }
 
@@ -56,35 +61,57 @@ impl StreamAttributions {
                 continue;
             };
             match defined.get(&id) {
-                Some(known) if *known == attribution => {}
+                Some(known) if *known.get() == attribution => {}
                 Some(_) => return Err(IngestError::Redefined { id }),
                 None if defined.len() >= self.max => {
                     return Err(IngestError::TooManyAttributions { id, max: self.max });
                 }
                 None => {
-                    defined.insert(id, attribution);
+                    defined.insert(id, SharedAttribution::new(attribution));
                 }
             }
         }
         Ok(())
     }
 
-    /// Replace every `attribution_ref` of batch `seq`'s events with the attribution it names.
-    /// On a V1 stream nothing is replaced (a reference there is refused by validation).
-    pub fn expand(&self, seq: u64, events: &mut [v1::Event]) -> Result<(), IngestError> {
-        let Some(defined) = &self.defined else {
-            return Ok(());
-        };
-        for (index, event) in events.iter_mut().enumerate() {
-            if let Some(Attribution::AttributionRef(id)) = event.attribution {
-                let attribution =
-                    defined
-                        .get(&id)
-                        .ok_or(IngestError::UndefinedRef { seq, index, id })?;
-                event.attribution = Some(attribution.clone());
-            }
-        }
-        Ok(())
+    /// Batch `seq`'s events with their attributions held apart: each `attribution_ref` resolved
+    /// to the definition it names (shared, checked when it was defined), an attribution sent
+    /// inline checked against the field limits and held on its own. A reference on a V1 stream
+    /// is refused (as by validation).
+    pub fn resolve(
+        &self,
+        seq: u64,
+        events: Vec<v1::Event>,
+    ) -> Result<Vec<Attributed>, IngestError> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut event)| {
+                let attribution = match event.attribution.take() {
+                    Some(Attribution::AttributionRef(id)) => {
+                        let Some(defined) = &self.defined else {
+                            return Err(IngestError::Event {
+                                seq,
+                                index,
+                                source: convert::ConvertError::AttributionRef { id },
+                            });
+                        };
+                        let shared =
+                            defined
+                                .get(&id)
+                                .ok_or(IngestError::UndefinedRef { seq, index, id })?;
+                        Some(shared.clone())
+                    }
+                    Some(inline) => {
+                        budgets::check_attribution(&inline)
+                            .map_err(|source| IngestError::EventLimit { seq, index, source })?;
+                        Some(SharedAttribution::new(inline))
+                    }
+                    None => None,
+                };
+                Ok(Attributed { event, attribution })
+            })
+            .collect()
     }
 }
 

@@ -30,7 +30,7 @@ use crate::{
     fanout::{Item, PublishedAlert},
     filter::RecordFilter,
     hub::SubscribeError,
-    retention::Record,
+    retention::{Attributed, Record},
 };
 
 /// Where a subscription resumes.
@@ -291,13 +291,18 @@ impl Reader {
             if skip.is_some_and(|skip| index <= skip) {
                 continue;
             }
-            if !self.filter.matches(&node, &event) {
+            if !self
+                .filter
+                .matches(&node, &event, event.attribution.as_ref())
+            {
                 continue;
             }
+            let Attributed { event, attribution } = Attributed::from(event);
             let record = Record {
                 cursor: Cursor::new(sequence, index).encode(),
                 node: Arc::clone(&node),
                 event,
+                attribution,
                 // A backbone subscription is bounded by its queue's count; its bytes go uncounted.
                 bytes: 0,
             };

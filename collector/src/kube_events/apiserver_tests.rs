@@ -19,6 +19,7 @@ use crate::{
         PolicyFiles,
         tests::{GOOD_V1, temp_dir, wx_event},
     },
+    testing::attributed,
 };
 
 struct Setup {
@@ -127,7 +128,10 @@ async fn a_storm_in_a_pod_is_one_event_series_on_the_pod_completed_at_shutdown()
     let t0 = now_ns();
     let mut batch: Vec<v1::Event> = (0..100).map(|i| pod_wx(t0 + i, &setup.pod_uid)).collect();
     batch.push(v1::Event::from(wx_event(t0 + 100)));
-    setup.hub.store_batch(&agent(), 1, batch).expect("store");
+    setup
+        .hub
+        .store_batch(&agent(), 1, attributed(batch))
+        .expect("store");
 
     let first = eventually(
         "the first Event on shop/web",
@@ -210,7 +214,7 @@ async fn event_writes_are_rate_limited_per_pod_and_the_excess_is_counted() {
     let setup = setup("rate", &policy, 2).await;
     setup
         .hub
-        .store_batch(&agent(), 1, vec![pod_wx(now_ns(), &setup.pod_uid)])
+        .store_batch(&agent(), 1, attributed([pod_wx(now_ns(), &setup.pod_uid)]))
         .expect("store");
     eventually("two Events", Duration::from_secs(20), || async {
         (pod_events(&setup.server).await.len() == 2).then_some(())

@@ -14,7 +14,7 @@ fn ship(nodes: &mut Nodes, agent: &AgentInfo, seqs: &[u64]) -> Vec<Seen> {
         .map(|&seq| {
             let seen = nodes.seen(agent, seq);
             if seen != Seen::Duplicate {
-                nodes.stored(agent, seq, &[], seen == Seen::Uncertain);
+                nodes.stored(agent, seq, std::iter::empty(), seen == Seen::Uncertain);
             }
             seen
         })

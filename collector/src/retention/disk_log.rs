@@ -45,7 +45,7 @@ use mapsentry_proto::v1;
 
 use self::format::{Damage, Format, SEGMENT_MAGIC, encode_record, read_segment};
 pub use self::format::{DropCause, Dropped, Recovery};
-use super::{Batch, Durable};
+use super::{Attributed, Batch, Durable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -326,7 +326,7 @@ impl Log {
         boot_id: &str,
         seq: u64,
         first_cursor: u64,
-        events: &[v1::Event],
+        events: &[Attributed],
     ) -> Result<()> {
         self.finish_cut_back()?;
         if self.current.is_none()
@@ -343,7 +343,7 @@ impl Log {
         prost::encoding::uint64::encode(3, &seq, &mut self.body);
         prost::encoding::uint64::encode(4, &first_cursor, &mut self.body);
         for event in events {
-            prost::encoding::message::encode(5, event, &mut self.body);
+            event.encode_field(5, &mut self.body);
         }
         encode_record(&self.body, &mut self.buffer);
         let (Some(file), Some(segment)) = (self.current.as_mut(), self.segments.back_mut()) else {

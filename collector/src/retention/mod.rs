@@ -9,6 +9,7 @@
 //!   batches back at start as the same [`LoggedBatch`] messages.
 
 pub mod disk_log;
+mod record;
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -17,28 +18,7 @@ use mapsentry_proto::v1;
 pub use disk_log::{
     DropCause, Dropped, Log, LogConfig, LogError, LoggedBatch, Recovery, SyncPolicy,
 };
-
-/// One stored event: its cursor, the node that sent it, the event.
-#[derive(Debug)]
-pub struct Record {
-    pub cursor: u64,
-    pub node: Arc<str>,
-    pub event: v1::Event,
-    /// What keeping it costs ([`crate::budgets::record_bytes`]).
-    pub bytes: usize,
-}
-
-impl Record {
-    /// The record as the observer sends it.
-    #[must_use]
-    pub fn to_wire(&self) -> v1::EventRecord {
-        v1::EventRecord {
-            cursor: self.cursor,
-            node: self.node.to_string(),
-            event: Some(self.event.clone()),
-        }
-    }
-}
+pub use record::{Attributed, Record, SharedAttribution};
 
 /// One agent batch as it is made durable.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +28,7 @@ pub struct Batch<'a> {
     pub seq: u64,
     /// The cursor of its first event.
     pub first_cursor: u64,
-    pub events: &'a [v1::Event],
+    pub events: &'a [Attributed],
 }
 
 /// Where batches are made durable before they are acked. Appends come in cursor order, one at a
@@ -132,12 +112,13 @@ impl Window {
 
     /// Keep `event` from `node` under the next cursor, evicting the oldest beyond capacity (in
     /// records and in bytes; the newest record stays even alone beyond the bytes).
-    pub fn push(&mut self, node: &Arc<str>, event: v1::Event) -> Arc<Record> {
+    pub fn push(&mut self, node: &Arc<str>, event: Attributed) -> Arc<Record> {
         let bytes = crate::budgets::record_bytes(&event);
         let record = Arc::new(Record {
             cursor: self.next_cursor,
             node: Arc::clone(node),
-            event,
+            event: event.event,
+            attribution: event.attribution,
             bytes,
         });
         self.next_cursor += 1;

@@ -37,23 +37,59 @@ fn v2() -> StreamAttributions {
 }
 
 #[test]
-fn references_expand_to_the_attribution_defined_on_the_stream() {
+fn references_resolve_to_the_one_attribution_defined_on_the_stream() {
     let mut stream = v2();
     stream.apply(define(&[(1, "web"), (2, "db")], &[])).unwrap();
-    let mut events = vec![referring(2), referring(1), v1::Event::default()];
-    stream.expand(5, &mut events).unwrap();
+    let events = vec![
+        referring(2),
+        referring(1),
+        v1::Event::default(),
+        referring(2),
+    ];
+    let resolved = stream.resolve(5, events).unwrap();
     let expected = |name| Some(convert::defined_attribution(&pod(name)));
-    assert_eq!(events[0].attribution, expected("db"));
-    assert_eq!(events[1].attribution, expected("web"));
-    assert_eq!(events[2].attribution, None, "no attribution stays none");
+    let attribution = |i: usize| resolved[i].attribution.as_ref().map(|a| a.get().clone());
+    assert_eq!(attribution(0), expected("db"));
+    assert_eq!(attribution(1), expected("web"));
+    assert_eq!(attribution(2), None, "no attribution stays none");
+    assert!(resolved.iter().all(|e| e.event.attribution.is_none()));
+    assert!(
+        std::ptr::eq(
+            resolved[0].attribution.as_ref().unwrap().get(),
+            resolved[3].attribution.as_ref().unwrap().get()
+        ),
+        "events naming one definition share it"
+    );
+}
+
+#[test]
+fn an_inline_attribution_is_checked_against_the_field_limits() {
+    let stream = StreamAttributions::new(v1::ProtocolVersion::V1);
+    let inline = |name: &str| v1::Event {
+        attribution: Some(convert::defined_attribution(&pod(name))),
+        ..v1::Event::default()
+    };
+    let resolved = stream.resolve(2, vec![inline("web")]).unwrap();
+    assert_eq!(
+        resolved[0].attribution.as_ref().map(|a| a.get().clone()),
+        Some(convert::defined_attribution(&pod("web")))
+    );
+    let error = stream
+        .resolve(2, vec![inline("web"), inline(&"p".repeat(300))])
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "EventBatch seq 2, event 1: pod.pod is 300 bytes, more than the limit of 253"
+    );
 }
 
 #[test]
 fn an_undefined_reference_is_refused_naming_the_batch_event_and_id() {
     let mut stream = v2();
     stream.apply(define(&[(1, "web")], &[])).unwrap();
-    let mut events = vec![referring(1), referring(9)];
-    let error = stream.expand(3, &mut events).unwrap_err();
+    let error = stream
+        .resolve(3, vec![referring(1), referring(9)])
+        .unwrap_err();
     assert_eq!(
         error,
         IngestError::UndefinedRef {
@@ -89,10 +125,9 @@ fn definitions_beyond_the_bound_are_refused_and_releases_make_room() {
         Err(IngestError::TooManyAttributions { id: 3, max: 2 })
     );
     stream.apply(define(&[(3, "c")], &[1])).unwrap();
-    let mut events = vec![referring(1)];
     assert!(
         matches!(
-            stream.expand(1, &mut events),
+            stream.resolve(1, vec![referring(1)]),
             Err(IngestError::UndefinedRef { id: 1, .. })
         ),
         "a released id is gone"
@@ -138,20 +173,20 @@ fn a_definition_without_attribution_or_beyond_the_field_limits_is_refused() {
 }
 
 #[test]
-fn a_v1_stream_may_not_define_and_keeps_references_for_validation_to_refuse() {
+fn a_v1_stream_may_not_define_nor_refer() {
     let mut stream = StreamAttributions::new(v1::ProtocolVersion::V1);
     assert_eq!(
         stream.apply(define(&[(1, "web")], &[])),
         Err(IngestError::AttributionsOnV1)
     );
-    let mut events = vec![v1::Event {
-        syscall: v1::Syscall::Mmap.into(),
-        args: Some(v1::MmapArgs::default()),
-        ..referring(1)
-    }];
-    stream.expand(1, &mut events).unwrap();
+    let events = vec![v1::Event::default(), referring(1)];
+    let error = stream.resolve(1, events).unwrap_err();
     assert_eq!(
-        convert::validate(&events[0]),
-        Err(convert::ConvertError::AttributionRef { id: 1 })
+        error,
+        IngestError::Event {
+            seq: 1,
+            index: 1,
+            source: convert::ConvertError::AttributionRef { id: 1 }
+        }
     );
 }

@@ -10,8 +10,19 @@ fn event(pid: u32) -> v1::Event {
             fd: -1,
             ..Default::default()
         }),
+        attribution: Some(v1::event::Attribution::Pod(v1::PodAttribution {
+            namespace: Some("shop".into()),
+            pod: Some(format!("web-{pid}")),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+            ..Default::default()
+        })),
         ..Default::default()
     }
+}
+
+/// `event(pid)` as ingest hands it to the log, its attribution held apart.
+fn logged(pid: u32) -> Attributed {
+    Attributed::from(event(pid))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -48,7 +59,7 @@ fn ten_batches(dir: &Path) -> (PathBuf, Vec<u64>) {
     let mut offsets = Vec::new();
     for seq in 1..=10u64 {
         offsets.push(log.bytes().max(SEGMENT_MAGIC.len() as u64));
-        let events: Vec<_> = (0..seq as u32).map(event).collect();
+        let events: Vec<_> = (0..seq as u32).map(logged).collect();
         log.append("n", "b", seq, cursor, &events).unwrap();
         cursor += seq;
     }
@@ -61,8 +72,9 @@ fn batches_come_back_in_order_after_reopening() {
     let dir = temp_dir("reopen");
     let (mut log, replayed) = Log::open(config(&dir)).unwrap();
     assert!(replayed.is_empty());
-    log.append("n", "b", 1, 10, &[event(1), event(2)]).unwrap();
-    log.append("n", "b", 2, 12, &[event(3)]).unwrap();
+    log.append("n", "b", 1, 10, &[logged(1), logged(2)])
+        .unwrap();
+    log.append("n", "b", 2, 12, &[logged(3)]).unwrap();
     drop(log);
     let (mut log, replayed) = Log::open(config(&dir)).unwrap();
     let seen: Vec<_> = replayed
@@ -83,7 +95,7 @@ fn batches_come_back_in_order_after_reopening() {
             ..Recovery::default()
         }
     );
-    log.append("n", "b", 3, 13, &[event(4)]).unwrap();
+    log.append("n", "b", 3, 13, &[logged(4)]).unwrap();
     drop(log);
     assert_eq!(Log::open(config(&dir)).unwrap().1.len(), 3);
     fs::remove_dir_all(&dir).unwrap();
@@ -93,8 +105,8 @@ fn batches_come_back_in_order_after_reopening() {
 fn an_unfinished_last_record_is_cut_off_and_counted_as_torn() {
     let dir = temp_dir("torn");
     let (mut log, _) = Log::open(config(&dir)).unwrap();
-    log.append("n", "b", 1, 1, &[event(1)]).unwrap();
-    log.append("n", "b", 2, 2, &[event(2)]).unwrap();
+    log.append("n", "b", 1, 1, &[logged(1)]).unwrap();
+    log.append("n", "b", 2, 2, &[logged(2)]).unwrap();
     drop(log);
     let segment = only_segment(&dir);
     let whole = fs::read(&segment).unwrap();
@@ -107,7 +119,7 @@ fn an_unfinished_last_record_is_cut_off_and_counted_as_torn() {
         (1, 0),
         "never acked: no events known"
     );
-    log.append("n", "b", 2, 2, &[event(2)]).unwrap();
+    log.append("n", "b", 2, 2, &[logged(2)]).unwrap();
     drop(log);
     let (log, replayed) = Log::open(config(&dir)).unwrap();
     assert_eq!(seqs(&replayed), vec![1, 2]);
@@ -134,7 +146,7 @@ fn a_flipped_byte_costs_its_batch_only_and_nothing_is_cut_from_the_file() {
     // Appends continue after the last record; the damage is still skipped.
     drop(log);
     let (mut log, _) = Log::open(config(&dir)).unwrap();
-    log.append("n", "b", 11, 155, &[event(11)]).unwrap();
+    log.append("n", "b", 11, 155, &[logged(11)]).unwrap();
     drop(log);
     let (_, replayed) = Log::open(config(&dir)).unwrap();
     assert_eq!(seqs(&replayed), vec![1, 2, 3, 5, 6, 7, 8, 9, 10, 11]);
@@ -189,7 +201,7 @@ fn a_damaged_segment_header_keeps_the_records_after_it() {
     assert_eq!(seqs(&replayed), (1..=10).collect::<Vec<_>>());
     assert_eq!(log.recovery().dropped[&DropCause::Header].bytes, 8);
     // Nothing is appended to a segment without its header: a new one starts.
-    log.append("n", "b", 11, 155, &[event(11)]).unwrap();
+    log.append("n", "b", 11, 155, &[logged(11)]).unwrap();
     drop(log);
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
     assert_eq!(seqs(&Log::open(config(&dir)).unwrap().1).len(), 11);
@@ -217,7 +229,7 @@ fn segments_of_the_previous_format_are_read_and_never_appended_to() {
     let (mut log, replayed) = Log::open(config(&dir)).unwrap();
     assert_eq!(seqs(&replayed), vec![1, 2, 3]);
     assert_eq!(log.recovery().legacy_segments, 1);
-    log.append("n", "b", 4, 14, &[event(4)]).unwrap();
+    log.append("n", "b", 4, 14, &[logged(4)]).unwrap();
     drop(log);
     assert_eq!(
         fs::read(&legacy).unwrap(),
@@ -239,7 +251,7 @@ fn segments_rotate_and_the_oldest_go_beyond_the_byte_bound() {
     };
     let (mut log, _) = Log::open(config.clone()).unwrap();
     for seq in 1..=40 {
-        log.append("n", "b", seq, seq, &[event(seq as u32)])
+        log.append("n", "b", seq, seq, &[logged(seq as u32)])
             .unwrap();
     }
     assert!(log.bytes() <= 300, "{} bytes", log.bytes());
@@ -267,7 +279,7 @@ fn max_bytes_holds_within_one_segment_whatever_the_sync_policy() {
         };
         assert_eq!(config.segment_bytes, 25_000);
         let (mut log, _) = Log::open(config.clone()).unwrap();
-        let events: Vec<_> = (0..50).map(event).collect();
+        let events: Vec<_> = (0..50).map(logged).collect();
         for seq in 1..=400u64 {
             log.append("n", "b", seq, seq * 50, &events).unwrap();
         }

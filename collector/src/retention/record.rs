@@ -1,0 +1,143 @@
+//! How the collector holds an event: the call, and its attribution shared with every other event
+//! that names the same one. An agent speaking protocol V2 defines each pod's attribution once
+//! per stream; ingest hands the definition's [`SharedAttribution`] to each event that refers to
+//! it instead of copying the pod's names and labels into every event, and the window, the
+//! retention log and subscribers read it from there. An event is whole again (a `v1::Event` with
+//! its attribution) only where it leaves the collector: [`Record::to_wire`], the retention log's
+//! encoding ([`Attributed::encode_field`], byte for byte what prost writes for the whole event)
+//! and the backbone.
+
+use std::sync::Arc;
+
+use mapsentry_proto::v1::{self, event::Attribution};
+use prost::{
+    Message as _,
+    bytes::BufMut,
+    encoding::{WireType, encode_key, encode_varint},
+};
+
+/// An attribution held once and shared by the events that name it, with its encoded size
+/// (the `oneof` field, key included) computed once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedAttribution(Arc<Shared>);
+
+#[derive(Debug, PartialEq)]
+struct Shared {
+    attribution: Attribution,
+    encoded_len: usize,
+}
+
+impl SharedAttribution {
+    #[must_use]
+    pub fn new(attribution: Attribution) -> Self {
+        let encoded_len = attribution.encoded_len();
+        Self(Arc::new(Shared {
+            attribution,
+            encoded_len,
+        }))
+    }
+
+    #[must_use]
+    pub fn get(&self) -> &Attribution {
+        &self.0.attribution
+    }
+
+    /// Its size inside an encoded `v1::Event`.
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        self.0.encoded_len
+    }
+}
+
+/// An event on its way into the collector: the call (its `attribution` always `None`) and the
+/// attribution, apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attributed {
+    pub event: v1::Event,
+    pub attribution: Option<SharedAttribution>,
+}
+
+impl From<v1::Event> for Attributed {
+    /// An event whose attribution came with it (protocol V1, the retention log, the backbone):
+    /// held on its own.
+    fn from(mut event: v1::Event) -> Self {
+        let attribution = event.attribution.take().map(SharedAttribution::new);
+        Self { event, attribution }
+    }
+}
+
+impl Attributed {
+    /// The whole event's encoded size.
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(&self.event, self.attribution.as_ref())
+    }
+
+    /// Write the whole event as field `tag` of a message, as
+    /// `prost::encoding::message::encode(tag, &whole_event, buf)` would.
+    pub fn encode_field(&self, tag: u32, buf: &mut impl BufMut) {
+        encode_field(tag, &self.event, self.attribution.as_ref(), buf);
+    }
+}
+
+/// One stored event: its cursor, the node that sent it, the event and its attribution.
+#[derive(Debug)]
+pub struct Record {
+    pub cursor: u64,
+    pub node: Arc<str>,
+    /// The call; its `attribution` is always `None` (it is in [`Record::attribution`]).
+    pub event: v1::Event,
+    pub attribution: Option<SharedAttribution>,
+    /// What keeping it costs ([`crate::budgets::record_bytes`]).
+    pub bytes: usize,
+}
+
+impl Record {
+    #[must_use]
+    pub fn attribution(&self) -> Option<&Attribution> {
+        self.attribution.as_ref().map(SharedAttribution::get)
+    }
+
+    /// The event whole, its attribution in it.
+    #[must_use]
+    pub fn whole_event(&self) -> v1::Event {
+        v1::Event {
+            attribution: self.attribution().cloned(),
+            ..self.event.clone()
+        }
+    }
+
+    /// The record as the observer sends it.
+    #[must_use]
+    pub fn to_wire(&self) -> v1::EventRecord {
+        v1::EventRecord {
+            cursor: self.cursor,
+            node: self.node.to_string(),
+            event: Some(self.whole_event()),
+        }
+    }
+}
+
+fn encoded_len(event: &v1::Event, attribution: Option<&SharedAttribution>) -> usize {
+    event.encoded_len() + attribution.map_or(0, SharedAttribution::encoded_len)
+}
+
+fn encode_field(
+    tag: u32,
+    event: &v1::Event,
+    attribution: Option<&SharedAttribution>,
+    buf: &mut impl BufMut,
+) {
+    debug_assert!(event.attribution.is_none(), "the attribution is held apart");
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(encoded_len(event, attribution) as u64, buf);
+    // The attribution is the last field of `Event`: after the call's fields, the bytes are the
+    // ones prost writes for the whole event.
+    event.encode_raw(buf);
+    if let Some(attribution) = attribution {
+        attribution.get().encode(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests;
