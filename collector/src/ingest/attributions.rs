@@ -83,35 +83,35 @@ impl StreamAttributions {
         seq: u64,
         events: Vec<v1::Event>,
     ) -> Result<Vec<Attributed>, IngestError> {
-        events
-            .into_iter()
-            .enumerate()
-            .map(|(index, mut event)| {
-                let attribution = match event.attribution.take() {
-                    Some(Attribution::AttributionRef(id)) => {
-                        let Some(defined) = &self.defined else {
-                            return Err(IngestError::Event {
-                                seq,
-                                index,
-                                source: convert::ConvertError::AttributionRef { id },
-                            });
-                        };
-                        let shared =
-                            defined
-                                .get(&id)
-                                .ok_or(IngestError::UndefinedRef { seq, index, id })?;
-                        Some(shared.clone())
-                    }
-                    Some(inline) => {
-                        budgets::check_attribution(&inline)
-                            .map_err(|source| IngestError::EventLimit { seq, index, source })?;
-                        Some(SharedAttribution::new(inline))
-                    }
-                    None => None,
-                };
-                Ok(Attributed { event, attribution })
-            })
-            .collect()
+        // Sized up front: collecting through `Result` would grow the vector from nothing,
+        // moving every event at each doubling.
+        let mut resolved = Vec::with_capacity(events.len());
+        for (index, mut event) in events.into_iter().enumerate() {
+            let attribution = match event.attribution.take() {
+                Some(Attribution::AttributionRef(id)) => {
+                    let Some(defined) = &self.defined else {
+                        return Err(IngestError::Event {
+                            seq,
+                            index,
+                            source: convert::ConvertError::AttributionRef { id },
+                        });
+                    };
+                    let shared =
+                        defined
+                            .get(&id)
+                            .ok_or(IngestError::UndefinedRef { seq, index, id })?;
+                    Some(shared.clone())
+                }
+                Some(inline) => {
+                    budgets::check_attribution(&inline)
+                        .map_err(|source| IngestError::EventLimit { seq, index, source })?;
+                    Some(SharedAttribution::new(inline))
+                }
+                None => None,
+            };
+            resolved.push(Attributed { event, attribution });
+        }
+        Ok(resolved)
     }
 }
 
