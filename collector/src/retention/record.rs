@@ -7,7 +7,7 @@
 //! encoding ([`Attributed::encode_field`], byte for byte what prost writes for the whole event)
 //! and the backbone.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mapsentry_proto::v1::{self, event::Attribution};
 use prost::{
@@ -21,10 +21,20 @@ use prost::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedAttribution(Arc<Shared>);
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Shared {
     attribution: Attribution,
     encoded_len: usize,
+    /// Its bytes, encoded the first time an event naming it is written whole: the retention log
+    /// writes every event whole, and copying these is cheaper than encoding a pod's names and
+    /// labels again for each.
+    encoded: OnceLock<Box<[u8]>>,
+}
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        self.attribution == other.attribution
+    }
 }
 
 impl SharedAttribution {
@@ -34,7 +44,18 @@ impl SharedAttribution {
         Self(Arc::new(Shared {
             attribution,
             encoded_len,
+            encoded: OnceLock::new(),
         }))
+    }
+
+    /// Write it as the attribution field of an encoded `v1::Event`.
+    fn encode(&self, buf: &mut impl BufMut) {
+        let encoded = self.0.encoded.get_or_init(|| {
+            let mut bytes = Vec::with_capacity(self.0.encoded_len);
+            self.0.attribution.encode(&mut bytes);
+            bytes.into_boxed_slice()
+        });
+        buf.put_slice(encoded);
     }
 
     #[must_use]
@@ -135,7 +156,7 @@ fn encode_field(
     // ones prost writes for the whole event.
     event.encode_raw(buf);
     if let Some(attribution) = attribution {
-        attribution.get().encode(buf);
+        attribution.encode(buf);
     }
 }
 
