@@ -1,6 +1,6 @@
 //! The agent's main loop, shared by `agent` and `run`: read captured batches, attribute them to
-//! their pod (or host unit), let the caller see them, hand them to the shipper, keep the
-//! shipper's loss counters current and the kernel's enforcement rules current (when enforcing);
+//! their pod (or host unit), let the caller see them, hand them to the [`Sink`] (the shipper, or
+//! `run`'s embedded collector), keep the sink's loss counters current and the kernel's enforcement rules current (when enforcing);
 //! on a stop signal, detach, drain, and flush. Events held for their pod metadata are emitted
 //! when it arrives or at the hold bound, whichever comes first.
 
@@ -16,12 +16,13 @@ use crate::{
     metadata::Attributor,
     node::{
         enforcing::{Enforcing, next_work},
+        sink::Sink,
         status::AgentStatus,
     },
-    shipper::{Shipper, ShipperError},
+    shipper::ShipperError,
 };
 
-/// How often the capture's loss counters are handed to the shipper.
+/// How often the capture's loss counters are handed to the sink.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +39,7 @@ pub enum EventLoopError {
     },
     #[error("the collector refused this agent: {reason}")]
     Refused { reason: String },
-    #[error("the shipper stopped")]
+    #[error("the sink of the events stopped")]
     Shipper {
         #[source]
         source: ShipperError,
@@ -53,13 +54,13 @@ pub enum EventLoopError {
 pub type Result<T, E = EventLoopError> = std::result::Result<T, E>;
 
 /// Run until `shutdown` resolves, or until `each` returns false. `each` sees every batch
-/// (attributed) before it is shipped. `status` (the agent's HTTP endpoint) is kept current: each
+/// (attributed) before it goes to `sink`. `status` (the agent's HTTP endpoint) is kept current: each
 /// turn of the loop, each read of the ring buffer, the counters every second. Returns the
-/// kernel's final counters; the shipper is left to the caller to finish.
+/// kernel's final counters; the sink is left to the caller to finish.
 pub async fn event_loop(
     capture: &mut Capture,
     attributor: &mut Attributor,
-    shipper: &Shipper,
+    sink: &impl Sink,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
     mut enforcing: Option<&mut Enforcing>,
     status: Option<&AgentStatus>,
@@ -84,15 +85,15 @@ pub async fn event_loop(
             }
             () = held_until(deadline) => attributor.poll(Instant::now(), &mut batch),
             _ = counters.tick() => {
-                let kernel = report_losses(capture, shipper)?;
+                let kernel = report_losses(capture, sink)?;
                 if let Some(enforcing) = enforcing.as_deref() {
-                    shipper.set_enforcement(enforcing.report());
+                    sink.set_enforcement(enforcing.report());
                 }
                 if let Some(status) = status {
                     let enforce = enforcing.as_deref().map(Enforcing::stats);
-                    status.observe(Instant::now(), kernel, capture, shipper, enforce);
+                    status.observe(Instant::now(), kernel, capture, sink.stats(), enforce);
                 }
-                if let Some(reason) = shipper.refused() {
+                if let Some(reason) = sink.refused() {
                     return Err(EventLoopError::Refused { reason });
                 }
                 continue;
@@ -109,8 +110,7 @@ pub async fn event_loop(
             continue;
         }
         go_on = each(&batch).map_err(|source| EventLoopError::Output { source })?;
-        shipper
-            .send(std::mem::take(&mut batch))
+        sink.send(std::mem::take(&mut batch))
             .await
             .map_err(|source| EventLoopError::Shipper { source })?;
     }
@@ -126,11 +126,10 @@ pub async fn event_loop(
     if go_on {
         each(&batch).map_err(|source| EventLoopError::Output { source })?;
     }
-    shipper
-        .send(batch)
+    sink.send(batch)
         .await
         .map_err(|source| EventLoopError::Shipper { source })?;
-    report_losses(capture, shipper)
+    report_losses(capture, sink)
 }
 
 /// Wakes when the oldest held event is due; never without one.
@@ -141,10 +140,10 @@ async fn held_until(deadline: Option<Instant>) {
     }
 }
 
-fn report_losses(capture: &Capture, shipper: &Shipper) -> Result<KernelCounters> {
+fn report_losses(capture: &Capture, sink: &impl Sink) -> Result<KernelCounters> {
     let counters = capture
         .kernel_counters()
         .map_err(|source| EventLoopError::Counters { source })?;
-    shipper.set_capture_losses(counters.dropped, capture.malformed());
+    sink.set_capture_losses(counters.dropped, capture.malformed());
     Ok(counters)
 }

@@ -6,6 +6,7 @@
 
 pub mod enforcing;
 pub mod event_loop;
+pub mod sink;
 pub mod status;
 
 use std::{net::SocketAddr, path::PathBuf, pin::pin, sync::Arc};
@@ -23,6 +24,7 @@ use crate::{
 
 pub use enforcing::Enforcing;
 pub use event_loop::{EventLoopError, event_loop};
+pub use sink::Sink;
 pub use status::{AgentStatus, Info};
 
 /// The agent's default HTTP listener (the chart's `agent.metrics.port`).

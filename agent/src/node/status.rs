@@ -29,7 +29,7 @@ use crate::{
     Capture, KernelCounters,
     enforce::policies::EnforceStats,
     metadata::{MissingCounter, PodCache},
-    shipper::{self, Shipper, ShipperStats},
+    shipper::{self, ShipperStats},
 };
 
 /// Not live when the main loop has not turned for this long.
@@ -136,7 +136,7 @@ impl AgentStatus {
         now: Instant,
         kernel: KernelCounters,
         capture: &Capture,
-        shipper: &Shipper,
+        shipper: ShipperStats,
         enforce: Option<EnforceStats>,
     ) {
         let records_read = capture.received();
@@ -149,7 +149,7 @@ impl AgentStatus {
             kernel,
             records_read,
             malformed: capture.malformed(),
-            shipper: shipper.stats(),
+            shipper,
             enforce,
         };
     }
