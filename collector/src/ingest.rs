@@ -4,6 +4,7 @@
 //! deduplicated, stored, then acked), attribution definitions (protocol V2) and loss reports.
 
 mod attributions;
+pub mod in_process;
 
 use std::{
     sync::Arc,
@@ -22,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-pub use self::attributions::StreamAttributions;
+pub use self::{attributions::StreamAttributions, in_process::InProcess};
 use crate::{
     budgets::{self, IngestBudget, LimitError},
     hub::{AgentInfo, Hub, Stored},
