@@ -1,6 +1,9 @@
 //! `mapsentry run`: capture on this host and print every call, until Ctrl-C or SIGTERM. The
-//! events also go through the same shipper and collector as a cluster install, in this process,
-//! so `mapsentry tail` works against the observer API on `--listen`.
+//! events also go into a collector in this process (the hub, policies, alerts and gRPC services
+//! of `mapsentry collector`), handed to it directly ([`embedded_agent`]) rather than over the
+//! agent stream, so `mapsentry tail` works against the observer API on `--listen`.
+
+mod embedded_agent;
 
 use std::{
     io::{self, BufWriter, Write},
@@ -15,7 +18,7 @@ use futures_core::Stream as _;
 use mapsentry_agent::{
     Capture,
     metadata::{Attributor, Kubernetes},
-    node::{self, event_loop, hostname, start_shipper},
+    node::{self, event_loop},
 };
 use mapsentry_collector::{
     Hub, PolicyPublisher,
@@ -32,6 +35,7 @@ use tracing::Instrument as _;
 
 use mapsentry_service::status;
 
+use self::embedded_agent::EmbeddedAgent;
 use crate::{
     alert_output,
     capture_args::CaptureArgs,
@@ -156,15 +160,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("--policy: compiling the enforce-mode rules")?,
         )
     };
-    let shipper = start_shipper(
-        &format!("http://{observer}"),
-        &hostname(),
-        64 << 20,
-        &capture,
-        None,
-        // The embedded collector listens on loopback in plaintext (see --listen).
-        mapsentry_proto::client::ClientSecurity::default(),
-    )?;
+    let agent = EmbeddedAgent::start(&hub, &capture)?;
 
     announce(
         &mut BufWriter::new(io::stdout().lock()),
@@ -179,7 +175,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let counters = event_loop(
         &mut capture,
         &mut attributor,
-        &shipper,
+        &agent,
         std::pin::pin!(shutdown),
         enforcing.as_mut(),
         None,
@@ -195,7 +191,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let shipping = shipper.finish().await;
+    let shipping = agent.finish().await;
     drop(stop_collector);
     match tokio::time::timeout(Duration::from_secs(5), collector).await {
         Ok(Ok(Ok(()))) => {}
