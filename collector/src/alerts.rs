@@ -182,12 +182,23 @@ impl Evaluator {
     }
 
     fn evaluate_batch(&mut self, set: Option<&PolicySet>, batch: &[Arc<Record>]) {
-        let Some(set) = set else {
+        // Without a policy, or for a caller no policy applies to (its scope known from an
+        // earlier event of its cgroup), nothing can match: the record is not converted back
+        // into an event at all.
+        let Some(set) = set.filter(|set| !set.is_empty()) else {
             self.metrics.evaluated(batch.len() as u64);
             return;
         };
         let mut matches = Vec::new();
         for record in batch {
+            if self
+                .scopes
+                .get(&record.event.cgroup_id)
+                .is_some_and(CallerScope::is_empty)
+            {
+                self.metrics.evaluated(1);
+                continue;
+            }
             self.evaluate(set, record, &mut matches);
         }
     }
