@@ -174,7 +174,20 @@ impl Attributor {
     /// Attribute the captured `batch` in place: afterwards it holds the events ready now (this
     /// batch's and earlier held ones, each with its attribution); the others are held.
     pub fn attribute(&mut self, batch: &mut Vec<MmapEvent>, now: Instant) {
-        for event in batch.drain(..) {
+        // While nothing is held, the events whose attribution is given at once are attributed
+        // where they are instead of being moved through the queue of ready events (each is
+        // ~300 bytes); from the first that is not, the rest go through the enricher in order.
+        let mut known = 0;
+        if !self.enricher.holds() {
+            for event in batch.iter_mut() {
+                let Some(attribution) = self.enricher.attribution_now(event.cgroup_id) else {
+                    break;
+                };
+                event.attribution = Some(attribution);
+                known += 1;
+            }
+        }
+        for event in batch.drain(known..) {
             self.enricher.push(event, now, &mut self.ready);
         }
         self.enricher.poll(now, &mut self.ready);

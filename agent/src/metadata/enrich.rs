@@ -134,16 +134,28 @@ impl Enricher {
         }
     }
 
+    /// The attribution of an event of `cgroup_id` when it is given at once, counted as
+    /// [`Enricher::push`] counts it; `None` when the event would be held or attributed at its
+    /// bound.
+    pub fn attribution_now(&mut self, cgroup_id: u64) -> Option<Arc<Attribution>> {
+        let attribution = self.attribution(cgroup_id)?;
+        // Complete as far as it can be (outside Kubernetes a pod cgroup stays unresolved).
+        if !attribution.resolved() {
+            self.stats.missing += 1;
+        }
+        Some(attribution)
+    }
+
+    /// Whether events are held for their metadata.
+    #[must_use]
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Attribute `event`: pushes it to `out` now, or holds it.
     pub fn push(&mut self, event: MmapEvent, now: Instant, out: &mut Vec<Enriched>) {
-        match self.attribution(event.cgroup_id) {
-            Some(attribution) => {
-                // Complete as far as it can be (outside Kubernetes a pod cgroup stays unresolved).
-                if !attribution.resolved() {
-                    self.stats.missing += 1;
-                }
-                out.push((event, attribution));
-            }
+        match self.attribution_now(event.cgroup_id) {
+            Some(attribution) => out.push((event, attribution)),
             None if self.config.hold_for.is_zero() || self.config.hold_max == 0 => {
                 let attribution = self.attribute_final(&event);
                 out.push((event, attribution));
