@@ -4,7 +4,8 @@
 //! and resent batches are not stored twice.
 //!
 //! A segment is named after the first cursor it holds (`00000000000000000042.seg`) and is a
-//! header followed by records, each a `LoggedBatch` with its length and a CRC32C ([`format`]).
+//! header followed by records, each a `LoggedBatch` with its length and a CRC32C ([`format`]);
+//! a record defines each attribution its events share once and the events refer to it.
 //! Reading back checks every record and skips a damaged one, resynchronizing at the next whole
 //! record, so one flipped byte costs one batch, and what was skipped is reported by cause
 //! ([`Recovery`]: logged, and in the metrics). Nothing valid is ever cut from a file: only an
@@ -27,7 +28,7 @@
 pub mod format;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     path::{Path, PathBuf},
@@ -45,7 +46,7 @@ use mapsentry_proto::v1;
 
 use self::format::{Damage, Format, SEGMENT_MAGIC, encode_record, read_segment};
 pub use self::format::{DropCause, Dropped, Recovery};
-use super::{Attributed, Batch, Durable};
+use super::{Attributed, Batch, Durable, SharedAttribution};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -172,8 +173,46 @@ pub struct LoggedBatch {
     pub seq: u64,
     #[prost(uint64, tag = "4")]
     pub first_cursor: u64,
+    /// Whole events once read back; as written (format 3), an event whose attribution is
+    /// shared refers to one of `definitions` (`attribution_ref`).
     #[prost(message, repeated, tag = "5")]
     pub events: Vec<v1::Event>,
+    /// The attributions this batch's events refer to, each once (format 3; empty once read
+    /// back, the events whole again).
+    #[prost(message, repeated, tag = "6")]
+    pub definitions: Vec<LoggedDefinition>,
+}
+
+/// An attribution that a batch's events refer to, at `v1::Event`'s field numbers for it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LoggedDefinition {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(oneof = "v1::event::Attribution", tags = "100, 101, 102, 103")]
+    pub attribution: Option<v1::event::Attribution>,
+}
+
+impl LoggedBatch {
+    /// The batch with its events whole: each `attribution_ref` replaced by its definition.
+    /// `None` when an event refers to an id the batch does not define (or defines as a
+    /// reference): such a record was not written by this log.
+    #[must_use]
+    pub fn resolved(mut self) -> Option<Self> {
+        let definitions: HashMap<u64, v1::event::Attribution> =
+            std::mem::take(&mut self.definitions)
+                .into_iter()
+                .filter_map(|d| Some((d.id, d.attribution?)))
+                .collect();
+        for event in &mut self.events {
+            if let Some(v1::event::Attribution::AttributionRef(id)) = event.attribution {
+                match definitions.get(&id) {
+                    Some(v1::event::Attribution::AttributionRef(_)) | None => return None,
+                    Some(attribution) => event.attribution = Some(attribution.clone()),
+                }
+            }
+        }
+        Some(self)
+    }
 }
 
 #[derive(Debug)]
@@ -191,6 +230,9 @@ pub struct Log {
     total_bytes: u64,
     body: Vec<u8>,
     buffer: Vec<u8>,
+    /// The attributions of the batch being appended, and their ids by where they are held.
+    definitions: Vec<SharedAttribution>,
+    ids: HashMap<usize, u64>,
     /// A failed append whose partial record could not be cut off: where the newest segment
     /// must be cut back to before anything else is written.
     cut_back: Option<u64>,
@@ -240,7 +282,7 @@ impl Log {
             // An unfinished last record of the newest segment was never acked: cut it off so
             // the next record follows the last whole one.
             if index + 1 == count
-                && read.format == Format::V2
+                && read.format != Format::Legacy
                 && let Some(torn) = read
                     .damage
                     .last()
@@ -265,7 +307,7 @@ impl Log {
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         // Append to the newest segment only if it is of this format and its header is whole.
         let current = match (segments.back(), last_format) {
-            (Some(last), Some(Format::V2)) if starts_with_header(&last.path) => Some(
+            (Some(last), Some(Format::V3)) if starts_with_header(&last.path) => Some(
                 OpenOptions::new()
                     .append(true)
                     .open(&last.path)
@@ -304,6 +346,8 @@ impl Log {
                 total_bytes,
                 body: Vec::new(),
                 buffer: Vec::new(),
+                definitions: Vec::new(),
+                ids: HashMap::new(),
                 cut_back: None,
                 recovery,
                 syncer,
@@ -342,9 +386,27 @@ impl Log {
         prost::encoding::string::encode(2, &boot_id.to_owned(), &mut self.body);
         prost::encoding::uint64::encode(3, &seq, &mut self.body);
         prost::encoding::uint64::encode(4, &first_cursor, &mut self.body);
+        // Each attribution once per record, the events referring to it: a record still reads
+        // back on its own, and a pod's names and labels are not written for every event.
+        self.definitions.clear();
+        self.ids.clear();
         for event in events {
-            event.encode_field(5, &mut self.body);
+            match &event.attribution {
+                Some(attribution) => {
+                    let next = self.definitions.len() as u64 + 1;
+                    let id = *self.ids.entry(attribution.address()).or_insert_with(|| {
+                        self.definitions.push(attribution.clone());
+                        next
+                    });
+                    event.encode_field_referring(5, id, &mut self.body);
+                }
+                None => event.encode_field(5, &mut self.body),
+            }
         }
+        for (id, attribution) in (1..).zip(&self.definitions) {
+            attribution.encode_definition(6, id, &mut self.body);
+        }
+        self.definitions.clear();
         encode_record(&self.body, &mut self.buffer);
         let (Some(file), Some(segment)) = (self.current.as_mut(), self.segments.back_mut()) else {
             unreachable!("rotate opened a segment")

@@ -13,7 +13,7 @@ use mapsentry_proto::v1::{self, event::Attribution};
 use prost::{
     Message as _,
     bytes::BufMut,
-    encoding::{WireType, encode_key, encode_varint},
+    encoding::{WireType, encode_key, encode_varint, uint64},
 };
 
 /// An attribution held once and shared by the events that name it, with its encoded size
@@ -63,6 +63,24 @@ impl SharedAttribution {
         &self.0.attribution
     }
 
+    /// Where it is held: the same for every event sharing it, while one of them lives.
+    #[must_use]
+    pub fn address(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// Write it as field `tag` of a message, as a message of `id` (field 1) and the
+    /// attribution at its `v1::Event` field numbers (the retention log's `LoggedDefinition`).
+    pub fn encode_definition(&self, tag: u32, id: u64, buf: &mut impl BufMut) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(
+            (uint64::encoded_len(1, &id) + self.0.encoded_len) as u64,
+            buf,
+        );
+        uint64::encode(1, &id, buf);
+        self.encode(buf);
+    }
+
     /// Its size inside an encoded `v1::Event`.
     #[must_use]
     pub fn encoded_len(&self) -> usize {
@@ -99,7 +117,26 @@ impl Attributed {
     pub fn encode_field(&self, tag: u32, buf: &mut impl BufMut) {
         encode_field(tag, &self.event, self.attribution.as_ref(), buf);
     }
+
+    /// Write the event as field `tag` of a message with `attribution_ref = id` in place of its
+    /// attribution (defined elsewhere in the message: [`SharedAttribution::encode_definition`]).
+    pub fn encode_field_referring(&self, tag: u32, id: u64, buf: &mut impl BufMut) {
+        debug_assert!(
+            self.event.attribution.is_none(),
+            "the attribution is held apart"
+        );
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(
+            (self.event.encoded_len() + uint64::encoded_len(ATTRIBUTION_REF, &id)) as u64,
+            buf,
+        );
+        self.event.encode_raw(buf);
+        uint64::encode(ATTRIBUTION_REF, &id, buf);
+    }
 }
+
+/// `v1::Event.attribution_ref`'s field number.
+const ATTRIBUTION_REF: u32 = 103;
 
 /// One stored event: its cursor, the node that sent it, the event and its attribution.
 #[derive(Debug)]

@@ -7,6 +7,12 @@
 //! body    := one LoggedBatch, protobuf encoded
 //! ```
 //!
+//! In format 3 (`SEGMENT_MAGIC`) a batch defines each attribution its events share once
+//! (`LoggedBatch.definitions`) and those events refer to it (`attribution_ref`), so a pod's
+//! names and labels are written once per record instead of once per event, and a record still
+//! reads back on its own; reading resolves the references and returns whole events. Format 2
+//! segments (the same records, every event whole) are read and never appended to.
+//!
 //! A reader checks each record's magic, that its length fits the file, its checksum and that the
 //! body decodes; a record that fails any of them is skipped and the reader resynchronizes at the
 //! next offset where a whole, valid record starts (its magic found again, its checksum right), so
@@ -20,8 +26,10 @@ use prost::Message as _;
 
 use super::LoggedBatch;
 
-/// The first bytes of a format-2 segment.
-pub const SEGMENT_MAGIC: &[u8; 8] = b"MSLOG\0\0\x02";
+/// The first bytes of a segment of the format written now (3).
+pub const SEGMENT_MAGIC: &[u8; 8] = b"MSLOG\0\0\x03";
+/// The first bytes of a format-2 segment (every event whole; read, never appended to).
+pub const SEGMENT_MAGIC_V2: &[u8; 8] = b"MSLOG\0\0\x02";
 /// The first bytes of every record.
 pub const RECORD_MAGIC: [u8; 4] = [0xD7, b'M', b'S', b'R'];
 /// Magic, length and checksum.
@@ -88,8 +96,10 @@ pub struct SegmentRead {
 /// A segment's format.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Header and checksummed records.
+    /// Header and checksummed records, attributions defined once per record.
     #[default]
+    V3,
+    /// Header and checksummed records of whole events (read, never appended to).
     V2,
     /// Varint-delimited batches without checksums (read, never appended to).
     Legacy,
@@ -134,7 +144,10 @@ fn record_at(data: &[u8]) -> Result<(LoggedBatch, usize), DropCause> {
     if crc32c::crc32c_append(crc32c::crc32c(&len_bytes), body) != crc {
         return Err(DropCause::Checksum);
     }
-    let batch = LoggedBatch::decode(body).map_err(|_| DropCause::Decode)?;
+    let batch = LoggedBatch::decode(body)
+        .ok()
+        .and_then(LoggedBatch::resolved)
+        .ok_or(DropCause::Decode)?;
     Ok((batch, RECORD_HEADER + len))
 }
 
@@ -166,13 +179,23 @@ pub fn read_segment(data: &[u8], out: &mut Vec<LoggedBatch>) -> SegmentRead {
     if data.is_empty() {
         return SegmentRead::default();
     }
-    if !data.starts_with(SEGMENT_MAGIC)
+    let format = if data.starts_with(SEGMENT_MAGIC) {
+        Some(Format::V3)
+    } else if data.starts_with(SEGMENT_MAGIC_V2) {
+        Some(Format::V2)
+    } else {
+        None
+    };
+    if format.is_none()
         && let Some(read) = read_legacy(data, out)
     {
         return read;
     }
-    let mut read = SegmentRead::default();
-    let mut at = if data.starts_with(SEGMENT_MAGIC) {
+    let mut read = SegmentRead {
+        format: format.unwrap_or_default(),
+        ..SegmentRead::default()
+    };
+    let mut at = if format.is_some() {
         SEGMENT_MAGIC.len()
     } else {
         // A damaged header: the records after it still count.

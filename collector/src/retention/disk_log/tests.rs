@@ -1,6 +1,6 @@
 use prost::Message as _;
 
-use super::*;
+use super::{format::SEGMENT_MAGIC_V2, *};
 
 fn event(pid: u32) -> v1::Event {
     v1::Event {
@@ -220,6 +220,7 @@ fn segments_of_the_previous_format_are_read_and_never_appended_to() {
             seq,
             first_cursor: 10 + seq,
             events: vec![event(seq as u32)],
+            definitions: Vec::new(),
         }
         .encode_length_delimited(&mut old)
         .unwrap();
@@ -311,4 +312,134 @@ fn sync_policies_parse_by_name() {
             .unwrap_err()
             .contains("always, interval or never")
     );
+}
+
+/// `n` events of one pod as ingest hands them over from an agent stream: one shared attribution.
+fn sharing(n: u32) -> Vec<Attributed> {
+    let shared = logged(0).attribution.unwrap();
+    (1..=n)
+        .map(|pid| Attributed {
+            event: v1::Event {
+                attribution: None,
+                ..event(pid)
+            },
+            attribution: Some(shared.clone()),
+        })
+        .collect()
+}
+
+#[test]
+fn a_shared_attribution_is_written_once_per_record_and_read_back_into_every_event() {
+    let dir = temp_dir("shared");
+    let events = sharing(100);
+    let whole: Vec<v1::Event> = events
+        .iter()
+        .map(|e| v1::Event {
+            attribution: e.attribution.as_ref().map(|a| a.get().clone()),
+            ..e.event.clone()
+        })
+        .collect();
+    let (mut log, _) = Log::open(config(&dir)).unwrap();
+    log.append("n", "b", 1, 10, &events).unwrap();
+    // The attribution once, and each event with a reference (field key and id: 3 bytes) in its
+    // place: at most a header's worth (record header, node, boot id, seq, cursor) beyond that.
+    let record = log.bytes() as usize - SEGMENT_MAGIC.len();
+    let attribution_bytes = events[0].attribution.as_ref().unwrap().encoded_len();
+    let whole_bytes: usize = whole.iter().map(|e| e.encoded_len() + 2).sum();
+    let expected = whole_bytes - 100 * attribution_bytes + 100 * 3 + (attribution_bytes + 4);
+    assert!(
+        record <= expected + 32,
+        "{record} bytes for {whole_bytes} bytes of whole events ({attribution_bytes} bytes of attribution each), expected {expected} + header"
+    );
+    // A second record defines it again: each record reads back on its own.
+    log.append("n", "b", 2, 110, &events[..1]).unwrap();
+    // An event without an attribution stays without one.
+    let bare = Attributed {
+        event: v1::Event {
+            attribution: None,
+            ..event(7)
+        },
+        attribution: None,
+    };
+    log.append("n", "b", 3, 111, &[bare]).unwrap();
+    drop(log);
+    let data = fs::read(only_segment(&dir)).unwrap();
+    assert!(data.starts_with(SEGMENT_MAGIC));
+    let (_, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2, 3]);
+    assert_eq!(replayed[0].events, whole);
+    assert_eq!(replayed[1].events, whole[..1]);
+    assert_eq!(replayed[2].events[0].attribution, None);
+    assert!(replayed.iter().all(|b| b.definitions.is_empty()));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_record_referring_to_an_attribution_it_does_not_define_is_dropped_as_undecodable() {
+    let dir = temp_dir("undefined");
+    fs::create_dir_all(&dir).unwrap();
+    let batch = |seq: u64, reference: u64| LoggedBatch {
+        node: "n".into(),
+        boot_id: "b".into(),
+        seq,
+        first_cursor: seq,
+        events: vec![v1::Event {
+            attribution: Some(v1::event::Attribution::AttributionRef(reference)),
+            ..event(1)
+        }],
+        definitions: vec![LoggedDefinition {
+            id: 1,
+            attribution: event(1).attribution,
+        }],
+    };
+    let mut data = SEGMENT_MAGIC.to_vec();
+    for (seq, reference) in [(1, 1), (2, 2), (3, 1)] {
+        let mut record = Vec::new();
+        encode_record(&batch(seq, reference).encode_to_vec(), &mut record);
+        data.extend_from_slice(&record);
+    }
+    fs::write(dir.join(format!("{:020}.seg", 1)), &data).unwrap();
+    let (log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 3]);
+    assert_eq!(replayed[1].events, vec![event(1)]);
+    let decode = log.recovery().dropped[&DropCause::Decode];
+    assert_eq!(decode.batches, 1);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn format_2_segments_are_read_and_never_appended_to() {
+    let dir = temp_dir("format-2");
+    fs::create_dir_all(&dir).unwrap();
+    let mut data = SEGMENT_MAGIC_V2.to_vec();
+    for seq in 1..=3u64 {
+        let mut record = Vec::new();
+        let whole = LoggedBatch {
+            node: "n".into(),
+            boot_id: "b".into(),
+            seq,
+            first_cursor: 10 + seq,
+            events: vec![event(seq as u32)],
+            definitions: Vec::new(),
+        };
+        encode_record(&whole.encode_to_vec(), &mut record);
+        data.extend_from_slice(&record);
+    }
+    let old = dir.join(format!("{:020}.seg", 11));
+    fs::write(&old, &data).unwrap();
+    let (mut log, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2, 3]);
+    assert_eq!(replayed[2].events, vec![event(3)]);
+    assert!(log.recovery().dropped.is_empty());
+    log.append("n", "b", 4, 14, &[logged(4)]).unwrap();
+    drop(log);
+    assert_eq!(
+        fs::read(&old).unwrap(),
+        data,
+        "the old segment is untouched"
+    );
+    let (_, replayed) = Log::open(config(&dir)).unwrap();
+    assert_eq!(seqs(&replayed), vec![1, 2, 3, 4]);
+    assert_eq!(replayed[3].events, vec![event(4)]);
+    fs::remove_dir_all(&dir).unwrap();
 }
