@@ -208,22 +208,25 @@ fn a_damaged_segment_header_keeps_the_records_after_it() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Batch `seq` (cursor `10 + seq`) of one whole event, as earlier formats wrote every batch.
+fn whole_batch(seq: u64) -> LoggedBatch {
+    LoggedBatch {
+        node: "n".into(),
+        boot_id: "b".into(),
+        seq,
+        first_cursor: 10 + seq,
+        events: vec![event(seq as u32)],
+        definitions: Vec::new(),
+    }
+}
+
 #[test]
 fn segments_of_the_previous_format_are_read_and_never_appended_to() {
     let dir = temp_dir("legacy");
     fs::create_dir_all(&dir).unwrap();
     let mut old = Vec::new();
     for seq in 1..=3u64 {
-        LoggedBatch {
-            node: "n".into(),
-            boot_id: "b".into(),
-            seq,
-            first_cursor: 10 + seq,
-            events: vec![event(seq as u32)],
-            definitions: Vec::new(),
-        }
-        .encode_length_delimited(&mut old)
-        .unwrap();
+        whole_batch(seq).encode_length_delimited(&mut old).unwrap();
     }
     let legacy = dir.join(format!("{:020}.seg", 11));
     fs::write(&legacy, &old).unwrap();
@@ -414,15 +417,7 @@ fn format_2_segments_are_read_and_never_appended_to() {
     let mut data = SEGMENT_MAGIC_V2.to_vec();
     for seq in 1..=3u64 {
         let mut record = Vec::new();
-        let whole = LoggedBatch {
-            node: "n".into(),
-            boot_id: "b".into(),
-            seq,
-            first_cursor: 10 + seq,
-            events: vec![event(seq as u32)],
-            definitions: Vec::new(),
-        };
-        encode_record(&whole.encode_to_vec(), &mut record);
+        encode_record(&whole_batch(seq).encode_to_vec(), &mut record);
         data.extend_from_slice(&record);
     }
     let old = dir.join(format!("{:020}.seg", 11));
