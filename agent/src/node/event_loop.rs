@@ -1,7 +1,7 @@
 //! The agent's main loop, shared by `agent` and `run`: read captured batches, attribute them to
 //! their pod (or host unit), let the caller see them, hand them to the [`Sink`] (the shipper, or
-//! `run`'s embedded collector), keep the sink's loss counters current and the kernel's enforcement rules current (when enforcing);
-//! on a stop signal, detach, drain, and flush. Events held for their pod metadata are emitted
+//! `run`'s embedded collector), keep the sink's loss counters current and the kernel's
+//! enforcement rules current (when enforcing); on a stop signal, detach, drain, and flush. Events held for their pod metadata are emitted
 //! when it arrives or at the hold bound, whichever comes first.
 
 use std::{
@@ -54,8 +54,8 @@ pub enum EventLoopError {
 pub type Result<T, E = EventLoopError> = std::result::Result<T, E>;
 
 /// Run until `shutdown` resolves, or until `each` returns false. `each` sees every batch
-/// (attributed) before it goes to `sink`. `status` (the agent's HTTP endpoint) is kept current: each
-/// turn of the loop, each read of the ring buffer, the counters every second. Returns the
+/// (attributed) before it goes to `sink`. `status` (the agent's HTTP endpoint) is kept current:
+/// each turn of the loop, each read of the ring buffer, the counters every second. Returns the
 /// kernel's final counters; the sink is left to the caller to finish.
 pub async fn event_loop(
     capture: &mut Capture,

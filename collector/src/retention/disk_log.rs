@@ -230,7 +230,8 @@ pub struct Log {
     total_bytes: u64,
     body: Vec<u8>,
     buffer: Vec<u8>,
-    /// The attributions of the batch being appended, and their ids by where they are held.
+    /// The attributions of the batch being appended, and their ids by where they are held
+    /// (empty between appends).
     definitions: Vec<SharedAttribution>,
     ids: HashMap<usize, u64>,
     /// A failed append whose partial record could not be cut off: where the newest segment
@@ -388,8 +389,6 @@ impl Log {
         prost::encoding::uint64::encode(4, &first_cursor, &mut self.body);
         // Each attribution once per record, the events referring to it: a record still reads
         // back on its own, and a pod's names and labels are not written for every event.
-        self.definitions.clear();
-        self.ids.clear();
         for event in events {
             match &event.attribution {
                 Some(attribution) => {
@@ -407,6 +406,7 @@ impl Log {
             attribution.encode_definition(6, id, &mut self.body);
         }
         self.definitions.clear();
+        self.ids.clear();
         encode_record(&self.body, &mut self.buffer);
         let (Some(file), Some(segment)) = (self.current.as_mut(), self.segments.back_mut()) else {
             unreachable!("rotate opened a segment")

@@ -109,29 +109,52 @@ impl Attributed {
     /// The whole event's encoded size.
     #[must_use]
     pub fn encoded_len(&self) -> usize {
-        encoded_len(&self.event, self.attribution.as_ref())
+        self.event.encoded_len() + self.attribution_len()
     }
 
     /// Write the whole event as field `tag` of a message, as
     /// `prost::encoding::message::encode(tag, &whole_event, buf)` would.
     pub fn encode_field(&self, tag: u32, buf: &mut impl BufMut) {
-        encode_field(tag, &self.event, self.attribution.as_ref(), buf);
+        self.encode_with(tag, self.attribution_len(), buf, |buf| {
+            if let Some(attribution) = &self.attribution {
+                attribution.encode(buf);
+            }
+        });
     }
 
     /// Write the event as field `tag` of a message with `attribution_ref = id` in place of its
     /// attribution (defined elsewhere in the message: [`SharedAttribution::encode_definition`]).
     pub fn encode_field_referring(&self, tag: u32, id: u64, buf: &mut impl BufMut) {
+        let reference_len = uint64::encoded_len(ATTRIBUTION_REF, &id);
+        self.encode_with(tag, reference_len, buf, |buf| {
+            uint64::encode(ATTRIBUTION_REF, &id, buf);
+        });
+    }
+
+    fn attribution_len(&self) -> usize {
+        self.attribution
+            .as_ref()
+            .map_or(0, SharedAttribution::encoded_len)
+    }
+
+    /// The call's fields as field `tag`, followed by the `tail_len` bytes `tail` writes. The
+    /// attribution is the last field of `Event`: after the call's fields, the bytes are the ones
+    /// prost writes for the whole event.
+    fn encode_with<B: BufMut>(
+        &self,
+        tag: u32,
+        tail_len: usize,
+        buf: &mut B,
+        tail: impl FnOnce(&mut B),
+    ) {
         debug_assert!(
             self.event.attribution.is_none(),
             "the attribution is held apart"
         );
         encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(
-            (self.event.encoded_len() + uint64::encoded_len(ATTRIBUTION_REF, &id)) as u64,
-            buf,
-        );
+        encode_varint((self.event.encoded_len() + tail_len) as u64, buf);
         self.event.encode_raw(buf);
-        uint64::encode(ATTRIBUTION_REF, &id, buf);
+        tail(buf);
     }
 }
 
@@ -173,27 +196,6 @@ impl Record {
             node: self.node.to_string(),
             event: Some(self.whole_event()),
         }
-    }
-}
-
-fn encoded_len(event: &v1::Event, attribution: Option<&SharedAttribution>) -> usize {
-    event.encoded_len() + attribution.map_or(0, SharedAttribution::encoded_len)
-}
-
-fn encode_field(
-    tag: u32,
-    event: &v1::Event,
-    attribution: Option<&SharedAttribution>,
-    buf: &mut impl BufMut,
-) {
-    debug_assert!(event.attribution.is_none(), "the attribution is held apart");
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(encoded_len(event, attribution) as u64, buf);
-    // The attribution is the last field of `Event`: after the call's fields, the bytes are the
-    // ones prost writes for the whole event.
-    event.encode_raw(buf);
-    if let Some(attribution) = attribution {
-        attribution.encode(buf);
     }
 }
 
