@@ -28,6 +28,8 @@ fn main() -> anyhow::Result<()> {
         // `AgentService.Connect` would clash with the generated `Client::connect(url)`;
         // callers build a `tonic::transport::Channel` and use `Client::new`.
         .build_transport(false)
+        // prost's encoder, and messages decoded from one slice (`codec.rs`).
+        .codec_path("crate::codec::SliceCodec")
         .compile_fds(fds)
         .context("generating code")?;
     Ok(())

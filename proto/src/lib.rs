@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod codec;
 pub mod convert;
 
 /// Generated code of `mapsentry.v1`.
