@@ -17,6 +17,8 @@
 //! Settings through the environment: `BENCH_EVENTS` (ingest total per round, default
 //! 2,000,000), `BENCH_AGENTS` (default 2), `BENCH_ROUNDS` (default 3), `BENCH_RATE` (fan-out
 //! events/s, default 100,000), `BENCH_SECONDS` (fan-out duration, default 5),
+//! `BENCH_SETUPS` (ingest setups to run: words of their labels, comma-separated, e.g.
+//! `multi-thread`; default all),
 //! `BENCH_FANOUT_THREADS` (collector worker threads in the fan-out part, default 2).
 
 #![expect(
@@ -421,6 +423,14 @@ async fn ingest_round(
     (stored, elapsed, cpu)
 }
 
+/// Whether `BENCH_SETUPS` (words each setup's label must contain one of, comma-separated) picks
+/// `setup`; all when unset.
+fn selected(setup: &Setup) -> bool {
+    std::env::var("BENCH_SETUPS").map_or(true, |words| {
+        words.split(',').any(|word| setup.label.contains(word.trim()))
+    })
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -454,6 +464,9 @@ async fn ingest(total: u64, agents: u64, rounds: usize) {
     let mut results = vec![(Vec::new(), Vec::new(), Vec::new()); setups.len()];
     for round in 0..rounds {
         for (i, setup) in setups.iter().enumerate() {
+            if !selected(setup) {
+                continue;
+            }
             let (events, wall, cpu) = ingest_round(*setup, round, total, agents).await;
             let (rates, per_cpu, cpu_share) = &mut results[i];
             rates.push(events as f64 / wall.as_secs_f64());
@@ -467,6 +480,9 @@ async fn ingest(total: u64, agents: u64, rounds: usize) {
     println!("| collector | wall clock | per collector CPU-second | collector CPU (cores busy) |");
     println!("|---|---:|---:|---:|");
     for (setup, (rates, per_cpu, cpu_share)) in setups.iter().zip(results) {
+        if rates.is_empty() {
+            continue;
+        }
         println!(
             "| {} | {:.0}k events/s | {:.2}M events | {:.2} |",
             setup.label,
