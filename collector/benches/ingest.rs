@@ -17,7 +17,7 @@
 //! Settings through the environment: `BENCH_EVENTS` (ingest total per round, default
 //! 2,000,000), `BENCH_AGENTS` (default 2), `BENCH_ROUNDS` (default 3), `BENCH_RATE` (fan-out
 //! events/s, default 100,000), `BENCH_SECONDS` (fan-out duration, default 5),
-//! `BENCH_SETUPS` (ingest setups to run: words of their labels, comma-separated, e.g.
+//! `BENCH_SETUPS` (ingest setups to run: parts of their labels separated by `;`, e.g.
 //! `multi-thread`; default all),
 //! `BENCH_FANOUT_THREADS` (collector worker threads in the fan-out part, default 2).
 
@@ -423,11 +423,11 @@ async fn ingest_round(
     (stored, elapsed, cpu)
 }
 
-/// Whether `BENCH_SETUPS` (words each setup's label must contain one of, comma-separated) picks
-/// `setup`; all when unset.
+/// Whether `BENCH_SETUPS` (parts of labels, separated by `;`: a setup's label contains one of
+/// them) picks `setup`; all when unset.
 fn selected(setup: &Setup) -> bool {
-    std::env::var("BENCH_SETUPS").map_or(true, |words| {
-        words.split(',').any(|word| setup.label.contains(word.trim()))
+    std::env::var("BENCH_SETUPS").map_or(true, |parts| {
+        parts.split(';').any(|part| setup.label.contains(part.trim()))
     })
 }
 
