@@ -427,7 +427,9 @@ async fn ingest_round(
 /// them) picks `setup`; all when unset.
 fn selected(setup: &Setup) -> bool {
     std::env::var("BENCH_SETUPS").map_or(true, |parts| {
-        parts.split(';').any(|part| setup.label.contains(part.trim()))
+        parts
+            .split(';')
+            .any(|part| setup.label.contains(part.trim()))
     })
 }
 

@@ -1,8 +1,9 @@
 //! The agent's main loop, shared by `agent` and `run`: read captured batches, attribute them to
 //! their pod (or host unit), let the caller see them, hand them to the [`Sink`] (the shipper, or
 //! `run`'s embedded collector), keep the sink's loss counters current and the kernel's
-//! enforcement rules current (when enforcing); on a stop signal, detach, drain, and flush. Events held for their pod metadata are emitted
-//! when it arrives or at the hold bound, whichever comes first.
+//! enforcement rules current (when enforcing); on a stop signal, detach, drain, and flush.
+//! Events held for their pod metadata are emitted when it arrives or at the hold bound,
+//! whichever comes first.
 
 use std::{
     pin::Pin,

@@ -3,9 +3,9 @@ use std::convert::Infallible;
 use http_body::Frame;
 use http_body_util::StreamBody;
 use prost::{Message as _, bytes::Bytes};
-use tonic::{Code, Streaming};
+use tonic::{Code, Streaming, codec::Codec as _};
 
-use super::SliceDecoder;
+use super::SliceCodec;
 use crate::v1::{self, AgentMessage, EventBatch, agent_message::Msg};
 
 fn batch(seq: u64, events: u32) -> AgentMessage {
@@ -33,14 +33,16 @@ fn frame(message: &[u8]) -> Vec<u8> {
     framed
 }
 
-/// What tonic's stream decodes from `bytes` delivered in chunks of `chunk` bytes.
+/// What tonic's stream decodes with the services' codec from `bytes` delivered in chunks of
+/// `chunk` bytes.
 async fn decode(bytes: &[u8], chunk: usize) -> Vec<Result<AgentMessage, tonic::Status>> {
     let chunks: Vec<Result<Frame<Bytes>, Infallible>> = bytes
         .chunks(chunk)
         .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
         .collect();
     let body = StreamBody::new(tokio_stream::iter(chunks));
-    let mut stream = Streaming::new_request(SliceDecoder(std::marker::PhantomData), body, None, None);
+    let decoder = SliceCodec::<v1::CollectorMessage, AgentMessage>::default().decoder();
+    let mut stream = Streaming::new_request(decoder, body, None, None);
     let mut out = Vec::new();
     loop {
         match stream.message().await {
@@ -87,6 +89,8 @@ async fn a_message_that_does_not_parse_is_an_internal_error_naming_the_reason() 
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(
         status.message(),
-        AgentMessage::decode(&truncated[..]).unwrap_err().to_string()
+        AgentMessage::decode(&truncated[..])
+            .unwrap_err()
+            .to_string()
     );
 }
