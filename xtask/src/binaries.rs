@@ -51,10 +51,31 @@ pub fn build(root: &Path) -> anyhow::Result<Built> {
     collect(messages.iter())
 }
 
+/// Variables cargo sets for the program it runs, which a nested cargo must not inherit: build
+/// scripts read some of them (ring's reads `OUT_DIR`, `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`),
+/// and cargo rebuilds a package whose build script saw another value. Under `cargo test` (the
+/// real node's test builds its images with this build) `OUT_DIR` was the e2e package's: the same
+/// build ran three times in CI, ~8 minutes each, where once was enough.
+fn inherited_from_cargo(name: &str) -> bool {
+    name == "OUT_DIR"
+        || name == "CARGO_CRATE_NAME"
+        || name == "CARGO_BIN_NAME"
+        || name == "CARGO_PRIMARY_PACKAGE"
+        || name == "CARGO_TARGET_TMPDIR"
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+}
+
 /// Run cargo with JSON messages; returns the messages.
 fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(inherited_from_cargo) {
+            command.env_remove(name);
+        }
+    }
+    let output = command
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .current_dir(root)

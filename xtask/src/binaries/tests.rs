@@ -71,3 +71,31 @@ fn test_executables_and_helpers_are_picked_from_cargos_messages() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_nested_build_drops_what_cargo_set_for_its_caller_and_keeps_the_users_settings() {
+    for set_by_cargo in [
+        "OUT_DIR",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_PKG_NAME",
+        "CARGO_PKG_VERSION_MAJOR",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+    ] {
+        assert!(inherited_from_cargo(set_by_cargo), "{set_by_cargo}");
+    }
+    for users in [
+        "CARGO",
+        "CARGO_HOME",
+        "CARGO_TARGET_DIR",
+        "CARGO_INCREMENTAL",
+        "CARGO_BUILD_JOBS",
+        "RUSTFLAGS",
+        "PATH",
+    ] {
+        assert!(!inherited_from_cargo(users), "{users}");
+    }
+}
