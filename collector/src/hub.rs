@@ -19,7 +19,10 @@ use std::{
 use mapsentry_policy::AlertLine;
 use mapsentry_proto::v1::{self, LossReason};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    runtime::RuntimeFlavor,
+    sync::{mpsc, watch},
+};
 use tracing::Instrument as _;
 
 use crate::{
@@ -342,8 +345,13 @@ impl Hub {
         self.lock().nodes.report(agent, report);
     }
 
-    /// [`Hub::store_batch`] for async callers: with a retention log, the write happens on a
-    /// blocking thread, never on the runtime's workers.
+    /// [`Hub::store_batch`] for async callers. With a retention log the write may block (a full
+    /// disk queue, the page cache's dirty-page throttling), so it never holds a runtime worker:
+    /// on a multi-thread runtime `block_in_place` hands this worker's scheduler to another
+    /// thread for the write's duration (and takes it back after a short one), on a current-thread
+    /// runtime the write goes to a blocking thread. Only the streams waiting on the log wait.
+    /// (`block_in_place` rather than `spawn_blocking` on both: handing each batch to a blocking
+    /// thread and waking the task again cost ~15% of ingest CPU, BENCHMARKS.md.)
     pub async fn store(
         self: &Arc<Self>,
         agent: &AgentInfo,
@@ -355,6 +363,11 @@ impl Hub {
         }
         if self.durable.is_none() {
             return Ok(self.store_batch(agent, seq, events)?);
+        }
+        if tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            return Ok(tokio::task::block_in_place(|| {
+                self.store_batch(agent, seq, events)
+            })?);
         }
         let hub = Arc::clone(self);
         let agent = agent.clone();

@@ -555,3 +555,51 @@ async fn batches_stored_with_names_beyond_the_limits_are_not_read_back() {
     assert_eq!(stats.nodes.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A retention log write that blocks (here another thread holds the log, as a write stuck in the
+/// page cache's dirty-page throttling would) holds up only the stores waiting on it: with more
+/// stores waiting than the runtime has workers, the workers still run other tasks.
+#[test]
+fn stores_waiting_on_the_log_leave_the_runtime_running() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mapsentry-hub-held-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hub = Hub::open(config(100, 16), LogConfig::new(&dir)).unwrap();
+    let held = lock(hub.durable.as_ref().expect("a retention log"));
+    let stores: Vec<_> = (0..4)
+        .map(|node| {
+            let hub = Arc::clone(&hub);
+            runtime.spawn(async move {
+                let node = format!("node-{node}");
+                hub.store(&agent(&node, "boot"), 1, events(0..2)).await
+            })
+        })
+        .collect();
+    // Time for both workers to reach the held log with a store each.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        stores.iter().all(|store| !store.is_finished()),
+        "no store can finish while the log is held"
+    );
+    let (ran, probe) = std::sync::mpsc::channel();
+    runtime.spawn(async move { ran.send(()).unwrap() });
+    let probed = probe.recv_timeout(Duration::from_secs(5));
+    drop(held);
+    assert!(
+        probed.is_ok(),
+        "the runtime ran no other task while the stores waited on the log"
+    );
+    for store in stores {
+        let outcome = runtime.block_on(store).unwrap().unwrap();
+        assert!(
+            matches!(outcome, Stored::New { count: 2, .. }),
+            "each store went on once the log was free: {outcome:?}"
+        );
+    }
+    drop(hub);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
