@@ -163,7 +163,7 @@ pub fn check_event(event: &v1::Event) -> Result<(), LimitError> {
 /// whole. The attribution's strings are checked on their own ([`check_attribution`]): once per
 /// definition on a V2 stream, not once per event that names it.
 pub fn check_attributed(event: &Attributed) -> Result<(), LimitError> {
-    check_call(&event.event, event.encoded_len())
+    check_call(event.event(), event.encoded_len())
 }
 
 /// Check the strings of an attribution.

@@ -398,9 +398,12 @@ impl Hub {
         // The backbone's messages carry each event whole.
         let events: Vec<v1::Event> = events
             .into_iter()
-            .map(|e| v1::Event {
-                attribution: e.attribution.map(|a| a.get().clone()),
-                ..e.event
+            .map(|e| {
+                let (event, attribution) = e.into_parts();
+                v1::Event {
+                    attribution: attribution.map(|a| a.get().clone()),
+                    ..event
+                }
             })
             .collect();
         let published = backbone
@@ -514,7 +517,7 @@ impl Hub {
         state_ref.nodes.stored(
             agent,
             seq,
-            events.iter().map(|e| e.event.time_ns),
+            events.iter().map(|e| e.event().time_ns),
             seen == Seen::Uncertain,
         );
         let first = state_ref.window.next_cursor();

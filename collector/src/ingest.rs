@@ -250,7 +250,7 @@ impl Ingest {
                 }
                 let events = attributions.resolve(batch.seq, batch.events)?;
                 for (index, event) in events.iter().enumerate() {
-                    convert::validate(&event.event).map_err(|source| IngestError::Event {
+                    convert::validate(event.event()).map_err(|source| IngestError::Event {
                         seq: batch.seq,
                         index,
                         source,

@@ -101,10 +101,7 @@ fn an_event_of_allowed_fields_is_still_bounded_in_total() {
     // Held apart (a V2 definition), the attribution passes on its own, and the event that names
     // it is still bounded by the whole's size.
     let held = Attributed::from(event);
-    assert_eq!(
-        check_attribution(held.attribution.as_ref().unwrap().get()),
-        Ok(())
-    );
+    assert_eq!(check_attribution(held.attribution().unwrap().get()), Ok(()));
     assert!(matches!(
         check_attributed(&held),
         Err(LimitError::TooLong {

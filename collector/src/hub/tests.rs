@@ -28,13 +28,13 @@ fn events(pids: std::ops::Range<u32>) -> Vec<Attributed> {
         cgroup: "/system.slice/sshd.service".into(),
         unit: None,
     });
-    pids.map(|pid| Attributed {
-        attribution: Some(if pid % 2 == 0 {
+    pids.map(|pid| {
+        let attribution = if pid % 2 == 0 {
             pod.clone()
         } else {
             crate::retention::SharedAttribution::new(host.clone())
-        }),
-        event: Event {
+        };
+        let call = Event {
             pid,
             syscall: Syscall::Mmap.into(),
             comm: if pid % 2 == 0 {
@@ -47,7 +47,8 @@ fn events(pids: std::ops::Range<u32>) -> Vec<Attributed> {
                 ..MmapArgs::default()
             }),
             ..Event::default()
-        },
+        };
+        Attributed::new(call, Some(attribution))
     })
     .collect()
 }
@@ -342,11 +343,13 @@ fn new_cursors_start_from_the_clock_and_stay_exact_in_json() {
 }
 
 fn timed(pids: std::ops::Range<u32>, time_ns: u64) -> Vec<Attributed> {
-    let mut out = events(pids);
-    for event in &mut out {
-        event.event.time_ns = time_ns;
-    }
-    out
+    events(pids)
+        .into_iter()
+        .map(|held| {
+            let (call, attribution) = held.into_parts();
+            Attributed::new(Event { time_ns, ..call }, attribution)
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -109,7 +109,7 @@ impl StreamAttributions {
                 }
                 None => None,
             };
-            resolved.push(Attributed { event, attribution });
+            resolved.push(Attributed::new(event, attribution));
         }
         Ok(resolved)
     }

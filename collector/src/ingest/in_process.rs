@@ -221,10 +221,7 @@ impl Store {
             .as_ref()
             .map(|attribution| self.attributions.shared(event.cgroup_id, attribution))
             .transpose()?;
-        let attributed = Attributed {
-            event: convert::capture_fields(event),
-            attribution,
-        };
+        let attributed = Attributed::new(convert::capture_fields(event), attribution);
         budgets::check_attributed(&attributed)?;
         Ok(attributed)
     }

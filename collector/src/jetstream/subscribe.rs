@@ -297,7 +297,7 @@ impl Reader {
             {
                 continue;
             }
-            let Attributed { event, attribution } = Attributed::from(event);
+            let (event, attribution) = Attributed::from(event).into_parts();
             let record = Record {
                 cursor: Cursor::new(sequence, index).encode(),
                 node: Arc::clone(&node),

@@ -390,7 +390,7 @@ impl Log {
         // Each attribution once per record, the events referring to it: a record still reads
         // back on its own, and a pod's names and labels are not written for every event.
         for event in events {
-            match &event.attribution {
+            match event.attribution() {
                 Some(attribution) => {
                     let next = self.definitions.len() as u64 + 1;
                     let id = *self.ids.entry(attribution.address()).or_insert_with(|| {

@@ -114,11 +114,12 @@ impl Window {
     /// records and in bytes; the newest record stays even alone beyond the bytes).
     pub fn push(&mut self, node: &Arc<str>, event: Attributed) -> Arc<Record> {
         let bytes = crate::budgets::record_bytes(&event);
+        let (event, attribution) = event.into_parts();
         let record = Arc::new(Record {
             cursor: self.next_cursor,
             node: Arc::clone(node),
-            event: event.event,
-            attribution: event.attribution,
+            event,
+            attribution,
             bytes,
         });
         self.next_cursor += 1;

@@ -89,11 +89,13 @@ impl SharedAttribution {
 }
 
 /// An event on its way into the collector: the call (its `attribution` always `None`) and the
-/// attribution, apart.
+/// attribution, apart, with the call's encoded size computed once (the field limits, the
+/// window's record size and the retention log's framing each need it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attributed {
-    pub event: v1::Event,
-    pub attribution: Option<SharedAttribution>,
+    event: v1::Event,
+    attribution: Option<SharedAttribution>,
+    call_len: usize,
 }
 
 impl From<v1::Event> for Attributed {
@@ -101,15 +103,43 @@ impl From<v1::Event> for Attributed {
     /// held on its own.
     fn from(mut event: v1::Event) -> Self {
         let attribution = event.attribution.take().map(SharedAttribution::new);
-        Self { event, attribution }
+        Self::new(event, attribution)
     }
 }
 
 impl Attributed {
+    /// The call `event` (whose own `attribution` must be `None`) attributed to `attribution`.
+    #[must_use]
+    pub fn new(event: v1::Event, attribution: Option<SharedAttribution>) -> Self {
+        debug_assert!(event.attribution.is_none(), "the attribution is held apart");
+        let call_len = event.encoded_len();
+        Self {
+            event,
+            attribution,
+            call_len,
+        }
+    }
+
+    /// The call, without its attribution.
+    #[must_use]
+    pub fn event(&self) -> &v1::Event {
+        &self.event
+    }
+
+    #[must_use]
+    pub fn attribution(&self) -> Option<&SharedAttribution> {
+        self.attribution.as_ref()
+    }
+
+    #[must_use]
+    pub fn into_parts(self) -> (v1::Event, Option<SharedAttribution>) {
+        (self.event, self.attribution)
+    }
+
     /// The whole event's encoded size.
     #[must_use]
     pub fn encoded_len(&self) -> usize {
-        self.event.encoded_len() + self.attribution_len()
+        self.call_len + self.attribution_len()
     }
 
     /// Write the whole event as field `tag` of a message, as
@@ -147,12 +177,8 @@ impl Attributed {
         buf: &mut B,
         tail: impl FnOnce(&mut B),
     ) {
-        debug_assert!(
-            self.event.attribution.is_none(),
-            "the attribution is held apart"
-        );
         encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint((self.event.encoded_len() + tail_len) as u64, buf);
+        encode_varint((self.call_len + tail_len) as u64, buf);
         self.event.encode_raw(buf);
         tail(buf);
     }

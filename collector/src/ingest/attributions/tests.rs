@@ -48,15 +48,15 @@ fn references_resolve_to_the_one_attribution_defined_on_the_stream() {
     ];
     let resolved = stream.resolve(5, events).unwrap();
     let expected = |name| Some(convert::defined_attribution(&pod(name)));
-    let attribution = |i: usize| resolved[i].attribution.as_ref().map(|a| a.get().clone());
+    let attribution = |i: usize| resolved[i].attribution().map(|a| a.get().clone());
     assert_eq!(attribution(0), expected("db"));
     assert_eq!(attribution(1), expected("web"));
     assert_eq!(attribution(2), None, "no attribution stays none");
-    assert!(resolved.iter().all(|e| e.event.attribution.is_none()));
+    assert!(resolved.iter().all(|e| e.event().attribution.is_none()));
     assert!(
         std::ptr::eq(
-            resolved[0].attribution.as_ref().unwrap().get(),
-            resolved[3].attribution.as_ref().unwrap().get()
+            resolved[0].attribution().unwrap().get(),
+            resolved[3].attribution().unwrap().get()
         ),
         "events naming one definition share it"
     );
@@ -71,7 +71,7 @@ fn an_inline_attribution_is_checked_against_the_field_limits() {
     };
     let resolved = stream.resolve(2, vec![inline("web")]).unwrap();
     assert_eq!(
-        resolved[0].attribution.as_ref().map(|a| a.get().clone()),
+        resolved[0].attribution().map(|a| a.get().clone()),
         Some(convert::defined_attribution(&pod("web")))
     );
     let error = stream

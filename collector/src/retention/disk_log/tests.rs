@@ -319,14 +319,14 @@ fn sync_policies_parse_by_name() {
 
 /// `n` events of one pod as ingest hands them over from an agent stream: one shared attribution.
 fn sharing(n: u32) -> Vec<Attributed> {
-    let shared = logged(0).attribution.unwrap();
+    let shared = logged(0).attribution().unwrap().clone();
     (1..=n)
-        .map(|pid| Attributed {
-            event: v1::Event {
+        .map(|pid| {
+            let call = v1::Event {
                 attribution: None,
                 ..event(pid)
-            },
-            attribution: Some(shared.clone()),
+            };
+            Attributed::new(call, Some(shared.clone()))
         })
         .collect()
 }
@@ -338,8 +338,8 @@ fn a_shared_attribution_is_written_once_per_record_and_read_back_into_every_even
     let whole: Vec<v1::Event> = events
         .iter()
         .map(|e| v1::Event {
-            attribution: e.attribution.as_ref().map(|a| a.get().clone()),
-            ..e.event.clone()
+            attribution: e.attribution().map(|a| a.get().clone()),
+            ..e.event().clone()
         })
         .collect();
     let (mut log, _) = Log::open(config(&dir)).unwrap();
@@ -347,7 +347,7 @@ fn a_shared_attribution_is_written_once_per_record_and_read_back_into_every_even
     // The attribution once, and each event with a reference (field key and id: 3 bytes) in its
     // place: at most a header's worth (record header, node, boot id, seq, cursor) beyond that.
     let record = log.bytes() as usize - SEGMENT_MAGIC.len();
-    let attribution_bytes = events[0].attribution.as_ref().unwrap().encoded_len();
+    let attribution_bytes = events[0].attribution().unwrap().encoded_len();
     let whole_bytes: usize = whole.iter().map(|e| e.encoded_len() + 2).sum();
     let expected = whole_bytes - 100 * attribution_bytes + 100 * 3 + (attribution_bytes + 4);
     assert!(
@@ -357,13 +357,13 @@ fn a_shared_attribution_is_written_once_per_record_and_read_back_into_every_even
     // A second record defines it again: each record reads back on its own.
     log.append("n", "b", 2, 110, &events[..1]).unwrap();
     // An event without an attribution stays without one.
-    let bare = Attributed {
-        event: v1::Event {
+    let bare = Attributed::new(
+        v1::Event {
             attribution: None,
             ..event(7)
         },
-        attribution: None,
-    };
+        None,
+    );
     log.append("n", "b", 3, 111, &[bare]).unwrap();
     drop(log);
     let data = fs::read(only_segment(&dir)).unwrap();

@@ -67,7 +67,7 @@ fn an_event_encodes_byte_for_byte_as_prost_encodes_it_whole() {
             ..call(pid as u32)
         };
         let held = Attributed::from(whole.clone());
-        assert!(held.event.attribution.is_none());
+        assert!(held.event().attribution.is_none());
         assert_eq!(held.encoded_len(), whole.encoded_len());
         let mut prosts = Vec::new();
         prost::encoding::message::encode(5, &whole, &mut prosts);
