@@ -57,12 +57,14 @@ pub fn build(root: &Path) -> anyhow::Result<Built> {
 /// real node's test builds its images with this build) `OUT_DIR` was the e2e package's: the same
 /// build ran three times in CI, ~8 minutes each, where once was enough.
 fn inherited_from_cargo(name: &str) -> bool {
-    name == "OUT_DIR"
-        || name == "CARGO_CRATE_NAME"
-        || name == "CARGO_BIN_NAME"
-        || name == "CARGO_PRIMARY_PACKAGE"
-        || name == "CARGO_TARGET_TMPDIR"
-        || name.starts_with("CARGO_PKG_")
+    matches!(
+        name,
+        "OUT_DIR"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+    ) || name.starts_with("CARGO_PKG_")
         || name.starts_with("CARGO_MANIFEST_")
 }
 

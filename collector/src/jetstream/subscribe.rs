@@ -30,7 +30,7 @@ use crate::{
     fanout::{Item, PublishedAlert},
     filter::RecordFilter,
     hub::SubscribeError,
-    retention::{Attributed, Record},
+    retention::{Record, SharedAttribution},
 };
 
 /// Where a subscription resumes.
@@ -286,7 +286,7 @@ impl Reader {
             None
         };
         let node: Arc<str> = stored.node.as_str().into();
-        for (index, event) in stored.events.into_iter().enumerate() {
+        for (index, mut event) in stored.events.into_iter().enumerate() {
             let index = index as u32;
             if skip.is_some_and(|skip| index <= skip) {
                 continue;
@@ -297,7 +297,7 @@ impl Reader {
             {
                 continue;
             }
-            let (event, attribution) = Attributed::from(event).into_parts();
+            let attribution = event.attribution.take().map(SharedAttribution::new);
             let record = Record {
                 cursor: Cursor::new(sequence, index).encode(),
                 node: Arc::clone(&node),
