@@ -32,5 +32,27 @@ fn main() -> anyhow::Result<()> {
         .codec_path("crate::codec::SliceCodec")
         .compile_fds(fds)
         .context("generating code")?;
+    // The collector's side of `AgentService.Connect` again, receiving each message with its
+    // bytes (`received.rs`): written to `mapsentry.v1.AgentService.rs`, included as
+    // `received::server`.
+    let connect = tonic_build::manual::Method::builder()
+        .name("connect")
+        .route_name("Connect")
+        .input_type("crate::received::ReceivedAgentMessage")
+        .output_type("crate::v1::CollectorMessage")
+        .codec_path("crate::received::ReceivedCodec")
+        .client_streaming()
+        .server_streaming()
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("AgentService")
+        .package("mapsentry.v1")
+        .method(connect)
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .build_transport(false)
+        .out_dir(&out)
+        .compile(&[service]);
     Ok(())
 }

@@ -21,7 +21,11 @@ use std::{
 };
 
 use futures_core::Stream;
-use mapsentry_proto::v1::{AgentMessage, SubscribeRequest, observer_server::Observer as _};
+use bytes::Bytes;
+use mapsentry_proto::{
+    received::ReceivedAgentMessage,
+    v1::{SubscribeRequest, observer_server::Observer as _},
+};
 use prost::Message as _;
 use tonic::{Request, Status, metadata::MetadataValue};
 
@@ -117,12 +121,16 @@ impl Handlers {
     /// do not decode end the stream the way tonic would (nothing after them is handled).
     #[must_use]
     pub fn agent_stream(&self, mut bytes: &[u8]) -> StreamOutcome {
-        let mut next = || take_frame(&mut bytes).and_then(|f| AgentMessage::decode(f).ok());
+        // Decoded as the collector's codec decodes them, a batch's calls kept where they can be.
+        let mut next = || {
+            take_frame(&mut bytes)
+                .and_then(|f| ReceivedAgentMessage::decode(&Bytes::copy_from_slice(f)).ok())
+        };
         let mut outcome = StreamOutcome {
             acked: Vec::new(),
             refused: None,
         };
-        let (agent, mut attributions) = match crate::ingest::hello_of(next()) {
+        let (agent, mut attributions) = match crate::ingest::hello_of(next().map(|m| m.message)) {
             Ok(opened) => opened,
             Err(refused) => {
                 outcome.refused = Some(refused);

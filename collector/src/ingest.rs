@@ -13,10 +13,8 @@ use std::{
 
 use mapsentry_proto::{
     convert,
-    v1::{
-        self, AgentMessage, CollectorMessage, agent_message, agent_service_server::AgentService,
-        collector_message,
-    },
+    received::{ReceivedAgentMessage, server::agent_service_server::AgentService},
+    v1::{self, AgentMessage, CollectorMessage, agent_message, collector_message},
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -233,8 +231,9 @@ impl Ingest {
         &self,
         agent: &AgentInfo,
         attributions: &mut StreamAttributions,
-        message: AgentMessage,
+        message: ReceivedAgentMessage,
     ) -> Result<Option<u64>, IngestError> {
+        let (message, calls) = message.into_parts();
         match message.msg {
             Some(agent_message::Msg::Batch(batch)) => {
                 let arrived = Instant::now();
@@ -248,7 +247,7 @@ impl Ingest {
                         max: self.max_batch_events,
                     });
                 }
-                let events = attributions.resolve(batch.seq, batch.events)?;
+                let events = attributions.resolve(batch.seq, batch.events, calls)?;
                 for (index, event) in events.iter().enumerate() {
                     convert::validate(event.event()).map_err(|source| IngestError::Event {
                         seq: batch.seq,
@@ -304,7 +303,7 @@ impl Ingest {
         self,
         agent: AgentInfo,
         mut attributions: StreamAttributions,
-        mut inbound: Streaming<AgentMessage>,
+        mut inbound: Streaming<ReceivedAgentMessage>,
         tx: mpsc::Sender<Result<CollectorMessage, Status>>,
     ) {
         let mut closed = self.hub.closed_watch();
@@ -335,7 +334,7 @@ impl Ingest {
             };
             if let (Some(budget), Ok(Some(message))) = (budget.as_mut(), &message) {
                 let wait = budget.take(
-                    prost::Message::encoded_len(message),
+                    message.wire_len(),
                     std::time::Instant::now(),
                 );
                 if !wait.is_zero() {
@@ -381,14 +380,14 @@ impl AgentService for Ingest {
 
     async fn connect(
         &self,
-        request: Request<Streaming<AgentMessage>>,
+        request: Request<Streaming<ReceivedAgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         self.auth.agent(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_DEADLINE, inbound.message())
             .await
             .map_err(|_| IngestError::HelloDeadline)??;
-        let (agent, attributions) = hello_of(first)?;
+        let (agent, attributions) = hello_of(first.map(|first| first.message))?;
         tracing::info!(node = %agent.node, boot_id = %agent.boot_id, kernel = %agent.kernel,
             mode = %agent.attach_mode, "agent connected");
         // A restart (new boot id) is announced to subscribers by the hub.

@@ -11,8 +11,9 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_core::Stream;
-use mapsentry_proto::v1::{
-    self, agent_service_server::AgentServiceServer, observer_server::ObserverServer,
+use mapsentry_proto::{
+    received::server::agent_service_server::AgentServiceServer,
+    v1::{self, observer_server::ObserverServer},
 };
 use mapsentry_service::listen::{Acceptor, Conn};
 use tokio::{net::TcpListener, sync::watch};

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod received;
 
 /// Generated code of `mapsentry.v1`.
 pub mod v1 {

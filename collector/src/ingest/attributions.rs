@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use mapsentry_proto::{
     MAX_STREAM_ATTRIBUTIONS, convert,
     v1::{self, event::Attribution},
@@ -77,16 +78,20 @@ impl StreamAttributions {
     /// Batch `seq`'s events with their attributions held apart: each `attribution_ref` resolved
     /// to the definition it names (shared, checked when it was defined), an attribution sent
     /// inline checked against the field limits and held on its own. A reference on a V1 stream
-    /// is refused (as by validation).
+    /// is refused (as by validation). `calls` are the events' calls as received, where kept
+    /// ([`mapsentry_proto::received`]; empty: none).
     pub fn resolve(
         &self,
         seq: u64,
         events: Vec<v1::Event>,
+        calls: Vec<Option<Bytes>>,
     ) -> Result<Vec<Attributed>, IngestError> {
         // Sized up front: collecting through `Result` would grow the vector from nothing,
         // moving every event at each doubling.
         let mut resolved = Vec::with_capacity(events.len());
+        let mut calls = calls.into_iter();
         for (index, mut event) in events.into_iter().enumerate() {
+            let call = calls.next().flatten();
             let attribution = match event.attribution.take() {
                 Some(Attribution::AttributionRef(id)) => {
                     let Some(defined) = &self.defined else {
@@ -109,7 +114,7 @@ impl StreamAttributions {
                 }
                 None => None,
             };
-            resolved.push(Attributed::new(event, attribution));
+            resolved.push(Attributed::received(event, attribution, call));
         }
         Ok(resolved)
     }

@@ -102,7 +102,7 @@ async fn stored_batches_are_timed_into_the_ingest_latency_histogram() {
             .handle(
                 &agent,
                 &mut StreamAttributions::new(v1::ProtocolVersion::V1),
-                message,
+                message.into(),
             )
             .await;
     }

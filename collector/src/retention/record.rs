@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use mapsentry_proto::v1::{self, event::Attribution};
 use prost::{
     Message as _,
-    bytes::BufMut,
+    bytes::{BufMut, Bytes},
     encoding::{WireType, encode_key, encode_varint, uint64},
 };
 
@@ -90,12 +90,23 @@ impl SharedAttribution {
 
 /// An event on its way into the collector: the call (its `attribution` always `None`) and the
 /// attribution, apart, with the call's encoded size computed once (the field limits, the
-/// window's record size and the retention log's framing each need it).
-#[derive(Debug, Clone, PartialEq)]
+/// window's record size and the retention log's framing each need it), and the call's bytes
+/// where it arrived with them.
+#[derive(Debug, Clone)]
 pub struct Attributed {
     event: v1::Event,
     attribution: Option<SharedAttribution>,
     call_len: usize,
+    /// The call as received ([`mapsentry_proto::received`]): what its encoding writes, copied
+    /// rather than encoded again.
+    call: Option<Bytes>,
+}
+
+impl PartialEq for Attributed {
+    /// The same event and attribution, whether or not its bytes came with it.
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event && self.attribution == other.attribution
+    }
 }
 
 impl From<v1::Event> for Attributed {
@@ -111,12 +122,26 @@ impl Attributed {
     /// The call `event` (whose own `attribution` must be `None`) attributed to `attribution`.
     #[must_use]
     pub fn new(event: v1::Event, attribution: Option<SharedAttribution>) -> Self {
+        Self::received(event, attribution, None)
+    }
+
+    /// As [`Attributed::new`], with `call`, if kept, the call's bytes as received: exactly its
+    /// canonical encoding without an attribution ([`mapsentry_proto::received`] keeps no
+    /// others).
+    #[must_use]
+    pub fn received(
+        event: v1::Event,
+        attribution: Option<SharedAttribution>,
+        call: Option<Bytes>,
+    ) -> Self {
         debug_assert!(event.attribution.is_none(), "the attribution is held apart");
-        let call_len = event.encoded_len();
+        let call_len = call.as_ref().map_or_else(|| event.encoded_len(), Bytes::len);
+        debug_assert_eq!(call_len, event.encoded_len(), "the call's bytes are canonical");
         Self {
             event,
             attribution,
             call_len,
+            call,
         }
     }
 
@@ -131,6 +156,7 @@ impl Attributed {
         self.attribution.as_ref()
     }
 
+    /// The call and its attribution (the call's bytes, if kept, dropped).
     #[must_use]
     pub fn into_parts(self) -> (v1::Event, Option<SharedAttribution>) {
         (self.event, self.attribution)
@@ -179,7 +205,10 @@ impl Attributed {
     ) {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint((self.call_len + tail_len) as u64, buf);
-        self.event.encode_raw(buf);
+        match &self.call {
+            Some(call) => buf.put_slice(call),
+            None => self.event.encode_raw(buf),
+        }
         tail(buf);
     }
 }

@@ -46,7 +46,7 @@ fn references_resolve_to_the_one_attribution_defined_on_the_stream() {
         v1::Event::default(),
         referring(2),
     ];
-    let resolved = stream.resolve(5, events).unwrap();
+    let resolved = stream.resolve(5, events, Vec::new()).unwrap();
     let expected = |name| Some(convert::defined_attribution(&pod(name)));
     let attribution = |i: usize| resolved[i].attribution().map(|a| a.get().clone());
     assert_eq!(attribution(0), expected("db"));
@@ -69,13 +69,13 @@ fn an_inline_attribution_is_checked_against_the_field_limits() {
         attribution: Some(convert::defined_attribution(&pod(name))),
         ..v1::Event::default()
     };
-    let resolved = stream.resolve(2, vec![inline("web")]).unwrap();
+    let resolved = stream.resolve(2, vec![inline("web")], Vec::new()).unwrap();
     assert_eq!(
         resolved[0].attribution().map(|a| a.get().clone()),
         Some(convert::defined_attribution(&pod("web")))
     );
     let error = stream
-        .resolve(2, vec![inline("web"), inline(&"p".repeat(300))])
+        .resolve(2, vec![inline("web"), inline(&"p".repeat(300))], Vec::new())
         .unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -88,7 +88,7 @@ fn an_undefined_reference_is_refused_naming_the_batch_event_and_id() {
     let mut stream = v2();
     stream.apply(define(&[(1, "web")], &[])).unwrap();
     let error = stream
-        .resolve(3, vec![referring(1), referring(9)])
+        .resolve(3, vec![referring(1), referring(9)], Vec::new())
         .unwrap_err();
     assert_eq!(
         error,
@@ -127,7 +127,7 @@ fn definitions_beyond_the_bound_are_refused_and_releases_make_room() {
     stream.apply(define(&[(3, "c")], &[1])).unwrap();
     assert!(
         matches!(
-            stream.resolve(1, vec![referring(1)]),
+            stream.resolve(1, vec![referring(1)], Vec::new()),
             Err(IngestError::UndefinedRef { id: 1, .. })
         ),
         "a released id is gone"
@@ -180,7 +180,7 @@ fn a_v1_stream_may_not_define_nor_refer() {
         Err(IngestError::AttributionsOnV1)
     );
     let events = vec![v1::Event::default(), referring(1)];
-    let error = stream.resolve(1, events).unwrap_err();
+    let error = stream.resolve(1, events, Vec::new()).unwrap_err();
     assert_eq!(
         error,
         IngestError::Event {

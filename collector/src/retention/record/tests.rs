@@ -81,6 +81,34 @@ fn an_event_encodes_byte_for_byte_as_prost_encodes_it_whole() {
 }
 
 #[test]
+fn a_call_received_with_its_bytes_writes_them_as_encoding_it_would() {
+    for (pid, attribution) in attributions().into_iter().enumerate() {
+        let call = call(pid as u32);
+        let attribution = attribution.map(SharedAttribution::new);
+        let encoded = Attributed::new(call.clone(), attribution.clone());
+        // The bytes as `mapsentry_proto::received` keeps them: the call's canonical encoding,
+        // here in a buffer of its own with other bytes around it.
+        let mut arrived = b"before".to_vec();
+        arrived.extend(call.encode_to_vec());
+        arrived.extend(b"after");
+        let arrived = Bytes::from(arrived);
+        let bytes = arrived.slice(6..arrived.len() - 5);
+        let received = Attributed::received(call.clone(), attribution, Some(bytes));
+        assert_eq!(received, encoded);
+        assert_eq!(received.encoded_len(), encoded.encoded_len());
+        for write in [
+            |e: &Attributed, buf: &mut Vec<u8>| e.encode_field(5, buf),
+            |e: &Attributed, buf: &mut Vec<u8>| e.encode_field_referring(6, 300, buf),
+        ] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            write(&received, &mut ours);
+            write(&encoded, &mut theirs);
+            assert_eq!(ours, theirs, "{call:?}");
+        }
+    }
+}
+
+#[test]
 fn events_sharing_one_attribution_are_each_whole_on_the_wire() {
     let shared = SharedAttribution::new(pod());
     let records: Vec<Record> = (1..=3)
