@@ -289,12 +289,12 @@ fn event(namespace: &str, path_bytes: usize, n: u64) -> v1::Event {
             path: format!("/opt/{}", "x".repeat(path_bytes)),
             ..v1::FileInfo::default()
         }),
-        attribution: Some(v1::event::Attribution::Pod(v1::PodAttribution {
+        attribution: Some(v1::event::Attribution::Pod(Box::new(v1::PodAttribution {
             namespace: Some(namespace.into()),
             pod: Some("api-7d9f".into()),
             resolved: true,
             ..v1::PodAttribution::default()
-        })),
+        }))),
         ..v1::Event::default()
     }
 }

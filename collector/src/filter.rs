@@ -104,7 +104,7 @@ impl RecordFilter {
     pub fn matches(&self, node: &str, event: &Event, attribution: Option<&Attribution>) -> bool {
         let (prot, flags) = event.args.as_ref().map_or((0, 0), |a| (a.prot, a.flags));
         let pod = match attribution {
-            Some(Attribution::Pod(pod)) => Some(pod),
+            Some(Attribution::Pod(pod)) => Some(&**pod),
             _ => None,
         };
         let namespace = pod.and_then(|pod| pod.namespace.as_ref());

@@ -20,8 +20,8 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use futures_core::Stream;
 use bytes::Bytes;
+use futures_core::Stream;
 use mapsentry_proto::{
     received::ReceivedAgentMessage,
     v1::{SubscribeRequest, observer_server::Observer as _},

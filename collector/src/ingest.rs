@@ -333,10 +333,7 @@ impl Ingest {
                 }
             };
             if let (Some(budget), Ok(Some(message))) = (budget.as_mut(), &message) {
-                let wait = budget.take(
-                    message.wire_len(),
-                    std::time::Instant::now(),
-                );
+                let wait = budget.take(message.wire_len(), std::time::Instant::now());
                 if !wait.is_zero() {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}

@@ -72,7 +72,7 @@ fn events() -> Vec<v1::Event> {
     vec![
         v1::Event {
             args: Some(args(7, 0x22, -1)),
-            attribution: Some(v1::event::Attribution::Pod(v1::PodAttribution {
+            attribution: Some(v1::event::Attribution::Pod(Box::new(v1::PodAttribution {
                 namespace: Some("team-a".into()),
                 pod: Some("api-7d9f".into()),
                 container: Some("api".into()),
@@ -86,7 +86,7 @@ fn events() -> Vec<v1::Event> {
                     name: "api".into(),
                 }),
                 resolved: true,
-            })),
+            }))),
             ..base.clone()
         },
         v1::Event {
@@ -104,12 +104,12 @@ fn events() -> Vec<v1::Event> {
                 action: v1::EnforceAction::Kill.into(),
                 rule_id: 3,
             }),
-            attribution: Some(v1::event::Attribution::Pod(v1::PodAttribution {
+            attribution: Some(v1::event::Attribution::Pod(Box::new(v1::PodAttribution {
                 namespace: Some("team-b".into()),
                 pod: Some("batch-1".into()),
                 resolved: true,
                 ..v1::PodAttribution::default()
-            })),
+            }))),
             ..base.clone()
         },
         v1::Event {
@@ -160,7 +160,7 @@ fn by_reference(events: Vec<v1::Event>) -> (Vec<v1::AttributionDefinition>, Vec<
         .zip(events)
         .map(|(id, mut event)| {
             let attribution = match event.attribution.take() {
-                Some(Inline::Pod(pod)) => Defined::Pod(pod),
+                Some(Inline::Pod(pod)) => Defined::Pod(*pod),
                 Some(Inline::Host(host)) => Defined::Host(host),
                 Some(Inline::Unknown(unknown)) => Defined::Unknown(unknown),
                 other => panic!("{other:?} is no inline attribution"),

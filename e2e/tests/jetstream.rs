@@ -255,13 +255,13 @@ fn event(pid: u32, wx: bool) -> Event {
             ..MmapArgs::default()
         }),
         ret: 0x7f00_0000_0000,
-        attribution: Some(Attribution::Pod(PodAttribution {
+        attribution: Some(Attribution::Pod(Box::new(PodAttribution {
             namespace: Some("shop".into()),
             pod: Some("web".into()),
             container: Some("app".into()),
             resolved: true,
             ..PodAttribution::default()
-        })),
+        }))),
         ..Event::default()
     }
 }

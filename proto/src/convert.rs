@@ -136,7 +136,7 @@ pub fn capture_fields(event: &MmapEvent) -> v1::Event {
 pub fn attribution_to_wire(attribution: &Attribution) -> v1::event::Attribution {
     use v1::event::Attribution as Wire;
     match attribution {
-        Attribution::Pod(meta) => Wire::Pod(pod_to_wire(meta)),
+        Attribution::Pod(meta) => Wire::Pod(Box::new(pod_to_wire(meta))),
         Attribution::Host { cgroup, unit } => Wire::Host(v1::HostAttribution {
             cgroup: cgroup.clone(),
             unit: unit.clone(),
@@ -172,7 +172,7 @@ pub fn defined_attribution(
     use v1::attribution_definition::Attribution as Defined;
     use v1::event::Attribution as Wire;
     match defined {
-        Defined::Pod(pod) => Wire::Pod(pod.clone()),
+        Defined::Pod(pod) => Wire::Pod(Box::new(pod.clone())),
         Defined::Host(host) => Wire::Host(host.clone()),
         Defined::Unknown(unknown) => Wire::Unknown(*unknown),
     }

@@ -7,7 +7,7 @@ use super::*;
 fn pod_event(pod: PodAttribution) -> v1::Event {
     v1::Event {
         comm: "java".into(),
-        attribution: Some(Attribution::Pod(pod)),
+        attribution: Some(Attribution::Pod(Box::new(pod))),
         ..v1::Event::default()
     }
 }

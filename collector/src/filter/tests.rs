@@ -235,7 +235,7 @@ fn attributed(attribution: Option<mapsentry_proto::v1::event::Attribution>) -> E
 
 fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Event {
     attributed(Some(mapsentry_proto::v1::event::Attribution::Pod(
-        mapsentry_proto::v1::PodAttribution {
+        Box::new(mapsentry_proto::v1::PodAttribution {
             namespace: Some(namespace.into()),
             pod: Some(name.into()),
             labels: labels
@@ -244,7 +244,7 @@ fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Event {
                 .collect(),
             resolved: true,
             ..mapsentry_proto::v1::PodAttribution::default()
-        },
+        }),
     )))
 }
 
@@ -262,10 +262,10 @@ fn attribution_filters_select_pods() {
             },
         ))), // 3
         attributed(Some(mapsentry_proto::v1::event::Attribution::Pod(
-            mapsentry_proto::v1::PodAttribution {
+            Box::new(mapsentry_proto::v1::PodAttribution {
                 pod_uid: Some("u".into()),
                 ..mapsentry_proto::v1::PodAttribution::default()
-            },
+            }),
         ))), // 4: unresolved pod
         attributed(None),                                        // 5
     ];

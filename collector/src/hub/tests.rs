@@ -19,11 +19,12 @@ fn agent(node: &str, boot: &str) -> AgentInfo {
 /// Events `pids`, as ingest hands them over; the even ones from a pod (one attribution shared by
 /// them all, as a V2 stream's definition is), the odd ones from the host.
 fn events(pids: std::ops::Range<u32>) -> Vec<Attributed> {
-    let pod = crate::retention::SharedAttribution::new(Attribution::Pod(v1::PodAttribution {
-        namespace: Some("shop".into()),
-        pod: Some("web-1".into()),
-        ..v1::PodAttribution::default()
-    }));
+    let pod =
+        crate::retention::SharedAttribution::new(Attribution::Pod(Box::new(v1::PodAttribution {
+            namespace: Some("shop".into()),
+            pod: Some("web-1".into()),
+            ..v1::PodAttribution::default()
+        })));
     let host = Attribution::Host(v1::HostAttribution {
         cgroup: "/system.slice/sshd.service".into(),
         unit: None,

@@ -135,8 +135,14 @@ impl Attributed {
         call: Option<Bytes>,
     ) -> Self {
         debug_assert!(event.attribution.is_none(), "the attribution is held apart");
-        let call_len = call.as_ref().map_or_else(|| event.encoded_len(), Bytes::len);
-        debug_assert_eq!(call_len, event.encoded_len(), "the call's bytes are canonical");
+        let call_len = call
+            .as_ref()
+            .map_or_else(|| event.encoded_len(), Bytes::len);
+        debug_assert_eq!(
+            call_len,
+            event.encoded_len(),
+            "the call's bytes are canonical"
+        );
         Self {
             event,
             attribution,

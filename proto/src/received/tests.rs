@@ -113,10 +113,10 @@ fn events_not_in_canonical_form_keep_no_bytes_and_decode_as_prost_decodes_them()
     out_of_order.extend(plain.encode_to_vec());
     // An inline attribution overridden by a reference (the oneof's last wins).
     let mut overridden = call_bytes(&plain);
-    let pod = Attribution::Pod(PodAttribution {
+    let pod = Attribution::Pod(Box::new(PodAttribution {
         pod: Some("web-0".into()),
         ..Default::default()
-    });
+    }));
     pod.encode(&mut overridden);
     encode_key(103, WireType::Varint, &mut overridden);
     encode_varint(1, &mut overridden);
@@ -141,7 +141,10 @@ fn events_not_in_canonical_form_keep_no_bytes_and_decode_as_prost_decodes_them()
     prost::encoding::bytes::encode(2, &batch, &mut message);
 
     let got = ReceivedAgentMessage::decode(&Bytes::from(message.clone())).unwrap();
-    assert_eq!(got.message, AgentMessage::decode(message.as_slice()).unwrap());
+    assert_eq!(
+        got.message,
+        AgentMessage::decode(message.as_slice()).unwrap()
+    );
     let (message, calls) = got.into_parts();
     let kept: Vec<bool> = calls.iter().map(Option::is_some).collect();
     assert_eq!(kept, [true, false, false, false, true, false, false]);
@@ -152,7 +155,13 @@ fn events_not_in_canonical_form_keep_no_bytes_and_decode_as_prost_decodes_them()
         if let Some(call) = call {
             let read = v1::Event::decode(call.as_ref()).unwrap();
             assert_eq!(read.attribution, None);
-            assert_eq!(read, v1::Event { attribution: None, ..event.clone() });
+            assert_eq!(
+                read,
+                v1::Event {
+                    attribution: None,
+                    ..event.clone()
+                }
+            );
         }
     }
 }
@@ -204,7 +213,11 @@ async fn the_codec_keeps_calls_however_the_frames_arrive() {
             .map(|i| event(i, Some(Attribution::AttributionRef(u64::from(i % 3) + 1))))
             .collect(),
     );
-    let bytes = [frame(&message.encode_to_vec()), frame(&message.encode_to_vec())].concat();
+    let bytes = [
+        frame(&message.encode_to_vec()),
+        frame(&message.encode_to_vec()),
+    ]
+    .concat();
     for chunk in [bytes.len(), 1, 7, 1000] {
         let chunks: Vec<Result<Frame<Bytes>, Infallible>> = bytes
             .chunks(chunk)

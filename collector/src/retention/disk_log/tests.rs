@@ -10,12 +10,12 @@ fn event(pid: u32) -> v1::Event {
             fd: -1,
             ..Default::default()
         }),
-        attribution: Some(v1::event::Attribution::Pod(v1::PodAttribution {
+        attribution: Some(v1::event::Attribution::Pod(Box::new(v1::PodAttribution {
             namespace: Some("shop".into()),
             pod: Some(format!("web-{pid}")),
             labels: [("app".to_owned(), "web".to_owned())].into(),
             ..Default::default()
-        })),
+        }))),
         ..Default::default()
     }
 }

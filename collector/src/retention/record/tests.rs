@@ -6,7 +6,7 @@ use prost::Message as _;
 use super::*;
 
 fn pod() -> Attribution {
-    Attribution::Pod(v1::PodAttribution {
+    Attribution::Pod(Box::new(v1::PodAttribution {
         namespace: Some("shop".into()),
         pod: Some("web-7d9c".into()),
         container: Some("app".into()),
@@ -20,7 +20,7 @@ fn pod() -> Attribution {
         }),
         resolved: true,
         ..Default::default()
-    })
+    }))
 }
 
 fn call(pid: u32) -> v1::Event {
