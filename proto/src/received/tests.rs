@@ -198,6 +198,45 @@ fn a_message_that_does_not_parse_is_refused_as_prost_refuses_it() {
     );
 }
 
+#[test]
+fn every_cut_and_every_flipped_byte_of_a_batch_decodes_as_prost_decodes_it() {
+    let message = batch_of(
+        (0..4)
+            .map(|i| event(i, (i > 0).then_some(Attribution::AttributionRef(u64::from(i)))))
+            .collect(),
+    )
+    .encode_to_vec();
+    let mut inputs: Vec<Vec<u8>> = (0..message.len()).map(|n| message[..n].to_vec()).collect();
+    for i in 0..message.len() {
+        for flip in [0x01, 0x80, 0xff] {
+            let mut flipped = message.clone();
+            flipped[i] ^= flip;
+            inputs.push(flipped);
+        }
+    }
+    for input in inputs {
+        let ours = ReceivedAgentMessage::decode(&Bytes::from(input.clone()));
+        let prosts = AgentMessage::decode(input.as_slice());
+        match (ours, prosts) {
+            (Ok(ours), Ok(prosts)) => {
+                assert_eq!(ours.message, prosts, "{input:?}");
+                // What is kept decodes to the call it stands for.
+                let (message, calls) = ours.into_parts();
+                if let Some(Msg::Batch(batch)) = message.msg {
+                    for (call, event) in calls.iter().zip(&batch.events) {
+                        if let Some(call) = call {
+                            let read = v1::Event::decode(call.as_ref()).unwrap();
+                            assert_eq!(read, v1::Event { attribution: None, ..event.clone() });
+                        }
+                    }
+                }
+            }
+            (Err(ours), Err(prosts)) => assert_eq!(ours, prosts, "{input:?}"),
+            (ours, prosts) => panic!("{input:?}: ours {ours:?}, prost's {prosts:?}"),
+        }
+    }
+}
+
 /// gRPC framing: uncompressed flag, big-endian length, the message.
 fn frame(message: &[u8]) -> Vec<u8> {
     let mut framed = vec![0];
