@@ -298,3 +298,46 @@ fn an_acked_batch_releases_its_attributions_which_stay_as_a_cache() {
     buffer.push(&attributed(1, &pod("a")));
     assert_eq!(refs_of(buffer.get_mut(2).unwrap()), vec![1], "reused");
 }
+
+#[test]
+fn the_collector_keeps_every_call_of_a_sealed_batch_as_sent() {
+    // What the collector's decoder keeps of a batch (`mapsentry_proto::received`), it copies
+    // into its retention log instead of encoding the call again: every event of the agent's
+    // batches, with an attribution id or without one (events from a cgroup nothing resolved).
+    let web = pod("web");
+    let mut buffer = Buffer::new(limits(8, 1 << 20, 1 << 20));
+    for i in 0..6 {
+        let mut event = attributed(i, &web);
+        if i.is_multiple_of(3) {
+            event.attribution = None;
+        }
+        event.file = i.is_multiple_of(2).then(|| mapsentry_policy::FileInfo {
+            path: "/usr/lib/libc.so.6".into(),
+            inode: 77,
+            dev: 0x803,
+            memfd: false,
+            shm: false,
+            deleted: false,
+            path_truncated: false,
+            fs_magic: 0xef53,
+        });
+        buffer.push(&event);
+    }
+    buffer.seal();
+    let batch = buffer.get_mut(1).unwrap();
+    let bytes = prost::bytes::Bytes::copy_from_slice(batch.message.as_bytes());
+    let received = mapsentry_proto::received::ReceivedAgentMessage::decode(&bytes).unwrap();
+    let (message, calls) = received.into_parts();
+    let Some(v1::agent_message::Msg::Batch(sent)) = message.msg else {
+        panic!("a batch")
+    };
+    assert_eq!(calls.len(), 6);
+    for (call, event) in calls.iter().zip(&sent.events) {
+        let call = call.as_ref().expect("kept");
+        let without = v1::Event {
+            attribution: None,
+            ..event.clone()
+        };
+        assert_eq!(call.as_ref(), without.encode_to_vec());
+    }
+}
