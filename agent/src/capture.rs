@@ -11,7 +11,7 @@ use mapsentry_policy::MmapEvent;
 use crate::{
     enforce::{RuleMaps, RuleTable},
     events::{RecordReader, wire},
-    probe::{self, AttachError, AttachMode, Attached, kernel},
+    probe::{self, AttachError, AttachMode, Attached, TracepointHooks, kernel},
 };
 
 /// Ring buffer size when none is given: room for ~50,000 anonymous-mapping records.
@@ -22,6 +22,9 @@ pub const DEFAULT_WAKEUP_BYTES: u64 = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
     pub attach: AttachMode,
+    /// Which tracepoints tracepoint mode hooks (per-syscall ones where the kernel runs no ia32
+    /// calls, unless told to keep the generic pair).
+    pub tracepoint_hooks: TracepointHooks,
     /// Report only this process (in-kernel filter); `None` reports every process.
     pub pid: Option<u32>,
     /// Report only calls whose `prot` has one of these bits (in-kernel filter); 0 reports all.
@@ -40,6 +43,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
             attach: AttachMode::Auto,
+            tracepoint_hooks: TracepointHooks::Auto,
             pid: None,
             prot_any: 0,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
@@ -152,7 +156,7 @@ impl Capture {
                 reason: probe::chain(&e),
             })?;
 
-        let mut attached = probe::attach(&mut ebpf, config.attach, &btf)?;
+        let mut attached = probe::attach(&mut ebpf, config.attach, config.tracepoint_hooks, &btf)?;
         let exec_tracking = probe::attach_exec_tracking(&mut ebpf, &btf)
             .map_err(|reason| Error::ExecTracking { reason })?;
         tracing::debug!(%exec_tracking, "exec tracking attached");

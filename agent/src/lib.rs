@@ -14,4 +14,4 @@ pub mod probe;
 pub mod shipper;
 
 pub use capture::{Capture, CaptureConfig, KernelCounters};
-pub use probe::{AttachMode, Attached};
+pub use probe::{AttachMode, Attached, TracepointHooks};

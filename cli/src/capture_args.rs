@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use mapsentry_agent::{
-    AttachMode, CaptureConfig,
+    AttachMode, CaptureConfig, TracepointHooks,
     capture::{DEFAULT_RING_BUFFER_BYTES, DEFAULT_WAKEUP_BYTES},
     metadata::EnrichConfig,
 };
@@ -13,6 +13,13 @@ pub struct CaptureArgs {
     /// How to hook the kernel: auto picks the cheapest mode this kernel supports.
     #[arg(long, default_value = "auto", value_parser = parse_attach)]
     pub attach: AttachMode,
+    /// Which tracepoints the tracepoint mode hooks. auto: the per-syscall tracepoints of the
+    /// mapping calls where the kernel runs no ia32 calls (no cost to other system calls), else
+    /// the generic sys_enter/sys_exit pair (every system call pays for it, ia32 calls seen);
+    /// generic: always the pair; per-syscall: always the per-syscall ones, blind to every ia32
+    /// call (int $0x80 from any process), for kernels known to run none.
+    #[arg(long, default_value = "auto", value_parser = parse_hooks)]
+    pub tracepoint_hooks: TracepointHooks,
     /// Only this process (filtered in the kernel).
     #[arg(long)]
     pub pid: Option<u32>,
@@ -43,6 +50,10 @@ fn parse_attach(s: &str) -> Result<AttachMode, String> {
     s.parse()
 }
 
+fn parse_hooks(s: &str) -> Result<TracepointHooks, String> {
+    s.parse()
+}
+
 impl CaptureArgs {
     /// How long events wait for their pod and container.
     pub fn enrich(&self) -> EnrichConfig {
@@ -64,6 +75,7 @@ impl CaptureArgs {
             ring_buffer_bytes: self.ring_buffer_bytes,
             wakeup_bytes: self.wakeup_bytes,
             btf: self.btf.clone(),
+            tracepoint_hooks: self.tracepoint_hooks,
         }
     }
 }

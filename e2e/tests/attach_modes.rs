@@ -8,7 +8,7 @@
 //! (`mapsentry_e2e::kernel_modes`).
 
 use mapsentry_agent::{AttachMode, probe};
-use mapsentry_e2e::kernel_modes::kernel_modes;
+use mapsentry_e2e::kernel_modes::{ia32_runs, kernel_modes};
 
 /// The concrete modes the running kernel allows (`true`) or refuses (`false`), as bpftrace
 /// finds them, comma-separated.
@@ -37,6 +37,23 @@ fn list(var: &str, allowed: bool) -> Vec<(AttachMode, Option<String>)> {
         .collect()
 }
 
+#[test]
+fn the_agent_s_ia32_answer_is_what_the_kernel_was_booted_with() {
+    let answer = probe::ia32::ia32_calls();
+    println!("ia32 calls: {answer:?}");
+    if ia32_runs() {
+        assert!(
+            matches!(answer, probe::ia32::Ia32Calls::Run(_)),
+            "{answer:?}"
+        );
+    } else {
+        assert_eq!(
+            answer,
+            probe::ia32::Ia32Calls::Refused("booted with ia32_emulation=false".into())
+        );
+    }
+}
+
 fn name(mode: AttachMode, function: Option<&str>) -> String {
     function.map_or_else(|| mode.to_string(), |f| format!("{mode}@{f}"))
 }
@@ -49,7 +66,15 @@ fn the_probe_accepts_what_this_kernel_can_attach() {
         let hook = probe::probe_mode(mode, function.as_deref(), &btf)
             .unwrap_or_else(|e| panic!("{what} must be available here: {e}"));
         match (mode, function) {
-            (AttachMode::Tracepoint, _) => assert!(hook.ends_with("sys_enter/sys_exit"), "{hook}"),
+            // Where the kernel runs no ia32 calls, the per-syscall tracepoints lose nothing.
+            (AttachMode::Tracepoint, _) if ia32_runs() => {
+                assert!(hook.ends_with(" sys_enter/sys_exit"), "{hook}");
+            }
+            (AttachMode::Tracepoint, _) => assert_eq!(
+                hook,
+                format!("tracepoint {}", probe::PER_SYSCALL_TARGET),
+                "{what}"
+            ),
             (_, Some(function)) => assert_eq!(hook, function, "{what}"),
             (_, None) => assert_eq!(
                 hook,

@@ -4,8 +4,13 @@
 
 mod common;
 
-use common::{Helper, capture, drain_pid, mmap_call, records_for, the_record};
-use mapsentry_agent::{AttachMode, CaptureConfig};
+use std::os::unix::process::ExitStatusExt;
+
+use common::{
+    Helper, capture, drain_pid, expected_mode, int80_call, mmap_call, records_for, the_record,
+};
+use mapsentry_agent::{AttachMode, Capture, CaptureConfig, TracepointHooks};
+use mapsentry_e2e::kernel_modes::ia32_runs;
 use mapsentry_policy::{MmapEvent, Syscall};
 use serde_json::{Value, json};
 
@@ -236,8 +241,21 @@ fn own_uid() -> u32 {
         .expect("a number")
 }
 
+/// SIGSEGV: what `int $0x80` raises where the kernel runs no ia32 calls (no gate for it).
+const SIGSEGV: i32 = 11;
+/// ENOEXEC: what exec of a 32-bit program fails with there.
+const ENOEXEC: i32 = 8;
+
 #[tokio::test]
 async fn ia32_mmap2_and_old_mmap_carry_their_page_offsets_and_fd() {
+    if !ia32_runs() {
+        // Nothing to capture: the kernel must refuse to start a 32-bit program at all.
+        let error = std::process::Command::new(env!("MMAP2_CALL"))
+            .spawn()
+            .expect_err("a 32-bit program started on a kernel said to run no ia32 calls");
+        assert_eq!(error.raw_os_error(), Some(ENOEXEC), "{error}");
+        return;
+    }
     let helper = Helper::spawn(env!("MMAP2_CALL"), &[]);
     let pid = helper.pid;
     let mut capture = capture(&CaptureConfig {
@@ -293,5 +311,121 @@ async fn ia32_mmap2_and_old_mmap_carry_their_page_offsets_and_fd() {
         } else {
             assert_eq!(record.file, None, "{name}");
         }
+    }
+}
+
+/// Checks each ia32 call the int80 helper reported against its one record.
+fn check_int80_calls(report: &serde_json::Value, events: &[MmapEvent], mode: AttachMode) {
+    let calls = report["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 3, "{report}");
+    for call in calls {
+        let mut call = call.clone();
+        call["tid"] = report["tid"].clone();
+        let name = format!("int $0x80 {} in {mode} mode", call["syscall"]);
+        assert!(
+            call["ret"].as_i64().unwrap() >= 0,
+            "{name}: the call failed: {call}"
+        );
+        let record = the_record(events, &call, &name);
+        let want = Syscall::from_name(call["syscall"].as_str().unwrap()).unwrap();
+        assert_eq!(record.syscall, want, "{name}");
+        assert!(!record.args_unreadable, "{name}");
+        assert_eq!(record.comm, "int80-call", "{name}");
+    }
+}
+
+/// Any 64-bit process can make ia32 calls (`int $0x80`): a capture that misses them is blind to
+/// a mapping made that way. Every mode must see them where the kernel runs them; where it runs
+/// none, the call must fault instead (which is what lets tracepoint mode use the per-syscall
+/// tracepoints there).
+#[tokio::test]
+async fn ia32_calls_from_a_64_bit_process_are_captured_or_refused_by_the_kernel() {
+    let helper = Helper::spawn(int80_call(), &[]);
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ..CaptureConfig::default()
+    });
+    let mode = capture.attached().mode;
+    if ia32_runs() {
+        let report = helper.go();
+        let events = drain_pid(&mut capture, pid);
+        check_int80_calls(&report, &events, mode);
+    } else {
+        let (status, report) = helper.go_until_exit();
+        assert_eq!(
+            status.signal(),
+            Some(SIGSEGV),
+            "{status}; report {report:?}"
+        );
+        assert_eq!(report, None);
+        let events = drain_pid(&mut capture, pid);
+        assert!(events.is_empty(), "{events:#?}");
+    }
+}
+
+/// Tracepoint mode with the per-syscall tracepoints, forced whatever the kernel: every native
+/// call captured exactly (the unaligned offset too: the syscall events fire before x86's
+/// sys_mmap refuses it), and, where the kernel runs ia32 calls, none of those: the blind spot
+/// that keeps `auto` hooks on the generic pair there.
+#[tokio::test]
+async fn per_syscall_tracepoints_see_every_native_call_and_no_ia32_call() {
+    if expected_mode() != AttachMode::Tracepoint {
+        println!(
+            "not run in {} mode: forces tracepoint mode, which the tracepoint run covers",
+            expected_mode()
+        );
+        return;
+    }
+    let start = |pid: u32| {
+        let config = CaptureConfig {
+            attach: AttachMode::Tracepoint,
+            tracepoint_hooks: TracepointHooks::PerSyscall,
+            pid: Some(pid),
+            ..CaptureConfig::default()
+        };
+        let capture = Capture::start(&config).expect("per-syscall tracepoints (needs tracefs)");
+        assert_eq!(
+            capture.attached().target,
+            "tracepoint syscalls/sys_{enter,exit}_{mmap,mprotect,pkey_mprotect}"
+        );
+        capture
+    };
+
+    let cases = cases();
+    let calls: Vec<Value> = cases.iter().map(|(_, call, _)| call.clone()).collect();
+    let helper = Helper::spawn(mmap_call(), &[&json!({ "calls": calls }).to_string()]);
+    let pid = helper.pid;
+    let mut capture = start(pid);
+    let report = helper.go();
+    let events = drain_pid(&mut capture, pid);
+    let results = report["results"].as_array().expect("results");
+    for ((name, _, file), result) in cases.iter().zip(results) {
+        check_call(name, the_record(&events, result, name), result, *file, pid);
+    }
+    drop(capture);
+
+    let helper = Helper::spawn(int80_call(), &[]);
+    let pid = helper.pid;
+    let mut capture = start(pid);
+    let (status, report) = helper.go_until_exit();
+    let events = drain_pid(&mut capture, pid);
+    if ia32_runs() {
+        assert!(status.success(), "{status}");
+        assert_eq!(
+            report.expect("the helper's report")["calls"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(
+            events.is_empty(),
+            "the per-syscall events skip ia32 calls; if they now see them, auto can use them \
+             everywhere: {events:#?}"
+        );
+    } else {
+        assert_eq!(status.signal(), Some(SIGSEGV), "{status}");
+        assert!(events.is_empty(), "{events:#?}");
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use common::{Helper, forward_lines, mapsentry_bin, mmap_call};
 use mapsentry_agent::AttachMode;
-use mapsentry_e2e::kernel_modes::kernel_modes;
+use mapsentry_e2e::kernel_modes::{ia32_runs, kernel_modes};
 use serde_json::{Value, json};
 
 /// `mapsentry run` with its stdout and stderr lines arriving on channels.
@@ -82,7 +82,7 @@ fn json_lines_follow_the_contract_and_sigterm_prints_totals() {
     // `auto` takes the cheapest mode this kernel allows and says why it passed over cheaper ones.
     let mode = kernel_modes().cheapest();
     assert_eq!(attached["mode"], mode.as_str(), "{attached}");
-    if mode == AttachMode::Tracepoint {
+    if mode == AttachMode::Tracepoint && ia32_runs() {
         assert_eq!(
             attached["target"], "tp_btf sys_enter/sys_exit",
             "BTF tracepoints where the kernel allows them"

@@ -49,6 +49,41 @@ int BPF_PROG(ms_tp_exit, struct pt_regs *regs, long ret)
 }
 
 /*
+ * Mode `tracepoint` on a kernel that runs no ia32 calls (built without IA32_EMULATION, or booted
+ * with ia32_emulation=false): the per-syscall tracepoints of mmap, mprotect and pkey_mprotect,
+ * one program each way attached to the three. An unrelated call then pays only the kernel's
+ * syscall-tracing test, not a BPF program (BENCHMARKS.md, "The tracepoint tax ... hook by
+ * hook"); these events skip ia32 calls, which is why they serve only where none can be made.
+ * The caller's user registers come from its task, as in the kprobe and fentry modes.
+ *   syscall_trace_enter -> trace_sys_enter -> perf_syscall_enter (per-syscall bitmap test)
+ */
+struct ms_syscall_enter_args {
+	__u64 common; /* type, flags, preempt_count, pid */
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct ms_syscall_exit_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int ms_sc_enter(struct ms_syscall_enter_args *ctx)
+{
+	return ms_on_enter(ms_user_regs(), ctx->nr, true, true);
+}
+
+SEC("tracepoint/syscalls/sys_exit_mmap")
+int ms_sc_exit(struct ms_syscall_exit_args *ctx)
+{
+	return ms_on_exit(ms_user_regs(), ctx->nr, ctx->ret, true);
+}
+
+/*
  * Mode `kprobe`: the kernel function every mapping call goes through; the agent attaches to
  * do_mmap2 where the kernel has it, else ksys_mmap_pgoff:
  *   __x64_sys_mmap / __ia32_sys_mmap2 / __ia32_compat_sys_ia32_mmap -> ksys_mmap_pgoff

@@ -17,12 +17,13 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 const RUSTFLAGS: &str = "-C target-feature=+crt-static";
 
 /// Absolute paths of what was built. The tests find their helpers by paths compiled into them
-/// (`CARGO_BIN_EXE_mmap_call`, `MMAP2_CALL`), so the initramfs keeps every file at its path.
+/// (`CARGO_BIN_EXE_mmap_call`, `MMAP2_CALL`, `INT80_CALL`), so the initramfs keeps every file at its path.
 #[derive(Debug)]
 pub struct Built {
     /// Test executables by test target name (`capture`, `concurrency`, ...).
     pub tests: BTreeMap<String, PathBuf>,
-    /// Programs the tests start: `mmap_call`, the 32-bit `mmap2-call` and `mapsentry`.
+    /// Programs the tests start: `mmap_call`, the 32-bit `mmap2-call`, `int80-call` and
+    /// `mapsentry`.
     pub helpers: Vec<PathBuf>,
 }
 
@@ -98,6 +99,9 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
+/// The C helpers e2e's build script compiles into its `OUT_DIR` (`e2e/build.rs`).
+const C_HELPERS: [&str; 2] = ["mmap2-call", "int80-call"];
+
 /// Pick the test executables and helpers out of cargo's messages.
 fn collect<'a>(messages: impl Iterator<Item = &'a Value>) -> anyhow::Result<Built> {
     let mut tests = BTreeMap::new();
@@ -126,12 +130,14 @@ fn collect<'a>(messages: impl Iterator<Item = &'a Value>) -> anyhow::Result<Buil
                     .is_some_and(|id| id.contains("mapsentry-e2e")) =>
             {
                 let out = message["out_dir"].as_str().unwrap_or_default();
-                helpers.push(Path::new(out).join("mmap2-call"));
+                for helper in C_HELPERS {
+                    helpers.push(Path::new(out).join(helper));
+                }
             }
             _ => {}
         }
     }
-    for name in ["mmap_call", "mmap2-call", "mapsentry"] {
+    for name in ["mmap_call", "mapsentry"].into_iter().chain(C_HELPERS) {
         if !helpers.iter().any(|h| h.file_name() == Some(name.as_ref())) {
             bail!("cargo built no {name}: cannot run the e2e tests without it");
         }

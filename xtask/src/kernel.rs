@@ -23,32 +23,65 @@ const META_PACKAGE: &str = "linux-image-cloud-amd64";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernel {
     pub name: &'static str,
+    /// The Debian kernel it boots, and its directory in the cache: entries of the matrix that
+    /// boot the same kernel differently share it.
+    release: &'static str,
     /// Lines of the private sources.list (`deb` is prepended).
     sources: &'static [(&'static str, &'static str)],
-    /// Modes whose programs must load, attach and pass the capture tests here.
+    /// Added to the kernel command line.
+    pub boot_args: &'static str,
+    /// Modes whose programs load and attach here (`auto` must pick the cheapest).
     pub modes: &'static [Mode],
+    /// The modes the per-mode suites run in: all of `modes`, or those this boot is about.
+    pub tested: &'static [Mode],
+    /// Whether this boot runs ia32 calls (the tests expect the capture to see them, or the
+    /// kernel to refuse them and tracepoint mode to use the per-syscall tracepoints).
+    pub ia32: bool,
     /// What the feature probe must accept and refuse (`mode` or `mode@function`, comma-separated).
     pub probe_ok: &'static str,
     pub probe_refused: &'static str,
 }
 
-pub const KERNELS: [Kernel; 2] = [
+const ALL_MODES: &[Mode] = &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint];
+
+pub const KERNELS: [Kernel; 3] = [
     Kernel {
         name: "6.1",
+        release: "6.1",
+        boot_args: "",
         sources: &[
             (ARCHIVE, "bookworm"),
             (ARCHIVE, "bookworm-updates"),
             (SECURITY, "bookworm-security"),
         ],
-        modes: &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint],
+        modes: ALL_MODES,
+        tested: ALL_MODES,
+        ia32: true,
         // x86 BPF trampolines take at most six arguments before 6.6: do_mmap has nine.
         probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,kprobe@do_mmap",
         probe_refused: "fentry@do_mmap",
     },
     Kernel {
         name: "6.12",
+        release: "6.12",
+        boot_args: "",
         sources: &[(ARCHIVE, "bookworm-backports")],
-        modes: &[Mode::Kprobe, Mode::Fentry, Mode::Tracepoint],
+        modes: ALL_MODES,
+        tested: ALL_MODES,
+        ia32: true,
+        probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,fentry@do_mmap,kprobe@do_mmap",
+        probe_refused: "",
+    },
+    // The same kernel with ia32 emulation off (6.7+): tracepoint mode must use the per-syscall
+    // tracepoints and lose nothing; the other modes hook the same functions as with it on.
+    Kernel {
+        name: "6.12-no-ia32",
+        release: "6.12",
+        boot_args: "ia32_emulation=false",
+        sources: &[(ARCHIVE, "bookworm-backports")],
+        modes: ALL_MODES,
+        tested: &[Mode::Tracepoint],
+        ia32: false,
         probe_ok: "fentry,kprobe,tracepoint,fentry@ksys_mmap_pgoff,fentry@do_mmap,kprobe@do_mmap",
         probe_refused: "",
     },
@@ -79,20 +112,20 @@ impl Kernel {
 
 /// The kernel's `vmlinuz` in the cache, fetched first if it is not there yet.
 pub fn fetch(kernel: Kernel, cache: &Path) -> anyhow::Result<PathBuf> {
-    let dir = cache.join(kernel.name);
+    let dir = cache.join(kernel.release);
     let vmlinuz = dir.join("vmlinuz");
     if vmlinuz.is_file() {
         let package = fs::read_to_string(dir.join("package")).unwrap_or_default();
         eprintln!(
             "xtask vm-test: kernel {} from the cache ({})",
-            kernel.name,
+            kernel.release,
             package.trim()
         );
         return Ok(vmlinuz);
     }
     eprintln!(
         "xtask vm-test: fetching kernel {} into {}",
-        kernel.name,
+        kernel.release,
         dir.display()
     );
     let apt = PrivateApt::new(kernel)?;
@@ -140,7 +173,7 @@ impl PrivateApt {
     fn new(kernel: Kernel) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "mapsentry-apt-{}-{}",
-            kernel.name,
+            kernel.release,
             std::process::id()
         ));
         let _ = fs::remove_dir_all(&dir);

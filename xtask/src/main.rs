@@ -46,7 +46,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct VmTestArgs {
-    /// Which kernel: 6.1 (Debian 12) or 6.12 (Debian 12 backports), cloud flavour.
+    /// Which kernel: 6.1 (Debian 12) or 6.12 (Debian 12 backports), cloud flavour, or
+    /// 6.12-no-ia32 (6.12 booted with ia32_emulation=false, tracepoint mode only).
     #[arg(long)]
     kernel: String,
     /// Where fetched kernels are kept (fetched once, then reused).
@@ -162,6 +163,7 @@ fn vm_test(args: &VmTestArgs, bench: bool) -> anyhow::Result<bool> {
         let boot = qemu::boot(
             &vmlinuz,
             &initrd,
+            kernel.boot_args,
             Duration::from_secs(args.timeout_secs),
             args.console_log.as_deref(),
         );

@@ -123,7 +123,7 @@ impl Plan {
                 .with_context(|| format!("the e2e test suite {suite} was not built"))
         };
         let mut runs = Vec::new();
-        for &mode in kernel.modes {
+        for &mode in kernel.tested {
             for suite in PER_MODE {
                 let mut env = vec![("MAPSENTRY_TEST_ATTACH", mode.to_string())];
                 if DENY.contains(&suite) {
@@ -171,6 +171,11 @@ impl Plan {
             binary: binary(CLI)?,
             skip: CLI_HOST_ONLY.to_vec(),
         });
+        // What the kernel does with ia32 calls, for every suite that looks at them.
+        let ia32 = if kernel.ia32 { "runs" } else { "refused" };
+        for run in &mut runs {
+            run.env.push(("MAPSENTRY_TEST_IA32", ia32.to_owned()));
+        }
         let skipped = built
             .tests
             .keys()

@@ -24,9 +24,11 @@ pub struct Boot {
     pub timed_out: bool,
 }
 
+/// Boot `vmlinuz` with `initrd`, `boot_args` added to the kernel command line.
 pub fn boot(
     vmlinuz: &Path,
     initrd: &Path,
+    boot_args: &str,
     timeout: Duration,
     log: Option<&Path>,
 ) -> anyhow::Result<Boot> {
@@ -51,7 +53,8 @@ pub fn boot(
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", KERNEL_ARGS])
+        .arg("-append")
+        .arg(format!("{KERNEL_ARGS} {boot_args}").trim_end())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -3,14 +3,17 @@
 //! Every mode is decided by trying it: a mode is available when both of its programs load and
 //! attach on this kernel. `auto` tries them cheapest first and keeps the first that works.
 
+pub mod ia32;
 pub mod kernel;
 
 use std::{fmt, str::FromStr};
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, Lsm, Program, RawTracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Lsm, Program, RawTracePoint, TracePoint},
 };
+
+use ia32::Ia32Calls;
 
 /// How the programs hook the kernel (DESIGN.md, "Attach modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,9 +25,57 @@ pub enum AttachMode {
     /// kprobe/kretprobe on the same function.
     Kprobe,
     /// Raw `sys_enter`/`sys_exit` tracepoints: any BPF kernel, native and ia32 calls alike,
-    /// but a small cost on every system call.
+    /// but a small cost on every system call. Where the kernel runs no ia32 calls, the
+    /// per-syscall tracepoints of the mapping calls instead, which cost other calls nothing
+    /// beyond the kernel's own test ([`TracepointHooks`]).
     Tracepoint,
 }
+
+/// Which tracepoints tracepoint mode hooks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TracepointHooks {
+    /// The per-syscall tracepoints of mmap, mprotect and pkey_mprotect where the kernel cannot
+    /// run ia32 calls (which those never see: [`ia32`]), else the generic pair.
+    #[default]
+    Auto,
+    /// Always the generic `sys_enter`/`sys_exit` pair.
+    Generic,
+    /// Always the per-syscall tracepoints, also where the kernel runs ia32 calls: blind to every
+    /// ia32 call (any process can make one with `int $0x80`). For kernels the operator knows run
+    /// none where mapsentry cannot tell (their build default hidden), and for measuring.
+    PerSyscall,
+}
+
+impl TracepointHooks {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Generic => "generic",
+            Self::PerSyscall => "per-syscall",
+        }
+    }
+}
+
+impl FromStr for TracepointHooks {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Auto, Self::Generic, Self::PerSyscall]
+            .into_iter()
+            .find(|h| h.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown tracepoint hooks {s:?}: expected auto, generic or per-syscall")
+            })
+    }
+}
+
+/// The per-syscall tracepoints tracepoint mode attaches where the kernel runs no ia32 calls:
+/// one entry and one exit program, each attached to the three calls.
+const PER_SYSCALL: [&str; 3] = ["mmap", "mprotect", "pkey_mprotect"];
+const PER_SYSCALL_PROGRAMS: (&str, &str) = ("ms_sc_enter", "ms_sc_exit");
+/// How [`Attached::target`] names them.
+pub const PER_SYSCALL_TARGET: &str = "syscalls/sys_{enter,exit}_{mmap,mprotect,pkey_mprotect}";
 
 impl AttachMode {
     /// The concrete modes, cheapest first: the order `auto` tries them in.
@@ -114,9 +165,15 @@ fn list(tried: &[(AttachMode, String)]) -> String {
         .join("; ")
 }
 
-/// Attach `requested` (or, for `auto`, the cheapest mode that works) in `ebpf`.
-pub fn attach(ebpf: &mut Ebpf, requested: AttachMode, btf: &Btf) -> Result<Attached, AttachError> {
-    select(requested, |mode| attach_mode(ebpf, mode, None, btf))
+/// Attach `requested` (or, for `auto`, the cheapest mode that works) in `ebpf`; `hooks` says
+/// which tracepoints tracepoint mode may use.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    requested: AttachMode,
+    hooks: TracepointHooks,
+    btf: &Btf,
+) -> Result<Attached, AttachError> {
+    select(requested, |mode| attach_mode(ebpf, mode, None, hooks, btf))
 }
 
 /// Feature probe: whether `mode` works here, on `function` instead of the kernel's mmap function
@@ -137,7 +194,7 @@ pub fn probe_mode(
         .allow_unsupported_maps() // `pending` is task storage (see Capture::start)
         .load(mapsentry_ebpf::CAPTURE)
         .map_err(|e| unavailable(format!("loading the capture object: {}", chain(&e))))?;
-    attach_mode(&mut ebpf, mode, function, btf).map_err(unavailable)
+    attach_mode(&mut ebpf, mode, function, TracepointHooks::Auto, btf).map_err(unavailable)
 }
 
 /// The BPF LSM programs that make Deny rules refuse calls with EPERM.
@@ -236,6 +293,7 @@ fn attach_mode(
     ebpf: &mut Ebpf,
     mode: AttachMode,
     function: Option<&str>,
+    hooks: TracepointHooks,
     btf: &Btf,
 ) -> Result<String, String> {
     let function = match (mode, function) {
@@ -247,6 +305,44 @@ fn attach_mode(
         _ => Some(kernel::mmap_function().map_err(|e| e.to_string())?),
     };
     let mut failures = Vec::new();
+    if mode == AttachMode::Tracepoint && hooks == TracepointHooks::PerSyscall {
+        if let Ia32Calls::Run(why) = ia32::ia32_calls() {
+            tracing::warn!(
+                ia32 = %why,
+                "per-syscall tracepoints as asked, on a kernel that may run ia32 calls: \
+                 those (mmap2, old_mmap, ia32 mprotect, from any process) go unseen"
+            );
+        }
+        return match attach_per_syscall(ebpf) {
+            Ok(()) => Ok(format!("tracepoint {PER_SYSCALL_TARGET}")),
+            Err(reason) => {
+                unload_all(ebpf, &[PER_SYSCALL_PROGRAMS.0, PER_SYSCALL_PROGRAMS.1]);
+                Err(format!("per-syscall tracepoints: {reason}"))
+            }
+        };
+    }
+    if mode == AttachMode::Tracepoint && hooks == TracepointHooks::Auto {
+        match ia32::ia32_calls() {
+            Ia32Calls::Refused(why) => match attach_per_syscall(ebpf) {
+                Ok(()) => {
+                    tracing::info!(ia32 = %why, "no ia32 calls on this kernel: per-syscall tracepoints");
+                    return Ok(format!("tracepoint {PER_SYSCALL_TARGET}"));
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        ia32 = %why, %reason,
+                        "per-syscall tracepoints unavailable: the generic sys_enter/sys_exit \
+                         instead, which every system call pays for"
+                    );
+                    unload_all(ebpf, &[PER_SYSCALL_PROGRAMS.0, PER_SYSCALL_PROGRAMS.1]);
+                    failures.push(format!("per-syscall tracepoints: {reason}"));
+                }
+            },
+            Ia32Calls::Run(why) => {
+                tracing::debug!(ia32 = %why, "ia32 calls possible: generic sys_enter/sys_exit");
+            }
+        }
+    }
     for &(enter, exit) in mode.program_pairs() {
         let target = function
             .clone()
@@ -290,6 +386,30 @@ fn attach_mode(
         }
     }
     Err(failures.join("; then "))
+}
+
+/// Load the per-syscall programs and attach each to the tracepoints of the three calls.
+fn attach_per_syscall(ebpf: &mut Ebpf) -> Result<(), String> {
+    for (name, direction) in [
+        (PER_SYSCALL_PROGRAMS.0, "enter"),
+        (PER_SYSCALL_PROGRAMS.1, "exit"),
+    ] {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("program {name}: {e}"))?;
+        program
+            .load()
+            .map_err(|e| format!("loading {name}: {}", brief(&chain(&e))))?;
+        for call in PER_SYSCALL {
+            let event = format!("sys_{direction}_{call}");
+            program
+                .attach("syscalls", &event)
+                .map_err(|e| format!("attaching {name} to syscalls/{event}: {}", chain(&e)))?;
+        }
+    }
+    Ok(())
 }
 
 fn attach_program(ebpf: &mut Ebpf, name: &str, target: &str, btf: &Btf) -> Result<(), String> {
@@ -361,6 +481,7 @@ fn unload(program: &mut Program) -> Result<(), aya::programs::ProgramError> {
         Program::KProbe(p) => KProbe::unload(p),
         Program::FEntry(p) => FEntry::unload(p),
         Program::FExit(p) => FExit::unload(p),
+        Program::TracePoint(p) => TracePoint::unload(p),
         _ => Ok(()),
     }
 }

@@ -36,7 +36,7 @@
 use std::time::Instant;
 
 use mapsentry_agent::{
-    AttachMode, Capture, CaptureConfig,
+    AttachMode, Capture, CaptureConfig, TracepointHooks,
     enforce::policies::{CgroupScope, Enforcer},
 };
 use mapsentry_e2e::cgroup::TestCgroup;
@@ -144,12 +144,13 @@ fn main() {
     let _entered = runtime.enter();
     let cgroup = TestCgroup::create(&format!("mapsentry-bench-tax-{}", std::process::id()))
         .expect("creating the bench cgroup (needs root and cgroup v2)");
-    // (mode, rules); None: bare.
-    let mut variants: Vec<Option<(AttachMode, Rules)>> = vec![None];
+    // (hook, rules); None: bare.
+    let mut variants: Vec<Option<(Hook, Rules)>> = vec![None];
     for mode in [
-        AttachMode::Fentry,
-        AttachMode::Kprobe,
-        AttachMode::Tracepoint,
+        Hook(AttachMode::Fentry, TracepointHooks::Auto),
+        Hook(AttachMode::Kprobe, TracepointHooks::Auto),
+        Hook(AttachMode::Tracepoint, TracepointHooks::Generic),
+        Hook(AttachMode::Tracepoint, TracepointHooks::PerSyscall),
     ] {
         match Capture::start(&config(mode)) {
             Ok(capture) => {
@@ -341,10 +342,28 @@ impl Rules {
     }
 }
 
-/// Attached in `mode`, reporting only pid 1 (never the worker), so nothing is written.
-fn config(mode: AttachMode) -> CaptureConfig {
+/// An attach mode and, for tracepoint mode, which tracepoints: both kinds are measured whatever
+/// the kernel (the per-syscall ones, which never see ia32 calls, are what tracepoint mode uses
+/// where the kernel runs none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hook(AttachMode, TracepointHooks);
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self(AttachMode::Tracepoint, TracepointHooks::PerSyscall) => {
+                f.write_str("tracepoint-per-syscall")
+            }
+            Self(mode, _) => write!(f, "{mode}"),
+        }
+    }
+}
+
+/// Attached as `hook` says, reporting only pid 1 (never the worker), so nothing is written.
+fn config(Hook(mode, hooks): Hook) -> CaptureConfig {
     CaptureConfig {
         attach: mode,
+        tracepoint_hooks: hooks,
         pid: Some(1),
         ..CaptureConfig::default()
     }

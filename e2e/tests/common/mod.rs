@@ -80,6 +80,11 @@ pub fn mmap_call() -> &'static str {
     env!("CARGO_BIN_EXE_mmap_call")
 }
 
+/// The 64-bit helper that makes ia32 calls with `int $0x80` (`helpers/int80_call.c`).
+pub fn int80_call() -> &'static str {
+    env!("INT80_CALL")
+}
+
 /// The attach mode the capture tests request: `$MAPSENTRY_TEST_ATTACH` (`auto` when unset), so
 /// one test binary runs in every mode a kernel has (`cargo xtask vm-test` runs each in turn).
 pub fn requested_mode() -> AttachMode {

@@ -202,7 +202,12 @@ fn a_message_that_does_not_parse_is_refused_as_prost_refuses_it() {
 fn every_cut_and_every_flipped_byte_of_a_batch_decodes_as_prost_decodes_it() {
     let message = batch_of(
         (0..4)
-            .map(|i| event(i, (i > 0).then_some(Attribution::AttributionRef(u64::from(i)))))
+            .map(|i| {
+                event(
+                    i,
+                    (i > 0).then_some(Attribution::AttributionRef(u64::from(i))),
+                )
+            })
             .collect(),
     )
     .encode_to_vec();
@@ -226,7 +231,13 @@ fn every_cut_and_every_flipped_byte_of_a_batch_decodes_as_prost_decodes_it() {
                     for (call, event) in calls.iter().zip(&batch.events) {
                         if let Some(call) = call {
                             let read = v1::Event::decode(call.as_ref()).unwrap();
-                            assert_eq!(read, v1::Event { attribution: None, ..event.clone() });
+                            assert_eq!(
+                                read,
+                                v1::Event {
+                                    attribution: None,
+                                    ..event.clone()
+                                }
+                            );
                         }
                     }
                 }

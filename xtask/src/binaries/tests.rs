@@ -36,6 +36,7 @@ fn test_executables_and_helpers_are_picked_from_cargos_messages() {
         "mmap_call-unit",
         "mapsentry",
         "out/mmap2-call",
+        "out/int80-call",
     ] {
         std::fs::write(dir.join(file), b"").unwrap();
     }
@@ -49,6 +50,7 @@ fn test_executables_and_helpers_are_picked_from_cargos_messages() {
         [
             dir.join("mmap_call"),
             dir.join("out/mmap2-call"),
+            dir.join("out/int80-call"),
             dir.join("mapsentry")
         ]
     );

@@ -62,26 +62,35 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
             "{run:?}"
         );
     }
+    let runs_ia32 = ("MAPSENTRY_TEST_IA32", "runs".to_owned());
     assert_eq!(
         plan.runs[1].env,
-        [("MAPSENTRY_TEST_ATTACH", "kprobe".to_owned())]
+        [
+            ("MAPSENTRY_TEST_ATTACH", "kprobe".to_owned()),
+            runs_ia32.clone()
+        ]
     );
     assert_eq!(
         plan.runs[12].env,
         [
             ("MAPSENTRY_TEST_ATTACH", "auto".to_owned()),
-            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
+            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned()),
+            runs_ia32.clone()
         ]
     );
     assert_eq!(
         plan.runs[9].env,
-        [("MAPSENTRY_TEST_ATTACH", "tracepoint".to_owned())]
+        [
+            ("MAPSENTRY_TEST_ATTACH", "tracepoint".to_owned()),
+            runs_ia32.clone()
+        ]
     );
     assert_eq!(
         plan.runs[13].env,
         [
             ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
-            ("MAPSENTRY_TEST_PROBE_REFUSED", "fentry@do_mmap".to_owned())
+            ("MAPSENTRY_TEST_PROBE_REFUSED", "fentry@do_mmap".to_owned()),
+            runs_ia32.clone()
         ]
     );
     assert_eq!(plan.runs[13].binary, PathBuf::from("/t/attach_modes"));
@@ -90,7 +99,8 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
         plan.runs[14].env,
         [
             ("MAPSENTRY_TEST_PROBE_OK", KERNELS[0].probe_ok.to_owned()),
-            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned())
+            ("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned()),
+            runs_ia32
         ]
     );
     assert!(
@@ -127,4 +137,52 @@ fn the_bench_plan_runs_only_the_syscall_tax_helper_and_needs_it() {
     assert!(plan.skipped.is_empty());
     let error = Plan::bench(&built(&["capture"])).unwrap_err();
     assert_eq!(error.to_string(), "the benchmark syscall_tax was not built");
+}
+
+#[test]
+fn the_boot_without_ia32_runs_the_per_mode_suites_in_tracepoint_mode_and_says_ia32_is_refused() {
+    let kernel = crate::kernel::Kernel::named("6.12-no-ia32").unwrap();
+    assert_eq!(kernel.boot_args, "ia32_emulation=false");
+    let plan = Plan::for_kernel(
+        kernel,
+        &built(&[
+            "attach_modes",
+            "capture",
+            "concurrency",
+            "enforce",
+            "enforce_policies",
+            "cli_run",
+        ]),
+    )
+    .unwrap();
+    let runs: Vec<(&str, &str)> = plan
+        .runs
+        .iter()
+        .map(|r| (r.suite.as_str(), r.label.as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("capture", "tracepoint"),
+            ("concurrency", "tracepoint"),
+            ("enforce", "tracepoint"),
+            ("enforce_policies", "tracepoint"),
+            ("capture", "auto"),
+            ("attach_modes", "probe"),
+            ("cli_run", "auto"),
+        ]
+    );
+    for run in &plan.runs {
+        assert!(
+            run.env
+                .contains(&("MAPSENTRY_TEST_IA32", "refused".to_owned())),
+            "{run:?}"
+        );
+    }
+    // auto still picks fentry: the kernel has it, with or without ia32.
+    assert!(
+        plan.runs[4]
+            .env
+            .contains(&("MAPSENTRY_TEST_AUTO_PICKS", "fentry".to_owned()))
+    );
 }
