@@ -66,11 +66,20 @@ spec:
     - {name: r7, match: {protAll: [PROT_SEM], syscalls: [mprotect], minLength: 1Pi}, action: Kill}
 ";
 
-const VARIANTS: [(&str, Tracer); 6] = [
+const VARIANTS: [(&str, Tracer); 7] = [
     ("bare", Tracer::None),
     (
         "mapsentry, every event streamed (JSON lines)",
         Tracer::Mapsentry(&[]),
+    ),
+    (
+        "mapsentry, every event streamed, per-syscall tracepoints (a kernel without ia32)",
+        Tracer::Mapsentry(&[
+            "--attach",
+            "tracepoint",
+            "--tracepoint-hooks",
+            "per-syscall",
+        ]),
     ),
     (
         "mapsentry, every event streamed + an Enforce policy (8 rules per cgroup)",
