@@ -138,6 +138,8 @@ refused "schema: --set-json agent.tolerations={} (object for list)" "agent.toler
   render --set-json 'agent.tolerations={}'
 refused "schema: --set agent.ringBufferBytes=big" "agent.ringBufferBytes" render --set agent.ringBufferBytes=big
 refused "schema: --set agent.attach=uprobe (not a mode)" "agent.attach" render --set agent.attach=uprobe
+refused "schema: --set agent.tracepointHooks=some (not a choice)" "agent.tracepointHooks" \
+  render --set agent.tracepointHooks=some
 refused "template: collector.replicas=2 without JetStream (one hub)" "collector.replicas > 1 needs jetstream.url" \
   render --set collector.replicas=2
 refused "schema: jetstream.url without a scheme" "jetstream.url" render --set jetstream.url=nats.nats.svc:4222
