@@ -43,6 +43,9 @@ enum Tracer {
 
 const BPFTRACE_STREAM: &str = r#"tracepoint:syscalls:sys_enter_mmap { printf("%s %d %d %lx %lu %lu %lu %ld %lu\n", comm, pid, tid, args->addr, args->len, args->prot, args->flags, (int64)args->fd, args->off); }"#;
 const BPFTRACE_COUNT: &str = "tracepoint:syscalls:sys_enter_mmap { @calls = count(); }";
+/// The floor with the exit hooked too, as a tool that reports each call's result must.
+const BPFTRACE_COUNT_BOTH: &str = "tracepoint:syscalls:sys_enter_mmap { @calls = count(); } \
+                                   tracepoint:syscalls:sys_exit_mmap { @returns = count(); }";
 
 /// Where `run` writes [`ENFORCE_POLICY`] for the enforcement variant.
 const ENFORCE_POLICY_PATH: &str = "/tmp/mapsentry-bench-enforce.yaml";
@@ -66,7 +69,7 @@ spec:
     - {name: r7, match: {protAll: [PROT_SEM], syscalls: [mprotect], minLength: 1Pi}, action: Kill}
 ";
 
-const VARIANTS: [(&str, Tracer); 7] = [
+const VARIANTS: [(&str, Tracer); 8] = [
     ("bare", Tracer::None),
     (
         "mapsentry, every event streamed (JSON lines)",
@@ -96,6 +99,10 @@ const VARIANTS: [(&str, Tracer); 7] = [
     (
         "bpftrace, in-kernel counter only (floor)",
         Tracer::Bpftrace(BPFTRACE_COUNT),
+    ),
+    (
+        "bpftrace, in-kernel counters at entry and exit",
+        Tracer::Bpftrace(BPFTRACE_COUNT_BOTH),
     ),
 ];
 
