@@ -13,29 +13,33 @@ fn built(suites: &[&str]) -> Built {
     }
 }
 
-#[test]
-fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_the_probe_once() {
-    let plan = Plan::for_kernel(
-        KERNELS[0],
-        &built(&[
-            "attach_modes",
-            "capture",
-            "concurrency",
-            "enforce",
-            "enforce_policies",
-            "wire_layout",
-            "cli_run",
-            "new_one",
-        ]),
-    )
-    .unwrap();
-    let runs: Vec<(&str, &str)> = plan
-        .runs
+/// The suites the VM plan runs, and `more`.
+fn vm_suites(more: &[&'static str]) -> Built {
+    let mut suites = vec![
+        "attach_modes",
+        "capture",
+        "concurrency",
+        "enforce",
+        "enforce_policies",
+        "cli_run",
+    ];
+    suites.extend(more);
+    built(&suites)
+}
+
+/// (suite, label) of each run, in order.
+fn labels(plan: &Plan) -> Vec<(&str, &str)> {
+    plan.runs
         .iter()
         .map(|r| (r.suite.as_str(), r.label.as_str()))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_the_probe_once() {
+    let plan = Plan::for_kernel(KERNELS[0], &vm_suites(&["wire_layout", "new_one"])).unwrap();
     assert_eq!(
-        runs,
+        labels(&plan),
         [
             ("capture", "kprobe"),
             ("concurrency", "kprobe"),
@@ -143,25 +147,9 @@ fn the_bench_plan_runs_only_the_syscall_tax_helper_and_needs_it() {
 fn the_boot_without_ia32_runs_the_per_mode_suites_in_tracepoint_mode_and_says_ia32_is_refused() {
     let kernel = crate::kernel::Kernel::named("6.12-no-ia32").unwrap();
     assert_eq!(kernel.boot_args, "ia32_emulation=false");
-    let plan = Plan::for_kernel(
-        kernel,
-        &built(&[
-            "attach_modes",
-            "capture",
-            "concurrency",
-            "enforce",
-            "enforce_policies",
-            "cli_run",
-        ]),
-    )
-    .unwrap();
-    let runs: Vec<(&str, &str)> = plan
-        .runs
-        .iter()
-        .map(|r| (r.suite.as_str(), r.label.as_str()))
-        .collect();
+    let plan = Plan::for_kernel(kernel, &vm_suites(&[])).unwrap();
     assert_eq!(
-        runs,
+        labels(&plan),
         [
             ("capture", "tracepoint"),
             ("concurrency", "tracepoint"),
