@@ -117,6 +117,9 @@ fn attaches(probe: &str) -> Result<(), String> {
 /// Whether the running kernel runs ia32 calls: `$MAPSENTRY_TEST_IA32` (`runs` or `refused`; set
 /// by `cargo xtask vm-test`, whose matrix has a boot with ia32 emulation off), else `runs`: the
 /// build machines' kernels do, and a test that finds otherwise fails rather than skips.
+///
+/// # Panics
+/// On any other value of the variable.
 #[must_use]
 pub fn ia32_runs() -> bool {
     match std::env::var("MAPSENTRY_TEST_IA32").as_deref() {
