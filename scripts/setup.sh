@@ -40,6 +40,11 @@ if ! command -v npm >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
+# tracefs: tracepoint mode's per-syscall hooks (the tests force them) and bpftrace (the tests'
+# probe, the benchmarks' peer) attach through it. systemd mounts it at boot; a machine without
+# systemd may not have it.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing ||
+  { echo "setup.sh: mounting tracefs at /sys/kernel/tracing failed" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found: install Rust 1.95 (rustup)" >&2; exit 1; }
 # e2e/kube/build-kube.sh builds Kubernetes 1.37 from its Go module: Go 1.26 or newer.
 go_version="$(go env GOVERSION 2>/dev/null || true)"
