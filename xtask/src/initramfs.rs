@@ -45,7 +45,60 @@ pub fn build(plan: &Plan, built: &Built, nonce: &str, out: &Path) -> anyhow::Res
             0o755,
         );
     }
+    for program in &plan.host_programs {
+        add_host_program(&mut archive, program)?;
+    }
     gzip(&archive.finish(), out)
+}
+
+/// `program` under /bin (the VM's PATH), and every shared library it loads at its host path,
+/// where the dynamic loader looks for it.
+fn add_host_program(archive: &mut Cpio, program: &Path) -> anyhow::Result<()> {
+    let name = program
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: no file name", program.display()))?;
+    let contents = std::fs::read(program).with_context(|| {
+        format!(
+            "reading {}: install it (scripts/setup.sh does)",
+            program.display()
+        )
+    })?;
+    archive.file(&format!("/bin/{name}"), &contents, 0o755);
+    let output = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("running ldd (libc-bin)")?;
+    if !output.status.success() {
+        bail!(
+            "ldd {}: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    for library in shared_libraries(&String::from_utf8_lossy(&output.stdout))
+        .with_context(|| format!("the libraries of {}", program.display()))?
+    {
+        let contents = std::fs::read(library).with_context(|| format!("reading {library}"))?;
+        archive.file(library, &contents, 0o755);
+    }
+    Ok(())
+}
+
+/// The files `ldd` lists: each line's absolute path (`libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1
+/// (0x...)`, or the loader's `/lib64/ld-linux-x86-64.so.2 (0x...)`); the vDSO has none. A
+/// library it did not find is an error.
+fn shared_libraries(ldd: &str) -> anyhow::Result<Vec<&str>> {
+    let mut libraries = Vec::new();
+    for line in ldd.lines() {
+        if line.contains("not found") {
+            bail!("ldd: {}", line.trim());
+        }
+        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            libraries.push(path);
+        }
+    }
+    Ok(libraries)
 }
 
 /// The script the kernel runs as PID 1: mount what the tests need, run each planned suite and

@@ -87,7 +87,14 @@ pub struct Plan {
     /// The VM must report `bpf` among its active LSMs (the kernel is booted with `lsm=...,bpf`):
     /// the Deny tests are told Deny must work, and a kernel that ignored the request fails the run.
     pub requires_bpf_lsm: bool,
+    /// Dynamically linked programs of the host the VM runs too (the benchmark's peer, bpftrace),
+    /// copied in with the shared libraries they load.
+    pub host_programs: Vec<PathBuf>,
 }
+
+/// The benchmark's peer: Debian's bpftrace (scripts/setup.sh installs it), in the VM with LLVM
+/// and the rest of its libraries.
+pub const BPFTRACE: &str = "/usr/bin/bpftrace";
 
 /// The benchmark `cargo xtask vm-bench` boots with (a helper binary, not a test suite).
 pub const BENCH: &str = "syscall_tax";
@@ -111,6 +118,7 @@ impl Plan {
             }],
             skipped: Vec::new(),
             requires_bpf_lsm: false,
+            host_programs: vec![PathBuf::from(BPFTRACE)],
         })
     }
 
@@ -193,6 +201,7 @@ impl Plan {
             runs,
             skipped,
             requires_bpf_lsm: true,
+            host_programs: Vec::new(),
         })
     }
 }

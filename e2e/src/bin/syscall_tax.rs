@@ -24,16 +24,29 @@
 //! mmap-family calls only; in tracepoint mode they run for every system call of the machine, so
 //! other processes' calls are in the figure too.
 //!
+//! Beside them, the peer: bpftrace (where it is installed; `cargo xtask vm-bench` puts it and its
+//! libraries in the VM) counting mmap calls in a map, on the per-syscall tracepoint's entry (the
+//! floor of issue 19's overhead table) and on its entry and exit (what a tool that reports each
+//! call's result must hook). Its mmap figure is of calls it counts, where the modes' are of calls
+//! they judge and leave out. Each bpftrace run prints its counts when stopped, and a run that
+//! counted fewer calls than the loop made fails the benchmark: the probes were not attached.
+//!
 //! Rounds rotate the order of the variants (bare, then each mode this kernel attaches). Each
 //! round's figure is divided by the same round's bare figure, so drift of the emulator's speed
 //! between rounds cancels; reported: the median of those ratios and their range. Prints one
 //! `SYSCALL-TAX` line per variant and a Markdown table.
 #![expect(
     unsafe_code,
-    reason = "raw getppid/mmap/munmap system calls are the workload"
+    reason = "raw getppid/mmap/munmap system calls are the workload; SIGINT stops bpftrace"
 )]
 
-use std::time::Instant;
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, RecvTimeoutError},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
 
 use mapsentry_agent::{
     AttachMode, Capture, CaptureConfig, TracepointHooks,
@@ -100,7 +113,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// capture treats like any other process.
 fn in_child(kind: &str, iterations: u32, cgroup: &TestCgroup) -> f64 {
     let exe = std::env::current_exe().expect("this program's path");
-    let output = std::process::Command::new(exe)
+    let output = Command::new(exe)
         .args(["--worker", kind, &iterations.to_string()])
         .arg(cgroup.path().join("cgroup.procs"))
         .output()
@@ -144,8 +157,7 @@ fn main() {
     let _entered = runtime.enter();
     let cgroup = TestCgroup::create(&format!("mapsentry-bench-tax-{}", std::process::id()))
         .expect("creating the bench cgroup (needs root and cgroup v2)");
-    // (hook, rules); None: bare.
-    let mut variants: Vec<Option<(Hook, Rules)>> = vec![None];
+    let mut variants = vec![Variant::Bare];
     for mode in [
         Hook(AttachMode::Fentry, TracepointHooks::Auto),
         Hook(AttachMode::Kprobe, TracepointHooks::Auto),
@@ -165,11 +177,23 @@ fn main() {
                 }
                 drop(capture);
                 for rules in [Rules::None, Rules::Plain, Rules::Calls, Rules::Classes] {
-                    variants.push(Some((mode, rules)));
+                    variants.push(Variant::Mapsentry(mode, rules));
                 }
             }
             Err(error) => println!("SYSCALL-TAX mode={mode} unavailable: {error}"),
         }
+    }
+    match Bpftrace::version().and_then(|version| {
+        // Once before the rounds, as each mode is: a peer that cannot attach here is named,
+        // not a failure halfway through.
+        Bpftrace::EntryExit.start()?.stop_any();
+        Ok(version)
+    }) {
+        Ok(version) => {
+            println!("SYSCALL-TAX peer={version}");
+            variants.extend([Bpftrace::Floor, Bpftrace::EntryExit].map(Variant::Bpftrace));
+        }
+        Err(why) => println!("SYSCALL-TAX peer=bpftrace unavailable: {why}"),
     }
     let _stats = mapsentry_agent::capture::enable_run_time_stats()
         .inspect_err(|e| println!("SYSCALL-TAX no run-time statistics: {e}"))
@@ -182,33 +206,44 @@ fn main() {
     for round in 0..rounds {
         for k in 0..variants.len() {
             let index = (round + k) % variants.len();
-            let capture = variants[index].map(|(mode, rules)| {
-                let mut capture = Capture::start(&config(mode)).expect("attached before");
-                rules.apply(&mut capture, &cgroup);
-                capture
-            });
+            // The loop's mmap calls, its warm-up included.
+            let mmap_calls = MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10;
+            let capture = match variants[index] {
+                Variant::Mapsentry(mode, rules) => {
+                    let mut capture = Capture::start(&config(mode)).expect("attached before");
+                    rules.apply(&mut capture, &cgroup);
+                    Some(capture)
+                }
+                Variant::Bare | Variant::Bpftrace(_) => None,
+            };
+            let peer = match variants[index] {
+                Variant::Bpftrace(program) => {
+                    Some(program.start().unwrap_or_else(|e| panic!("{program}: {e}")))
+                }
+                Variant::Bare | Variant::Mapsentry(..) => None,
+            };
             getppid_ns[index].push(in_child("getppid", GETPPID_ITERATIONS * scale, &cgroup));
             let before = capture.as_ref().map(entry_time);
             mmap_ns[index].push(in_child("mmap", MMAP_ITERATIONS * scale, &cgroup));
             if let (Some(before), Some(capture)) = (before, &capture) {
-                // The loop's calls, its warm-up included.
-                let calls = f64::from(MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10);
-                entry_ns[index].push((entry_time(capture) - before) / calls);
+                entry_ns[index].push((entry_time(capture) - before) / f64::from(mmap_calls));
             }
             drop(capture);
+            if let Some(peer) = peer {
+                let counted = peer.stop().unwrap_or_else(|e| panic!("bpftrace: {e}"));
+                assert!(
+                    counted >= u64::from(mmap_calls),
+                    "bpftrace counted {counted} mmap calls where the loop made {mmap_calls}: \
+                     its probes were not attached throughout"
+                );
+            }
         }
     }
     println!(
         "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns, filtered | mmap ratio (median, range) | entry programs ns per mmap |\n|---|---:|---:|---:|---:|---:|"
     );
     for (i, variant) in variants.iter().enumerate() {
-        let name = match variant {
-            None => "bare".to_owned(),
-            Some((mode, Rules::None)) => mode.to_string(),
-            Some((mode, Rules::Plain)) => format!("{mode}+8rules"),
-            Some((mode, Rules::Calls)) => format!("{mode}+8rules-past-prot"),
-            Some((mode, Rules::Classes)) => format!("{mode}+8rules-comm-exe"),
-        };
+        let name = variant.to_string();
         let (g_ratio, g_low, g_high) = ratios(&getppid_ns[i], &getppid_ns[0]);
         let (m_ratio, m_low, m_high) = ratios(&mmap_ns[i], &mmap_ns[0]);
         let g = median(getppid_ns[i].clone());
@@ -228,12 +263,12 @@ fn main() {
     // Issue 15's figure: judging comm and executable classes against rules without them, per
     // round (the two variants run next to each other in every round).
     for (i, variant) in variants.iter().enumerate() {
-        let Some((mode, Rules::Classes)) = variant else {
+        let Variant::Mapsentry(mode, Rules::Classes) = variant else {
             continue;
         };
         let Some(plain) = variants
             .iter()
-            .position(|v| *v == Some((*mode, Rules::Plain)))
+            .position(|v| *v == Variant::Mapsentry(*mode, Rules::Plain))
         else {
             continue;
         };
@@ -243,7 +278,7 @@ fn main() {
         );
         if let Some(calls) = variants
             .iter()
-            .position(|v| *v == Some((*mode, Rules::Calls)))
+            .position(|v| *v == Variant::Mapsentry(*mode, Rules::Calls))
         {
             let (ratio, low, high) = ratios(&mmap_ns[i], &mmap_ns[calls]);
             println!(
@@ -366,5 +401,195 @@ fn config(Hook(mode, hooks): Hook) -> CaptureConfig {
         tracepoint_hooks: hooks,
         pid: Some(1),
         ..CaptureConfig::default()
+    }
+}
+
+/// What runs while a round's loops do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Bare,
+    Mapsentry(Hook, Rules),
+    Bpftrace(Bpftrace),
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bare => f.write_str("bare"),
+            Self::Mapsentry(mode, Rules::None) => write!(f, "{mode}"),
+            Self::Mapsentry(mode, Rules::Plain) => write!(f, "{mode}+8rules"),
+            Self::Mapsentry(mode, Rules::Calls) => write!(f, "{mode}+8rules-past-prot"),
+            Self::Mapsentry(mode, Rules::Classes) => write!(f, "{mode}+8rules-comm-exe"),
+            Self::Bpftrace(program) => write!(f, "{program}"),
+        }
+    }
+}
+
+/// The peer's programs: counters in a map, nothing printed until it is stopped (the overhead
+/// benchmark's floor rows, bench/src/overhead.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bpftrace {
+    /// A counter on the per-syscall tracepoint's entry: issue 19's floor.
+    Floor,
+    /// Counters on its entry and exit: a tool that reports each call's result hooks both.
+    EntryExit,
+}
+
+/// How long bpftrace may take to compile and load its program: LLVM under software emulation is
+/// slow.
+const BPFTRACE_ATTACH_TIMEOUT: Duration = Duration::from_mins(5);
+/// After it says it is attaching, before the loops start (the count checks it afterwards).
+const BPFTRACE_SETTLE: Duration = Duration::from_secs(1);
+
+impl std::fmt::Display for Bpftrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Floor => "bpftrace-floor",
+            Self::EntryExit => "bpftrace-entry-exit",
+        })
+    }
+}
+
+impl Bpftrace {
+    fn program(self) -> &'static str {
+        match self {
+            Self::Floor => "tracepoint:syscalls:sys_enter_mmap { @calls = count(); }",
+            Self::EntryExit => {
+                "tracepoint:syscalls:sys_enter_mmap { @calls = count(); } \
+                 tracepoint:syscalls:sys_exit_mmap { @returns = count(); }"
+            }
+        }
+    }
+
+    /// `bpftrace --version`, or why it cannot run.
+    fn version() -> Result<String, String> {
+        let output = Command::new("bpftrace")
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("running bpftrace: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "bpftrace --version: {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// bpftrace running this program, once it has said it is attaching its probes.
+    fn start(self) -> Result<RunningBpftrace, String> {
+        let mut child = Command::new("bpftrace")
+            .args(["-e", self.program()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting bpftrace: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let (lines_tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let mut running = RunningBpftrace {
+            child,
+            lines,
+            errors: Some(errors),
+        };
+        let deadline = Instant::now() + BPFTRACE_ATTACH_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match running.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("Attaching") => break,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = running.child.kill();
+                    return Err(format!(
+                        "bpftrace did not attach within {BPFTRACE_ATTACH_TIMEOUT:?}"
+                    ));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = running.child.wait().map_err(|e| e.to_string())?;
+                    return Err(format!(
+                        "bpftrace exited ({status}) before attaching: {}",
+                        running.stderr_text()
+                    ));
+                }
+            }
+        }
+        thread::sleep(BPFTRACE_SETTLE);
+        Ok(running)
+    }
+}
+
+/// A bpftrace process the benchmark started.
+struct RunningBpftrace {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    errors: Option<JoinHandle<String>>,
+}
+
+impl RunningBpftrace {
+    /// Interrupt it, as a user stops it, and read the mmap calls it counted (`@calls: N`).
+    fn stop(mut self) -> Result<u64, String> {
+        let pid = libc::pid_t::try_from(self.child.id()).map_err(|e| e.to_string())?;
+        // SAFETY: signals our own child, which has not been waited for (its pid is still ours).
+        if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
+            return Err(format!(
+                "interrupting bpftrace: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut counted = None;
+        let deadline = Instant::now() + BPFTRACE_ATTACH_TIMEOUT;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if let Some(count) = line.strip_prefix("@calls: ") {
+                counted = Some(
+                    count
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|e| format!("bpftrace printed {line:?}: {e}"))?,
+                );
+            }
+        }
+        if self.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        counted.ok_or_else(|| {
+            format!(
+                "bpftrace ({status}) printed no @calls count: {}",
+                self.stderr_text()
+            )
+        })
+    }
+
+    /// Stop it, whatever it counted.
+    fn stop_any(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What it wrote to stderr, once it has exited.
+    fn stderr_text(&mut self) -> String {
+        self.errors
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
     }
 }

@@ -15,6 +15,7 @@ fn plan() -> Plan {
         runs: vec![run("capture"), run("concurrency")],
         skipped: Vec::new(),
         requires_bpf_lsm: true,
+        host_programs: Vec::new(),
     }
 }
 

@@ -90,6 +90,7 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
             reason: "needs setpriv".into(),
         }],
         requires_bpf_lsm: true,
+        host_programs: Vec::new(),
     };
     let script = init_script(&plan, "n0nce");
     assert!(script.starts_with("#!/bin/sh\n"));
@@ -119,4 +120,41 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
     ));
     assert!(script.contains("echo 'not run in the VM: cli_run: needs setpriv'"));
     assert!(script.ends_with("echo \"MAPSENTRY-VM-DONE nonce=n0nce\"\npoweroff -f\n"));
+}
+
+/// The loader and every library ldd resolved, at their paths; the vDSO has no file.
+#[test]
+fn the_libraries_of_a_host_program_are_read_from_ldd() {
+    let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+               \tlibLLVM-14.so.1 => /lib/x86_64-linux-gnu/libLLVM-14.so.1 (0x00007f00)\n\
+               \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f01)\n\
+               \t/lib64/ld-linux-x86-64.so.2 (0x00007f02)\n";
+    assert_eq!(
+        shared_libraries(ldd).unwrap(),
+        [
+            "/lib/x86_64-linux-gnu/libLLVM-14.so.1",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2"
+        ]
+    );
+    let error = shared_libraries("\tlibbcc.so.0 => not found\n").unwrap_err();
+    assert_eq!(error.to_string(), "ldd: libbcc.so.0 => not found");
+}
+
+/// A host program lands under /bin with each library at its own path.
+#[test]
+fn a_host_program_goes_in_with_its_libraries() {
+    let mut archive = Cpio::default();
+    add_host_program(&mut archive, Path::new("/bin/ls")).unwrap();
+    let entries = read_back(&archive.finish());
+    assert!(entries.contains_key("bin/ls"), "{:?}", entries.keys());
+    assert!(
+        entries.keys().any(|k| k.contains("libc.so")),
+        "{:?}",
+        entries.keys()
+    );
+    let missing = add_host_program(&mut Cpio::default(), Path::new("/nonexistent/peer"))
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("/nonexistent/peer"), "{missing}");
 }

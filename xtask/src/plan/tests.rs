@@ -59,6 +59,10 @@ fn every_mode_of_the_kernel_runs_each_capture_and_enforce_suite_then_auto_and_th
         ]
     );
     assert!(plan.requires_bpf_lsm);
+    assert!(
+        plan.host_programs.is_empty(),
+        "the tests need no peer in the VM"
+    );
     for run in plan.runs.iter().filter(|r| r.suite.starts_with("enforce")) {
         assert!(
             run.env
@@ -129,7 +133,7 @@ fn a_missing_suite_is_an_error() {
 }
 
 #[test]
-fn the_bench_plan_runs_only_the_syscall_tax_helper_and_needs_it() {
+fn the_bench_plan_runs_only_the_syscall_tax_helper_with_bpftrace_and_needs_it() {
     let mut with = built(&["capture"]);
     with.helpers = vec![
         PathBuf::from("/t/mmap_call"),
@@ -139,6 +143,7 @@ fn the_bench_plan_runs_only_the_syscall_tax_helper_and_needs_it() {
     assert_eq!(plan.runs.len(), 1);
     assert_eq!(plan.runs[0].binary, PathBuf::from("/t/syscall_tax"));
     assert!(plan.skipped.is_empty());
+    assert_eq!(plan.host_programs, [PathBuf::from("/usr/bin/bpftrace")]);
     let error = Plan::bench(&built(&["capture"])).unwrap_err();
     assert_eq!(error.to_string(), "the benchmark syscall_tax was not built");
 }
