@@ -305,41 +305,17 @@ fn attach_mode(
         _ => Some(kernel::mmap_function().map_err(|e| e.to_string())?),
     };
     let mut failures = Vec::new();
-    if mode == AttachMode::Tracepoint && hooks == TracepointHooks::PerSyscall {
-        if let Ia32Calls::Run(why) = ia32::ia32_calls() {
-            tracing::warn!(
-                ia32 = %why,
-                "per-syscall tracepoints as asked, on a kernel that may run ia32 calls: \
-                 those (mmap2, old_mmap, ia32 mprotect, from any process) go unseen"
-            );
-        }
-        return match attach_per_syscall(ebpf) {
-            Ok(()) => Ok(format!("tracepoint {PER_SYSCALL_TARGET}")),
+    if mode == AttachMode::Tracepoint && per_syscall_wanted(hooks) {
+        match attach_per_syscall(ebpf) {
+            Ok(()) => return Ok(format!("tracepoint {PER_SYSCALL_TARGET}")),
+            Err(reason) if hooks == TracepointHooks::PerSyscall => return Err(reason),
             Err(reason) => {
-                unload_all(ebpf, &[PER_SYSCALL_PROGRAMS.0, PER_SYSCALL_PROGRAMS.1]);
-                Err(format!("per-syscall tracepoints: {reason}"))
-            }
-        };
-    }
-    if mode == AttachMode::Tracepoint && hooks == TracepointHooks::Auto {
-        match ia32::ia32_calls() {
-            Ia32Calls::Refused(why) => match attach_per_syscall(ebpf) {
-                Ok(()) => {
-                    tracing::info!(ia32 = %why, "no ia32 calls on this kernel: per-syscall tracepoints");
-                    return Ok(format!("tracepoint {PER_SYSCALL_TARGET}"));
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        ia32 = %why, %reason,
-                        "per-syscall tracepoints unavailable: the generic sys_enter/sys_exit \
-                         instead, which every system call pays for"
-                    );
-                    unload_all(ebpf, &[PER_SYSCALL_PROGRAMS.0, PER_SYSCALL_PROGRAMS.1]);
-                    failures.push(format!("per-syscall tracepoints: {reason}"));
-                }
-            },
-            Ia32Calls::Run(why) => {
-                tracing::debug!(ia32 = %why, "ia32 calls possible: generic sys_enter/sys_exit");
+                tracing::warn!(
+                    %reason,
+                    "per-syscall tracepoints unavailable: the generic sys_enter/sys_exit \
+                     instead, which every system call pays for"
+                );
+                failures.push(reason);
             }
         }
     }
@@ -388,8 +364,42 @@ fn attach_mode(
     Err(failures.join("; then "))
 }
 
-/// Load the per-syscall programs and attach each to the tracepoints of the three calls.
+/// Whether tracepoint mode takes the per-syscall tracepoints as `hooks` says: `auto` where the
+/// kernel runs no ia32 calls, `per-syscall` always (with a warning where it may run them).
+fn per_syscall_wanted(hooks: TracepointHooks) -> bool {
+    match (hooks, ia32::ia32_calls()) {
+        (TracepointHooks::Generic, _) => false,
+        (TracepointHooks::Auto, Ia32Calls::Refused(why)) => {
+            tracing::info!(ia32 = %why, "no ia32 calls on this kernel: per-syscall tracepoints");
+            true
+        }
+        (TracepointHooks::Auto, Ia32Calls::Run(why)) => {
+            tracing::debug!(ia32 = %why, "ia32 calls possible: generic sys_enter/sys_exit");
+            false
+        }
+        (TracepointHooks::PerSyscall, Ia32Calls::Run(why)) => {
+            tracing::warn!(
+                ia32 = %why,
+                "per-syscall tracepoints as asked, on a kernel that may run ia32 calls: \
+                 those (mmap2, old_mmap, ia32 mprotect, from any process) go unseen"
+            );
+            true
+        }
+        (TracepointHooks::PerSyscall, Ia32Calls::Refused(_)) => true,
+    }
+}
+
+/// Load the per-syscall programs and attach each to the tracepoints of the three calls; on
+/// failure unload them, so the generic pair can be tried next.
 fn attach_per_syscall(ebpf: &mut Ebpf) -> Result<(), String> {
+    let (enter, exit) = PER_SYSCALL_PROGRAMS;
+    load_and_attach_per_syscall(ebpf).map_err(|reason| {
+        unload_all(ebpf, &[enter, exit]);
+        format!("per-syscall tracepoints: {reason}")
+    })
+}
+
+fn load_and_attach_per_syscall(ebpf: &mut Ebpf) -> Result<(), String> {
     for (name, direction) in [
         (PER_SYSCALL_PROGRAMS.0, "enter"),
         (PER_SYSCALL_PROGRAMS.1, "exit"),

@@ -208,19 +208,17 @@ fn main() {
             let index = (round + k) % variants.len();
             // The loop's mmap calls, its warm-up included.
             let mmap_calls = MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10;
-            let capture = match variants[index] {
+            let (capture, peer) = match variants[index] {
+                Variant::Bare => (None, None),
                 Variant::Mapsentry(mode, rules) => {
                     let mut capture = Capture::start(&config(mode)).expect("attached before");
                     rules.apply(&mut capture, &cgroup);
-                    Some(capture)
+                    (Some(capture), None)
                 }
-                Variant::Bare | Variant::Bpftrace(_) => None,
-            };
-            let peer = match variants[index] {
                 Variant::Bpftrace(program) => {
-                    Some(program.start().unwrap_or_else(|e| panic!("{program}: {e}")))
+                    let peer = program.start().unwrap_or_else(|e| panic!("{program}: {e}"));
+                    (None, Some(peer))
                 }
-                Variant::Bare | Variant::Mapsentry(..) => None,
             };
             getppid_ns[index].push(in_child("getppid", GETPPID_ITERATIONS * scale, &cgroup));
             let before = capture.as_ref().map(entry_time);
