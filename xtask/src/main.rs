@@ -53,9 +53,11 @@ struct VmTestArgs {
     /// Where fetched kernels are kept (fetched once, then reused).
     #[arg(long, env = "MAPSENTRY_KERNEL_CACHE", default_value = kernel::DEFAULT_CACHE)]
     cache_dir: PathBuf,
-    /// Give up on the VM after this many seconds (software emulation is slow).
-    #[arg(long, default_value_t = 600)]
-    timeout_secs: u64,
+    /// Give up on the VM after this many seconds (software emulation is slow). Default: 600 for
+    /// the tests, 2400 for the benchmark (its rounds start bpftrace and `mapsentry run` dozens
+    /// of times; 11 rounds took ~15 minutes on a 2-core build machine).
+    #[arg(long)]
+    timeout_secs: Option<u64>,
     /// Also keep the whole serial console here (it is always echoed to stdout).
     #[arg(long)]
     console_log: Option<PathBuf>,
@@ -164,7 +166,7 @@ fn vm_test(args: &VmTestArgs, bench: bool) -> anyhow::Result<bool> {
             &vmlinuz,
             &initrd,
             kernel.boot_args,
-            Duration::from_secs(args.timeout_secs),
+            Duration::from_secs(args.timeout_secs.unwrap_or(if bench { 2400 } else { 600 })),
             args.console_log.as_deref(),
         );
         let booted = boot
