@@ -32,8 +32,9 @@ struct Cli {
 enum Command {
     /// Run the capture tests in every attach mode on a stock kernel, in a qemu VM.
     VmTest(VmTestArgs),
-    /// Measure each attach mode's tax on unrelated syscalls (and on filtered mmaps) on a stock
-    /// kernel, in a qemu VM: ratios inside one boot (e2e/src/bin/syscall_tax.rs).
+    /// Measure each attach mode's tax on unrelated syscalls, on filtered mmaps and with every
+    /// event streamed, beside bpftrace, on a stock kernel in a qemu VM: ratios inside one boot
+    /// (e2e/src/bin/syscall_tax.rs).
     VmBench(VmTestArgs),
     /// Check the layout rules: agent and collector crates never depend on each other, and the
     /// binary holds no module of a role's library.
@@ -55,7 +56,7 @@ struct VmTestArgs {
     cache_dir: PathBuf,
     /// Give up on the VM after this many seconds (software emulation is slow). Default: 600 for
     /// the tests, 2400 for the benchmark (its rounds start bpftrace and `mapsentry run` dozens
-    /// of times; 11 rounds took ~15 minutes on a 2-core build machine).
+    /// of times; 11 rounds took ~16 minutes on a 2-core build machine).
     #[arg(long)]
     timeout_secs: Option<u64>,
     /// Also keep the whole serial console here (it is always echoed to stdout).
