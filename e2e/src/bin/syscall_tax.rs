@@ -201,7 +201,7 @@ fn main() {
         }
     }
     // `mapsentry run` in each mode this kernel attaches, once before the rounds as the peer is.
-    match mapsentry_binary().and_then(|binary| {
+    let mapsentry = match mapsentry_binary().and_then(|binary| {
         let Some(&Variant::Streamed(mode)) = streamed.first() else {
             return Err("no attach mode works here".to_owned());
         };
@@ -211,9 +211,13 @@ fn main() {
         Ok(binary) => {
             println!("SYSCALL-TAX streamed-by={}", binary.display());
             variants.extend(streamed);
+            Some(binary)
         }
-        Err(why) => println!("SYSCALL-TAX streamed unavailable: {why}"),
-    }
+        Err(why) => {
+            println!("SYSCALL-TAX streamed unavailable: {why}");
+            None
+        }
+    };
     match Bpftrace::version().and_then(|version| {
         // Once before the rounds, as each mode is: a peer that cannot attach here is named,
         // not a failure halfway through.
@@ -251,8 +255,8 @@ fn main() {
                     (Some(capture), None)
                 }
                 Variant::Streamed(mode) => {
-                    let binary = mapsentry_binary().expect("found before");
-                    let tracer = Tracer::start(mapsentry_run(&binary, mode), MAPSENTRY_READY)
+                    let binary = mapsentry.as_deref().expect("found before");
+                    let tracer = Tracer::start(mapsentry_run(binary, mode), MAPSENTRY_READY)
                         .unwrap_or_else(|e| panic!("{}: {e}", variants[index]));
                     (None, Some(tracer))
                 }
@@ -271,25 +275,15 @@ fn main() {
             if let Some(tracer) = tracer {
                 let variant = variants[index];
                 let output = tracer.stop().unwrap_or_else(|e| panic!("{variant}: {e}"));
-                // A line per event for `mapsentry run` (the worker's mmaps among them).
-                let seen = match variant {
-                    Variant::Bpftrace(program) => program.seen(&output),
-                    _ => Ok(output.lines),
-                }
-                .unwrap_or_else(|e| panic!("{variant}: {e}"));
+                let seen = variant
+                    .seen(&output)
+                    .unwrap_or_else(|e| panic!("{variant}: {e}"));
                 #[expect(clippy::cast_precision_loss, reason = "event counts stay below 2^52")]
                 {
                     lines[index].push(output.lines as f64);
                     lost[index].push(output.lost as f64);
                 }
-                // bpftrace's notices of lost events fall short at times when it prints every
-                // call (21,993 of 22,000 calls seen once, with 16,751 said lost, in the 6.12 VM:
-                // a notice still pending in a full buffer when it is stopped, likely): within 1%
-                // it was attached; mapsentry must print every event.
-                let needed = match variant {
-                    Variant::Bpftrace(Bpftrace::Printed) => mmap_calls - mmap_calls / 100,
-                    _ => mmap_calls,
-                };
+                let needed = variant.least_seen(mmap_calls);
                 assert!(
                     seen >= u64::from(needed),
                     "{variant} saw {seen} mmap calls where the loop made {mmap_calls} \
@@ -493,6 +487,28 @@ impl std::fmt::Display for Variant {
             Self::Mapsentry(mode, Rules::Classes) => write!(f, "{mode}+8rules-comm-exe"),
             Self::Streamed(mode) => write!(f, "{mode}-streamed"),
             Self::Bpftrace(program) => write!(f, "{program}"),
+        }
+    }
+}
+
+impl Variant {
+    /// The mmap calls a tracer's run saw: a line per event for `mapsentry run` (the worker's
+    /// mmaps among them), bpftrace's as [`Bpftrace::seen`] says.
+    fn seen(self, output: &TracerOutput) -> Result<u64, String> {
+        match self {
+            Self::Bpftrace(program) => program.seen(output),
+            Self::Bare | Self::Mapsentry(..) | Self::Streamed(_) => Ok(output.lines),
+        }
+    }
+
+    /// The fewest of the loop's `calls` a tracer attached throughout sees. bpftrace's notices of
+    /// lost events fall short at times when it prints every call (21,993 of 22,000 calls seen
+    /// once, with 16,751 said lost, in the 6.12 VM: a notice still pending in a full buffer when
+    /// it is stopped, likely): within 1% it was attached. mapsentry must print every event.
+    fn least_seen(self, calls: u32) -> u32 {
+        match self {
+            Self::Bpftrace(Bpftrace::Printed) => calls - calls / 100,
+            _ => calls,
         }
     }
 }
