@@ -28,7 +28,9 @@
 //! it, reporting every call of the machine, each line of its output read by this program (as a
 //! consumer reads every event), and a run whose lines are fewer than the loop's mmap calls fails
 //! the benchmark. Its mmap figure is the overhead table's "every event streamed" row
-//! (bench/src/overhead.rs) for modes the build machine cannot attach.
+//! (bench/src/overhead.rs) for modes the build machine cannot attach, and its CPU per line (its
+//! utime and stime from attaching to being stopped, over the lines read) that table's "tracer
+//! CPU" column: both benchmarks run the tracers with the same code (`mapsentry_bench::tracer`).
 //!
 //! Beside them, the peer: bpftrace (where it is installed; `cargo xtask vm-bench` puts it and its
 //! libraries in the VM) counting mmap calls in a map, on the per-syscall tracepoint's entry (the
@@ -47,25 +49,22 @@
 //! `SYSCALL-TAX` line per variant and a Markdown table.
 #![expect(
     unsafe_code,
-    reason = "raw getppid/mmap/munmap system calls are the workload; SIGINT stops the tracers"
+    reason = "raw getppid/mmap/munmap system calls are the workload"
 )]
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-        mpsc::{self, RecvTimeoutError},
-    },
-    thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    process::Command,
+    time::Instant,
 };
 
 use mapsentry_agent::{
     AttachMode, Capture, CaptureConfig, TracepointHooks,
     enforce::policies::{CgroupScope, Enforcer},
+};
+use mapsentry_bench::{
+    peer::Bpftrace,
+    tracer::{MAPSENTRY_READY, Tracer, TracerOutput},
 };
 use mapsentry_e2e::cgroup::TestCgroup;
 use serde_json::json;
@@ -205,7 +204,7 @@ fn main() {
         let Some(&Variant::Streamed(mode)) = streamed.first() else {
             return Err("no attach mode works here".to_owned());
         };
-        Tracer::start(mapsentry_run(&binary, mode), MAPSENTRY_READY)?.kill();
+        let _said = Tracer::start(mapsentry_run(&binary, mode), MAPSENTRY_READY)?.kill();
         Ok(binary)
     }) {
         Ok(binary) => {
@@ -221,7 +220,7 @@ fn main() {
     match Bpftrace::version().and_then(|version| {
         // Once before the rounds, as each mode is: a peer that cannot attach here is named,
         // not a failure halfway through.
-        Bpftrace::EntryExit.start()?.kill();
+        let _said = Bpftrace::EntryExit.start()?.kill();
         Ok(version)
     }) {
         Ok(version) => {
@@ -240,6 +239,8 @@ fn main() {
     let mut entry_ns = vec![Vec::new(); variants.len()];
     let mut lines = vec![Vec::new(); variants.len()];
     let mut lost = vec![Vec::new(); variants.len()];
+    // The tracer's CPU microseconds per line, where it printed a line per call.
+    let mut cpu_per_line = vec![Vec::new(); variants.len()];
     let rounds = flag(&args, "--rounds", ROUNDS as u32) as usize;
     let scale = flag(&args, "--scale", 1);
     for round in 0..rounds {
@@ -283,6 +284,7 @@ fn main() {
                     lines[index].push(output.lines as f64);
                     lost[index].push(output.lost as f64);
                 }
+                cpu_per_line[index].extend(output.cpu_us_per_line());
                 let needed = variant.least_seen(mmap_calls);
                 assert!(
                     seen >= u64::from(needed),
@@ -293,7 +295,7 @@ fn main() {
         }
     }
     println!(
-        "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns (filtered, or streamed) | mmap ratio (median, range) | entry programs ns per mmap | lines read (median) | events it said it lost (median) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| variant | getppid ns (median) | getppid ratio (median, range) | mmap+munmap ns (filtered, or streamed) | mmap ratio (median, range) | entry programs ns per mmap | lines read (median) | events it said it lost (median) | tracer CPU us per line (median) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (i, variant) in variants.iter().enumerate() {
         let name = variant.to_string();
@@ -314,11 +316,16 @@ fn main() {
             }
         };
         let (read, said_lost) = (of_tracer(&lines[i]), of_tracer(&lost[i]));
+        let cpu = if cpu_per_line[i].is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", median(cpu_per_line[i].clone()))
+        };
         println!(
-            "| {name} | {g:.0} | {g_ratio:.3}x ({g_low:.2}-{g_high:.2}) | {m:.0} | {m_ratio:.3}x ({m_low:.2}-{m_high:.2}) | {e:.0} | {read} | {said_lost} |"
+            "| {name} | {g:.0} | {g_ratio:.3}x ({g_low:.2}-{g_high:.2}) | {m:.0} | {m_ratio:.3}x ({m_low:.2}-{m_high:.2}) | {e:.0} | {read} | {said_lost} | {cpu} |"
         );
         println!(
-            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4} entry_ns={e:.1} lines={read} lost={said_lost}"
+            "SYSCALL-TAX variant={name} getppid_ns={g:.1} getppid_ratio={g_ratio:.4} mmap_ns={m:.1} mmap_ratio={m_ratio:.4} entry_ns={e:.1} lines={read} lost={said_lost} cpu_us_per_line={cpu}"
         );
     }
     // Issue 15's figure: judging comm and executable classes against rules without them, per
@@ -536,328 +543,4 @@ fn mapsentry_run(binary: &Path, Hook(mode, hooks): Hook) -> Command {
         command.args(["--tracepoint-hooks", hooks.as_str()]);
     }
     command
-}
-
-/// The peer's programs (the overhead benchmark's bpftrace rows, bench/src/overhead.rs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bpftrace {
-    /// A counter on the per-syscall tracepoint's entry: issue 19's floor.
-    Floor,
-    /// Counters on its entry and exit: a tool that reports each call's result hooks both.
-    EntryExit,
-    /// Each call's arguments printed on the entry, every line read.
-    Printed,
-}
-
-/// How long a tracer's output must be still before it is stopped.
-const QUIET: Duration = Duration::from_millis(500);
-
-/// What `mapsentry run` says on stderr once its programs are attached.
-const MAPSENTRY_READY: Ready = Ready::Stderr("mapsentry: capturing");
-
-/// How long a tracer may take to load its programs: bpftrace's LLVM under software emulation is
-/// slow.
-const ATTACH_TIMEOUT: Duration = Duration::from_mins(5);
-/// After a tracer says it is attached, before the loops start (its count checks it afterwards).
-const SETTLE: Duration = Duration::from_secs(1);
-
-impl std::fmt::Display for Bpftrace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Floor => "bpftrace-floor",
-            Self::EntryExit => "bpftrace-entry-exit",
-            Self::Printed => "bpftrace-printed",
-        })
-    }
-}
-
-impl Bpftrace {
-    fn program(self) -> &'static str {
-        match self {
-            Self::Floor => "tracepoint:syscalls:sys_enter_mmap { @calls = count(); }",
-            Self::EntryExit => {
-                "tracepoint:syscalls:sys_enter_mmap { @calls = count(); } \
-                 tracepoint:syscalls:sys_exit_mmap { @returns = count(); }"
-            }
-            Self::Printed => {
-                r#"tracepoint:syscalls:sys_enter_mmap { printf("%s %d %d %lx %lu %lu %lu %ld %lu\n", comm, pid, tid, args->addr, args->len, args->prot, args->flags, (int64)args->fd, args->off); }"#
-            }
-        }
-    }
-
-    /// `bpftrace --version`, or why it cannot run.
-    fn version() -> Result<String, String> {
-        let output = Command::new("bpftrace")
-            .arg("--version")
-            .output()
-            .map_err(|e| format!("running bpftrace: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "bpftrace --version: {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    }
-
-    fn start(self) -> Result<Tracer, String> {
-        let mut command = Command::new("bpftrace");
-        command.args(["-e", self.program()]);
-        Tracer::start(command, Ready::Stdout("Attaching"))
-    }
-
-    /// The mmap calls this run saw: its `@calls` count, or the lines it printed and the events
-    /// it said it lost.
-    fn seen(self, output: &TracerOutput) -> Result<u64, String> {
-        match self {
-            Self::Floor | Self::EntryExit => output
-                .calls
-                .ok_or_else(|| format!("{self} printed no @calls count")),
-            Self::Printed => Ok(output.lines + output.lost),
-        }
-    }
-}
-
-/// Where a tracer says it has attached its programs.
-#[derive(Debug, Clone, Copy)]
-enum Ready {
-    Stdout(&'static str),
-    Stderr(&'static str),
-}
-
-/// What a stopped tracer wrote on stdout.
-#[derive(Debug, Default)]
-struct TracerOutput {
-    /// Lines, bpftrace's notices of lost events not counted.
-    lines: u64,
-    /// bpftrace's `@calls: N` at exit.
-    calls: Option<u64>,
-    /// Events bpftrace said it dropped (`Lost N events`: its output buffer was full).
-    lost: u64,
-}
-
-/// A tracer process the benchmark started, its stdout read to the end by a thread (as a
-/// consumer reads every event), its stderr kept for errors.
-struct Tracer {
-    child: Child,
-    /// Lines read so far.
-    read: Arc<AtomicU64>,
-    stdout: JoinHandle<Result<TracerOutput, String>>,
-    stderr: JoinHandle<String>,
-}
-
-impl Tracer {
-    /// `command` running, once it has said `ready`, and [`SETTLE`] later.
-    fn start(mut command: Command, ready: Ready) -> Result<Self, String> {
-        let program = command.get_program().to_string_lossy().into_owned();
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting {program}: {e}"))?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ready_on_err = ready_tx.clone();
-        let read = Arc::new(AtomicU64::new(0));
-        let read_by_thread = Arc::clone(&read);
-        let stdout = thread::spawn(move || {
-            let mut output = TracerOutput::default();
-            for line in BufReader::new(stdout).lines() {
-                let line = line.map_err(|e| format!("reading its output: {e}"))?;
-                if let Ready::Stdout(marker) = ready
-                    && line.starts_with(marker)
-                {
-                    let _ = ready_tx.send(());
-                }
-                let number = |text: &str| {
-                    text.trim()
-                        .parse::<u64>()
-                        .map_err(|e| format!("it printed {line:?}: {e}"))
-                };
-                if let Some(count) = line.strip_prefix("@calls: ") {
-                    output.calls = Some(number(count)?);
-                }
-                if let Some(lost) = line
-                    .strip_prefix("Lost ")
-                    .and_then(|rest| rest.strip_suffix(" events"))
-                {
-                    output.lost += number(lost)?;
-                } else {
-                    output.lines += 1;
-                }
-                read_by_thread.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(output)
-        });
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ready::Stderr(marker) = ready
-                    && line.contains(marker)
-                {
-                    let _ = ready_on_err.send(());
-                }
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
-        let running = Self {
-            child,
-            read,
-            stdout,
-            stderr,
-        };
-        match ready_rx.recv_timeout(ATTACH_TIMEOUT) {
-            Ok(()) => {
-                thread::sleep(SETTLE);
-                Ok(running)
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let said = running.kill();
-                Err(format!(
-                    "{program} did not attach within {ATTACH_TIMEOUT:?}; it said: {said}"
-                ))
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let said = running.kill();
-                Err(format!(
-                    "{program} exited before attaching; it said: {said}"
-                ))
-            }
-        }
-    }
-
-    /// Once its output has been quiet for [`QUIET`] (it has written what it had, as a consumer
-    /// waits for the last events), interrupt it as a user stops it, and read what it wrote.
-    fn stop(mut self) -> Result<TracerOutput, String> {
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
-        let mut before = self.read.load(Ordering::Relaxed);
-        loop {
-            thread::sleep(QUIET);
-            let now = self.read.load(Ordering::Relaxed);
-            if now == before || Instant::now() >= deadline {
-                break;
-            }
-            before = now;
-        }
-        let pid = libc::pid_t::try_from(self.child.id()).map_err(|e| e.to_string())?;
-        // SAFETY: signals our own child, which has not been waited for (its pid is still ours).
-        if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
-            return Err(format!(
-                "interrupting it: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let said = self.kill();
-                return Err(format!(
-                    "it did not exit within {ATTACH_TIMEOUT:?} of SIGINT; it said: {said}"
-                ));
-            }
-            thread::sleep(Duration::from_millis(50));
-        };
-        let output = self
-            .stdout
-            .join()
-            .map_err(|_| "its output's reader panicked".to_owned())?;
-        let said = self.stderr.join().unwrap_or_default();
-        if !status.success() {
-            return Err(format!("it exited with {status}; it said: {}", said.trim()));
-        }
-        output.map_err(|e| format!("{e}; it said: {}", said.trim()))
-    }
-
-    /// Kill it and return what it said on stderr.
-    fn kill(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = self.stdout.join();
-        self.stderr.join().unwrap_or_default().trim().to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sh(script: &str) -> Command {
-        let mut command = Command::new("sh");
-        command.args(["-c", script]);
-        command
-    }
-
-    /// A tracer that cannot attach (bpftrace without tracefs, say) is reported at once, with
-    /// what it said, not after the attach timeout.
-    #[test]
-    fn a_tracer_that_exits_before_attaching_is_reported_with_its_words() {
-        let started = Instant::now();
-        let Err(error) = Tracer::start(
-            sh("echo 'ERROR: tracefs not mounted' >&2; exit 3"),
-            Ready::Stdout("Attaching"),
-        ) else {
-            panic!("a tracer that exits is an error");
-        };
-        assert!(
-            error.contains("exited before attaching") && error.contains("tracefs not mounted"),
-            "{error}"
-        );
-        assert!(started.elapsed() < Duration::from_secs(10), "{error}");
-    }
-
-    /// Stopped with SIGINT, as a user stops bpftrace: every line it printed is counted, the
-    /// `@calls` count it prints at exit is read, and both survive its exit.
-    #[test]
-    fn what_a_stopped_tracer_printed_is_read() {
-        let tracer = Tracer::start(
-            sh("trap 'echo \"@calls: 7\"; exit 0' INT; \
-                echo 'Attaching 1 probe...'; echo one; echo 'Lost 5 events'; echo two; \
-                while :; do sleep 0.05; done"),
-            Ready::Stdout("Attaching"),
-        )
-        .expect("it attaches");
-        let output = tracer.stop().expect("it stops");
-        assert_eq!(output.calls, Some(7));
-        assert_eq!(output.lines, 4, "Attaching, one, two, @calls");
-        assert_eq!(output.lost, 5);
-        assert_eq!(
-            Bpftrace::Floor.seen(&output),
-            Ok(7),
-            "the floor's figure is its count"
-        );
-        assert_eq!(
-            Bpftrace::Printed.seen(&output),
-            Ok(9),
-            "the printer's is its lines and the events it lost"
-        );
-    }
-
-    /// `mapsentry run` says it is capturing on stderr; a tracer that exits with an error when
-    /// stopped fails the measurement with what it said.
-    #[test]
-    fn readiness_on_stderr_and_a_failed_exit_is_an_error() {
-        let tracer = Tracer::start(
-            sh("echo 'mapsentry: capturing mmap and mmap2' >&2; \
-                trap 'echo lost events >&2; exit 1' INT; \
-                while :; do sleep 0.05; done"),
-            MAPSENTRY_READY,
-        )
-        .expect("it is ready");
-        let error = tracer.stop().expect_err("exit status 1");
-        assert!(
-            error.contains("exit status: 1") && error.contains("lost events"),
-            "{error}"
-        );
-        assert_eq!(
-            Bpftrace::EntryExit.seen(&TracerOutput::default()),
-            Err("bpftrace-entry-exit printed no @calls count".to_owned())
-        );
-    }
 }
