@@ -101,7 +101,7 @@ const VARIANTS: [(&str, Variant); 8] = [
 ];
 
 /// One measurement of each workload under one tracer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     mmap_ns: f64,
     getppid_ns: f64,

@@ -33,7 +33,7 @@ pub enum Ready {
 }
 
 /// What a stopped tracer wrote on stdout, and the CPU it used.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct TracerOutput {
     /// Lines, bpftrace's notices of lost events not counted.
     pub lines: u64,
@@ -41,6 +41,8 @@ pub struct TracerOutput {
     pub calls: Option<u64>,
     /// Events bpftrace said it dropped (`Lost N events`: its output buffer was full).
     pub lost: u64,
+    /// The last line, a notice of lost events not counted (`mapsentry run`'s totals).
+    pub last: Option<String>,
     /// Its CPU time (all threads, user and system) from [`SETTLE`] after attaching to the moment
     /// it was interrupted, in ns; in clock ticks of 10 ms.
     pub cpu_ns: f64,
@@ -113,6 +115,7 @@ impl Tracer {
                     output.lost += number(lost)?;
                 } else {
                     output.lines += 1;
+                    output.last = Some(line);
                 }
                 read_by_thread.fetch_add(1, Ordering::Relaxed);
             }

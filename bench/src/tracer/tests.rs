@@ -48,6 +48,7 @@ fn what_a_stopped_tracer_printed_is_read() {
     assert_eq!(output.calls, Some(7));
     assert_eq!(output.lines, 4, "Attaching, one, two, @calls");
     assert_eq!(output.lost, 5);
+    assert_eq!(output.last.as_deref(), Some("@calls: 7"));
     assert_eq!(
         Bpftrace::Floor.seen(&output),
         Ok(7),
@@ -126,6 +127,9 @@ fn cpu_per_line_is_given_for_a_line_per_call() {
         ..TracerOutput::default()
     };
     assert_eq!(output.cpu_us_per_line(), Some(2.0));
-    let handful = TracerOutput { lines: 4, ..output };
+    let handful = TracerOutput {
+        lines: 4,
+        ..output.clone()
+    };
     assert_eq!(handful.cpu_us_per_line(), None);
 }

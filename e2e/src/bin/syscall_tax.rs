@@ -43,6 +43,14 @@
 //! for that check (within 1%: its notices can fall short), and the table gives how many it said
 //! it lost. `mapsentry run` must print them all.
 //!
+//! Last, the storm in each streamed mode (the host pipeline benchmark's, bench/src/pipeline.rs,
+//! for modes the build machine cannot attach): two threads mapping as fast as they can under
+//! `mapsentry run --pid WORKER --prot-any PROT_EXEC`, with its default ring buffer (a user's
+//! figures) and with one page (which overflows, so the drops are counted in every mode); every
+//! call must be either printed or counted by the kernel as dropped (its totals line), or the
+//! benchmark fails. The table gives calls per second, what was printed and dropped, and run's CPU
+//! per line.
+//!
 //! Rounds rotate the order of the variants (bare, then each mode this kernel attaches). Each
 //! round's figure is divided by the same round's bare figure, so drift of the emulator's speed
 //! between rounds cancels; reported: the median of those ratios and their range. Prints one
@@ -53,9 +61,11 @@
 )]
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
-    process::Command,
-    time::Instant,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use mapsentry_agent::{
@@ -67,13 +77,21 @@ use mapsentry_bench::{
     tracer::{MAPSENTRY_READY, Tracer, TracerOutput},
 };
 use mapsentry_e2e::cgroup::TestCgroup;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Rounds and loop lengths for the VMs (software emulation); `--rounds N` and `--scale K`
 /// (loops K times longer) for quicker machines, where one round is over too soon to be steady.
 const ROUNDS: usize = 11;
 const GETPPID_ITERATIONS: u32 = 300_000;
 const MMAP_ITERATIONS: u32 = 20_000;
+/// The storm: as many threads mapping as the VMs have CPUs (the host pipeline benchmark's storm
+/// runs 2 too), so `mapsentry run` competes with them for a CPU; its rounds and length
+/// (`--storm-rounds N`, `--storm-ms MS`).
+const STORM_THREADS: usize = 2;
+const STORM_ROUNDS: u32 = 3;
+const STORM_MS: u32 = 2000;
+/// The storm's second ring buffer: one page, which it overflows.
+const ONE_PAGE: u32 = 4096;
 
 /// `--NAME N` among `args`, or `default`.
 fn flag(args: &[String], name: &str, default: u32) -> u32 {
@@ -143,12 +161,67 @@ fn in_child(kind: &str, iterations: u32, cgroup: &TestCgroup) -> f64 {
         .unwrap_or_else(|e| panic!("worker {kind} printed {text:?}: {e}"))
 }
 
-/// `--worker KIND N PROCS`: join the cgroup of `PROCS`, run one loop and print its ns per call.
+/// mmap+munmap of one anonymous page mapped `PROT_READ|PROT_EXEC`: the storm's call, the only
+/// one of its process an in-kernel `--prot-any PROT_EXEC` filter leaves (thread stacks and heap
+/// are read-write).
+fn exec_page() {
+    // SAFETY: maps one fresh anonymous page and unmaps exactly that page.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED, "mmap failed");
+        libc::munmap(page, 4096);
+    }
+}
+
+/// Once a line arrives on stdin (the tracer is attached), [`STORM_THREADS`] threads call
+/// [`exec_page`] as fast as they can for `millis`; prints how many calls they made.
+fn storm_worker(millis: u64) {
+    let mut go = String::new();
+    std::io::stdin()
+        .read_line(&mut go)
+        .expect("reading the word to start");
+    let until = Instant::now() + Duration::from_millis(millis);
+    let calls: u64 = thread::scope(|scope| {
+        let threads: Vec<_> = (0..STORM_THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut calls = 0u64;
+                    while Instant::now() < until {
+                        for _ in 0..64 {
+                            exec_page();
+                        }
+                        calls += 64;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("a storm thread"))
+            .sum()
+    });
+    println!("{calls}");
+}
+
+/// `--worker KIND N PROCS`: join the cgroup of `PROCS`, run one loop and print its ns per call;
+/// with `storm`, N is milliseconds of [`storm_worker`].
 fn worker(args: &[String]) {
     let [kind, iterations, procs] = args else {
-        panic!("usage: syscall_tax --worker getppid|mmap ITERATIONS CGROUP_PROCS");
+        panic!("usage: syscall_tax --worker getppid|mmap|storm ITERATIONS|MILLIS CGROUP_PROCS");
     };
     std::fs::write(procs, std::process::id().to_string()).expect("joining the bench cgroup");
+    if kind == "storm" {
+        storm_worker(iterations.parse().expect("MILLIS is a number"));
+        return;
+    }
     let iterations: u32 = iterations.parse().expect("ITERATIONS is a number");
     let work: fn() = match kind.as_str() {
         "getppid" => getppid,
@@ -354,6 +427,185 @@ fn main() {
             );
         }
     }
+    if let Some(binary) = &mapsentry {
+        let modes: Vec<Hook> = variants
+            .iter()
+            .filter_map(|variant| match variant {
+                Variant::Streamed(hook) => Some(*hook),
+                _ => None,
+            })
+            .collect();
+        storms(
+            binary,
+            &modes,
+            flag(&args, "--storm-rounds", STORM_ROUNDS),
+            flag(&args, "--storm-ms", STORM_MS),
+            &cgroup,
+        );
+    }
+}
+
+/// One storm under `mapsentry run`: what the worker made, what run printed and what the kernel
+/// counted as dropped (its ring buffer full while run was behind).
+#[derive(Debug, Clone, Copy)]
+struct Storm {
+    calls: u64,
+    emitted: u64,
+    dropped: u64,
+    /// run's CPU microseconds per line it printed, from attaching to being stopped.
+    cpu_us_per_line: Option<f64>,
+}
+
+impl Storm {
+    /// Calls neither printed nor counted as dropped: 0 when every call is accounted for.
+    fn unaccounted(self) -> i128 {
+        i128::from(self.calls) - i128::from(self.emitted) - i128::from(self.dropped)
+    }
+}
+
+/// `mapsentry run --pid WORKER --prot-any PROT_EXEC` attached as `hook` says (with a ring buffer
+/// of `ring_bytes`, or its default) while the worker storms for `millis`, every line of its
+/// output read; its totals line (the last) says what it printed and what the kernel dropped.
+fn storm(
+    binary: &Path,
+    (hook, ring_bytes): (Hook, Option<u32>),
+    millis: u32,
+    cgroup: &TestCgroup,
+) -> Result<Storm, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let mut worker = Command::new(exe)
+        .args(["--worker", "storm", &millis.to_string()])
+        .arg(cgroup.path().join("cgroup.procs"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the storm's worker: {e}"))?;
+    let mut command = mapsentry_run(binary, hook);
+    command.args(["--pid", &worker.id().to_string(), "--prot-any", "PROT_EXEC"]);
+    if let Some(bytes) = ring_bytes {
+        command.args(["--ring-buffer-bytes", &bytes.to_string()]);
+    }
+    let tracer = match Tracer::start(command, MAPSENTRY_READY) {
+        Ok(tracer) => tracer,
+        Err(error) => {
+            let _ = worker.kill();
+            let _ = worker.wait();
+            return Err(error);
+        }
+    };
+    let started = worker
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(b"go\n")
+        .map_err(|e| format!("starting the storm: {e}"));
+    let made = worker
+        .wait_with_output()
+        .map_err(|e| format!("waiting for the storm: {e}"));
+    let output = tracer.stop()?;
+    started?;
+    let made = made?;
+    let text = String::from_utf8_lossy(&made.stdout);
+    if !made.status.success() {
+        return Err(format!("the storm's worker exited with {}", made.status));
+    }
+    let calls = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("the storm's worker printed {text:?}: {e}"))?;
+    let last = output.last.as_deref().unwrap_or_default();
+    let totals: Value =
+        serde_json::from_str(last).map_err(|e| format!("its last line {last:?}: {e}"))?;
+    let count = |name: &str| {
+        totals[name]
+            .as_u64()
+            .ok_or_else(|| format!("its totals {totals} have no {name:?}"))
+    };
+    if totals["kind"] != "totals" || totals["mode"] != hook.0.as_str() {
+        return Err(format!(
+            "it ended with {totals}, not totals of mode {}",
+            hook.0
+        ));
+    }
+    let (emitted, dropped) = (count("emitted")?, count("dropped")?);
+    if output.lines < emitted + 1 {
+        return Err(format!(
+            "{} lines read where it printed {emitted} events and its totals",
+            output.lines
+        ));
+    }
+    Ok(Storm {
+        calls,
+        emitted,
+        dropped,
+        cpu_us_per_line: output.cpu_us_per_line(),
+    })
+}
+
+/// The storm under each streamed mode, `rounds` times with the default ring buffer (a user's
+/// figures) and `rounds` times with one page (it overflows: the drops are counted in every mode),
+/// then the table. A storm whose calls are not each printed or counted as dropped, or a one-page
+/// ring that never overflowed, fails the benchmark once every figure is printed.
+#[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
+fn storms(binary: &Path, modes: &[Hook], rounds: u32, millis: u32, cgroup: &TestCgroup) {
+    let mut unbalanced = Vec::new();
+    println!(
+        "\nStorm: {STORM_THREADS} threads mapping PROT_READ|PROT_EXEC pages as fast as they can for {millis} ms under `mapsentry run --pid --prot-any PROT_EXEC`, {rounds} rounds; medians.\n\n\
+         | mode | calls made | calls per s | events printed | dropped (counted) | calls - printed - dropped (every round) | run's CPU us per line |\n\
+         |---|---:|---:|---:|---:|---|---:|"
+    );
+    for (hook, ring_bytes) in modes
+        .iter()
+        .flat_map(|&hook| [(hook, None), (hook, Some(ONE_PAGE))])
+    {
+        let name = match ring_bytes {
+            None => hook.to_string(),
+            Some(bytes) => format!("{hook}, a ring buffer of {bytes} bytes"),
+        };
+        let mut runs = Vec::new();
+        for round in 0..rounds {
+            let run = storm(binary, (hook, ring_bytes), millis, cgroup)
+                .unwrap_or_else(|e| panic!("storm in {name} mode, round {round}: {e}"));
+            println!(
+                "SYSCALL-TAX storm mode={hook} ring_bytes={} round={round} calls={} emitted={} dropped={} unaccounted={} cpu_us_per_line={}",
+                ring_bytes.map_or_else(|| "default".to_owned(), |b| b.to_string()),
+                run.calls,
+                run.emitted,
+                run.dropped,
+                run.unaccounted(),
+                run.cpu_us_per_line
+                    .map_or_else(|| "-".to_owned(), |us| format!("{us:.2}"))
+            );
+            if run.unaccounted() != 0 || (ring_bytes.is_some() && run.dropped == 0) {
+                unbalanced.push(format!("{name}, round {round}: {run:?}"));
+            }
+            runs.push(run);
+        }
+        let of = |figure: fn(&Storm) -> f64| median(runs.iter().map(figure).collect());
+        let calls = of(|run| run.calls as f64);
+        let per_line: Vec<f64> = runs.iter().filter_map(|run| run.cpu_us_per_line).collect();
+        let balance: Vec<String> = runs
+            .iter()
+            .map(|run| run.unaccounted().to_string())
+            .collect();
+        println!(
+            "| {name} | {calls:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            calls * 1000.0 / f64::from(millis),
+            of(|run| run.emitted as f64),
+            of(|run| run.dropped as f64),
+            balance.join(", "),
+            if per_line.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", median(per_line))
+            }
+        );
+    }
+    assert!(
+        unbalanced.is_empty(),
+        "calls neither printed nor counted as dropped, or a one-page ring that never \
+         overflowed: {unbalanced:?}"
+    );
 }
 
 /// Nanoseconds the capture's entry programs ran so far (run-time statistics).
