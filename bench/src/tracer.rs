@@ -19,6 +19,8 @@ use std::{
 pub const ATTACH_TIMEOUT: Duration = Duration::from_mins(5);
 /// After a tracer says it is attached, before the workload starts.
 pub const SETTLE: Duration = Duration::from_secs(1);
+/// How long a stopped tracer may take to exit (bpftrace prints its maps and detaches).
+pub const EXIT_TIMEOUT: Duration = Duration::from_mins(1);
 /// How long a tracer's output must be still before it is stopped.
 pub const QUIET: Duration = Duration::from_millis(500);
 
@@ -186,15 +188,17 @@ impl Tracer {
         }
         let cpu_ns = cpu_ns(self.child.id())? - self.cpu_at_start;
         interrupt(&self.child)?;
-        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        let deadline = Instant::now() + EXIT_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 break status;
             }
             if Instant::now() >= deadline {
+                let waiting = waiting_in(self.child.id());
                 let said = self.kill();
                 return Err(format!(
-                    "it did not exit within {ATTACH_TIMEOUT:?} of SIGINT; it said: {said}"
+                    "it did not exit within {EXIT_TIMEOUT:?} of SIGINT (its threads waiting in: \
+                     {waiting}); it said: {said}"
                 ));
             }
             thread::sleep(Duration::from_millis(50));
@@ -239,6 +243,23 @@ fn interrupt(child: &Child) -> Result<(), String> {
             std::io::Error::last_os_error()
         ))
     }
+}
+
+/// Where each thread of process `pid` waits in the kernel (/proc/PID/task/TID/wchan), for a
+/// tracer that does not exit: what it was stuck on, in the error.
+fn waiting_in(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "its tasks unreadable".to_owned();
+    };
+    let mut waits: Vec<String> = tasks
+        .filter_map(Result::ok)
+        .map(|task| {
+            let wchan = std::fs::read_to_string(task.path().join("wchan")).unwrap_or_default();
+            format!("{} {}", task.file_name().to_string_lossy(), wchan.trim())
+        })
+        .collect();
+    waits.sort();
+    waits.join(", ")
 }
 
 /// The CPU time process `pid` has used (all threads, user and system), in ns: `utime` and
