@@ -694,8 +694,14 @@ async fn a_cursor_older_than_the_stream_gets_the_exact_loss_count() {
 async fn nats_unreachable_at_start_and_mid_flow_acks_nothing_unstored_and_recovers_without_a_restart()
  {
     let dir = tmp();
-    // A port nothing listens on yet: the replica starts, unready, and says why.
-    let port = free_port();
+    // A port nothing listens on yet: the replica starts, unready, and says why. It stays bound
+    // (not listening: connections to it are refused) until NATS takes it, so that no port the
+    // replica picks can be this one (its gRPC port once was, and NATS could not start).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let port = reserved.local_addr().unwrap().port();
     let url = format!("nats://127.0.0.1:{port}");
     let replica = Replica::start(small(url.clone()), vec![]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -716,6 +722,7 @@ async fn nats_unreachable_at_start_and_mid_flow_acks_nothing_unstored_and_recove
     assert!(refused.message().contains("NATS"), "{refused}");
 
     // NATS comes up on that port: ready without a restart, the resent batch stored once.
+    drop(reserved);
     let mut nats = Nats::single_on(dir.path(), port);
     replica.wait_ready(Duration::from_secs(30)).await;
     let mut agent = Agent::open(replica.channel().await, "node-a", "boot-1").await;
