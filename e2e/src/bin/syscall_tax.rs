@@ -312,8 +312,7 @@ fn main() {
     for round in 0..rounds {
         for k in 0..variants.len() {
             let index = (round + k) % variants.len();
-            // The loop's mmap calls, its warm-up included.
-            let mmap_calls = MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10;
+            let mmap_calls = mmap_calls(scale);
             let variant = variants[index];
             let measure = || measure(variant, mapsentry.as_deref(), scale, &cgroup);
             // A tracer that fails to start or stop (bpftrace under emulation once did not exit
@@ -587,6 +586,11 @@ fn storms(binary: &Path, modes: &[Hook], rounds: u32, millis: u32, cgroup: &Test
     );
 }
 
+/// The mmap loop's calls at `--scale scale`, its warm-up included.
+fn mmap_calls(scale: u32) -> u32 {
+    MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10
+}
+
 /// One round's figures for one variant.
 #[derive(Debug)]
 struct Measured {
@@ -606,8 +610,7 @@ fn measure(
     scale: u32,
     cgroup: &TestCgroup,
 ) -> Result<Measured, String> {
-    // The loop's mmap calls, its warm-up included.
-    let mmap_calls = MMAP_ITERATIONS * scale + MMAP_ITERATIONS * scale / 10;
+    let mmap_calls = mmap_calls(scale);
     let (capture, tracer) = match variant {
         Variant::Bare => (None, None),
         Variant::Mapsentry(mode, rules) => {
