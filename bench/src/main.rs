@@ -5,9 +5,9 @@
 #![forbid(unsafe_code)]
 
 mod overhead;
-mod pipeline;
 
 use clap::{Parser, Subcommand};
+use mapsentry_bench::pipeline;
 
 #[derive(Debug, Parser)]
 #[command(name = "mapsentry-bench", about)]

@@ -4,14 +4,18 @@
 //!   batching) -> gRPC -> `mapsentry collector` (ingest, policy evaluation of the example library)
 //!   -> `mapsentry tail --output json` (the subscriber). Each event's latency is the time its line
 //!   is read minus the event's `time_ns` (taken in the kernel at the call). Also: each process's
-//!   CPU time and peak RSS, so events per CPU-second of the agent and of the collector.
+//!   CPU time from the workload's start (start-up excluded) and peak RSS, so events per
+//!   CPU-second of the agent and of the collector.
 //! - **storm**: `mmap-loop storm THREADS` under `mapsentry run --pid`: the calls made must equal
 //!   the events received plus the drops the kernel counted.
+//!
+//! `mapsentry-bench pipeline` runs both on the host ([`run`]); `syscall_tax` runs the latency
+//! part ([`latency`]) in the kernel-matrix VMs, once per attach mode, with its own paced worker.
 
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::mpsc,
     thread,
@@ -20,6 +24,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+
+use crate::tracer;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,12 +43,27 @@ pub struct Args {
     storm_seconds: u64,
 }
 
+/// `mapsentry-bench pipeline`: the latency run, then the storm, on the host; prints the report.
+///
+/// # Errors
+/// When either run fails.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("binary directory")?
         .to_path_buf();
-    let latency = latency(&bin_dir, args).context("the latency run")?;
+    let setup = Setup {
+        mapsentry: bin_dir.join("mapsentry"),
+        capture: Vec::new(),
+        workload: {
+            let mut command = Command::new(bin_dir.join("mmap-loop"));
+            command.args(["paced", &args.rate.to_string(), &args.seconds.to_string()]);
+            command
+        },
+        comm: "mmap-loop".to_owned(),
+        policies: example_policies(),
+    };
+    let latency = latency(setup).context("the latency run")?;
     let storm = storm(&bin_dir, args).context("the storm run")?;
     println!("{}", report(args, &latency, &storm));
     Ok(())
@@ -91,40 +112,23 @@ impl Process {
     /// CPU seconds (user + system) and peak RSS in KiB, from /proc.
     fn usage(&self) -> anyhow::Result<(f64, u64)> {
         let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-        let rest = stat.rsplit_once(") ").context("stat format")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let cpu_ns = tracer::cpu_ns(pid).map_err(anyhow::Error::msg)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let hwm = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .context("VmHWM")?;
-        #[expect(clippy::cast_precision_loss, reason = "CPU ticks stay small")]
-        let seconds = ticks as f64 / clock_ticks();
-        Ok((seconds, hwm))
+        Ok((cpu_ns / 1e9, hwm))
     }
 
     /// SIGTERM and wait; returns the stderr lines left.
     fn stop(mut self) -> anyhow::Result<Vec<String>> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
+        tracer::signal(&self.child, libc::SIGTERM)
+            .with_context(|| format!("stopping {}", self.name))?;
         self.child.wait()?;
         Ok(self.stderr.iter().collect())
     }
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; this crate has no unsafe `sysconf`), else 100.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -143,7 +147,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A started `mmap-loop paced|storm`, waiting for the word.
+/// A started workload ([`crate::workload`]'s protocol), waiting for the word.
 struct Workload {
     child: Child,
     stdin: ChildStdin,
@@ -152,18 +156,21 @@ struct Workload {
 }
 
 impl Workload {
-    fn start(bin_dir: &Path, mode: &str, a: u64, seconds: u64) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin_dir.join("mmap-loop"))
-            .args([mode, &a.to_string(), &seconds.to_string()])
+    fn start(command: &mut Command) -> anyhow::Result<Self> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("starting mmap-loop")?;
+            .with_context(|| format!("starting the workload {program}"))?;
         let stdin = child.stdin.take().context("stdin")?;
         let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let pid = line.trim().parse().context("mmap-loop's pid")?;
+        let pid = line
+            .trim()
+            .parse()
+            .with_context(|| format!("the workload {program}'s pid, got {line:?}"))?;
         Ok(Self {
             child,
             stdin,
@@ -178,45 +185,105 @@ impl Workload {
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
         self.child.wait()?;
-        line.trim().parse().context("mmap-loop's call count")
+        line.trim()
+            .parse()
+            .with_context(|| format!("the workload's call count, got {line:?}"))
     }
 }
 
+/// What one latency run measured.
 #[derive(Debug)]
-struct Latency {
-    calls: u64,
-    received: u64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    agent_cpu_s: f64,
-    agent_hwm_kib: u64,
-    agent_shipped: u64,
-    collector_cpu_s: f64,
-    collector_hwm_kib: u64,
+pub struct Latency {
+    /// mmap calls the workload made.
+    pub calls: u64,
+    /// Of them, events the subscriber read.
+    pub received: u64,
+    /// Records the collector told the subscriber it missed (`tail`'s `loss` lines: its queue was
+    /// full, the subscriber behind): the workload's calls among them, and any other record the
+    /// subscriber asked for (its `--comm`).
+    pub told_lost: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// CPU seconds (user and system) from the workload's start until its last call was read or
+    /// given up on (start-up excluded); peak RSS over the whole life.
+    pub agent_cpu_s: f64,
+    pub agent_hwm_kib: u64,
+    /// Events the agent shipped (its totals line): every process of the node, not only the
+    /// workload's.
+    pub agent_shipped: u64,
+    pub collector_cpu_s: f64,
+    pub collector_hwm_kib: u64,
 }
 
-fn latency(bin_dir: &Path, args: &Args) -> anyhow::Result<Latency> {
-    let mapsentry = bin_dir.join("mapsentry");
+/// A line of the subscriber's that the latency run counts.
+enum Seen {
+    /// One of the workload's calls, and how long after the call it was read, in ms.
+    Call(f64),
+    /// A loss notice: records the subscriber was told it missed.
+    Lost(u64),
+}
+
+impl Latency {
+    /// The workload's calls neither read by the subscriber nor within a loss notice it got.
+    #[must_use]
+    pub fn unaccounted(&self) -> u64 {
+        self.calls.saturating_sub(self.received + self.told_lost)
+    }
+}
+
+/// What a latency run starts.
+#[derive(Debug)]
+pub struct Setup {
+    /// The `mapsentry` binary: its `collector`, `agent` and `tail`.
+    pub mapsentry: PathBuf,
+    /// The agent's capture arguments (`--attach fentry`); none for its defaults.
+    pub capture: Vec<String>,
+    /// A paced workload speaking [`crate::workload`]'s protocol, mapping 4 KiB anonymous
+    /// read-write pages ([`is_loop_call`]).
+    pub workload: Command,
+    /// The workload's command name, which the subscriber asks for (`tail --comm`).
+    pub comm: String,
+    /// The policies the collector evaluates.
+    pub policies: PathBuf,
+}
+
+/// `examples/policies`, where this crate was built (the VMs get it at the same path).
+#[must_use]
+pub fn example_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("examples/policies")
+}
+
+/// The workload's calls through agent, collector and subscriber: when each reached the
+/// subscriber, and what the agent and the collector used.
+///
+/// # Errors
+/// When a process does not start or say it is ready, or no event reaches the subscriber.
+pub fn latency(mut setup: Setup) -> anyhow::Result<Latency> {
+    let mapsentry = &setup.mapsentry;
     let port = free_port()?;
     let metrics = free_port()?;
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let policies = &setup.policies;
     let (collector, _) = Process::start(
         "the collector",
-        Command::new(&mapsentry)
+        Command::new(mapsentry)
             .args(["collector", "--plaintext"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .arg("--policy")
-            .arg(&policies),
+            .arg(policies),
     )?;
     collector.wait_for("collector serving on")?;
     let state = std::env::temp_dir().join(format!("mapsentry-bench-{}", std::process::id()));
     std::fs::create_dir_all(&state)?;
     let (agent, _) = Process::start(
         "the agent",
-        Command::new(&mapsentry)
+        Command::new(mapsentry)
             .arg("agent")
+            .args(&setup.capture)
             .args(["--collector", &format!("http://127.0.0.1:{port}")])
             .args(["--node", "bench"])
             .arg("--state-dir")
@@ -225,16 +292,16 @@ fn latency(bin_dir: &Path, args: &Args) -> anyhow::Result<Latency> {
     agent.wait_for("agent on node")?;
     let (tail, tail_out) = Process::start(
         "tail",
-        Command::new(&mapsentry)
+        Command::new(mapsentry)
             .arg("tail")
             .args(["--server", &format!("http://127.0.0.1:{port}")])
-            .args(["--output", "json", "--comm", "mmap-loop"]),
+            .args(["--output", "json", "--comm", &setup.comm]),
     )?;
     // The subscriber is live once the collector has it: give it a moment, then start.
     thread::sleep(Duration::from_secs(2));
-    let workload = Workload::start(bin_dir, "paced", args.rate, args.seconds)?;
+    let workload = Workload::start(&mut setup.workload)?;
     let pid = workload.pid;
-    let (latency_tx, latency_rx) = mpsc::channel::<f64>();
+    let (line_tx, line_rx) = mpsc::channel::<Seen>();
     thread::spawn(move || {
         for line in BufReader::new(tail_out).lines().map_while(Result::ok) {
             let now = SystemTime::now()
@@ -243,31 +310,44 @@ fn latency(bin_dir: &Path, args: &Args) -> anyhow::Result<Latency> {
             let Ok(value) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if value["pid"].as_u64() != Some(u64::from(pid)) || !is_loop_call(&value) {
-                continue;
-            }
-            let Some(time_ns) = value["time_ns"].as_u64() else {
+            let seen = if value["kind"] == "loss" {
+                Seen::Lost(value["count"].as_u64().unwrap_or(0))
+            } else if value["pid"].as_u64() == Some(u64::from(pid)) && is_loop_call(&value) {
+                let Some(time_ns) = value["time_ns"].as_u64() else {
+                    continue;
+                };
+                #[expect(clippy::cast_precision_loss, reason = "latencies are small")]
+                let ms = now.saturating_sub(u128::from(time_ns)) as f64 / 1e6;
+                Seen::Call(ms)
+            } else {
                 continue;
             };
-            #[expect(clippy::cast_precision_loss, reason = "latencies are small")]
-            let ms = now.saturating_sub(u128::from(time_ns)) as f64 / 1e6;
-            if latency_tx.send(ms).is_err() {
+            if line_tx.send(seen).is_err() {
                 break;
             }
         }
     });
+    // CPU from here on: the workload's events, not the programs' loading and verification.
+    let (agent_cpu_at_start, _) = agent.usage()?;
+    let (collector_cpu_at_start, _) = collector.usage()?;
     let calls = workload.go()?;
     let mut latencies = Vec::new();
+    let mut told_lost = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (latencies.len() as u64) < calls {
+    while latencies.len() as u64 + told_lost < calls {
         let left = deadline.saturating_duration_since(Instant::now());
-        match latency_rx.recv_timeout(left) {
-            Ok(ms) => latencies.push(ms),
+        match line_rx.recv_timeout(left) {
+            Ok(Seen::Call(ms)) => latencies.push(ms),
+            Ok(Seen::Lost(count)) => told_lost += count,
             Err(_) => break,
         }
     }
     let (agent_cpu_s, agent_hwm_kib) = agent.usage()?;
     let (collector_cpu_s, collector_hwm_kib) = collector.usage()?;
+    let (agent_cpu_s, collector_cpu_s) = (
+        agent_cpu_s - agent_cpu_at_start,
+        collector_cpu_s - collector_cpu_at_start,
+    );
     tail.stop()?;
     let agent_end = agent.stop()?;
     collector.stop()?;
@@ -293,6 +373,7 @@ fn latency(bin_dir: &Path, args: &Args) -> anyhow::Result<Latency> {
     Ok(Latency {
         calls,
         received: latencies.len() as u64,
+        told_lost,
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: at(1.0),
@@ -321,7 +402,11 @@ struct Storm {
 }
 
 fn storm(bin_dir: &Path, args: &Args) -> anyhow::Result<Storm> {
-    let workload = Workload::start(bin_dir, "storm", args.storm_threads, args.storm_seconds)?;
+    let workload = Workload::start(Command::new(bin_dir.join("mmap-loop")).args([
+        "storm",
+        &args.storm_threads.to_string(),
+        &args.storm_seconds.to_string(),
+    ]))?;
     let (run, out) = Process::start(
         "mapsentry run",
         Command::new(bin_dir.join("mapsentry"))
@@ -357,9 +442,10 @@ fn storm(bin_dir: &Path, args: &Args) -> anyhow::Result<Storm> {
     })
 }
 
-/// One of the workload's calls: a 4 KiB anonymous RW mmap (the loader's mappings, thread stacks
+/// One of the paced workload's calls: a 4 KiB anonymous RW mmap (the loader's mappings, thread stacks
 /// and malloc arenas, which the process maps too, are file-backed or larger).
-fn is_loop_call(line: &Value) -> bool {
+#[must_use]
+pub fn is_loop_call(line: &Value) -> bool {
     line["kind"] == "event"
         && line["syscall"] == "mmap"
         && line["args"]["length"] == 4096
@@ -380,7 +466,7 @@ fn report(args: &Args, latency: &Latency, storm: &Storm) -> String {
     let pipeline = format!(
         "### Pipeline at {} mmap/s for {} s (agent -> collector -> tail)\n\n\
          | measurement | value |\n|---|---:|\n\
-         | calls made / events at the subscriber | {} / {} |\n\
+         | calls made / events at the subscriber / records it was told it missed | {} / {} / {} |\n\
          | latency syscall -> subscriber p50 | {:.1} ms |\n\
          | latency p99 | {:.1} ms |\n\
          | latency max | {:.1} ms |\n\
@@ -392,6 +478,7 @@ fn report(args: &Args, latency: &Latency, storm: &Storm) -> String {
         args.seconds,
         latency.calls,
         latency.received,
+        latency.told_lost,
         latency.p50_ms,
         latency.p99_ms,
         latency.max_ms,

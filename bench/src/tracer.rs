@@ -187,7 +187,7 @@ impl Tracer {
             before = now;
         }
         let cpu_ns = cpu_ns(self.child.id())? - self.cpu_at_start;
-        interrupt(&self.child)?;
+        signal(&self.child, libc::SIGINT).map_err(|e| format!("interrupting it: {e}"))?;
         let deadline = Instant::now() + EXIT_TIMEOUT;
         let status = loop {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
@@ -226,22 +226,17 @@ impl Tracer {
     }
 }
 
-/// SIGINT to `child`, which has not been waited for.
-fn interrupt(child: &Child) -> Result<(), String> {
-    let pid = libc::pid_t::try_from(child.id()).map_err(|e| e.to_string())?;
+/// `signal` to `child`, which has not been waited for (SIGINT stops a tracer as a user stops it;
+/// the pipeline's daemons get SIGTERM, as a service manager sends).
+pub(crate) fn signal(child: &Child, signal: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
     // SAFETY: signals our own child, not yet waited for: its pid is still ours.
-    #[expect(
-        unsafe_code,
-        reason = "kill(2): SIGINT stops a tracer as a user stops it"
-    )]
-    let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+    #[expect(unsafe_code, reason = "kill(2) of our own child")]
+    let sent = unsafe { libc::kill(pid, signal) };
     if sent == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "interrupting it: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -4,14 +4,15 @@
 //!
 //! For the pipeline benchmark: `mmap-loop paced RATE SECONDS` makes RATE mmap+munmap per second
 //! (in 1 ms steps) for SECONDS; `mmap-loop storm THREADS SECONDS` has THREADS threads map and
-//! unmap as fast as they can. Both print their pid, wait for a line on stdin, then print the
-//! number of mmap calls made.
+//! unmap as fast as they can. Both speak `mapsentry_bench::workload`'s protocol.
 #![expect(
     unsafe_code,
     reason = "raw mmap/munmap/getppid system calls are the workload"
 )]
 
 use std::time::Instant;
+
+use mapsentry_bench::workload;
 
 fn mmap_munmap() {
     // SAFETY: maps one fresh anonymous page and unmaps exactly that page.
@@ -34,58 +35,32 @@ fn getppid() {
     unsafe { libc::syscall(libc::SYS_getppid) };
 }
 
-/// `mmap-loop paced|storm A SECONDS`: print the pid, wait for the word, run, print the calls.
-fn timed(workload: &str, count: u64, seconds: u64) {
-    use std::{
-        io::{BufRead, Write},
-        sync::{
-            Arc,
-            atomic::{AtomicBool, Ordering},
-        },
-        time::Duration,
+/// `mmap-loop storm THREADS SECONDS`: `threads` threads map and unmap as fast as they can.
+fn storm(threads: u64, seconds: u64) -> u64 {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
     };
-    println!("{}", std::process::id());
-    std::io::stdout().flush().expect("stdout");
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).expect("stdin");
-    let run_for = Duration::from_secs(seconds);
-    let calls: u64 = if workload == "paced" {
-        // `count` calls per second, spread over 1 ms steps; a late step catches up.
-        let start = Instant::now();
-        let mut made = 0u64;
-        while start.elapsed() < run_for {
-            let due =
-                u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX) * count / 1_000_000;
-            while made < due {
-                mmap_munmap();
-                made += 1;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        made
-    } else {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = (0..count)
-            .map(|_| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let mut made = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        mmap_munmap();
-                        made += 1;
-                    }
-                    made
-                })
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..threads)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut made = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    mmap_munmap();
+                    made += 1;
+                }
+                made
             })
-            .collect();
-        std::thread::sleep(run_for);
-        stop.store(true, Ordering::Relaxed);
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("storm thread"))
-            .sum()
-    };
-    println!("{calls}");
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("storm thread"))
+        .sum()
 }
 
 fn main() {
@@ -98,7 +73,11 @@ fn main() {
                 .expect("usage: mmap-loop paced RATE SECONDS | storm THREADS SECONDS")
         };
         let (a, seconds) = (number(), number());
-        timed(timed_mode, a, seconds);
+        if timed_mode == "paced" {
+            workload::serve(|| workload::paced(a, seconds, mmap_munmap));
+        } else {
+            workload::serve(|| storm(a, seconds));
+        }
         return;
     }
     let work: fn() = match mode.as_deref() {
