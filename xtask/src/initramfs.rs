@@ -48,6 +48,13 @@ pub fn build(plan: &Plan, built: &Built, nonce: &str, out: &Path) -> anyhow::Res
     for program in &plan.host_programs {
         add_host_program(&mut archive, program)?;
     }
+    for file in &plan.host_files {
+        let path = file
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", file.display()))?;
+        let contents = std::fs::read(file).with_context(|| format!("reading {path}"))?;
+        archive.file(path, &contents, 0o644);
+    }
     gzip(&archive.finish(), out)
 }
 
@@ -125,6 +132,8 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t securityfs securityfs /sys/kernel/security
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# Loopback, for what talks gRPC on 127.0.0.1 (the benchmark's agent, collector and subscriber).
+ip link set lo up
 read up rest < /proc/uptime
 echo "{BOOTED} nonce={nonce} kernel=$(uname -r) uptime=$up lsm=$(cat /sys/kernel/security/lsm)"
 run() {{

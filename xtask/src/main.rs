@@ -138,7 +138,7 @@ fn vm_test(args: &VmTestArgs, bench: bool) -> anyhow::Result<bool> {
 
     let vmlinuz = kernel::fetch(kernel, &args.cache_dir)?;
     let plan = if bench {
-        plan::Plan::bench(&built)?
+        plan::Plan::bench(&built, &root)?
     } else {
         plan::Plan::for_kernel(kernel, &built)?
     };

@@ -1,7 +1,10 @@
 //! What runs inside the VM: each capture suite in each attach mode the kernel supports, `auto`
 //! once (it must pick the cheapest mode), and the suites left to the host, each with its reason.
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 
@@ -90,18 +93,43 @@ pub struct Plan {
     /// Dynamically linked programs of the host the VM runs too (the benchmark's peer, bpftrace),
     /// copied in with the shared libraries they load.
     pub host_programs: Vec<PathBuf>,
+    /// Files of the checkout the VM reads at their host paths: the policies the benchmark's
+    /// collector evaluates (`examples/policies`).
+    pub host_files: Vec<PathBuf>,
 }
 
 /// The benchmark's peer: Debian's bpftrace (scripts/setup.sh installs it), in the VM with LLVM
 /// and the rest of its libraries.
 pub const BPFTRACE: &str = "/usr/bin/bpftrace";
 
+/// The policies the benchmark's pipeline evaluates, in the checkout.
+pub const POLICIES: &str = "examples/policies";
+
+/// The files of `dir`, sorted; none is an error (the benchmark's collector would have nothing
+/// to evaluate).
+fn files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    anyhow::ensure!(!files.is_empty(), "{} holds no files", dir.display());
+    files.sort();
+    Ok(files)
+}
+
 /// The benchmark `cargo xtask vm-bench` boots with (a helper binary, not a test suite).
 pub const BENCH: &str = "syscall_tax";
 
 impl Plan {
-    /// `vm-bench`: only the syscall-tax benchmark, which measures every mode the kernel attaches.
-    pub fn bench(built: &Built) -> anyhow::Result<Self> {
+    /// `vm-bench`: only the syscall-tax benchmark, which measures every mode the kernel attaches,
+    /// with bpftrace and the example policies of the checkout at `root` (its pipeline's
+    /// collector evaluates them).
+    pub fn bench(built: &Built, root: &Path) -> anyhow::Result<Self> {
         let binary = built
             .helpers
             .iter()
@@ -119,6 +147,7 @@ impl Plan {
             skipped: Vec::new(),
             requires_bpf_lsm: false,
             host_programs: vec![PathBuf::from(BPFTRACE)],
+            host_files: files_in(&root.join(POLICIES))?,
         })
     }
 
@@ -202,6 +231,7 @@ impl Plan {
             skipped,
             requires_bpf_lsm: true,
             host_programs: Vec::new(),
+            host_files: Vec::new(),
         })
     }
 }

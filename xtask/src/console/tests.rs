@@ -16,6 +16,7 @@ fn plan() -> Plan {
         skipped: Vec::new(),
         requires_bpf_lsm: true,
         host_programs: Vec::new(),
+        host_files: Vec::new(),
     }
 }
 

@@ -91,6 +91,7 @@ fn the_init_script_runs_every_planned_suite_with_its_mode_and_reports_it() {
         }],
         requires_bpf_lsm: true,
         host_programs: Vec::new(),
+        host_files: Vec::new(),
     };
     let script = init_script(&plan, "n0nce");
     assert!(script.starts_with("#!/bin/sh\n"));

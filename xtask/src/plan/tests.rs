@@ -133,19 +133,34 @@ fn a_missing_suite_is_an_error() {
 }
 
 #[test]
-fn the_bench_plan_runs_only_the_syscall_tax_helper_with_bpftrace_and_needs_it() {
+fn the_bench_plan_runs_only_the_syscall_tax_helper_with_bpftrace_and_the_policies_and_needs_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut with = built(&["capture"]);
     with.helpers = vec![
         PathBuf::from("/t/mmap_call"),
         PathBuf::from("/t/syscall_tax"),
     ];
-    let plan = Plan::bench(&with).unwrap();
+    let plan = Plan::bench(&with, root).unwrap();
     assert_eq!(plan.runs.len(), 1);
     assert_eq!(plan.runs[0].binary, PathBuf::from("/t/syscall_tax"));
     assert!(plan.skipped.is_empty());
     assert_eq!(plan.host_programs, [PathBuf::from("/usr/bin/bpftrace")]);
-    let error = Plan::bench(&built(&["capture"])).unwrap_err();
+    let policies = root.join("examples/policies");
+    assert!(
+        plan.host_files
+            .contains(&policies.join("write-execute.yaml")),
+        "{:?}",
+        plan.host_files
+    );
+    assert!(
+        plan.host_files
+            .iter()
+            .all(|f| f.parent() == Some(&*policies))
+    );
+    let error = Plan::bench(&built(&["capture"]), root).unwrap_err();
     assert_eq!(error.to_string(), "the benchmark syscall_tax was not built");
+    let error = Plan::bench(&with, Path::new("/nonexistent")).unwrap_err();
+    assert_eq!(error.to_string(), "reading /nonexistent/examples/policies");
 }
 
 #[test]
