@@ -56,7 +56,8 @@ struct VmTestArgs {
     cache_dir: PathBuf,
     /// Give up on the VM after this many seconds (software emulation is slow). Default: 600 for
     /// the tests, 2400 for the benchmark (its rounds start bpftrace and `mapsentry run` dozens
-    /// of times; 11 rounds and the storms took ~21 minutes on a 2-core build machine).
+    /// of times; 11 rounds, the storms and the pipeline runs took ~20 minutes in the VM on a
+    /// 2-core build machine).
     #[arg(long)]
     timeout_secs: Option<u64>,
     /// Also keep the whole serial console here (it is always echoed to stdout).

@@ -103,8 +103,8 @@ const STORM_MS: u32 = 2000;
 /// The storm's second ring buffer: one page, which it overflows.
 const ONE_PAGE: u32 = 4096;
 /// The pipeline's paced workload: issue 19's latency goal is set at 10,000 events a second,
-/// more than the emulated VMs' user space keeps up with (its first run there: ~1.5 s behind, ~12%
-/// of the calls in loss notices), so also a tenth of it (`--pipeline-rate N` for one rate,
+/// more than the emulated VMs' user space keeps up with (the first runs there: the subscriber 1-3 s
+/// behind, 12-20% of the calls missed and told so), so also a tenth of it (`--pipeline-rate N` for one rate,
 /// `--pipeline-seconds S`).
 const PIPELINE_RATES: [u32; 2] = [10_000, 1_000];
 const PIPELINE_SECONDS: u32 = 10;
