@@ -216,20 +216,32 @@ pub struct Latency {
     pub collector_hwm_kib: u64,
 }
 
-/// A line of the subscriber's that the latency run counts.
-enum Seen {
-    /// One of the workload's calls, and how long after the call it was read, in ms.
-    Call(f64),
-    /// A loss notice: records the subscriber was told it missed.
-    Lost(u64),
-}
-
 impl Latency {
     /// The workload's calls neither read by the subscriber nor within a loss notice it got.
     #[must_use]
     pub fn unaccounted(&self) -> u64 {
         self.calls.saturating_sub(self.received + self.told_lost)
     }
+}
+
+/// `events` over `cpu_s` CPU seconds, as a report's cell; a process that used less than a clock
+/// tick has no figure.
+#[must_use]
+#[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
+pub fn per_cpu_second(events: u64, cpu_s: f64) -> String {
+    if cpu_s > 0.0 {
+        format!("{:.0}", events as f64 / cpu_s)
+    } else {
+        "n/a (under 1 tick)".to_owned()
+    }
+}
+
+/// A line of the subscriber's that the latency run counts.
+enum Seen {
+    /// One of the workload's calls, and how long after the call it was read, in ms.
+    Call(f64),
+    /// A loss notice: records the subscriber was told it missed.
+    Lost(u64),
 }
 
 /// What a latency run starts.
@@ -442,8 +454,8 @@ fn storm(bin_dir: &Path, args: &Args) -> anyhow::Result<Storm> {
     })
 }
 
-/// One of the paced workload's calls: a 4 KiB anonymous RW mmap (the loader's mappings, thread stacks
-/// and malloc arenas, which the process maps too, are file-backed or larger).
+/// One of the paced workload's calls: a 4 KiB anonymous RW mmap (the loader's mappings, thread
+/// stacks and malloc arenas, which the process maps too, are file-backed or larger).
 #[must_use]
 pub fn is_loop_call(line: &Value) -> bool {
     line["kind"] == "event"
@@ -455,13 +467,6 @@ pub fn is_loop_call(line: &Value) -> bool {
 
 #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
 fn report(args: &Args, latency: &Latency, storm: &Storm) -> String {
-    let per_cpu = |events: u64, cpu: f64| {
-        if cpu > 0.0 {
-            format!("{:.0}", events as f64 / cpu)
-        } else {
-            "n/a (under 1 tick)".to_owned()
-        }
-    };
     let balance = i128::from(storm.calls) - i128::from(storm.received) - i128::from(storm.dropped);
     let pipeline = format!(
         "### Pipeline at {} mmap/s for {} s (agent -> collector -> tail)\n\n\
@@ -484,9 +489,9 @@ fn report(args: &Args, latency: &Latency, storm: &Storm) -> String {
         latency.max_ms,
         latency.agent_cpu_s,
         latency.agent_shipped,
-        per_cpu(latency.agent_shipped, latency.agent_cpu_s),
+        per_cpu_second(latency.agent_shipped, latency.agent_cpu_s),
         latency.collector_cpu_s,
-        per_cpu(latency.agent_shipped, latency.collector_cpu_s),
+        per_cpu_second(latency.agent_shipped, latency.collector_cpu_s),
         latency.agent_hwm_kib as f64 / 1024.0,
         latency.collector_hwm_kib as f64 / 1024.0,
     );

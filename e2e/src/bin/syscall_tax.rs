@@ -102,10 +102,10 @@ const STORM_ROUNDS: u32 = 3;
 const STORM_MS: u32 = 2000;
 /// The storm's second ring buffer: one page, which it overflows.
 const ONE_PAGE: u32 = 4096;
-/// The pipeline's paced workload: issue 19's latency goal is set at 10,000 events a second,
-/// more than the emulated VMs' user space keeps up with (the first runs there: the subscriber 1-3 s
-/// behind, 12-20% of the calls missed and told so), so also a tenth of it (`--pipeline-rate N` for one rate,
-/// `--pipeline-seconds S`).
+/// The pipeline's paced workload: issue 19's latency goal is set at 10,000 events a second, more
+/// than the emulated VMs' user space keeps up with (the first runs there: the subscriber 1-3 s
+/// behind, 12-20% of the calls missed and told so), so also a tenth of it (`--pipeline-rate N`
+/// for one rate, `--pipeline-seconds S`).
 const PIPELINE_RATES: [u32; 2] = [10_000, 1_000];
 const PIPELINE_SECONDS: u32 = 10;
 
@@ -507,11 +507,7 @@ fn pipelines(binary: &Path, modes: &[Hook], rates: &[u32], seconds: u32) {
 
 #[expect(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
 fn print_pipeline(mode: Hook, rate: u32, l: &Latency) {
-    let per_cpu = if l.agent_cpu_s > 0.0 {
-        format!("{:.0}", l.agent_shipped as f64 / l.agent_cpu_s)
-    } else {
-        "n/a (under 1 tick)".to_owned()
-    };
+    let per_cpu = pipeline::per_cpu_second(l.agent_shipped, l.agent_cpu_s);
     let (agent_mib, collector_mib) = (
         l.agent_hwm_kib as f64 / 1024.0,
         l.collector_hwm_kib as f64 / 1024.0,
