@@ -10,7 +10,7 @@ use mapsentry_policy::MmapEvent;
 
 use crate::{
     enforce::{RuleMaps, RuleTable},
-    events::{RecordReader, wire},
+    events::{RecordReader, Wakeups, wire},
     probe::{self, AttachError, AttachMode, Attached, TracepointHooks, kernel},
 };
 
@@ -170,6 +170,7 @@ impl Capture {
         tracing::info!(mode = %attached.mode, target = %attached.target, "capturing mmap and mmap2");
 
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
+        let idle_flag = take_map(&mut ebpf, "reader_idle", Array::try_from)?;
         let counters = take_map(&mut ebpf, "counters", PerCpuArray::try_from)?;
         let rules = RuleTable::new(
             RuleMaps {
@@ -185,7 +186,7 @@ impl Capture {
         Ok(Self {
             ebpf: Some(ebpf),
             attached,
-            reader: RecordReader::new(ring)?,
+            reader: RecordReader::new(ring, idle_flag)?,
             counters,
             rules,
         })
@@ -235,6 +236,19 @@ impl Capture {
                 })
             })
             .collect()
+    }
+
+    /// What woke the ring buffer's reader so far.
+    #[must_use]
+    pub fn reader_wakeups(&self) -> Wakeups {
+        self.reader.wakeups()
+    }
+
+    /// Whether the ring buffer's reader has stopped its drain timer after a quiet spell (the
+    /// next record wakes it).
+    #[must_use]
+    pub fn reader_idle(&self) -> bool {
+        self.reader.idle()
     }
 
     /// Records read from the ring buffer so far.

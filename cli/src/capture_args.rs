@@ -27,7 +27,7 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
     /// Bytes of records the kernel lets wait before waking mapsentry (0: wake at every record;
-    /// a quiet stream is still read every 10 ms).
+    /// fewer are read every 10 ms, and a record after 50 ms without any wakes it at once).
     #[arg(long, default_value_t = DEFAULT_WAKEUP_BYTES)]
     pub wakeup_bytes: u64,
     /// BTF of the running kernel, for kernels without /sys/kernel/btf/vmlinux.

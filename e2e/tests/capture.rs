@@ -430,3 +430,84 @@ async fn per_syscall_tracepoints_see_every_native_call_and_no_ia32_call() {
         assert!(events.is_empty(), "{events:#?}");
     }
 }
+
+/// Wait `quiet` for records that must not come, reading as the agent does.
+async fn expect_quiet(capture: &mut Capture, quiet: std::time::Duration) {
+    let mut events = Vec::new();
+    let read = tokio::time::timeout(quiet, capture.next_batch(&mut events)).await;
+    assert!(read.is_err(), "records from a quiet process: {events:#?}");
+}
+
+#[tokio::test]
+async fn a_quiet_reader_stops_its_timer_and_the_next_record_wakes_it() {
+    use mapsentry_agent::events::{FLUSH_INTERVAL, IDLE_DRAIN_INTERVAL, QUIET_TICKS};
+    use std::time::{Duration, Instant};
+
+    // Anonymous records are written in place (reserve and submit), file-backed ones copied
+    // (output): both must wake an idle reader.
+    let anonymous = json!({"length": PAGE, "prot": 3, "flags": PRIVATE_ANON, "fd": "anon"});
+    let file = json!({"length": PAGE, "prot": 1, "flags": 0x02, "fd": "file"});
+    let rounds: Vec<Value> = (0..6)
+        .map(|i| if i % 2 == 0 { &anonymous } else { &file }.clone())
+        .collect();
+    let mut helper = Helper::spawn(mmap_call(), &[&json!({ "rounds": rounds }).to_string()]);
+    let pid = helper.pid;
+    let mut capture = capture(&CaptureConfig {
+        pid: Some(pid),
+        ..CaptureConfig::default()
+    });
+
+    // Quiet: the timer stops after QUIET_TICKS empty drains instead of ticking 100 times a
+    // second. Over 1.5 s: at most QUIET_TICKS before idling, a backstop drain, and QUIET_TICKS
+    // more after it (the backstop restarts the timer).
+    let quiet = Duration::from_millis(1500);
+    expect_quiet(&mut capture, quiet).await;
+    let wakeups = capture.reader_wakeups();
+    let ticking = quiet.as_millis() / FLUSH_INTERVAL.as_millis();
+    assert!(
+        wakeups.went_idle >= 1 && wakeups.timer <= u64::from(2 * QUIET_TICKS),
+        "a quiet reader stops its timer: {} ticks in {quiet:?} (a running timer: {ticking}); \
+         {wakeups:?}",
+        wakeups.timer
+    );
+
+    for (round, call) in rounds.iter().enumerate() {
+        expect_quiet(&mut capture, FLUSH_INTERVAL * (QUIET_TICKS + 20)).await;
+        assert!(capture.reader_idle(), "round {round}: the reader is idle");
+        let asked = Instant::now();
+        let report = helper.next_round();
+        let mut events = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), capture.next_batch(&mut events))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no record within 10 s"))
+            .expect("reading the ring buffer");
+        let latency = asked.elapsed();
+        assert!(
+            !capture.reader_idle(),
+            "round {round}: woken, the timer runs"
+        );
+        assert!(
+            latency < IDLE_DRAIN_INTERVAL / 2,
+            "round {round} ({call}): read {latency:?} after the call; an idle reader is woken \
+             at once, its backstop drains every {IDLE_DRAIN_INTERVAL:?}"
+        );
+        let result = &report["results"][0];
+        check_call(
+            &format!("round {round}"),
+            the_record(&events, result, "the round's call"),
+            result,
+            if call["fd"] == "file" {
+                FileExpect::Path("file")
+            } else {
+                FileExpect::None
+            },
+            pid,
+        );
+    }
+    let wakeups = capture.reader_wakeups();
+    assert_eq!(
+        wakeups.backstop_records, 0,
+        "no record waited for the backstop: {wakeups:?}"
+    );
+    assert_eq!(capture.kernel_counters().expect("counters").dropped, 0);
+}

@@ -289,8 +289,9 @@ static __always_inline void ms_fill_file(struct ms_scratch *s, __s32 fd)
  * that makes the backlog cross the threshold wakes the reader: a reader already behind is awake
  * and drains until the buffer is empty, and a wake-up costs the mapping thread an irq_work
  * self-IPI (an MSR write, a VM exit under a hypervisor), which profiling showed on every record
- * once a slow reader kept the backlog above the threshold. A wake-up missed in the race with a
- * reader going to sleep is made up by its drain timer (events::FLUSH_INTERVAL). */
+ * once a slow reader kept the backlog above the threshold. Records below the threshold are drained
+ * by the reader's timer (events::FLUSH_INTERVAL), or, once it has stopped the timer after a
+ * quiet spell, wake it (ms_wake_reader). */
 static __always_inline __u64 ms_wakeup_flag(__u32 size)
 {
 	__u64 avail;
@@ -300,6 +301,28 @@ static __always_inline __u64 ms_wakeup_flag(__u32 size)
 	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	return avail < wakeup_bytes && avail + size >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
 								    : BPF_RB_NO_WAKEUP;
+}
+
+/* After a record is committed: wake a reader that stopped its drain timer (reader_idle set),
+ * which no record below wakeup_bytes would otherwise wake. The check comes after the commit,
+ * whose xchg is a full barrier, and the reader re-checks the buffer after setting the flag and
+ * a fence, so of a record committed while the reader goes idle, one side sees the other: the
+ * reader finds the record, or the program finds the flag. The wake-up is a discarded 8-byte
+ * reservation (committing it with BPF_RB_FORCE_WAKEUP wakes the reader; readers skip discarded
+ * records), as a committed record's flags are chosen before its commit. */
+static __always_inline void ms_wake_reader(void)
+{
+	__u32 zero = 0;
+	__u32 *idle;
+	void *wake;
+
+	idle = bpf_map_lookup_elem(&reader_idle, &zero);
+	if (!idle || !*(volatile __u32 *)idle)
+		return;
+	*(volatile __u32 *)idle = 0;
+	wake = bpf_ringbuf_reserve(&events, 8, 0);
+	if (wake)
+		bpf_ringbuf_discard(wake, BPF_RB_FORCE_WAKEUP);
 }
 
 /* Every field of a record but the file's, from the call `p`, the current task and its
@@ -375,6 +398,7 @@ static __always_inline void ms_emit(struct ms_pending *p, long ret, __u64 pid_tg
 		}
 		ms_fill_record(e, p, ret, pid_tgid, btf);
 		bpf_ringbuf_submit(e, wakeup);
+		ms_wake_reader();
 		return;
 	}
 	s = ms_take_scratch();
@@ -390,6 +414,8 @@ static __always_inline void ms_emit(struct ms_pending *p, long ret, __u64 pid_tg
 	size = offsetof(struct ms_event, path) + (e->path_len & (MS_PATH_MAX - 1));
 	if (bpf_ringbuf_output(&events, e, size, ms_wakeup_flag(size)))
 		ms_count(MS_COUNTER_DROPPED);
+	else
+		ms_wake_reader();
 	ms_give_scratch(s);
 }
 

@@ -123,6 +123,15 @@ struct {
 	__uint(max_entries, 8 * 1024 * 1024);
 } events SEC(".maps");
 
+/* Whether the reader sleeps without its drain timer (one element, 0 or 1; see ms_wake_reader).
+ * The agent sets it after a quiet spell; the first record after that clears it and wakes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} reader_idle SEC(".maps");
+
 /* Per-CPU counters, indexed by enum ms_counter: nothing is lost without being counted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -4,7 +4,9 @@
 //! Protocol: argv[1] is a JSON spec. The helper prints `{"pid":N}`, waits for a line on stdin
 //! (so the test can start capturing for that pid), makes the calls, prints one JSON report line.
 //!
-//! Spec: `{"calls":[CALL...]}` or `{"threads":T,"per_thread":N}`.
+//! Spec: `{"calls":[CALL...]}`, `{"rounds":[CALL...]}` or `{"threads":T,"per_thread":N}`.
+//! Rounds: one call per line on stdin (the first line being the usual word to start), each
+//! reported on its own line as `calls` reports, for tests of what a single call does.
 //! CALL: `{"addr","length","prot","flags","offset"}` numbers, `"fd"` one of `"anon"` (-1),
 //! `"bad"` (an unopened descriptor), `"file"` (a file under the temp dir), `"exe"` (this
 //! program's own executable, opened read-only), `"shm"`, `"deleted"`, `"memfd:NAME"`, and
@@ -52,6 +54,17 @@ fn main() {
         assert_eq!(ret, 0, "prctl(PR_SET_NAME): {}", io::Error::last_os_error());
     }
 
+    if let Some(rounds) = spec["rounds"].as_array() {
+        for (round, call) in rounds.iter().enumerate() {
+            if round > 0 {
+                let mut line = String::new();
+                io::stdin().lock().read_line(&mut line).expect("stdin");
+            }
+            println!("{}", json!({ "results": [make_call(call)] }));
+            io::stdout().flush().expect("stdout");
+        }
+        return;
+    }
     let report = if let Some(calls) = spec["calls"].as_array() {
         json!({ "results": calls.iter().map(make_call).collect::<Vec<_>>() })
     } else {

@@ -54,6 +54,14 @@ impl Helper {
         (status, serde_json::from_str(&line).ok())
     }
 
+    /// Let it make its next round's call (a `rounds` spec); returns that round's report.
+    pub fn next_round(&mut self) -> Value {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("writing to helper");
+        stdin.flush().expect("writing to helper");
+        read_json(&mut self.stdout)
+    }
+
     /// Let it make its calls; returns its report once it has exited.
     pub fn go(mut self) -> Value {
         self.child
