@@ -2,7 +2,8 @@
 # Builds the release binaries and runs a benchmark, printing Markdown tables for BENCHMARKS.md:
 #   scripts/bench.sh [overhead] [ARGS]   bare / mapsentry / bpftrace (the default)
 #   scripts/bench.sh pipeline [ARGS]     latency, CPU and RSS through agent -> collector -> tail; storm
-# ARGS go to `mapsentry-bench overhead|pipeline` (see its --help).
+#   scripts/bench.sh idle [ARGS]         the agent's CPU and wake-ups on a quiet node (--compare BINARY)
+# ARGS go to `mapsentry-bench overhead|pipeline|idle` (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,7 +15,7 @@ if ! mountpoint -q /sys/kernel/tracing; then
 fi
 cargo build --release --locked -p mapsentry-cli -p mapsentry-bench
 case "${1:-}" in
-overhead | pipeline) which="$1"; shift ;;
+overhead | pipeline | idle) which="$1"; shift ;;
 *) which=overhead ;;
 esac
 exec target/release/mapsentry-bench "$which" "$@"

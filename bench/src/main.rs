@@ -7,7 +7,7 @@
 mod overhead;
 
 use clap::{Parser, Subcommand};
-use mapsentry_bench::pipeline;
+use mapsentry_bench::{idle, pipeline};
 
 #[derive(Debug, Parser)]
 #[command(name = "mapsentry-bench", about)]
@@ -23,11 +23,15 @@ enum Command {
     /// Latency syscall -> subscriber and CPU/RSS of agent and collector at a paced rate, then a
     /// storm whose calls must equal events received plus counted drops.
     Pipeline(pipeline::Args),
+    /// The agent's CPU and wake-ups a second while the process it watches maps nothing or a
+    /// few pages a second, beside another build's (`--compare`).
+    Idle(idle::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Overhead(args) => overhead::run(&args),
         Command::Pipeline(args) => pipeline::run(&args),
+        Command::Idle(args) => idle::run(&args),
     }
 }

@@ -70,14 +70,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// A process with its stderr lines on a channel.
-struct Process {
+pub(crate) struct Process {
     child: Child,
     stderr: mpsc::Receiver<String>,
     name: &'static str,
 }
 
 impl Process {
-    fn start(name: &'static str, command: &mut Command) -> anyhow::Result<(Self, ChildStdout)> {
+    pub(crate) fn start(
+        name: &'static str,
+        command: &mut Command,
+    ) -> anyhow::Result<(Self, ChildStdout)> {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -96,8 +99,12 @@ impl Process {
         ))
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Wait for a stderr line containing `marker`.
-    fn wait_for(&self, marker: &str) -> anyhow::Result<String> {
+    pub(crate) fn wait_for(&self, marker: &str) -> anyhow::Result<String> {
         let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -123,7 +130,7 @@ impl Process {
     }
 
     /// SIGTERM and wait; returns the stderr lines left.
-    fn stop(mut self) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<Vec<String>> {
         tracer::signal(&self.child, libc::SIGTERM)
             .with_context(|| format!("stopping {}", self.name))?;
         self.child.wait()?;
@@ -143,20 +150,20 @@ fn lines(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A started workload ([`crate::workload`]'s protocol), waiting for the word.
-struct Workload {
+pub(crate) struct Workload {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Workload {
-    fn start(command: &mut Command) -> anyhow::Result<Self> {
+    pub(crate) fn start(command: &mut Command) -> anyhow::Result<Self> {
         let program = command.get_program().to_string_lossy().into_owned();
         let mut child = command
             .stdin(Stdio::piped())
@@ -180,7 +187,7 @@ impl Workload {
     }
 
     /// Start the calls; wait for the end; the number of mmap calls made.
-    fn go(mut self) -> anyhow::Result<u64> {
+    pub(crate) fn go(mut self) -> anyhow::Result<u64> {
         self.stdin.write_all(b"go\n")?;
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
