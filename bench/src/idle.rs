@@ -1,5 +1,5 @@
 //! The agent on a quiet node: its CPU and its wake-ups a second while the one process it watches
-//! (`--pid`) maps nothing, 1, 10 or 100 pages a second. What an operator pays on every node
+//! (`--pid`) maps nothing, 1, 10, 20 or 100 pages a second. What an operator pays on every node
 //! for having it there. An agent of another build (`--compare PATH`, e.g. an earlier commit's
 //! binary) is measured in the same rounds, interleaved, so before and after share the machine's
 //! state.
@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// mmap calls a second of the watched process (0: it makes none).
-    #[arg(long, value_delimiter = ',', default_value = "0,1,10,100")]
+    #[arg(long, value_delimiter = ',', default_value = "0,1,10,20,100")]
     rates: Vec<u64>,
     /// Another `mapsentry` binary, measured beside this build's in every round.
     #[arg(long, value_name = "PATH")]
