@@ -458,14 +458,15 @@ async fn a_quiet_reader_stops_its_timer_and_the_next_record_wakes_it() {
     });
 
     // Quiet: the timer stops after QUIET_TICKS empty drains instead of ticking 100 times a
-    // second. Over 1.5 s: at most QUIET_TICKS before idling, a backstop drain, and QUIET_TICKS
-    // more after it (the backstop restarts the timer).
+    // second. Over 1.5 s: QUIET_TICKS before idling, a backstop drain, and QUIET_TICKS more after
+    // it (the backstop restarts the timer); a third QUIET_TICKS of slack, should a late
+    // wake-up restart it once more.
     let quiet = Duration::from_millis(1500);
     expect_quiet(&mut capture, quiet).await;
     let wakeups = capture.reader_wakeups();
     let ticking = quiet.as_millis() / FLUSH_INTERVAL.as_millis();
     assert!(
-        wakeups.went_idle >= 1 && wakeups.timer <= u64::from(2 * QUIET_TICKS),
+        wakeups.went_idle >= 1 && wakeups.timer <= u64::from(3 * QUIET_TICKS),
         "a quiet reader stops its timer: {} ticks in {quiet:?} (a running timer: {ticking}); \
          {wakeups:?}",
         wakeups.timer

@@ -58,6 +58,17 @@ pub struct Wakeups {
     pub went_idle: u64,
 }
 
+/// What ended a wait of the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    /// The ring buffer became readable.
+    Kernel,
+    /// The drain timer ticked (timer running).
+    Timer,
+    /// The idle backstop ran (timer stopped).
+    Backstop,
+}
+
 /// Reads and decodes records from the `events` ring buffer.
 pub struct RecordReader {
     ring: AsyncFd<RingBufFd>,
@@ -109,51 +120,62 @@ impl RecordReader {
     /// Wait until records are ready (a wake-up from the kernel, or the flush timer finding
     /// some), then decode every ready one into `out`; returns how many were appended.
     /// Malformed records are logged and counted (`malformed`), not returned.
+    ///
+    /// The timer runs until [`QUIET_TICKS`] drains in a row find nothing; then the reader goes
+    /// idle (`go_idle`) and any wake-up, the kernel's or the backstop's, restarts it.
     pub async fn read_batch(&mut self, out: &mut Vec<MmapEvent>) -> io::Result<usize> {
         loop {
-            let n = match self.quiet_ticks {
-                Some(quiet) => self.read_on_timer(quiet, out).await?,
-                None => self.read_idle(out).await?,
-            };
+            let (woken, mut n) = self.wait_and_drain(out).await?;
+            match (self.quiet_ticks, woken) {
+                (None, woken) => {
+                    if woken == Woken::Backstop {
+                        self.wakeups.backstop_records += n as u64;
+                    }
+                    self.flush.reset();
+                    self.quiet_ticks = Some(0);
+                }
+                (Some(_), _) if n > 0 => self.quiet_ticks = Some(0),
+                (Some(quiet), Woken::Timer) if quiet + 1 < QUIET_TICKS => {
+                    self.quiet_ticks = Some(quiet + 1);
+                }
+                (Some(_), Woken::Timer) => n = self.go_idle(out),
+                // Woken with nothing to read (a wake-up meant for an idle reader, come late):
+                // not an empty tick.
+                (Some(_), Woken::Kernel | Woken::Backstop) => {}
+            }
             if n > 0 {
                 return Ok(n);
             }
         }
     }
 
-    /// Timer running: drain when the kernel wakes the reader or the timer ticks; after
-    /// [`QUIET_TICKS`] empty ticks in a row, go idle.
-    async fn read_on_timer(&mut self, quiet: u32, out: &mut Vec<MmapEvent>) -> io::Result<usize> {
+    /// Wait for the kernel's wake-up, or for the timer (its tick while running, the backstop
+    /// while idle), count what it was and drain.
+    async fn wait_and_drain(&mut self, out: &mut Vec<MmapEvent>) -> io::Result<(Woken, usize)> {
         let Self {
             ring,
             flush,
+            quiet_ticks,
             wakeups,
             decoder,
             ..
         } = self;
+        let idle = quiet_ticks.is_none();
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 wakeups.kernel += 1;
                 let n = decoder.drain(&mut guard.get_inner_mut().0, out);
                 guard.clear_ready();
-                if n > 0 {
-                    self.quiet_ticks = Some(0);
-                }
-                Ok(n)
+                Ok((Woken::Kernel, n))
             }
-            _ = flush.tick() => {
+            _ = flush.tick(), if !idle => {
                 wakeups.timer += 1;
-                let n = decoder.drain(&mut ring.get_mut().0, out);
-                if n > 0 {
-                    self.quiet_ticks = Some(0);
-                    Ok(n)
-                } else if quiet + 1 < QUIET_TICKS {
-                    self.quiet_ticks = Some(quiet + 1);
-                    Ok(0)
-                } else {
-                    Ok(self.go_idle(out))
-                }
+                Ok((Woken::Timer, decoder.drain(&mut ring.get_mut().0, out)))
+            }
+            () = tokio::time::sleep(IDLE_DRAIN_INTERVAL), if idle => {
+                wakeups.backstop += 1;
+                Ok((Woken::Backstop, decoder.drain(&mut ring.get_mut().0, out)))
             }
         }
     }
@@ -180,36 +202,6 @@ impl RecordReader {
             self.quiet_ticks = None;
         }
         n
-    }
-
-    /// Timer stopped: wait for the kernel's wake-up (or the backstop), drain, and restart the
-    /// timer whatever was found.
-    async fn read_idle(&mut self, out: &mut Vec<MmapEvent>) -> io::Result<usize> {
-        let Self {
-            ring,
-            flush,
-            wakeups,
-            decoder,
-            ..
-        } = self;
-        let n = tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                wakeups.kernel += 1;
-                let n = decoder.drain(&mut guard.get_inner_mut().0, out);
-                guard.clear_ready();
-                n
-            }
-            () = tokio::time::sleep(IDLE_DRAIN_INTERVAL) => {
-                wakeups.backstop += 1;
-                let n = decoder.drain(&mut ring.get_mut().0, out);
-                wakeups.backstop_records += n as u64;
-                n
-            }
-        };
-        flush.reset();
-        self.quiet_ticks = Some(0);
-        Ok(n)
     }
 
     /// What woke the reader so far.
