@@ -47,23 +47,14 @@ fi
 # shellcheck source=/dev/null
 source "$STATE/apiserver.env"
 
-# A port below the kernel's ephemeral range (so no outgoing connection can hold it between the
-# choice and the bind, which made starts fail under parallel tests) that no socket uses now.
-free_port() {
-    local port low
-    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
-    ((low > 11000)) || low=32768
-    while :; do
-        port=$((10000 + RANDOM % (low - 10000)))
-        ss -Htan "sport = :$port" | grep -q . || { echo "$port"; return; }
-    done
-}
+# shellcheck source=ports.sh
+source "$HERE/ports.sh"
 
 if [[ ! -f "$STATE/ports.env" ]]; then
     {
-        echo "ETCD_PORT=$(free_port)"
-        echo "ETCD_PEER_PORT=$(free_port)"
-        echo "APISERVER_PORT=$(free_port)"
+        echo "ETCD_PORT=$(claim_port "$STATE")"
+        echo "ETCD_PEER_PORT=$(claim_port "$STATE")"
+        echo "APISERVER_PORT=$(claim_port "$STATE")"
     } >"$STATE/ports.env"
 fi
 # shellcheck source=/dev/null

@@ -93,15 +93,8 @@ wait_for() {
     tail -n 30 "$STATE/$name.log" >&2
     exit 1
 }
-free_port() {
-    local port low
-    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
-    ((low > 11000)) || low=32768
-    while :; do
-        port=$((10000 + RANDOM % (low - 10000)))
-        ss -Htan "sport = :$port" | grep -q . || { echo "$port"; return; }
-    done
-}
+# shellcheck source=ports.sh
+source "$HERE/ports.sh"
 
 # --- The network: the bridge carries the node's address; nothing from the pods or to the
 # service network leaves the machine (pods reach each other and the host only).
@@ -189,13 +182,13 @@ RBAC
 
 if [[ ! -f "$STATE/node-ports.env" ]]; then
     {
-        echo "CONTROLLER_MANAGER_PORT=$(free_port)"
-        echo "SCHEDULER_PORT=$(free_port)"
-        echo "KUBELET_HEALTHZ_PORT=$(free_port)"
-        echo "KUBE_PROXY_HEALTHZ_PORT=$(free_port)"
-        echo "KUBE_PROXY_METRICS_PORT=$(free_port)"
-        echo "COREDNS_READY_PORT=$(free_port)"
-        echo "COREDNS_HEALTH_PORT=$(free_port)"
+        echo "CONTROLLER_MANAGER_PORT=$(claim_port "$STATE")"
+        echo "SCHEDULER_PORT=$(claim_port "$STATE")"
+        echo "KUBELET_HEALTHZ_PORT=$(claim_port "$STATE")"
+        echo "KUBE_PROXY_HEALTHZ_PORT=$(claim_port "$STATE")"
+        echo "KUBE_PROXY_METRICS_PORT=$(claim_port "$STATE")"
+        echo "COREDNS_READY_PORT=$(claim_port "$STATE")"
+        echo "COREDNS_HEALTH_PORT=$(claim_port "$STATE")"
     } >"$STATE/node-ports.env"
 fi
 # shellcheck source=/dev/null
