@@ -39,7 +39,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 pub const QUIET_TICKS: u32 = 5;
 
 /// While the timer is stopped the reader still drains this often, in case a wake-up the design
-/// says cannot be lost is (`Wakeups::backstop` counts what those drains found).
+/// says cannot be lost is (`Wakeups::backstop_records` counts what those drains found).
 pub const IDLE_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What woke the reader so far, by cause.
